@@ -1,0 +1,272 @@
+//! Contracts as code: the domain model, the TOML parser and the "terms in
+//! force at an instant" query the engine asks before every decision.
+//!
+//! A contract has versions; an amendment is a new version with its own
+//! effective date. At any instant at most one version of a contract is in
+//! force, and the engine records which one every decision used.
+
+mod condition;
+mod describe;
+mod parse;
+
+pub use condition::{Condition, ConditionError, Metrics};
+pub use describe::describe_in_force;
+pub use parse::{
+    ContractError, ContractSetBuilder, Location, builtin_contracts, load_contract_dir, load_contract_files,
+    parse_contract, parse_policy,
+};
+
+use serde::Serialize;
+
+use crate::types::{Accelerator, Price, ProviderName, Region, Timestamp, WorkloadClass};
+
+/// A set of contracts and the buyer's own policy, as loaded from files.
+#[derive(Debug, Clone, Default)]
+pub struct ContractSet {
+    pub contracts: Vec<Contract>,
+    pub policy: Policy,
+}
+
+/// The agreement with one counterparty.
+#[derive(Debug, Clone)]
+pub struct Contract {
+    pub id: String,
+    pub counterparty: ProviderName,
+    pub parties: Vec<String>,
+    /// Sorted by effective date; validated not to overlap.
+    pub versions: Vec<ContractVersion>,
+    /// The file the contract was read from, for messages.
+    pub source: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContractVersion {
+    pub id: String,
+    pub effective: Timestamp,
+    /// The first instant the version is no longer in force.
+    pub expires: Timestamp,
+    pub clauses: Vec<Clause>,
+}
+
+/// One clause, named so that review triggers can suspend it and the ledger can cite it.
+#[derive(Debug, Clone)]
+pub struct Clause {
+    pub name: String,
+    pub kind: ClauseKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum ClauseKind {
+    FirstRefusal(FirstRefusal),
+    Exclusivity(Exclusivity),
+    Commitment(Commitment),
+    Diversification(Diversification),
+    RevenueShare(RevenueShare),
+    ReviewTrigger(ReviewTrigger),
+}
+
+impl ClauseKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::FirstRefusal(_) => "first_refusal",
+            Self::Exclusivity(_) => "exclusivity",
+            Self::Commitment(_) => "commitment",
+            Self::Diversification(_) => "diversification",
+            Self::RevenueShare(_) => "revenue_share",
+            Self::ReviewTrigger(_) => "review_trigger",
+        }
+    }
+}
+
+/// What a clause applies to. An empty list means "all".
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Scope {
+    pub workloads: Vec<WorkloadClass>,
+    pub accelerators: Vec<Accelerator>,
+    pub regions: Vec<Region>,
+}
+
+impl Scope {
+    pub fn covers(&self, workload: WorkloadClass, accelerators: &[Accelerator], regions: &[Region]) -> bool {
+        let workload_ok = self.workloads.is_empty() || self.workloads.contains(&workload);
+        let accelerator_ok =
+            self.accelerators.is_empty() || accelerators.iter().any(|a| self.accelerators.contains(a));
+        // A request that allows any region (empty list) is covered by any region scope.
+        let region_ok =
+            self.regions.is_empty() || regions.is_empty() || regions.iter().any(|r| self.regions.contains(r));
+        workload_ok && accelerator_ok && region_ok
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusalMode {
+    /// A right of first offer: the holder is asked first, on the buyer's terms.
+    OfferFirst,
+    /// A right of first refusal proper: the market is asked first, then the
+    /// holder may match the winning terms.
+    Match,
+}
+
+impl RefusalMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OfferFirst => "offer-first",
+            Self::Match => "match",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FirstRefusal {
+    pub holder: ProviderName,
+    pub scope: Scope,
+    pub mode: RefusalMode,
+    pub window_hours: u32,
+    pub covers_spillover: bool,
+    pub covers_failover: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Exclusivity {
+    pub holder: ProviderName,
+    pub workloads: Vec<WorkloadClass>,
+    /// Whether an exclusive workload may fail over outside the holder when the holder is down.
+    pub emergency_release: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Commitment {
+    pub provider: ProviderName,
+    pub amount: f64,
+    pub currency: String,
+    pub period_start: Timestamp,
+    pub period_end: Timestamp,
+    /// Workload classes whose spend counts toward the commitment; empty = all.
+    pub counts: Vec<WorkloadClass>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareBasis {
+    Gpus,
+    Spend,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Diversification {
+    /// The largest share of the fleet (0 < share <= 1) one provider may hold.
+    pub max_share: f64,
+    pub basis: ShareBasis,
+    pub scope: Scope,
+    /// A minimum number of distinct providers per workload class.
+    pub min_providers: Vec<(WorkloadClass, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RevenueShare {
+    pub partner: String,
+    pub rate: f64,
+    pub products: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReviewTrigger {
+    pub condition: Condition,
+    pub action: TriggerAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum TriggerAction {
+    FlagForReview,
+    SuspendClauses { clauses: Vec<String>, from: Timestamp },
+}
+
+/// The buyer's own policy: price ceilings, allowed regions and diversification rules.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub allowed_regions: Vec<Region>,
+    pub price_ceilings: Vec<(Accelerator, Price)>,
+    pub diversification: Vec<Diversification>,
+    pub source: Option<String>,
+}
+
+impl Policy {
+    pub fn price_ceiling(&self, accelerator: &Accelerator) -> Option<Price> {
+        self.price_ceilings.iter().find(|(a, _)| a == accelerator).map(|(_, p)| *p)
+    }
+}
+
+/// A clause in force, with the contract and version it came from.
+#[derive(Debug, Clone)]
+pub struct InForce<'a, T> {
+    pub contract: &'a str,
+    pub version: &'a str,
+    pub clause: &'a str,
+    pub terms: &'a T,
+}
+
+/// The clauses in force at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct TermsInForce<'a> {
+    pub at: Option<Timestamp>,
+    /// `(contract id, version id)` of every version in force.
+    pub versions: Vec<(&'a str, &'a str)>,
+    pub first_refusals: Vec<InForce<'a, FirstRefusal>>,
+    pub exclusivities: Vec<InForce<'a, Exclusivity>>,
+    pub commitments: Vec<InForce<'a, Commitment>>,
+    pub diversifications: Vec<InForce<'a, Diversification>>,
+    pub revenue_shares: Vec<InForce<'a, RevenueShare>>,
+    pub review_triggers: Vec<InForce<'a, ReviewTrigger>>,
+}
+
+/// A clause suspended by a review trigger's action, from an instant on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Suspension {
+    pub contract: String,
+    pub clause: String,
+    pub from: Timestamp,
+}
+
+impl Contract {
+    /// The version in force at `at`, if any.
+    pub fn version_at(&self, at: Timestamp) -> Option<&ContractVersion> {
+        self.versions.iter().find(|v| v.effective <= at && at < v.expires)
+    }
+}
+
+impl ContractSet {
+    /// The clauses in force at `at`, leaving out those suspended by then.
+    pub fn in_force(&self, at: Timestamp, suspended: &[Suspension]) -> TermsInForce<'_> {
+        let mut terms = TermsInForce { at: Some(at), ..TermsInForce::default() };
+        for contract in &self.contracts {
+            let Some(version) = contract.version_at(at) else { continue };
+            terms.versions.push((&contract.id, &version.id));
+            for clause in &version.clauses {
+                let is_suspended = suspended
+                    .iter()
+                    .any(|s| s.contract == contract.id && s.clause == clause.name && s.from <= at);
+                if is_suspended {
+                    continue;
+                }
+                let (contract, version, name) =
+                    (contract.id.as_str(), version.id.as_str(), clause.name.as_str());
+                macro_rules! push {
+                    ($list:ident, $value:expr) => {
+                        terms.$list.push(InForce { contract, version, clause: name, terms: $value })
+                    };
+                }
+                match &clause.kind {
+                    ClauseKind::FirstRefusal(c) => push!(first_refusals, c),
+                    ClauseKind::Exclusivity(c) => push!(exclusivities, c),
+                    ClauseKind::Commitment(c) => push!(commitments, c),
+                    ClauseKind::Diversification(c) => push!(diversifications, c),
+                    ClauseKind::RevenueShare(c) => push!(revenue_shares, c),
+                    ClauseKind::ReviewTrigger(c) => push!(review_triggers, c),
+                }
+            }
+        }
+        terms
+    }
+}

@@ -1,0 +1,1396 @@
+//! The engine: `state + input(now) -> new state + effects`.
+//!
+//! The engine owns the lifecycle of every request (DESIGN.md, "Request
+//! lifecycle") and nothing else. It performs no I/O: each input carries the
+//! instant it happened, and everything the engine wants done leaves as an
+//! [`Effect`]: solicit a holder, ask for quotes, reserve, cancel, set a timer,
+//! append to the ledger. The live service executes effects over HTTP and a
+//! database; the simulator executes them against simulated providers and a
+//! virtual clock. The same code decides in both.
+//!
+//! A request is worked in *rounds*. The first round places the whole request;
+//! spillover (an allocation late past its promised time plus grace) and
+//! failover (an incident on the allocation's provider or region) each queue
+//! a new round for the GPUs lost, for the hours that remain. One round runs
+//! at a time per request; each round has the same shape:
+//!
+//! ```text
+//! screening -> [first refusal] -> market -> [match] -> award | unfilled
+//! ```
+//!
+//! First refusal applies to a round when a `first_refusal` clause in force
+//! covers the request (and, for spillover and failover rounds, the clause
+//! says it covers them). Its holder may be skipped only when none of its
+//! published offers meets the hard requirements; the skip records why each
+//! offer fails. The *no-better-terms* rule: after the holder declined at a
+//! price, a market award at a higher price goes back to the holder first
+//! (at most `MAX_RESOLICITATIONS` times per round).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::contract::{ContractSet, RefusalMode, Suspension};
+use crate::ledger::{AllocationRecord, Event, EventKind};
+use crate::placement::{self, Cap, Demand, Fleet, PlannedAllocation, Rules, SolverConfig};
+use crate::request::Request;
+use crate::types::{Accelerator, GpuCount, Offer, Price, ProviderName, Region, Timestamp};
+
+/// A round re-solicits the holder at most this often under the no-better-terms rule.
+pub const MAX_RESOLICITATIONS: u32 = 2;
+/// A request is worked in at most this many rounds (initial, spillovers, failovers).
+pub const MAX_ROUNDS_PER_REQUEST: u32 = 32;
+/// The engine holds at most this many requests that are not finished.
+pub const MAX_OPEN_REQUESTS: usize = 1_000_000;
+/// A provider's answer may carry at most this many quotes.
+pub const MAX_QUOTES_PER_ANSWER: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EngineConfig {
+    /// How long providers have to quote in a market round.
+    pub quote_window_hours: f64,
+    /// Grace after an allocation's promised ready time before it spills over.
+    pub delivery_grace_hours: f64,
+    pub solver: SolverConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { quote_window_hours: 1.0, delivery_grace_hours: 2.0, solver: SolverConfig::default() }
+    }
+}
+
+/// What a first-refusal holder says.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum HolderAnswer {
+    /// Takes `gpus` (all of the solicited GPUs, or part) on the solicited terms, from `region`.
+    Accept {
+        gpus: u32,
+        region: Region,
+        accelerator: Accelerator,
+        lead_time_hours: u32,
+    },
+    Decline,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Submit(Request),
+    HolderAnswer { request: String, round: u32, answer: HolderAnswer },
+    Quotes { request: String, round: u32, provider: ProviderName, offers: Vec<Offer> },
+    Timer(Timer),
+    AllocationReady { allocation: u64 },
+    IncidentOpened { id: String, provider: ProviderName, region: Option<Region> },
+    IncidentResolved { id: String },
+    Cancel { request: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(tag = "timer", rename_all = "snake_case")]
+pub enum Timer {
+    HolderWindow { request: String, round: u32, solicitation: u32 },
+    QuoteDeadline { request: String, round: u32 },
+    DeliveryDue { allocation: u64 },
+    Release { allocation: u64 },
+}
+
+/// The terms put to a first-refusal holder.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Solicitation {
+    pub request: String,
+    pub round: u32,
+    pub holder: ProviderName,
+    pub mode: RefusalMode,
+    pub gpus: u32,
+    pub min_block: u32,
+    pub accelerators: Vec<String>,
+    pub regions: Vec<Region>,
+    pub duration_hours: u32,
+    pub deliver_by: Option<Timestamp>,
+    pub price: Price,
+    pub respond_by: Timestamp,
+}
+
+/// What a market round asks providers for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuoteRequest {
+    pub request: String,
+    pub round: u32,
+    pub gpus: u32,
+    pub min_block: u32,
+    pub accelerators: Vec<String>,
+    pub regions: Vec<Region>,
+    pub duration_hours: u32,
+    pub deliver_by: Option<Timestamp>,
+    pub respond_by: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+pub enum Effect {
+    Solicit(Solicitation),
+    RequestQuotes { providers: Vec<ProviderName>, spec: QuoteRequest },
+    Reserve { allocation: u64, plan: PlannedAllocation, promised: Timestamp },
+    Cancel { allocation: u64, provider: ProviderName, why: String },
+    SetTimer { at: Timestamp, timer: Timer },
+    Ledger(Event),
+}
+
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Screening,
+    FirstRefusal,
+    Market,
+    Provisioning,
+    Active,
+    Released,
+    Unfilled,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Screening => "screening",
+            Self::FirstRefusal => "first_refusal",
+            Self::Market => "market",
+            Self::Provisioning => "provisioning",
+            Self::Active => "active",
+            Self::Released => "released",
+            Self::Unfilled => "unfilled",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Released | Self::Unfilled | Self::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationState {
+    Reserved,
+    Active,
+    Released,
+    /// Cancelled by spillover, failover or the buyer.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Allocation {
+    pub id: u64,
+    pub request: String,
+    pub round: u32,
+    /// `first_refusal` or `market`.
+    pub via: String,
+    pub plan: PlannedAllocation,
+    pub hours: u32,
+    pub awarded_at: Timestamp,
+    pub promised: Timestamp,
+    pub ready_at: Option<Timestamp>,
+    pub ends_at: Option<Timestamp>,
+    pub state: AllocationState,
+}
+
+/// Why a round exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    Initial,
+    Spillover,
+    Failover,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Initial => "initial",
+            Self::Spillover => "spillover",
+            Self::Failover => "failover",
+        }
+    }
+}
+
+/// The first-refusal terms that apply to a round.
+#[derive(Debug, Clone, PartialEq)]
+struct RefusalTerms {
+    holder: ProviderName,
+    mode: RefusalMode,
+    window_hours: u32,
+    reference: String,
+}
+
+/// The rules screening derived for a round, fixed for its life.
+#[derive(Debug, Clone)]
+struct Screened {
+    refusal: Option<RefusalTerms>,
+    rules: Rules,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for the holder's answer to solicitation number `solicitation`.
+    Holder {
+        solicitation: u32,
+        respond_by: Timestamp,
+    },
+    Quotes {
+        respond_by: Timestamp,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Round {
+    number: u32,
+    /// GPUs this round still has to place.
+    gpus: u32,
+    hours: u32,
+    screened: Screened,
+    stage: Stage,
+    quotes_asked: BTreeSet<ProviderName>,
+    quotes_answered: BTreeSet<ProviderName>,
+    quotes: Vec<Offer>,
+    /// Whether the market has been asked in this round.
+    market_asked: bool,
+    /// The highest price the holder declined in this round.
+    declined_price: Option<f64>,
+    solicitations: u32,
+    /// In match mode: the planned market award the holder was shown.
+    pending_match: Option<Vec<PlannedAllocation>>,
+    /// The price and GPUs of the latest solicitation in this round.
+    last_terms: Option<Price>,
+    solicited_gpus: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    purpose: Purpose,
+    gpus: u32,
+    hours: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestState {
+    pub request: Request,
+    pub status: Status,
+    pub allocations: Vec<u64>,
+    pub unfilled_gpus: u32,
+    pub unfilled_reason: Option<String>,
+    /// Providers that failed to deliver for this request; later rounds do not ask them.
+    failed_providers: BTreeMap<ProviderName, String>,
+    rounds_started: u32,
+    round: Option<Round>,
+    pending: Vec<Pending>,
+}
+
+#[derive(Debug, Clone)]
+struct Incident {
+    provider: ProviderName,
+    region: Option<Region>,
+}
+
+/// The engine's whole state. Cloning it is a snapshot.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    contracts: ContractSet,
+    config: EngineConfig,
+    /// Offers providers have published (a catalog): the evidence for holder skips,
+    /// and the set of providers a market round asks.
+    published: Vec<Offer>,
+    requests: BTreeMap<String, RequestState>,
+    allocations: BTreeMap<u64, Allocation>,
+    next_allocation: u64,
+    incidents: BTreeMap<String, Incident>,
+    suspensions: Vec<Suspension>,
+    /// Contracted spend per provider, USD, from every award (for commitment burn-down).
+    spend: BTreeMap<ProviderName, f64>,
+}
+
+/// The effects of one input, in order.
+pub type Effects = Vec<Effect>;
+
+impl Engine {
+    pub fn new(contracts: ContractSet, published: Vec<Offer>, config: EngineConfig) -> Self {
+        Self {
+            contracts,
+            config,
+            published,
+            requests: BTreeMap::new(),
+            allocations: BTreeMap::new(),
+            next_allocation: 1,
+            incidents: BTreeMap::new(),
+            suspensions: Vec::new(),
+            spend: BTreeMap::new(),
+        }
+    }
+
+    pub fn request(&self, id: &str) -> Option<&RequestState> {
+        self.requests.get(id)
+    }
+
+    pub fn requests(&self) -> impl Iterator<Item = &RequestState> {
+        self.requests.values()
+    }
+
+    pub fn allocation(&self, id: u64) -> Option<&Allocation> {
+        self.allocations.get(&id)
+    }
+
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocations.values()
+    }
+
+    pub fn contracts(&self) -> &ContractSet {
+        &self.contracts
+    }
+
+    pub fn spend(&self) -> &BTreeMap<ProviderName, f64> {
+        &self.spend
+    }
+
+    /// Suspends a clause from an instant on (a review trigger's action).
+    pub fn suspend(&mut self, suspension: Suspension) {
+        if !self.suspensions.contains(&suspension) {
+            self.suspensions.push(suspension);
+        }
+    }
+
+    /// Applies one input at `now`, returning the effects in order.
+    pub fn handle(&mut self, now: Timestamp, input: Input) -> Effects {
+        let mut out = Out { now, effects: Vec::new() };
+        match input {
+            Input::Submit(request) => self.submit(&mut out, request),
+            Input::HolderAnswer { request, round, answer } => {
+                self.holder_answer(&mut out, &request, round, answer)
+            }
+            Input::Quotes { request, round, provider, offers } => {
+                self.quotes(&mut out, &request, round, provider, offers)
+            }
+            Input::Timer(timer) => self.timer(&mut out, timer),
+            Input::AllocationReady { allocation } => self.allocation_ready(&mut out, allocation),
+            Input::IncidentOpened { id, provider, region } => {
+                self.incident_opened(&mut out, id, provider, region)
+            }
+            Input::IncidentResolved { id } => {
+                if self.incidents.remove(&id).is_some() {
+                    out.ledger(None, EventKind::IncidentResolved { id });
+                }
+            }
+            Input::Cancel { request } => self.cancel(&mut out, &request),
+        }
+        out.effects
+    }
+
+    fn submit(&mut self, out: &mut Out, request: Request) {
+        let id = request.id.clone();
+        if self.requests.contains_key(&id) {
+            out.ledger(Some(&id), EventKind::RequestRejected { reason: "duplicate request id".into() });
+            return;
+        }
+        let open = self.requests.values().filter(|r| !r.status.is_final()).count();
+        if open >= MAX_OPEN_REQUESTS {
+            out.ledger(Some(&id), EventKind::RequestRejected { reason: "too many open requests".into() });
+            return;
+        }
+        out.ledger(
+            Some(&id),
+            EventKind::RequestSubmitted {
+                gpus: request.gpus.get(),
+                accelerators: request.accelerators.iter().map(|a| a.to_string()).collect(),
+                workload: request.workload.to_string(),
+                duration_hours: request.duration_hours,
+            },
+        );
+        let pending = vec![Pending {
+            purpose: Purpose::Initial,
+            gpus: request.gpus.get(),
+            hours: request.duration_hours,
+        }];
+        self.requests.insert(
+            id.clone(),
+            RequestState {
+                request,
+                status: Status::Screening,
+                allocations: Vec::new(),
+                unfilled_gpus: 0,
+                unfilled_reason: None,
+                failed_providers: BTreeMap::new(),
+                rounds_started: 0,
+                round: None,
+                pending,
+            },
+        );
+        self.next_round(out, &id);
+    }
+
+    /// Starts the next queued round of a request, if none is running.
+    fn next_round(&mut self, out: &mut Out, id: &str) {
+        let Some(state) = self.requests.get_mut(id) else { return };
+        if state.round.is_some() || state.pending.is_empty() || state.status == Status::Cancelled {
+            return;
+        }
+        let pending = state.pending.remove(0);
+        if state.rounds_started >= MAX_ROUNDS_PER_REQUEST {
+            state.unfilled_gpus += pending.gpus;
+            let reason = format!("request reached the limit of {MAX_ROUNDS_PER_REQUEST} rounds");
+            state.unfilled_reason = Some(reason.clone());
+            out.ledger(
+                Some(id),
+                EventKind::Unfilled { round: state.rounds_started, gpus: pending.gpus, reason },
+            );
+            self.settle_status(out, id);
+            return;
+        }
+        state.rounds_started += 1;
+        let number = state.rounds_started;
+        let screened = self.screen(id, pending.purpose, out.now);
+        let state = self.requests.get_mut(id).expect("request exists");
+        let refusal_text = screened
+            .refusal
+            .as_ref()
+            .map(|r| format!("{} held by {} ({})", r.mode.as_str(), r.holder, r.reference));
+        out.ledger(
+            Some(id),
+            EventKind::Screened {
+                round: number,
+                purpose: pending.purpose.as_str().into(),
+                gpus: pending.gpus,
+                versions: self
+                    .contracts
+                    .in_force(out.now, &self.suspensions)
+                    .versions
+                    .iter()
+                    .map(|(c, v)| format!("{c}@{v}"))
+                    .collect(),
+                exclusive_to: screened.rules.exclusive_to.as_ref().map(|(h, c)| format!("{h} ({c})")),
+                first_refusal: refusal_text,
+                caps: screened
+                    .rules
+                    .caps
+                    .iter()
+                    .map(|c| format!("{:.0}% by {:?} ({})", c.max_share * 100.0, c.basis, c.source))
+                    .collect(),
+            },
+        );
+        let round = Round {
+            number,
+            gpus: pending.gpus,
+            hours: pending.hours,
+            screened,
+            stage: Stage::Quotes { respond_by: out.now },
+            quotes_asked: BTreeSet::new(),
+            quotes_answered: BTreeSet::new(),
+            quotes: Vec::new(),
+            market_asked: false,
+            declined_price: None,
+            solicitations: 0,
+            pending_match: None,
+            last_terms: None,
+            solicited_gpus: 0,
+        };
+        state.round = Some(round);
+        self.begin_round(out, id);
+    }
+
+    /// Derives the rules for a round from the contracts and policy in force now.
+    fn screen(&self, id: &str, purpose: Purpose, now: Timestamp) -> Screened {
+        let request = &self.requests[id].request;
+        let terms = self.contracts.in_force(now, &self.suspensions);
+        let policy = &self.contracts.policy;
+        let mut rules = Rules { policy_regions: policy.allowed_regions.clone(), ..Rules::default() };
+
+        // Exclusivity narrows the field to the holder, unless it is down and the clause releases in emergencies.
+        for exclusive in &terms.exclusivities {
+            if exclusive.terms.workloads.contains(&request.workload) {
+                let holder = exclusive.terms.holder.clone();
+                let released = purpose == Purpose::Failover
+                    && exclusive.terms.emergency_release
+                    && self.provider_down(&holder, None).is_some();
+                if !released {
+                    rules.exclusive_to = Some((
+                        holder,
+                        format!("{}/{}/{}", exclusive.contract, exclusive.version, exclusive.clause),
+                    ));
+                }
+            }
+        }
+
+        // Price ceiling: the lower of the request's and the policy's for each acceptable accelerator.
+        let policy_ceiling = request
+            .accelerators
+            .iter()
+            .filter_map(|a| policy.price_ceiling(a))
+            .map(Price::get)
+            .fold(None, |acc: Option<f64>, p| Some(acc.map_or(p, |a| a.max(p))));
+        rules.price_ceiling = match (request.max_price.map(Price::get), policy_ceiling) {
+            (Some(a), Some(b)) => Price::new(a.min(b)).ok(),
+            (Some(a), None) | (None, Some(a)) => Price::new(a).ok(),
+            (None, None) => None,
+        };
+
+        // Diversification: the policy's rules and the contracts' clauses that cover this request.
+        let diversifications = policy
+            .diversification
+            .iter()
+            .map(|d| (d, format!("policy:{}", policy.source.as_deref().unwrap_or("policy"))))
+            .chain(
+                terms
+                    .diversifications
+                    .iter()
+                    .map(|d| (d.terms, format!("{}/{}/{}", d.contract, d.version, d.clause))),
+            );
+        for (rule, source) in diversifications {
+            if rule.scope.covers(request.workload, &request.accelerators, &request.regions)
+                && rule.max_share < 1.0
+            {
+                rules.caps.push(Cap { max_share: rule.max_share, basis: rule.basis, source: source.clone() });
+            }
+            for (class, k) in &rule.min_providers {
+                if *class == request.workload && rules.min_providers.as_ref().is_none_or(|(m, _)| *k > *m) {
+                    rules.min_providers = Some((*k, source.clone()));
+                }
+            }
+        }
+        if !rules.caps.is_empty() {
+            rules.fleet = self.fleet(request.workload);
+        }
+
+        // Commitments: the projected shortfall is spend the buyer owes anyway.
+        for commitment in &terms.commitments {
+            let c = commitment.terms;
+            let counts = c.counts.is_empty() || c.counts.contains(&request.workload);
+            if counts && c.period_start <= now && now < c.period_end {
+                let spent = self.spend.get(&c.provider).copied().unwrap_or(0.0);
+                let shortfall = (c.amount - spent).max(0.0);
+                *rules.credits.entry(c.provider.clone()).or_default() += shortfall;
+            }
+        }
+
+        // Providers that failed this request before are not asked again.
+        for (provider, why) in &self.requests[id].failed_providers {
+            rules.excluded.insert(provider.clone(), why.clone());
+        }
+        // Providers that are down may not be used.
+        for (incident_id, incident) in &self.incidents {
+            let why = format!("down (incident {incident_id})");
+            match &incident.region {
+                None => {
+                    rules.excluded.insert(incident.provider.clone(), why);
+                }
+                Some(region) => {
+                    rules.excluded_regions.insert((incident.provider.clone(), region.clone()), why);
+                }
+            }
+        }
+
+        // First refusal applies when a clause in force covers the request and this kind of round.
+        let refusal = terms
+            .first_refusals
+            .iter()
+            .find(|f| {
+                f.terms.scope.covers(request.workload, &request.accelerators, &request.regions)
+                    && match purpose {
+                        Purpose::Initial => true,
+                        Purpose::Spillover => f.terms.covers_spillover,
+                        Purpose::Failover => f.terms.covers_failover,
+                    }
+            })
+            .map(|f| RefusalTerms {
+                holder: f.terms.holder.clone(),
+                mode: f.terms.mode,
+                window_hours: f.terms.window_hours,
+                reference: format!("{}/{}/{}", f.contract, f.version, f.clause),
+            });
+        Screened { refusal, rules }
+    }
+
+    /// Live allocations of requests of one workload class, per provider.
+    fn fleet(&self, workload: crate::types::WorkloadClass) -> Fleet {
+        let mut fleet = Fleet::default();
+        for allocation in self.allocations.values() {
+            let live = matches!(allocation.state, AllocationState::Reserved | AllocationState::Active);
+            let same_class =
+                self.requests.get(&allocation.request).is_some_and(|r| r.request.workload == workload);
+            if live && same_class {
+                let gpus = f64::from(allocation.plan.gpus);
+                *fleet.gpus.entry(allocation.plan.provider.clone()).or_default() += gpus;
+                *fleet.spend_per_hour.entry(allocation.plan.provider.clone()).or_default() +=
+                    gpus * allocation.plan.price.get();
+            }
+        }
+        fleet
+    }
+
+    fn provider_down(&self, provider: &ProviderName, region: Option<&Region>) -> Option<&str> {
+        self.incidents
+            .iter()
+            .find(|(_, i)| &i.provider == provider && (i.region.is_none() || i.region.as_ref() == region))
+            .map(|(id, _)| id.as_str())
+    }
+
+    /// The request as this round sees it: the round's GPUs and hours.
+    fn round_request(&self, id: &str) -> Option<Request> {
+        let state = self.requests.get(id)?;
+        let round = state.round.as_ref()?;
+        let mut request = state.request.clone();
+        request.gpus = GpuCount::new(round.gpus).ok()?;
+        request.duration_hours = round.hours;
+        Some(request)
+    }
+
+    fn begin_round(&mut self, out: &mut Out, id: &str) {
+        let Some(round_request) = self.round_request(id) else { return };
+        let round = self.requests[id].round.as_ref().expect("round running");
+        match round.screened.refusal.clone() {
+            Some(refusal) if refusal.mode == RefusalMode::OfferFirst => {
+                let room = holder_room(&round.screened.rules, &refusal.holder, &round_request);
+                let terms = self
+                    .holder_terms(&round_request, &refusal, &round.screened.rules, out.now)
+                    .and_then(|price| {
+                        if room == 0 {
+                            Err(vec![format!(
+                                "{} is at the buyer's diversification cap or minimum-provider rule",
+                                refusal.holder
+                            )])
+                        } else {
+                            Ok(price)
+                        }
+                    });
+                match terms {
+                    Ok(price) => self.solicit(out, id, &refusal, room, price),
+                    Err(evidence) => {
+                        let number = round.number;
+                        out.ledger(
+                            Some(id),
+                            EventKind::FirstRefusalSkipped {
+                                round: number,
+                                holder: refusal.holder.clone(),
+                                evidence,
+                            },
+                        );
+                        self.ask_market(out, id);
+                    }
+                }
+            }
+            // In match mode the market goes first; the holder is shown the winning terms later.
+            _ => self.ask_market(out, id),
+        }
+    }
+
+    /// The price the holder is offered: its own cheapest qualifying list price
+    /// (capped at the ceiling), or the evidence that no offer of the holder's
+    /// meets the hard requirements (accelerator, region, block size, deliver-by).
+    fn holder_terms(
+        &self,
+        request: &Request,
+        refusal: &RefusalTerms,
+        rules: &Rules,
+        now: Timestamp,
+    ) -> Result<Price, Vec<String>> {
+        if let Some(incident) = self.provider_down(&refusal.holder, None) {
+            return Err(vec![format!("holder is down (incident {incident})")]);
+        }
+        let holder_offers: Vec<Offer> =
+            self.published.iter().filter(|o| o.provider == refusal.holder).cloned().collect();
+        if holder_offers.is_empty() {
+            return Err(vec![format!("{} publishes no offers", refusal.holder)]);
+        }
+        // Hard requirements only: no price ceiling, no caps, no exclusions.
+        let hard = Rules { policy_regions: rules.policy_regions.clone(), ..Rules::default() };
+        let mut one_block = request.clone();
+        one_block.gpus = request.min_block;
+        let demand = Demand { request: &one_block, gpus: one_block.gpus.get(), now };
+        let check = placement::place(demand, &holder_offers, &hard, self.config.solver);
+        let mut evidence = Vec::new();
+        let mut best: Option<f64> = None;
+        for verdict in &check.verdicts {
+            match &verdict.outcome {
+                placement::Outcome::Rejected(
+                    reason @ (placement::Rejection::Accelerator { .. }
+                    | placement::Rejection::Spot
+                    | placement::Rejection::RegionNotRequested { .. }
+                    | placement::Rejection::RegionNotAllowedByPolicy { .. }
+                    | placement::Rejection::TooLate { .. }
+                    | placement::Rejection::BlockTooLarge { .. }
+                    | placement::Rejection::Expired { .. }),
+                ) => evidence.push(format!("{}: {reason}", verdict.offer_id)),
+                _ => best = Some(best.map_or(verdict.price, |b: f64| b.min(verdict.price))),
+            }
+        }
+        match best {
+            Some(price) => {
+                let price = rules.price_ceiling.map_or(price, |c| price.min(c.get()));
+                Ok(Price::new(price).expect("a published price is a valid price"))
+            }
+            None => Err(evidence),
+        }
+    }
+
+    fn solicit(&mut self, out: &mut Out, id: &str, refusal: &RefusalTerms, gpus: u32, price: Price) {
+        let respond_by = out.now.plus_hours(f64::from(refusal.window_hours));
+        let state = self.requests.get_mut(id).expect("request exists");
+        state.status = Status::FirstRefusal;
+        let request = state.request.clone();
+        let round = state.round.as_mut().expect("round running");
+        round.solicitations += 1;
+        round.last_terms = Some(price);
+        round.solicited_gpus = gpus;
+        round.stage = Stage::Holder { solicitation: round.solicitations, respond_by };
+        let (number, solicitation, hours) = (round.number, round.solicitations, round.hours);
+        out.ledger(
+            Some(id),
+            EventKind::Solicited {
+                round: number,
+                holder: refusal.holder.clone(),
+                mode: refusal.mode.as_str().into(),
+                gpus,
+                price,
+                respond_by,
+            },
+        );
+        out.effects.push(Effect::Solicit(Solicitation {
+            request: id.to_owned(),
+            round: number,
+            holder: refusal.holder.clone(),
+            mode: refusal.mode,
+            gpus,
+            min_block: request.min_block.get(),
+            accelerators: request.accelerators.iter().map(|a| a.to_string()).collect(),
+            regions: request.regions.clone(),
+            duration_hours: hours,
+            deliver_by: request.deliver_by,
+            price,
+            respond_by,
+        }));
+        out.effects.push(Effect::SetTimer {
+            at: respond_by,
+            timer: Timer::HolderWindow { request: id.to_owned(), round: number, solicitation },
+        });
+    }
+
+    fn holder_answer(&mut self, out: &mut Out, id: &str, round_number: u32, answer: HolderAnswer) {
+        let Some(state) = self.requests.get(id) else { return };
+        let Some(round) = state.round.as_ref() else { return };
+        let Some(refusal) = round.screened.refusal.clone() else { return };
+        let waiting = matches!(round.stage, Stage::Holder { respond_by, .. } if out.now <= respond_by);
+        if round.number != round_number || !waiting {
+            out.ledger(Some(id), EventKind::LateAnswerIgnored { round: round_number, from: refusal.holder });
+            return;
+        }
+        match answer {
+            HolderAnswer::Decline => {
+                out.ledger(
+                    Some(id),
+                    EventKind::HolderAnswered {
+                        round: round_number,
+                        holder: refusal.holder.clone(),
+                        outcome: "declined".into(),
+                        gpus: 0,
+                    },
+                );
+                self.holder_passed(out, id);
+            }
+            HolderAnswer::Accept { gpus, region, accelerator, lead_time_hours } => {
+                if !state.request.accelerators.contains(&accelerator) {
+                    out.ledger(
+                        Some(id),
+                        EventKind::HolderAnswered {
+                            round: round_number,
+                            holder: refusal.holder.clone(),
+                            outcome: format!("invalid: accelerator {accelerator} not requested"),
+                            gpus: 0,
+                        },
+                    );
+                    self.holder_passed(out, id);
+                    return;
+                }
+                let block = state.request.min_block.get();
+                let taken = (gpus.min(round.solicited_gpus) / block) * block;
+                let outcome = if taken == 0 {
+                    "declined"
+                } else if taken == round.solicited_gpus {
+                    "accepted"
+                } else {
+                    "accepted_part"
+                };
+                out.ledger(
+                    Some(id),
+                    EventKind::HolderAnswered {
+                        round: round_number,
+                        holder: refusal.holder.clone(),
+                        outcome: outcome.into(),
+                        gpus: taken,
+                    },
+                );
+                if taken == 0 {
+                    self.holder_passed(out, id);
+                    return;
+                }
+                self.holder_takes(
+                    out,
+                    id,
+                    &refusal.holder,
+                    Taken { gpus: taken, region, accelerator, lead_time_hours },
+                );
+            }
+        }
+    }
+
+    /// The holder takes `gpus` of the round on the solicited terms.
+    fn holder_takes(&mut self, out: &mut Out, id: &str, holder: &ProviderName, taken: Taken) {
+        let Taken { gpus, region, accelerator, lead_time_hours } = taken;
+        let state = &self.requests[id];
+        let round = state.round.as_ref().expect("round running");
+        // The holder takes the terms it was offered: the buyer's (offer-first) or the market's (match).
+        let price = round.last_terms.expect("the holder was solicited");
+        debug_assert!(state.request.accelerators.contains(&accelerator));
+        let plan = PlannedAllocation {
+            offer_id: format!("{holder}/{region}/first-refusal"),
+            provider: holder.clone(),
+            region,
+            accelerator,
+            gpus,
+            price,
+            lead_time_hours,
+        };
+        self.award(out, id, vec![plan], "first_refusal");
+        let state = self.requests.get_mut(id).expect("request exists");
+        let round = state.round.as_mut().expect("round running");
+        round.gpus -= gpus;
+        round.screened.rules.excluded.insert(holder.clone(), "took its part in first refusal".into());
+        if round.gpus > 0 && round.pending_match.is_none() {
+            // Taking part is declining the rest at these terms: the no-better-terms rule covers the remainder.
+            round.declined_price = Some(round.declined_price.map_or(price.get(), |d| d.max(price.get())));
+        }
+        if round.gpus == 0 {
+            self.finish_round(out, id);
+        } else if round.market_asked {
+            // Match mode or a re-solicitation: the quotes are in hand; place the rest.
+            round.pending_match = None;
+            self.decide(out, id);
+        } else {
+            self.ask_market(out, id);
+        }
+    }
+
+    /// The holder declined or let the window lapse.
+    fn holder_passed(&mut self, out: &mut Out, id: &str) {
+        let state = self.requests.get_mut(id).expect("request exists");
+        let round = state.round.as_mut().expect("round running");
+        let holder = round.screened.refusal.as_ref().expect("first refusal").holder.clone();
+        if let Some(terms) = round.last_terms {
+            round.declined_price = Some(round.declined_price.map_or(terms.get(), |d| d.max(terms.get())));
+        }
+        round.screened.rules.excluded.insert(holder, "declined in first refusal".into());
+        if round.market_asked {
+            // Match mode, or a no-better-terms re-solicitation: the market award stands.
+            let plan = round.pending_match.take();
+            match plan {
+                Some(plan) => {
+                    self.award(out, id, plan, "market");
+                    self.finish_round(out, id);
+                }
+                None => self.decide(out, id),
+            }
+        } else {
+            self.ask_market(out, id);
+        }
+    }
+
+    fn ask_market(&mut self, out: &mut Out, id: &str) {
+        let Some(round_request) = self.round_request(id) else { return };
+        let state = self.requests.get_mut(id).expect("request exists");
+        state.status = Status::Market;
+        let round = state.round.as_mut().expect("round running");
+        round.market_asked = true;
+        let rules = &round.screened.rules;
+        let holder_waits = round
+            .screened
+            .refusal
+            .as_ref()
+            .filter(|r| r.mode == RefusalMode::Match)
+            .map(|r| r.holder.clone());
+        let mut providers: BTreeSet<ProviderName> =
+            self.published.iter().map(|o| o.provider.clone()).collect();
+        providers.retain(|p| {
+            !rules.excluded.contains_key(p)
+                && rules.exclusive_to.as_ref().is_none_or(|(holder, _)| holder == p)
+                && holder_waits.as_ref() != Some(p)
+        });
+        let number = round.number;
+        if providers.is_empty() {
+            let reason = match (&rules.exclusive_to, rules.excluded.is_empty()) {
+                (Some((holder, clause)), _) => {
+                    format!("workload is exclusive to {holder} ({clause}), which is not available")
+                }
+                (None, false) => "every provider is excluded (declined, down or already used)".to_owned(),
+                (None, true) => "no provider publishes any offer".to_owned(),
+            };
+            self.unfilled(out, id, reason);
+            return;
+        }
+        let respond_by = out.now.plus_hours(self.config.quote_window_hours);
+        round.stage = Stage::Quotes { respond_by };
+        round.quotes_asked = providers.clone();
+        round.quotes_answered.clear();
+        let providers: Vec<ProviderName> = providers.into_iter().collect();
+        out.ledger(
+            Some(id),
+            EventKind::QuotesRequested { round: number, providers: providers.clone(), respond_by },
+        );
+        out.effects.push(Effect::RequestQuotes {
+            providers,
+            spec: QuoteRequest {
+                request: id.to_owned(),
+                round: number,
+                gpus: round_request.gpus.get(),
+                min_block: round_request.min_block.get(),
+                accelerators: round_request.accelerators.iter().map(|a| a.to_string()).collect(),
+                regions: round_request.regions.clone(),
+                duration_hours: round_request.duration_hours,
+                deliver_by: round_request.deliver_by,
+                respond_by,
+            },
+        });
+        out.effects.push(Effect::SetTimer {
+            at: respond_by,
+            timer: Timer::QuoteDeadline { request: id.to_owned(), round: number },
+        });
+    }
+
+    fn quotes(
+        &mut self,
+        out: &mut Out,
+        id: &str,
+        round_number: u32,
+        provider: ProviderName,
+        mut offers: Vec<Offer>,
+    ) {
+        let Some(state) = self.requests.get_mut(id) else { return };
+        let Some(round) = state.round.as_mut() else { return };
+        let open = matches!(round.stage, Stage::Quotes { respond_by } if out.now <= respond_by);
+        if round.number != round_number
+            || !open
+            || !round.quotes_asked.contains(&provider)
+            || round.quotes_answered.contains(&provider)
+        {
+            out.ledger(Some(id), EventKind::LateAnswerIgnored { round: round_number, from: provider });
+            return;
+        }
+        // A provider speaks only for itself, and within bounds.
+        offers.retain(|o| o.provider == provider);
+        offers.truncate(MAX_QUOTES_PER_ANSWER);
+        out.ledger(
+            Some(id),
+            EventKind::QuoteReceived {
+                round: round_number,
+                provider: provider.clone(),
+                offers: offers.len(),
+            },
+        );
+        round.quotes.extend(offers);
+        round.quotes_answered.insert(provider);
+        if round.quotes_answered == round.quotes_asked {
+            self.decide(out, id);
+        }
+    }
+
+    /// Places the round's GPUs over the quotes in hand, then awards, goes back
+    /// to the holder (match mode, or the no-better-terms rule), or gives up.
+    fn decide(&mut self, out: &mut Out, id: &str) {
+        let Some(round_request) = self.round_request(id) else { return };
+        // The fleet moved since screening if the holder took part of this round.
+        let fleet = self.fleet(round_request.workload);
+        let state = self.requests.get_mut(id).expect("request exists");
+        let round = state.round.as_mut().expect("round running");
+        if !round.screened.rules.caps.is_empty() {
+            round.screened.rules.fleet = fleet;
+        }
+        round.stage = Stage::Quotes { respond_by: out.now };
+        let mut quotes = round.quotes.clone();
+        quotes.sort_by(|a, b| a.id.cmp(&b.id));
+        let placement = placement::place(
+            Demand { request: &round_request, gpus: round.gpus, now: out.now },
+            &quotes,
+            &round.screened.rules,
+            self.config.solver,
+        );
+        let number = round.number;
+        out.ledger(
+            Some(id),
+            EventKind::Placed {
+                round: number,
+                solver: placement.solver.clone(),
+                list_cost: placement.list_cost,
+                effective_cost: placement.effective_cost,
+                notes: placement.notes.clone(),
+                verdicts: placement.verdicts.clone(),
+            },
+        );
+        if let Some(reason) = placement.infeasible {
+            self.unfilled(out, id, reason);
+            return;
+        }
+        let max_price = placement.allocations.iter().map(|a| a.price.get()).fold(0.0, f64::max);
+        let refusal = round.screened.refusal.clone();
+        if let Some(refusal) = refusal {
+            let holder_excluded = round.screened.rules.excluded.contains_key(&refusal.holder);
+            match refusal.mode {
+                // Match: the holder has not yet seen these terms.
+                RefusalMode::Match
+                    if round.pending_match.is_none()
+                        && !holder_excluded
+                        && holder_room(&round.screened.rules, &refusal.holder, &round_request) > 0 =>
+                {
+                    round.pending_match = Some(placement.allocations.clone());
+                    let gpus = holder_room(&round.screened.rules, &refusal.holder, &round_request);
+                    self.solicit(out, id, &refusal, gpus, Price::new(max_price).expect("valid"));
+                    return;
+                }
+                // Offer-first: the no-better-terms rule.
+                RefusalMode::OfferFirst => {
+                    if let Some(declined) = round.declined_price
+                        && max_price > declined + 1e-9
+                        && round.solicitations <= MAX_RESOLICITATIONS
+                    {
+                        out.ledger(
+                            Some(id),
+                            EventKind::NoBetterTerms {
+                                round: number,
+                                holder: refusal.holder.clone(),
+                                declined_price: declined,
+                                market_price: max_price,
+                            },
+                        );
+                        round.screened.rules.excluded.remove(&refusal.holder);
+                        let gpus = holder_room(&round.screened.rules, &refusal.holder, &round_request);
+                        self.solicit(out, id, &refusal, gpus, Price::new(max_price).expect("valid"));
+                        return;
+                    }
+                }
+                // Match, but the holder cannot be shown the terms: record why before the market award.
+                RefusalMode::Match if round.solicitations == 0 => {
+                    let why = match round.screened.rules.excluded.get(&refusal.holder) {
+                        Some(why) => format!("{}: {why}", refusal.holder),
+                        None => format!(
+                            "{} is at the buyer's diversification cap or minimum-provider rule",
+                            refusal.holder
+                        ),
+                    };
+                    out.ledger(
+                        Some(id),
+                        EventKind::FirstRefusalSkipped {
+                            round: number,
+                            holder: refusal.holder.clone(),
+                            evidence: vec![why],
+                        },
+                    );
+                }
+                RefusalMode::Match => {}
+            }
+        }
+        self.award(out, id, placement.allocations, "market");
+        self.finish_round(out, id);
+    }
+
+    fn award(&mut self, out: &mut Out, id: &str, plans: Vec<PlannedAllocation>, via: &str) {
+        let state = self.requests.get_mut(id).expect("request exists");
+        let round = state.round.as_ref().expect("round running");
+        let mut records = Vec::new();
+        for plan in plans {
+            let allocation = self.next_allocation;
+            self.next_allocation += 1;
+            let promised = out.now.plus_hours(f64::from(plan.lead_time_hours));
+            *self.spend.entry(plan.provider.clone()).or_default() +=
+                plan.price.get() * f64::from(plan.gpus) * f64::from(round.hours);
+            records.push(AllocationRecord {
+                id: allocation,
+                via: via.to_owned(),
+                plan: plan.clone(),
+                promised,
+            });
+            out.effects.push(Effect::Reserve { allocation, plan: plan.clone(), promised });
+            out.effects.push(Effect::SetTimer {
+                at: promised.plus_hours(self.config.delivery_grace_hours),
+                timer: Timer::DeliveryDue { allocation },
+            });
+            state.allocations.push(allocation);
+            self.allocations.insert(
+                allocation,
+                Allocation {
+                    id: allocation,
+                    request: id.to_owned(),
+                    round: round.number,
+                    via: via.to_owned(),
+                    plan,
+                    hours: round.hours,
+                    awarded_at: out.now,
+                    promised,
+                    ready_at: None,
+                    ends_at: None,
+                    state: AllocationState::Reserved,
+                },
+            );
+        }
+        if !records.is_empty() {
+            out.ledger(Some(id), EventKind::Awarded { round: round.number, allocations: records });
+        }
+    }
+
+    fn unfilled(&mut self, out: &mut Out, id: &str, reason: String) {
+        let state = self.requests.get_mut(id).expect("request exists");
+        let round = state.round.as_ref().expect("round running");
+        state.unfilled_gpus += round.gpus;
+        state.unfilled_reason = Some(reason.clone());
+        out.ledger(Some(id), EventKind::Unfilled { round: round.number, gpus: round.gpus, reason });
+        self.finish_round(out, id);
+    }
+
+    fn finish_round(&mut self, out: &mut Out, id: &str) {
+        if let Some(state) = self.requests.get_mut(id) {
+            state.round = None;
+        }
+        self.settle_status(out, id);
+        self.next_round(out, id);
+    }
+
+    /// Derives the request's status from its allocations once no round runs.
+    fn settle_status(&mut self, out: &mut Out, id: &str) {
+        let Some(state) = self.requests.get(id) else { return };
+        if state.round.is_some() || state.status == Status::Cancelled {
+            return;
+        }
+        let states: Vec<AllocationState> =
+            state.allocations.iter().map(|a| self.allocations[a].state).collect();
+        let live = states
+            .iter()
+            .filter(|s| matches!(s, AllocationState::Reserved | AllocationState::Active))
+            .count();
+        let previous = state.status;
+        let status = if live == 0 {
+            if states.contains(&AllocationState::Released) {
+                Status::Released
+            } else if state.pending.is_empty() {
+                Status::Unfilled
+            } else {
+                previous
+            }
+        } else if states.iter().all(|s| *s != AllocationState::Reserved) {
+            Status::Active
+        } else {
+            Status::Provisioning
+        };
+        let state = self.requests.get_mut(id).expect("request exists");
+        state.status = status;
+        if status != previous {
+            match status {
+                Status::Active => out.ledger(Some(id), EventKind::RequestActive {}),
+                Status::Released => out.ledger(Some(id), EventKind::RequestReleased {}),
+                _ => {}
+            }
+        }
+    }
+
+    fn timer(&mut self, out: &mut Out, timer: Timer) {
+        match timer {
+            Timer::HolderWindow { request, round, solicitation } => {
+                let Some(state) = self.requests.get(&request) else { return };
+                let Some(current) = state.round.as_ref() else { return };
+                let waiting =
+                    matches!(current.stage, Stage::Holder { solicitation: s, .. } if s == solicitation);
+                if current.number == round && waiting {
+                    let holder = current.screened.refusal.as_ref().expect("first refusal").holder.clone();
+                    out.ledger(Some(&request), EventKind::HolderLapsed { round, holder });
+                    self.holder_passed(out, &request);
+                }
+            }
+            Timer::QuoteDeadline { request, round } => {
+                let Some(state) = self.requests.get(&request) else { return };
+                let Some(current) = state.round.as_ref() else { return };
+                if current.number == round
+                    && matches!(current.stage, Stage::Quotes { .. })
+                    && current.market_asked
+                    && current.pending_match.is_none()
+                    && current.quotes_answered != current.quotes_asked
+                {
+                    self.decide(out, &request);
+                }
+            }
+            Timer::DeliveryDue { allocation } => {
+                let Some(a) = self.allocations.get(&allocation) else { return };
+                if a.state != AllocationState::Reserved {
+                    return;
+                }
+                let (request, gpus, hours, promised, provider) =
+                    (a.request.clone(), a.plan.gpus, a.hours, a.promised, a.plan.provider.clone());
+                *self.spend.entry(provider.clone()).or_default() -= a_spend(&self.allocations[&allocation]);
+                let a = self.allocations.get_mut(&allocation).expect("exists");
+                a.state = AllocationState::Cancelled;
+                // It never ran: no GPU-hours were used.
+                a.hours = 0;
+                if let Some(state) = self.requests.get_mut(&request) {
+                    state
+                        .failed_providers
+                        .insert(provider.clone(), format!("did not deliver allocation {allocation} on time"));
+                }
+                out.ledger(Some(&request), EventKind::Spillover { allocation, gpus, promised });
+                out.effects.push(Effect::Cancel {
+                    allocation,
+                    provider,
+                    why: "not ready by its promised time plus grace".into(),
+                });
+                self.requeue(out, &request, Purpose::Spillover, gpus, hours);
+            }
+            Timer::Release { allocation } => {
+                let Some(a) = self.allocations.get_mut(&allocation) else { return };
+                if a.state != AllocationState::Active {
+                    return;
+                }
+                a.state = AllocationState::Released;
+                let request = a.request.clone();
+                let gpu_hours = f64::from(a.plan.gpus) * f64::from(a.hours);
+                let spend = gpu_hours * a.plan.price.get();
+                out.ledger(Some(&request), EventKind::AllocationReleased { allocation, gpu_hours, spend });
+                self.settle_status(out, &request);
+            }
+        }
+    }
+
+    fn requeue(&mut self, out: &mut Out, id: &str, purpose: Purpose, gpus: u32, hours: u32) {
+        if let Some(state) = self.requests.get_mut(id)
+            && state.status != Status::Cancelled
+            && hours > 0
+        {
+            state.pending.push(Pending { purpose, gpus, hours });
+            self.next_round(out, id);
+        }
+    }
+
+    fn allocation_ready(&mut self, out: &mut Out, allocation: u64) {
+        let Some(a) = self.allocations.get_mut(&allocation) else { return };
+        if a.state != AllocationState::Reserved {
+            return;
+        }
+        a.state = AllocationState::Active;
+        a.ready_at = Some(out.now);
+        let ends_at = out.now.plus_hours(f64::from(a.hours));
+        a.ends_at = Some(ends_at);
+        let request = a.request.clone();
+        out.ledger(Some(&request), EventKind::AllocationReady { allocation });
+        out.effects.push(Effect::SetTimer { at: ends_at, timer: Timer::Release { allocation } });
+        self.settle_status(out, &request);
+    }
+
+    fn incident_opened(&mut self, out: &mut Out, id: String, provider: ProviderName, region: Option<Region>) {
+        out.ledger(
+            None,
+            EventKind::IncidentOpened { id: id.clone(), provider: provider.clone(), region: region.clone() },
+        );
+        self.incidents.insert(id.clone(), Incident { provider: provider.clone(), region: region.clone() });
+        let affected: Vec<u64> = self
+            .allocations
+            .values()
+            .filter(|a| {
+                matches!(a.state, AllocationState::Reserved | AllocationState::Active)
+                    && a.plan.provider == provider
+                    && region.as_ref().is_none_or(|r| r == &a.plan.region)
+            })
+            .map(|a| a.id)
+            .collect();
+        for allocation in affected {
+            let a = self.allocations.get_mut(&allocation).expect("exists");
+            let remaining = match a.ends_at {
+                Some(ends) => (ends.hours_since(out.now).ceil().max(0.0)) as u32,
+                None => a.hours,
+            };
+            let used = a.hours - remaining.min(a.hours);
+            let unused_spend =
+                a.plan.price.get() * f64::from(a.plan.gpus) * f64::from(remaining.min(a.hours));
+            a.hours = used;
+            a.state = AllocationState::Cancelled;
+            let (request, gpus) = (a.request.clone(), a.plan.gpus);
+            *self.spend.entry(provider.clone()).or_default() -= unused_spend;
+            out.ledger(
+                Some(&request),
+                EventKind::Failover { allocation, incident: id.clone(), gpus, remaining_hours: remaining },
+            );
+            out.effects.push(Effect::Cancel {
+                allocation,
+                provider: provider.clone(),
+                why: format!("incident {id}"),
+            });
+            self.requeue(out, &request, Purpose::Failover, gpus, remaining);
+            self.settle_status(out, &request);
+        }
+    }
+
+    fn cancel(&mut self, out: &mut Out, id: &str) {
+        let Some(state) = self.requests.get_mut(id) else { return };
+        if state.status.is_final() {
+            return;
+        }
+        state.status = Status::Cancelled;
+        state.round = None;
+        state.pending.clear();
+        let allocations = state.allocations.clone();
+        out.ledger(Some(id), EventKind::RequestCancelled {});
+        for allocation in allocations {
+            let a = self.allocations.get_mut(&allocation).expect("exists");
+            if matches!(a.state, AllocationState::Reserved | AllocationState::Active) {
+                a.state = AllocationState::Cancelled;
+                out.effects.push(Effect::Cancel {
+                    allocation,
+                    provider: a.plan.provider.clone(),
+                    why: "request cancelled".into(),
+                });
+            }
+        }
+    }
+}
+
+/// The most GPUs the buyer may offer the holder in a round: the round's GPUs,
+/// limited by the GPU caps (given the fleet) and by the minimum-provider rule
+/// (which leaves at least one block to each other provider needed).
+fn holder_room(rules: &Rules, holder: &ProviderName, request: &Request) -> u32 {
+    let gpus = request.gpus.get();
+    let block = request.min_block.get();
+    let mut room = gpus;
+    let fleet_total: f64 = rules.fleet.gpus.values().sum();
+    let held = rules.fleet.gpus.get(holder).copied().unwrap_or(0.0);
+    for cap in rules.caps.iter().filter(|c| c.basis == crate::contract::ShareBasis::Gpus) {
+        let allowed = (cap.max_share * (fleet_total + f64::from(gpus)) - held + 1e-9).max(0.0);
+        room = room.min(allowed as u32);
+    }
+    if let Some((k, _)) = &rules.min_providers {
+        room = room.min(gpus.saturating_sub(k.saturating_sub(1) * block));
+    }
+    room / block * block
+}
+
+fn a_spend(allocation: &Allocation) -> f64 {
+    allocation.plan.price.get() * f64::from(allocation.plan.gpus) * f64::from(allocation.hours)
+}
+
+/// Collects effects for one input.
+struct Out {
+    now: Timestamp,
+    effects: Effects,
+}
+
+impl Out {
+    fn ledger(&mut self, request: Option<&str>, kind: EventKind) {
+        self.effects.push(Effect::Ledger(Event { at: self.now, request: request.map(str::to_owned), kind }));
+    }
+}
+
+/// What the holder took in first refusal.
+struct Taken {
+    gpus: u32,
+    region: Region,
+    accelerator: Accelerator,
+    lead_time_hours: u32,
+}

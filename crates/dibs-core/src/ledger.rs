@@ -1,0 +1,214 @@
+//! Ledger entries: the engine's record of every input and decision.
+//!
+//! The engine emits [`Event`]s as effects; a shell appends them to a store.
+//! [`Chain`] hash-links them (SHA-256 over the previous hash and the entry's
+//! canonical JSON) so that any edit to history is detectable, and so that
+//! two runs that made the same decisions end on the same head.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::placement::{PlannedAllocation, SolverPath, Verdict};
+use crate::types::{Price, ProviderName, Region, Timestamp};
+
+/// One ledger entry's content. `kind` names the step of the lifecycle.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    RequestSubmitted {
+        gpus: u32,
+        accelerators: Vec<String>,
+        workload: String,
+        duration_hours: u32,
+    },
+    RequestRejected {
+        reason: String,
+    },
+    Screened {
+        round: u32,
+        purpose: String,
+        gpus: u32,
+        /// `contract@version` of every contract version in force.
+        versions: Vec<String>,
+        exclusive_to: Option<String>,
+        first_refusal: Option<String>,
+        caps: Vec<String>,
+    },
+    FirstRefusalSkipped {
+        round: u32,
+        holder: ProviderName,
+        /// Why each of the holder's published offers cannot meet the hard requirements.
+        evidence: Vec<String>,
+    },
+    Solicited {
+        round: u32,
+        holder: ProviderName,
+        mode: String,
+        gpus: u32,
+        price: Price,
+        respond_by: Timestamp,
+    },
+    HolderAnswered {
+        round: u32,
+        holder: ProviderName,
+        outcome: String,
+        gpus: u32,
+    },
+    HolderLapsed {
+        round: u32,
+        holder: ProviderName,
+    },
+    NoBetterTerms {
+        round: u32,
+        holder: ProviderName,
+        declined_price: f64,
+        market_price: f64,
+    },
+    QuotesRequested {
+        round: u32,
+        providers: Vec<ProviderName>,
+        respond_by: Timestamp,
+    },
+    QuoteReceived {
+        round: u32,
+        provider: ProviderName,
+        offers: usize,
+    },
+    LateAnswerIgnored {
+        round: u32,
+        from: ProviderName,
+    },
+    Placed {
+        round: u32,
+        solver: SolverPath,
+        list_cost: f64,
+        effective_cost: f64,
+        notes: Vec<String>,
+        verdicts: Vec<Verdict>,
+    },
+    Awarded {
+        round: u32,
+        allocations: Vec<AllocationRecord>,
+    },
+    Unfilled {
+        round: u32,
+        gpus: u32,
+        reason: String,
+    },
+    AllocationReady {
+        allocation: u64,
+    },
+    RequestActive {},
+    Spillover {
+        allocation: u64,
+        gpus: u32,
+        promised: Timestamp,
+    },
+    IncidentOpened {
+        id: String,
+        provider: ProviderName,
+        region: Option<Region>,
+    },
+    IncidentResolved {
+        id: String,
+    },
+    Failover {
+        allocation: u64,
+        incident: String,
+        gpus: u32,
+        remaining_hours: u32,
+    },
+    AllocationReleased {
+        allocation: u64,
+        gpu_hours: f64,
+        spend: f64,
+    },
+    RequestReleased {},
+    RequestCancelled {},
+}
+
+impl EventKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::RequestSubmitted { .. } => "request_submitted",
+            Self::RequestRejected { .. } => "request_rejected",
+            Self::Screened { .. } => "screened",
+            Self::FirstRefusalSkipped { .. } => "first_refusal_skipped",
+            Self::Solicited { .. } => "solicited",
+            Self::HolderAnswered { .. } => "holder_answered",
+            Self::HolderLapsed { .. } => "holder_lapsed",
+            Self::NoBetterTerms { .. } => "no_better_terms",
+            Self::QuotesRequested { .. } => "quotes_requested",
+            Self::QuoteReceived { .. } => "quote_received",
+            Self::LateAnswerIgnored { .. } => "late_answer_ignored",
+            Self::Placed { .. } => "placed",
+            Self::Awarded { .. } => "awarded",
+            Self::Unfilled { .. } => "unfilled",
+            Self::AllocationReady { .. } => "allocation_ready",
+            Self::RequestActive { .. } => "request_active",
+            Self::Spillover { .. } => "spillover",
+            Self::IncidentOpened { .. } => "incident_opened",
+            Self::IncidentResolved { .. } => "incident_resolved",
+            Self::Failover { .. } => "failover",
+            Self::AllocationReleased { .. } => "allocation_released",
+            Self::RequestReleased { .. } => "request_released",
+            Self::RequestCancelled { .. } => "request_cancelled",
+        }
+    }
+}
+
+/// An allocation as the ledger records it at award time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AllocationRecord {
+    pub id: u64,
+    pub via: String,
+    #[serde(flatten)]
+    pub plan: PlannedAllocation,
+    pub promised: Timestamp,
+}
+
+/// A SHA-256 hash chain over events.
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    head: [u8; 32],
+    length: u64,
+}
+
+impl Chain {
+    /// Appends one event; returns the new head as lowercase hex.
+    pub fn append(&mut self, event: &Event) -> String {
+        let body = serde_json::to_vec(event).expect("ledger events serialize to JSON");
+        self.append_bytes(&body)
+    }
+
+    pub fn append_bytes(&mut self, body: &[u8]) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.head);
+        hasher.update(self.length.to_be_bytes());
+        hasher.update(body);
+        self.head = hasher.finalize().into();
+        self.length += 1;
+        self.head_hex()
+    }
+
+    pub fn head_hex(&self) -> String {
+        self.head.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn len(&self) -> u64 {
+        self.length
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.length == 0
+    }
+}

@@ -1,0 +1,367 @@
+//! Domain types shared by every stage of the engine.
+//!
+//! Each type checks its own preconditions in its constructor ("parse, don't
+//! validate"): a `GpuCount` is never zero, a `Price` is finite and not
+//! negative, a `ProviderName` is a lowercase identifier. Code that holds one of
+//! these never re-checks it.
+
+use std::fmt;
+use std::num::NonZeroU32;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// A value failed its constructor's check. The message says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+fn invalid(message: impl Into<String>) -> InvalidValue {
+    InvalidValue(message.into())
+}
+
+fn is_identifier(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// A cloud or GPU vendor the buyer can buy from: `azure`, `oci`, `aws`, ...
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProviderName(String);
+
+impl ProviderName {
+    pub fn new(name: &str) -> Result<Self, InvalidValue> {
+        let name = name.trim();
+        if is_identifier(name) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(invalid(format!(
+                "provider name {name:?} must be 1 to 64 lowercase letters, digits, '-' or '_'"
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ProviderName {
+    type Error = InvalidValue;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(&value)
+    }
+}
+
+impl From<ProviderName> for String {
+    fn from(value: ProviderName) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for ProviderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A canonical GPU model name such as `H100`, `A100-80GB`, `MI300X`.
+///
+/// Canonical names are SkyPilot's (`accelerators.csv`), compared
+/// case-insensitively on input and stored in their canonical spelling; see
+/// `catalog::canonical_accelerator` for the aliases that are folded in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Accelerator(String);
+
+impl Accelerator {
+    pub fn new(name: &str) -> Result<Self, InvalidValue> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c == ',') {
+            return Err(invalid(format!("accelerator name {name:?} is empty or malformed")));
+        }
+        Ok(Self(crate::catalog::canonical_accelerator(name)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Accelerator {
+    type Error = InvalidValue;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(&value)
+    }
+}
+
+impl From<Accelerator> for String {
+    fn from(value: Accelerator) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for Accelerator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A provider's region, as the provider spells it (`eastus`, `us-east-1`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Region(String);
+
+impl Region {
+    pub fn new(name: &str) -> Result<Self, InvalidValue> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(invalid(format!("region name {name:?} is empty or malformed")));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Region {
+    type Error = InvalidValue;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(&value)
+    }
+}
+
+impl From<Region> for String {
+    fn from(value: Region) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A positive number of GPUs, at most `GpuCount::MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct GpuCount(NonZeroU32);
+
+impl GpuCount {
+    /// No single request asks for more GPUs than this; larger numbers are typos.
+    pub const MAX: u32 = 1_000_000;
+
+    pub fn new(count: u32) -> Result<Self, InvalidValue> {
+        match NonZeroU32::new(count) {
+            Some(n) if count <= Self::MAX => Ok(Self(n)),
+            _ => Err(invalid(format!("GPU count {count} must be between 1 and {}", Self::MAX))),
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0.get()
+    }
+}
+
+impl TryFrom<u32> for GpuCount {
+    type Error = InvalidValue;
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<GpuCount> for u32 {
+    fn from(value: GpuCount) -> Self {
+        value.get()
+    }
+}
+
+impl fmt::Display for GpuCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A price in US dollars per GPU-hour: finite and not negative.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct Price(f64);
+
+impl Price {
+    /// No GPU-hour costs more than this; larger numbers are typos or units confusion.
+    pub const MAX: f64 = 10_000.0;
+
+    pub fn new(usd_per_gpu_hour: f64) -> Result<Self, InvalidValue> {
+        if usd_per_gpu_hour.is_finite() && (0.0..=Self::MAX).contains(&usd_per_gpu_hour) {
+            Ok(Self(usd_per_gpu_hour))
+        } else {
+            Err(invalid(format!(
+                "price {usd_per_gpu_hour} USD per GPU-hour must be between 0 and {}",
+                Self::MAX
+            )))
+        }
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl TryFrom<f64> for Price {
+    type Error = InvalidValue;
+    fn try_from(value: f64) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<Price> for f64 {
+    fn from(value: Price) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for Price {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "${:.4}/GPU-h", self.0)
+    }
+}
+
+/// The kind of workload a request serves; contracts scope clauses by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadClass {
+    Training,
+    Inference,
+    Api,
+    Batch,
+}
+
+impl WorkloadClass {
+    pub const ALL: [WorkloadClass; 4] = [Self::Training, Self::Inference, Self::Api, Self::Batch];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Training => "training",
+            Self::Inference => "inference",
+            Self::Api => "api",
+            Self::Batch => "batch",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, InvalidValue> {
+        Self::ALL.into_iter().find(|class| class.as_str() == text).ok_or_else(|| {
+            invalid(format!("workload class {text:?} is not one of training, inference, api, batch"))
+        })
+    }
+}
+
+impl fmt::Display for WorkloadClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An instant in UTC, whole seconds since the Unix epoch.
+///
+/// The engine never reads a clock: every instant it sees arrives in an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub const HOUR: i64 = 3600;
+
+    pub fn from_unix(seconds: i64) -> Self {
+        Self(seconds)
+    }
+
+    pub fn unix(self) -> i64 {
+        self.0
+    }
+
+    /// Parses `YYYY-MM-DD` (midnight UTC) or an RFC 3339 date-time.
+    pub fn parse(text: &str) -> Result<Self, InvalidValue> {
+        let text = text.trim();
+        if let Ok(at) = OffsetDateTime::parse(text, &Rfc3339) {
+            return Ok(Self(at.unix_timestamp()));
+        }
+        let format = time::macros::format_description!("[year]-[month]-[day]");
+        time::Date::parse(text, &format)
+            .map(|date| Self(date.midnight().assume_utc().unix_timestamp()))
+            .map_err(|_| invalid(format!("{text:?} is not a date (YYYY-MM-DD) or an RFC 3339 date-time")))
+    }
+
+    pub fn from_date(year: i32, month: u8, day: u8) -> Result<Self, InvalidValue> {
+        let month =
+            time::Month::try_from(month).map_err(|_| invalid(format!("month {month} is not 1 to 12")))?;
+        time::Date::from_calendar_date(year, month, day)
+            .map(|date| Self(date.midnight().assume_utc().unix_timestamp()))
+            .map_err(|e| invalid(format!("{year:04}-{month}-{day:02} is not a date: {e}")))
+    }
+
+    pub fn plus_seconds(self, seconds: i64) -> Self {
+        Self(self.0.saturating_add(seconds))
+    }
+
+    pub fn plus_hours(self, hours: f64) -> Self {
+        self.plus_seconds((hours * Self::HOUR as f64).round() as i64)
+    }
+
+    pub fn hours_since(self, earlier: Timestamp) -> f64 {
+        (self.0 - earlier.0) as f64 / Self::HOUR as f64
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match OffsetDateTime::from_unix_timestamp(self.0).ok().and_then(|t| t.format(&Rfc3339).ok()) {
+            Some(text) => f.write_str(&text),
+            None => write!(f, "@{}", self.0),
+        }
+    }
+}
+
+/// How a provider sells the capacity in an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OfferKind {
+    OnDemand,
+    Reserved,
+    Spot,
+}
+
+impl OfferKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OnDemand => "on-demand",
+            Self::Reserved => "reserved",
+            Self::Spot => "spot",
+        }
+    }
+}
+
+/// Capacity a provider can supply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Offer {
+    /// Unique within one catalog: `provider/region/instance-type/kind`.
+    pub id: String,
+    pub provider: ProviderName,
+    pub region: Region,
+    pub accelerator: Accelerator,
+    /// GPUs the provider can supply from this offer right now.
+    pub gpus_available: u32,
+    /// GPUs per node: capacity comes in whole nodes of this size.
+    pub gpus_per_node: u32,
+    pub price: Price,
+    /// Hours from reservation until the capacity is ready.
+    pub lead_time_hours: u32,
+    pub kind: OfferKind,
+    pub valid_until: Option<Timestamp>,
+    pub instance_type: String,
+}
