@@ -1,0 +1,226 @@
+//! Providers: the interface the shells use to talk to a cloud, and simulated
+//! providers that answer from a price catalog.
+//!
+//! A [`Provider`] answers the four calls of the provider protocol: a
+//! first-refusal solicitation, a quote request, a reservation and a
+//! cancellation. The simulated provider keeps finite capacity per offer
+//! (reservations take from it, cancellations give back) and a behaviour for
+//! solicitations, so `dibs place` and `dibs simulate` can play a holder that
+//! accepts, declines, takes part, or stays silent.
+
+use std::collections::BTreeMap;
+
+use dibs_core::engine::{HolderAnswer, QuoteRequest, Solicitation};
+use dibs_core::placement::PlannedAllocation;
+use dibs_core::types::{Offer, ProviderName, Timestamp};
+
+/// A provider's reply to a solicitation, and how long it took to send it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HolderReply {
+    /// `None`: the holder stays silent and the window lapses.
+    pub answer: Option<HolderAnswer>,
+    pub after_hours: f64,
+}
+
+/// When a reservation will be ready (`None`: never, the provider fails to deliver).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reservation {
+    pub ready_at: Option<Timestamp>,
+}
+
+/// The provider protocol, as the shells see it.
+pub trait Provider {
+    fn name(&self) -> &ProviderName;
+    fn solicit(&mut self, solicitation: &Solicitation, now: Timestamp) -> HolderReply;
+    /// Quotes for a request, and how many hours the answer takes.
+    fn quote(&mut self, request: &QuoteRequest, now: Timestamp) -> (Vec<Offer>, f64);
+    fn reserve(&mut self, allocation: u64, plan: &PlannedAllocation, now: Timestamp) -> Reservation;
+    fn cancel(&mut self, allocation: u64);
+}
+
+/// How a simulated holder answers solicitations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderBehaviour {
+    /// Takes everything it has capacity for.
+    Accept,
+    Decline,
+    /// Never answers; the response window lapses.
+    Silent,
+    /// Takes at most this many GPUs.
+    Partial(u32),
+}
+
+impl HolderBehaviour {
+    /// Parses `accept`, `decline`, `silent` or `partial:N`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "accept" => Ok(Self::Accept),
+            "decline" => Ok(Self::Decline),
+            "silent" => Ok(Self::Silent),
+            _ => match text.strip_prefix("partial:").map(str::parse::<u32>) {
+                Some(Ok(n)) if n > 0 => Ok(Self::Partial(n)),
+                _ => Err(format!("{text:?} is not accept, decline, silent or partial:N (N > 0 GPUs)")),
+            },
+        }
+    }
+}
+
+/// Knobs of a simulated provider.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimulatedBehaviour {
+    pub holder: HolderBehaviour,
+    /// Hours the provider takes to answer a solicitation.
+    pub answer_hours: f64,
+    /// Hours the provider takes to quote.
+    pub quote_hours: f64,
+    /// Extra hours beyond the offer's lead time before a reservation is ready;
+    /// `None` means reservations are never delivered.
+    pub delivery_delay_hours: Option<f64>,
+}
+
+impl Default for SimulatedBehaviour {
+    fn default() -> Self {
+        Self {
+            holder: HolderBehaviour::Decline,
+            answer_hours: 4.0,
+            quote_hours: 0.25,
+            delivery_delay_hours: Some(0.0),
+        }
+    }
+}
+
+/// A provider that answers from its catalog offers with finite capacity.
+#[derive(Debug, Clone)]
+pub struct SimulatedProvider {
+    name: ProviderName,
+    offers: Vec<Offer>,
+    /// GPUs taken from each offer, by offer id.
+    reserved: BTreeMap<String, u32>,
+    /// Live reservations: allocation -> (offer id, GPUs).
+    reservations: BTreeMap<u64, (String, u32)>,
+    pub behaviour: SimulatedBehaviour,
+}
+
+impl SimulatedProvider {
+    pub fn new(name: ProviderName, offers: Vec<Offer>, behaviour: SimulatedBehaviour) -> Self {
+        Self { name, offers, reserved: BTreeMap::new(), reservations: BTreeMap::new(), behaviour }
+    }
+
+    /// One simulated provider per provider named in the offers.
+    pub fn from_catalog(
+        offers: &[Offer],
+        behaviour: SimulatedBehaviour,
+    ) -> BTreeMap<ProviderName, SimulatedProvider> {
+        let mut by_provider: BTreeMap<ProviderName, Vec<Offer>> = BTreeMap::new();
+        for offer in offers {
+            by_provider.entry(offer.provider.clone()).or_default().push(offer.clone());
+        }
+        by_provider
+            .into_iter()
+            .map(|(name, offers)| (name.clone(), SimulatedProvider::new(name, offers, behaviour)))
+            .collect()
+    }
+
+    fn free(&self, offer: &Offer) -> u32 {
+        offer.gpus_available.saturating_sub(self.reserved.get(&offer.id).copied().unwrap_or(0))
+    }
+
+    /// Offers that match a request's accelerators and regions, with what is free now.
+    fn matching(&self, accelerators: &[String], regions: &[dibs_core::types::Region]) -> Vec<Offer> {
+        self.offers
+            .iter()
+            .filter(|o| accelerators.iter().any(|a| a == o.accelerator.as_str()))
+            .filter(|o| regions.is_empty() || regions.contains(&o.region))
+            .map(|o| Offer { gpus_available: self.free(o), ..o.clone() })
+            .filter(|o| o.gpus_available > 0)
+            .collect()
+    }
+}
+
+impl Provider for SimulatedProvider {
+    fn name(&self) -> &ProviderName {
+        &self.name
+    }
+
+    fn solicit(&mut self, solicitation: &Solicitation, now: Timestamp) -> HolderReply {
+        let after_hours = self.behaviour.answer_hours;
+        let limit = match self.behaviour.holder {
+            HolderBehaviour::Silent => return HolderReply { answer: None, after_hours },
+            HolderBehaviour::Decline => {
+                return HolderReply { answer: Some(HolderAnswer::Decline), after_hours };
+            }
+            HolderBehaviour::Accept => solicitation.gpus,
+            HolderBehaviour::Partial(n) => n.min(solicitation.gpus),
+        };
+        // Supply from the offer with the most free capacity that meets the deadline.
+        let answer_at = now.plus_hours(after_hours);
+        let best = self
+            .matching(&solicitation.accelerators, &solicitation.regions)
+            .into_iter()
+            .filter(|o| o.kind != dibs_core::types::OfferKind::Spot)
+            .filter(|o| {
+                solicitation
+                    .deliver_by
+                    .is_none_or(|by| answer_at.plus_hours(f64::from(o.lead_time_hours)) <= by)
+            })
+            .max_by(|a, b| a.gpus_available.cmp(&b.gpus_available).then_with(|| b.id.cmp(&a.id)));
+        let answer = match best {
+            Some(offer) => {
+                let block = solicitation.min_block.max(1);
+                let gpus = (limit.min(offer.gpus_available) / block) * block;
+                if gpus == 0 {
+                    HolderAnswer::Decline
+                } else {
+                    HolderAnswer::Accept {
+                        gpus,
+                        region: offer.region,
+                        accelerator: offer.accelerator,
+                        lead_time_hours: offer.lead_time_hours,
+                    }
+                }
+            }
+            None => HolderAnswer::Decline,
+        };
+        HolderReply { answer: Some(answer), after_hours }
+    }
+
+    fn quote(&mut self, request: &QuoteRequest, _now: Timestamp) -> (Vec<Offer>, f64) {
+        let offers = self
+            .matching(&request.accelerators, &request.regions)
+            .into_iter()
+            .map(|o| Offer { valid_until: Some(request.respond_by.plus_hours(24.0)), ..o })
+            .collect();
+        (offers, self.behaviour.quote_hours)
+    }
+
+    fn reserve(&mut self, allocation: u64, plan: &PlannedAllocation, now: Timestamp) -> Reservation {
+        // A first-refusal allocation names no catalog offer: take from the holder's
+        // matching offer in that region with the most free capacity.
+        let offer_id = if self.offers.iter().any(|o| o.id == plan.offer_id) {
+            Some(plan.offer_id.clone())
+        } else {
+            self.offers
+                .iter()
+                .filter(|o| o.region == plan.region && o.accelerator == plan.accelerator)
+                .max_by_key(|o| self.free(o))
+                .map(|o| o.id.clone())
+        };
+        if let Some(offer_id) = offer_id {
+            *self.reserved.entry(offer_id.clone()).or_default() += plan.gpus;
+            self.reservations.insert(allocation, (offer_id, plan.gpus));
+        }
+        let ready_at = self
+            .behaviour
+            .delivery_delay_hours
+            .map(|delay| now.plus_hours(f64::from(plan.lead_time_hours) + delay));
+        Reservation { ready_at }
+    }
+
+    fn cancel(&mut self, allocation: u64) {
+        if let Some((offer_id, gpus)) = self.reservations.remove(&allocation)
+            && let Some(reserved) = self.reserved.get_mut(&offer_id)
+        {
+            *reserved = reserved.saturating_sub(gpus);
+        }
+    }
+}
