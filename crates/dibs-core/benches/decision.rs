@@ -3,8 +3,8 @@
 //! `cargo bench -p dibs-core --bench decision` prints, for each case, p50 and
 //! p95 over repeated runs and the ratio to a baseline measured in the same
 //! run (a filter-only pass over the same offers), so the figures survive a
-//! noisy machine. Targets (issue 2): one decision against all ten shared
-//! catalogs p50 < 1 ms once loaded; a split award over 1,000 offers with caps
+//! noisy machine. Targets (issue 2): one decision against all the shared
+//! price catalogs p50 < 1 ms once loaded; a split award over 1,000 offers with caps
 //! < 50 ms.
 
 use std::hint::black_box;
@@ -88,7 +88,7 @@ fn shared_catalog_decisions() {
         catalog::load_catalog_path(path, &CatalogDefaults::default()).expect("shared catalogs load");
     let load = started.elapsed();
     println!(
-        "catalog load: {} offers from the ten shared catalogs in {:.1} ms",
+        "catalog load: {} offers from the nine shared price catalogs in {:.1} ms",
         catalog.offers.len(),
         load.as_secs_f64() * 1e3
     );
@@ -163,18 +163,18 @@ fn synthetic_offers(count: usize) -> Vec<Offer> {
 
 fn split_award_over_1000_offers() {
     let offers = synthetic_offers(1000);
-    for (label, cap, basis, min_providers) in [
-        ("split, 1,000 offers, 4096 GPUs, 25% GPU cap", 0.25, ShareBasis::Gpus, None),
-        ("split, 1,000 offers, 4096 GPUs, 25% spend cap", 0.25, ShareBasis::Spend, None),
-        ("split, 1,000 offers, 4096 GPUs, no cap, >= 3 providers", 1.0, ShareBasis::Gpus, Some(3)),
+    for (label, gpus, cap, basis, min_providers) in [
+        ("split, 1,000 offers, 4096 GPUs, 25% GPU cap", 4096, 0.25, ShareBasis::Gpus, None),
+        ("split, 1,000 offers, 4096 GPUs, 25% spend cap", 4096, 0.25, ShareBasis::Spend, None),
+        ("split, 1,000 offers, 256 GPUs, no cap, >= 3 providers", 256, 1.0, ShareBasis::Gpus, Some(3)),
     ] {
-        let request = request("H100", 4096);
+        let request = request("H100", gpus);
         let rules = Rules {
             caps: vec![Cap { max_share: cap, basis, source: "bench".into() }],
             min_providers: min_providers.map(|k| (k, "bench".to_owned())),
             ..Rules::default()
         };
-        let demand = Demand { request: &request, gpus: 4096, now: request.earliest_start };
+        let demand = Demand { request: &request, gpus, now: request.earliest_start };
         let result = place(demand, &offers, &rules, SolverConfig::default());
         let base = baseline(&request, &offers);
         let runs = 20;

@@ -955,3 +955,33 @@ mod tests {
         assert!(catalog.offers.windows(2).all(|pair| pair[0].id < pair[1].id), "offers sorted by unique id");
     }
 }
+
+#[cfg(test)]
+mod accelerator_list_tests {
+    use super::*;
+
+    /// The tenth shared file, SkyPilot's `accelerators.csv`, is the list the
+    /// embedded canonical names were written from: every name in it must be
+    /// canonical as it stands, and none may be missing from the embedded list.
+    #[test]
+    fn skypilot_accelerator_list_matches_the_embedded_canonical_names() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/data/catalogs/skypilot-v8/accelerators.csv"
+        ));
+        let Ok(text) = std::fs::read_to_string(path) else {
+            eprintln!("skipping: {} not found", path.display());
+            return;
+        };
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let mut names = 0;
+        for record in reader.records() {
+            let record = record.expect("accelerators.csv is well-formed CSV");
+            let name = &record[0];
+            names += 1;
+            assert_eq!(canonical_accelerator(name), name, "{name} should already be canonical");
+            assert!(CANONICAL_ACCELERATORS.contains(&name), "{name} is missing from CANONICAL_ACCELERATORS");
+        }
+        assert_eq!(names, CANONICAL_ACCELERATORS.len());
+    }
+}

@@ -88,7 +88,15 @@ pub fn run(args: PlaceArgs) -> Result<ExitCode> {
         allow_spot: args.allow_spot,
     }
     .validate()
-    .map_err(|e| anyhow::anyhow!("--{e}"))?;
+    .map_err(|e| {
+        let flag = match e.field {
+            "min_block" => "block",
+            "max_price" => "max-price",
+            "deliver_by" => "deliver-within",
+            other => other,
+        };
+        anyhow::anyhow!("--{flag}: {}", e.message)
+    })?;
 
     let mut providers = SimulatedProvider::from_catalog(&catalog.offers, SimulatedBehaviour::default());
     for provider in providers.values_mut() {
@@ -122,6 +130,9 @@ struct Report {
     losing_offers: Vec<LosingOffer>,
     solver: Option<String>,
     notes: Vec<String>,
+    /// Hours from submission to the (last) award, and to all capacity ready.
+    hours_to_award: Option<f64>,
+    hours_to_capacity: Option<f64>,
     ledger_head: String,
     events: Vec<serde_json::Value>,
 }
@@ -202,13 +213,25 @@ impl Report {
         let mut losing_offers = Vec::new();
         let mut solver = None;
         let mut notes = Vec::new();
+        let submitted = run.events.first().map_or(request.earliest_start, |e| e.at);
+        let (mut hours_to_award, mut hours_to_capacity) = (None, None);
         for event in &run.events {
             match &event.kind {
-                EventKind::Solicited { holder, mode, gpus, price, .. } => {
+                EventKind::Solicited { holder, mode, gpus, price, respond_by, .. } => {
                     first_refusal.holder = Some(holder.to_string());
                     first_refusal.outcome = "solicited".into();
-                    first_refusal.detail.push(format!("{mode}: offered {gpus} GPUs at {price}"));
+                    let of = if *gpus < request.gpus.get() {
+                        format!(" of {} (the rest is beyond what the buyer's caps allow one provider)", request.gpus)
+                    } else {
+                        String::new()
+                    };
+                    first_refusal.detail.push(format!(
+                        "{mode}: offered {gpus} GPUs{of} at {price}, to answer by +{:.0}h",
+                        respond_by.hours_since(submitted)
+                    ));
                 }
+                EventKind::Awarded { .. } => hours_to_award = Some(event.at.hours_since(submitted)),
+                EventKind::RequestActive {} => hours_to_capacity = Some(event.at.hours_since(submitted)),
                 EventKind::HolderAnswered { holder, outcome, gpus, .. } => {
                     first_refusal.holder = Some(holder.to_string());
                     first_refusal.outcome = outcome.clone();
@@ -255,6 +278,8 @@ impl Report {
             losing_offers,
             solver,
             notes,
+            hours_to_award,
+            hours_to_capacity,
             ledger_head: run.chain.head_hex(),
             events,
         }
@@ -288,7 +313,14 @@ impl Report {
                 let _ = writeln!(s, "First refusal: none in force for this request");
             }
         }
-        let _ = writeln!(s, "Status: {} ({})", self.status, self.lifecycle);
+        let _ = writeln!(s, "Status: {} (lifecycle: {})", self.status, self.lifecycle);
+        if let Some(hours) = self.hours_to_award {
+            let ready = self
+                .hours_to_capacity
+                .map(|h| format!("; all capacity ready at +{h:.1}h"))
+                .unwrap_or_default();
+            let _ = writeln!(s, "Timeline: awarded at +{hours:.1}h{ready}");
+        }
         if !self.award.allocations.is_empty() {
             let _ = writeln!(
                 s,

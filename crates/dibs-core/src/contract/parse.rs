@@ -1611,7 +1611,7 @@ contract oci-msa with oci (builtin:historical/oci.toml): version msa-2024, in fo
   commitment oci-2024-300m: provider oci, 300M USD from 2024-01-01 until 2025-01-01 (period over), all spend counts
 policy (builtin:historical/policy.toml):
   allowed regions: any
-  price ceiling H100: $12.0000/GPU-h
+  price ceiling H100: $15.0000/GPU-h
   price ceiling H200: $15.0000/GPU-h
   price ceiling A100-80GB: $6.0000/GPU-h
   price ceiling B200: $18.0000/GPU-h
