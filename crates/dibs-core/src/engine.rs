@@ -95,26 +95,19 @@ pub enum Timer {
     Release { allocation: u64 },
 }
 
-/// The terms put to a first-refusal holder.
+/// The terms put to a first-refusal holder: the capacity asked for, and a price.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Solicitation {
-    pub request: String,
-    pub round: u32,
     pub holder: ProviderName,
     pub mode: RefusalMode,
-    pub gpus: u32,
-    pub min_block: u32,
-    pub accelerators: Vec<String>,
-    pub regions: Vec<Region>,
-    pub duration_hours: u32,
-    pub deliver_by: Option<Timestamp>,
     pub price: Price,
-    pub respond_by: Timestamp,
+    #[serde(flatten)]
+    pub ask: Ask,
 }
 
-/// What a market round asks providers for.
+/// The capacity a round asks a provider for, in a solicitation or a quote request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct QuoteRequest {
+pub struct Ask {
     pub request: String,
     pub round: u32,
     pub gpus: u32,
@@ -130,11 +123,27 @@ pub struct QuoteRequest {
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
     Solicit(Solicitation),
-    RequestQuotes { providers: Vec<ProviderName>, spec: QuoteRequest },
+    RequestQuotes { providers: Vec<ProviderName>, ask: Ask },
     Reserve { allocation: u64, plan: PlannedAllocation, promised: Timestamp },
     Cancel { allocation: u64, provider: ProviderName, why: String },
     SetTimer { at: Timestamp, timer: Timer },
     Ledger(Event),
+}
+
+impl Ask {
+    fn new(id: &str, round: u32, request: &Request, gpus: u32, hours: u32, respond_by: Timestamp) -> Self {
+        Self {
+            request: id.to_owned(),
+            round,
+            gpus,
+            min_block: request.min_block.get(),
+            accelerators: request.accelerators.iter().map(|a| a.to_string()).collect(),
+            regions: request.regions.clone(),
+            duration_hours: hours,
+            deliver_by: request.deliver_by,
+            respond_by,
+        }
+    }
 }
 
 /// Where a request stands.
@@ -753,18 +762,10 @@ impl Engine {
             },
         );
         out.effects.push(Effect::Solicit(Solicitation {
-            request: id.to_owned(),
-            round: number,
             holder: refusal.holder.clone(),
             mode: refusal.mode,
-            gpus,
-            min_block: request.min_block.get(),
-            accelerators: request.accelerators.iter().map(|a| a.to_string()).collect(),
-            regions: request.regions.clone(),
-            duration_hours: hours,
-            deliver_by: request.deliver_by,
             price,
-            respond_by,
+            ask: Ask::new(id, number, &request, gpus, hours, respond_by),
         }));
         out.effects.push(Effect::SetTimer {
             at: respond_by,
@@ -942,20 +943,15 @@ impl Engine {
             Some(id),
             EventKind::QuotesRequested { round: number, providers: providers.clone(), respond_by },
         );
-        out.effects.push(Effect::RequestQuotes {
-            providers,
-            spec: QuoteRequest {
-                request: id.to_owned(),
-                round: number,
-                gpus: round_request.gpus.get(),
-                min_block: round_request.min_block.get(),
-                accelerators: round_request.accelerators.iter().map(|a| a.to_string()).collect(),
-                regions: round_request.regions.clone(),
-                duration_hours: round_request.duration_hours,
-                deliver_by: round_request.deliver_by,
-                respond_by,
-            },
-        });
+        let ask = Ask::new(
+            id,
+            number,
+            &round_request,
+            round_request.gpus.get(),
+            round_request.duration_hours,
+            respond_by,
+        );
+        out.effects.push(Effect::RequestQuotes { providers, ask });
         out.effects.push(Effect::SetTimer {
             at: respond_by,
             timer: Timer::QuoteDeadline { request: id.to_owned(), round: number },
@@ -1010,6 +1006,11 @@ impl Engine {
         if !round.screened.rules.caps.is_empty() {
             round.screened.rules.fleet = fleet;
         }
+        // Out of re-offers: the no-better-terms rule becomes a filter.
+        let offer_first = round.screened.refusal.as_ref().is_some_and(|r| r.mode == RefusalMode::OfferFirst);
+        if offer_first && round.solicitations > MAX_RESOLICITATIONS {
+            round.screened.rules.declined_terms = round.declined_price.and_then(|p| Price::new(p).ok());
+        }
         round.stage = Stage::Quotes { respond_by: out.now };
         let mut quotes = round.quotes.clone();
         quotes.sort_by(|a, b| a.id.cmp(&b.id));
@@ -1055,7 +1056,6 @@ impl Engine {
                 RefusalMode::OfferFirst => {
                     if let Some(declined) = round.declined_price
                         && max_price > declined + 1e-9
-                        && round.solicitations <= MAX_RESOLICITATIONS
                     {
                         out.ledger(
                             Some(id),
@@ -1066,10 +1066,24 @@ impl Engine {
                                 market_price: max_price,
                             },
                         );
-                        round.screened.rules.excluded.remove(&refusal.holder);
-                        let gpus = holder_room(&round.screened.rules, &refusal.holder, &round_request);
-                        self.solicit(out, id, &refusal, gpus, Price::new(max_price).expect("valid"));
-                        return;
+                        let room = holder_room(&round.screened.rules, &refusal.holder, &round_request);
+                        if room > 0 {
+                            round.screened.rules.excluded.remove(&refusal.holder);
+                            self.solicit(out, id, &refusal, room, Price::new(max_price).expect("valid"));
+                            return;
+                        }
+                        // The buyer's own caps leave the holder nothing to take on the new terms.
+                        out.ledger(
+                            Some(id),
+                            EventKind::FirstRefusalSkipped {
+                                round: number,
+                                holder: refusal.holder.clone(),
+                                evidence: vec![format!(
+                                    "{} is at the buyer's diversification cap or minimum-provider rule",
+                                    refusal.holder
+                                )],
+                            },
+                        );
                     }
                 }
                 // Match, but the holder cannot be shown the terms: record why before the market award.

@@ -85,6 +85,9 @@ pub struct Rules {
     pub policy_regions: Vec<Region>,
     /// The lower of the request's and the policy's price ceiling.
     pub price_ceiling: Option<Price>,
+    /// The no-better-terms rule, once the holder may not be asked again: no
+    /// market offer above the price the holder declined.
+    pub declined_terms: Option<Price>,
     pub caps: Vec<Cap>,
     /// At least this many distinct providers, with the rule's reference.
     pub min_providers: Option<(u32, String)>,
@@ -120,6 +123,7 @@ pub enum Rejection {
     Expired { valid_until: Timestamp },
     TooLate { ready_at: Timestamp, deliver_by: Timestamp },
     AboveCeiling { price: f64, ceiling: f64 },
+    AboveDeclinedTerms { price: f64, declined: f64 },
     BlockTooLarge { available: u32, block: u32 },
     AtCap { cap: String },
     Costlier { effective_price: f64, marginal_price: f64 },
@@ -146,6 +150,10 @@ impl fmt::Display for Rejection {
             Self::AboveCeiling { price, ceiling } => {
                 write!(f, "price ${price:.4}/GPU-h above the ceiling ${ceiling:.4}")
             }
+            Self::AboveDeclinedTerms { price, declined } => write!(
+                f,
+                "price ${price:.4}/GPU-h above the ${declined:.4} the first-refusal holder declined (no-better-terms)"
+            ),
             Self::BlockTooLarge { available, block } => {
                 write!(f, "{available} GPUs available, less than one {block}-GPU block")
             }
@@ -450,6 +458,11 @@ fn filter(demand: Demand<'_>, offer: &Offer, rules: &Rules) -> Option<Rejection>
         && offer.price.get() > ceiling.get()
     {
         return Some(Rejection::AboveCeiling { price: offer.price.get(), ceiling: ceiling.get() });
+    }
+    if let Some(declined) = rules.declined_terms
+        && offer.price.get() > declined.get()
+    {
+        return Some(Rejection::AboveDeclinedTerms { price: offer.price.get(), declined: declined.get() });
     }
     if offer.gpus_available < block {
         return Some(Rejection::BlockTooLarge { available: offer.gpus_available, block });

@@ -27,6 +27,30 @@ fn is_identifier(text: &str) -> bool {
         && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
+/// Serde and display plumbing for a newtype over `String` with a checking `new`.
+macro_rules! string_newtype {
+    ($name:ident) => {
+        impl TryFrom<String> for $name {
+            type Error = InvalidValue;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                Self::new(&value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> Self {
+                value.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
 /// A cloud or GPU vendor the buyer can buy from: `azure`, `oci`, `aws`, ...
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -49,24 +73,7 @@ impl ProviderName {
     }
 }
 
-impl TryFrom<String> for ProviderName {
-    type Error = InvalidValue;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::new(&value)
-    }
-}
-
-impl From<ProviderName> for String {
-    fn from(value: ProviderName) -> Self {
-        value.0
-    }
-}
-
-impl fmt::Display for ProviderName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+string_newtype!(ProviderName);
 
 /// A canonical GPU model name such as `H100`, `A100-80GB`, `MI300X`.
 ///
@@ -91,24 +98,7 @@ impl Accelerator {
     }
 }
 
-impl TryFrom<String> for Accelerator {
-    type Error = InvalidValue;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::new(&value)
-    }
-}
-
-impl From<Accelerator> for String {
-    fn from(value: Accelerator) -> Self {
-        value.0
-    }
-}
-
-impl fmt::Display for Accelerator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+string_newtype!(Accelerator);
 
 /// A provider's region, as the provider spells it (`eastus`, `us-east-1`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -129,24 +119,7 @@ impl Region {
     }
 }
 
-impl TryFrom<String> for Region {
-    type Error = InvalidValue;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::new(&value)
-    }
-}
-
-impl From<Region> for String {
-    fn from(value: Region) -> Self {
-        value.0
-    }
-}
-
-impl fmt::Display for Region {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+string_newtype!(Region);
 
 /// A positive number of GPUs, at most `GpuCount::MAX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

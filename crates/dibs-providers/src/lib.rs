@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use dibs_core::engine::{HolderAnswer, QuoteRequest, Solicitation};
+use dibs_core::engine::{Ask, HolderAnswer, Solicitation};
 use dibs_core::placement::PlannedAllocation;
 use dibs_core::types::{Offer, ProviderName, Timestamp};
 
@@ -33,7 +33,7 @@ pub trait Provider {
     fn name(&self) -> &ProviderName;
     fn solicit(&mut self, solicitation: &Solicitation, now: Timestamp) -> HolderReply;
     /// Quotes for a request, and how many hours the answer takes.
-    fn quote(&mut self, request: &QuoteRequest, now: Timestamp) -> (Vec<Offer>, f64);
+    fn quote(&mut self, ask: &Ask, now: Timestamp) -> (Vec<Offer>, f64);
     fn reserve(&mut self, allocation: u64, plan: &PlannedAllocation, now: Timestamp) -> Reservation;
     fn cancel(&mut self, allocation: u64);
 }
@@ -149,24 +149,25 @@ impl Provider for SimulatedProvider {
             HolderBehaviour::Decline => {
                 return HolderReply { answer: Some(HolderAnswer::Decline), after_hours };
             }
-            HolderBehaviour::Accept => solicitation.gpus,
-            HolderBehaviour::Partial(n) => n.min(solicitation.gpus),
+            HolderBehaviour::Accept => solicitation.ask.gpus,
+            HolderBehaviour::Partial(n) => n.min(solicitation.ask.gpus),
         };
         // Supply from the offer with the most free capacity that meets the deadline.
         let answer_at = now.plus_hours(after_hours);
         let best = self
-            .matching(&solicitation.accelerators, &solicitation.regions)
+            .matching(&solicitation.ask.accelerators, &solicitation.ask.regions)
             .into_iter()
             .filter(|o| o.kind != dibs_core::types::OfferKind::Spot)
             .filter(|o| {
                 solicitation
+                    .ask
                     .deliver_by
                     .is_none_or(|by| answer_at.plus_hours(f64::from(o.lead_time_hours)) <= by)
             })
             .max_by(|a, b| a.gpus_available.cmp(&b.gpus_available).then_with(|| b.id.cmp(&a.id)));
         let answer = match best {
             Some(offer) => {
-                let block = solicitation.min_block.max(1);
+                let block = solicitation.ask.min_block.max(1);
                 let gpus = (limit.min(offer.gpus_available) / block) * block;
                 if gpus == 0 {
                     HolderAnswer::Decline
@@ -184,11 +185,11 @@ impl Provider for SimulatedProvider {
         HolderReply { answer: Some(answer), after_hours }
     }
 
-    fn quote(&mut self, request: &QuoteRequest, _now: Timestamp) -> (Vec<Offer>, f64) {
+    fn quote(&mut self, ask: &Ask, _now: Timestamp) -> (Vec<Offer>, f64) {
         let offers = self
-            .matching(&request.accelerators, &request.regions)
+            .matching(&ask.accelerators, &ask.regions)
             .into_iter()
-            .map(|o| Offer { valid_until: Some(request.respond_by.plus_hours(24.0)), ..o })
+            .map(|o| Offer { valid_until: Some(ask.respond_by.plus_hours(24.0)), ..o })
             .collect();
         (offers, self.behaviour.quote_hours)
     }

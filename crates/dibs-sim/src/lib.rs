@@ -116,20 +116,20 @@ impl VirtualRun {
                     let reply = holder.solicit(&solicitation, now);
                     if let Some(answer) = reply.answer {
                         let input = Input::HolderAnswer {
-                            request: solicitation.request.clone(),
-                            round: solicitation.round,
+                            request: solicitation.ask.request.clone(),
+                            round: solicitation.ask.round,
                             answer,
                         };
                         self.schedule(now.plus_hours(reply.after_hours), input);
                     }
                 }
-                Effect::RequestQuotes { providers, spec } => {
+                Effect::RequestQuotes { providers, ask } => {
                     for name in providers {
                         let Some(provider) = self.providers.get_mut(&name) else { continue };
-                        let (offers, after_hours) = provider.quote(&spec, now);
+                        let (offers, after_hours) = provider.quote(&ask, now);
                         let input = Input::Quotes {
-                            request: spec.request.clone(),
-                            round: spec.round,
+                            request: ask.request.clone(),
+                            round: ask.round,
                             provider: name,
                             offers,
                         };
