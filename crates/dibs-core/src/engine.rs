@@ -34,7 +34,7 @@ use crate::contract::{ContractSet, RefusalMode, Suspension};
 use crate::ledger::{AllocationRecord, Event, EventKind};
 use crate::placement::{self, Cap, Demand, Fleet, PlannedAllocation, Rules, SolverConfig};
 use crate::request::Request;
-use crate::types::{Accelerator, GpuCount, Offer, Price, ProviderName, Region, Timestamp};
+use crate::types::{Accelerator, GpuCount, Offer, Price, ProviderName, Region, Timestamp, WorkloadClass};
 
 /// A round re-solicits the holder at most this often under the no-better-terms rule.
 pub const MAX_RESOLICITATIONS: u32 = 2;
@@ -201,7 +201,10 @@ pub struct Allocation {
     pub awarded_at: Timestamp,
     pub promised: Timestamp,
     pub ready_at: Option<Timestamp>,
+    /// When it is due to end: ready time plus `hours`.
     pub ends_at: Option<Timestamp>,
+    /// When it actually ended: released, or cancelled by spillover, failover or the buyer.
+    pub ended_at: Option<Timestamp>,
     pub state: AllocationState,
 }
 
@@ -317,6 +320,10 @@ pub struct Engine {
     suspensions: Vec<Suspension>,
     /// Contracted spend per provider, USD, from every award (for commitment burn-down).
     spend: BTreeMap<ProviderName, f64>,
+    /// Live (reserved or active) allocations per workload class: the fleet caps are measured against.
+    /// Kept as running totals so screening costs the same on the millionth request as on the first.
+    live_fleet: BTreeMap<WorkloadClass, Fleet>,
+    open_requests: usize,
 }
 
 /// The effects of one input, in order.
@@ -334,6 +341,8 @@ impl Engine {
             incidents: BTreeMap::new(),
             suspensions: Vec::new(),
             spend: BTreeMap::new(),
+            live_fleet: BTreeMap::new(),
+            open_requests: 0,
         }
     }
 
@@ -400,8 +409,7 @@ impl Engine {
             out.ledger(Some(&id), EventKind::RequestRejected { reason: "duplicate request id".into() });
             return;
         }
-        let open = self.requests.values().filter(|r| !r.status.is_final()).count();
-        if open >= MAX_OPEN_REQUESTS {
+        if self.open_requests >= MAX_OPEN_REQUESTS {
             out.ledger(Some(&id), EventKind::RequestRejected { reason: "too many open requests".into() });
             return;
         }
@@ -414,6 +422,7 @@ impl Engine {
                 duration_hours: request.duration_hours,
             },
         );
+        self.open_requests += 1;
         let pending = vec![Pending {
             purpose: Purpose::Initial,
             gpus: request.gpus.get(),
@@ -449,7 +458,12 @@ impl Engine {
             state.unfilled_reason = Some(reason.clone());
             out.ledger(
                 Some(id),
-                EventKind::Unfilled { round: state.rounds_started, gpus: pending.gpus, reason },
+                EventKind::Unfilled {
+                    round: state.rounds_started,
+                    gpus: pending.gpus,
+                    hours: pending.hours,
+                    reason,
+                },
             );
             self.settle_status(out, id);
             return;
@@ -618,20 +632,15 @@ impl Engine {
     }
 
     /// Live allocations of requests of one workload class, per provider.
-    fn fleet(&self, workload: crate::types::WorkloadClass) -> Fleet {
-        let mut fleet = Fleet::default();
-        for allocation in self.allocations.values() {
-            let live = matches!(allocation.state, AllocationState::Reserved | AllocationState::Active);
-            let same_class =
-                self.requests.get(&allocation.request).is_some_and(|r| r.request.workload == workload);
-            if live && same_class {
-                let gpus = f64::from(allocation.plan.gpus);
-                *fleet.gpus.entry(allocation.plan.provider.clone()).or_default() += gpus;
-                *fleet.spend_per_hour.entry(allocation.plan.provider.clone()).or_default() +=
-                    gpus * allocation.plan.price.get();
-            }
-        }
-        fleet
+    fn fleet(&self, workload: WorkloadClass) -> Fleet {
+        self.live_fleet.get(&workload).cloned().unwrap_or_default()
+    }
+
+    /// Removes an allocation that stopped being live (released or cancelled) from the fleet.
+    fn leave_fleet(&mut self, allocation: u64) {
+        let Some(a) = self.allocations.get(&allocation) else { return };
+        let Some(state) = self.requests.get(&a.request) else { return };
+        add_to_fleet(self.live_fleet.entry(state.request.workload).or_default(), &a.plan, -1.0);
     }
 
     fn provider_down(&self, provider: &ProviderName, region: Option<&Region>) -> Option<&str> {
@@ -1133,6 +1142,7 @@ impl Engine {
                 timer: Timer::DeliveryDue { allocation },
             });
             state.allocations.push(allocation);
+            add_to_fleet(self.live_fleet.entry(state.request.workload).or_default(), &plan, 1.0);
             self.allocations.insert(
                 allocation,
                 Allocation {
@@ -1146,6 +1156,7 @@ impl Engine {
                     promised,
                     ready_at: None,
                     ends_at: None,
+                    ended_at: None,
                     state: AllocationState::Reserved,
                 },
             );
@@ -1160,7 +1171,10 @@ impl Engine {
         let round = state.round.as_ref().expect("round running");
         state.unfilled_gpus += round.gpus;
         state.unfilled_reason = Some(reason.clone());
-        out.ledger(Some(id), EventKind::Unfilled { round: round.number, gpus: round.gpus, reason });
+        out.ledger(
+            Some(id),
+            EventKind::Unfilled { round: round.number, gpus: round.gpus, hours: round.hours, reason },
+        );
         self.finish_round(out, id);
     }
 
@@ -1200,6 +1214,9 @@ impl Engine {
         };
         let state = self.requests.get_mut(id).expect("request exists");
         state.status = status;
+        if status.is_final() && !previous.is_final() {
+            self.open_requests -= 1;
+        }
         if status != previous {
             match status {
                 Status::Active => out.ledger(Some(id), EventKind::RequestActive {}),
@@ -1244,13 +1261,13 @@ impl Engine {
                 *self.spend.entry(provider.clone()).or_default() -= a_spend(&self.allocations[&allocation]);
                 let a = self.allocations.get_mut(&allocation).expect("exists");
                 a.state = AllocationState::Cancelled;
-                // It never ran: no GPU-hours were used.
-                a.hours = 0;
+                a.ended_at = Some(out.now);
                 if let Some(state) = self.requests.get_mut(&request) {
                     state
                         .failed_providers
                         .insert(provider.clone(), format!("did not deliver allocation {allocation} on time"));
                 }
+                self.leave_fleet(allocation);
                 out.ledger(Some(&request), EventKind::Spillover { allocation, gpus, promised });
                 out.effects.push(Effect::Cancel {
                     allocation,
@@ -1265,10 +1282,12 @@ impl Engine {
                     return;
                 }
                 a.state = AllocationState::Released;
+                a.ended_at = Some(out.now);
                 let request = a.request.clone();
                 let gpu_hours = f64::from(a.plan.gpus) * f64::from(a.hours);
                 let spend = gpu_hours * a.plan.price.get();
                 out.ledger(Some(&request), EventKind::AllocationReleased { allocation, gpu_hours, spend });
+                self.leave_fleet(allocation);
                 self.settle_status(out, &request);
             }
         }
@@ -1317,17 +1336,17 @@ impl Engine {
             .collect();
         for allocation in affected {
             let a = self.allocations.get_mut(&allocation).expect("exists");
+            // Whole hours left, rounded down, so the replacement never bills an hour twice.
             let remaining = match a.ends_at {
-                Some(ends) => (ends.hours_since(out.now).ceil().max(0.0)) as u32,
+                Some(ends) => (ends.hours_since(out.now).floor().max(0.0) as u32).min(a.hours),
                 None => a.hours,
             };
-            let used = a.hours - remaining.min(a.hours);
-            let unused_spend =
-                a.plan.price.get() * f64::from(a.plan.gpus) * f64::from(remaining.min(a.hours));
-            a.hours = used;
+            let unused_spend = a.plan.price.get() * f64::from(a.plan.gpus) * f64::from(remaining);
             a.state = AllocationState::Cancelled;
+            a.ended_at = Some(out.now);
             let (request, gpus) = (a.request.clone(), a.plan.gpus);
             *self.spend.entry(provider.clone()).or_default() -= unused_spend;
+            self.leave_fleet(allocation);
             out.ledger(
                 Some(&request),
                 EventKind::Failover { allocation, incident: id.clone(), gpus, remaining_hours: remaining },
@@ -1350,17 +1369,20 @@ impl Engine {
         state.status = Status::Cancelled;
         state.round = None;
         state.pending.clear();
+        self.open_requests -= 1;
         let allocations = state.allocations.clone();
         out.ledger(Some(id), EventKind::RequestCancelled {});
         for allocation in allocations {
             let a = self.allocations.get_mut(&allocation).expect("exists");
             if matches!(a.state, AllocationState::Reserved | AllocationState::Active) {
                 a.state = AllocationState::Cancelled;
+                a.ended_at = Some(out.now);
                 out.effects.push(Effect::Cancel {
                     allocation,
                     provider: a.plan.provider.clone(),
                     why: "request cancelled".into(),
                 });
+                self.leave_fleet(allocation);
             }
         }
     }
@@ -1383,6 +1405,17 @@ fn holder_room(rules: &Rules, holder: &ProviderName, request: &Request) -> u32 {
         room = room.min(gpus.saturating_sub(k.saturating_sub(1) * block));
     }
     room / block * block
+}
+
+/// Adds (`sign` 1) or removes (`sign` -1) an allocation's GPUs and spend rate.
+fn add_to_fleet(fleet: &mut Fleet, plan: &PlannedAllocation, sign: f64) {
+    let gpus = f64::from(plan.gpus);
+    *fleet.gpus.entry(plan.provider.clone()).or_default() += sign * gpus;
+    *fleet.spend_per_hour.entry(plan.provider.clone()).or_default() += sign * gpus * plan.price.get();
+    if fleet.gpus.get(&plan.provider).is_some_and(|g| *g <= 0.0) {
+        fleet.gpus.remove(&plan.provider);
+        fleet.spend_per_hour.remove(&plan.provider);
+    }
 }
 
 fn a_spend(allocation: &Allocation) -> f64 {

@@ -102,6 +102,7 @@ pub enum EventKind {
     Unfilled {
         round: u32,
         gpus: u32,
+        hours: u32,
         reason: String,
     },
     AllocationReady {

@@ -10,4 +10,5 @@ pub mod engine;
 pub mod ledger;
 pub mod placement;
 pub mod request;
+pub mod settlement;
 pub mod types;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use dibs_core::engine::{Ask, HolderAnswer, Solicitation};
 use dibs_core::placement::PlannedAllocation;
-use dibs_core::types::{Offer, ProviderName, Timestamp};
+use dibs_core::types::{Offer, Price, ProviderName, Timestamp};
 
 /// A provider's reply to a solicitation, and how long it took to send it.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +39,7 @@ pub trait Provider {
 }
 
 /// How a simulated holder answers solicitations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum HolderBehaviour {
     /// Takes everything it has capacity for.
     Accept,
@@ -48,19 +48,33 @@ pub enum HolderBehaviour {
     Silent,
     /// Takes at most this many GPUs.
     Partial(u32),
+    /// Accepts (everything it can) with this probability, else declines; drawn from the provider's seeded RNG.
+    AcceptRate(f64),
 }
 
 impl HolderBehaviour {
-    /// Parses `accept`, `decline`, `silent` or `partial:N`.
+    /// Parses `accept`, `decline`, `silent`, `partial:N` or `rate:P` (0 <= P <= 1).
     pub fn parse(text: &str) -> Result<Self, String> {
+        let invalid =
+            || format!("{text:?} is not accept, decline, silent, partial:N (N > 0 GPUs) or rate:P (0 to 1)");
         match text {
             "accept" => Ok(Self::Accept),
             "decline" => Ok(Self::Decline),
             "silent" => Ok(Self::Silent),
-            _ => match text.strip_prefix("partial:").map(str::parse::<u32>) {
-                Some(Ok(n)) if n > 0 => Ok(Self::Partial(n)),
-                _ => Err(format!("{text:?} is not accept, decline, silent or partial:N (N > 0 GPUs)")),
-            },
+            _ => {
+                if let Some(n) = text.strip_prefix("partial:") {
+                    return n.parse::<u32>().ok().filter(|n| *n > 0).map(Self::Partial).ok_or_else(invalid);
+                }
+                if let Some(p) = text.strip_prefix("rate:") {
+                    return p
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|p| (0.0..=1.0).contains(p))
+                        .map(Self::AcceptRate)
+                        .ok_or_else(invalid);
+                }
+                Err(invalid())
+            }
         }
     }
 }
@@ -99,11 +113,37 @@ pub struct SimulatedProvider {
     /// Live reservations: allocation -> (offer id, GPUs).
     reservations: BTreeMap<u64, (String, u32)>,
     pub behaviour: SimulatedBehaviour,
+    /// Price multipliers over time, sorted by instant: quotes use the last step at or before now.
+    pub price_steps: Vec<(Timestamp, f64)>,
+    rng: fastrand::Rng,
 }
 
 impl SimulatedProvider {
     pub fn new(name: ProviderName, offers: Vec<Offer>, behaviour: SimulatedBehaviour) -> Self {
-        Self { name, offers, reserved: BTreeMap::new(), reservations: BTreeMap::new(), behaviour }
+        Self {
+            name,
+            offers,
+            reserved: BTreeMap::new(),
+            reservations: BTreeMap::new(),
+            behaviour,
+            price_steps: Vec::new(),
+            rng: fastrand::Rng::with_seed(0),
+        }
+    }
+
+    /// Seeds the provider's random choices from a run seed and its name, so
+    /// each provider draws its own stream and a run is reproducible.
+    pub fn seed(&mut self, seed: u64) {
+        let name_hash = self
+            .name
+            .as_str()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        self.rng = fastrand::Rng::with_seed(seed ^ name_hash);
+    }
+
+    fn price_multiplier(&self, now: Timestamp) -> f64 {
+        self.price_steps.iter().take_while(|(at, _)| *at <= now).last().map_or(1.0, |(_, m)| *m)
     }
 
     /// One simulated provider per provider named in the offers.
@@ -151,6 +191,13 @@ impl Provider for SimulatedProvider {
             }
             HolderBehaviour::Accept => solicitation.ask.gpus,
             HolderBehaviour::Partial(n) => n.min(solicitation.ask.gpus),
+            HolderBehaviour::AcceptRate(rate) => {
+                if self.rng.f64() < rate {
+                    solicitation.ask.gpus
+                } else {
+                    return HolderReply { answer: Some(HolderAnswer::Decline), after_hours };
+                }
+            }
         };
         // Supply from the offer with the most free capacity that meets the deadline.
         let answer_at = now.plus_hours(after_hours);
@@ -185,11 +232,15 @@ impl Provider for SimulatedProvider {
         HolderReply { answer: Some(answer), after_hours }
     }
 
-    fn quote(&mut self, ask: &Ask, _now: Timestamp) -> (Vec<Offer>, f64) {
+    fn quote(&mut self, ask: &Ask, now: Timestamp) -> (Vec<Offer>, f64) {
+        let multiplier = self.price_multiplier(now);
         let offers = self
             .matching(&ask.accelerators, &ask.regions)
             .into_iter()
-            .map(|o| Offer { valid_until: Some(ask.respond_by.plus_hours(24.0)), ..o })
+            .map(|o| {
+                let price = Price::new(o.price.get() * multiplier).unwrap_or(o.price);
+                Offer { valid_until: Some(ask.respond_by.plus_hours(24.0)), price, ..o }
+            })
             .collect();
         (offers, self.behaviour.quote_hours)
     }

@@ -7,6 +7,11 @@
 //! pure function of its inputs. `dibs place` runs one request through it;
 //! `dibs simulate` will replay whole traces.
 
+pub mod incidents;
+pub mod prices;
+pub mod simulate;
+pub mod trace;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
@@ -170,5 +175,12 @@ impl VirtualRun {
             let effects = self.engine.handle(self.now, next.input);
             self.execute(effects);
         }
+    }
+}
+
+impl VirtualRun {
+    /// The instant of the next queued input, if any.
+    pub fn next_at(&self) -> Option<Timestamp> {
+        self.queue.peek().map(|Reverse(next)| next.at)
     }
 }

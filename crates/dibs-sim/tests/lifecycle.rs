@@ -481,8 +481,8 @@ fn an_incident_fails_active_allocations_over_for_the_hours_left() {
         EventKind::Failover { remaining_hours, gpus, .. } => Some((*gpus, *remaining_hours)),
         _ => None,
     });
-    // Ready at 4.2 h, 100 h long: at 24 h there are 80.2 h left, rounded up.
-    assert_eq!(failover, Some((256, 81)));
+    // Ready at 4.2 h, 100 h long: at 24 h there are 80.2 h left, rounded down so no hour is billed twice.
+    assert_eq!(failover, Some((256, 80)));
     assert!(text.lines().last().unwrap().contains("request_active"), "{text}");
     assert!(text.contains("awarded aws:256@6.88/market"), "{text}");
 }

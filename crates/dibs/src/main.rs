@@ -2,6 +2,7 @@
 //! printing. Every decision is made in `dibs-core`.
 
 mod place;
+mod simulate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,10 @@ enum Command {
     /// Place one request: run the engine to completion in virtual time against
     /// simulated providers built from a price catalog.
     Place(place::PlaceArgs),
+    /// Replay a demand trace through the engine in virtual time, under contract
+    /// variants side by side, and report spend, time to capacity, concentration,
+    /// first-refusal outcomes, spillovers, failovers, commitments and revenue share.
+    Simulate(Box<simulate::SimulateArgs>),
     /// Work with contract files.
     #[command(subcommand)]
     Contract(ContractCommand),
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Place(args) => place::run(args),
+        Command::Simulate(args) => simulate::run(*args),
         Command::Contract(ContractCommand::Check { files, at }) => contract_check(&files, at.as_deref()),
         Command::Catalog(CatalogCommand::Check { paths }) => catalog_check(&paths),
     };

@@ -1,0 +1,286 @@
+//! Settlement: what the allocations cost, how commitments burn down, what
+//! revenue share is owed, and which review triggers fire.
+//!
+//! Everything here is a pure function of the engine's allocations, the
+//! contracts and a few series the caller supplies (revenue, declared
+//! events), evaluated "as of" an instant. The simulator calls it at every
+//! settlement tick; the live service will call the same functions.
+//!
+//! * **Accrual.** An allocation bills `price × GPUs` per hour from the
+//!   moment it was ready until it ended (released or cancelled), or until
+//!   the "as of" instant, and never past its contracted hours. An allocation
+//!   that never became ready bills nothing.
+//! * **Commitments.** Burned = accrued spend with the provider within the
+//!   commitment's period, counting only the workload classes it names.
+//!   Projected shortfall = amount − burned − (current spend rate × hours
+//!   left in the period), floored at zero: what the buyer will owe for
+//!   capacity it did not use if nothing changes.
+//! * **Revenue share.** The caller supplies revenue per calendar month
+//!   (`RevenueSeries`); each `revenue_share` clause in force owes
+//!   `rate × revenue` for the months it was in force.
+//! * **Review triggers.** Conditions are evaluated on [`Metrics`] built from
+//!   the accruals and the revenue: `cumulative_spend`, `cumulative_revenue`,
+//!   `cumulative_profit`, `gpus_active`, `days_elapsed`, plus declared
+//!   events. A trigger fires once; a `suspend_clauses` action returns the
+//!   suspensions for the engine to apply.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::contract::{ContractSet, Metrics, Suspension, TriggerAction};
+use crate::engine::{Allocation, Engine};
+use crate::types::{ProviderName, Timestamp, WorkloadClass};
+
+/// Hours an allocation has billed as of `at`.
+pub fn billed_hours(allocation: &Allocation, at: Timestamp) -> f64 {
+    let Some(ready) = allocation.ready_at else { return 0.0 };
+    let end = allocation.ended_at.unwrap_or(at).min(at);
+    end.hours_since(ready).clamp(0.0, f64::from(allocation.hours))
+}
+
+/// Spend accrued as of an instant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Accruals {
+    pub at: Option<Timestamp>,
+    pub spend: BTreeMap<ProviderName, f64>,
+    pub gpu_hours: BTreeMap<ProviderName, f64>,
+    /// Per provider and workload class, for commitments that count only some classes.
+    pub spend_by_class: BTreeMap<(ProviderName, WorkloadClass), f64>,
+    /// GPU-hours per workload class (revenue is earned on inference and api hours).
+    pub gpu_hours_by_class: BTreeMap<WorkloadClass, f64>,
+    /// Spend per hour of the allocations running at `at`, per provider.
+    pub spend_rate: BTreeMap<ProviderName, f64>,
+    /// GPUs running at `at`, per provider.
+    pub gpus_active_by_provider: BTreeMap<ProviderName, u64>,
+    pub gpus_active: u64,
+}
+
+impl Accruals {
+    pub fn total_spend(&self) -> f64 {
+        self.spend.values().sum()
+    }
+}
+
+pub fn accrue(engine: &Engine, at: Timestamp) -> Accruals {
+    let mut accruals = Accruals { at: Some(at), ..Accruals::default() };
+    for allocation in engine.allocations() {
+        let Some(state) = engine.request(&allocation.request) else { continue };
+        let hours = billed_hours(allocation, at);
+        let gpu_hours = hours * f64::from(allocation.plan.gpus);
+        let spend = gpu_hours * allocation.plan.price.get();
+        let provider = &allocation.plan.provider;
+        let class = state.request.workload;
+        *accruals.spend.entry(provider.clone()).or_default() += spend;
+        *accruals.gpu_hours.entry(provider.clone()).or_default() += gpu_hours;
+        *accruals.spend_by_class.entry((provider.clone(), class)).or_default() += spend;
+        *accruals.gpu_hours_by_class.entry(class).or_default() += gpu_hours;
+        let running = allocation.ready_at.is_some_and(|r| r <= at)
+            && allocation.ended_at.is_none_or(|e| e > at)
+            && hours < f64::from(allocation.hours);
+        if running {
+            *accruals.spend_rate.entry(provider.clone()).or_default() +=
+                f64::from(allocation.plan.gpus) * allocation.plan.price.get();
+            accruals.gpus_active += u64::from(allocation.plan.gpus);
+            *accruals.gpus_active_by_provider.entry(provider.clone()).or_default() +=
+                u64::from(allocation.plan.gpus);
+        }
+    }
+    accruals
+}
+
+/// A commitment's burn-down as of an instant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommitmentStatus {
+    pub contract: String,
+    pub clause: String,
+    pub provider: ProviderName,
+    pub amount: f64,
+    pub burned: f64,
+    pub projected_shortfall: f64,
+}
+
+/// The burn-down of every commitment in force at `at`.
+///
+/// Accruals are not split by date, so spend before a commitment's period
+/// started counts only when the period started before the run; callers that
+/// need exact periods settle at the period boundaries.
+pub fn commitments(set: &ContractSet, accruals: &Accruals, at: Timestamp) -> Vec<CommitmentStatus> {
+    let terms = set.in_force(at, &[]);
+    terms
+        .commitments
+        .iter()
+        .map(|c| {
+            let commitment = c.terms;
+            let burned: f64 = accruals
+                .spend_by_class
+                .iter()
+                .filter(|((provider, class), _)| {
+                    provider == &commitment.provider
+                        && (commitment.counts.is_empty() || commitment.counts.contains(class))
+                })
+                .map(|(_, spend)| spend)
+                .sum();
+            let hours_left = commitment.period_end.hours_since(at).max(0.0);
+            let rate = accruals.spend_rate.get(&commitment.provider).copied().unwrap_or(0.0);
+            CommitmentStatus {
+                contract: c.contract.to_owned(),
+                clause: c.clause.to_owned(),
+                provider: commitment.provider.clone(),
+                amount: commitment.amount,
+                burned,
+                projected_shortfall: (commitment.amount - burned - rate * hours_left).max(0.0),
+            }
+        })
+        .collect()
+}
+
+/// Revenue per calendar month, keyed `YYYY-MM`.
+pub type RevenueSeries = BTreeMap<String, f64>;
+
+/// The calendar month of an instant, as `YYYY-MM`.
+pub fn month_of(at: Timestamp) -> String {
+    let text = at.to_string();
+    text.get(..7).unwrap_or(&text).to_owned()
+}
+
+/// What a revenue-share clause owes for one month.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RevenueShareStatement {
+    pub contract: String,
+    pub clause: String,
+    pub partner: String,
+    pub month: String,
+    pub revenue: f64,
+    pub rate: f64,
+    pub owed: f64,
+}
+
+/// Statements for each month of `revenue`, under the clauses in force on the month's `first_instant`.
+pub fn revenue_share(
+    set: &ContractSet,
+    revenue: &RevenueSeries,
+    first_instant: &BTreeMap<String, Timestamp>,
+) -> Vec<RevenueShareStatement> {
+    let mut statements = Vec::new();
+    for (month, amount) in revenue {
+        let Some(at) = first_instant.get(month) else { continue };
+        for share in &set.in_force(*at, &[]).revenue_shares {
+            statements.push(RevenueShareStatement {
+                contract: share.contract.to_owned(),
+                clause: share.clause.to_owned(),
+                partner: share.terms.partner.clone(),
+                month: month.clone(),
+                revenue: *amount,
+                rate: share.terms.rate,
+                owed: amount * share.terms.rate,
+            });
+        }
+    }
+    statements
+}
+
+/// The metrics review-trigger conditions read.
+pub fn metrics(
+    accruals: &Accruals,
+    cumulative_revenue: f64,
+    days_elapsed: f64,
+    events: &BTreeSet<String>,
+) -> Metrics {
+    let spend = accruals.total_spend();
+    let mut metrics = Metrics::default();
+    for (name, value) in [
+        ("cumulative_spend", spend),
+        ("cumulative_revenue", cumulative_revenue),
+        ("cumulative_profit", cumulative_revenue - spend),
+        ("gpus_active", accruals.gpus_active as f64),
+        ("days_elapsed", days_elapsed),
+    ] {
+        metrics.metrics.insert(name.to_owned(), value);
+    }
+    metrics.events = events.clone();
+    metrics
+}
+
+/// A review trigger that fired, and what it did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TriggerFired {
+    pub contract: String,
+    pub clause: String,
+    pub at: Timestamp,
+    pub condition: String,
+    pub action: TriggerAction,
+}
+
+/// Evaluates the triggers in force at `at` that have not fired yet. Returns
+/// those that fire now, the suspensions their actions ask for, and any
+/// evaluation errors (a condition that reads a metric nobody records is
+/// reported, not fatal).
+pub fn evaluate_triggers(
+    set: &ContractSet,
+    at: Timestamp,
+    metrics: &Metrics,
+    already_fired: &BTreeSet<(String, String)>,
+) -> (Vec<TriggerFired>, Vec<Suspension>, Vec<String>) {
+    let (mut fired, mut suspensions, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    for trigger in &set.in_force(at, &[]).review_triggers {
+        let key = (trigger.contract.to_owned(), trigger.clause.to_owned());
+        if already_fired.contains(&key) {
+            continue;
+        }
+        match trigger.terms.condition.evaluate(metrics) {
+            Ok(true) => {
+                if let TriggerAction::SuspendClauses { clauses, from } = &trigger.terms.action {
+                    for clause in clauses {
+                        suspensions.push(Suspension {
+                            contract: trigger.contract.to_owned(),
+                            clause: clause.clone(),
+                            from: (*from).max(at),
+                        });
+                    }
+                }
+                fired.push(TriggerFired {
+                    contract: key.0,
+                    clause: key.1,
+                    at,
+                    condition: trigger.terms.condition.source().to_owned(),
+                    action: trigger.terms.action.clone(),
+                });
+            }
+            Ok(false) => {}
+            Err(error) => errors.push(format!("{}/{}: {error}", trigger.contract, trigger.clause)),
+        }
+    }
+    (fired, suspensions, errors)
+}
+
+/// Checks the billing invariants as of `at`: no allocation bills more hours
+/// than it was awarded, no request bills more GPU-hours than it asked for
+/// (no GPU-hour billed twice across failovers), and per-provider spend sums
+/// to the total of the allocations. Returns the first violation.
+pub fn check_billing(engine: &Engine, accruals: &Accruals, at: Timestamp) -> Result<(), String> {
+    let mut per_request: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut total = 0.0;
+    for allocation in engine.allocations() {
+        let hours = billed_hours(allocation, at);
+        if hours > f64::from(allocation.hours) + 1e-9 {
+            return Err(format!("allocation {} billed {hours} h of {}", allocation.id, allocation.hours));
+        }
+        *per_request.entry(&allocation.request).or_default() += hours * f64::from(allocation.plan.gpus);
+        total += hours * f64::from(allocation.plan.gpus) * allocation.plan.price.get();
+    }
+    for (request, gpu_hours) in per_request {
+        let Some(state) = engine.request(request) else { continue };
+        let asked = f64::from(state.request.gpus.get()) * f64::from(state.request.duration_hours);
+        if gpu_hours > asked + 1e-6 {
+            return Err(format!(
+                "request {request} billed {gpu_hours} GPU-hours of the {asked} it asked for"
+            ));
+        }
+    }
+    let summed = accruals.total_spend();
+    if (summed - total).abs() > 1e-6 * total.max(1.0) {
+        return Err(format!("provider spend sums to {summed}, allocations to {total}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Settlement over real engine runs: accrual, commitment burn-down, revenue
+//! share, review triggers, and the billing invariants.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use dibs_core::contract::{
+    Clause, ClauseKind, Commitment, Condition, Contract, ContractSet, ContractVersion, FirstRefusal,
+    RefusalMode, RevenueShare, ReviewTrigger, Scope, TriggerAction,
+};
+use dibs_core::engine::{Engine, EngineConfig, Input};
+use dibs_core::request::RequestSpec;
+use dibs_core::settlement::{self, RevenueSeries};
+use dibs_core::types::{Accelerator, Offer, OfferKind, Price, ProviderName, Region, Timestamp};
+use dibs_providers::{SimulatedBehaviour, SimulatedProvider};
+use dibs_sim::VirtualRun;
+
+fn t(text: &str) -> Timestamp {
+    Timestamp::parse(text).unwrap()
+}
+
+fn p(name: &str) -> ProviderName {
+    ProviderName::new(name).unwrap()
+}
+
+fn offer(provider: &str, price: f64, gpus: u32, lead: u32) -> Offer {
+    Offer {
+        id: format!("{provider}/r/H100/on-demand"),
+        provider: p(provider),
+        region: Region::new("r").unwrap(),
+        accelerator: Accelerator::new("H100").unwrap(),
+        gpus_available: gpus,
+        gpus_per_node: 8,
+        price: Price::new(price).unwrap(),
+        lead_time_hours: lead,
+        kind: OfferKind::OnDemand,
+        valid_until: None,
+        instance_type: "x".into(),
+    }
+}
+
+fn clause(name: &str, kind: ClauseKind) -> Clause {
+    Clause { name: name.into(), kind }
+}
+
+fn set(clauses: Vec<Clause>) -> ContractSet {
+    ContractSet {
+        contracts: vec![Contract {
+            id: "azure-primary".into(),
+            counterparty: p("azure"),
+            parties: vec!["buyer".into(), "azure".into()],
+            versions: vec![ContractVersion {
+                id: "v1".into(),
+                effective: t("2020-01-01"),
+                expires: t("2030-12-31"),
+                clauses,
+            }],
+            source: "test".into(),
+        }],
+        ..ContractSet::default()
+    }
+}
+
+fn submit(run: &mut VirtualRun, id: &str, gpus: u32, hours: u32, workload: &str, at: Timestamp) {
+    let request = RequestSpec {
+        id: id.into(),
+        accelerators: vec!["H100".into()],
+        gpus,
+        min_block: Some(8),
+        duration_hours: hours,
+        earliest_start: at,
+        deliver_by: None,
+        regions: vec![],
+        workload: workload.into(),
+        max_price: None,
+        allow_spot: false,
+    }
+    .validate()
+    .unwrap();
+    run.schedule(at, Input::Submit(request));
+}
+
+fn start(contracts: ContractSet, offers: Vec<Offer>) -> VirtualRun {
+    let providers = SimulatedProvider::from_catalog(&offers, SimulatedBehaviour::default());
+    VirtualRun::new(Engine::new(contracts, offers, EngineConfig::default()), providers, t("2026-01-01"))
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * b.abs().max(1.0)
+}
+
+#[test]
+fn spend_accrues_per_allocation_hour_from_ready_to_release() {
+    let mut run = start(set(vec![]), vec![offer("lambda", 2.0, 512, 4)]);
+    submit(&mut run, "r1", 64, 100, "training", t("2026-01-01"));
+    run.run_until(None);
+    // Quotes at +0.25 h, ready 4 h later, released 100 h after that.
+    let ready = t("2026-01-01").plus_hours(4.25);
+    for (hours, expected) in
+        [(0.0, 0.0), (50.0, 64.0 * 2.0 * 50.0), (100.0, 64.0 * 2.0 * 100.0), (500.0, 64.0 * 2.0 * 100.0)]
+    {
+        let accruals = settlement::accrue(&run.engine, ready.plus_hours(hours));
+        assert!(
+            close(accruals.total_spend(), expected),
+            "at +{hours} h: {} vs {expected}",
+            accruals.total_spend()
+        );
+        settlement::check_billing(&run.engine, &accruals, ready.plus_hours(hours)).unwrap();
+    }
+}
+
+#[test]
+fn a_failover_bills_the_failed_hours_and_the_replacement_without_double_counting() {
+    let mut run = start(set(vec![]), vec![offer("lambda", 2.0, 512, 4), offer("aws", 6.0, 512, 24)]);
+    submit(&mut run, "r1", 64, 100, "training", t("2026-01-01"));
+    run.run_until(Some(t("2026-01-02")));
+    run.schedule(
+        t("2026-01-02"),
+        Input::IncidentOpened { id: "inc".into(), provider: p("lambda"), region: None },
+    );
+    run.run_until(None);
+    let end = t("2026-02-01");
+    let accruals = settlement::accrue(&run.engine, end);
+    settlement::check_billing(&run.engine, &accruals, end).unwrap();
+    // lambda ran from +4.25 h to +24 h; aws takes floor(100 - 19.75) = 80 h.
+    assert!(close(accruals.spend[&p("lambda")], 64.0 * 2.0 * 19.75));
+    assert!(close(accruals.spend[&p("aws")], 64.0 * 6.0 * 80.0));
+    let gpu_hours: f64 = accruals.gpu_hours.values().sum();
+    assert!(gpu_hours <= 64.0 * 100.0, "{gpu_hours} GPU-hours billed for a 6,400 GPU-hour request");
+}
+
+#[test]
+fn a_commitment_burns_down_and_projects_its_shortfall() {
+    let commitment = Commitment {
+        provider: p("lambda"),
+        amount: 100_000.0,
+        currency: "USD".into(),
+        period_start: t("2026-01-01"),
+        period_end: t("2026-03-01"),
+        counts: vec![],
+    };
+    let mut run =
+        start(set(vec![clause("c", ClauseKind::Commitment(commitment))]), vec![offer("lambda", 2.0, 512, 4)]);
+    submit(&mut run, "r1", 32, 1000, "training", t("2026-01-01"));
+    let at = t("2026-01-11");
+    run.run_until(Some(at));
+    let accruals = settlement::accrue(&run.engine, at);
+    let status = &settlement::commitments(run.engine.contracts(), &accruals, at)[0];
+    let burned = 32.0 * 2.0 * at.hours_since(t("2026-01-01").plus_hours(4.25));
+    assert!(close(status.burned, burned), "{} vs {burned}", status.burned);
+    // Projected: the $64/h now running continues for the 1,176 h left in the period.
+    let projected = 100_000.0 - burned - 64.0 * 1176.0;
+    assert!(close(status.projected_shortfall, projected), "{} vs {projected}", status.projected_shortfall);
+    // After the allocation ends nothing runs: the shortfall is what was never burned.
+    run.run_until(None);
+    let later = t("2026-02-28");
+    let accruals = settlement::accrue(&run.engine, later);
+    let status = &settlement::commitments(run.engine.contracts(), &accruals, later)[0];
+    assert!(
+        close(status.projected_shortfall, 100_000.0 - 32.0 * 2.0 * 1000.0),
+        "{}",
+        status.projected_shortfall
+    );
+}
+
+#[test]
+fn revenue_share_is_owed_per_month_under_the_clause_in_force() {
+    let share = RevenueShare { partner: "azure".into(), rate: 0.2, products: vec!["api".into()] };
+    let contracts = set(vec![clause("rs", ClauseKind::RevenueShare(share))]);
+    let revenue = RevenueSeries::from([("2026-01".to_owned(), 1_000.0), ("2026-02".to_owned(), 500.0)]);
+    let first =
+        BTreeMap::from([("2026-01".to_owned(), t("2026-01-01")), ("2026-02".to_owned(), t("2026-02-01"))]);
+    let statements = settlement::revenue_share(&contracts, &revenue, &first);
+    let owed: Vec<(String, f64)> = statements.iter().map(|s| (s.month.clone(), s.owed)).collect();
+    assert_eq!(owed, vec![("2026-01".to_owned(), 200.0), ("2026-02".to_owned(), 100.0)]);
+}
+
+#[test]
+fn a_review_trigger_fires_once_and_its_suspension_ends_first_refusal_inside_the_run() {
+    let rofr = FirstRefusal {
+        holder: p("azure"),
+        scope: Scope::default(),
+        mode: RefusalMode::OfferFirst,
+        window_hours: 24,
+        covers_spillover: false,
+        covers_failover: false,
+    };
+    let trigger = ReviewTrigger {
+        condition: Condition::parse(r#"metrics.cumulative_spend > 1000.0 && "agi_declared" in events"#)
+            .unwrap(),
+        action: TriggerAction::SuspendClauses { clauses: vec!["rofr".into()], from: t("2026-01-01") },
+    };
+    let contracts = set(vec![
+        clause("rofr", ClauseKind::FirstRefusal(rofr)),
+        clause("review", ClauseKind::ReviewTrigger(trigger)),
+    ]);
+    let mut run = start(contracts, vec![offer("azure", 6.0, 512, 4), offer("lambda", 2.0, 512, 4)]);
+    submit(&mut run, "r1", 64, 100, "training", t("2026-01-01"));
+    let day2 = t("2026-01-03");
+    run.run_until(Some(day2));
+    let mut fired_keys = BTreeSet::new();
+    let accruals = settlement::accrue(&run.engine, day2);
+    let quiet = settlement::metrics(&accruals, 0.0, 2.0, &BTreeSet::new());
+    let (fired, _, errors) = settlement::evaluate_triggers(run.engine.contracts(), day2, &quiet, &fired_keys);
+    assert!(fired.is_empty() && errors.is_empty(), "{errors:?}");
+    let declared = BTreeSet::from(["agi_declared".to_owned()]);
+    let metrics = settlement::metrics(&accruals, 0.0, 2.0, &declared);
+    let (fired, suspensions, _) =
+        settlement::evaluate_triggers(run.engine.contracts(), day2, &metrics, &fired_keys);
+    assert_eq!(fired.len(), 1);
+    fired_keys.insert((fired[0].contract.clone(), fired[0].clause.clone()));
+    assert!(
+        settlement::evaluate_triggers(run.engine.contracts(), day2, &metrics, &fired_keys).0.is_empty(),
+        "fires once"
+    );
+    for s in suspensions {
+        run.engine.suspend(s);
+    }
+    // The first request met first refusal; the one after the trigger does not.
+    submit(&mut run, "r2", 64, 100, "training", day2);
+    run.run_until(None);
+    let solicited: Vec<&str> = run
+        .events
+        .iter()
+        .filter(|e| e.kind.name() == "solicited")
+        .map(|e| e.request.as_deref().unwrap())
+        .collect();
+    assert_eq!(solicited, vec!["r1"]);
+}
