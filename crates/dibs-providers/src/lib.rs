@@ -83,8 +83,13 @@ impl HolderBehaviour {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SimulatedBehaviour {
     pub holder: HolderBehaviour,
-    /// Hours the provider takes to answer a solicitation.
+    /// Hours the provider takes to answer a solicitation (the mean, when
+    /// `answer_exponential` is set).
     pub answer_hours: f64,
+    /// Draw each answer time from an exponential distribution with mean
+    /// `answer_hours` (from the provider's seeded RNG) instead of a fixed delay:
+    /// some answers come quickly, some after the window has lapsed.
+    pub answer_exponential: bool,
     /// Hours the provider takes to quote.
     pub quote_hours: f64,
     /// Extra hours beyond the offer's lead time before a reservation is ready;
@@ -97,6 +102,7 @@ impl Default for SimulatedBehaviour {
         Self {
             holder: HolderBehaviour::Decline,
             answer_hours: 4.0,
+            answer_exponential: false,
             quote_hours: 0.25,
             delivery_delay_hours: Some(0.0),
         }
@@ -183,7 +189,12 @@ impl Provider for SimulatedProvider {
     }
 
     fn solicit(&mut self, solicitation: &Solicitation, now: Timestamp) -> HolderReply {
-        let after_hours = self.behaviour.answer_hours;
+        let after_hours = if self.behaviour.answer_exponential {
+            // Inverse transform: 1 - u is in (0, 1], so the logarithm is finite.
+            -self.behaviour.answer_hours * (1.0 - self.rng.f64()).ln()
+        } else {
+            self.behaviour.answer_hours
+        };
         let limit = match self.behaviour.holder {
             HolderBehaviour::Silent => return HolderReply { answer: None, after_hours },
             HolderBehaviour::Decline => {

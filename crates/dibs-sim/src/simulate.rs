@@ -43,6 +43,8 @@ pub struct Scenario {
     pub incidents: Vec<Incident>,
     pub price_path: PricePath,
     pub holder: HolderBehaviour,
+    /// The holder's mean answer time; each answer time is drawn from an
+    /// exponential distribution with this mean, so a shorter window lapses more.
     pub holder_answer_hours: f64,
     pub seed: u64,
     pub start: Timestamp,
@@ -219,6 +221,10 @@ pub struct VariantReport {
     pub spend_total: f64,
     pub spend_by_provider: BTreeMap<String, f64>,
     pub gpu_hours_by_provider: BTreeMap<String, f64>,
+    /// GPU-hours billed over the run, all providers.
+    pub gpu_hours_delivered: f64,
+    /// Spend over delivered GPU-hours: the average price actually paid.
+    pub spend_per_gpu_hour: f64,
     /// Share of GPU-hours per provider.
     pub share_by_provider: BTreeMap<String, f64>,
     /// Herfindahl-Hirschman index of the GPU-hour shares, 0 to 10,000.
@@ -270,6 +276,7 @@ pub fn run_variant(scenario: &Scenario, variant: &Variant, progress: &mut dyn Fn
     let behaviour = SimulatedBehaviour {
         holder: holder.unwrap_or(scenario.holder),
         answer_hours: scenario.holder_answer_hours,
+        answer_exponential: true,
         ..SimulatedBehaviour::default()
     };
     let last_submit = scenario.demand.iter().map(|d| d.submit).max().unwrap_or(scenario.start);
@@ -412,6 +419,10 @@ pub fn run_variant(scenario: &Scenario, variant: &Variant, progress: &mut dyn Fn
         .iter()
         .map(|(p, h)| (p.to_string(), if total_hours > 0.0 { h / total_hours } else { 0.0 }))
         .collect();
+    report.gpu_hours_delivered = report.gpu_hours_by_provider.values().sum();
+    if report.gpu_hours_delivered > 0.0 {
+        report.spend_per_gpu_hour = report.spend_total / report.gpu_hours_delivered;
+    }
     report.hhi = report.share_by_provider.values().map(|s| (s * 100.0).powi(2)).sum();
     report.commitments = settlement::commitments(&contracts, &accruals, end);
     report.revenue = cumulative_revenue;
@@ -478,6 +489,8 @@ fn summarize(run: &VirtualRun) -> VariantReport {
         spend_total: 0.0,
         spend_by_provider: BTreeMap::new(),
         gpu_hours_by_provider: BTreeMap::new(),
+        gpu_hours_delivered: 0.0,
+        spend_per_gpu_hour: 0.0,
         share_by_provider: BTreeMap::new(),
         hhi: 0.0,
         time_to_capacity_hours,

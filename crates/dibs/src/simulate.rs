@@ -75,8 +75,10 @@ pub struct SimulateArgs {
     /// How the first-refusal holder answers: accept, decline, silent, partial:N or rate:P.
     #[arg(long, default_value = "rate:0.5")]
     holder: String,
-    /// Hours the holder takes to answer.
-    #[arg(long, default_value_t = 12.0)]
+    /// The holder's mean answer time, hours. Each answer time is drawn from an
+    /// exponential distribution with this mean (seeded), so some answers come
+    /// after a short window has lapsed.
+    #[arg(long, default_value_t = 36.0)]
     holder_answer_hours: f64,
     /// Replay a status-page incident history (gcp_incidents.csv format) onto a provider: PATH[:PROVIDER].
     #[arg(long, value_name = "PATH[:PROVIDER]")]
@@ -119,8 +121,16 @@ pub fn run(args: SimulateArgs) -> Result<ExitCode> {
             bail!("{name}: {value} must be a positive number");
         }
     }
-    if !(args.group_hours.is_finite() && args.group_hours >= 0.0) {
-        bail!("--group-hours: {} must be zero or positive", args.group_hours);
+    for (name, value) in [
+        ("--group-hours", args.group_hours),
+        ("--holder-answer-hours", args.holder_answer_hours),
+        ("--incident-rate", args.incident_rate),
+        ("--incident-mean-hours", args.incident_mean_hours),
+        ("--revenue-per-gpu-hour", args.revenue_per_gpu_hour),
+    ] {
+        if !(value.is_finite() && value >= 0.0) {
+            bail!("{name}: {value} must be zero or positive");
+        }
     }
     if args.block == 0 {
         bail!("--block: must be at least 1");
@@ -350,6 +360,8 @@ fn table(output: &Output<'_>) -> String {
             format!("{:.1}%", 100.0 * r.share_by_provider.get(*p).copied().unwrap_or(0.0))
         });
     }
+    row("GPU-hours delivered", &|r| format!("{:.0}", r.gpu_hours_delivered));
+    row("spend per GPU-hour", &|r| format!("${:.2}", r.spend_per_gpu_hour));
     row("concentration (HHI)", &|r| format!("{:.0}", r.hhi));
     row("time to capacity p50", &|r| format!("{:.1} h", r.time_to_capacity_hours.p50));
     row("time to capacity p95", &|r| format!("{:.1} h", r.time_to_capacity_hours.p95));
@@ -436,7 +448,11 @@ fn explain(reports: &[VariantReport]) -> Vec<String> {
             causes.push(format!("it took capacity {a1} times instead of {a0}"));
         }
         if l1 != l0 || d1 != d0 {
-            causes.push(format!("{l1} windows lapsed and {d1} declined (vs {l0} and {d0}); every lapse holds the request for the whole window"));
+            let mut cause = format!("{l1} windows lapsed and {d1} declined (vs {l0} and {d0})");
+            if l1 > 0 || l0 > 0 {
+                cause.push_str("; a lapse holds the request for the whole window before the market is asked");
+            }
+            causes.push(cause);
         }
         if r.spillovers != base.spillovers || r.failovers != base.failovers {
             causes.push(format!(
@@ -464,6 +480,17 @@ fn explain(reports: &[VariantReport]) -> Vec<String> {
             causes.push(format!(
                 "{:.0} GPU-hours went unfilled (vs {:.0})",
                 r.unfilled_gpu_hours, base.unfilled_gpu_hours
+            ));
+        }
+        if (r.gpu_hours_delivered - base.gpu_hours_delivered).abs() > 0.5
+            || (r.spend_per_gpu_hour - base.spend_per_gpu_hour).abs() >= 0.005
+        {
+            causes.push(format!(
+                "it bought {:.0} GPU-hours at ${:.2} each on average (vs {:.0} at ${:.2})",
+                r.gpu_hours_delivered,
+                r.spend_per_gpu_hour,
+                base.gpu_hours_delivered,
+                base.spend_per_gpu_hour
             ));
         }
         let spend = r.spend_total - base.spend_total;
