@@ -310,9 +310,9 @@ struct Incident {
 pub struct Engine {
     contracts: ContractSet,
     config: EngineConfig,
-    /// Offers providers have published (a catalog): the evidence for holder skips,
-    /// and the set of providers a market round asks.
-    published: Vec<Offer>,
+    /// Offers providers have published (a catalog), by provider: the evidence
+    /// for holder skips, and the set of providers a market round asks.
+    published: BTreeMap<ProviderName, Vec<Offer>>,
     requests: BTreeMap<String, RequestState>,
     allocations: BTreeMap<u64, Allocation>,
     next_allocation: u64,
@@ -334,7 +334,10 @@ impl Engine {
         Self {
             contracts,
             config,
-            published,
+            published: published.into_iter().fold(BTreeMap::new(), |mut by: BTreeMap<_, Vec<_>>, offer| {
+                by.entry(offer.provider.clone()).or_default().push(offer);
+                by
+            }),
             requests: BTreeMap::new(),
             allocations: BTreeMap::new(),
             next_allocation: 1,
@@ -360,6 +363,11 @@ impl Engine {
 
     pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
         self.allocations.values()
+    }
+
+    /// Allocations with an id at or above `first`, in id order (ids only grow).
+    pub fn allocations_from(&self, first: u64) -> impl Iterator<Item = &Allocation> {
+        self.allocations.range(first..).map(|(_, a)| a)
     }
 
     pub fn contracts(&self) -> &ContractSet {
@@ -712,8 +720,7 @@ impl Engine {
         if let Some(incident) = self.provider_down(&refusal.holder, None) {
             return Err(vec![format!("holder is down (incident {incident})")]);
         }
-        let holder_offers: Vec<Offer> =
-            self.published.iter().filter(|o| o.provider == refusal.holder).cloned().collect();
+        let holder_offers: &[Offer] = self.published.get(&refusal.holder).map_or(&[], Vec::as_slice);
         if holder_offers.is_empty() {
             return Err(vec![format!("{} publishes no offers", refusal.holder)]);
         }
@@ -722,7 +729,7 @@ impl Engine {
         let mut one_block = request.clone();
         one_block.gpus = request.min_block;
         let demand = Demand { request: &one_block, gpus: one_block.gpus.get(), now };
-        let check = placement::place(demand, &holder_offers, &hard, self.config.solver);
+        let check = placement::place(demand, holder_offers, &hard, self.config.solver);
         let mut evidence = Vec::new();
         let mut best: Option<f64> = None;
         for verdict in &check.verdicts {
@@ -924,8 +931,7 @@ impl Engine {
             .as_ref()
             .filter(|r| r.mode == RefusalMode::Match)
             .map(|r| r.holder.clone());
-        let mut providers: BTreeSet<ProviderName> =
-            self.published.iter().map(|o| o.provider.clone()).collect();
+        let mut providers: BTreeSet<ProviderName> = self.published.keys().cloned().collect();
         providers.retain(|p| {
             !rules.excluded.contains_key(p)
                 && rules.exclusive_to.as_ref().is_none_or(|(holder, _)| holder == p)

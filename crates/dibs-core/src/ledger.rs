@@ -182,27 +182,37 @@ pub struct AllocationRecord {
 pub struct Chain {
     head: [u8; 32],
     length: u64,
+    /// Reused serialization buffer: one allocation for the whole chain.
+    scratch: Vec<u8>,
 }
 
 impl Chain {
-    /// Appends one event; returns the new head as lowercase hex.
-    pub fn append(&mut self, event: &Event) -> String {
-        let body = serde_json::to_vec(event).expect("ledger events serialize to JSON");
-        self.append_bytes(&body)
+    /// Appends one event, serialized as JSON.
+    pub fn append(&mut self, event: &Event) {
+        self.scratch.clear();
+        serde_json::to_writer(&mut self.scratch, event).expect("ledger events serialize to JSON");
+        let body = std::mem::take(&mut self.scratch);
+        self.append_bytes(&body);
+        self.scratch = body;
     }
 
-    pub fn append_bytes(&mut self, body: &[u8]) -> String {
+    /// Appends one entry: the new head is SHA-256(previous head, length, body).
+    pub fn append_bytes(&mut self, body: &[u8]) {
         let mut hasher = Sha256::new();
         hasher.update(self.head);
         hasher.update(self.length.to_be_bytes());
         hasher.update(body);
         self.head = hasher.finalize().into();
         self.length += 1;
-        self.head_hex()
     }
 
+    /// The head as lowercase hex.
     pub fn head_hex(&self) -> String {
-        self.head.iter().map(|b| format!("{b:02x}")).collect()
+        use std::fmt::Write;
+        self.head.iter().fold(String::with_capacity(64), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
     }
 
     pub fn len(&self) -> u64 {

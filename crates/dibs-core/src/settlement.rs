@@ -60,33 +60,154 @@ impl Accruals {
     pub fn total_spend(&self) -> f64 {
         self.spend.values().sum()
     }
+
+    /// Adds what one allocation has billed as of `at`; `running` also counts
+    /// it in the spend rate and the active GPUs.
+    fn add(&mut self, allocation: &Allocation, class: WorkloadClass, hours: f64, running: bool) {
+        let gpus = f64::from(allocation.plan.gpus);
+        let gpu_hours = hours * gpus;
+        let spend = gpu_hours * allocation.plan.price.get();
+        let provider = &allocation.plan.provider;
+        add_to(&mut self.spend, provider, spend);
+        add_to(&mut self.gpu_hours, provider, gpu_hours);
+        if let Some(total) = self.spend_by_class.get_mut(&(provider.clone(), class)) {
+            *total += spend;
+        } else {
+            self.spend_by_class.insert((provider.clone(), class), spend);
+        }
+        *self.gpu_hours_by_class.entry(class).or_default() += gpu_hours;
+        if running {
+            add_to(&mut self.spend_rate, provider, gpus * allocation.plan.price.get());
+            self.gpus_active += u64::from(allocation.plan.gpus);
+            if let Some(active) = self.gpus_active_by_provider.get_mut(provider) {
+                *active += u64::from(allocation.plan.gpus);
+            } else {
+                self.gpus_active_by_provider.insert(provider.clone(), u64::from(allocation.plan.gpus));
+            }
+        }
+    }
 }
 
+/// Adds to a per-provider total without cloning the name when it is already there.
+fn add_to(totals: &mut BTreeMap<ProviderName, f64>, provider: &ProviderName, amount: f64) {
+    if let Some(total) = totals.get_mut(provider) {
+        *total += amount;
+    } else {
+        totals.insert(provider.clone(), amount);
+    }
+}
+
+/// Whether an allocation is billing at `at`, given the hours it has billed.
+fn running(allocation: &Allocation, hours: f64, at: Timestamp) -> bool {
+    allocation.ready_at.is_some_and(|r| r <= at)
+        && allocation.ended_at.is_none_or(|e| e > at)
+        && hours < f64::from(allocation.hours)
+}
+
+/// Whether an allocation's bill is final as of `at`: it ended, or it has
+/// billed every hour it was awarded. Nothing after `at` can change it.
+fn settled(allocation: &Allocation, hours: f64, at: Timestamp) -> bool {
+    allocation.ended_at.is_some_and(|e| e <= at) || hours >= f64::from(allocation.hours)
+}
+
+/// Spend accrued by every allocation as of `at`, in one pass over all of them.
 pub fn accrue(engine: &Engine, at: Timestamp) -> Accruals {
     let mut accruals = Accruals { at: Some(at), ..Accruals::default() };
     for allocation in engine.allocations() {
         let Some(state) = engine.request(&allocation.request) else { continue };
         let hours = billed_hours(allocation, at);
-        let gpu_hours = hours * f64::from(allocation.plan.gpus);
-        let spend = gpu_hours * allocation.plan.price.get();
-        let provider = &allocation.plan.provider;
-        let class = state.request.workload;
-        *accruals.spend.entry(provider.clone()).or_default() += spend;
-        *accruals.gpu_hours.entry(provider.clone()).or_default() += gpu_hours;
-        *accruals.spend_by_class.entry((provider.clone(), class)).or_default() += spend;
-        *accruals.gpu_hours_by_class.entry(class).or_default() += gpu_hours;
-        let running = allocation.ready_at.is_some_and(|r| r <= at)
-            && allocation.ended_at.is_none_or(|e| e > at)
-            && hours < f64::from(allocation.hours);
-        if running {
-            *accruals.spend_rate.entry(provider.clone()).or_default() +=
-                f64::from(allocation.plan.gpus) * allocation.plan.price.get();
-            accruals.gpus_active += u64::from(allocation.plan.gpus);
-            *accruals.gpus_active_by_provider.entry(provider.clone()).or_default() +=
-                u64::from(allocation.plan.gpus);
-        }
+        accruals.add(allocation, state.request.workload, hours, running(allocation, hours, at));
     }
     accruals
+}
+
+/// Keeps the accruals as of successive instants without revisiting settled
+/// allocations: an allocation whose bill is final is folded into fixed
+/// totals once, so each settlement walks only new and still-running
+/// allocations. Instants must not go backwards. Gives the same figures as
+/// [`accrue`] and [`check_billing`] at every instant.
+#[derive(Debug, Clone, Default)]
+pub struct Accountant {
+    /// Totals of settled allocations.
+    settled: Accruals,
+    /// GPU-hours of settled allocations, per request (for the no-double-billing check).
+    settled_by_request: BTreeMap<String, f64>,
+    /// Spend of settled allocations, summed allocation by allocation.
+    settled_spend: f64,
+    /// Allocations not yet settled, by id.
+    open: Vec<u64>,
+    /// The previous `open`, kept to reuse its memory.
+    spare: Vec<u64>,
+    /// Allocations with ids below this have been seen.
+    next_id: u64,
+    last: Option<Timestamp>,
+}
+
+impl Accountant {
+    /// Accruals as of `at`, and the billing invariants checked for every
+    /// request an open or newly settled allocation belongs to.
+    pub fn settle(&mut self, engine: &Engine, at: Timestamp) -> (Accruals, Result<(), String>) {
+        debug_assert!(self.last.is_none_or(|last| last <= at), "settlement instants go forwards");
+        self.last = Some(at);
+        for allocation in engine.allocations_from(self.next_id) {
+            self.open.push(allocation.id);
+            self.next_id = allocation.id + 1;
+        }
+        let mut accruals = Accruals { at: Some(at), ..self.settled.clone() };
+        accruals.spend_rate.clear();
+        accruals.gpus_active_by_provider.clear();
+        accruals.gpus_active = 0;
+        let mut total = self.settled_spend;
+        let mut touched: BTreeMap<&str, f64> = BTreeMap::new();
+        let mut violation = None;
+        // Walk last settlement's open list, rebuilding `open` in the spare buffer.
+        let open = std::mem::replace(&mut self.open, std::mem::take(&mut self.spare));
+        self.open.clear();
+        for &id in &open {
+            let Some(allocation) = engine.allocation(id) else { continue };
+            let Some(state) = engine.request(&allocation.request) else { continue };
+            let class = state.request.workload;
+            let hours = billed_hours(allocation, at);
+            if hours > f64::from(allocation.hours) + 1e-9 && violation.is_none() {
+                violation =
+                    Some(format!("allocation {} billed {hours} h of {}", allocation.id, allocation.hours));
+            }
+            let gpu_hours = hours * f64::from(allocation.plan.gpus);
+            let spend = gpu_hours * allocation.plan.price.get();
+            total += spend;
+            // GPU-hours of this request's open allocations; settled ones are in `settled_by_request`.
+            let open_hours = touched.entry(&allocation.request).or_default();
+            if settled(allocation, hours, at) {
+                self.settled.add(allocation, class, hours, false);
+                self.settled_spend += spend;
+                *self.settled_by_request.entry(allocation.request.clone()).or_default() += gpu_hours;
+                accruals.add(allocation, class, hours, false);
+            } else {
+                *open_hours += gpu_hours;
+                accruals.add(allocation, class, hours, running(allocation, hours, at));
+                self.open.push(id);
+            }
+        }
+        self.spare = open;
+        if violation.is_none() {
+            for (request, open_hours) in touched {
+                let Some(state) = engine.request(request) else { continue };
+                let billed = open_hours + self.settled_by_request.get(request).copied().unwrap_or(0.0);
+                let asked = f64::from(state.request.gpus.get()) * f64::from(state.request.duration_hours);
+                if billed > asked + 1e-6 {
+                    violation = Some(format!(
+                        "request {request} billed {billed} GPU-hours of the {asked} it asked for"
+                    ));
+                    break;
+                }
+            }
+        }
+        let summed = accruals.total_spend();
+        if violation.is_none() && (summed - total).abs() > 1e-6 * total.max(1.0) {
+            violation = Some(format!("provider spend sums to {summed}, allocations to {total}"));
+        }
+        (accruals, violation.map_or(Ok(()), Err))
+    }
 }
 
 /// A commitment's burn-down as of an instant.

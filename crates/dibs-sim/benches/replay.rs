@@ -23,6 +23,10 @@ use dibs_sim::prices::PricePath;
 use dibs_sim::simulate::{self, Scenario};
 use dibs_sim::trace::{self, TraceOptions};
 
+// The same allocator as the `dibs` binary: the run allocates per event.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PHILLY: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/traces/philly_demand_dev.csv");
 
@@ -65,7 +69,7 @@ fn main() {
             incidents: incidents::generate_incidents(&providers, start, horizon, 2.0, 12.0, 7),
             price_path: PricePath::Static,
             holder: HolderBehaviour::AcceptRate(0.5),
-            holder_answer_hours: 12.0,
+            holder_answer_hours: 36.0,
             seed: 7,
             start,
             revenue_per_gpu_hour: 0.0,

@@ -348,11 +348,16 @@ pub fn run_variant(scenario: &Scenario, variant: &Variant, progress: &mut dyn Fn
     let mut share_points: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let every_nth = ((horizon_hours / step) as usize / MAX_SERIES_POINTS).max(1);
     let mut ticks = 0usize;
+    let mut accountant = settlement::Accountant::default();
+    let mut tally = Tally::default();
+    let mut last_accruals = settlement::Accruals::default();
     loop {
         tick = tick.plus_hours(step);
         run.run_until(Some(tick));
+        tally.add(&run.events);
+        run.events.clear();
         ticks += 1;
-        let accruals = settlement::accrue(&run.engine, tick);
+        let (accruals, billing) = accountant.settle(&run.engine, tick);
         // Revenue: earned on inference and api GPU-hours in this tick.
         let class_hours: f64 = [WorkloadClass::Inference, WorkloadClass::Api]
             .iter()
@@ -383,10 +388,11 @@ pub fn run_variant(scenario: &Scenario, variant: &Variant, progress: &mut dyn Fn
                 trigger_errors.push(error);
             }
         }
-        if let Err(violation) = settlement::check_billing(&run.engine, &accruals, tick) {
+        if let Err(violation) = billing {
             invariant_violation = Some(format!("at {tick}: {violation}"));
             break;
         }
+        last_accruals = accruals.clone();
         if ticks.is_multiple_of(every_nth) {
             let hours = tick.hours_since(scenario.start);
             for (provider, spend) in &accruals.spend {
@@ -404,9 +410,22 @@ pub fn run_variant(scenario: &Scenario, variant: &Variant, progress: &mut dyn Fn
         }
     }
 
+    // The end of the run: a full recount, checked against the incremental figures.
     let end = tick;
     let accruals = settlement::accrue(&run.engine, end);
-    let mut report = summarize(&run);
+    if invariant_violation.is_none() {
+        let incremental = last_accruals.total_spend();
+        let recount = accruals.total_spend();
+        if let Err(violation) = settlement::check_billing(&run.engine, &accruals, end) {
+            invariant_violation = Some(format!("at {end}: {violation}"));
+        } else if (incremental - recount).abs() > 1e-6 * recount.max(1.0) {
+            invariant_violation = Some(format!(
+                "at {end}: incremental settlement says {incremental}, a full recount {recount}"
+            ));
+        }
+    }
+    tally.add(&run.events);
+    let mut report = summarize(&run, tally);
     report.name = variant.name.clone();
     report.wall_seconds = started.elapsed().as_secs_f64();
     report.requests = scenario.demand.len() - rejected;
@@ -438,37 +457,52 @@ pub fn run_variant(scenario: &Scenario, variant: &Variant, progress: &mut dyn Fn
 }
 
 /// The figures that come from the ledger.
-fn summarize(run: &VirtualRun) -> VariantReport {
-    let mut submitted: BTreeMap<&str, Timestamp> = BTreeMap::new();
-    let mut active: BTreeMap<&str, Timestamp> = BTreeMap::new();
-    let mut fr = FirstRefusalCounts::default();
-    let (mut spillovers, mut failovers, mut unfilled_gpu_hours) = (0, 0, 0.0);
-    for event in &run.events {
-        let request = event.request.as_deref().unwrap_or("");
-        match &event.kind {
-            EventKind::RequestSubmitted { .. } => {
-                submitted.insert(request, event.at);
+/// What the report counts from the ledger, folded in as events arrive so a
+/// long run need not keep its events.
+#[derive(Default)]
+struct Tally {
+    submitted: BTreeMap<String, Timestamp>,
+    active: BTreeMap<String, Timestamp>,
+    first_refusal: FirstRefusalCounts,
+    spillovers: usize,
+    failovers: usize,
+    unfilled_gpu_hours: f64,
+}
+
+impl Tally {
+    fn add(&mut self, events: &[dibs_core::ledger::Event]) {
+        let fr = &mut self.first_refusal;
+        for event in events {
+            let request = event.request.as_deref().unwrap_or("");
+            match &event.kind {
+                EventKind::RequestSubmitted { .. } => {
+                    self.submitted.insert(request.to_owned(), event.at);
+                }
+                EventKind::RequestActive {} if !self.active.contains_key(request) => {
+                    self.active.insert(request.to_owned(), event.at);
+                }
+                EventKind::Solicited { .. } => fr.solicited += 1,
+                EventKind::HolderAnswered { outcome, .. } => match outcome.as_str() {
+                    "accepted" => fr.accepted += 1,
+                    "accepted_part" => fr.accepted_part += 1,
+                    _ => fr.declined += 1,
+                },
+                EventKind::HolderLapsed { .. } => fr.lapsed += 1,
+                EventKind::FirstRefusalSkipped { .. } => fr.skipped += 1,
+                EventKind::NoBetterTerms { .. } => fr.no_better_terms += 1,
+                EventKind::Spillover { .. } => self.spillovers += 1,
+                EventKind::Failover { .. } => self.failovers += 1,
+                EventKind::Unfilled { gpus, hours, .. } => {
+                    self.unfilled_gpu_hours += f64::from(*gpus) * f64::from(*hours)
+                }
+                _ => {}
             }
-            EventKind::RequestActive {} => {
-                active.entry(request).or_insert(event.at);
-            }
-            EventKind::Solicited { .. } => fr.solicited += 1,
-            EventKind::HolderAnswered { outcome, .. } => match outcome.as_str() {
-                "accepted" => fr.accepted += 1,
-                "accepted_part" => fr.accepted_part += 1,
-                _ => fr.declined += 1,
-            },
-            EventKind::HolderLapsed { .. } => fr.lapsed += 1,
-            EventKind::FirstRefusalSkipped { .. } => fr.skipped += 1,
-            EventKind::NoBetterTerms { .. } => fr.no_better_terms += 1,
-            EventKind::Spillover { .. } => spillovers += 1,
-            EventKind::Failover { .. } => failovers += 1,
-            EventKind::Unfilled { gpus, hours, .. } => {
-                unfilled_gpu_hours += f64::from(*gpus) * f64::from(*hours)
-            }
-            _ => {}
         }
     }
+}
+
+fn summarize(run: &VirtualRun, tally: Tally) -> VariantReport {
+    let Tally { submitted, active, first_refusal: fr, spillovers, failovers, unfilled_gpu_hours } = tally;
     let mut samples: Vec<f64> =
         active.iter().filter_map(|(id, at)| submitted.get(id).map(|s| at.hours_since(*s))).collect();
     samples.sort_by(f64::total_cmp);
@@ -482,7 +516,7 @@ fn summarize(run: &VirtualRun) -> VariantReport {
     VariantReport {
         name: String::new(),
         ledger_head: run.chain.head_hex(),
-        ledger_entries: run.events.len(),
+        ledger_entries: run.chain.len() as usize,
         engine_inputs: run.inputs_processed,
         wall_seconds: 0.0,
         requests: 0,

@@ -13,6 +13,11 @@ use dibs_core::catalog::{self, Catalog, CatalogDefaults};
 use dibs_core::contract::{self, ContractSet};
 use dibs_core::types::Timestamp;
 
+// A simulation allocates and frees an event per engine step; mimalloc
+// halves the time the system allocator takes for that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// dibs: a contract-aware broker for GPU cloud capacity.
 ///
 /// dibs runs a capacity request end to end: first refusal to the holder,
