@@ -58,7 +58,8 @@ pub struct Accruals {
 
 impl Accruals {
     pub fn total_spend(&self) -> f64 {
-        self.spend.values().sum()
+        // `+ 0.0`: the sum of nothing is -0.0, which prints as "-0".
+        self.spend.values().sum::<f64>() + 0.0
     }
 
     /// Adds what one allocation has billed as of `at`; `running` also counts

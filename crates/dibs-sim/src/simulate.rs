@@ -438,15 +438,15 @@ pub fn run_variant(scenario: &Scenario, variant: &Variant, progress: &mut dyn Fn
         .iter()
         .map(|(p, h)| (p.to_string(), if total_hours > 0.0 { h / total_hours } else { 0.0 }))
         .collect();
-    report.gpu_hours_delivered = report.gpu_hours_by_provider.values().sum();
+    report.gpu_hours_delivered = report.gpu_hours_by_provider.values().sum::<f64>() + 0.0;
     if report.gpu_hours_delivered > 0.0 {
         report.spend_per_gpu_hour = report.spend_total / report.gpu_hours_delivered;
     }
-    report.hhi = report.share_by_provider.values().map(|s| (s * 100.0).powi(2)).sum();
+    report.hhi = report.share_by_provider.values().map(|s| (s * 100.0).powi(2)).sum::<f64>() + 0.0;
     report.commitments = settlement::commitments(&contracts, &accruals, end);
     report.revenue = cumulative_revenue;
     report.revenue_share_statements = settlement::revenue_share(&contracts, &revenue, &month_start);
-    report.revenue_share_owed = report.revenue_share_statements.iter().map(|s| s.owed).sum();
+    report.revenue_share_owed = report.revenue_share_statements.iter().map(|s| s.owed).sum::<f64>() + 0.0;
     report.triggers_fired = triggers_fired;
     report.trigger_errors = trigger_errors;
     report.invariant_violation = invariant_violation;

@@ -426,6 +426,10 @@ fn table(output: &Output<'_>) -> String {
 }
 
 /// Sentences that attribute each variant's differences from the first one to what happened in it.
+fn times(n: usize) -> String {
+    if n == 1 { "once".to_owned() } else { format!("{n} times") }
+}
+
 fn explain(reports: &[VariantReport]) -> Vec<String> {
     let Some(base) = reports.first() else { return Vec::new() };
     let mut lines = Vec::new();
@@ -442,10 +446,10 @@ fn explain(reports: &[VariantReport]) -> Vec<String> {
         let (a0, d0, l0, s0) = fr(base);
         let (a1, d1, l1, s1) = fr(r);
         if s1 != s0 {
-            causes.push(format!("the holder was solicited {s1} times instead of {s0}"));
+            causes.push(format!("the holder was solicited {} instead of {}", times(s1), times(s0)));
         }
         if a1 != a0 {
-            causes.push(format!("it took capacity {a1} times instead of {a0}"));
+            causes.push(format!("it took capacity {} instead of {}", times(a1), times(a0)));
         }
         if l1 != l0 || d1 != d0 {
             let mut cause = format!("{l1} windows lapsed and {d1} declined (vs {l0} and {d0})");
@@ -465,7 +469,7 @@ fn explain(reports: &[VariantReport]) -> Vec<String> {
                 .iter()
                 .max_by(|a, b| a.1.total_cmp(b.1))
                 .map(|(p, s)| format!("{p} {:.0}%", s * 100.0))
-                .unwrap_or_default()
+                .unwrap_or_else(|| "no GPU-hours".to_owned())
         };
         if (r.hhi - base.hhi).abs() >= 50.0 {
             causes.push(format!(
