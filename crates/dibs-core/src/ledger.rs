@@ -177,6 +177,27 @@ pub struct AllocationRecord {
     pub promised: Timestamp,
 }
 
+/// The hash of a chain's entry number `index` (0-based) whose predecessor
+/// hashed to `previous` (all zeros for the first): SHA-256(previous ‖ index as
+/// 8 big-endian bytes ‖ body). The in-memory [`Chain`] and the stores agree on
+/// this, so a ledger replayed from storage has the head the engine computed.
+pub fn next_hash(previous: &[u8; 32], index: u64, body: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(previous);
+    hasher.update(index.to_be_bytes());
+    hasher.update(body);
+    hasher.finalize().into()
+}
+
+/// Lowercase hex of a hash.
+pub fn hex(hash: &[u8; 32]) -> String {
+    use std::fmt::Write;
+    hash.iter().fold(String::with_capacity(64), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
 /// A SHA-256 hash chain over events.
 #[derive(Debug, Clone, Default)]
 pub struct Chain {
@@ -196,23 +217,20 @@ impl Chain {
         self.scratch = body;
     }
 
-    /// Appends one entry: the new head is SHA-256(previous head, length, body).
+    /// Appends one entry: the new head is [`next_hash`] of the old.
     pub fn append_bytes(&mut self, body: &[u8]) {
-        let mut hasher = Sha256::new();
-        hasher.update(self.head);
-        hasher.update(self.length.to_be_bytes());
-        hasher.update(body);
-        self.head = hasher.finalize().into();
+        self.head = next_hash(&self.head, self.length, body);
         self.length += 1;
+    }
+
+    /// The head: all zeros for an empty chain.
+    pub fn head(&self) -> [u8; 32] {
+        self.head
     }
 
     /// The head as lowercase hex.
     pub fn head_hex(&self) -> String {
-        use std::fmt::Write;
-        self.head.iter().fold(String::with_capacity(64), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
+        hex(&self.head)
     }
 
     pub fn len(&self) -> u64 {

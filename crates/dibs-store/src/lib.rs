@@ -1,0 +1,190 @@
+//! The durable ledger behind `dibs serve`.
+//!
+//! One interface, [`Store`], two backends: [`SqliteStore`] (a file in the
+//! data folder, WAL, the embedded default) and [`PostgresStore`] (several
+//! replicas sharing one database). The ledger is append-only and
+//! hash-chained with [`dibs_core::ledger::next_hash`], the same step the
+//! engine's in-memory chain takes, so a ledger read back from storage has
+//! the head the engine computed.
+//!
+//! Appends come in batches ([`Batch`]): every entry of a batch, and the
+//! idempotency records that acknowledge it, commit in one transaction with
+//! one fsync (group commit). A batch is acknowledged only after its commit
+//! returns, so a crash loses nothing that was acknowledged.
+//!
+//! On PostgreSQL, appends from several replicas serialize on a transaction
+//! advisory lock, so sequence numbers stay gapless and every entry chains to
+//! the one before, whichever replica wrote it.
+
+mod postgres;
+mod sqlite;
+
+pub use crate::postgres::PostgresStore;
+pub use crate::sqlite::SqliteStore;
+
+use dibs_core::ledger::{hex, next_hash};
+
+/// The most entries one page returns.
+pub const MAX_PAGE: usize = 1000;
+
+/// An entry to append: the store assigns its sequence number and hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEntry {
+    /// RFC 3339 instant the entry describes.
+    pub at: String,
+    /// The lifecycle step (`request_submitted`, `awarded`, ...).
+    pub kind: String,
+    pub request: Option<String>,
+    /// The entry's content as JSON; this is what is hashed.
+    pub body: String,
+}
+
+/// A stored ledger entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// 1-based, gapless.
+    pub seq: u64,
+    pub at: String,
+    pub kind: String,
+    pub request: Option<String>,
+    pub body: String,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+/// The first answer to a create, kept under its `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotentAnswer {
+    /// Who may see it again: the key is scoped to the caller (its token).
+    pub scope: String,
+    pub key: String,
+    /// A digest of the request body, so a repeat with a different body is refused.
+    pub request_digest: String,
+    pub status: u16,
+    pub response: String,
+}
+
+/// What one transaction commits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub entries: Vec<NewEntry>,
+    pub answers: Vec<IdempotentAnswer>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    #[error("idempotency key {key:?} was already used")]
+    KeyReused { key: String },
+    #[error("ledger entry {seq}: {problem}")]
+    Corrupt { seq: u64, problem: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A durable ledger with idempotency records.
+pub trait Store: Send {
+    /// Commits a batch in one transaction and returns the entries as stored.
+    /// Fails with [`StoreError::KeyReused`], committing nothing, when an
+    /// answer's (scope, key) is already recorded.
+    fn append(&mut self, batch: &Batch) -> Result<Vec<Entry>, StoreError>;
+    /// Up to `limit` (at most [`MAX_PAGE`]) entries with `seq > after`, in order.
+    fn entries(&mut self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError>;
+    /// The number of entries and the last hash (zeros when empty).
+    fn head(&mut self) -> Result<(u64, [u8; 32]), StoreError>;
+    /// The answer recorded under (scope, key), if any.
+    fn answer(&mut self, scope: &str, key: &str) -> Result<Option<IdempotentAnswer>, StoreError>;
+}
+
+/// Chains a batch onto (`length`, `head`): the entries as they will be stored.
+pub(crate) fn chain(length: u64, head: [u8; 32], batch: &[NewEntry]) -> Vec<Entry> {
+    let mut previous = head;
+    batch
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let index = length + i as u64;
+            let hash = next_hash(&previous, index, e.body.as_bytes());
+            let entry = Entry {
+                seq: index + 1,
+                at: e.at.clone(),
+                kind: e.kind.clone(),
+                request: e.request.clone(),
+                body: e.body.clone(),
+                prev_hash: previous,
+                hash,
+            };
+            previous = hash;
+            entry
+        })
+        .collect()
+}
+
+pub(crate) fn to_hash(seq: u64, bytes: &[u8]) -> Result<[u8; 32], StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt { seq, problem: format!("a hash of {} bytes, not 32", bytes.len()) })
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub entries: u64,
+    pub head: String,
+}
+
+/// Reads the whole ledger page by page and recomputes every hash. Names the
+/// first entry whose sequence number, link or hash is wrong.
+pub fn verify(store: &mut dyn Store) -> Result<Verification, StoreError> {
+    let mut previous = [0u8; 32];
+    let mut expected_seq = 1u64;
+    loop {
+        let page = store.entries(expected_seq - 1, MAX_PAGE)?;
+        if page.is_empty() {
+            break;
+        }
+        for entry in page {
+            if entry.seq != expected_seq {
+                return Err(StoreError::Corrupt {
+                    seq: expected_seq,
+                    problem: format!("missing; the next entry is {}", entry.seq),
+                });
+            }
+            if entry.prev_hash != previous {
+                return Err(StoreError::Corrupt {
+                    seq: entry.seq,
+                    problem: format!(
+                        "links to {} but entry {} hashes to {}",
+                        hex(&entry.prev_hash),
+                        entry.seq - 1,
+                        hex(&previous)
+                    ),
+                });
+            }
+            let hash = next_hash(&previous, entry.seq - 1, entry.body.as_bytes());
+            if hash != entry.hash {
+                return Err(StoreError::Corrupt {
+                    seq: entry.seq,
+                    problem: format!(
+                        "its body hashes to {}, not the stored {}: the entry was changed",
+                        hex(&hash),
+                        hex(&entry.hash)
+                    ),
+                });
+            }
+            previous = hash;
+            expected_seq += 1;
+        }
+    }
+    let (length, head) = store.head()?;
+    if length != expected_seq - 1 || (length > 0 && head != previous) {
+        return Err(StoreError::Corrupt {
+            seq: length,
+            problem: "the head does not match the entries read".into(),
+        });
+    }
+    Ok(Verification { entries: expected_seq - 1, head: hex(&previous) })
+}

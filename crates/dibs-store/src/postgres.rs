@@ -1,0 +1,149 @@
+//! PostgreSQL: for several `dibs serve` replicas sharing one database.
+//! Appends serialize on a transaction-scoped advisory lock, so two replicas
+//! never both read the same head and write the same sequence number.
+
+use postgres::{Client, NoTls};
+
+use crate::{Batch, Entry, IdempotentAnswer, MAX_PAGE, Store, StoreError, chain, to_hash};
+
+/// The advisory lock key appends take (ASCII "dibsledg").
+const APPEND_LOCK: i64 = 0x6469_6273_6c65_6467;
+
+pub struct PostgresStore {
+    client: Client,
+}
+
+impl PostgresStore {
+    /// Connects and creates the tables if needed, in `schema` (created if
+    /// missing; tests use one schema each so they can run side by side).
+    pub fn connect(url: &str, schema: &str) -> Result<Self, StoreError> {
+        if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(StoreError::Invalid(format!(
+                "schema {schema:?}: use lowercase letters, digits and underscores"
+            )));
+        }
+        let mut client = Client::connect(url, NoTls)?;
+        // Two replicas starting together may race to create the schema: serialize that too.
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             SET LOCAL search_path TO {schema};
+             CREATE TABLE IF NOT EXISTS ledger (
+                 seq BIGINT PRIMARY KEY,
+                 at TEXT NOT NULL,
+                 kind TEXT NOT NULL,
+                 request TEXT,
+                 body TEXT NOT NULL,
+                 prev_hash BYTEA NOT NULL,
+                 hash BYTEA NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS ledger_request ON ledger (request, seq);
+             CREATE TABLE IF NOT EXISTS idempotency (
+                 scope TEXT NOT NULL,
+                 key TEXT NOT NULL,
+                 request_digest TEXT NOT NULL,
+                 status INTEGER NOT NULL,
+                 response TEXT NOT NULL,
+                 PRIMARY KEY (scope, key)
+             );"
+        ))?;
+        tx.commit()?;
+        client.batch_execute(&format!("SET search_path TO {schema}"))?;
+        Ok(Self { client })
+    }
+
+    /// The underlying client, for tests that need to reach past the interface.
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+fn read_head(client: &mut impl postgres::GenericClient) -> Result<(u64, [u8; 32]), StoreError> {
+    let row = client.query_opt("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1", &[])?;
+    match row {
+        None => Ok((0, [0; 32])),
+        Some(row) => {
+            let seq = row.get::<_, i64>(0) as u64;
+            Ok((seq, to_hash(seq, row.get::<_, &[u8]>(1))?))
+        }
+    }
+}
+
+impl Store for PostgresStore {
+    fn append(&mut self, batch: &Batch) -> Result<Vec<Entry>, StoreError> {
+        let mut tx = self.client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])?;
+        for answer in &batch.answers {
+            let inserted = tx.execute(
+                "INSERT INTO idempotency (scope, key, request_digest, status, response)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[
+                    &answer.scope,
+                    &answer.key,
+                    &answer.request_digest,
+                    &i32::from(answer.status),
+                    &answer.response,
+                ],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::KeyReused { key: answer.key.clone() });
+            }
+        }
+        let (length, head) = read_head(&mut tx)?;
+        let entries = chain(length, head, &batch.entries);
+        let insert = tx.prepare(
+            "INSERT INTO ledger (seq, at, kind, request, body, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )?;
+        for e in &entries {
+            tx.execute(
+                &insert,
+                &[&(e.seq as i64), &e.at, &e.kind, &e.request, &e.body, &&e.prev_hash[..], &&e.hash[..]],
+            )?;
+        }
+        tx.commit()?;
+        Ok(entries)
+    }
+
+    fn entries(&mut self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let rows = self.client.query(
+            "SELECT seq, at, kind, request, body, prev_hash, hash FROM ledger
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&(after as i64), &(limit.min(MAX_PAGE) as i64)],
+        )?;
+        rows.iter()
+            .map(|row| {
+                let seq = row.get::<_, i64>(0) as u64;
+                Ok(Entry {
+                    seq,
+                    at: row.get(1),
+                    kind: row.get(2),
+                    request: row.get(3),
+                    body: row.get(4),
+                    prev_hash: to_hash(seq, row.get::<_, &[u8]>(5))?,
+                    hash: to_hash(seq, row.get::<_, &[u8]>(6))?,
+                })
+            })
+            .collect()
+    }
+
+    fn head(&mut self) -> Result<(u64, [u8; 32]), StoreError> {
+        read_head(&mut self.client)
+    }
+
+    fn answer(&mut self, scope: &str, key: &str) -> Result<Option<IdempotentAnswer>, StoreError> {
+        let row = self.client.query_opt(
+            "SELECT request_digest, status, response FROM idempotency WHERE scope = $1 AND key = $2",
+            &[&scope, &key],
+        )?;
+        Ok(row.map(|row| IdempotentAnswer {
+            scope: scope.to_owned(),
+            key: key.to_owned(),
+            request_digest: row.get(0),
+            status: row.get::<_, i32>(1) as u16,
+            response: row.get(2),
+        }))
+    }
+}

@@ -1,0 +1,156 @@
+//! SQLite: the embedded default. One file, WAL journal, `synchronous=FULL`
+//! so a committed batch survives a crash of the process or the machine.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::{Batch, Entry, IdempotentAnswer, MAX_PAGE, Store, StoreError, chain, to_hash};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    request TEXT,
+    body TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_request ON ledger (request, seq);
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_digest TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    response TEXT NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+";
+
+pub struct SqliteStore {
+    connection: Connection,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the ledger database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let connection = Connection::open(path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.busy_timeout(std::time::Duration::from_secs(10))?;
+        connection.execute_batch(SCHEMA)?;
+        Ok(Self { connection })
+    }
+
+    /// The underlying connection, for tests that need to reach past the interface.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+}
+
+fn read_head(connection: &Connection) -> Result<(u64, [u8; 32]), StoreError> {
+    let row: Option<(i64, Vec<u8>)> = connection
+        .query_row("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    match row {
+        None => Ok((0, [0; 32])),
+        Some((seq, hash)) => Ok((seq as u64, to_hash(seq as u64, &hash)?)),
+    }
+}
+
+impl Store for SqliteStore {
+    fn append(&mut self, batch: &Batch) -> Result<Vec<Entry>, StoreError> {
+        // IMMEDIATE: take the write lock before reading the head.
+        let tx = self.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for answer in &batch.answers {
+            let inserted = tx.execute(
+                "INSERT INTO idempotency (scope, key, request_digest, status, response)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![answer.scope, answer.key, answer.request_digest, answer.status, answer.response],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::KeyReused { key: answer.key.clone() });
+            }
+        }
+        let (length, head) = read_head(&tx)?;
+        let entries = chain(length, head, &batch.entries);
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO ledger (seq, at, kind, request, body, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for e in &entries {
+                insert.execute(params![
+                    e.seq as i64,
+                    e.at,
+                    e.kind,
+                    e.request,
+                    e.body,
+                    &e.prev_hash[..],
+                    &e.hash[..]
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(entries)
+    }
+
+    fn entries(&mut self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let mut select = self.connection.prepare_cached(
+            "SELECT seq, at, kind, request, body, prev_hash, hash FROM ledger
+             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = select.query_map(params![after as i64, limit.min(MAX_PAGE) as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get::<_, Vec<u8>>(5)?,
+                r.get::<_, Vec<u8>>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, at, kind, request, body, prev, hash) = row?;
+            let seq = seq as u64;
+            out.push(Entry {
+                seq,
+                at,
+                kind,
+                request,
+                body,
+                prev_hash: to_hash(seq, &prev)?,
+                hash: to_hash(seq, &hash)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn head(&mut self) -> Result<(u64, [u8; 32]), StoreError> {
+        read_head(&self.connection)
+    }
+
+    fn answer(&mut self, scope: &str, key: &str) -> Result<Option<IdempotentAnswer>, StoreError> {
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT request_digest, status, response FROM idempotency WHERE scope = ?1 AND key = ?2",
+                params![scope, key],
+                |r| {
+                    Ok(IdempotentAnswer {
+                        scope: scope.to_owned(),
+                        key: key.to_owned(),
+                        request_digest: r.get(0)?,
+                        status: r.get(1)?,
+                        response: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+}

@@ -1,0 +1,207 @@
+//! One conformance suite, run against both backends. PostgreSQL tests read
+//! `DIBS_TEST_POSTGRES_URL` (`.ci/run` sets it) and use a schema of their own.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use dibs_core::ledger::{Chain, hex};
+use dibs_store::{Batch, IdempotentAnswer, NewEntry, PostgresStore, SqliteStore, Store, StoreError, verify};
+
+fn entry(n: u32) -> NewEntry {
+    NewEntry {
+        at: format!("2026-01-01T00:00:{:02}Z", n % 60),
+        kind: "request_submitted".into(),
+        request: Some(format!("r{n}")),
+        body: format!(r#"{{"kind":"request_submitted","n":{n}}}"#),
+    }
+}
+
+fn batch(range: std::ops::Range<u32>) -> Batch {
+    Batch { entries: range.map(entry).collect(), answers: Vec::new() }
+}
+
+fn answer(key: &str, response: &str) -> IdempotentAnswer {
+    IdempotentAnswer {
+        scope: "requester-1".into(),
+        key: key.into(),
+        request_digest: "d1".into(),
+        status: 201,
+        response: response.into(),
+    }
+}
+
+/// A backend under test: a way to open a fresh store, open another handle to
+/// the same one, and change a stored body behind the interface.
+trait Backend {
+    fn open(&self) -> Box<dyn Store>;
+    fn tamper(&self, seq: u64, body: &str);
+}
+
+struct Sqlite {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl Sqlite {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        Self { _dir: dir, path }
+    }
+}
+
+impl Backend for Sqlite {
+    fn open(&self) -> Box<dyn Store> {
+        Box::new(SqliteStore::open(&self.path).unwrap())
+    }
+    fn tamper(&self, seq: u64, body: &str) {
+        let store = SqliteStore::open(&self.path).unwrap();
+        store.connection().execute("UPDATE ledger SET body = ?1 WHERE seq = ?2", (body, seq as i64)).unwrap();
+    }
+}
+
+struct Postgres {
+    url: String,
+    schema: String,
+}
+
+impl Postgres {
+    /// `None` (and a message) when no server is configured.
+    fn new(test: &str) -> Option<Self> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let Ok(url) = std::env::var("DIBS_TEST_POSTGRES_URL") else {
+            eprintln!("skipping {test} on PostgreSQL: DIBS_TEST_POSTGRES_URL is not set");
+            return None;
+        };
+        let schema = format!(
+            "dibs_test_{}_{}_{}",
+            test,
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+        Some(Self { url, schema })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&self.url, postgres::NoTls) {
+            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
+        }
+    }
+}
+
+impl Backend for Postgres {
+    fn open(&self) -> Box<dyn Store> {
+        Box::new(PostgresStore::connect(&self.url, &self.schema).unwrap())
+    }
+    fn tamper(&self, seq: u64, body: &str) {
+        let mut store = PostgresStore::connect(&self.url, &self.schema).unwrap();
+        store.client().execute("UPDATE ledger SET body = $1 WHERE seq = $2", &[&body, &(seq as i64)]).unwrap();
+    }
+}
+
+fn appends_chain_like_the_engine(backend: &dyn Backend) {
+    let mut store = backend.open();
+    assert_eq!(store.head().unwrap(), (0, [0; 32]));
+    let first = store.append(&batch(0..3)).unwrap();
+    let second = store.append(&batch(3..5)).unwrap();
+    assert_eq!(first.iter().chain(&second).map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(second[0].prev_hash, first[2].hash);
+
+    // The same bodies through the engine's in-memory chain give the same head.
+    let mut chain = Chain::default();
+    for n in 0..5 {
+        chain.append_bytes(entry(n).body.as_bytes());
+    }
+    assert_eq!(store.head().unwrap(), (5, chain.head()));
+
+    // Paging returns what was written, in order, from any point.
+    let page = store.entries(2, 2).unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(page[0].body, entry(2).body);
+    assert_eq!(page[0].request.as_deref(), Some("r2"));
+    assert!(store.entries(5, 10).unwrap().is_empty());
+
+    let verified = verify(store.as_mut()).unwrap();
+    assert_eq!(verified.entries, 5);
+    assert_eq!(verified.head, hex(&chain.head()));
+}
+
+fn a_reopened_store_keeps_everything(backend: &dyn Backend) {
+    {
+        let mut store = backend.open();
+        store.append(&Batch { entries: vec![entry(0)], answers: vec![answer("k1", "{\"id\":\"r0\"}")] }).unwrap();
+    }
+    let mut store = backend.open();
+    assert_eq!(store.head().unwrap().0, 1);
+    let kept = store.answer("requester-1", "k1").unwrap().unwrap();
+    assert_eq!(kept.response, "{\"id\":\"r0\"}");
+    assert_eq!(kept.status, 201);
+    assert!(store.answer("someone-else", "k1").unwrap().is_none(), "keys are scoped to the caller");
+}
+
+fn a_reused_key_commits_nothing(backend: &dyn Backend) {
+    let mut store = backend.open();
+    store.append(&Batch { entries: vec![entry(0)], answers: vec![answer("k", "first")] }).unwrap();
+    let again = store.append(&Batch { entries: vec![entry(1), entry(2)], answers: vec![answer("k", "second")] });
+    assert!(matches!(again, Err(StoreError::KeyReused { ref key }) if key == "k"), "{again:?}");
+    assert_eq!(store.head().unwrap().0, 1, "the refused batch's entries were not written");
+    assert_eq!(store.answer("requester-1", "k").unwrap().unwrap().response, "first");
+}
+
+fn verify_names_the_first_changed_entry(backend: &dyn Backend) {
+    let mut store = backend.open();
+    store.append(&batch(0..6)).unwrap();
+    backend.tamper(4, r#"{"kind":"request_submitted","n":999}"#);
+    let error = verify(store.as_mut()).unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt { seq: 4, .. }), "{error}");
+    assert!(error.to_string().contains("entry 4"), "{error}");
+}
+
+fn concurrent_writers_keep_one_chain(backend: &dyn Backend) {
+    let mut handles = Vec::new();
+    for writer in 0..4u32 {
+        let mut store = backend.open();
+        handles.push(std::thread::spawn(move || {
+            for round in 0..10u32 {
+                let base = writer * 1000 + round * 10;
+                store.append(&batch(base..base + 3)).unwrap();
+            }
+        }));
+    }
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    let mut store = backend.open();
+    let verified = verify(store.as_mut()).unwrap();
+    assert_eq!(verified.entries, 4 * 10 * 3);
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Sqlite::new());
+            })*
+        }
+        mod postgresql {
+            $(#[test]
+            fn $name() {
+                if let Some(backend) = super::Postgres::new(stringify!($name)) {
+                    super::$name(&backend);
+                }
+            })*
+        }
+    };
+}
+
+conformance!(
+    appends_chain_like_the_engine,
+    a_reopened_store_keeps_everything,
+    a_reused_key_commits_nothing,
+    verify_names_the_first_changed_entry,
+    concurrent_writers_keep_one_chain,
+);
