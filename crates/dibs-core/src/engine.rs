@@ -28,7 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::contract::{ContractSet, RefusalMode, Suspension};
 use crate::ledger::{AllocationRecord, Event, EventKind};
@@ -61,7 +61,7 @@ impl Default for EngineConfig {
 }
 
 /// What a first-refusal holder says.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum HolderAnswer {
     /// Takes `gpus` (all of the solicited GPUs, or part) on the solicited terms, from `region`.
@@ -74,7 +74,11 @@ pub enum HolderAnswer {
     Decline,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Something that happened, at the instant the shell passes to [`Engine::handle`].
+/// Inputs serialize so a durable shell can record them in its ledger and
+/// rebuild the engine by replaying them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "input", rename_all = "snake_case")]
 pub enum Input {
     Submit(Request),
     HolderAnswer { request: String, round: u32, answer: HolderAnswer },
@@ -86,7 +90,7 @@ pub enum Input {
     Cancel { request: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "timer", rename_all = "snake_case")]
 pub enum Timer {
     HolderWindow { request: String, round: u32, solicitation: u32 },

@@ -19,7 +19,7 @@
 mod postgres;
 mod sqlite;
 
-pub use crate::postgres::PostgresStore;
+pub use crate::postgres::{Leadership, PostgresStore};
 pub use crate::sqlite::SqliteStore;
 
 use dibs_core::ledger::{hex, next_hash};

@@ -17,7 +17,8 @@ impl PostgresStore {
     /// Connects and creates the tables if needed, in `schema` (created if
     /// missing; tests use one schema each so they can run side by side).
     pub fn connect(url: &str, schema: &str) -> Result<Self, StoreError> {
-        if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        if schema.is_empty()
+            || !schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         {
             return Err(StoreError::Invalid(format!(
                 "schema {schema:?}: use lowercase letters, digits and underscores"
@@ -145,5 +146,41 @@ impl Store for PostgresStore {
             status: row.get::<_, i32>(1) as u16,
             response: row.get(2),
         }))
+    }
+}
+
+/// The right to run the engine on a shared database: a session-level
+/// advisory lock, held for as long as this value (and its connection)
+/// lives. When the holder dies, PostgreSQL drops its session and the lock,
+/// and a waiting replica takes over.
+pub struct Leadership {
+    _client: Client,
+}
+
+/// The advisory lock key for leading `schema`'s ledger.
+fn leader_key(schema: &str) -> i64 {
+    let hash = schema
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    (hash >> 1) as i64
+}
+
+impl PostgresStore {
+    /// Blocks until this process leads `schema`; calls `waiting` once if it must wait.
+    pub fn lead(url: &str, schema: &str, mut waiting: impl FnMut()) -> Result<Leadership, StoreError> {
+        let mut client = Client::connect(url, NoTls)?;
+        let key = leader_key(schema);
+        let mut told = false;
+        loop {
+            let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?;
+            if row.get::<_, bool>(0) {
+                return Ok(Leadership { _client: client });
+            }
+            if !told {
+                waiting();
+                told = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
 }

@@ -72,12 +72,8 @@ impl Postgres {
             eprintln!("skipping {test} on PostgreSQL: DIBS_TEST_POSTGRES_URL is not set");
             return None;
         };
-        let schema = format!(
-            "dibs_test_{}_{}_{}",
-            test,
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let schema =
+            format!("dibs_test_{}_{}_{}", test, std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
         Some(Self { url, schema })
@@ -98,7 +94,10 @@ impl Backend for Postgres {
     }
     fn tamper(&self, seq: u64, body: &str) {
         let mut store = PostgresStore::connect(&self.url, &self.schema).unwrap();
-        store.client().execute("UPDATE ledger SET body = $1 WHERE seq = $2", &[&body, &(seq as i64)]).unwrap();
+        store
+            .client()
+            .execute("UPDATE ledger SET body = $1 WHERE seq = $2", &[&body, &(seq as i64)])
+            .unwrap();
     }
 }
 
@@ -132,7 +131,9 @@ fn appends_chain_like_the_engine(backend: &dyn Backend) {
 fn a_reopened_store_keeps_everything(backend: &dyn Backend) {
     {
         let mut store = backend.open();
-        store.append(&Batch { entries: vec![entry(0)], answers: vec![answer("k1", "{\"id\":\"r0\"}")] }).unwrap();
+        store
+            .append(&Batch { entries: vec![entry(0)], answers: vec![answer("k1", "{\"id\":\"r0\"}")] })
+            .unwrap();
     }
     let mut store = backend.open();
     assert_eq!(store.head().unwrap().0, 1);
@@ -145,7 +146,8 @@ fn a_reopened_store_keeps_everything(backend: &dyn Backend) {
 fn a_reused_key_commits_nothing(backend: &dyn Backend) {
     let mut store = backend.open();
     store.append(&Batch { entries: vec![entry(0)], answers: vec![answer("k", "first")] }).unwrap();
-    let again = store.append(&Batch { entries: vec![entry(1), entry(2)], answers: vec![answer("k", "second")] });
+    let again =
+        store.append(&Batch { entries: vec![entry(1), entry(2)], answers: vec![answer("k", "second")] });
     assert!(matches!(again, Err(StoreError::KeyReused { ref key }) if key == "k"), "{again:?}");
     assert_eq!(store.head().unwrap().0, 1, "the refused batch's entries were not written");
     assert_eq!(store.answer("requester-1", "k").unwrap().unwrap().response, "first");

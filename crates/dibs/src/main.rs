@@ -2,6 +2,7 @@
 //! printing. Every decision is made in `dibs-core`.
 
 mod place;
+mod serve;
 mod simulate;
 
 use std::path::PathBuf;
@@ -39,6 +40,15 @@ enum Command {
     /// variants side by side, and report spend, time to capacity, concentration,
     /// first-refusal outcomes, spillovers, failovers, commitments and revenue share.
     Simulate(Box<simulate::SimulateArgs>),
+    /// Run the broker service: the HTTP API under /v1, a durable ledger
+    /// (SQLite in --data, or PostgreSQL), simulated providers in-process.
+    Serve(serve::ServeArgs),
+    /// Submit, show and list requests on a running server (token from DIBS_TOKEN).
+    #[command(subcommand)]
+    Request(serve::RequestCommand),
+    /// Check a service's ledger.
+    #[command(subcommand)]
+    Ledger(serve::LedgerCommand),
     /// Work with contract files.
     #[command(subcommand)]
     Contract(ContractCommand),
@@ -78,6 +88,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Place(args) => place::run(args),
         Command::Simulate(args) => simulate::run(*args),
+        Command::Serve(args) => serve::serve(args),
+        Command::Request(command) => serve::request(command),
+        Command::Ledger(command) => serve::ledger(command),
         Command::Contract(ContractCommand::Check { files, at }) => contract_check(&files, at.as_deref()),
         Command::Catalog(CatalogCommand::Check { paths }) => catalog_check(&paths),
     };

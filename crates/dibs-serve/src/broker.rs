@@ -1,0 +1,577 @@
+//! The broker: the live shell around the engine.
+//!
+//! One thread owns the engine, the store and the providers. Commands arrive
+//! on a channel; each turn of the loop takes every command waiting (up to
+//! [`MAX_BATCH`]) and every input now due (timers, provider answers), feeds
+//! the engine at the wall-clock instant, and commits everything the turn
+//! recorded (the inputs, the engine's ledger events, the idempotency
+//! answers) in one transaction. Only then are clients answered and
+//! provider calls made: an acknowledged request is durable, and a provider
+//! never hears of a decision the ledger does not hold.
+//!
+//! The ledger records every input with the instant it was handled. On
+//! start, the broker replays those inputs through a fresh engine, checks
+//! that the engine makes the decisions the ledger recorded (the ledger is
+//! the source of truth; the engine's state is its projection), and re-arms
+//! what is still outstanding: timers not yet fired, solicitations and quote
+//! requests not yet answered, reservations not yet ready. That is the
+//! outbox, derived from the ledger rather than kept beside it.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use dibs_core::engine::{Effect, Engine, EngineConfig, Input, Timer};
+use dibs_core::ledger::Event;
+use dibs_core::request::RequestSpec;
+use dibs_core::types::Timestamp;
+use dibs_providers::{Provider, SimulatedProvider};
+use dibs_store::{Batch, IdempotentAnswer, NewEntry, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::view::{self, RequestView};
+
+/// At most this many commands are decided per commit.
+pub const MAX_BATCH: usize = 512;
+/// At most this many requests one list returns.
+pub const MAX_LIST: usize = 500;
+
+/// An error a client sees: an HTTP status, and the field at fault if any.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: u16,
+    pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, error: impl Into<String>) -> Self {
+        Self { status, error: error.into(), field: None }
+    }
+    pub fn field(status: u16, field: &str, error: impl Into<String>) -> Self {
+        Self { status, error: error.into(), field: Some(field.to_owned()) }
+    }
+}
+
+/// A reply: status and JSON body.
+pub type Reply = Result<(u16, serde_json::Value), ApiError>;
+
+/// The request body of a submission (the id is assigned by dibs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    pub accelerators: Vec<String>,
+    pub gpus: u32,
+    /// GPUs that must come together; default 8 (a node) when `gpus` is a multiple of 8, else 1.
+    #[serde(default)]
+    pub min_block: Option<u32>,
+    pub duration_hours: u32,
+    /// RFC 3339; default: now.
+    #[serde(default)]
+    pub earliest_start: Option<String>,
+    #[serde(default)]
+    pub deliver_by: Option<String>,
+    #[serde(default)]
+    pub regions: Vec<String>,
+    pub workload: String,
+    #[serde(default)]
+    pub max_price: Option<f64>,
+    #[serde(default)]
+    pub allow_spot: bool,
+}
+
+/// What the HTTP side asks of the broker.
+pub enum Command {
+    Submit {
+        body: SubmitBody,
+        /// (scope, key, digest of the body) when the client sent an Idempotency-Key.
+        idempotency: Option<(String, String, String)>,
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+    Cancel {
+        id: String,
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+    Get {
+        id: String,
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+    List {
+        status: Option<String>,
+        after: Option<String>,
+        limit: usize,
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+    /// Stop after the current turn.
+    Shutdown,
+}
+
+/// Where the broker's clock comes from: the wall clock, or a test's.
+pub type Clock = Box<dyn FnMut() -> Timestamp + Send>;
+
+pub fn wall_clock() -> Clock {
+    Box::new(|| {
+        let seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Timestamp::from_unix(seconds)
+    })
+}
+
+/// An input due at an instant: a timer, or a provider's answer.
+struct Due {
+    at: Timestamp,
+    sequence: u64,
+    input: Input,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.sequence) == (other.at, other.sequence)
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.sequence).cmp(&(other.at, other.sequence))
+    }
+}
+
+/// Identifies an outstanding call or timer, so that replay can tell which
+/// were answered before a restart.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum DueKey {
+    Timer(Timer),
+    HolderAnswer { request: String, round: u32 },
+    Quotes { request: String, round: u32, provider: String },
+    Ready { allocation: u64 },
+}
+
+fn key_of(input: &Input) -> Option<DueKey> {
+    match input {
+        Input::Timer(timer) => Some(DueKey::Timer(timer.clone())),
+        Input::HolderAnswer { request, round, .. } => {
+            Some(DueKey::HolderAnswer { request: request.clone(), round: *round })
+        }
+        Input::Quotes { request, round, provider, .. } => {
+            Some(DueKey::Quotes { request: request.clone(), round: *round, provider: provider.to_string() })
+        }
+        Input::AllocationReady { allocation } => Some(DueKey::Ready { allocation: *allocation }),
+        _ => None,
+    }
+}
+
+/// What a ledger entry recording an input holds.
+#[derive(Serialize, Deserialize)]
+struct RecordedInput {
+    at: Timestamp,
+    #[serde(flatten)]
+    input: Input,
+}
+
+/// The entry kind of a recorded input.
+const INPUT_KIND: &str = "input";
+
+pub struct Broker {
+    pub engine: Engine,
+    store: Box<dyn Store>,
+    providers: BTreeMap<dibs_core::types::ProviderName, SimulatedProvider>,
+    due: BinaryHeap<Reverse<Due>>,
+    sequence: u64,
+    clock: Clock,
+    next_request: u64,
+    /// Idempotency answers recorded in this turn, not yet committed.
+    turn_answers: Vec<IdempotentAnswer>,
+}
+
+/// What replay found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub entries: u64,
+    pub inputs: u64,
+    pub requests: usize,
+    /// Timers and provider calls re-armed.
+    pub outstanding: usize,
+}
+
+impl Broker {
+    /// Rebuilds the engine from the store's ledger and re-arms what is outstanding.
+    pub fn recover(
+        engine: Engine,
+        store: Box<dyn Store>,
+        providers: BTreeMap<dibs_core::types::ProviderName, SimulatedProvider>,
+        clock: Clock,
+    ) -> Result<(Self, Recovery), StoreError> {
+        let mut broker = Self {
+            engine,
+            store,
+            providers,
+            due: BinaryHeap::new(),
+            sequence: 0,
+            clock,
+            next_request: 1,
+            turn_answers: Vec::new(),
+        };
+        let mut recovery = Recovery { entries: 0, inputs: 0, requests: 0, outstanding: 0 };
+        // Outstanding calls by key; a recorded input removes its key.
+        let mut outstanding: BTreeMap<DueKey, Due> = BTreeMap::new();
+        let mut expected: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        let mut after = 0;
+        loop {
+            let page = broker.store.entries(after, dibs_store::MAX_PAGE)?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for entry in page {
+                recovery.entries += 1;
+                if entry.kind != INPUT_KIND {
+                    // A decision: it must be the next one the replayed engine made.
+                    match expected.pop_front() {
+                        Some(body) if body == entry.body => continue,
+                        Some(body) => {
+                            return Err(StoreError::Corrupt {
+                                seq: entry.seq,
+                                problem: format!(
+                                    "the ledger records {} but replaying its inputs decides {body}",
+                                    entry.body
+                                ),
+                            });
+                        }
+                        None => {
+                            return Err(StoreError::Corrupt {
+                                seq: entry.seq,
+                                problem: "a decision no recorded input explains".into(),
+                            });
+                        }
+                    }
+                }
+                if let Some(body) = expected.front() {
+                    return Err(StoreError::Corrupt {
+                        seq: entry.seq,
+                        problem: format!("replay decides {body}, which the ledger does not record"),
+                    });
+                }
+                let recorded: RecordedInput = serde_json::from_str(&entry.body).map_err(|e| {
+                    StoreError::Corrupt { seq: entry.seq, problem: format!("an unreadable input: {e}") }
+                })?;
+                recovery.inputs += 1;
+                if let Some(key) = key_of(&recorded.input) {
+                    outstanding.remove(&key);
+                }
+                if let Input::Submit(request) = &recorded.input {
+                    broker.note_request_id(&request.id);
+                }
+                let effects = broker.engine.handle(recorded.at, recorded.input);
+                for effect in effects {
+                    match effect {
+                        Effect::Ledger(event) => expected.push_back(event_body(&event)),
+                        other => {
+                            for due in broker.execute(recorded.at, other) {
+                                if let Some(key) = key_of(&due.input) {
+                                    outstanding.insert(key, due);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(body) = expected.front() {
+            return Err(StoreError::Corrupt {
+                seq: recovery.entries + 1,
+                problem: format!("replay decides {body}, which the ledger does not record"),
+            });
+        }
+        recovery.outstanding = outstanding.len();
+        recovery.requests = broker.engine.requests().count();
+        for (_, due) in outstanding {
+            broker.due.push(Reverse(due));
+        }
+        Ok((broker, recovery))
+    }
+
+    fn note_request_id(&mut self, id: &str) {
+        if let Some(n) = id.strip_prefix("r-").and_then(|n| n.parse::<u64>().ok()) {
+            self.next_request = self.next_request.max(n + 1);
+        }
+    }
+
+    /// Executes one non-ledger effect against the providers; returns the inputs it will cause.
+    fn execute(&mut self, now: Timestamp, effect: Effect) -> Vec<Due> {
+        let mut out = Vec::new();
+        let mut push = |at: Timestamp, input: Input, sequence: &mut u64| {
+            *sequence += 1;
+            out.push(Due { at, sequence: *sequence, input });
+        };
+        match effect {
+            Effect::Ledger(_) => {}
+            Effect::SetTimer { at, timer } => push(at, Input::Timer(timer), &mut self.sequence),
+            Effect::Solicit(solicitation) => {
+                if let Some(holder) = self.providers.get_mut(&solicitation.holder) {
+                    let reply = holder.solicit(&solicitation, now);
+                    if let Some(answer) = reply.answer {
+                        let input = Input::HolderAnswer {
+                            request: solicitation.ask.request.clone(),
+                            round: solicitation.ask.round,
+                            answer,
+                        };
+                        push(now.plus_hours(reply.after_hours), input, &mut self.sequence);
+                    }
+                }
+            }
+            Effect::RequestQuotes { providers, ask } => {
+                for name in providers {
+                    let Some(provider) = self.providers.get_mut(&name) else { continue };
+                    let (offers, after_hours) = provider.quote(&ask, now);
+                    let input = Input::Quotes {
+                        request: ask.request.clone(),
+                        round: ask.round,
+                        provider: name,
+                        offers,
+                    };
+                    push(now.plus_hours(after_hours), input, &mut self.sequence);
+                }
+            }
+            Effect::Reserve { allocation, plan, .. } => {
+                if let Some(provider) = self.providers.get_mut(&plan.provider)
+                    && let Some(ready_at) = provider.reserve(allocation, &plan, now).ready_at
+                {
+                    push(ready_at, Input::AllocationReady { allocation }, &mut self.sequence);
+                }
+            }
+            Effect::Cancel { allocation, provider, .. } => {
+                if let Some(provider) = self.providers.get_mut(&provider) {
+                    provider.cancel(allocation);
+                }
+            }
+        }
+        out
+    }
+
+    /// Feeds one input to the engine: records it, and the decisions it
+    /// causes, in `entries`; returns the effects to carry out after commit.
+    fn apply(&mut self, now: Timestamp, input: Input, entries: &mut Vec<NewEntry>) -> Vec<Effect> {
+        let recorded = RecordedInput { at: now, input };
+        entries.push(NewEntry {
+            at: now.to_string(),
+            kind: INPUT_KIND.into(),
+            request: request_of(&recorded.input),
+            body: serde_json::to_string(&recorded).expect("inputs serialize"),
+        });
+        let effects = self.engine.handle(now, recorded.input);
+        let mut later = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Ledger(event) => entries.push(NewEntry {
+                    at: event.at.to_string(),
+                    kind: kind_of(&event),
+                    request: event.request.clone(),
+                    body: event_body(&event),
+                }),
+                other => later.push(other),
+            }
+        }
+        later
+    }
+
+    /// Runs until a `Shutdown` command or the channel closes.
+    pub fn run(mut self, commands: Receiver<Command>) -> Result<(), StoreError> {
+        loop {
+            let now = (self.clock)();
+            let wait = self.due.peek().map_or(Duration::from_millis(500), |Reverse(d)| {
+                Duration::from_secs(d.at.unix().saturating_sub(now.unix()).clamp(0, 1) as u64)
+            });
+            let mut commands_now = Vec::new();
+            match commands.recv_timeout(wait) {
+                Ok(command) => commands_now.push(command),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            while commands_now.len() < MAX_BATCH {
+                match commands.try_recv() {
+                    Ok(command) => commands_now.push(command),
+                    Err(_) => break,
+                }
+            }
+            let shutdown = commands_now.iter().any(|c| matches!(c, Command::Shutdown));
+            self.turn(commands_now)?;
+            if shutdown {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One turn: due inputs and commands, one commit, then replies and provider calls.
+    pub fn turn(&mut self, commands: Vec<Command>) -> Result<(), StoreError> {
+        let now = (self.clock)();
+        let mut entries = Vec::new();
+        let mut effects = Vec::new();
+        while self.due.peek().is_some_and(|Reverse(d)| d.at <= now) {
+            let Reverse(due) = self.due.pop().expect("peeked");
+            effects.extend(self.apply(now, due.input, &mut entries));
+        }
+        let mut replies = Vec::new();
+        for command in commands {
+            match command {
+                Command::Submit { body, idempotency, reply } => {
+                    let answer = self.submit(now, body, idempotency, &mut entries, &mut effects);
+                    replies.push((reply, answer));
+                }
+                Command::Cancel { id, reply } => {
+                    let answer = match self.engine.request(&id) {
+                        None => Err(ApiError::new(404, format!("no request {id:?}"))),
+                        Some(_) => {
+                            effects.extend(self.apply(
+                                now,
+                                Input::Cancel { request: id.clone() },
+                                &mut entries,
+                            ));
+                            Ok((200, self.view(&id)))
+                        }
+                    };
+                    replies.push((reply, answer));
+                }
+                Command::Get { id, reply } => {
+                    let answer = match self.engine.request(&id) {
+                        None => Err(ApiError::new(404, format!("no request {id:?}"))),
+                        Some(_) => Ok((200, self.view(&id))),
+                    };
+                    replies.push((reply, answer));
+                }
+                Command::List { status, after, limit, reply } => {
+                    let list: Vec<RequestView> = self
+                        .engine
+                        .requests()
+                        .filter(|s| status.as_deref().is_none_or(|want| s.status.as_str() == want))
+                        .filter(|s| after.as_deref().is_none_or(|a| view::id_order(&s.request.id, a)))
+                        .take(limit.min(MAX_LIST))
+                        .map(|s| view::request(&self.engine, s))
+                        .collect();
+                    let next = (list.len() == limit.min(MAX_LIST)).then(|| list.last().map(|r| r.id.clone()));
+                    replies
+                        .push((reply, Ok((200, json!({ "requests": list, "next_after": next.flatten() })))));
+                }
+                Command::Shutdown => {}
+            }
+        }
+        let answers = std::mem::take(&mut self.turn_answers);
+        if !entries.is_empty() || !answers.is_empty() {
+            // The commit that makes this turn's decisions durable. If it fails,
+            // the engine holds decisions the ledger does not: stop, and let the
+            // restart replay the ledger.
+            self.store.append(&Batch { entries, answers })?;
+        }
+        for (reply, answer) in replies {
+            let _ = reply.send(answer);
+        }
+        for effect in effects {
+            for due in self.execute(now, effect) {
+                self.due.push(Reverse(due));
+            }
+        }
+        Ok(())
+    }
+
+    fn view(&self, id: &str) -> serde_json::Value {
+        let state = self.engine.request(id).expect("checked by the caller");
+        serde_json::to_value(view::request(&self.engine, state)).expect("views serialize")
+    }
+
+    fn submit(
+        &mut self,
+        now: Timestamp,
+        body: SubmitBody,
+        idempotency: Option<(String, String, String)>,
+        entries: &mut Vec<NewEntry>,
+        effects: &mut Vec<Effect>,
+    ) -> Reply {
+        if let Some((scope, key, digest)) = &idempotency {
+            let earlier = match self.turn_answers.iter().find(|a| &a.scope == scope && &a.key == key) {
+                Some(answer) => Some(answer.clone()),
+                None => self.store.answer(scope, key).map_err(|e| ApiError::new(503, e.to_string()))?,
+            };
+            if let Some(answer) = earlier {
+                if &answer.request_digest != digest {
+                    return Err(ApiError::field(
+                        422,
+                        "Idempotency-Key",
+                        format!("key {key:?} was used with a different request body"),
+                    ));
+                }
+                let value = serde_json::from_str(&answer.response).unwrap_or(serde_json::Value::Null);
+                return Ok((answer.status, value));
+            }
+        }
+        let instant = |field: &str, text: &Option<String>| -> Result<Option<Timestamp>, ApiError> {
+            text.as_deref()
+                .map(|t| Timestamp::parse(t).map_err(|e| ApiError::field(422, field, e.to_string())))
+                .transpose()
+        };
+        let spec = RequestSpec {
+            id: format!("r-{}", self.next_request),
+            accelerators: body.accelerators,
+            gpus: body.gpus,
+            // Whole 8-GPU nodes unless the request says otherwise or cannot be.
+            min_block: body.min_block.or(Some(if body.gpus.is_multiple_of(8) { 8 } else { 1 })),
+            duration_hours: body.duration_hours,
+            earliest_start: instant("earliest_start", &body.earliest_start)?.unwrap_or(now),
+            deliver_by: instant("deliver_by", &body.deliver_by)?,
+            regions: body.regions,
+            workload: body.workload,
+            max_price: body.max_price,
+            allow_spot: body.allow_spot,
+        };
+        let request = spec.validate().map_err(|e| ApiError::field(422, e.field, e.to_string()))?;
+        self.next_request += 1;
+        let id = request.id.clone();
+        effects.extend(self.apply(now, Input::Submit(request), entries));
+        let view = self.view(&id);
+        if let Some((scope, key, digest)) = idempotency {
+            self.turn_answers.push(IdempotentAnswer {
+                scope,
+                key,
+                request_digest: digest,
+                status: 201,
+                response: view.to_string(),
+            });
+        }
+        Ok((201, view))
+    }
+}
+
+fn event_body(event: &Event) -> String {
+    serde_json::to_string(event).expect("ledger events serialize")
+}
+
+fn kind_of(event: &Event) -> String {
+    serde_json::to_value(&event.kind)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "event".into())
+}
+
+fn request_of(input: &Input) -> Option<String> {
+    match input {
+        Input::Submit(r) => Some(r.id.clone()),
+        Input::HolderAnswer { request, .. } | Input::Quotes { request, .. } | Input::Cancel { request } => {
+            Some(request.clone())
+        }
+        Input::Timer(Timer::HolderWindow { request, .. } | Timer::QuoteDeadline { request, .. }) => {
+            Some(request.clone())
+        }
+        _ => None,
+    }
+}
+
+/// The engine configuration the service runs with.
+pub fn engine_config() -> EngineConfig {
+    EngineConfig::default()
+}

@@ -1,0 +1,185 @@
+//! `dibs serve`: the durable broker service.
+//!
+//! The same engine as `dibs place` and `dibs simulate`, with the wall clock
+//! instead of a virtual one and a durable ledger ([`dibs_store`]) as the
+//! source of truth. [`broker`] is the shell that feeds the engine and
+//! commits; [`http`] is the JSON API in front of it.
+
+pub mod broker;
+pub mod http;
+pub mod view;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use dibs_core::contract::ContractSet;
+use dibs_core::engine::Engine;
+use dibs_core::types::Offer;
+use dibs_providers::{HolderBehaviour, SimulatedBehaviour, SimulatedProvider};
+use dibs_store::{PostgresStore, SqliteStore, Store, StoreError};
+
+use crate::broker::{Broker, Recovery};
+
+/// The default PostgreSQL schema the service keeps its tables in.
+pub const POSTGRES_SCHEMA: &str = "dibs";
+
+pub struct ServeConfig {
+    pub listen: String,
+    /// The data folder: the SQLite ledger and the admin token's hash.
+    pub data: PathBuf,
+    /// A PostgreSQL URL; `None` keeps the ledger in SQLite in `data`.
+    pub database: Option<String>,
+    /// The PostgreSQL schema (replicas that share a ledger use the same one).
+    pub schema: String,
+    pub contracts: ContractSet,
+    pub offers: Vec<Offer>,
+    /// How the in-process simulated holder answers.
+    pub holder: HolderBehaviour,
+    pub seed: u64,
+    /// The admin token (from `DIBS_ADMIN_TOKEN`); `None`: keep the one made at first start.
+    pub admin_token: Option<String>,
+}
+
+/// Opens the configured store (a new handle each call).
+pub fn open_store(
+    data: &std::path::Path,
+    database: Option<&str>,
+    schema: &str,
+) -> Result<Box<dyn Store>, StoreError> {
+    match database {
+        Some(url) => Ok(Box::new(PostgresStore::connect(url, schema)?)),
+        None => Ok(Box::new(SqliteStore::open(&data.join("ledger.db"))?)),
+    }
+}
+
+/// In-process simulated providers for the embedded default: they answer in
+/// seconds (a holder in 2 s, quotes in 1 s) so a request is decided while
+/// its client waits; delivery takes the catalog's lead time.
+pub fn simulated_providers(
+    offers: &[Offer],
+    holder: HolderBehaviour,
+    seed: u64,
+) -> BTreeMap<dibs_core::types::ProviderName, SimulatedProvider> {
+    let behaviour = SimulatedBehaviour {
+        holder,
+        answer_hours: 2.0 / 3600.0,
+        quote_hours: 1.0 / 3600.0,
+        ..SimulatedBehaviour::default()
+    };
+    let mut providers = SimulatedProvider::from_catalog(offers, behaviour);
+    for provider in providers.values_mut() {
+        provider.seed(seed);
+    }
+    providers
+}
+
+/// The admin token's hash, and the token itself when it was made just now
+/// (the caller prints it once).
+fn admin_token(config: &ServeConfig) -> std::io::Result<([u8; 32], Option<String>)> {
+    if let Some(token) = &config.admin_token {
+        return Ok((http::token_hash(token), None));
+    }
+    let path = config.data.join("admin-token.sha256");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let bytes: Vec<u8> = (0..text.trim().len() / 2)
+            .filter_map(|i| u8::from_str_radix(text.trim().get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        if let Ok(hash) = <[u8; 32]>::try_from(bytes.as_slice()) {
+            return Ok((hash, None));
+        }
+        return Err(std::io::Error::other(format!(
+            "{}: not a SHA-256 hex digest; delete it to make a new admin token",
+            path.display()
+        )));
+    }
+    let mut secret = [0u8; 24];
+    getrandom::fill(&mut secret).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let token: String =
+        std::iter::once("dibs_".to_owned()).chain(secret.iter().map(|b| format!("{b:02x}"))).collect();
+    let hash = http::token_hash(&token);
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, dibs_core::ledger::hex(&hash))?;
+    std::fs::rename(&temporary, &path)?;
+    Ok((hash, Some(token)))
+}
+
+/// Starts the service and serves until Ctrl-C. Prints the URL (and the admin
+/// token when it was made now) once it is listening.
+pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(&config.data).map_err(|e| format!("--data {}: {e}", config.data.display()))?;
+    // On a shared database one replica runs the engine; the others wait
+    // here, and the first to get the lock after the leader dies takes over
+    // by replaying the ledger.
+    let _leadership = match &config.database {
+        Some(url) => Some(PostgresStore::lead(url, &config.schema, || {
+            eprintln!("dibs: standby: another replica leads schema {:?}; waiting to take over", config.schema)
+        })?),
+        None => None,
+    };
+    // On SQLite, one process per data folder: a second would run a second engine on one ledger.
+    let lock_path = config.data.join("serve.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    if config.database.is_none() && lock.try_lock().is_err() {
+        return Err(format!("--data {}: another dibs serve is using it", config.data.display()).into());
+    }
+    let store = open_store(&config.data, config.database.as_deref(), &config.schema)?;
+    let reader = open_store(&config.data, config.database.as_deref(), &config.schema)?;
+    let engine = Engine::new(config.contracts.clone(), config.offers.clone(), broker::engine_config());
+    let providers = simulated_providers(&config.offers, config.holder, config.seed);
+    let (broker, recovery) = Broker::recover(engine, store, providers, broker::wall_clock())?;
+    let Recovery { entries, inputs, requests, outstanding } = recovery;
+    eprintln!(
+        "dibs: ledger replayed: {entries} entries, {inputs} inputs, {requests} requests, {outstanding} calls and timers re-armed"
+    );
+    let (hash, new_token) = admin_token(&config).map_err(|e| format!("admin token: {e}"))?;
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("dibs-broker".into()).spawn(move || {
+        if let Err(e) = broker.run(rx) {
+            // The engine may hold decisions the ledger does not: stop; a restart replays the ledger.
+            eprintln!("dibs: the ledger could not be written ({e}); stopping");
+            std::process::exit(70);
+        }
+    })?;
+    let state = Arc::new(http::AppState {
+        commands: Mutex::new(tx.clone()),
+        reader: Mutex::new(reader),
+        admin_token_hash: hash,
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| format!("--listen {}: {e}", config.listen))?;
+        let address: SocketAddr = listener.local_addr()?;
+        println!("dibs serving on http://{address}/v1");
+        match new_token {
+            Some(token) => println!("admin token (shown once; DIBS_TOKEN={token}): {token}"),
+            None => println!("admin token: the one printed at first start, or DIBS_ADMIN_TOKEN"),
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        let _ = tx.send(broker::Command::Shutdown);
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
+
+/// Replays a ledger through a fresh engine without serving: checks that the
+/// recorded inputs give exactly the recorded decisions (`dibs ledger verify`).
+pub fn replay_check(
+    store: Box<dyn Store>,
+    contracts: ContractSet,
+    offers: Vec<Offer>,
+) -> Result<Recovery, StoreError> {
+    let engine = Engine::new(contracts, offers.clone(), broker::engine_config());
+    let providers = simulated_providers(&offers, HolderBehaviour::Decline, 0);
+    Broker::recover(engine, store, providers, broker::wall_clock()).map(|(_, recovery)| recovery)
+}

@@ -1,0 +1,82 @@
+//! What the API shows of a request. Its own structs, so the engine's types
+//! can change without changing the API.
+
+use dibs_core::engine::{Engine, RequestState};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestView {
+    pub id: String,
+    pub status: &'static str,
+    pub accelerators: Vec<String>,
+    pub gpus: u32,
+    pub duration_hours: u32,
+    pub workload: String,
+    pub earliest_start: String,
+    pub allocations: Vec<AllocationView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unfilled: Option<UnfilledView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AllocationView {
+    pub id: u64,
+    pub provider: String,
+    pub region: String,
+    pub accelerator: String,
+    pub gpus: u32,
+    pub price_per_gpu_hour: f64,
+    pub via: String,
+    pub state: String,
+    pub promised: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UnfilledView {
+    pub gpus: u32,
+    pub reason: String,
+}
+
+pub fn request(engine: &Engine, state: &RequestState) -> RequestView {
+    let r = &state.request;
+    RequestView {
+        id: r.id.clone(),
+        status: state.status.as_str(),
+        accelerators: r.accelerators.iter().map(ToString::to_string).collect(),
+        gpus: r.gpus.get(),
+        duration_hours: r.duration_hours,
+        workload: r.workload.as_str().to_owned(),
+        earliest_start: r.earliest_start.to_string(),
+        allocations: state
+            .allocations
+            .iter()
+            .filter_map(|id| engine.allocation(*id))
+            .map(|a| AllocationView {
+                id: a.id,
+                provider: a.plan.provider.to_string(),
+                region: a.plan.region.to_string(),
+                accelerator: a.plan.accelerator.to_string(),
+                gpus: a.plan.gpus,
+                price_per_gpu_hour: a.plan.price.get(),
+                via: a.via.clone(),
+                state: serde_json::to_value(a.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                promised: a.promised.to_string(),
+                ready_at: a.ready_at.map(|t| t.to_string()),
+            })
+            .collect(),
+        unfilled: state
+            .unfilled_reason
+            .as_ref()
+            .map(|reason| UnfilledView { gpus: state.unfilled_gpus, reason: reason.clone() }),
+    }
+}
+
+/// Whether `id` comes after the cursor `after` in list order (the engine's, by id).
+pub fn id_order(id: &str, after: &str) -> bool {
+    id > after
+}

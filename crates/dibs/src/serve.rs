@@ -1,0 +1,241 @@
+//! `dibs serve`, `dibs ledger ...` and `dibs request ...`: the service and
+//! the commands that talk to it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use dibs_core::contract;
+use dibs_providers::HolderBehaviour;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one; the URL is printed).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: String,
+    /// Data folder: the SQLite ledger and the admin token's hash.
+    #[arg(long, default_value = "dibs-data")]
+    data: PathBuf,
+    /// PostgreSQL URL (postgres://user@host/db); default: SQLite in --data.
+    /// Replicas given the same URL and schema share one ledger: one leads,
+    /// the others stand by and take over if it dies.
+    #[arg(long)]
+    database: Option<String>,
+    /// PostgreSQL schema for dibs's tables.
+    #[arg(long, default_value = dibs_serve::POSTGRES_SCHEMA)]
+    database_schema: String,
+    /// Contract TOML files or folders. Default: the embedded default set.
+    #[arg(long)]
+    contracts: Vec<PathBuf>,
+    /// SkyPilot vms.csv catalogs for the simulated providers. Default: the bundled table.
+    #[arg(long)]
+    catalog: Vec<PathBuf>,
+    /// How the in-process simulated first-refusal holder answers: accept,
+    /// decline, silent, partial:N or rate:P.
+    #[arg(long, default_value = "rate:0.5")]
+    holder: String,
+    /// Seed for the simulated providers' choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let holder = HolderBehaviour::parse(&args.holder).map_err(|e| anyhow::anyhow!("--holder: {e}"))?;
+    let contracts = if args.contracts.is_empty() {
+        contract::builtin_contracts("default").context("the embedded default contract set")?
+    } else {
+        crate::load_contracts(&args.contracts).map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    let catalog = crate::load_catalogs(&args.catalog)?;
+    let admin_token = std::env::var("DIBS_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    dibs_serve::serve(dibs_serve::ServeConfig {
+        listen: args.listen,
+        data: args.data,
+        database: args.database,
+        schema: args.database_schema,
+        contracts,
+        offers: catalog.offers,
+        holder,
+        seed: args.seed,
+        admin_token,
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand)]
+pub enum LedgerCommand {
+    /// Check the ledger's hash chain and that replaying its inputs makes the
+    /// decisions it records; names the first bad entry. Reads the store
+    /// directly (the server may be running).
+    Verify {
+        /// Data folder holding the SQLite ledger.
+        #[arg(long, default_value = "dibs-data")]
+        data: PathBuf,
+        /// PostgreSQL URL instead of SQLite.
+        #[arg(long)]
+        database: Option<String>,
+        /// PostgreSQL schema.
+        #[arg(long, default_value = dibs_serve::POSTGRES_SCHEMA)]
+        database_schema: String,
+        /// Contract files the ledger was written under (for the replay check). Default: embedded.
+        #[arg(long)]
+        contracts: Vec<PathBuf>,
+        /// Catalogs the server ran with (for the replay check). Default: the bundled table.
+        #[arg(long)]
+        catalog: Vec<PathBuf>,
+    },
+}
+
+pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
+    let LedgerCommand::Verify { data, database, database_schema, contracts, catalog } = command;
+    if database.is_none() && !data.join("ledger.db").is_file() {
+        bail!("--data {}: no ledger.db there", data.display());
+    }
+    let mut store = dibs_serve::open_store(&data, database.as_deref(), &database_schema)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match dibs_store::verify(store.as_mut()) {
+        Ok(v) => println!("hash chain: ok, {} entries, head {}", v.entries, v.head),
+        Err(e) => {
+            println!("hash chain: BROKEN: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let contracts = if contracts.is_empty() {
+        contract::builtin_contracts("default").context("the embedded default contract set")?
+    } else {
+        crate::load_contracts(&contracts).map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    let offers = crate::load_catalogs(&catalog)?.offers;
+    match dibs_serve::replay_check(store, contracts, offers) {
+        Ok(r) => {
+            println!(
+                "replay: ok, {} inputs give the {} decisions recorded; {} requests",
+                r.inputs,
+                r.entries - r.inputs,
+                r.requests
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("replay: MISMATCH: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum RequestCommand {
+    /// Submit a capacity request to a running server.
+    Submit {
+        #[arg(long, default_value = "H100", value_delimiter = ',')]
+        accelerator: Vec<String>,
+        #[arg(long)]
+        gpus: u32,
+        #[arg(long)]
+        hours: u32,
+        #[arg(long, default_value = "training")]
+        workload: String,
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<String>,
+        #[arg(long)]
+        max_price: Option<f64>,
+        /// Makes the submission safe to repeat: the server answers a repeat with the first answer.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show one request.
+    Show {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List requests.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// The server's URL.
+    #[arg(long, default_value = "http://127.0.0.1:7878")]
+    server: String,
+}
+
+fn call(
+    server: &ServerArgs,
+    method: &str,
+    path: &str,
+    body: Option<(serde_json::Value, Option<String>)>,
+) -> Result<ExitCode> {
+    let token =
+        std::env::var("DIBS_TOKEN").context("DIBS_TOKEN: set it to the token `dibs serve` printed")?;
+    let url = format!("{}/v1{path}", server.server.trim_end_matches('/').trim_end_matches("/v1"));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .into();
+    let auth = format!("Bearer {token}");
+    let mut response = match (method, body) {
+        ("POST", Some((json, key))) => {
+            let mut request = agent.post(&url).header("Authorization", &auth);
+            if let Some(key) = key {
+                request = request.header("Idempotency-Key", &key);
+            }
+            request.send_json(&json)
+        }
+        ("POST", None) => agent.post(&url).header("Authorization", &auth).send_empty(),
+        _ => agent.get(&url).header("Authorization", &auth).call(),
+    }
+    .with_context(|| format!("{method} {url}"))?;
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    if status >= 400 {
+        eprintln!("{method} {url}: HTTP {status}\n{pretty}");
+        return Ok(ExitCode::from(2));
+    }
+    println!("{pretty}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn request(command: RequestCommand) -> Result<ExitCode> {
+    match command {
+        RequestCommand::Submit {
+            accelerator,
+            gpus,
+            hours,
+            workload,
+            regions,
+            max_price,
+            idempotency_key,
+            server,
+        } => {
+            let body = serde_json::json!({
+                "accelerators": accelerator,
+                "gpus": gpus,
+                "duration_hours": hours,
+                "workload": workload,
+                "regions": regions,
+                "max_price": max_price,
+            });
+            call(&server, "POST", "/requests", Some((body, idempotency_key)))
+        }
+        RequestCommand::Show { id, server } => call(&server, "GET", &format!("/requests/{id}"), None),
+        RequestCommand::List { status, server } => {
+            let query = status.map(|s| format!("?status={s}")).unwrap_or_default();
+            call(&server, "GET", &format!("/requests{query}"), None)
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! `dibs serve` end to end: the real binary on a free port, real HTTP, a
+//! real SQLite file or PostgreSQL database, and `kill -9`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-admin-token";
+const DIBS: &str = env!("CARGO_BIN_EXE_dibs");
+
+/// A running `dibs serve`; killed (SIGKILL) when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(DIBS)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--holder", "decline"])
+            .args(args)
+            .env("DIBS_ADMIN_TOKEN", TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dibs serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("dibs serving on ") {
+                    let _ = tx.send(url.trim_end_matches("/v1").to_owned());
+                }
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(60)).expect("dibs serve prints its URL");
+        Self { child, url }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+fn call(url: &str, method: &str, path: &str, body: Option<&Value>, key: Option<&str>) -> (u16, Value) {
+    let agent = agent();
+    let full = format!("{url}/v1{path}");
+    let auth = format!("Bearer {TOKEN}");
+    let response = match (method, body) {
+        ("POST", Some(body)) => {
+            let mut r = agent.post(&full).header("Authorization", &auth);
+            if let Some(key) = key {
+                r = r.header("Idempotency-Key", key);
+            }
+            r.send_json(body)
+        }
+        ("POST", None) => agent.post(&full).header("Authorization", &auth).send_empty(),
+        _ => agent.get(&full).header("Authorization", &auth).call(),
+    };
+    let mut response = response.unwrap_or_else(|e| panic!("{method} {full}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn request_body(gpus: u32) -> Value {
+    json!({ "accelerators": ["H100"], "gpus": gpus, "duration_hours": 100, "workload": "training" })
+}
+
+/// Polls a request until `done` holds for it.
+fn wait_for(url: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = call(url, "GET", &format!("/requests/{id}"), None, None);
+        assert_eq!(status, 200, "{body}");
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "request {id} never got there: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ledger(url: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let (status, page) = call(url, "GET", &format!("/ledger?after={after}&limit=1000"), None, None);
+        assert_eq!(status, 200, "{page}");
+        let entries = page["entries"].as_array().unwrap().clone();
+        out.extend(entries.iter().cloned());
+        match page["next_after"].as_u64() {
+            Some(next) => after = next,
+            None => return out,
+        }
+    }
+}
+
+/// Every request the server holds, page by page.
+fn all_requests(url: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let query = if after.is_empty() { String::new() } else { format!("&after={after}") };
+        let (status, page) = call(url, "GET", &format!("/requests?limit=500{query}"), None, None);
+        assert_eq!(status, 200, "{page}");
+        out.extend(page["requests"].as_array().unwrap().iter().cloned());
+        match page["next_after"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => return out,
+        }
+    }
+}
+
+fn all_ids(url: &str) -> BTreeSet<String> {
+    all_requests(url).iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// The body `stream_submissions` sent with its n-th key.
+fn streamed_body(n: u32) -> Value {
+    request_body(8 * (1 + n % 4))
+}
+
+fn verify_offline(data: &Path) {
+    let output = Command::new(DIBS).args(["ledger", "verify", "--data"]).arg(data).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "dibs ledger verify: {text}");
+    assert!(text.contains("replay: ok"), "{text}");
+}
+
+/// Allocations per request never exceed its GPUs, and no round is awarded twice.
+fn check_no_double_award(url: &str) {
+    let mut awards: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    for entry in ledger(url) {
+        if entry["kind"] == "awarded" {
+            let key =
+                (entry["request"].as_str().unwrap().to_owned(), entry["body"]["round"].as_u64().unwrap());
+            *awards.entry(key).or_default() += 1;
+        }
+    }
+    for (key, count) in &awards {
+        assert_eq!(*count, 1, "{key:?} awarded {count} times");
+    }
+    for request in &all_requests(url) {
+        let live: u64 = request["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["state"] != "cancelled" && a["state"] != "released")
+            .map(|a| a["gpus"].as_u64().unwrap())
+            .sum();
+        assert!(live <= request["gpus"].as_u64().unwrap(), "over-awarded: {request}");
+    }
+}
+
+#[test]
+fn a_request_goes_through_first_refusal_and_market_to_an_award_over_http() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--data", data.path().to_str().unwrap()]);
+    let url = &server.url;
+
+    // Errors name the field and change nothing.
+    let (status, body) = call(url, "POST", "/requests", Some(&json!({ "gpus": 8 })), None);
+    assert_eq!((status, body["field"].as_str()), (422, Some("accelerators")), "{body}");
+    let mut odd = request_body(12);
+    odd["min_block"] = json!(8);
+    let (status, body) = call(url, "POST", "/requests", Some(&odd), None);
+    assert_eq!((status, body["field"].as_str()), (422, Some("min_block")), "{body}");
+    let unauthenticated = agent().get(format!("{url}/v1/requests")).call().unwrap();
+    assert_eq!(unauthenticated.status().as_u16(), 401);
+    assert!(ledger(url).is_empty(), "rejected input left entries");
+
+    let (status, first) = call(url, "POST", "/requests", Some(&request_body(256)), Some("k-1"));
+    assert_eq!(status, 201, "{first}");
+    let id = first["id"].as_str().unwrap().to_owned();
+    // A repeat with the same key answers the first answer; with another body it is refused.
+    let (status, again) = call(url, "POST", "/requests", Some(&request_body(256)), Some("k-1"));
+    assert_eq!((status, &again["id"]), (201, &first["id"]));
+    let (status, body) = call(url, "POST", "/requests", Some(&request_body(64)), Some("k-1"));
+    assert_eq!((status, body["field"].as_str()), (422, Some("Idempotency-Key")), "{body}");
+
+    let awarded = wait_for(url, &id, |r| r["status"] == "provisioning" || r["status"] == "active");
+    let allocations = awarded["allocations"].as_array().unwrap();
+    let providers: BTreeSet<&str> = allocations.iter().map(|a| a["provider"].as_str().unwrap()).collect();
+    assert!(providers.len() >= 2, "the 40% cap splits the award: {awarded}");
+    assert!(allocations.iter().all(|a| a["via"] == "market"), "the holder declined: {awarded}");
+    let gpus: u64 = allocations.iter().map(|a| a["gpus"].as_u64().unwrap()).sum();
+    assert_eq!(gpus, 256);
+
+    let kinds: Vec<String> = ledger(url).iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect();
+    let position =
+        |k: &str| kinds.iter().position(|x| x == k).unwrap_or_else(|| panic!("no {k} in {kinds:?}"));
+    assert!(position("solicited") < position("holder_answered"));
+    assert!(position("holder_answered") < position("awarded"));
+
+    let (status, verified) = call(url, "GET", "/ledger/verify", None, None);
+    assert_eq!((status, &verified["ok"]), (200, &json!(true)), "{verified}");
+    check_no_double_award(url);
+    verify_offline(data.path());
+}
+
+/// Submits in a loop from two threads until stopped; returns the ids the
+/// server acknowledged (a 201 received).
+fn stream_submissions(
+    url: String,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, String)>>>,
+    prefix: String,
+) {
+    let mut n: u32 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let key = format!("{prefix}-{n}");
+        let agent = agent();
+        let sent = agent
+            .post(format!("{url}/v1/requests"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .header("Idempotency-Key", &key)
+            .send_json(streamed_body(n));
+        if let Ok(mut response) = sent
+            && response.status().as_u16() == 201
+            && let Ok(body) = response.body_mut().read_json::<Value>()
+        {
+            acked.lock().unwrap().push((key, body["id"].as_str().unwrap().to_owned()));
+        }
+    }
+}
+
+#[test]
+fn kill_dash_nine_loses_no_acknowledged_request() {
+    let data = tempfile::tempdir().unwrap();
+    let data_arg = data.path().to_str().unwrap().to_owned();
+    let mut acknowledged: Vec<(String, String)> = Vec::new();
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut checked = 0;
+    for cycle in 0..20 {
+        let started = Instant::now();
+        let mut server = Server::start(&["--data", &data_arg]);
+        let up = started.elapsed();
+        // What the last cycle acknowledged is still there after the restart
+        // (earlier cycles' were checked before, and all are checked at the end).
+        let present = all_ids(&server.url);
+        for (key, id) in &acknowledged[checked..] {
+            assert!(present.contains(id), "cycle {cycle}: acknowledged {id} ({key}) lost");
+        }
+        checked = acknowledged.len();
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let (url, stop, acked) = (server.url.clone(), stop.clone(), acked.clone());
+                let prefix = format!("c{cycle}w{w}");
+                std::thread::spawn(move || stream_submissions(url, stop, acked, prefix))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100 + rng.u64(0..300)));
+        server.kill();
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
+        }
+        acknowledged.extend(acked.lock().unwrap().drain(..));
+        eprintln!("cycle {cycle}: up in {up:.1?}; {} acknowledged so far", acknowledged.len());
+    }
+    assert!(acknowledged.len() >= 20, "only {} submissions acknowledged in 20 cycles", acknowledged.len());
+    let server = Server::start(&["--data", &data_arg]);
+    let present = all_ids(&server.url);
+    let mut ids = BTreeSet::new();
+    for (key, id) in &acknowledged {
+        assert!(present.contains(id), "acknowledged {id} ({key}) lost");
+        assert!(ids.insert(id.clone()), "two acknowledged keys got one id {id}");
+    }
+    // A retry with a key already answered gets the same request, not a new one.
+    for (key, id) in acknowledged.iter().step_by((acknowledged.len() / 50).max(1)) {
+        let n: u32 = key.rsplit('-').next().unwrap().parse().unwrap();
+        let (status, again) = call(&server.url, "POST", "/requests", Some(&streamed_body(n)), Some(key));
+        assert_eq!((status, again["id"].as_str()), (201, Some(id.as_str())), "key {key}: {again}");
+    }
+    check_no_double_award(&server.url);
+    let (status, verified) = call(&server.url, "GET", "/ledger/verify", None, None);
+    assert_eq!((status, &verified["ok"]), (200, &json!(true)), "{verified}");
+    drop(server);
+    verify_offline(data.path());
+}
+
+#[test]
+fn two_replicas_share_postgresql_and_the_standby_takes_over_when_the_leader_dies() {
+    let Ok(database) = std::env::var("DIBS_TEST_POSTGRES_URL") else {
+        eprintln!("skipping: DIBS_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let schema = format!("dibs_serve_test_{}", std::process::id());
+    let mut client = postgres::Client::connect(&database, postgres::NoTls).unwrap();
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = |data: &Path| {
+        vec![
+            "--data".to_owned(),
+            data.display().to_string(),
+            "--database".into(),
+            database.clone(),
+            "--database-schema".into(),
+            schema.clone(),
+        ]
+    };
+    let args_a = args(data_a.path());
+    let mut leader = Server::start(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
+    // The second replica waits for the lock; it prints its URL only once it leads.
+    let args_b = args(data_b.path());
+    let standby =
+        std::thread::spawn(move || Server::start(&args_b.iter().map(String::as_str).collect::<Vec<_>>()));
+
+    let (status, first) = call(&leader.url, "POST", "/requests", Some(&request_body(256)), Some("pg-1"));
+    assert_eq!(status, 201, "{first}");
+    let id = first["id"].as_str().unwrap().to_owned();
+    wait_for(&leader.url, &id, |r| r["status"] == "provisioning");
+    let (status, second) = call(&leader.url, "POST", "/requests", Some(&request_body(64)), Some("pg-2"));
+    assert_eq!(status, 201, "{second}");
+    leader.kill();
+
+    let replica = standby.join().unwrap();
+    let url = &replica.url;
+    let awarded = wait_for(url, &id, |r| r["status"] == "provisioning");
+    let gpus: u64 =
+        awarded["allocations"].as_array().unwrap().iter().map(|a| a["gpus"].as_u64().unwrap()).sum();
+    assert_eq!(gpus, 256, "the award made under the old leader survives: {awarded}");
+    let second_id = second["id"].as_str().unwrap();
+    wait_for(url, second_id, |r| r["status"] == "provisioning" || r["status"] == "unfilled");
+    let (status, third) = call(url, "POST", "/requests", Some(&request_body(128)), Some("pg-3"));
+    assert_eq!(status, 201, "{third}");
+    assert_ne!(third["id"], first["id"]);
+    assert_ne!(third["id"], second["id"]);
+    let (_, again) = call(url, "POST", "/requests", Some(&request_body(256)), Some("pg-1"));
+    assert_eq!(again["id"], first["id"], "the idempotency record lives in the shared database");
+    check_no_double_award(url);
+    let (status, verified) = call(url, "GET", "/ledger/verify", None, None);
+    assert_eq!((status, &verified["ok"]), (200, &json!(true)), "{verified}");
+    drop(replica);
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+}
