@@ -9,6 +9,7 @@ pub mod contract;
 pub mod engine;
 pub mod ledger;
 pub mod placement;
+pub mod queue;
 pub mod request;
 pub mod settlement;
 pub mod types;

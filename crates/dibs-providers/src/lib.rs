@@ -287,3 +287,69 @@ impl Provider for SimulatedProvider {
         }
     }
 }
+
+/// Carries out one engine effect against in-process simulated providers and
+/// returns the inputs it will cause, each with the instant it is due: a
+/// holder's answer, quotes, an allocation becoming ready, a timer firing.
+/// A released allocation gives its capacity back. Ledger entries are the
+/// caller's to record; this only reads them.
+pub fn carry_out(
+    providers: &mut BTreeMap<ProviderName, SimulatedProvider>,
+    engine: &dibs_core::engine::Engine,
+    now: Timestamp,
+    effect: &dibs_core::engine::Effect,
+) -> Vec<(Timestamp, dibs_core::engine::Input)> {
+    use dibs_core::engine::{Effect, Input};
+    use dibs_core::ledger::EventKind;
+    let mut caused = Vec::new();
+    match effect {
+        Effect::Ledger(event) => {
+            if let EventKind::AllocationReleased { allocation, .. } = &event.kind
+                && let Some(a) = engine.allocation(*allocation)
+                && let Some(provider) = providers.get_mut(&a.plan.provider)
+            {
+                provider.cancel(*allocation);
+            }
+        }
+        Effect::SetTimer { at, timer } => caused.push((*at, Input::Timer(timer.clone()))),
+        Effect::Solicit(solicitation) => {
+            if let Some(holder) = providers.get_mut(&solicitation.holder) {
+                let reply = holder.solicit(solicitation, now);
+                if let Some(answer) = reply.answer {
+                    let input = Input::HolderAnswer {
+                        request: solicitation.ask.request.clone(),
+                        round: solicitation.ask.round,
+                        answer,
+                    };
+                    caused.push((now.plus_hours(reply.after_hours), input));
+                }
+            }
+        }
+        Effect::RequestQuotes { providers: names, ask } => {
+            for name in names {
+                let Some(provider) = providers.get_mut(name) else { continue };
+                let (offers, after_hours) = provider.quote(ask, now);
+                let input = Input::Quotes {
+                    request: ask.request.clone(),
+                    round: ask.round,
+                    provider: name.clone(),
+                    offers,
+                };
+                caused.push((now.plus_hours(after_hours), input));
+            }
+        }
+        Effect::Reserve { allocation, plan, .. } => {
+            if let Some(provider) = providers.get_mut(&plan.provider)
+                && let Some(ready_at) = provider.reserve(*allocation, plan, now).ready_at
+            {
+                caused.push((ready_at, Input::AllocationReady { allocation: *allocation }));
+            }
+        }
+        Effect::Cancel { allocation, provider, .. } => {
+            if let Some(provider) = providers.get_mut(provider) {
+                provider.cancel(*allocation);
+            }
+        }
+    }
+    caused
+}

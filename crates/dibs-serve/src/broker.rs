@@ -17,16 +17,16 @@
 //! requests not yet answered, reservations not yet ready. That is the
 //! outbox, derived from the ledger rather than kept beside it.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use dibs_core::engine::{Effect, Engine, EngineConfig, Input, Timer};
 use dibs_core::ledger::Event;
+use dibs_core::queue::TimeQueue;
 use dibs_core::request::RequestSpec;
 use dibs_core::types::Timestamp;
-use dibs_providers::{Provider, SimulatedProvider};
+use dibs_providers::{SimulatedProvider, carry_out};
 use dibs_store::{Batch, IdempotentAnswer, NewEntry, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -122,30 +122,6 @@ pub fn wall_clock() -> Clock {
     })
 }
 
-/// An input due at an instant: a timer, or a provider's answer.
-struct Due {
-    at: Timestamp,
-    sequence: u64,
-    input: Input,
-}
-
-impl PartialEq for Due {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.sequence) == (other.at, other.sequence)
-    }
-}
-impl Eq for Due {}
-impl PartialOrd for Due {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Due {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.sequence).cmp(&(other.at, other.sequence))
-    }
-}
-
 /// Identifies an outstanding call or timer, so that replay can tell which
 /// were answered before a restart.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -185,8 +161,7 @@ pub struct Broker {
     pub engine: Engine,
     store: Box<dyn Store>,
     providers: BTreeMap<dibs_core::types::ProviderName, SimulatedProvider>,
-    due: BinaryHeap<Reverse<Due>>,
-    sequence: u64,
+    due: TimeQueue<Input>,
     clock: Clock,
     next_request: u64,
     /// Idempotency answers recorded in this turn, not yet committed.
@@ -215,15 +190,14 @@ impl Broker {
             engine,
             store,
             providers,
-            due: BinaryHeap::new(),
-            sequence: 0,
+            due: TimeQueue::default(),
             clock,
             next_request: 1,
             turn_answers: Vec::new(),
         };
         let mut recovery = Recovery { entries: 0, inputs: 0, requests: 0, outstanding: 0 };
         // Outstanding calls by key; a recorded input removes its key.
-        let mut outstanding: BTreeMap<DueKey, Due> = BTreeMap::new();
+        let mut outstanding: BTreeMap<DueKey, (Timestamp, Input)> = BTreeMap::new();
         let mut expected: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         let mut after = 0;
         loop {
@@ -271,15 +245,13 @@ impl Broker {
                 }
                 let effects = broker.engine.handle(recorded.at, recorded.input);
                 for effect in effects {
-                    match effect {
-                        Effect::Ledger(event) => expected.push_back(event_body(&event)),
-                        other => {
-                            for due in broker.execute(recorded.at, other) {
-                                if let Some(key) = key_of(&due.input) {
-                                    outstanding.insert(key, due);
-                                }
-                            }
+                    for (at, input) in broker.execute(recorded.at, &effect) {
+                        if let Some(key) = key_of(&input) {
+                            outstanding.insert(key, (at, input));
                         }
+                    }
+                    if let Effect::Ledger(event) = effect {
+                        expected.push_back(event_body(&event));
                     }
                 }
             }
@@ -292,8 +264,8 @@ impl Broker {
         }
         recovery.outstanding = outstanding.len();
         recovery.requests = broker.engine.requests().count();
-        for (_, due) in outstanding {
-            broker.due.push(Reverse(due));
+        for (_, (at, input)) in outstanding {
+            broker.due.push(at, input);
         }
         Ok((broker, recovery))
     }
@@ -304,56 +276,9 @@ impl Broker {
         }
     }
 
-    /// Executes one non-ledger effect against the providers; returns the inputs it will cause.
-    fn execute(&mut self, now: Timestamp, effect: Effect) -> Vec<Due> {
-        let mut out = Vec::new();
-        let mut push = |at: Timestamp, input: Input, sequence: &mut u64| {
-            *sequence += 1;
-            out.push(Due { at, sequence: *sequence, input });
-        };
-        match effect {
-            Effect::Ledger(_) => {}
-            Effect::SetTimer { at, timer } => push(at, Input::Timer(timer), &mut self.sequence),
-            Effect::Solicit(solicitation) => {
-                if let Some(holder) = self.providers.get_mut(&solicitation.holder) {
-                    let reply = holder.solicit(&solicitation, now);
-                    if let Some(answer) = reply.answer {
-                        let input = Input::HolderAnswer {
-                            request: solicitation.ask.request.clone(),
-                            round: solicitation.ask.round,
-                            answer,
-                        };
-                        push(now.plus_hours(reply.after_hours), input, &mut self.sequence);
-                    }
-                }
-            }
-            Effect::RequestQuotes { providers, ask } => {
-                for name in providers {
-                    let Some(provider) = self.providers.get_mut(&name) else { continue };
-                    let (offers, after_hours) = provider.quote(&ask, now);
-                    let input = Input::Quotes {
-                        request: ask.request.clone(),
-                        round: ask.round,
-                        provider: name,
-                        offers,
-                    };
-                    push(now.plus_hours(after_hours), input, &mut self.sequence);
-                }
-            }
-            Effect::Reserve { allocation, plan, .. } => {
-                if let Some(provider) = self.providers.get_mut(&plan.provider)
-                    && let Some(ready_at) = provider.reserve(allocation, &plan, now).ready_at
-                {
-                    push(ready_at, Input::AllocationReady { allocation }, &mut self.sequence);
-                }
-            }
-            Effect::Cancel { allocation, provider, .. } => {
-                if let Some(provider) = self.providers.get_mut(&provider) {
-                    provider.cancel(allocation);
-                }
-            }
-        }
-        out
+    /// Carries out one effect against the providers; returns the inputs it will cause.
+    fn execute(&mut self, now: Timestamp, effect: &Effect) -> Vec<(Timestamp, Input)> {
+        carry_out(&mut self.providers, &self.engine, now, effect)
     }
 
     /// Feeds one input to the engine: records it, and the decisions it
@@ -367,27 +292,25 @@ impl Broker {
             body: serde_json::to_string(&recorded).expect("inputs serialize"),
         });
         let effects = self.engine.handle(now, recorded.input);
-        let mut later = Vec::new();
-        for effect in effects {
-            match effect {
-                Effect::Ledger(event) => entries.push(NewEntry {
+        for effect in &effects {
+            if let Effect::Ledger(event) = effect {
+                entries.push(NewEntry {
                     at: event.at.to_string(),
-                    kind: kind_of(&event),
+                    kind: kind_of(event),
                     request: event.request.clone(),
-                    body: event_body(&event),
-                }),
-                other => later.push(other),
+                    body: event_body(event),
+                });
             }
         }
-        later
+        effects
     }
 
     /// Runs until a `Shutdown` command or the channel closes.
     pub fn run(mut self, commands: Receiver<Command>) -> Result<(), StoreError> {
         loop {
             let now = (self.clock)();
-            let wait = self.due.peek().map_or(Duration::from_millis(500), |Reverse(d)| {
-                Duration::from_secs(d.at.unix().saturating_sub(now.unix()).clamp(0, 1) as u64)
+            let wait = self.due.next_at().map_or(Duration::from_millis(500), |at| {
+                Duration::from_secs(at.unix().saturating_sub(now.unix()).clamp(0, 1) as u64)
             });
             let mut commands_now = Vec::new();
             match commands.recv_timeout(wait) {
@@ -414,9 +337,8 @@ impl Broker {
         let now = (self.clock)();
         let mut entries = Vec::new();
         let mut effects = Vec::new();
-        while self.due.peek().is_some_and(|Reverse(d)| d.at <= now) {
-            let Reverse(due) = self.due.pop().expect("peeked");
-            effects.extend(self.apply(now, due.input, &mut entries));
+        while let Some((_, input)) = self.due.pop_due(now) {
+            effects.extend(self.apply(now, input, &mut entries));
         }
         let mut replies = Vec::new();
         for command in commands {
@@ -473,8 +395,8 @@ impl Broker {
             let _ = reply.send(answer);
         }
         for effect in effects {
-            for due in self.execute(now, effect) {
-                self.due.push(Reverse(due));
+            for (at, input) in self.execute(now, &effect) {
+                self.due.push(at, input);
             }
         }
         Ok(())

@@ -12,47 +12,22 @@ pub mod prices;
 pub mod simulate;
 pub mod trace;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 
 use dibs_core::engine::{Effect, Engine, Input};
-use dibs_core::ledger::{Chain, Event, EventKind};
+use dibs_core::ledger::{Chain, Event};
+use dibs_core::queue::TimeQueue;
 use dibs_core::types::{ProviderName, Timestamp};
-use dibs_providers::{Provider, SimulatedProvider};
+use dibs_providers::{SimulatedProvider, carry_out};
 
 /// A run stops after this many inputs, whatever is still queued.
 pub const MAX_INPUTS_PER_RUN: usize = 10_000_000;
-
-/// An input scheduled for a virtual instant.
-struct Scheduled {
-    at: Timestamp,
-    sequence: u64,
-    input: Input,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.sequence) == (other.at, other.sequence)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.sequence).cmp(&(other.at, other.sequence))
-    }
-}
 
 /// The engine, its simulated providers and a virtual clock.
 pub struct VirtualRun {
     pub engine: Engine,
     pub providers: BTreeMap<ProviderName, SimulatedProvider>,
-    queue: BinaryHeap<Reverse<Scheduled>>,
-    sequence: u64,
+    queue: TimeQueue<Input>,
     now: Timestamp,
     /// Every ledger event, in order.
     pub events: Vec<Event>,
@@ -69,8 +44,7 @@ impl VirtualRun {
         Self {
             engine,
             providers,
-            queue: BinaryHeap::new(),
-            sequence: 0,
+            queue: TimeQueue::default(),
             now: start,
             events: Vec::new(),
             chain: Chain::default(),
@@ -84,83 +58,34 @@ impl VirtualRun {
 
     /// Queues an input at a virtual instant (not before now).
     pub fn schedule(&mut self, at: Timestamp, input: Input) {
-        self.sequence += 1;
-        self.queue.push(Reverse(Scheduled { at: at.max(self.now), sequence: self.sequence, input }));
+        self.queue.push(at.max(self.now), input);
     }
 
     /// Processes queued inputs in time order until the queue is empty, the
     /// next input is after `until`, or the input bound is reached.
     pub fn run_until(&mut self, until: Option<Timestamp>) {
         while self.inputs_processed < MAX_INPUTS_PER_RUN {
-            let Some(Reverse(next)) = self.queue.peek() else { break };
-            if until.is_some_and(|u| next.at > u) {
-                break;
-            }
-            let Reverse(next) = self.queue.pop().expect("peeked");
-            self.now = next.at;
+            let next = match until {
+                Some(until) => self.queue.pop_due(until),
+                None => self.queue.pop(),
+            };
+            let Some((at, input)) = next else { break };
+            self.now = at;
             self.inputs_processed += 1;
-            let effects = self.engine.handle(self.now, next.input);
+            let effects = self.engine.handle(self.now, input);
             self.execute(effects);
         }
     }
 
     fn execute(&mut self, effects: Vec<Effect>) {
-        let now = self.now;
         for effect in effects {
-            match effect {
-                Effect::Ledger(event) => {
-                    self.chain.append(&event);
-                    if let EventKind::AllocationReleased { allocation, .. } = &event.kind {
-                        self.release_capacity(*allocation);
-                    }
-                    self.events.push(event);
-                }
-                Effect::SetTimer { at, timer } => self.schedule(at, Input::Timer(timer)),
-                Effect::Solicit(solicitation) => {
-                    let Some(holder) = self.providers.get_mut(&solicitation.holder) else { continue };
-                    let reply = holder.solicit(&solicitation, now);
-                    if let Some(answer) = reply.answer {
-                        let input = Input::HolderAnswer {
-                            request: solicitation.ask.request.clone(),
-                            round: solicitation.ask.round,
-                            answer,
-                        };
-                        self.schedule(now.plus_hours(reply.after_hours), input);
-                    }
-                }
-                Effect::RequestQuotes { providers, ask } => {
-                    for name in providers {
-                        let Some(provider) = self.providers.get_mut(&name) else { continue };
-                        let (offers, after_hours) = provider.quote(&ask, now);
-                        let input = Input::Quotes {
-                            request: ask.request.clone(),
-                            round: ask.round,
-                            provider: name,
-                            offers,
-                        };
-                        self.schedule(now.plus_hours(after_hours), input);
-                    }
-                }
-                Effect::Reserve { allocation, plan, .. } => {
-                    let Some(provider) = self.providers.get_mut(&plan.provider) else { continue };
-                    if let Some(ready_at) = provider.reserve(allocation, &plan, now).ready_at {
-                        self.schedule(ready_at, Input::AllocationReady { allocation });
-                    }
-                }
-                Effect::Cancel { allocation, provider, .. } => {
-                    if let Some(provider) = self.providers.get_mut(&provider) {
-                        provider.cancel(allocation);
-                    }
-                }
+            for (at, input) in carry_out(&mut self.providers, &self.engine, self.now, &effect) {
+                self.schedule(at, input);
             }
-        }
-    }
-
-    fn release_capacity(&mut self, allocation: u64) {
-        if let Some(a) = self.engine.allocation(allocation)
-            && let Some(provider) = self.providers.get_mut(&a.plan.provider)
-        {
-            provider.cancel(allocation);
+            if let Effect::Ledger(event) = effect {
+                self.chain.append(&event);
+                self.events.push(event);
+            }
         }
     }
 }
@@ -169,10 +94,10 @@ impl VirtualRun {
     /// Processes inputs in time order while `keep_going` holds after each one.
     pub fn run_while(&mut self, mut keep_going: impl FnMut(&Engine) -> bool) {
         while self.inputs_processed < MAX_INPUTS_PER_RUN && keep_going(&self.engine) {
-            let Some(Reverse(next)) = self.queue.pop() else { break };
-            self.now = next.at;
+            let Some((at, input)) = self.queue.pop() else { break };
+            self.now = at;
             self.inputs_processed += 1;
-            let effects = self.engine.handle(self.now, next.input);
+            let effects = self.engine.handle(self.now, input);
             self.execute(effects);
         }
     }
@@ -181,6 +106,6 @@ impl VirtualRun {
 impl VirtualRun {
     /// The instant of the next queued input, if any.
     pub fn next_at(&self) -> Option<Timestamp> {
-        self.queue.peek().map(|Reverse(next)| next.at)
+        self.queue.next_at()
     }
 }
