@@ -106,6 +106,10 @@ pub enum Command {
         limit: usize,
         reply: tokio::sync::oneshot::Sender<Reply>,
     },
+    /// How many requests are in each status.
+    Stats {
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
     /// Stop after the current turn.
     Shutdown,
 }
@@ -380,6 +384,17 @@ impl Broker {
                     let next = (list.len() == limit.min(MAX_LIST)).then(|| list.last().map(|r| r.id.clone()));
                     replies
                         .push((reply, Ok((200, json!({ "requests": list, "next_after": next.flatten() })))));
+                }
+                Command::Stats { reply } => {
+                    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+                    for state in self.engine.requests() {
+                        *by_status.entry(state.status.as_str()).or_default() += 1;
+                    }
+                    let pending = self.due.len();
+                    replies.push((
+                        reply,
+                        Ok((200, json!({ "requests": by_status, "pending_inputs": pending }))),
+                    ));
                 }
                 Command::Shutdown => {}
             }

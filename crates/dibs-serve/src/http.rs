@@ -36,6 +36,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/requests", post(submit).get(list))
         .route("/v1/requests/{id}", get(show))
         .route("/v1/requests/{id}/cancel", post(cancel))
+        .route("/v1/stats", get(stats))
         .route("/v1/ledger", get(ledger))
         .route("/v1/ledger/verify", get(verify))
         .fallback(|| async { error(ApiError::new(404, "no such endpoint")) })
@@ -166,6 +167,13 @@ async fn cancel(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id)
         return error(e);
     }
     ask(&state, |reply| Command::Cancel { id, reply }).await
+}
+
+async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authenticate(&state, &headers) {
+        return error(e);
+    }
+    ask(&state, |reply| Command::Stats { reply }).await
 }
 
 #[derive(Deserialize)]

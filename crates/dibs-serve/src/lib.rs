@@ -68,6 +68,15 @@ pub fn simulated_providers(
         quote_hours: 1.0 / 3600.0,
         ..SimulatedBehaviour::default()
     };
+    simulated_providers_with(offers, behaviour, seed)
+}
+
+/// Simulated providers with the given behaviour, seeded.
+pub fn simulated_providers_with(
+    offers: &[Offer],
+    behaviour: SimulatedBehaviour,
+    seed: u64,
+) -> BTreeMap<dibs_core::types::ProviderName, SimulatedProvider> {
     let mut providers = SimulatedProvider::from_catalog(offers, behaviour);
     for provider in providers.values_mut() {
         provider.seed(seed);

@@ -40,7 +40,6 @@ impl PostgresStore {
                  prev_hash BYTEA NOT NULL,
                  hash BYTEA NOT NULL
              );
-             CREATE INDEX IF NOT EXISTS ledger_request ON ledger (request, seq);
              CREATE TABLE IF NOT EXISTS idempotency (
                  scope TEXT NOT NULL,
                  key TEXT NOT NULL,

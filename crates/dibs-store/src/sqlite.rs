@@ -17,7 +17,6 @@ CREATE TABLE IF NOT EXISTS ledger (
     prev_hash BLOB NOT NULL,
     hash BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS ledger_request ON ledger (request, seq);
 CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT NOT NULL,
     key TEXT NOT NULL,

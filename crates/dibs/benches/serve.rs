@@ -1,0 +1,205 @@
+//! Service throughput: requests decided and durably ledgered per second.
+//!
+//! `cargo bench -p dibs --bench serve` measures, in one run:
+//! 1. the ceiling: single-row INSERTs into SQLite (WAL, synchronous=FULL),
+//!    one fsync'd transaction each, as fast as one thread can;
+//! 2. in-process: N requests sent to the broker (SQLite ledger), with
+//!    simulated providers that answer at once, until every request is
+//!    decided (awarded or unfilled) and its decisions committed;
+//! 3. over HTTP: the real `dibs serve` binary on loopback and a load
+//!    generator of keep-alive clients submitting requests, until all are decided.
+//!
+//! Targets (issue 3): in-process >= 10,000/s, HTTP >= 2,000/s.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dibs_core::contract;
+use dibs_core::engine::Engine;
+use dibs_providers::{HolderBehaviour, SimulatedBehaviour};
+use dibs_serve::broker::{self, Broker, Command as BrokerCommand, SubmitBody};
+use dibs_store::SqliteStore;
+
+// The allocator the `dibs` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const TOKEN: &str = "bench-token";
+
+fn body() -> SubmitBody {
+    SubmitBody {
+        accelerators: vec!["H100".into()],
+        gpus: 8,
+        min_block: None,
+        duration_hours: 24,
+        earliest_start: None,
+        deliver_by: None,
+        regions: Vec::new(),
+        workload: "training".into(),
+        max_price: None,
+        allow_spot: false,
+    }
+}
+
+fn raw_sqlite_inserts(seconds: f64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let connection = rusqlite::Connection::open(dir.path().join("raw.db")).unwrap();
+    connection.pragma_update(None, "journal_mode", "WAL").unwrap();
+    connection.pragma_update(None, "synchronous", "FULL").unwrap();
+    connection.execute_batch("CREATE TABLE t (seq INTEGER PRIMARY KEY, body TEXT NOT NULL)").unwrap();
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed().as_secs_f64() < seconds {
+        connection.execute("INSERT INTO t (body) VALUES (?1)", [format!("{{\"n\":{n}}}")]).unwrap();
+        n += 1;
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn stats(commands: &std::sync::mpsc::Sender<BrokerCommand>) -> serde_json::Value {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    commands.send(BrokerCommand::Stats { reply: tx }).unwrap();
+    rx.blocking_recv().unwrap().unwrap().1
+}
+
+fn undecided(stats: &serde_json::Value) -> u64 {
+    ["screening", "first_refusal", "market"].iter().map(|s| stats["requests"][*s].as_u64().unwrap_or(0)).sum()
+}
+
+fn in_process(n: usize) -> (f64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let contracts = contract::builtin_contracts("default").unwrap();
+    let offers = dibs_core::catalog::bundled_catalog().offers;
+    let behaviour = SimulatedBehaviour {
+        holder: HolderBehaviour::AcceptRate(0.5),
+        answer_hours: 0.0,
+        quote_hours: 0.0,
+        ..SimulatedBehaviour::default()
+    };
+    let providers = dibs_serve::simulated_providers_with(&offers, behaviour, 1);
+    let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
+    let engine = Engine::new(contracts, offers, broker::engine_config());
+    let (broker, _) = Broker::recover(engine, Box::new(store), providers, broker::wall_clock()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || broker.run(rx).unwrap());
+
+    let started = Instant::now();
+    let mut replies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (reply, wait) = tokio::sync::oneshot::channel();
+        tx.send(BrokerCommand::Submit { body: body(), idempotency: None, reply }).unwrap();
+        replies.push(wait);
+    }
+    for wait in replies {
+        let (status, _) = wait.blocking_recv().unwrap().unwrap();
+        assert_eq!(status, 201);
+    }
+    // Each look counts every request inside the broker's thread: look seldom.
+    while undecided(&stats(&tx)) > 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    tx.send(BrokerCommand::Shutdown).unwrap();
+    thread.join().unwrap();
+    let mut store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
+    let entries = dibs_store::verify(&mut store).unwrap().entries;
+    (n as f64 / seconds, entries)
+}
+
+fn over_http(n: usize, clients: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dibs"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .env("DIBS_ADMIN_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("dibs serve prints its URL").unwrap();
+        if let Some(url) = line.strip_prefix("dibs serving on ") {
+            break url.to_owned();
+        }
+    };
+    let sent = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let (url, sent) = (url.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(30)))
+                    .build()
+                    .into();
+                let body = serde_json::json!({
+                    "accelerators": ["H100"], "gpus": 8, "duration_hours": 24, "workload": "training"
+                });
+                while sent.fetch_add(1, Ordering::Relaxed) < n {
+                    let response = agent
+                        .post(format!("{url}/requests"))
+                        .header("Authorization", format!("Bearer {TOKEN}"))
+                        .send_json(&body)
+                        .unwrap();
+                    assert_eq!(response.status().as_u16(), 201);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    // The service's simulated providers answer in 1-2 s; wait for the decisions too.
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let accepted = started.elapsed().as_secs_f64();
+    loop {
+        let stats: serde_json::Value = agent
+            .get(format!("{url}/stats"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        if undecided(&stats) == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let decided = started.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "    accepted and ledgered {n} in {accepted:.2} s = {:.0}/s; all decided after {decided:.2} s (the simulated providers answer after 1-2 s)",
+        n as f64 / accepted
+    );
+    n as f64 / accepted
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--test") {
+        return;
+    }
+    let raw = raw_sqlite_inserts(2.0);
+    println!("ceiling: one fsync'd SQLite INSERT per transaction: {raw:.0}/s");
+    for n in [2_000, 10_000] {
+        let (rate, entries) = in_process(n);
+        println!(
+            "in-process: {n} requests decided and committed: {rate:.0}/s ({} target 10,000/s; {:.1}x the one-insert-per-fsync ceiling); {entries} ledger entries, chain verified",
+            if rate >= 10_000.0 { "meets" } else { "MISSES" },
+            rate / raw
+        );
+    }
+    for clients in [4, 16] {
+        let rate = over_http(5_000, clients);
+        println!(
+            "over HTTP ({clients} keep-alive clients on loopback): {rate:.0} submissions/s ({} target 2,000/s)",
+            if rate >= 2_000.0 { "meets" } else { "MISSES" }
+        );
+    }
+}
