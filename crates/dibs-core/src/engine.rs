@@ -100,7 +100,7 @@ pub enum Timer {
 }
 
 /// The terms put to a first-refusal holder: the capacity asked for, and a price.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Solicitation {
     pub holder: ProviderName,
     pub mode: RefusalMode,
@@ -110,7 +110,7 @@ pub struct Solicitation {
 }
 
 /// The capacity a round asks a provider for, in a solicitation or a quote request.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ask {
     pub request: String,
     pub round: u32,

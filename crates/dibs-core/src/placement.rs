@@ -192,7 +192,7 @@ pub struct Verdict {
 }
 
 /// One provider's part of a planned award.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PlannedAllocation {
     pub offer_id: String,
     pub provider: ProviderName,

@@ -118,6 +118,8 @@ pub struct SimulatedProvider {
     reserved: BTreeMap<String, u32>,
     /// Live reservations: allocation -> (offer id, GPUs).
     reservations: BTreeMap<u64, (String, u32)>,
+    /// When each reservation ever made is ready, so a repeat gives the same answer.
+    ready: BTreeMap<u64, Option<Timestamp>>,
     pub behaviour: SimulatedBehaviour,
     /// Price multipliers over time, sorted by instant: quotes use the last step at or before now.
     pub price_steps: Vec<(Timestamp, f64)>,
@@ -131,6 +133,7 @@ impl SimulatedProvider {
             offers,
             reserved: BTreeMap::new(),
             reservations: BTreeMap::new(),
+            ready: BTreeMap::new(),
             behaviour,
             price_steps: Vec::new(),
             rng: fastrand::Rng::with_seed(0),
@@ -257,6 +260,10 @@ impl Provider for SimulatedProvider {
     }
 
     fn reserve(&mut self, allocation: u64, plan: &PlannedAllocation, now: Timestamp) -> Reservation {
+        // A repeated reservation (a retry, or a replay after a restart) changes nothing.
+        if let Some(ready_at) = self.ready.get(&allocation) {
+            return Reservation { ready_at: *ready_at };
+        }
         // A first-refusal allocation names no catalog offer: take from the holder's
         // matching offer in that region with the most free capacity.
         let offer_id = if self.offers.iter().any(|o| o.id == plan.offer_id) {
@@ -276,6 +283,7 @@ impl Provider for SimulatedProvider {
             .behaviour
             .delivery_delay_hours
             .map(|delay| now.plus_hours(f64::from(plan.lead_time_hours) + delay));
+        self.ready.insert(allocation, ready_at);
         Reservation { ready_at }
     }
 

@@ -31,6 +31,7 @@ use dibs_store::{Batch, IdempotentAnswer, NewEntry, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::remote::{Call, Dispatcher};
 use crate::view::{self, RequestView};
 
 /// At most this many commands are decided per commit.
@@ -106,6 +107,11 @@ pub enum Command {
         limit: usize,
         reply: tokio::sync::oneshot::Sender<Reply>,
     },
+    /// A provider's answer, from a worker calling it over HTTP; due at `at` (`None`: now).
+    Input {
+        at: Option<Timestamp>,
+        input: Box<Input>,
+    },
     /// How many requests are in each status.
     Stats {
         reply: tokio::sync::oneshot::Sender<Reply>,
@@ -134,6 +140,19 @@ enum DueKey {
     HolderAnswer { request: String, round: u32 },
     Quotes { request: String, round: u32, provider: String },
     Ready { allocation: u64 },
+}
+
+fn call_key(call: &Call) -> Option<DueKey> {
+    match call {
+        Call::Solicit(s) => Some(DueKey::HolderAnswer { request: s.ask.request.clone(), round: s.ask.round }),
+        Call::Quote { provider, ask } => Some(DueKey::Quotes {
+            request: ask.request.clone(),
+            round: ask.round,
+            provider: provider.to_string(),
+        }),
+        Call::Reserve { allocation, .. } => Some(DueKey::Ready { allocation: *allocation }),
+        Call::Cancel { .. } => None,
+    }
 }
 
 fn key_of(input: &Input) -> Option<DueKey> {
@@ -170,6 +189,12 @@ pub struct Broker {
     next_request: u64,
     /// Idempotency answers recorded in this turn, not yet committed.
     turn_answers: Vec<IdempotentAnswer>,
+    /// Providers reached over HTTP.
+    remote: Option<Dispatcher>,
+    /// While replaying, calls to remote providers are noted here instead of made;
+    /// those still unanswered at the end of the replay are made then.
+    replaying: bool,
+    unanswered: BTreeMap<DueKey, Call>,
 }
 
 /// What replay found.
@@ -188,6 +213,7 @@ impl Broker {
         engine: Engine,
         store: Box<dyn Store>,
         providers: BTreeMap<dibs_core::types::ProviderName, SimulatedProvider>,
+        remote: Option<Dispatcher>,
         clock: Clock,
     ) -> Result<(Self, Recovery), StoreError> {
         let mut broker = Self {
@@ -198,6 +224,9 @@ impl Broker {
             clock,
             next_request: 1,
             turn_answers: Vec::new(),
+            remote,
+            replaying: true,
+            unanswered: BTreeMap::new(),
         };
         let mut recovery = Recovery { entries: 0, inputs: 0, requests: 0, outstanding: 0 };
         // Outstanding calls by key; a recorded input removes its key.
@@ -243,6 +272,7 @@ impl Broker {
                 recovery.inputs += 1;
                 if let Some(key) = key_of(&recorded.input) {
                     outstanding.remove(&key);
+                    broker.unanswered.remove(&key);
                 }
                 if let Input::Submit(request) = &recorded.input {
                     broker.note_request_id(&request.id);
@@ -266,10 +296,17 @@ impl Broker {
                 problem: format!("replay decides {body}, which the ledger does not record"),
             });
         }
-        recovery.outstanding = outstanding.len();
+        recovery.outstanding = outstanding.len() + broker.unanswered.len();
         recovery.requests = broker.engine.requests().count();
         for (_, (at, input)) in outstanding {
             broker.due.push(at, input);
+        }
+        broker.replaying = false;
+        let now = (broker.clock)();
+        if let Some(remote) = &broker.remote {
+            for (_, call) in std::mem::take(&mut broker.unanswered) {
+                remote.send(call, now);
+            }
         }
         Ok((broker, recovery))
     }
@@ -280,9 +317,51 @@ impl Broker {
         }
     }
 
-    /// Carries out one effect against the providers; returns the inputs it will cause.
+    /// Carries out one effect: calls to remote providers go to the
+    /// dispatcher's workers (or, while replaying, onto the unanswered list);
+    /// the rest to the in-process providers. Returns the inputs the
+    /// in-process part will cause.
     fn execute(&mut self, now: Timestamp, effect: &Effect) -> Vec<(Timestamp, Input)> {
-        carry_out(&mut self.providers, &self.engine, now, effect)
+        let Some(remote) = &self.remote else {
+            return carry_out(&mut self.providers, &self.engine, now, effect);
+        };
+        let mut calls = Vec::new();
+        let mut caused = Vec::new();
+        match effect {
+            Effect::Solicit(s) if remote.is_remote(&s.holder) => calls.push(Call::Solicit(s.clone())),
+            Effect::RequestQuotes { providers, ask } => {
+                let (far, near): (Vec<_>, Vec<_>) =
+                    providers.iter().cloned().partition(|p| remote.is_remote(p));
+                calls.extend(far.into_iter().map(|provider| Call::Quote { provider, ask: ask.clone() }));
+                let local = Effect::RequestQuotes { providers: near, ask: ask.clone() };
+                caused = carry_out(&mut self.providers, &self.engine, now, &local);
+            }
+            Effect::Reserve { allocation, plan, .. } if remote.is_remote(&plan.provider) => {
+                calls.push(Call::Reserve { allocation: *allocation, plan: plan.clone() })
+            }
+            Effect::Cancel { allocation, provider, .. } if remote.is_remote(provider) => {
+                calls.push(Call::Cancel { provider: provider.clone(), allocation: *allocation })
+            }
+            Effect::Ledger(event) => {
+                if let dibs_core::ledger::EventKind::AllocationReleased { allocation, .. } = &event.kind
+                    && let Some(a) = self.engine.allocation(*allocation)
+                    && remote.is_remote(&a.plan.provider)
+                {
+                    calls.push(Call::Cancel { provider: a.plan.provider.clone(), allocation: *allocation });
+                }
+                caused = carry_out(&mut self.providers, &self.engine, now, effect);
+            }
+            _ => caused = carry_out(&mut self.providers, &self.engine, now, effect),
+        }
+        for call in calls {
+            if !self.replaying {
+                remote.send(call, now);
+            } else if let Some(key) = call_key(&call) {
+                // Cancels are not remembered: a lost cancel leaves capacity held at the provider.
+                self.unanswered.insert(key, call);
+            }
+        }
+        caused
     }
 
     /// Feeds one input to the engine: records it, and the decisions it
@@ -396,6 +475,10 @@ impl Broker {
                         Ok((200, json!({ "requests": by_status, "pending_inputs": pending }))),
                     ));
                 }
+                Command::Input { at, input } => match at {
+                    Some(at) if at > now => self.due.push(at, *input),
+                    _ => effects.extend(self.apply(now, *input, &mut entries)),
+                },
                 Command::Shutdown => {}
             }
         }

@@ -7,6 +7,8 @@
 
 pub mod broker;
 pub mod http;
+pub mod provider;
+pub mod remote;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -37,6 +39,9 @@ pub struct ServeConfig {
     pub offers: Vec<Offer>,
     /// How the in-process simulated holder answers.
     pub holder: HolderBehaviour,
+    /// Providers reached over HTTP (`dibs provider serve`), by name; the
+    /// others in the catalog run in-process.
+    pub remote_providers: BTreeMap<dibs_core::types::ProviderName, String>,
     pub seed: u64,
     /// The admin token (from `DIBS_ADMIN_TOKEN`); `None`: keep the one made at first start.
     pub admin_token: Option<String>,
@@ -136,15 +141,18 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     let store = open_store(&config.data, config.database.as_deref(), &config.schema)?;
     let reader = open_store(&config.data, config.database.as_deref(), &config.schema)?;
     let engine = Engine::new(config.contracts.clone(), config.offers.clone(), broker::engine_config());
-    let providers = simulated_providers(&config.offers, config.holder, config.seed);
-    let (broker, recovery) = Broker::recover(engine, store, providers, broker::wall_clock())?;
+    let mut providers = simulated_providers(&config.offers, config.holder, config.seed);
+    providers.retain(|name, _| !config.remote_providers.contains_key(name));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let remote = (!config.remote_providers.is_empty())
+        .then(|| remote::Dispatcher::start(config.remote_providers.clone(), tx.clone(), 8));
+    let (broker, recovery) = Broker::recover(engine, store, providers, remote, broker::wall_clock())?;
     let Recovery { entries, inputs, requests, outstanding } = recovery;
     eprintln!(
         "dibs: ledger replayed: {entries} entries, {inputs} inputs, {requests} requests, {outstanding} calls and timers re-armed"
     );
     let (hash, new_token) = admin_token(&config).map_err(|e| format!("admin token: {e}"))?;
 
-    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("dibs-broker".into()).spawn(move || {
         if let Err(e) = broker.run(rx) {
             // The engine may hold decisions the ledger does not: stop; a restart replays the ledger.
@@ -190,5 +198,5 @@ pub fn replay_check(
 ) -> Result<Recovery, StoreError> {
     let engine = Engine::new(contracts, offers.clone(), broker::engine_config());
     let providers = simulated_providers(&offers, HolderBehaviour::Decline, 0);
-    Broker::recover(engine, store, providers, broker::wall_clock()).map(|(_, recovery)| recovery)
+    Broker::recover(engine, store, providers, None, broker::wall_clock()).map(|(_, recovery)| recovery)
 }

@@ -82,7 +82,8 @@ fn in_process(n: usize) -> (f64, u64) {
     let providers = dibs_serve::simulated_providers_with(&offers, behaviour, 1);
     let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
     let engine = Engine::new(contracts, offers, broker::engine_config());
-    let (broker, _) = Broker::recover(engine, Box::new(store), providers, broker::wall_clock()).unwrap();
+    let (broker, _) =
+        Broker::recover(engine, Box::new(store), providers, None, broker::wall_clock()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || broker.run(rx).unwrap());
 

@@ -46,6 +46,9 @@ enum Command {
     /// Submit, show and list requests on a running server (token from DIBS_TOKEN).
     #[command(subcommand)]
     Request(serve::RequestCommand),
+    /// Run a standalone provider for the provider protocol.
+    #[command(subcommand)]
+    Provider(serve::ProviderCommand),
     /// Check a service's ledger.
     #[command(subcommand)]
     Ledger(serve::LedgerCommand),
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(args),
         Command::Request(command) => serve::request(command),
         Command::Ledger(command) => serve::ledger(command),
+        Command::Provider(command) => serve::provider(command),
         Command::Contract(ContractCommand::Check { files, at }) => contract_check(&files, at.as_deref()),
         Command::Catalog(CatalogCommand::Check { paths }) => catalog_check(&paths),
     };

@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use dibs_core::contract;
+use std::collections::BTreeMap;
+
+use dibs_core::types::ProviderName;
 use dibs_providers::HolderBehaviour;
 
 #[derive(Args)]
@@ -38,6 +41,26 @@ pub struct ServeArgs {
     /// Seed for the simulated providers' choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Reach this catalog provider over HTTP (a `dibs provider serve`):
+    /// NAME=URL, repeatable. Providers not named run in-process.
+    #[arg(long = "provider", value_name = "NAME=URL")]
+    providers: Vec<String>,
+}
+
+fn parse_remotes(specs: &[String]) -> Result<BTreeMap<ProviderName, String>> {
+    let mut remotes = BTreeMap::new();
+    for spec in specs {
+        let (name, url) =
+            spec.split_once('=').with_context(|| format!("--provider {spec:?}: expected NAME=URL"))?;
+        let name = ProviderName::new(name).map_err(|e| anyhow::anyhow!("--provider {spec:?}: {e}"))?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("--provider {spec:?}: the URL must start with http:// or https://");
+        }
+        if remotes.insert(name, url.trim_end_matches('/').to_owned()).is_some() {
+            bail!("--provider {spec:?}: that provider was given twice");
+        }
+    }
+    Ok(remotes)
 }
 
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
@@ -48,6 +71,12 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         crate::load_contracts(&args.contracts).map_err(|e| anyhow::anyhow!("{e}"))?
     };
     let catalog = crate::load_catalogs(&args.catalog)?;
+    let remote_providers = parse_remotes(&args.providers)?;
+    for name in remote_providers.keys() {
+        if !catalog.offers.iter().any(|o| &o.provider == name) {
+            bail!("--provider {name}=...: the catalog has no offers from {name}, so no request would ask it");
+        }
+    }
     let admin_token = std::env::var("DIBS_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
     dibs_serve::serve(dibs_serve::ServeConfig {
         listen: args.listen,
@@ -57,6 +86,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         contracts,
         offers: catalog.offers,
         holder,
+        remote_providers,
         seed: args.seed,
         admin_token,
     })
@@ -120,6 +150,7 @@ pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
         }
         Err(e) => {
             println!("replay: MISMATCH: {e}");
+            println!("(the replay needs the --contracts and --catalog the server ran with)");
             Ok(ExitCode::from(1))
         }
     }
@@ -238,4 +269,66 @@ pub fn request(command: RequestCommand) -> Result<ExitCode> {
             call(&server, "GET", &format!("/requests{query}"), None)
         }
     }
+}
+
+#[derive(Subcommand)]
+pub enum ProviderCommand {
+    /// Run a standalone provider that answers the provider protocol over HTTP
+    /// from a catalog, with behaviour and fault knobs.
+    Serve(ProviderServeArgs),
+}
+
+#[derive(Args)]
+pub struct ProviderServeArgs {
+    /// The provider's name, as the catalog spells it (e.g. azure, lambda).
+    #[arg(long)]
+    name: String,
+    /// SkyPilot vms.csv catalogs; default: the bundled table.
+    #[arg(long)]
+    catalog: Vec<PathBuf>,
+    /// Address to listen on (port 0 picks a free one; the URL is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// As a first-refusal holder: accept, decline, silent, partial:N or rate:P.
+    #[arg(long, default_value = "accept")]
+    holder: String,
+    /// Shorthand for --holder rate:P.
+    #[arg(long, conflicts_with = "holder")]
+    accept_rate: Option<f64>,
+    /// Capacity of every offer, in GPUs (default: the catalog's).
+    #[arg(long)]
+    capacity: Option<u32>,
+    /// Wait this many milliseconds before every answer.
+    #[arg(long, default_value_t = 0)]
+    answer_delay_ms: u64,
+    /// Fail this share of calls with HTTP 500 (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Answer every call with HTTP 503.
+    #[arg(long)]
+    down: bool,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+pub fn provider(command: ProviderCommand) -> Result<ExitCode> {
+    let ProviderCommand::Serve(args) = command;
+    let name = ProviderName::new(&args.name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+    let holder_text = args.accept_rate.map_or(args.holder.clone(), |p| format!("rate:{p}"));
+    let holder = HolderBehaviour::parse(&holder_text).map_err(|e| anyhow::anyhow!("--holder: {e}"))?;
+    if !(0.0..=1.0).contains(&args.error_rate) {
+        bail!("--error-rate: {} must be between 0 and 1", args.error_rate);
+    }
+    let catalog = crate::load_catalogs(&args.catalog)?;
+    let knobs = dibs_serve::provider::Knobs {
+        holder,
+        answer_delay: std::time::Duration::from_millis(args.answer_delay_ms),
+        error_rate: args.error_rate,
+        down: args.down,
+        capacity: args.capacity,
+        seed: args.seed,
+    };
+    dibs_serve::provider::serve_provider(name, catalog.offers, &args.listen, knobs)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(ExitCode::SUCCESS)
 }

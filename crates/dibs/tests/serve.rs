@@ -144,7 +144,13 @@ fn streamed_body(n: u32) -> Value {
 }
 
 fn verify_offline(data: &Path) {
-    let output = Command::new(DIBS).args(["ledger", "verify", "--data"]).arg(data).output().unwrap();
+    verify_offline_with(data, &[]);
+}
+
+/// `dibs ledger verify`, given the configuration the server ran with.
+fn verify_offline_with(data: &Path, args: &[&str]) {
+    let output =
+        Command::new(DIBS).args(["ledger", "verify", "--data"]).arg(data).args(args).output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "dibs ledger verify: {text}");
     assert!(text.contains("replay: ok"), "{text}");
@@ -359,4 +365,152 @@ fn two_replicas_share_postgresql_and_the_standby_takes_over_when_the_leader_dies
     assert_eq!((status, &verified["ok"]), (200, &json!(true)), "{verified}");
     drop(replica);
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+}
+
+/// A running `dibs provider serve`; killed when dropped.
+struct ProviderProcess {
+    child: Child,
+    url: String,
+}
+
+impl ProviderProcess {
+    fn start(name: &str, catalog: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(DIBS)
+            .args(["provider", "serve", "--name", name, "--catalog"])
+            .arg(catalog)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dibs provider serve starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().expect("dibs provider serve prints its URL").unwrap();
+            if let Some((_, url)) = line.split_once(" serving on ") {
+                break url.to_owned();
+            }
+        };
+        Self { child, url }
+    }
+}
+
+impl Drop for ProviderProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The bundled price table cut down to some providers, as a catalog file.
+fn catalog_of(dir: &Path, providers: &[&str]) -> std::path::PathBuf {
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dibs-core/data/bundled_prices.csv");
+    let text = std::fs::read_to_string(bundled).unwrap();
+    let mut lines = text.lines();
+    let mut out = vec![lines.next().unwrap().to_owned()];
+    out.extend(
+        lines.filter(|l| providers.iter().any(|p| l.starts_with(&format!("{p},")))).map(str::to_owned),
+    );
+    let path = dir.join("some_vms.csv");
+    std::fs::write(&path, out.join("\n") + "\n").unwrap();
+    path
+}
+
+#[test]
+fn the_holder_declines_and_two_providers_quote_over_the_provider_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three market providers: under the 40% cap two could place at most 80% of a request.
+    let catalog = catalog_of(dir.path(), &["azure", "lambda", "nebius", "aws"]);
+    let azure = ProviderProcess::start("azure", &catalog, &["--holder", "decline"]);
+    let lambda = ProviderProcess::start("lambda", &catalog, &[]);
+    let nebius = ProviderProcess::start("nebius", &catalog, &["--answer-delay-ms", "300"]);
+    let aws = ProviderProcess::start("aws", &catalog, &[]);
+    let data = dir.path().join("data");
+    let server = Server::start(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--provider",
+        &format!("azure={}", azure.url),
+        "--provider",
+        &format!("lambda={}", lambda.url),
+        "--provider",
+        &format!("nebius={}", nebius.url),
+        "--provider",
+        &format!("aws={}", aws.url),
+    ]);
+    let (status, submitted) = call(&server.url, "POST", "/requests", Some(&request_body(128)), None);
+    assert_eq!(status, 201, "{submitted}");
+    let id = submitted["id"].as_str().unwrap();
+    let awarded = wait_for(&server.url, id, |r| r["status"] != "first_refusal" && r["status"] != "market");
+    assert_eq!(awarded["status"], "provisioning", "{awarded}");
+
+    let entries = ledger(&server.url);
+    let answered = entries.iter().find(|e| e["kind"] == "holder_answered").expect("the holder answered");
+    assert_eq!(answered["body"]["outcome"], "declined", "{answered}");
+    let quoted: BTreeSet<&str> = entries
+        .iter()
+        .filter(|e| e["kind"] == "input" && e["body"]["input"] == "quotes")
+        .filter(|e| !e["body"]["offers"].as_array().unwrap().is_empty())
+        .map(|e| e["body"]["provider"].as_str().unwrap())
+        .collect();
+    assert!(quoted.contains("lambda") && quoted.contains("nebius"), "quotes came from {quoted:?}");
+    let allocations = awarded["allocations"].as_array().unwrap();
+    assert!(allocations.iter().all(|a| a["via"] == "market"), "{awarded}");
+    let winners: BTreeSet<&str> = allocations.iter().map(|a| a["provider"].as_str().unwrap()).collect();
+    assert!(winners.len() >= 2, "{awarded}");
+    let (status, verified) = call(&server.url, "GET", "/ledger/verify", None, None);
+    assert_eq!((status, &verified["ok"]), (200, &json!(true)), "{verified}");
+    drop(server);
+    verify_offline_with(&data, &["--catalog", catalog.to_str().unwrap()]);
+}
+
+#[test]
+fn a_provider_that_is_down_or_answers_garbage_does_not_hold_a_request_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog_of(dir.path(), &["azure", "lambda", "nebius", "aws"]);
+    let azure = ProviderProcess::start("azure", &catalog, &["--holder", "decline"]);
+    let lambda = ProviderProcess::start("lambda", &catalog, &["--down"]);
+    let nebius = ProviderProcess::start("nebius", &catalog, &["--error-rate", "1"]);
+    // Not a provider at all: answers every call with a page of HTML.
+    let garbage = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let garbage_url = format!("http://{}", garbage.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in garbage.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut stream = stream;
+            let mut buffer = [0u8; 8192];
+            let _ = stream.read(&mut buffer);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 13\r\nconnection: close\r\n\r\n<html></html>",
+            );
+        }
+    });
+    let data = dir.path().join("data");
+    let server = Server::start(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--provider",
+        &format!("azure={}", azure.url),
+        "--provider",
+        &format!("lambda={}", lambda.url),
+        "--provider",
+        &format!("nebius={}", nebius.url),
+        "--provider",
+        &format!("aws={garbage_url}"),
+    ]);
+    let started = Instant::now();
+    let (status, submitted) = call(&server.url, "POST", "/requests", Some(&request_body(64)), None);
+    assert_eq!(status, 201, "{submitted}");
+    let id = submitted["id"].as_str().unwrap();
+    // The quote window is an hour; the request is decided in seconds because
+    // failed providers count as having quoted nothing.
+    let decided = wait_for(&server.url, id, |r| r["status"] != "first_refusal" && r["status"] != "market");
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert_eq!(decided["status"], "unfilled", "nobody could supply: {decided}");
+    assert!(decided["allocations"].as_array().unwrap().is_empty(), "{decided}");
+    let (status, verified) = call(&server.url, "GET", "/ledger/verify", None, None);
+    assert_eq!((status, &verified["ok"]), (200, &json!(true)), "{verified}");
 }

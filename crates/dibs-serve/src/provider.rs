@@ -1,0 +1,177 @@
+//! `dibs provider serve`: a standalone provider that speaks the provider
+//! protocol over HTTP and answers from a catalog, with knobs for behaviour
+//! and faults. The wire types are the engine's own (`Solicitation`, `Ask`,
+//! `PlannedAllocation`, `Offer`, `HolderAnswer`) as JSON.
+//!
+//! | call            | request body                     | response body              |
+//! |-----------------|----------------------------------|----------------------------|
+//! | `POST /solicit` | `Solicitation`                   | `{"answer": HolderAnswer \| null}` (null: silent) |
+//! | `POST /quote`   | `Ask`                            | `{"offers": [Offer]}`      |
+//! | `POST /reserve` | `{"allocation", "plan"}`         | `{"ready_at": unix \| null}` |
+//! | `POST /cancel`  | `{"allocation"}`                 | `{}`                       |
+//! | `GET /health`   |                                  | `{"status": "ok"}`         |
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use dibs_core::engine::{Ask, Solicitation};
+use dibs_core::placement::PlannedAllocation;
+use dibs_core::types::{Offer, ProviderName, Timestamp};
+use dibs_providers::{HolderBehaviour, Provider, SimulatedBehaviour, SimulatedProvider};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Behaviour and fault knobs of a standalone provider.
+#[derive(Debug, Clone)]
+pub struct Knobs {
+    pub holder: HolderBehaviour,
+    /// Every answer waits this long first.
+    pub answer_delay: Duration,
+    /// This share of calls fails with HTTP 500.
+    pub error_rate: f64,
+    /// Every call fails with HTTP 503.
+    pub down: bool,
+    /// Overrides every offer's capacity, in GPUs.
+    pub capacity: Option<u32>,
+    pub seed: u64,
+}
+
+struct ProviderState {
+    provider: Mutex<SimulatedProvider>,
+    rng: Mutex<fastrand::Rng>,
+    knobs: Knobs,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ReserveBody {
+    pub allocation: u64,
+    pub plan: PlannedAllocation,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct CancelBody {
+    pub allocation: u64,
+}
+
+pub fn router(name: ProviderName, offers: Vec<Offer>, knobs: Knobs) -> Router {
+    let offers = offers
+        .into_iter()
+        .filter(|o| o.provider == name)
+        .map(|o| Offer { gpus_available: knobs.capacity.unwrap_or(o.gpus_available), ..o })
+        .collect();
+    // Answers go out in the HTTP response; the answer delay is the response's.
+    let behaviour = SimulatedBehaviour {
+        holder: knobs.holder,
+        answer_hours: 0.0,
+        quote_hours: 0.0,
+        ..SimulatedBehaviour::default()
+    };
+    let mut provider = SimulatedProvider::new(name, offers, behaviour);
+    provider.seed(knobs.seed);
+    let state = Arc::new(ProviderState {
+        provider: Mutex::new(provider),
+        rng: Mutex::new(fastrand::Rng::with_seed(knobs.seed)),
+        knobs,
+    });
+    Router::new()
+        .route("/health", get(health))
+        .route("/solicit", post(solicit))
+        .route("/quote", post(quote))
+        .route("/reserve", post(reserve))
+        .route("/cancel", post(cancel))
+        .with_state(state)
+}
+
+fn now() -> Timestamp {
+    let seconds =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    Timestamp::from_unix(seconds)
+}
+
+/// Applies the fault knobs: `Some(response)` when this call fails.
+async fn fault(state: &ProviderState) -> Option<Response> {
+    if state.knobs.down {
+        return Some((StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "down" }))).into_response());
+    }
+    if !state.knobs.answer_delay.is_zero() {
+        tokio::time::sleep(state.knobs.answer_delay).await;
+    }
+    let failed = state.rng.lock().map(|mut r| r.f64() < state.knobs.error_rate).unwrap_or(false);
+    failed.then(|| {
+        (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": "injected fault" }))).into_response()
+    })
+}
+
+async fn health(State(state): State<Arc<ProviderState>>) -> Response {
+    if state.knobs.down {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "down" }))).into_response();
+    }
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn solicit(State(state): State<Arc<ProviderState>>, Json(s): Json<Solicitation>) -> Response {
+    if let Some(failed) = fault(&state).await {
+        return failed;
+    }
+    let reply = state.provider.lock().expect("no panics while holding the provider").solicit(&s, now());
+    Json(json!({ "answer": reply.answer })).into_response()
+}
+
+async fn quote(State(state): State<Arc<ProviderState>>, Json(ask): Json<Ask>) -> Response {
+    if let Some(failed) = fault(&state).await {
+        return failed;
+    }
+    let (offers, _) = state.provider.lock().expect("no panics while holding the provider").quote(&ask, now());
+    Json(json!({ "offers": offers })).into_response()
+}
+
+async fn reserve(State(state): State<Arc<ProviderState>>, Json(body): Json<ReserveBody>) -> Response {
+    if let Some(failed) = fault(&state).await {
+        return failed;
+    }
+    let reservation = state.provider.lock().expect("no panics while holding the provider").reserve(
+        body.allocation,
+        &body.plan,
+        now(),
+    );
+    Json(json!({ "ready_at": reservation.ready_at })).into_response()
+}
+
+async fn cancel(State(state): State<Arc<ProviderState>>, Json(body): Json<CancelBody>) -> Response {
+    if let Some(failed) = fault(&state).await {
+        return failed;
+    }
+    state.provider.lock().expect("no panics while holding the provider").cancel(body.allocation);
+    Json(json!({})).into_response()
+}
+
+/// Serves one provider until Ctrl-C; prints its URL once listening.
+pub fn serve_provider(
+    name: ProviderName,
+    offers: Vec<Offer>,
+    listen: &str,
+    knobs: Knobs,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if !offers.iter().any(|o| o.provider == name) {
+        return Err(format!("--name {name}: the catalog has no offers from {name}").into());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("--listen {listen}: {e}"))?;
+        println!("provider {name} serving on http://{}", listener.local_addr()?);
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        axum::serve(listener, router(name, offers, knobs))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok(())
+    })
+}
