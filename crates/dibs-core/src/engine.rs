@@ -374,6 +374,16 @@ impl Engine {
         self.allocations.range(first..).map(|(_, a)| a)
     }
 
+    /// Open incidents: id, provider, and region (`None`: the whole provider).
+    pub fn open_incidents(&self) -> impl Iterator<Item = (&str, &ProviderName, Option<&Region>)> {
+        self.incidents.iter().map(|(id, i)| (id.as_str(), &i.provider, i.region.as_ref()))
+    }
+
+    /// Whether a provider published offers (so requests may ask it).
+    pub fn publishes(&self, provider: &ProviderName) -> bool {
+        self.published.contains_key(provider)
+    }
+
     pub fn contracts(&self) -> &ContractSet {
         &self.contracts
     }

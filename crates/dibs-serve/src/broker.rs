@@ -112,6 +112,26 @@ pub enum Command {
         at: Option<Timestamp>,
         input: Box<Input>,
     },
+    /// Report an incident on a provider (or one of its regions).
+    OpenIncident {
+        provider: String,
+        region: Option<String>,
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+    ResolveIncident {
+        id: String,
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+    Incidents {
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+    /// Allocations in id order after `after`, of one provider if given.
+    Allocations {
+        provider: Option<String>,
+        after: u64,
+        limit: usize,
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
     /// How many requests are in each status.
     Stats {
         reply: tokio::sync::oneshot::Sender<Reply>,
@@ -187,6 +207,7 @@ pub struct Broker {
     due: TimeQueue<Input>,
     clock: Clock,
     next_request: u64,
+    next_incident: u64,
     /// Idempotency answers recorded in this turn, not yet committed.
     turn_answers: Vec<IdempotentAnswer>,
     /// Providers reached over HTTP.
@@ -223,6 +244,7 @@ impl Broker {
             due: TimeQueue::default(),
             clock,
             next_request: 1,
+            next_incident: 1,
             turn_answers: Vec::new(),
             remote,
             replaying: true,
@@ -276,6 +298,11 @@ impl Broker {
                 }
                 if let Input::Submit(request) = &recorded.input {
                     broker.note_request_id(&request.id);
+                }
+                if let Input::IncidentOpened { id, .. } = &recorded.input
+                    && let Some(n) = id.strip_prefix("inc-").and_then(|n| n.parse::<u64>().ok())
+                {
+                    broker.next_incident = broker.next_incident.max(n + 1);
                 }
                 let effects = broker.engine.handle(recorded.at, recorded.input);
                 for effect in effects {
@@ -475,6 +502,43 @@ impl Broker {
                         Ok((200, json!({ "requests": by_status, "pending_inputs": pending }))),
                     ));
                 }
+                Command::OpenIncident { provider, region, reply } => {
+                    let answer = self.open_incident(now, provider, region, &mut entries, &mut effects);
+                    replies.push((reply, answer));
+                }
+                Command::ResolveIncident { id, reply } => {
+                    let answer = if self.engine.open_incidents().any(|(open, ..)| open == id) {
+                        effects.extend(self.apply(
+                            now,
+                            Input::IncidentResolved { id: id.clone() },
+                            &mut entries,
+                        ));
+                        Ok((200, json!({ "id": id, "resolved": true })))
+                    } else {
+                        Err(ApiError::new(404, format!("no open incident {id:?}")))
+                    };
+                    replies.push((reply, answer));
+                }
+                Command::Incidents { reply } => {
+                    let open: Vec<_> = self
+                        .engine
+                        .open_incidents()
+                        .map(|(id, provider, region)| json!({ "id": id, "provider": provider, "region": region }))
+                        .collect();
+                    replies.push((reply, Ok((200, json!({ "incidents": open })))));
+                }
+                Command::Allocations { provider, after, limit, reply } => {
+                    let list: Vec<view::AllocationView> = self
+                        .engine
+                        .allocations_from(after + 1)
+                        .filter(|a| provider.as_deref().is_none_or(|p| a.plan.provider.as_str() == p))
+                        .take(limit.min(MAX_LIST))
+                        .map(view::allocation)
+                        .collect();
+                    let next =
+                        (list.len() == limit.min(MAX_LIST)).then(|| list.last().map(|a| a.id)).flatten();
+                    replies.push((reply, Ok((200, json!({ "allocations": list, "next_after": next })))));
+                }
                 Command::Input { at, input } => match at {
                     Some(at) if at > now => self.due.push(at, *input),
                     _ => effects.extend(self.apply(now, *input, &mut entries)),
@@ -498,6 +562,32 @@ impl Broker {
             }
         }
         Ok(())
+    }
+
+    fn open_incident(
+        &mut self,
+        now: Timestamp,
+        provider: String,
+        region: Option<String>,
+        entries: &mut Vec<NewEntry>,
+        effects: &mut Vec<Effect>,
+    ) -> Reply {
+        let provider = dibs_core::types::ProviderName::new(&provider)
+            .map_err(|e| ApiError::field(422, "provider", e.to_string()))?;
+        if !self.engine.publishes(&provider) {
+            return Err(ApiError::field(422, "provider", format!("{provider} publishes no offers here")));
+        }
+        let region = region
+            .map(|r| {
+                dibs_core::types::Region::new(&r).map_err(|e| ApiError::field(422, "region", e.to_string()))
+            })
+            .transpose()?;
+        let id = format!("inc-{}", self.next_incident);
+        self.next_incident += 1;
+        let input =
+            Input::IncidentOpened { id: id.clone(), provider: provider.clone(), region: region.clone() };
+        effects.extend(self.apply(now, input, entries));
+        Ok((201, json!({ "id": id, "provider": provider, "region": region })))
     }
 
     fn view(&self, id: &str) -> serde_json::Value {

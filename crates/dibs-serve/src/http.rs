@@ -28,6 +28,8 @@ pub struct AppState {
     pub reader: Mutex<Box<dyn Store>>,
     /// SHA-256 of the admin token.
     pub admin_token_hash: [u8; 32],
+    /// Roles of tokens looked up so far, by hash.
+    pub roles: Mutex<std::collections::HashMap<[u8; 32], Role>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -37,6 +39,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/requests/{id}", get(show))
         .route("/v1/requests/{id}/cancel", post(cancel))
         .route("/v1/stats", get(stats))
+        .route("/v1/allocations", get(allocations))
+        .route("/v1/incidents", post(open_incident).get(incidents))
+        .route("/v1/incidents/{id}/resolve", post(resolve_incident))
+        .route("/v1/tokens", post(create_token))
+        .route("/v1/provider/events", get(provider_events))
         .route("/v1/ledger", get(ledger))
         .route("/v1/ledger/verify", get(verify))
         .fallback(|| async { error(ApiError::new(404, "no such endpoint")) })
@@ -62,8 +69,65 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// The caller's scope (for idempotency keys), or an error response.
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+/// What a token may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Everything, including tokens and incidents.
+    Admin,
+    /// Submit, cancel and read requests and allocations.
+    Requester,
+    /// Read everything, change nothing.
+    Auditor,
+    /// See only what was sent to this provider.
+    Provider(String),
+}
+
+impl Role {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "admin" => Some(Self::Admin),
+            "requester" => Some(Self::Requester),
+            "auditor" => Some(Self::Auditor),
+            _ => text
+                .strip_prefix("provider:")
+                .filter(|name| dibs_core::types::ProviderName::new(name).is_ok())
+                .map(|name| Self::Provider(name.to_owned())),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Self::Admin => "admin".into(),
+            Self::Requester => "requester".into(),
+            Self::Auditor => "auditor".into(),
+            Self::Provider(name) => format!("provider:{name}"),
+        }
+    }
+}
+
+/// Which roles an endpoint admits.
+#[derive(Clone, Copy)]
+enum Access {
+    /// Admin only.
+    Admin,
+    /// Admin and requesters: changes to requests.
+    Request,
+    /// Admin, requesters and auditors: reading requests and allocations.
+    Read,
+    /// Admin and auditors: the ledger.
+    Audit,
+    /// Providers only: their own view.
+    Provider,
+}
+
+struct Caller {
+    role: Role,
+    /// Idempotency keys are scoped to the token.
+    scope: String,
+}
+
+/// Who is calling, if they may call this endpoint.
+fn authenticate(state: &AppState, headers: &HeaderMap, access: Access) -> Result<Caller, ApiError> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -72,10 +136,42 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErro
     let hash = token_hash(token.trim());
     // Compare every byte, whatever the first difference.
     let differs = hash.iter().zip(state.admin_token_hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    if differs != 0 {
-        return Err(ApiError::field(401, "Authorization", "unknown token"));
+    let role = if differs == 0 {
+        Role::Admin
+    } else {
+        let cached = state.roles.lock().ok().and_then(|r| r.get(&hash).cloned());
+        match cached {
+            Some(role) => role,
+            None => {
+                let found = state
+                    .reader
+                    .lock()
+                    .map_err(|_| ApiError::new(503, "token store unavailable"))?
+                    .token_role(&dibs_core::ledger::hex(&hash))
+                    .map_err(|e| ApiError::new(503, e.to_string()))?;
+                let role = found
+                    .as_deref()
+                    .and_then(Role::parse)
+                    .ok_or_else(|| ApiError::field(401, "Authorization", "unknown token"))?;
+                if let Ok(mut roles) = state.roles.lock() {
+                    roles.insert(hash, role.clone());
+                }
+                role
+            }
+        }
+    };
+    let allowed = match (access, &role) {
+        (_, Role::Admin) => !matches!(access, Access::Provider),
+        (Access::Request, Role::Requester) => true,
+        (Access::Read, Role::Requester | Role::Auditor) => true,
+        (Access::Audit, Role::Auditor) => true,
+        (Access::Provider, Role::Provider(_)) => true,
+        _ => false,
+    };
+    if !allowed {
+        return Err(ApiError::new(403, format!("a {} token may not do this", role.name())));
     }
-    Ok("admin".to_owned())
+    Ok(Caller { role, scope: dibs_core::ledger::hex(&hash) })
 }
 
 async fn ask(
@@ -98,8 +194,8 @@ async fn health() -> Response {
 }
 
 async fn submit(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let scope = match authenticate(&state, &headers) {
-        Ok(scope) => scope,
+    let scope = match authenticate(&state, &headers, Access::Request) {
+        Ok(caller) => caller.scope,
         Err(e) => return error(e),
     };
     let parsed: SubmitBody = match serde_json::from_slice(&body) {
@@ -141,7 +237,7 @@ async fn list(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(e) = authenticate(&state, &headers) {
+    if let Err(e) = authenticate(&state, &headers, Access::Read) {
         return error(e);
     }
     let Query(q) = match query {
@@ -156,21 +252,21 @@ async fn list(
 }
 
 async fn show(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(e) = authenticate(&state, &headers) {
+    if let Err(e) = authenticate(&state, &headers, Access::Read) {
         return error(e);
     }
     ask(&state, |reply| Command::Get { id, reply }).await
 }
 
 async fn cancel(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(e) = authenticate(&state, &headers) {
+    if let Err(e) = authenticate(&state, &headers, Access::Request) {
         return error(e);
     }
     ask(&state, |reply| Command::Cancel { id, reply }).await
 }
 
 async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers) {
+    if let Err(e) = authenticate(&state, &headers, Access::Read) {
         return error(e);
     }
     ask(&state, |reply| Command::Stats { reply }).await
@@ -188,7 +284,7 @@ async fn ledger(
     headers: HeaderMap,
     query: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(e) = authenticate(&state, &headers) {
+    if let Err(e) = authenticate(&state, &headers, Access::Audit) {
         return error(e);
     }
     let Query(q) = match query {
@@ -231,7 +327,7 @@ async fn ledger(
 }
 
 async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers) {
+    if let Err(e) = authenticate(&state, &headers, Access::Audit) {
         return error(e);
     }
     let state2 = state.clone();
@@ -246,6 +342,191 @@ async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
         Ok(Err(e)) => {
             (StatusCode::CONFLICT, Json(json!({ "ok": false, "error": e.to_string() }))).into_response()
         }
+        Err(e) => error(ApiError::new(500, e.to_string())),
+    }
+}
+
+/// Parses a JSON body, naming the field at fault.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let field = e.to_string().split('`').nth(1).map(str::to_owned);
+        ApiError { status: 422, error: format!("request body: {e}"), field }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllocationsQuery {
+    provider: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn allocations(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<AllocationsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(e) = authenticate(&state, &headers, Access::Read) {
+        return error(e);
+    }
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(ApiError::new(400, format!("query: {}", e.body_text()))),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > crate::broker::MAX_LIST {
+        return error(ApiError::field(400, "limit", format!("must be 1 to {}", crate::broker::MAX_LIST)));
+    }
+    let after = q.after.unwrap_or(0);
+    ask(&state, |reply| Command::Allocations { provider: q.provider, after, limit, reply }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncidentBody {
+    provider: String,
+    #[serde(default)]
+    region: Option<String>,
+}
+
+async fn open_incident(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(e) = authenticate(&state, &headers, Access::Admin) {
+        return error(e);
+    }
+    let body: IncidentBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(e) => return error(e),
+    };
+    ask(&state, |reply| Command::OpenIncident { provider: body.provider, region: body.region, reply }).await
+}
+
+async fn resolve_incident(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(e) = authenticate(&state, &headers, Access::Admin) {
+        return error(e);
+    }
+    ask(&state, |reply| Command::ResolveIncident { id, reply }).await
+}
+
+async fn incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authenticate(&state, &headers, Access::Read) {
+        return error(e);
+    }
+    ask(&state, |reply| Command::Incidents { reply }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    role: String,
+}
+
+async fn create_token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(e) = authenticate(&state, &headers, Access::Admin) {
+        return error(e);
+    }
+    let body: TokenBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(e) => return error(e),
+    };
+    let Some(role) = Role::parse(&body.role) else {
+        return error(ApiError::field(422, "role", "expected admin, requester, auditor or provider:NAME"));
+    };
+    let token = match new_token() {
+        Ok(t) => t,
+        Err(e) => return error(ApiError::new(500, e.to_string())),
+    };
+    let hash = dibs_core::ledger::hex(&token_hash(&token));
+    let stored =
+        state.reader.lock().map_err(|_| ApiError::new(503, "token store unavailable")).and_then(|mut s| {
+            s.add_token(&hash, &role.name()).map_err(|e| ApiError::new(503, e.to_string()))
+        });
+    match stored {
+        Ok(()) => (StatusCode::CREATED, Json(json!({ "token": token, "role": role.name() }))).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+/// A new random token: "dibs_" and 48 hex digits.
+pub fn new_token() -> Result<String, getrandom::Error> {
+    let mut secret = [0u8; 24];
+    getrandom::fill(&mut secret)?;
+    Ok(std::iter::once("dibs_".to_owned()).chain(secret.iter().map(|b| format!("{b:02x}"))).collect())
+}
+
+/// What one provider may see of a ledger entry: `None` when nothing.
+/// A provider sees the solicitations sent to it, the quote requests that
+/// name it (not who else was asked), its own quotes, and its own
+/// allocations; never a competitor's offer, price or award.
+pub fn provider_view(entry: &dibs_store::Entry, provider: &str) -> Option<serde_json::Value> {
+    let body: serde_json::Value = serde_json::from_str(&entry.body).ok()?;
+    let mine = |v: &serde_json::Value| v.get("provider").and_then(|p| p.as_str()) == Some(provider);
+    let view = match entry.kind.as_str() {
+        "solicited" if body.get("holder").and_then(|h| h.as_str()) == Some(provider) => body,
+        "quotes_requested"
+            if body
+                .get("providers")
+                .and_then(|p| p.as_array())
+                .is_some_and(|ps| ps.iter().any(|p| p == provider)) =>
+        {
+            json!({ "kind": "quotes_requested", "request": body["request"], "round": body["round"], "respond_by": body["respond_by"] })
+        }
+        "input" if body.get("input").and_then(|i| i.as_str()) == Some("quotes") && mine(&body) => body,
+        "awarded" => {
+            let allocations: Vec<serde_json::Value> =
+                body.get("allocations")?.as_array()?.iter().filter(|a| mine(a)).cloned().collect();
+            if allocations.is_empty() {
+                return None;
+            }
+            json!({ "kind": "awarded", "request": body["request"], "round": body["round"], "allocations": allocations })
+        }
+        _ => return None,
+    };
+    Some(json!({ "seq": entry.seq, "at": entry.at, "kind": entry.kind, "body": view }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    after: Option<u64>,
+}
+
+/// The provider-facing feed: what was sent to the calling provider, from
+/// the ledger, a page of up to MAX_PAGE ledger entries scanned per call.
+async fn provider_events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let caller = match authenticate(&state, &headers, Access::Provider) {
+        Ok(c) => c,
+        Err(e) => return error(e),
+    };
+    let Role::Provider(name) = caller.role else { return error(ApiError::new(403, "providers only")) };
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(ApiError::new(400, format!("query: {}", e.body_text()))),
+    };
+    let after = q.after.unwrap_or(0);
+    let state2 = state.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        let mut reader =
+            state2.reader.lock().expect("the reader lock is never poisoned by a panic-free reader");
+        reader.entries(after, MAX_PAGE)
+    })
+    .await;
+    match page {
+        Ok(Ok(entries)) => {
+            let next = (entries.len() == MAX_PAGE).then(|| entries.last().map(|e| e.seq)).flatten();
+            let events: Vec<serde_json::Value> =
+                entries.iter().filter_map(|e| provider_view(e, &name)).collect();
+            Json(json!({ "events": events, "next_after": next })).into_response()
+        }
+        Ok(Err(e)) => error(ApiError::new(503, e.to_string())),
         Err(e) => error(ApiError::new(500, e.to_string())),
     }
 }

@@ -108,10 +108,7 @@ fn admin_token(config: &ServeConfig) -> std::io::Result<([u8; 32], Option<String
             path.display()
         )));
     }
-    let mut secret = [0u8; 24];
-    getrandom::fill(&mut secret).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let token: String =
-        std::iter::once("dibs_".to_owned()).chain(secret.iter().map(|b| format!("{b:02x}"))).collect();
+    let token = http::new_token().map_err(|e| std::io::Error::other(e.to_string()))?;
     let hash = http::token_hash(&token);
     let temporary = path.with_extension("tmp");
     std::fs::write(&temporary, dibs_core::ledger::hex(&hash))?;
@@ -164,6 +161,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         commands: Mutex::new(tx.clone()),
         reader: Mutex::new(reader),
         admin_token_hash: hash,
+        roles: Mutex::new(std::collections::HashMap::new()),
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

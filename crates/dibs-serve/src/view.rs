@@ -1,7 +1,7 @@
 //! What the API shows of a request. Its own structs, so the engine's types
 //! can change without changing the API.
 
-use dibs_core::engine::{Engine, RequestState};
+use dibs_core::engine::{Allocation, Engine, RequestState};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -21,6 +21,7 @@ pub struct RequestView {
 #[derive(Debug, Clone, Serialize)]
 pub struct AllocationView {
     pub id: u64,
+    pub request: String,
     pub provider: String,
     pub region: String,
     pub accelerator: String,
@@ -53,26 +54,31 @@ pub fn request(engine: &Engine, state: &RequestState) -> RequestView {
             .allocations
             .iter()
             .filter_map(|id| engine.allocation(*id))
-            .map(|a| AllocationView {
-                id: a.id,
-                provider: a.plan.provider.to_string(),
-                region: a.plan.region.to_string(),
-                accelerator: a.plan.accelerator.to_string(),
-                gpus: a.plan.gpus,
-                price_per_gpu_hour: a.plan.price.get(),
-                via: a.via.clone(),
-                state: serde_json::to_value(a.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-                promised: a.promised.to_string(),
-                ready_at: a.ready_at.map(|t| t.to_string()),
-            })
+            .map(allocation)
             .collect(),
         unfilled: state
             .unfilled_reason
             .as_ref()
             .map(|reason| UnfilledView { gpus: state.unfilled_gpus, reason: reason.clone() }),
+    }
+}
+
+pub fn allocation(a: &Allocation) -> AllocationView {
+    AllocationView {
+        id: a.id,
+        request: a.request.clone(),
+        provider: a.plan.provider.to_string(),
+        region: a.plan.region.to_string(),
+        accelerator: a.plan.accelerator.to_string(),
+        gpus: a.plan.gpus,
+        price_per_gpu_hour: a.plan.price.get(),
+        via: a.via.clone(),
+        state: serde_json::to_value(a.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        promised: a.promised.to_string(),
+        ready_at: a.ready_at.map(|t| t.to_string()),
     }
 }
 

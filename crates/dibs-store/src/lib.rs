@@ -97,6 +97,10 @@ pub trait Store: Send {
     fn head(&mut self) -> Result<(u64, [u8; 32]), StoreError>;
     /// The answer recorded under (scope, key), if any.
     fn answer(&mut self, scope: &str, key: &str) -> Result<Option<IdempotentAnswer>, StoreError>;
+    /// Records an API token by the hex SHA-256 of its secret (the secret is never stored).
+    fn add_token(&mut self, hash: &str, role: &str) -> Result<(), StoreError>;
+    /// The role of the token with this hash, if there is one.
+    fn token_role(&mut self, hash: &str) -> Result<Option<String>, StoreError>;
 }
 
 /// Chains a batch onto (`length`, `head`): the entries as they will be stored.

@@ -47,6 +47,10 @@ impl PostgresStore {
                  status INTEGER NOT NULL,
                  response TEXT NOT NULL,
                  PRIMARY KEY (scope, key)
+             );
+             CREATE TABLE IF NOT EXISTS tokens (
+                 hash TEXT PRIMARY KEY,
+                 role TEXT NOT NULL
              );"
         ))?;
         tx.commit()?;
@@ -131,6 +135,16 @@ impl Store for PostgresStore {
 
     fn head(&mut self) -> Result<(u64, [u8; 32]), StoreError> {
         read_head(&mut self.client)
+    }
+
+    fn add_token(&mut self, hash: &str, role: &str) -> Result<(), StoreError> {
+        self.client.execute("INSERT INTO tokens (hash, role) VALUES ($1, $2)", &[&hash, &role])?;
+        Ok(())
+    }
+
+    fn token_role(&mut self, hash: &str) -> Result<Option<String>, StoreError> {
+        let row = self.client.query_opt("SELECT role FROM tokens WHERE hash = $1", &[&hash])?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     fn answer(&mut self, scope: &str, key: &str) -> Result<Option<IdempotentAnswer>, StoreError> {

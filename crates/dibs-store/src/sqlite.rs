@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
     response TEXT NOT NULL,
     PRIMARY KEY (scope, key)
 );
+CREATE TABLE IF NOT EXISTS tokens (
+    hash TEXT PRIMARY KEY,
+    role TEXT NOT NULL
+);
 ";
 
 pub struct SqliteStore {
@@ -132,6 +136,18 @@ impl Store for SqliteStore {
 
     fn head(&mut self) -> Result<(u64, [u8; 32]), StoreError> {
         read_head(&self.connection)
+    }
+
+    fn add_token(&mut self, hash: &str, role: &str) -> Result<(), StoreError> {
+        self.connection.execute("INSERT INTO tokens (hash, role) VALUES (?1, ?2)", params![hash, role])?;
+        Ok(())
+    }
+
+    fn token_role(&mut self, hash: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .connection
+            .query_row("SELECT role FROM tokens WHERE hash = ?1", params![hash], |r| r.get(0))
+            .optional()?)
     }
 
     fn answer(&mut self, scope: &str, key: &str) -> Result<Option<IdempotentAnswer>, StoreError> {

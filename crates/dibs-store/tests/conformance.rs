@@ -181,6 +181,15 @@ fn concurrent_writers_keep_one_chain(backend: &dyn Backend) {
     assert_eq!(verified.entries, 4 * 10 * 3);
 }
 
+fn tokens_are_kept_by_hash(backend: &dyn Backend) {
+    let mut store = backend.open();
+    assert_eq!(store.token_role("h1").unwrap(), None);
+    store.add_token("h1", "provider:azure").unwrap();
+    assert!(store.add_token("h1", "admin").is_err(), "one hash, one role");
+    let mut again = backend.open();
+    assert_eq!(again.token_role("h1").unwrap().as_deref(), Some("provider:azure"));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -206,4 +215,5 @@ conformance!(
     a_reused_key_commits_nothing,
     verify_names_the_first_changed_entry,
     concurrent_writers_keep_one_chain,
+    tokens_are_kept_by_hash,
 );

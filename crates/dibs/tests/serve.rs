@@ -514,3 +514,118 @@ fn a_provider_that_is_down_or_answers_garbage_does_not_hold_a_request_up() {
     let (status, verified) = call(&server.url, "GET", "/ledger/verify", None, None);
     assert_eq!((status, &verified["ok"]), (200, &json!(true)), "{verified}");
 }
+
+fn call_as(url: &str, token: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let agent = agent();
+    let full = format!("{url}/v1{path}");
+    let auth = format!("Bearer {token}");
+    let response = match (method, body) {
+        ("POST", Some(body)) => agent.post(&full).header("Authorization", &auth).send_json(body),
+        ("POST", None) => agent.post(&full).header("Authorization", &auth).send_empty(),
+        _ => agent.get(&full).header("Authorization", &auth).call(),
+    };
+    let mut response = response.unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn token_for(url: &str, role: &str) -> String {
+    let (status, body) = call(url, "POST", "/tokens", Some(&json!({ "role": role })), None);
+    assert_eq!(status, 201, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn roles_limit_what_each_token_sees_and_a_provider_sees_only_its_own() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--data", data.path().to_str().unwrap()]);
+    let url = &server.url;
+    let (status, body) = call(url, "POST", "/tokens", Some(&json!({ "role": "emperor" })), None);
+    assert_eq!((status, body["field"].as_str()), (422, Some("role")), "{body}");
+    let requester = token_for(url, "requester");
+    let auditor = token_for(url, "auditor");
+    let lambda = token_for(url, "provider:lambda");
+
+    let (status, submitted) = call_as(url, &requester, "POST", "/requests", Some(&request_body(256)));
+    assert_eq!(status, 201, "{submitted}");
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    let awarded = wait_for(url, &id, |r| r["status"] == "provisioning");
+    let providers: BTreeSet<&str> =
+        awarded["allocations"].as_array().unwrap().iter().map(|a| a["provider"].as_str().unwrap()).collect();
+
+    let request_path = format!("/requests/{id}");
+    let cancel_path = format!("/requests/{id}/cancel");
+    // (method, path, body, admitted roles)
+    let incident = json!({ "provider": "gcp" });
+    let token_body = json!({ "role": "auditor" });
+    let submit = request_body(8);
+    let endpoints: Vec<(&str, &str, Option<&Value>, &[&str])> = vec![
+        ("GET", "/requests", None, &["requester", "auditor"]),
+        ("GET", &request_path, None, &["requester", "auditor"]),
+        ("POST", "/requests", Some(&submit), &["requester"]),
+        ("GET", "/allocations", None, &["requester", "auditor"]),
+        ("GET", "/stats", None, &["requester", "auditor"]),
+        ("GET", "/incidents", None, &["requester", "auditor"]),
+        ("POST", "/incidents", Some(&incident), &[]),
+        ("GET", "/ledger", None, &["auditor"]),
+        ("GET", "/ledger/verify", None, &["auditor"]),
+        ("POST", "/tokens", Some(&token_body), &[]),
+        ("GET", "/provider/events", None, &["lambda"]),
+        ("POST", &cancel_path, None, &["requester"]),
+    ];
+    for (method, path, body, admitted) in endpoints {
+        for (name, token) in [("auditor", &auditor), ("lambda", &lambda), ("requester", &requester)] {
+            let (status, answer) = call_as(url, token, method, path, body);
+            if admitted.contains(&name) {
+                assert!(status < 300, "{name} {method} {path}: {status} {answer}");
+            } else {
+                assert_eq!(status, 403, "{name} {method} {path}: {answer}");
+            }
+        }
+    }
+    let (status, _) = call_as(url, "not-a-token", "GET", "/requests", None);
+    assert_eq!(status, 401);
+    let (status, _) = call(url, "GET", "/provider/events", None, None);
+    assert_eq!(status, 403, "the provider feed is for providers");
+
+    // Sealed bids: lambda's feed holds its own quotes and allocations, nothing of anyone else's.
+    let (_, feed) = call_as(url, &lambda, "GET", "/provider/events", None);
+    let events = feed["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["kind"] == "quotes_requested"), "{feed}");
+    if providers.contains("lambda") {
+        assert!(events.iter().any(|e| e["kind"] == "awarded"), "{feed}");
+    }
+    let text = feed.to_string();
+    for other in ["aws", "azure", "gcp", "nebius", "oci"] {
+        assert!(!text.contains(&format!("\"{other}")), "lambda's feed mentions {other}: {text}");
+    }
+}
+
+#[test]
+fn an_incident_reported_over_http_fails_allocations_over() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--data", data.path().to_str().unwrap()]);
+    let url = &server.url;
+    let (_, submitted) = call(url, "POST", "/requests", Some(&request_body(256)), None);
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    let awarded = wait_for(url, &id, |r| r["status"] == "provisioning");
+    let victim = awarded["allocations"][0]["provider"].as_str().unwrap().to_owned();
+    let (status, body) = call(url, "POST", "/incidents", Some(&json!({ "provider": "nobody" })), None);
+    assert_eq!((status, body["field"].as_str()), (422, Some("provider")), "{body}");
+    let (status, incident) = call(url, "POST", "/incidents", Some(&json!({ "provider": victim })), None);
+    assert_eq!(status, 201, "{incident}");
+    let after = wait_for(url, &id, |r| {
+        r["allocations"].as_array().unwrap().iter().any(|a| a["state"] == "cancelled")
+            && r["status"] == "provisioning"
+    });
+    let live: Vec<&Value> =
+        after["allocations"].as_array().unwrap().iter().filter(|a| a["state"] != "cancelled").collect();
+    assert!(live.iter().all(|a| a["provider"] != victim.as_str()), "{after}");
+    assert!(ledger(url).iter().any(|e| e["kind"] == "failover"), "no failover recorded");
+    let incident_id = incident["id"].as_str().unwrap();
+    let (status, _) = call(url, "POST", &format!("/incidents/{incident_id}/resolve"), None, None);
+    assert_eq!(status, 200);
+    let (status, _) = call(url, "POST", &format!("/incidents/{incident_id}/resolve"), None, None);
+    assert_eq!(status, 404, "resolved twice");
+}
