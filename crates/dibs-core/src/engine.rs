@@ -374,6 +374,20 @@ impl Engine {
         self.allocations.range(first..).map(|(_, a)| a)
     }
 
+    /// The round of `request` waiting for `provider`'s answer as first-refusal holder, if any.
+    pub fn awaiting_holder(&self, request: &str, provider: &ProviderName) -> Option<u32> {
+        let round = self.requests.get(request)?.round.as_ref()?;
+        let holder = &round.screened.refusal.as_ref()?.holder;
+        (matches!(round.stage, Stage::Holder { .. }) && holder == provider).then_some(round.number)
+    }
+
+    /// The round of `request` waiting for `provider`'s quotes, if any.
+    pub fn awaiting_quotes(&self, request: &str, provider: &ProviderName) -> Option<u32> {
+        let round = self.requests.get(request)?.round.as_ref()?;
+        (round.quotes_asked.contains(provider) && !round.quotes_answered.contains(provider))
+            .then_some(round.number)
+    }
+
     /// Open incidents: id, provider, and region (`None`: the whole provider).
     pub fn open_incidents(&self) -> impl Iterator<Item = (&str, &ProviderName, Option<&Region>)> {
         self.incidents.iter().map(|(id, i)| (id.as_str(), &i.provider, i.region.as_ref()))

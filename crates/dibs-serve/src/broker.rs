@@ -21,10 +21,11 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use dibs_core::engine::{Effect, Engine, EngineConfig, Input, Timer};
+use dibs_core::engine::{Effect, Engine, EngineConfig, HolderAnswer, Input, Timer};
 use dibs_core::ledger::Event;
 use dibs_core::queue::TimeQueue;
 use dibs_core::request::RequestSpec;
+use dibs_core::types::Offer;
 use dibs_core::types::Timestamp;
 use dibs_providers::{SimulatedProvider, carry_out};
 use dibs_store::{Batch, IdempotentAnswer, NewEntry, Store, StoreError};
@@ -132,12 +133,29 @@ pub enum Command {
         limit: usize,
         reply: tokio::sync::oneshot::Sender<Reply>,
     },
+    /// A provider answering over the API (the pull side of the provider
+    /// protocol): its answer to a solicitation, or its quotes.
+    ProviderAnswer {
+        provider: String,
+        request: String,
+        answer: ProviderReply,
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
     /// How many requests are in each status.
     Stats {
         reply: tokio::sync::oneshot::Sender<Reply>,
     },
     /// Stop after the current turn.
     Shutdown,
+}
+
+/// What a provider sends through the API.
+#[derive(Debug, Clone)]
+pub enum ProviderReply {
+    /// To a solicitation: `{"answer": "decline"}` or `{"answer": "accept", ...}`.
+    Holder(HolderAnswer),
+    /// To a quote request: `{"offers": [...]}`.
+    Quotes { offers: Vec<Offer> },
 }
 
 /// Where the broker's clock comes from: the wall clock, or a test's.
@@ -539,6 +557,11 @@ impl Broker {
                         (list.len() == limit.min(MAX_LIST)).then(|| list.last().map(|a| a.id)).flatten();
                     replies.push((reply, Ok((200, json!({ "allocations": list, "next_after": next })))));
                 }
+                Command::ProviderAnswer { provider, request, answer, reply } => {
+                    let answer =
+                        self.provider_answer(now, &provider, request, answer, &mut entries, &mut effects);
+                    replies.push((reply, answer));
+                }
                 Command::Input { at, input } => match at {
                     Some(at) if at > now => self.due.push(at, *input),
                     _ => effects.extend(self.apply(now, *input, &mut entries)),
@@ -562,6 +585,50 @@ impl Broker {
             }
         }
         Ok(())
+    }
+
+    fn provider_answer(
+        &mut self,
+        now: Timestamp,
+        provider: &str,
+        request: String,
+        answer: ProviderReply,
+        entries: &mut Vec<NewEntry>,
+        effects: &mut Vec<Effect>,
+    ) -> Reply {
+        let name =
+            dibs_core::types::ProviderName::new(provider).map_err(|e| ApiError::new(403, e.to_string()))?;
+        let input = match answer {
+            ProviderReply::Holder(answer) => {
+                let round = self.engine.awaiting_holder(&request, &name).ok_or_else(|| {
+                    ApiError::new(409, format!("{request} is not waiting for {name}'s first-refusal answer"))
+                })?;
+                Input::HolderAnswer { request: request.clone(), round, answer }
+            }
+            ProviderReply::Quotes { mut offers } => {
+                let round = self.engine.awaiting_quotes(&request, &name).ok_or_else(|| {
+                    ApiError::new(409, format!("{request} is not waiting for quotes from {name}"))
+                })?;
+                if offers.len() > crate::remote::MAX_OFFERS_PER_ANSWER {
+                    return Err(ApiError::field(
+                        422,
+                        "offers",
+                        format!("at most {} offers per answer", crate::remote::MAX_OFFERS_PER_ANSWER),
+                    ));
+                }
+                if let Some(other) = offers.iter().find(|o| o.provider != name) {
+                    return Err(ApiError::field(
+                        422,
+                        "offers",
+                        format!("offer {} is not {name}'s", other.id),
+                    ));
+                }
+                offers.iter_mut().for_each(|o| o.valid_until = o.valid_until.or(Some(now.plus_hours(24.0))));
+                Input::Quotes { request: request.clone(), round, provider: name, offers }
+            }
+        };
+        effects.extend(self.apply(now, input, entries));
+        Ok((200, json!({ "request": request, "accepted": true })))
     }
 
     fn open_incident(

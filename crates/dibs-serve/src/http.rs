@@ -44,6 +44,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/incidents/{id}/resolve", post(resolve_incident))
         .route("/v1/tokens", post(create_token))
         .route("/v1/provider/events", get(provider_events))
+        .route("/v1/provider/requests/{id}/answer", post(provider_answer))
         .route("/v1/ledger", get(ledger))
         .route("/v1/ledger/verify", get(verify))
         .fallback(|| async { error(ApiError::new(404, "no such endpoint")) })
@@ -529,4 +530,46 @@ async fn provider_events(
         Ok(Err(e)) => error(ApiError::new(503, e.to_string())),
         Err(e) => error(ApiError::new(500, e.to_string())),
     }
+}
+
+/// A provider answers a solicitation or a quote request sent to it.
+async fn provider_answer(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let caller = match authenticate(&state, &headers, Access::Provider) {
+        Ok(c) => c,
+        Err(e) => return error(e),
+    };
+    let Role::Provider(provider) = caller.role else { return error(ApiError::new(403, "providers only")) };
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct QuotesBody {
+        offers: Vec<dibs_core::types::Offer>,
+    }
+    let value: serde_json::Value = match parse_body(&body) {
+        Ok(v) => v,
+        Err(e) => return error(e),
+    };
+    let parsed = if value.get("offers").is_some() {
+        serde_json::from_value::<QuotesBody>(value)
+            .map(|q| crate::broker::ProviderReply::Quotes { offers: q.offers })
+            .map_err(|e| ApiError::field(422, "offers", format!("request body: {e}")))
+    } else if value.get("answer").is_some() {
+        serde_json::from_value(value)
+            .map(crate::broker::ProviderReply::Holder)
+            .map_err(|e| ApiError::field(422, "answer", format!("request body: {e}")))
+    } else {
+        Err(ApiError::new(
+            422,
+            r#"expected {"answer": "decline"}, {"answer": "accept", ...} or {"offers": [...]}"#,
+        ))
+    };
+    let answer = match parsed {
+        Ok(a) => a,
+        Err(e) => return error(e),
+    };
+    ask(&state, |reply| Command::ProviderAnswer { provider, request: id, answer, reply }).await
 }

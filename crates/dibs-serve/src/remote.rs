@@ -77,10 +77,15 @@ struct ReserveReply {
     ready_at: Option<Timestamp>,
 }
 
+/// The "URL" of a provider that is not called but calls in: it reads
+/// `/v1/provider/events` and answers through `/v1/provider/requests/{id}/answer`.
+pub const PULL: &str = "pull";
+
 /// Providers reached over HTTP, and the workers that call them.
 pub struct Dispatcher {
     urls: BTreeMap<ProviderName, String>,
     jobs: Sender<(Call, Timestamp)>,
+    broker: Sender<Command>,
 }
 
 impl Dispatcher {
@@ -95,12 +100,13 @@ impl Dispatcher {
             .into();
         for i in 0..workers.max(1) {
             let (queue, broker, urls, agent) = (queue.clone(), broker.clone(), urls.clone(), agent.clone());
+            let urls: BTreeMap<_, _> = urls.into_iter().filter(|(_, url)| url != PULL).collect();
             std::thread::Builder::new()
                 .name(format!("dibs-provider-{i}"))
                 .spawn(move || work(&queue, &broker, &urls, &agent))
                 .expect("a worker thread starts");
         }
-        Self { urls, jobs }
+        Self { urls, jobs, broker }
     }
 
     pub fn is_remote(&self, provider: &ProviderName) -> bool {
@@ -108,6 +114,17 @@ impl Dispatcher {
     }
 
     pub fn send(&self, call: Call, now: Timestamp) {
+        if self.urls.get(call.provider()).is_some_and(|url| url == PULL) {
+            // A pull provider finds solicitations and quote requests in its feed.
+            // It has no way to confirm a reservation yet: the capacity counts as
+            // ready after the lead time it quoted.
+            if let Call::Reserve { allocation, plan } = call {
+                let at = now.plus_hours(f64::from(plan.lead_time_hours));
+                let input = Input::AllocationReady { allocation };
+                let _ = self.broker.send(Command::Input { at: Some(at), input: Box::new(input) });
+            }
+            return;
+        }
         let _ = self.jobs.send((call, now));
     }
 }

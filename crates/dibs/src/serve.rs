@@ -42,7 +42,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Reach this catalog provider over HTTP (a `dibs provider serve`):
-    /// NAME=URL, repeatable. Providers not named run in-process.
+    /// NAME=URL, repeatable. NAME=pull: the provider calls in instead, reading
+    /// /v1/provider/events and answering through the API with a provider
+    /// token. Providers not named run in-process.
     #[arg(long = "provider", value_name = "NAME=URL")]
     providers: Vec<String>,
 }
@@ -53,8 +55,8 @@ fn parse_remotes(specs: &[String]) -> Result<BTreeMap<ProviderName, String>> {
         let (name, url) =
             spec.split_once('=').with_context(|| format!("--provider {spec:?}: expected NAME=URL"))?;
         let name = ProviderName::new(name).map_err(|e| anyhow::anyhow!("--provider {spec:?}: {e}"))?;
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            bail!("--provider {spec:?}: the URL must start with http:// or https://");
+        if !(url.starts_with("http://") || url.starts_with("https://") || url == dibs_serve::remote::PULL) {
+            bail!("--provider {spec:?}: expected an http:// or https:// URL, or `pull`");
         }
         if remotes.insert(name, url.trim_end_matches('/').to_owned()).is_some() {
             bail!("--provider {spec:?}: that provider was given twice");

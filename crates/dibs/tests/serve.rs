@@ -629,3 +629,78 @@ fn an_incident_reported_over_http_fails_allocations_over() {
     let (status, _) = call(url, "POST", &format!("/incidents/{incident_id}/resolve"), None, None);
     assert_eq!(status, 404, "resolved twice");
 }
+
+/// Polls a provider's feed until an event of `kind` for `request` shows up.
+fn feed_event(url: &str, token: &str, kind: &str, request: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, feed) = call_as(url, token, "GET", "/provider/events", None);
+        assert_eq!(status, 200, "{feed}");
+        if let Some(e) = feed["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == kind && e["body"]["request"] == request)
+        {
+            return e.clone();
+        }
+        assert!(Instant::now() < deadline, "no {kind} for {request} in {feed}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_pull_provider_reads_its_feed_and_answers_through_the_api() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&[
+        "--data",
+        data.path().to_str().unwrap(),
+        "--provider",
+        "azure=pull",
+        "--provider",
+        "lambda=pull",
+    ]);
+    let url = &server.url;
+    let azure = token_for(url, "provider:azure");
+    let lambda = token_for(url, "provider:lambda");
+    let (_, submitted) = call(url, "POST", "/requests", Some(&request_body(256)), None);
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    let answer_path = format!("/provider/requests/{id}/answer");
+
+    // lambda is not the holder: its answer to the solicitation is refused.
+    let decline = json!({ "answer": "decline" });
+    feed_event(url, &azure, "solicited", &id);
+    let (status, body) = call_as(url, &lambda, "POST", &answer_path, Some(&decline));
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = call_as(url, &azure, "POST", &answer_path, Some(&json!({ "answer": "maybe" })));
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = call_as(url, &azure, "POST", &answer_path, Some(&decline));
+    assert_eq!(status, 200, "{body}");
+
+    // The market round asks lambda; it answers with its own offer (an offer of another provider is refused).
+    let asked = feed_event(url, &lambda, "quotes_requested", &id);
+    assert!(asked["body"].get("providers").is_none(), "a provider is not told who else was asked: {asked}");
+    let offer = |provider: &str| {
+        json!({
+            "id": format!("{provider}/us-east-1/x/on-demand"), "provider": provider, "region": "us-east-1",
+            "accelerator": "H100", "gpus_available": 1024, "gpus_per_node": 8, "price": 1.5,
+            "lead_time_hours": 2, "kind": "on-demand", "valid_until": null, "instance_type": "x"
+        })
+    };
+    let (status, body) =
+        call_as(url, &lambda, "POST", &answer_path, Some(&json!({ "offers": [offer("aws")] })));
+    assert_eq!((status, body["field"].as_str()), (422, Some("offers")), "{body}");
+    let (status, body) =
+        call_as(url, &lambda, "POST", &answer_path, Some(&json!({ "offers": [offer("lambda")] })));
+    assert_eq!(status, 200, "{body}");
+    let (status, _) =
+        call_as(url, &lambda, "POST", &answer_path, Some(&json!({ "offers": [offer("lambda")] })));
+    assert_eq!(status, 409, "quotes answered twice");
+
+    let awarded = wait_for(url, &id, |r| r["status"] != "first_refusal" && r["status"] != "market");
+    let lambda_award = awarded["allocations"].as_array().unwrap().iter().find(|a| a["provider"] == "lambda");
+    assert_eq!(lambda_award.map(|a| a["price_per_gpu_hour"].as_f64()), Some(Some(1.5)), "{awarded}");
+    let mine = feed_event(url, &lambda, "awarded", &id);
+    let allocations = mine["body"]["allocations"].as_array().unwrap();
+    assert!(allocations.iter().all(|a| a["provider"] == "lambda"), "{mine}");
+}
