@@ -41,7 +41,7 @@ pub const MAX_BATCH: usize = 512;
 pub const MAX_LIST: usize = 500;
 
 /// An error a client sees: an HTTP status, and the field at fault if any.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ApiError {
     #[serde(skip)]
     pub status: u16,
@@ -63,7 +63,7 @@ impl ApiError {
 pub type Reply = Result<(u16, serde_json::Value), ApiError>;
 
 /// The request body of a submission (the id is assigned by dibs).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
     pub accelerators: Vec<String>,

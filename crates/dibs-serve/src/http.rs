@@ -16,6 +16,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::broker::{ApiError, Command, Reply, SubmitBody};
+use crate::view::RequestView;
 
 /// Request bodies larger than this are refused.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -35,6 +36,7 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/requests", post(submit).get(list))
         .route("/v1/requests/{id}", get(show))
         .route("/v1/requests/{id}/cancel", post(cancel))
@@ -190,10 +192,12 @@ async fn ask(
     }
 }
 
+#[utoipa::path(get, path = "/v1/health", tag = "service", responses((status = 200, description = "The service is up", body = Object)))]
 async fn health() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
+#[utoipa::path(post, path = "/v1/requests", tag = "requests", request_body = SubmitBody, params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key and body get the first answer")), responses((status = 201, description = "Accepted and durably ledgered", body = RequestView), (status = 422, description = "A field is wrong", body = ApiError)), security(("bearer" = [])))]
 async fn submit(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let scope = match authenticate(&state, &headers, Access::Request) {
         Ok(caller) => caller.scope,
@@ -233,6 +237,7 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/requests", tag = "requests", params(("status" = Option<String>, Query, description = "screening, first_refusal, market, provisioning, active, released, unfilled, cancelled"), ("after" = Option<String>, Query, description = "Request id to list after"), ("limit" = Option<usize>, Query, description = "1 to 500, default 100")), responses((status = 200, description = "`{requests: [RequestView], next_after}`", body = Object)), security(("bearer" = [])))]
 async fn list(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -252,6 +257,7 @@ async fn list(
     ask(&state, |reply| Command::List { status: q.status, after: q.after, limit, reply }).await
 }
 
+#[utoipa::path(get, path = "/v1/requests/{id}", tag = "requests", params(("id" = String, Path)), responses((status = 200, description = "The request", body = RequestView), (status = 404, body = ApiError)), security(("bearer" = [])))]
 async fn show(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(e) = authenticate(&state, &headers, Access::Read) {
         return error(e);
@@ -259,6 +265,7 @@ async fn show(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): 
     ask(&state, |reply| Command::Get { id, reply }).await
 }
 
+#[utoipa::path(post, path = "/v1/requests/{id}/cancel", tag = "requests", params(("id" = String, Path)), responses((status = 200, description = "Cancelled (its allocations are released)", body = RequestView), (status = 404, body = ApiError)), security(("bearer" = [])))]
 async fn cancel(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(e) = authenticate(&state, &headers, Access::Request) {
         return error(e);
@@ -266,6 +273,7 @@ async fn cancel(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id)
     ask(&state, |reply| Command::Cancel { id, reply }).await
 }
 
+#[utoipa::path(get, path = "/v1/stats", tag = "service", responses((status = 200, description = "`{requests: {status: count}, pending_inputs}`", body = Object)), security(("bearer" = [])))]
 async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = authenticate(&state, &headers, Access::Read) {
         return error(e);
@@ -280,6 +288,7 @@ struct LedgerQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/ledger", tag = "ledger", params(("after" = Option<u64>, Query, description = "Sequence number to page after"), ("limit" = Option<usize>, Query, description = "1 to 1000, default 100")), responses((status = 200, description = "`{entries: [{seq, at, kind, request, body, hash}], next_after}`", body = Object)), security(("bearer" = [])))]
 async fn ledger(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -327,6 +336,7 @@ async fn ledger(
     }
 }
 
+#[utoipa::path(get, path = "/v1/ledger/verify", tag = "ledger", responses((status = 200, description = "`{ok: true, entries, head}`", body = Object), (status = 409, description = "`{ok: false, error}` naming the first bad entry", body = Object)), security(("bearer" = [])))]
 async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = authenticate(&state, &headers, Access::Audit) {
         return error(e);
@@ -363,6 +373,7 @@ struct AllocationsQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/allocations", tag = "requests", params(("provider" = Option<String>, Query), ("after" = Option<u64>, Query), ("limit" = Option<usize>, Query)), responses((status = 200, description = "`{allocations: [AllocationView], next_after}`", body = Object)), security(("bearer" = [])))]
 async fn allocations(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -383,7 +394,7 @@ async fn allocations(
     ask(&state, |reply| Command::Allocations { provider: q.provider, after, limit, reply }).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct IncidentBody {
     provider: String,
@@ -391,6 +402,7 @@ struct IncidentBody {
     region: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/incidents", tag = "incidents", request_body = IncidentBody, responses((status = 201, description = "`{id, provider, region}`; allocations there fail over", body = Object), (status = 422, body = ApiError)), security(("bearer" = [])))]
 async fn open_incident(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(e) = authenticate(&state, &headers, Access::Admin) {
         return error(e);
@@ -402,6 +414,7 @@ async fn open_incident(State(state): State<Arc<AppState>>, headers: HeaderMap, b
     ask(&state, |reply| Command::OpenIncident { provider: body.provider, region: body.region, reply }).await
 }
 
+#[utoipa::path(post, path = "/v1/incidents/{id}/resolve", tag = "incidents", params(("id" = String, Path)), responses((status = 200, body = Object), (status = 404, body = ApiError)), security(("bearer" = [])))]
 async fn resolve_incident(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -413,6 +426,7 @@ async fn resolve_incident(
     ask(&state, |reply| Command::ResolveIncident { id, reply }).await
 }
 
+#[utoipa::path(get, path = "/v1/incidents", tag = "incidents", responses((status = 200, description = "`{incidents: [{id, provider, region}]}`", body = Object)), security(("bearer" = [])))]
 async fn incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = authenticate(&state, &headers, Access::Read) {
         return error(e);
@@ -420,12 +434,14 @@ async fn incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
     ask(&state, |reply| Command::Incidents { reply }).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenBody {
+    /// admin, requester, auditor or provider:NAME
     role: String,
 }
 
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = TokenBody, responses((status = 201, description = "`{token, role}`: the token is shown once", body = Object), (status = 422, body = ApiError)), security(("bearer" = [])))]
 async fn create_token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(e) = authenticate(&state, &headers, Access::Admin) {
         return error(e);
@@ -498,6 +514,7 @@ struct EventsQuery {
 
 /// The provider-facing feed: what was sent to the calling provider, from
 /// the ledger, a page of up to MAX_PAGE ledger entries scanned per call.
+#[utoipa::path(get, path = "/v1/provider/events", tag = "providers", params(("after" = Option<u64>, Query, description = "Ledger sequence number to scan after")), responses((status = 200, description = "`{events: [{seq, at, kind, body}], next_after}`: what was sent to the calling provider", body = Object)), security(("bearer" = [])))]
 async fn provider_events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -533,6 +550,7 @@ async fn provider_events(
 }
 
 /// A provider answers a solicitation or a quote request sent to it.
+#[utoipa::path(post, path = "/v1/provider/requests/{id}/answer", tag = "providers", params(("id" = String, Path)), request_body(content = Object, description = "`{\"answer\": \"decline\"}`, `{\"answer\": \"accept\", \"gpus\", \"region\", \"accelerator\", \"lead_time_hours\"}` or `{\"offers\": [Offer]}`"), responses((status = 200, body = Object), (status = 409, description = "The request is not waiting for this provider", body = ApiError), (status = 422, body = ApiError)), security(("bearer" = [])))]
 async fn provider_answer(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -572,4 +590,39 @@ async fn provider_answer(
         Err(e) => return error(e),
     };
     ask(&state, |reply| Command::ProviderAnswer { provider, request: id, answer, reply }).await
+}
+
+/// The OpenAPI document, generated from the handlers' annotations and the
+/// types they take and give.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "dibs", description = "A contract-aware broker for GPU cloud capacity."),
+    paths(
+        health, submit, list, show, cancel, stats, allocations, open_incident, resolve_incident, incidents,
+        ledger, verify, create_token, provider_events, provider_answer
+    ),
+    components(schemas(SubmitBody, RequestView, crate::view::AllocationView, crate::view::UnfilledView, ApiError, IncidentBody, TokenBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+async fn openapi() -> Response {
+    use utoipa::OpenApi;
+    match ApiDoc::openapi().to_json() {
+        Ok(text) => ([(axum::http::header::CONTENT_TYPE, "application/json")], text).into_response(),
+        Err(e) => error(ApiError::new(500, e.to_string())),
+    }
 }

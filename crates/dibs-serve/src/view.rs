@@ -4,7 +4,7 @@
 use dibs_core::engine::{Allocation, Engine, RequestState};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RequestView {
     pub id: String,
     pub status: &'static str,
@@ -18,7 +18,7 @@ pub struct RequestView {
     pub unfilled: Option<UnfilledView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AllocationView {
     pub id: u64,
     pub request: String,
@@ -34,7 +34,7 @@ pub struct AllocationView {
     pub ready_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UnfilledView {
     pub gpus: u32,
     pub reason: String,

@@ -704,3 +704,37 @@ fn a_pull_provider_reads_its_feed_and_answers_through_the_api() {
     let allocations = mine["body"]["allocations"].as_array().unwrap();
     assert!(allocations.iter().all(|a| a["provider"] == "lambda"), "{mine}");
 }
+
+#[test]
+fn the_openapi_document_lists_the_endpoints_and_each_listed_endpoint_exists() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--data", data.path().to_str().unwrap()]);
+    let url = &server.url;
+    let mut response = agent().get(format!("{url}/v1/openapi.json")).call().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let doc: Value = response.body_mut().read_json().unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+    for expected in
+        ["/v1/requests", "/v1/requests/{id}", "/v1/ledger/verify", "/v1/provider/events", "/v1/tokens"]
+    {
+        assert!(paths.contains_key(expected), "{expected} missing from {:?}", paths.keys());
+    }
+    assert!(doc["components"]["schemas"]["SubmitBody"]["properties"]["gpus"].is_object(), "{doc}");
+    // Every documented operation is routed: no 404 "no such endpoint" (an unknown id gives another 404 body).
+    let provider = token_for(url, "provider:lambda");
+    for (path, operations) in paths {
+        for method in operations.as_object().unwrap().keys() {
+            let concrete = path.replace("{id}", "nothing-here");
+            let token = if path.starts_with("/v1/provider/") { provider.as_str() } else { TOKEN };
+            let (status, body) = call_as(
+                url,
+                token,
+                &method.to_uppercase(),
+                concrete.trim_start_matches("/v1"),
+                Some(&json!({})),
+            );
+            assert_ne!(body["error"], "no such endpoint", "{method} {path}: {status}");
+        }
+    }
+}
