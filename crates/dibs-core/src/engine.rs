@@ -393,6 +393,11 @@ impl Engine {
         self.incidents.iter().map(|(id, i)| (id.as_str(), &i.provider, i.region.as_ref()))
     }
 
+    /// The providers that published offers, by name.
+    pub fn published_providers(&self) -> impl Iterator<Item = &ProviderName> {
+        self.published.keys()
+    }
+
     /// Whether a provider published offers (so requests may ask it).
     pub fn publishes(&self, provider: &ProviderName) -> bool {
         self.published.contains_key(provider)

@@ -141,6 +141,15 @@ pub enum Command {
         answer: ProviderReply,
         reply: tokio::sync::oneshot::Sender<Reply>,
     },
+    /// The contracts the engine runs under; with `id`, one of them with its clauses.
+    Contracts {
+        id: Option<String>,
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+    /// The providers requests may ask, how each is reached, and its open incidents.
+    Providers {
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
     /// How many requests are in each status.
     Stats {
         reply: tokio::sync::oneshot::Sender<Reply>,
@@ -561,6 +570,42 @@ impl Broker {
                     let answer =
                         self.provider_answer(now, &provider, request, answer, &mut entries, &mut effects);
                     replies.push((reply, answer));
+                }
+                Command::Contracts { id, reply } => {
+                    let contracts = &self.engine.contracts().contracts;
+                    let answer = match id {
+                        None => {
+                            let list: Vec<_> = contracts.iter().map(|c| view::contract(c, false)).collect();
+                            Ok((200, json!({ "contracts": list })))
+                        }
+                        Some(id) => contracts
+                            .iter()
+                            .find(|c| c.id == id)
+                            .map(|c| (200, view::contract(c, true)))
+                            .ok_or_else(|| ApiError::new(404, format!("no contract {id:?}"))),
+                    };
+                    replies.push((reply, answer));
+                }
+                Command::Providers { reply } => {
+                    let list: Vec<_> = self
+                        .engine
+                        .published_providers()
+                        .map(|name| {
+                            let reached = match self.remote.as_ref().and_then(|r| r.url(name)) {
+                                Some(url) if url == crate::remote::PULL => "pull".to_owned(),
+                                Some(url) => url.to_owned(),
+                                None => "in-process".to_owned(),
+                            };
+                            let incidents: Vec<&str> = self
+                                .engine
+                                .open_incidents()
+                                .filter(|(_, p, _)| *p == name)
+                                .map(|(id, ..)| id)
+                                .collect();
+                            json!({ "name": name, "reached": reached, "open_incidents": incidents })
+                        })
+                        .collect();
+                    replies.push((reply, Ok((200, json!({ "providers": list })))));
                 }
                 Command::Input { at, input } => match at {
                     Some(at) if at > now => self.due.push(at, *input),

@@ -41,6 +41,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/requests/{id}", get(show))
         .route("/v1/requests/{id}/cancel", post(cancel))
         .route("/v1/stats", get(stats))
+        .route("/v1/contracts", get(contracts))
+        .route("/v1/contracts/{id}", get(contract))
+        .route("/v1/providers", get(providers))
         .route("/v1/allocations", get(allocations))
         .route("/v1/incidents", post(open_incident).get(incidents))
         .route("/v1/incidents/{id}/resolve", post(resolve_incident))
@@ -598,7 +601,7 @@ async fn provider_answer(
 #[openapi(
     info(title = "dibs", description = "A contract-aware broker for GPU cloud capacity."),
     paths(
-        health, submit, list, show, cancel, stats, allocations, open_incident, resolve_incident, incidents,
+        health, submit, list, show, cancel, stats, contracts, contract, providers, allocations, open_incident, resolve_incident, incidents,
         ledger, verify, create_token, provider_events, provider_answer
     ),
     components(schemas(SubmitBody, RequestView, crate::view::AllocationView, crate::view::UnfilledView, ApiError, IncidentBody, TokenBody)),
@@ -625,4 +628,32 @@ async fn openapi() -> Response {
         Ok(text) => ([(axum::http::header::CONTENT_TYPE, "application/json")], text).into_response(),
         Err(e) => error(ApiError::new(500, e.to_string())),
     }
+}
+
+#[utoipa::path(get, path = "/v1/contracts", tag = "contracts", responses((status = 200, description = "`{contracts: [{id, counterparty, parties, source, versions: [{id, effective, expires}]}]}`", body = Object)), security(("bearer" = [])))]
+async fn contracts(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authenticate(&state, &headers, Access::Read) {
+        return error(e);
+    }
+    ask(&state, |reply| Command::Contracts { id: None, reply }).await
+}
+
+#[utoipa::path(get, path = "/v1/contracts/{id}", tag = "contracts", params(("id" = String, Path)), responses((status = 200, description = "The contract, each version with its clauses and their terms", body = Object), (status = 404, body = ApiError)), security(("bearer" = [])))]
+async fn contract(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(e) = authenticate(&state, &headers, Access::Read) {
+        return error(e);
+    }
+    ask(&state, |reply| Command::Contracts { id: Some(id), reply }).await
+}
+
+#[utoipa::path(get, path = "/v1/providers", tag = "providers", responses((status = 200, description = "`{providers: [{name, reached, open_incidents}]}`", body = Object)), security(("bearer" = [])))]
+async fn providers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authenticate(&state, &headers, Access::Read) {
+        return error(e);
+    }
+    ask(&state, |reply| Command::Providers { reply }).await
 }

@@ -109,6 +109,11 @@ impl Dispatcher {
         Self { urls, jobs, broker }
     }
 
+    /// The URL a provider is reached at (or `pull`).
+    pub fn url(&self, provider: &ProviderName) -> Option<&str> {
+        self.urls.get(provider).map(String::as_str)
+    }
+
     pub fn is_remote(&self, provider: &ProviderName) -> bool {
         self.urls.contains_key(provider)
     }

@@ -86,3 +86,49 @@ pub fn allocation(a: &Allocation) -> AllocationView {
 pub fn id_order(id: &str, after: &str) -> bool {
     id > after
 }
+
+/// A contract: who with, and its versions (amendments) with their dates.
+pub fn contract(c: &dibs_core::contract::Contract, with_clauses: bool) -> serde_json::Value {
+    use dibs_core::contract::ClauseKind;
+    let versions: Vec<serde_json::Value> = c
+        .versions
+        .iter()
+        .map(|v| {
+            let mut version = serde_json::json!({
+                "id": v.id,
+                "effective": v.effective.to_string(),
+                "expires": v.expires.to_string(),
+            });
+            if with_clauses {
+                let clauses: Vec<serde_json::Value> = v
+                    .clauses
+                    .iter()
+                    .map(|clause| {
+                        let terms = match &clause.kind {
+                            ClauseKind::FirstRefusal(t) => serde_json::to_value(t),
+                            ClauseKind::Exclusivity(t) => serde_json::to_value(t),
+                            ClauseKind::Commitment(t) => serde_json::to_value(t),
+                            ClauseKind::Diversification(t) => serde_json::to_value(t),
+                            ClauseKind::RevenueShare(t) => serde_json::to_value(t),
+                            ClauseKind::ReviewTrigger(t) => Ok(serde_json::json!({
+                                "condition": t.condition.source(),
+                                "action": t.action,
+                            })),
+                        }
+                        .unwrap_or(serde_json::Value::Null);
+                        serde_json::json!({ "name": clause.name, "kind": clause.kind.name(), "terms": terms })
+                    })
+                    .collect();
+                version["clauses"] = serde_json::Value::Array(clauses);
+            }
+            version
+        })
+        .collect();
+    serde_json::json!({
+        "id": c.id,
+        "counterparty": c.counterparty,
+        "parties": c.parties,
+        "source": c.source,
+        "versions": versions,
+    })
+}

@@ -566,6 +566,8 @@ fn roles_limit_what_each_token_sees_and_a_provider_sees_only_its_own() {
         ("POST", "/requests", Some(&submit), &["requester"]),
         ("GET", "/allocations", None, &["requester", "auditor"]),
         ("GET", "/stats", None, &["requester", "auditor"]),
+        ("GET", "/contracts", None, &["requester", "auditor"]),
+        ("GET", "/providers", None, &["requester", "auditor"]),
         ("GET", "/incidents", None, &["requester", "auditor"]),
         ("POST", "/incidents", Some(&incident), &[]),
         ("GET", "/ledger", None, &["auditor"]),
@@ -663,6 +665,14 @@ fn a_pull_provider_reads_its_feed_and_answers_through_the_api() {
     let url = &server.url;
     let azure = token_for(url, "provider:azure");
     let lambda = token_for(url, "provider:lambda");
+    let (_, providers) = call(url, "GET", "/providers", None, None);
+    let reached: BTreeMap<&str, &str> = providers["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["reached"].as_str().unwrap()))
+        .collect();
+    assert_eq!((reached["azure"], reached["lambda"], reached["aws"]), ("pull", "pull", "in-process"));
     let (_, submitted) = call(url, "POST", "/requests", Some(&request_body(256)), None);
     let id = submitted["id"].as_str().unwrap().to_owned();
     let answer_path = format!("/provider/requests/{id}/answer");
@@ -710,6 +720,33 @@ fn the_openapi_document_lists_the_endpoints_and_each_listed_endpoint_exists() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(&["--data", data.path().to_str().unwrap()]);
     let url = &server.url;
+    // The contracts in force and the providers, as the engine has them.
+    let (status, contracts) = call(url, "GET", "/contracts", None, None);
+    assert_eq!(status, 200, "{contracts}");
+    let primary = contracts["contracts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["counterparty"] == "azure")
+        .and_then(|c| c["id"].as_str())
+        .expect("the default set has the primary's contract")
+        .to_owned();
+    let (status, shown) = call(url, "GET", &format!("/contracts/{primary}"), None, None);
+    assert_eq!(status, 200, "{shown}");
+    let kinds: BTreeSet<&str> = shown["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|v| v["clauses"].as_array().unwrap().iter().map(|c| c["kind"].as_str().unwrap()))
+        .collect();
+    assert!(kinds.contains("first_refusal") || kinds.contains("commitment"), "{shown}");
+    let (status, providers) = call(url, "GET", "/providers", None, None);
+    assert_eq!(status, 200, "{providers}");
+    assert!(
+        providers["providers"].as_array().unwrap().iter().all(|p| p["reached"] == "in-process"),
+        "{providers}"
+    );
+
     let mut response = agent().get(format!("{url}/v1/openapi.json")).call().unwrap();
     assert_eq!(response.status().as_u16(), 200);
     let doc: Value = response.body_mut().read_json().unwrap();
