@@ -393,6 +393,17 @@ impl Engine {
         self.incidents.iter().map(|(id, i)| (id.as_str(), &i.provider, i.region.as_ref()))
     }
 
+    /// Replaces the contracts and the published offers from now on: an
+    /// amendment loaded into a running service. Rounds already under way keep
+    /// the terms they were screened under.
+    pub fn reconfigure(&mut self, contracts: ContractSet, published: Vec<Offer>) {
+        self.contracts = contracts;
+        self.published = published.into_iter().fold(BTreeMap::new(), |mut by: BTreeMap<_, Vec<_>>, offer| {
+            by.entry(offer.provider.clone()).or_default().push(offer);
+            by
+        });
+    }
+
     /// The providers that published offers, by name.
     pub fn published_providers(&self) -> impl Iterator<Item = &ProviderName> {
         self.published.keys()

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
+use dibs_core::contract::{self, ContractSet};
 use dibs_core::engine::{Effect, Engine, EngineConfig, HolderAnswer, Input, Timer};
 use dibs_core::ledger::Event;
 use dibs_core::queue::TimeQueue;
@@ -141,6 +142,11 @@ pub enum Command {
         answer: ProviderReply,
         reply: tokio::sync::oneshot::Sender<Reply>,
     },
+    /// Load a contract set (file name, contents): it applies from now on.
+    LoadContracts {
+        files: Vec<(String, String)>,
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
     /// The contracts the engine runs under; with `id`, one of them with its clauses.
     Contracts {
         id: Option<String>,
@@ -226,9 +232,42 @@ struct RecordedInput {
 
 /// The entry kind of a recorded input.
 const INPUT_KIND: &str = "input";
+/// The entry kind of a recorded configuration.
+const CONFIGURED_KIND: &str = "configured";
+
+/// What the engine runs under: the contract files (name, contents) and the
+/// offers providers publish. Recorded in the ledger whenever it changes, so
+/// a replay runs each input under the configuration it was handled under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Configuration {
+    pub contracts: Vec<(String, String)>,
+    pub offers: Vec<Offer>,
+    /// Where it came from: `command-line` (a start) or `api` (a contract load).
+    pub origin: String,
+}
+
+impl Configuration {
+    pub const COMMAND_LINE: &str = "command-line";
+    pub const API: &str = "api";
+
+    /// The same contracts and offers, wherever they came from.
+    fn same_as(&self, other: &Configuration) -> bool {
+        self.contracts == other.contracts && self.offers == other.offers
+    }
+}
+
+fn configured_entry(now: Timestamp, configuration: &Configuration) -> NewEntry {
+    NewEntry {
+        at: now.to_string(),
+        kind: CONFIGURED_KIND.into(),
+        request: None,
+        body: serde_json::to_string(configuration).expect("configurations serialize"),
+    }
+}
 
 pub struct Broker {
     pub engine: Engine,
+    configuration: Option<Configuration>,
     store: Box<dyn Store>,
     providers: BTreeMap<dibs_core::types::ProviderName, SimulatedProvider>,
     due: TimeQueue<Input>,
@@ -250,6 +289,8 @@ pub struct Broker {
 pub struct Recovery {
     pub entries: u64,
     pub inputs: u64,
+    /// Configurations (contracts and catalog) the ledger records.
+    pub configurations: u64,
     pub requests: usize,
     /// Timers and provider calls re-armed.
     pub outstanding: usize,
@@ -257,15 +298,18 @@ pub struct Recovery {
 
 impl Broker {
     /// Rebuilds the engine from the store's ledger and re-arms what is outstanding.
+    /// Replays the ledger, then, when `configuration` differs from the one
+    /// the ledger last recorded, records it and runs under it from now on.
     pub fn recover(
-        engine: Engine,
         store: Box<dyn Store>,
         providers: BTreeMap<dibs_core::types::ProviderName, SimulatedProvider>,
         remote: Option<Dispatcher>,
         clock: Clock,
+        configuration: Option<Configuration>,
     ) -> Result<(Self, Recovery), StoreError> {
         let mut broker = Self {
-            engine,
+            engine: Engine::new(ContractSet::default(), Vec::new(), engine_config()),
+            configuration: None,
             store,
             providers,
             due: TimeQueue::default(),
@@ -277,10 +321,13 @@ impl Broker {
             replaying: true,
             unanswered: BTreeMap::new(),
         };
-        let mut recovery = Recovery { entries: 0, inputs: 0, requests: 0, outstanding: 0 };
+        let mut recovery = Recovery { entries: 0, inputs: 0, configurations: 0, requests: 0, outstanding: 0 };
         // Outstanding calls by key; a recorded input removes its key.
         let mut outstanding: BTreeMap<DueKey, (Timestamp, Input)> = BTreeMap::new();
         let mut expected: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        // The configuration the last start recorded: a restart with the same
+        // flags keeps contracts loaded through the API since; new flags win.
+        let mut last_start: Option<Configuration> = None;
         let mut after = 0;
         loop {
             let page = broker.store.entries(after, dibs_store::MAX_PAGE)?;
@@ -288,6 +335,27 @@ impl Broker {
             after = last.seq;
             for entry in page {
                 recovery.entries += 1;
+                if entry.kind == CONFIGURED_KIND {
+                    if let Some(body) = expected.front() {
+                        return Err(StoreError::Corrupt {
+                            seq: entry.seq,
+                            problem: format!("replay decides {body}, which the ledger does not record"),
+                        });
+                    }
+                    let configuration: Configuration =
+                        serde_json::from_str(&entry.body).map_err(|e| StoreError::Corrupt {
+                            seq: entry.seq,
+                            problem: format!("an unreadable configuration: {e}"),
+                        })?;
+                    if configuration.origin == Configuration::COMMAND_LINE {
+                        last_start = Some(configuration.clone());
+                    }
+                    broker
+                        .configure(configuration)
+                        .map_err(|e| StoreError::Corrupt { seq: entry.seq, problem: e })?;
+                    recovery.configurations += 1;
+                    continue;
+                }
                 if entry.kind != INPUT_KIND {
                     // A decision: it must be the next one the replayed engine made.
                     match expected.pop_front() {
@@ -350,6 +418,14 @@ impl Broker {
                 problem: format!("replay decides {body}, which the ledger does not record"),
             });
         }
+        if let Some(configuration) = configuration
+            && !last_start.as_ref().is_some_and(|last| last.same_as(&configuration))
+        {
+            let now = (broker.clock)();
+            let entry = configured_entry(now, &configuration);
+            broker.configure(configuration).map_err(StoreError::Invalid)?;
+            broker.store.append(&Batch { entries: vec![entry], answers: Vec::new() })?;
+        }
         recovery.outstanding = outstanding.len() + broker.unanswered.len();
         recovery.requests = broker.engine.requests().count();
         for (_, (at, input)) in outstanding {
@@ -369,6 +445,15 @@ impl Broker {
         if let Some(n) = id.strip_prefix("r-").and_then(|n| n.parse::<u64>().ok()) {
             self.next_request = self.next_request.max(n + 1);
         }
+    }
+
+    /// Runs under a configuration from now on.
+    fn configure(&mut self, configuration: Configuration) -> Result<(), String> {
+        let contracts =
+            contract::contract_set_from_texts(&configuration.contracts).map_err(|e| e.to_string())?;
+        self.engine.reconfigure(contracts, configuration.offers.clone());
+        self.configuration = Some(configuration);
+        Ok(())
     }
 
     /// Carries out one effect: calls to remote providers go to the
@@ -569,6 +654,23 @@ impl Broker {
                 Command::ProviderAnswer { provider, request, answer, reply } => {
                     let answer =
                         self.provider_answer(now, &provider, request, answer, &mut entries, &mut effects);
+                    replies.push((reply, answer));
+                }
+                Command::LoadContracts { files, reply } => {
+                    let offers = self.configuration.as_ref().map(|c| c.offers.clone()).unwrap_or_default();
+                    let configuration =
+                        Configuration { contracts: files, offers, origin: Configuration::API.into() };
+                    let entry = configured_entry(now, &configuration);
+                    // Parsing changes nothing when the files are wrong.
+                    let answer = match self.configure(configuration) {
+                        Err(e) => Err(ApiError::field(422, "files", e)),
+                        Ok(()) => {
+                            entries.push(entry);
+                            let ids: Vec<&str> =
+                                self.engine.contracts().contracts.iter().map(|c| c.id.as_str()).collect();
+                            Ok((200, json!({ "loaded": ids, "from": now.to_string() })))
+                        }
+                    };
                     replies.push((reply, answer));
                 }
                 Command::Contracts { id, reply } => {

@@ -41,7 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/requests/{id}", get(show))
         .route("/v1/requests/{id}/cancel", post(cancel))
         .route("/v1/stats", get(stats))
-        .route("/v1/contracts", get(contracts))
+        .route("/v1/contracts", get(contracts).post(load_contracts))
         .route("/v1/contracts/{id}", get(contract))
         .route("/v1/providers", get(providers))
         .route("/v1/allocations", get(allocations))
@@ -601,10 +601,10 @@ async fn provider_answer(
 #[openapi(
     info(title = "dibs", description = "A contract-aware broker for GPU cloud capacity."),
     paths(
-        health, submit, list, show, cancel, stats, contracts, contract, providers, allocations, open_incident, resolve_incident, incidents,
+        health, submit, list, show, cancel, stats, contracts, load_contracts, contract, providers, allocations, open_incident, resolve_incident, incidents,
         ledger, verify, create_token, provider_events, provider_answer
     ),
-    components(schemas(SubmitBody, RequestView, crate::view::AllocationView, crate::view::UnfilledView, ApiError, IncidentBody, TokenBody)),
+    components(schemas(ContractFiles, ContractFile, SubmitBody, RequestView, crate::view::AllocationView, crate::view::UnfilledView, ApiError, IncidentBody, TokenBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -656,4 +656,39 @@ async fn providers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
         return error(e);
     }
     ask(&state, |reply| Command::Providers { reply }).await
+}
+
+/// A contract set to load: every contract file and the policy file.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ContractFiles {
+    files: Vec<ContractFile>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ContractFile {
+    /// The file's name, for error messages (file:line:column).
+    name: String,
+    /// The TOML text.
+    text: String,
+}
+
+/// The most contract files one load takes.
+const MAX_CONTRACT_FILES: usize = 64;
+
+#[utoipa::path(post, path = "/v1/contracts", tag = "contracts", request_body = ContractFiles, responses((status = 200, description = "`{loaded: [contract id], from}`: the set replaces the one in force from now on, and the ledger records it", body = Object), (status = 422, description = "A file is wrong; the error names file:line:column and nothing changed", body = ApiError)), security(("bearer" = [])))]
+async fn load_contracts(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(e) = authenticate(&state, &headers, Access::Admin) {
+        return error(e);
+    }
+    let body: ContractFiles = match parse_body(&body) {
+        Ok(b) => b,
+        Err(e) => return error(e),
+    };
+    if body.files.is_empty() || body.files.len() > MAX_CONTRACT_FILES {
+        return error(ApiError::field(422, "files", format!("expected 1 to {MAX_CONTRACT_FILES} files")));
+    }
+    let files = body.files.into_iter().map(|f| (f.name, f.text)).collect();
+    ask(&state, |reply| Command::LoadContracts { files, reply }).await
 }

@@ -16,8 +16,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use dibs_core::contract::ContractSet;
-use dibs_core::engine::Engine;
 use dibs_core::types::Offer;
 use dibs_providers::{HolderBehaviour, SimulatedBehaviour, SimulatedProvider};
 use dibs_store::{PostgresStore, SqliteStore, Store, StoreError};
@@ -35,8 +33,9 @@ pub struct ServeConfig {
     pub database: Option<String>,
     /// The PostgreSQL schema (replicas that share a ledger use the same one).
     pub schema: String,
-    pub contracts: ContractSet,
-    pub offers: Vec<Offer>,
+    /// Contract files as (name, contents), and the catalog's offers: recorded
+    /// in the ledger when they differ from what it last ran under.
+    pub configuration: broker::Configuration,
     /// How the in-process simulated holder answers.
     pub holder: HolderBehaviour,
     /// Providers reached over HTTP (`dibs provider serve`), by name; the
@@ -137,14 +136,15 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     }
     let store = open_store(&config.data, config.database.as_deref(), &config.schema)?;
     let reader = open_store(&config.data, config.database.as_deref(), &config.schema)?;
-    let engine = Engine::new(config.contracts.clone(), config.offers.clone(), broker::engine_config());
-    let mut providers = simulated_providers(&config.offers, config.holder, config.seed);
+    let offers = &config.configuration.offers;
+    let mut providers = simulated_providers(offers, config.holder, config.seed);
     providers.retain(|name, _| !config.remote_providers.contains_key(name));
     let (tx, rx) = std::sync::mpsc::channel();
     let remote = (!config.remote_providers.is_empty())
         .then(|| remote::Dispatcher::start(config.remote_providers.clone(), tx.clone(), 8));
-    let (broker, recovery) = Broker::recover(engine, store, providers, remote, broker::wall_clock())?;
-    let Recovery { entries, inputs, requests, outstanding } = recovery;
+    let (broker, recovery) =
+        Broker::recover(store, providers, remote, broker::wall_clock(), Some(config.configuration.clone()))?;
+    let Recovery { entries, inputs, requests, outstanding, .. } = recovery;
     eprintln!(
         "dibs: ledger replayed: {entries} entries, {inputs} inputs, {requests} requests, {outstanding} calls and timers re-armed"
     );
@@ -187,14 +187,9 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     })
 }
 
-/// Replays a ledger through a fresh engine without serving: checks that the
-/// recorded inputs give exactly the recorded decisions (`dibs ledger verify`).
-pub fn replay_check(
-    store: Box<dyn Store>,
-    contracts: ContractSet,
-    offers: Vec<Offer>,
-) -> Result<Recovery, StoreError> {
-    let engine = Engine::new(contracts, offers.clone(), broker::engine_config());
-    let providers = simulated_providers(&offers, HolderBehaviour::Decline, 0);
-    Broker::recover(engine, store, providers, None, broker::wall_clock()).map(|(_, recovery)| recovery)
+/// Replays a ledger through a fresh engine without serving, under the
+/// configurations the ledger records: checks that the recorded inputs give
+/// exactly the recorded decisions (`dibs ledger verify`).
+pub fn replay_check(store: Box<dyn Store>) -> Result<Recovery, StoreError> {
+    Broker::recover(store, BTreeMap::new(), None, broker::wall_clock(), None).map(|(_, recovery)| recovery)
 }

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dibs_core::contract;
-use dibs_core::engine::Engine;
 use dibs_providers::{HolderBehaviour, SimulatedBehaviour};
 use dibs_serve::broker::{self, Broker, Command as BrokerCommand, SubmitBody};
 use dibs_store::SqliteStore;
@@ -71,7 +70,7 @@ fn undecided(stats: &serde_json::Value) -> u64 {
 
 fn in_process(n: usize) -> (f64, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let contracts = contract::builtin_contracts("default").unwrap();
+    let contracts = contract::builtin_contract_texts("default").unwrap();
     let offers = dibs_core::catalog::bundled_catalog().offers;
     let behaviour = SimulatedBehaviour {
         holder: HolderBehaviour::AcceptRate(0.5),
@@ -81,9 +80,10 @@ fn in_process(n: usize) -> (f64, u64) {
     };
     let providers = dibs_serve::simulated_providers_with(&offers, behaviour, 1);
     let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
-    let engine = Engine::new(contracts, offers, broker::engine_config());
+    let configuration =
+        broker::Configuration { contracts, offers, origin: broker::Configuration::COMMAND_LINE.into() };
     let (broker, _) =
-        Broker::recover(engine, Box::new(store), providers, None, broker::wall_clock()).unwrap();
+        Broker::recover(Box::new(store), providers, None, broker::wall_clock(), Some(configuration)).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || broker.run(rx).unwrap());
 

@@ -67,11 +67,13 @@ fn parse_remotes(specs: &[String]) -> Result<BTreeMap<ProviderName, String>> {
 
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let holder = HolderBehaviour::parse(&args.holder).map_err(|e| anyhow::anyhow!("--holder: {e}"))?;
-    let contracts = if args.contracts.is_empty() {
-        contract::builtin_contracts("default").context("the embedded default contract set")?
+    let contract_texts = if args.contracts.is_empty() {
+        contract::builtin_contract_texts("default").context("the embedded default contract set")?
     } else {
-        crate::load_contracts(&args.contracts).map_err(|e| anyhow::anyhow!("{e}"))?
+        contract::read_contract_texts(&args.contracts).map_err(|e| anyhow::anyhow!("{e}"))?
     };
+    // Check them here, so a mistake is reported with its file, line and column before anything starts.
+    contract::contract_set_from_texts(&contract_texts).map_err(|e| anyhow::anyhow!("{e}"))?;
     let catalog = crate::load_catalogs(&args.catalog)?;
     let remote_providers = parse_remotes(&args.providers)?;
     for name in remote_providers.keys() {
@@ -85,8 +87,11 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         data: args.data,
         database: args.database,
         schema: args.database_schema,
-        contracts,
-        offers: catalog.offers,
+        configuration: dibs_serve::broker::Configuration {
+            contracts: contract_texts,
+            offers: catalog.offers,
+            origin: dibs_serve::broker::Configuration::COMMAND_LINE.into(),
+        },
         holder,
         remote_providers,
         seed: args.seed,
@@ -98,9 +103,9 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
 
 #[derive(Subcommand)]
 pub enum LedgerCommand {
-    /// Check the ledger's hash chain and that replaying its inputs makes the
-    /// decisions it records; names the first bad entry. Reads the store
-    /// directly (the server may be running).
+    /// Check the ledger's hash chain and that replaying its inputs, under the
+    /// contracts and catalog it records, makes the decisions it records; names
+    /// the first bad entry. Reads the store directly (the server may be running).
     Verify {
         /// Data folder holding the SQLite ledger.
         #[arg(long, default_value = "dibs-data")]
@@ -111,17 +116,11 @@ pub enum LedgerCommand {
         /// PostgreSQL schema.
         #[arg(long, default_value = dibs_serve::POSTGRES_SCHEMA)]
         database_schema: String,
-        /// Contract files the ledger was written under (for the replay check). Default: embedded.
-        #[arg(long)]
-        contracts: Vec<PathBuf>,
-        /// Catalogs the server ran with (for the replay check). Default: the bundled table.
-        #[arg(long)]
-        catalog: Vec<PathBuf>,
     },
 }
 
 pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
-    let LedgerCommand::Verify { data, database, database_schema, contracts, catalog } = command;
+    let LedgerCommand::Verify { data, database, database_schema } = command;
     if database.is_none() && !data.join("ledger.db").is_file() {
         bail!("--data {}: no ledger.db there", data.display());
     }
@@ -134,25 +133,19 @@ pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     }
-    let contracts = if contracts.is_empty() {
-        contract::builtin_contracts("default").context("the embedded default contract set")?
-    } else {
-        crate::load_contracts(&contracts).map_err(|e| anyhow::anyhow!("{e}"))?
-    };
-    let offers = crate::load_catalogs(&catalog)?.offers;
-    match dibs_serve::replay_check(store, contracts, offers) {
+    match dibs_serve::replay_check(store) {
         Ok(r) => {
             println!(
-                "replay: ok, {} inputs give the {} decisions recorded; {} requests",
+                "replay: ok, {} inputs under {} recorded configurations give the {} decisions recorded; {} requests",
                 r.inputs,
-                r.entries - r.inputs,
+                r.configurations,
+                r.entries - r.inputs - r.configurations,
                 r.requests
             );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             println!("replay: MISMATCH: {e}");
-            println!("(the replay needs the --contracts and --catalog the server ran with)");
             Ok(ExitCode::from(1))
         }
     }

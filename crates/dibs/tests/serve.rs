@@ -143,14 +143,9 @@ fn streamed_body(n: u32) -> Value {
     request_body(8 * (1 + n % 4))
 }
 
+/// `dibs ledger verify`: the chain, and a replay under the configurations the ledger records.
 fn verify_offline(data: &Path) {
-    verify_offline_with(data, &[]);
-}
-
-/// `dibs ledger verify`, given the configuration the server ran with.
-fn verify_offline_with(data: &Path, args: &[&str]) {
-    let output =
-        Command::new(DIBS).args(["ledger", "verify", "--data"]).arg(data).args(args).output().unwrap();
+    let output = Command::new(DIBS).args(["ledger", "verify", "--data"]).arg(data).output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "dibs ledger verify: {text}");
     assert!(text.contains("replay: ok"), "{text}");
@@ -462,7 +457,7 @@ fn the_holder_declines_and_two_providers_quote_over_the_provider_protocol() {
     let (status, verified) = call(&server.url, "GET", "/ledger/verify", None, None);
     assert_eq!((status, &verified["ok"]), (200, &json!(true)), "{verified}");
     drop(server);
-    verify_offline_with(&data, &["--catalog", catalog.to_str().unwrap()]);
+    verify_offline(&data);
 }
 
 #[test]
@@ -774,4 +769,65 @@ fn the_openapi_document_lists_the_endpoints_and_each_listed_endpoint_exists() {
             assert_ne!(body["error"], "no such endpoint", "{method} {path}: {status}");
         }
     }
+}
+
+/// The example contract set `name` as API files.
+fn contract_files(name: &str) -> Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/contracts").join(name);
+    let mut paths: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    paths.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    paths.sort();
+    let files: Vec<Value> = paths
+        .iter()
+        .map(|p| json!({ "name": p.file_name().unwrap().to_str().unwrap(), "text": std::fs::read_to_string(p).unwrap() }))
+        .collect();
+    json!({ "files": files })
+}
+
+#[test]
+fn contracts_loaded_through_the_api_apply_from_then_on_and_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let data_arg = data.path().to_str().unwrap().to_owned();
+    let mut server = Server::start(&["--data", &data_arg]);
+    let url = server.url.clone();
+    let (_, first) = call(&url, "POST", "/requests", Some(&request_body(64)), None);
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    wait_for(&url, &first_id, |r| r["status"] != "first_refusal" && r["status"] != "market");
+    let solicited = |id: &str| ledger(&url).iter().any(|e| e["kind"] == "solicited" && e["request"] == id);
+    assert!(solicited(&first_id), "the default set gives azure first refusal today");
+
+    // A broken file is refused with its line and column, and nothing changes.
+    let before = ledger(&url).len();
+    let mut broken = contract_files("historical");
+    let text = broken["files"][1]["text"].as_str().unwrap().replace("rate = 0.2", "rate = 1.2");
+    broken["files"][1]["text"] = json!(text);
+    let (status, body) = call(&url, "POST", "/contracts", Some(&broken), None);
+    assert_eq!((status, body["field"].as_str()), (422, Some("files")), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("azure.toml:"), "{body}");
+    assert_eq!(ledger(&url).len(), before, "a refused load wrote to the ledger");
+
+    // The historical set: the 2025-10-28 amendment ended azure's first refusal.
+    let (status, loaded) = call(&url, "POST", "/contracts", Some(&contract_files("historical")), None);
+    assert_eq!(status, 200, "{loaded}");
+    let (_, second) = call(&url, "POST", "/requests", Some(&request_body(64)), None);
+    let second_id = second["id"].as_str().unwrap().to_owned();
+    wait_for(&url, &second_id, |r| r["status"] != "first_refusal" && r["status"] != "market");
+    assert!(!solicited(&second_id), "no first refusal under the historical set in 2026");
+
+    // A restart with the same flags replays each input under the contracts it
+    // was decided under, and keeps the loaded set; new flags would win.
+    server.kill();
+    let server = Server::start(&["--data", &data_arg]);
+    let (_, listed) = call(&server.url, "GET", "/contracts", None, None);
+    let sources: Vec<&str> =
+        listed["contracts"].as_array().unwrap().iter().map(|c| c["source"].as_str().unwrap()).collect();
+    assert!(sources.contains(&"azure.toml"), "the loaded set is still in force: {sources:?}");
+    let (_, third) = call(&server.url, "POST", "/requests", Some(&request_body(64)), None);
+    let third_id = third["id"].as_str().unwrap().to_owned();
+    wait_for(&server.url, &third_id, |r| r["status"] != "first_refusal" && r["status"] != "market");
+    let again =
+        ledger(&server.url).iter().any(|e| e["kind"] == "solicited" && e["request"] == third_id.as_str());
+    assert!(!again, "still no first refusal after the restart");
+    drop(server);
+    verify_offline(data.path());
 }

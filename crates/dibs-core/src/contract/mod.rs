@@ -12,8 +12,9 @@ mod parse;
 pub use condition::{Condition, ConditionError, Metrics};
 pub use describe::describe_in_force;
 pub use parse::{
-    ContractError, ContractSetBuilder, Location, builtin_contracts, load_contract_dir, load_contract_files,
-    parse_contract, parse_policy,
+    ContractError, ContractSetBuilder, Location, builtin_contract_texts, builtin_contracts,
+    contract_set_from_texts, load_contract_dir, load_contract_files, parse_contract, parse_policy,
+    read_contract_texts,
 };
 
 use serde::Serialize;

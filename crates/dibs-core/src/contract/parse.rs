@@ -235,6 +235,59 @@ pub fn load_contract_dir(dir: &Path) -> Result<ContractSet, ContractError> {
 /// arrangement as it evolved, 2019 to 2030) and `"default"` (the same clauses,
 /// all in force today). `None` for any other name.
 pub fn builtin_contracts(set: &str) -> Option<ContractSet> {
+    let texts = builtin_contract_texts(set)?;
+    let set = contract_set_from_texts(&texts);
+    // The embedded files are part of the program, and a test loads both sets.
+    assert!(set.is_ok(), "embedded contract set {set:?} is invalid");
+    set.ok()
+}
+
+/// A contract set from (file name, contents) pairs: what a service records
+/// in its ledger so that a replay runs under the contracts the run had.
+pub fn contract_set_from_texts(files: &[(String, String)]) -> Result<ContractSet, ContractError> {
+    let mut builder = ContractSetBuilder::new();
+    for (name, text) in files {
+        builder.add_file(name, text)?;
+    }
+    builder.build()
+}
+
+/// Reads contract files (or folders of `*.toml`) into (file name, contents) pairs.
+pub fn read_contract_texts(paths: &[PathBuf]) -> Result<Vec<(String, String)>, ContractError> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let unreadable = |e: std::io::Error| ContractError {
+                location: Location::file(path.display().to_string()),
+                message: format!("cannot read the directory: {e}"),
+            };
+            let mut found = Vec::new();
+            for entry in std::fs::read_dir(path).map_err(unreadable)? {
+                let p = entry.map_err(unreadable)?.path();
+                if p.is_file() && p.extension().is_some_and(|e| e == "toml") {
+                    found.push(p);
+                }
+            }
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files
+        .iter()
+        .map(|path| {
+            let name = path.display().to_string();
+            std::fs::read_to_string(path).map(|text| (name.clone(), text)).map_err(|e| ContractError {
+                location: Location::file(&name),
+                message: format!("cannot read: {e}"),
+            })
+        })
+        .collect()
+}
+
+/// The embedded example sets as (file name, contents) pairs.
+pub fn builtin_contract_texts(set: &str) -> Option<Vec<(String, String)>> {
     let files: &[(&str, &str)] = match set {
         "historical" => &[
             ("historical/aws.toml", include_str!("../../../../examples/contracts/historical/aws.toml")),
@@ -256,15 +309,7 @@ pub fn builtin_contracts(set: &str) -> Option<ContractSet> {
         ],
         _ => return None,
     };
-    let mut builder = ContractSetBuilder::new();
-    for (name, text) in files {
-        let added = builder.add_file(&format!("builtin:{name}"), text);
-        // The embedded files are part of the program, and a test loads both sets.
-        assert!(added.is_ok(), "embedded contract file {name} is invalid: {added:?}");
-    }
-    let set = builder.build();
-    assert!(set.is_ok(), "embedded contract set {set:?} is invalid");
-    set.ok()
+    Some(files.iter().map(|(name, text)| (format!("builtin:{name}"), (*text).to_owned())).collect())
 }
 
 /// Builds a `ContractSet` from file contents, running the checks that need
