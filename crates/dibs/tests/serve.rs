@@ -191,7 +191,12 @@ fn a_request_goes_through_first_refusal_and_market_to_an_award_over_http() {
     assert_eq!((status, body["field"].as_str()), (422, Some("min_block")), "{body}");
     let unauthenticated = agent().get(format!("{url}/v1/requests")).call().unwrap();
     assert_eq!(unauthenticated.status().as_u16(), 401);
-    assert!(ledger(url).is_empty(), "rejected input left entries");
+    let kinds: Vec<Value> = ledger(url).iter().map(|e| e["kind"].clone()).collect();
+    assert_eq!(
+        kinds,
+        vec![json!("configured")],
+        "only the start's configuration; rejected input left no entries"
+    );
 
     let (status, first) = call(url, "POST", "/requests", Some(&request_body(256)), Some("k-1"));
     assert_eq!(status, 201, "{first}");
