@@ -424,7 +424,7 @@ impl Broker {
             let now = (broker.clock)();
             let entry = configured_entry(now, &configuration);
             broker.configure(configuration).map_err(StoreError::Invalid)?;
-            broker.store.append(&Batch { entries: vec![entry], answers: Vec::new() })?;
+            broker.store.append(&Batch { entries: vec![entry], ..Batch::default() })?;
         }
         recovery.outstanding = outstanding.len() + broker.unanswered.len();
         recovery.requests = broker.engine.requests().count();
@@ -718,10 +718,14 @@ impl Broker {
         }
         let answers = std::mem::take(&mut self.turn_answers);
         if !entries.is_empty() || !answers.is_empty() {
+            // The requests this turn touched, as the projection will show them.
+            let touched: std::collections::BTreeSet<&str> =
+                entries.iter().filter_map(|e| e.request.as_deref()).collect();
+            let requests = touched.into_iter().filter_map(|id| self.projected(id)).collect();
             // The commit that makes this turn's decisions durable. If it fails,
             // the engine holds decisions the ledger does not: stop, and let the
             // restart replay the ledger.
-            self.store.append(&Batch { entries, answers })?;
+            self.store.append(&Batch { entries, answers, requests })?;
         }
         for (reply, answer) in replies {
             let _ = reply.send(answer);
@@ -802,6 +806,57 @@ impl Broker {
             Input::IncidentOpened { id: id.clone(), provider: provider.clone(), region: region.clone() };
         effects.extend(self.apply(now, input, entries));
         Ok((201, json!({ "id": id, "provider": provider, "region": region })))
+    }
+
+    /// A request's row in the `requests` projection.
+    fn projected(&self, id: &str) -> Option<(String, String)> {
+        let state = self.engine.request(id)?;
+        Some((
+            id.to_owned(),
+            serde_json::to_string(&view::request(&self.engine, state)).expect("views serialize"),
+        ))
+    }
+
+    /// The whole projection as the engine's state gives it.
+    pub fn projection(&self) -> Vec<(String, String)> {
+        self.engine.requests().filter_map(|s| self.projected(&s.request.id)).collect()
+    }
+
+    /// Compares the stored `requests` projection with the engine's state;
+    /// names the first request that differs. Returns the rows compared.
+    pub fn check_projection(&mut self) -> Result<usize, String> {
+        let expected = self.projection();
+        let mut stored = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page =
+                self.store.projected_requests(&after, dibs_store::MAX_PAGE).map_err(|e| e.to_string())?;
+            let Some((last, _)) = page.last() else { break };
+            after = last.clone();
+            stored.extend(page);
+        }
+        for (i, (id, view)) in expected.iter().enumerate() {
+            match stored.get(i) {
+                Some((stored_id, stored_view)) if stored_id == id && stored_view == view => {}
+                Some((stored_id, _)) if stored_id == id => {
+                    return Err(format!(
+                        "request {id}: the projection holds another state than the ledger gives"
+                    ));
+                }
+                _ => return Err(format!("request {id}: missing from the projection")),
+            }
+        }
+        if let Some((id, _)) = stored.get(expected.len()) {
+            return Err(format!("request {id}: in the projection but not in the ledger"));
+        }
+        Ok(expected.len())
+    }
+
+    /// Replaces the stored projection with the engine's state.
+    pub fn rebuild_projection(&mut self) -> Result<usize, StoreError> {
+        let rows = self.projection();
+        self.store.replace_projection(&rows)?;
+        Ok(rows.len())
     }
 
     fn view(&self, id: &str) -> serde_json::Value {

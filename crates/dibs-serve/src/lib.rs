@@ -189,7 +189,17 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Replays a ledger through a fresh engine without serving, under the
 /// configurations the ledger records: checks that the recorded inputs give
-/// exactly the recorded decisions (`dibs ledger verify`).
-pub fn replay_check(store: Box<dyn Store>) -> Result<Recovery, StoreError> {
-    Broker::recover(store, BTreeMap::new(), None, broker::wall_clock(), None).map(|(_, recovery)| recovery)
+/// exactly the recorded decisions (`dibs ledger verify`), then compares the
+/// stored `requests` projection with the replayed state.
+pub fn replay_check(store: Box<dyn Store>) -> Result<(Recovery, Result<usize, String>), StoreError> {
+    let (mut broker, recovery) = Broker::recover(store, BTreeMap::new(), None, broker::wall_clock(), None)?;
+    let projection = broker.check_projection();
+    Ok((recovery, projection))
+}
+
+/// Recreates the `requests` projection by replaying the ledger (`dibs ledger rebuild`).
+pub fn rebuild(store: Box<dyn Store>) -> Result<(Recovery, usize), StoreError> {
+    let (mut broker, recovery) = Broker::recover(store, BTreeMap::new(), None, broker::wall_clock(), None)?;
+    let rows = broker.rebuild_projection()?;
+    Ok((recovery, rows))
 }

@@ -69,6 +69,8 @@ pub struct IdempotentAnswer {
 pub struct Batch {
     pub entries: Vec<NewEntry>,
     pub answers: Vec<IdempotentAnswer>,
+    /// Rows of the `requests` projection to write (id, JSON), in the same transaction.
+    pub requests: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,10 @@ pub trait Store: Send {
     fn head(&mut self) -> Result<(u64, [u8; 32]), StoreError>;
     /// The answer recorded under (scope, key), if any.
     fn answer(&mut self, scope: &str, key: &str) -> Result<Option<IdempotentAnswer>, StoreError>;
+    /// Up to `limit` rows of the `requests` projection with ids after `after`, in id order.
+    fn projected_requests(&mut self, after: &str, limit: usize) -> Result<Vec<(String, String)>, StoreError>;
+    /// Replaces the whole `requests` projection, in one transaction (`dibs ledger rebuild`).
+    fn replace_projection(&mut self, rows: &[(String, String)]) -> Result<(), StoreError>;
     /// Records an API token by the hex SHA-256 of its secret (the secret is never stored).
     fn add_token(&mut self, hash: &str, role: &str) -> Result<(), StoreError>;
     /// The role of the token with this hash, if there is one.

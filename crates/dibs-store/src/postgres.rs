@@ -48,6 +48,10 @@ impl PostgresStore {
                  response TEXT NOT NULL,
                  PRIMARY KEY (scope, key)
              );
+             CREATE TABLE IF NOT EXISTS requests (
+                 id TEXT PRIMARY KEY,
+                 view TEXT NOT NULL
+             );
              CREATE TABLE IF NOT EXISTS tokens (
                  hash TEXT PRIMARY KEY,
                  role TEXT NOT NULL
@@ -107,6 +111,14 @@ impl Store for PostgresStore {
                 &[&(e.seq as i64), &e.at, &e.kind, &e.request, &e.body, &&e.prev_hash[..], &&e.hash[..]],
             )?;
         }
+        if !batch.requests.is_empty() {
+            let upsert = tx.prepare(
+                "INSERT INTO requests (id, view) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET view = excluded.view",
+            )?;
+            for (id, view) in &batch.requests {
+                tx.execute(&upsert, &[id, view])?;
+            }
+        }
         tx.commit()?;
         Ok(entries)
     }
@@ -135,6 +147,27 @@ impl Store for PostgresStore {
 
     fn head(&mut self) -> Result<(u64, [u8; 32]), StoreError> {
         read_head(&mut self.client)
+    }
+
+    fn projected_requests(&mut self, after: &str, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = self.client.query(
+            // Byte order, as SQLite and the engine order ids, whatever the database's collation.
+            "SELECT id, view FROM requests WHERE id COLLATE \"C\" > $1 ORDER BY id COLLATE \"C\" LIMIT $2",
+            &[&after, &(limit.min(MAX_PAGE) as i64)],
+        )?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn replace_projection(&mut self, rows: &[(String, String)]) -> Result<(), StoreError> {
+        let mut tx = self.client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])?;
+        tx.execute("DELETE FROM requests", &[])?;
+        let insert = tx.prepare("INSERT INTO requests (id, view) VALUES ($1, $2)")?;
+        for (id, view) in rows {
+            tx.execute(&insert, &[id, view])?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn add_token(&mut self, hash: &str, role: &str) -> Result<(), StoreError> {

@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
     response TEXT NOT NULL,
     PRIMARY KEY (scope, key)
 );
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    view TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tokens (
     hash TEXT PRIMARY KEY,
     role TEXT NOT NULL
@@ -97,6 +101,14 @@ impl Store for SqliteStore {
                 ])?;
             }
         }
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO requests (id, view) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET view = excluded.view",
+            )?;
+            for (id, view) in &batch.requests {
+                upsert.execute(params![id, view])?;
+            }
+        }
         tx.commit()?;
         Ok(entries)
     }
@@ -136,6 +148,28 @@ impl Store for SqliteStore {
 
     fn head(&mut self) -> Result<(u64, [u8; 32]), StoreError> {
         read_head(&self.connection)
+    }
+
+    fn projected_requests(&mut self, after: &str, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+        let mut select = self
+            .connection
+            .prepare_cached("SELECT id, view FROM requests WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+        let rows =
+            select.query_map(params![after, limit.min(MAX_PAGE) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn replace_projection(&mut self, rows: &[(String, String)]) -> Result<(), StoreError> {
+        let tx = self.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM requests", [])?;
+        {
+            let mut insert = tx.prepare_cached("INSERT INTO requests (id, view) VALUES (?1, ?2)")?;
+            for (id, view) in rows {
+                insert.execute(params![id, view])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn add_token(&mut self, hash: &str, role: &str) -> Result<(), StoreError> {

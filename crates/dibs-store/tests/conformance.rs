@@ -16,7 +16,7 @@ fn entry(n: u32) -> NewEntry {
 }
 
 fn batch(range: std::ops::Range<u32>) -> Batch {
-    Batch { entries: range.map(entry).collect(), answers: Vec::new() }
+    Batch { entries: range.map(entry).collect(), answers: Vec::new(), requests: Vec::new() }
 }
 
 fn answer(key: &str, response: &str) -> IdempotentAnswer {
@@ -132,7 +132,11 @@ fn a_reopened_store_keeps_everything(backend: &dyn Backend) {
     {
         let mut store = backend.open();
         store
-            .append(&Batch { entries: vec![entry(0)], answers: vec![answer("k1", "{\"id\":\"r0\"}")] })
+            .append(&Batch {
+                entries: vec![entry(0)],
+                answers: vec![answer("k1", "{\"id\":\"r0\"}")],
+                ..Batch::default()
+            })
             .unwrap();
     }
     let mut store = backend.open();
@@ -145,9 +149,14 @@ fn a_reopened_store_keeps_everything(backend: &dyn Backend) {
 
 fn a_reused_key_commits_nothing(backend: &dyn Backend) {
     let mut store = backend.open();
-    store.append(&Batch { entries: vec![entry(0)], answers: vec![answer("k", "first")] }).unwrap();
-    let again =
-        store.append(&Batch { entries: vec![entry(1), entry(2)], answers: vec![answer("k", "second")] });
+    store
+        .append(&Batch { entries: vec![entry(0)], answers: vec![answer("k", "first")], requests: Vec::new() })
+        .unwrap();
+    let again = store.append(&Batch {
+        entries: vec![entry(1), entry(2)],
+        answers: vec![answer("k", "second")],
+        ..Batch::default()
+    });
     assert!(matches!(again, Err(StoreError::KeyReused { ref key }) if key == "k"), "{again:?}");
     assert_eq!(store.head().unwrap().0, 1, "the refused batch's entries were not written");
     assert_eq!(store.answer("requester-1", "k").unwrap().unwrap().response, "first");
@@ -190,6 +199,34 @@ fn tokens_are_kept_by_hash(backend: &dyn Backend) {
     assert_eq!(again.token_role("h1").unwrap().as_deref(), Some("provider:azure"));
 }
 
+fn the_requests_projection_is_written_with_its_batch_and_can_be_replaced(backend: &dyn Backend) {
+    let mut store = backend.open();
+    let rows = |pairs: &[(&str, &str)]| pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    store
+        .append(&Batch {
+            entries: vec![entry(0)],
+            answers: Vec::new(),
+            requests: rows(&[("r-1", "a"), ("r-2", "b")]),
+        })
+        .unwrap();
+    store
+        .append(&Batch { entries: vec![entry(1)], answers: Vec::new(), requests: rows(&[("r-1", "c")]) })
+        .unwrap();
+    assert_eq!(store.projected_requests("", 10).unwrap(), rows(&[("r-1", "c"), ("r-2", "b")]));
+    assert_eq!(store.projected_requests("r-1", 10).unwrap(), rows(&[("r-2", "b")]));
+    // A refused batch writes no projection either.
+    store.append(&Batch { entries: vec![], answers: vec![answer("k", "x")], requests: vec![] }).unwrap();
+    let refused = store.append(&Batch {
+        entries: vec![entry(2)],
+        answers: vec![answer("k", "y")],
+        requests: rows(&[("r-3", "z")]),
+    });
+    assert!(refused.is_err());
+    assert_eq!(store.projected_requests("r-2", 10).unwrap(), Vec::<(String, String)>::new());
+    store.replace_projection(&rows(&[("r-9", "n")])).unwrap();
+    assert_eq!(backend.open().projected_requests("", 10).unwrap(), rows(&[("r-9", "n")]));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -216,4 +253,5 @@ conformance!(
     verify_names_the_first_changed_entry,
     concurrent_writers_keep_one_chain,
     tokens_are_kept_by_hash,
+    the_requests_projection_is_written_with_its_batch_and_can_be_replaced,
 );

@@ -224,6 +224,17 @@ fn a_request_goes_through_first_refusal_and_market_to_an_award_over_http() {
     let (status, verified) = call(url, "GET", "/ledger/verify", None, None);
     assert_eq!((status, &verified["ok"]), (200, &json!(true)), "{verified}");
     check_no_double_award(url);
+    drop(server);
+    verify_offline(data.path());
+
+    // The requests table is a projection: changed behind dibs's back, verify names it; rebuild recreates it.
+    let db = rusqlite::Connection::open(data.path().join("ledger.db")).unwrap();
+    db.execute("UPDATE requests SET view = '{}' WHERE id = ?1", [&id]).unwrap();
+    let output = Command::new(DIBS).args(["ledger", "verify", "--data"]).arg(data.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success() && text.contains(&format!("request {id}")), "{text}");
+    let output = Command::new(DIBS).args(["ledger", "rebuild", "--data"]).arg(data.path()).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     verify_offline(data.path());
 }
 
