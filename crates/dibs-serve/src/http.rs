@@ -184,15 +184,20 @@ async fn ask(
     state: &AppState,
     make: impl FnOnce(tokio::sync::oneshot::Sender<Reply>) -> Command,
 ) -> Response {
+    reply(ask_reply(state, make).await)
+}
+
+/// Sends a command to the broker and waits for its answer.
+async fn ask_reply(
+    state: &AppState,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<Reply>) -> Command,
+) -> Reply {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let sent = state.commands.lock().map(|c| c.send(make(tx)).is_ok()).unwrap_or(false);
     if !sent {
-        return error(ApiError::new(503, "the broker has stopped"));
+        return Err(ApiError::new(503, "the broker has stopped"));
     }
-    match rx.await {
-        Ok(r) => reply(r),
-        Err(_) => error(ApiError::new(503, "the broker stopped before answering")),
-    }
+    rx.await.unwrap_or_else(|_| Err(ApiError::new(503, "the broker stopped before answering")))
 }
 
 #[utoipa::path(get, path = "/v1/health", tag = "service", responses((status = 200, description = "The service is up", body = Object)))]
@@ -655,7 +660,24 @@ async fn providers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
     if let Err(e) = authenticate(&state, &headers, Access::Read) {
         return error(e);
     }
-    ask(&state, |reply| Command::Providers { reply }).await
+    let (status, mut body) = match ask_reply(&state, |reply| Command::Providers { reply }).await {
+        Ok(answer) => answer,
+        Err(e) => return error(e),
+    };
+    // Ask each provider reached over HTTP for its health, side by side, briefly.
+    let mut probes = Vec::new();
+    if let Some(list) = body["providers"].as_array() {
+        for (i, provider) in list.iter().enumerate() {
+            if let Some(url) = provider["reached"].as_str().filter(|u| u.starts_with("http")) {
+                let url = format!("{url}/health");
+                probes.push((i, tokio::task::spawn_blocking(move || crate::remote::healthy(&url))));
+            }
+        }
+    }
+    for (i, probe) in probes {
+        body["providers"][i]["healthy"] = json!(probe.await.unwrap_or(false));
+    }
+    reply(Ok((status, body)))
 }
 
 /// A contract set to load: every contract file and the policy file.

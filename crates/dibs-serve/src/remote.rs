@@ -256,3 +256,13 @@ fn answer(call: &Call, text: &str) -> Option<(Option<Timestamp>, Input)> {
         Call::Cancel { .. } => None,
     }
 }
+
+/// Whether a provider's health endpoint answers 2xx within a second.
+pub fn healthy(url: &str) -> bool {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(1)))
+        .build()
+        .into();
+    agent.get(url).call().is_ok_and(|r| r.status().is_success())
+}

@@ -512,6 +512,16 @@ fn a_provider_that_is_down_or_answers_garbage_does_not_hold_a_request_up() {
         "--provider",
         &format!("aws={garbage_url}"),
     ]);
+    let (_, providers) = call(&server.url, "GET", "/providers", None, None);
+    let health: BTreeMap<&str, &Value> = providers["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), &p["healthy"]))
+        .collect();
+    assert_eq!(health["azure"], &json!(true), "{providers}");
+    assert_eq!(health["lambda"], &json!(false), "lambda is down: {providers}");
+
     let started = Instant::now();
     let (status, submitted) = call(&server.url, "POST", "/requests", Some(&request_body(64)), None);
     assert_eq!(status, 201, "{submitted}");
@@ -846,4 +856,38 @@ fn contracts_loaded_through_the_api_apply_from_then_on_and_survive_a_restart() {
     assert!(!again, "still no first refusal after the restart");
     drop(server);
     verify_offline(data.path());
+}
+
+#[test]
+fn the_request_commands_talk_to_a_running_server() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--data", data.path().to_str().unwrap()]);
+    let dibs = |args: &[&str]| {
+        Command::new(DIBS)
+            .args(args)
+            .args(["--server", &server.url])
+            .env("DIBS_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    };
+    let submitted =
+        dibs(&["request", "submit", "--gpus", "64", "--hours", "10", "--idempotency-key", "cli-1"]);
+    assert!(submitted.status.success(), "{}", String::from_utf8_lossy(&submitted.stderr));
+    let body: Value = serde_json::from_slice(&submitted.stdout).unwrap();
+    let id = body["id"].as_str().unwrap();
+    let shown = dibs(&["request", "show", id]);
+    assert!(shown.status.success());
+    assert_eq!(serde_json::from_slice::<Value>(&shown.stdout).unwrap()["id"], body["id"]);
+    let listed = dibs(&["request", "list"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(id));
+    // A bad request exits non-zero and says which field.
+    let bad = dibs(&["request", "submit", "--gpus", "0", "--hours", "10"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("\"field\": \"gpus\""),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let missing = dibs(&["request", "show", "r-999"]);
+    assert_eq!(missing.status.code(), Some(2));
 }
