@@ -54,7 +54,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ledger/verify", get(verify))
         .fallback(|| async { error(ApiError::new(404, "no such endpoint")) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Errors the framework answers itself (a body over the limit, a wrong
+/// method) come as plain text; every error a client sees is JSON.
+async fn json_errors(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status().as_u16() < 400 || is_json {
+        return response;
+    }
+    let status = response.status();
+    let text = axum::body::to_bytes(response.into_body(), 16 * 1024).await.unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_owned();
+    if message.is_empty() {
+        message = status.canonical_reason().unwrap_or("error").to_lowercase();
+    }
+    let field = (status == StatusCode::PAYLOAD_TOO_LARGE).then(|| "body".to_owned());
+    (status, Json(ApiError { status: status.as_u16(), error: message, field })).into_response()
 }
 
 fn error(e: ApiError) -> Response {

@@ -191,6 +191,18 @@ fn a_request_goes_through_first_refusal_and_market_to_an_award_over_http() {
     assert_eq!((status, body["field"].as_str()), (422, Some("min_block")), "{body}");
     let unauthenticated = agent().get(format!("{url}/v1/requests")).call().unwrap();
     assert_eq!(unauthenticated.status().as_u16(), 401);
+    // What the framework refuses is JSON too: a body over 64 KiB, a wrong method.
+    let mut huge = request_body(8);
+    huge["workload"] = json!("x".repeat(100_000));
+    let (status, body) = call(url, "POST", "/requests", Some(&huge), None);
+    assert_eq!((status, body["field"].as_str()), (413, Some("body")), "{body}");
+    let mut wrong = agent()
+        .post(format!("{url}/v1/ledger"))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send_empty()
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 405);
+    assert!(wrong.body_mut().read_json::<Value>().is_ok(), "a 405 is JSON");
     let kinds: Vec<Value> = ledger(url).iter().map(|e| e["kind"].clone()).collect();
     assert_eq!(
         kinds,
