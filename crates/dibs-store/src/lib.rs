@@ -71,6 +71,21 @@ pub struct Batch {
     pub answers: Vec<IdempotentAnswer>,
     /// Rows of the `requests` projection to write (id, JSON), in the same transaction.
     pub requests: Vec<(String, String)>,
+    /// Timers set by this batch's decisions, and timers that fired (by key).
+    pub timers_set: Vec<Row>,
+    pub timers_fired: Vec<String>,
+    /// Calls to providers this batch's decisions make, and calls answered (by key).
+    pub outbox_add: Vec<Row>,
+    pub outbox_done: Vec<String>,
+}
+
+/// A timer or an outgoing call: a key (what it is for), when it is due
+/// (unix seconds), and its content as JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub key: String,
+    pub due: i64,
+    pub body: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +118,16 @@ pub trait Store: Send {
     fn projected_requests(&mut self, after: &str, limit: usize) -> Result<Vec<(String, String)>, StoreError>;
     /// Replaces the whole `requests` projection, in one transaction (`dibs ledger rebuild`).
     fn replace_projection(&mut self, rows: &[(String, String)]) -> Result<(), StoreError>;
+    /// Every timer that has not fired, in due order.
+    fn timers(&mut self) -> Result<Vec<Row>, StoreError>;
+    /// Claims up to `limit` outgoing calls nobody holds (or whose holder's lease
+    /// ran out) until `lease_until`: on PostgreSQL with `FOR UPDATE SKIP LOCKED`,
+    /// so two workers never claim one call.
+    fn claim_calls(&mut self, now: i64, lease_until: i64, limit: usize) -> Result<Vec<Row>, StoreError>;
+    /// Removes a call that needs no answer recorded (it failed for good, or was a cancel).
+    fn drop_call(&mut self, key: &str) -> Result<(), StoreError>;
+    /// Releases every claim (a new leader takes over the calls of the old).
+    fn release_calls(&mut self) -> Result<(), StoreError>;
     /// Records an API token by the hex SHA-256 of its secret (the secret is never stored).
     fn add_token(&mut self, hash: &str, role: &str) -> Result<(), StoreError>;
     /// The role of the token with this hash, if there is one.

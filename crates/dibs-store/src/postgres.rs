@@ -4,7 +4,7 @@
 
 use postgres::{Client, NoTls};
 
-use crate::{Batch, Entry, IdempotentAnswer, MAX_PAGE, Store, StoreError, chain, to_hash};
+use crate::{Batch, Entry, IdempotentAnswer, MAX_PAGE, Row, Store, StoreError, chain, to_hash};
 
 /// The advisory lock key appends take (ASCII "dibsledg").
 const APPEND_LOCK: i64 = 0x6469_6273_6c65_6467;
@@ -51,6 +51,17 @@ impl PostgresStore {
              CREATE TABLE IF NOT EXISTS requests (
                  id TEXT PRIMARY KEY,
                  view TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS timers (
+                 key TEXT PRIMARY KEY,
+                 due BIGINT NOT NULL,
+                 body TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS outbox (
+                 key TEXT PRIMARY KEY,
+                 due BIGINT NOT NULL,
+                 body TEXT NOT NULL,
+                 claimed_until BIGINT NOT NULL DEFAULT 0
              );
              CREATE TABLE IF NOT EXISTS tokens (
                  hash TEXT PRIMARY KEY,
@@ -119,6 +130,30 @@ impl Store for PostgresStore {
                 tx.execute(&upsert, &[id, view])?;
             }
         }
+        if !batch.timers_set.is_empty() {
+            let timer = tx.prepare(
+                "INSERT INTO timers (key, due, body) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET due = excluded.due, body = excluded.body",
+            )?;
+            for row in &batch.timers_set {
+                tx.execute(&timer, &[&row.key, &row.due, &row.body])?;
+            }
+        }
+        if !batch.timers_fired.is_empty() {
+            tx.execute("DELETE FROM timers WHERE key = ANY($1)", &[&batch.timers_fired])?;
+        }
+        if !batch.outbox_add.is_empty() {
+            let call = tx.prepare(
+                "INSERT INTO outbox (key, due, body) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET due = excluded.due, body = excluded.body, claimed_until = 0",
+            )?;
+            for row in &batch.outbox_add {
+                tx.execute(&call, &[&row.key, &row.due, &row.body])?;
+            }
+        }
+        if !batch.outbox_done.is_empty() {
+            tx.execute("DELETE FROM outbox WHERE key = ANY($1)", &[&batch.outbox_done])?;
+        }
         tx.commit()?;
         Ok(entries)
     }
@@ -167,6 +202,34 @@ impl Store for PostgresStore {
             tx.execute(&insert, &[id, view])?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    fn timers(&mut self) -> Result<Vec<Row>, StoreError> {
+        let rows =
+            self.client.query("SELECT key, due, body FROM timers ORDER BY due, key COLLATE \"C\"", &[])?;
+        Ok(rows.iter().map(|r| Row { key: r.get(0), due: r.get(1), body: r.get(2) }).collect())
+    }
+
+    fn claim_calls(&mut self, now: i64, lease_until: i64, limit: usize) -> Result<Vec<Row>, StoreError> {
+        // SKIP LOCKED: a row another worker is claiming right now is passed over, not waited for.
+        let rows = self.client.query(
+            "UPDATE outbox SET claimed_until = $1
+             WHERE key IN (SELECT key FROM outbox WHERE claimed_until <= $2
+                           ORDER BY due, key LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING key, due, body",
+            &[&lease_until, &now, &(limit as i64)],
+        )?;
+        Ok(rows.iter().map(|r| Row { key: r.get(0), due: r.get(1), body: r.get(2) }).collect())
+    }
+
+    fn drop_call(&mut self, key: &str) -> Result<(), StoreError> {
+        self.client.execute("DELETE FROM outbox WHERE key = $1", &[&key])?;
+        Ok(())
+    }
+
+    fn release_calls(&mut self) -> Result<(), StoreError> {
+        self.client.execute("UPDATE outbox SET claimed_until = 0", &[])?;
         Ok(())
     }
 

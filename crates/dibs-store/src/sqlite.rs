@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::{Batch, Entry, IdempotentAnswer, MAX_PAGE, Store, StoreError, chain, to_hash};
+use crate::{Batch, Entry, IdempotentAnswer, MAX_PAGE, Row, Store, StoreError, chain, to_hash};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS ledger (
@@ -28,6 +28,17 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY,
     view TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS timers (
+    key TEXT PRIMARY KEY,
+    due INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    key TEXT PRIMARY KEY,
+    due INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    claimed_until INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tokens (
     hash TEXT PRIMARY KEY,
@@ -108,6 +119,28 @@ impl Store for SqliteStore {
             for (id, view) in &batch.requests {
                 upsert.execute(params![id, view])?;
             }
+            let mut timer = tx.prepare_cached(
+                "INSERT INTO timers (key, due, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET due = excluded.due, body = excluded.body",
+            )?;
+            for row in &batch.timers_set {
+                timer.execute(params![row.key, row.due, row.body])?;
+            }
+            let mut fired = tx.prepare_cached("DELETE FROM timers WHERE key = ?1")?;
+            for key in &batch.timers_fired {
+                fired.execute(params![key])?;
+            }
+            let mut call = tx.prepare_cached(
+                "INSERT INTO outbox (key, due, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET due = excluded.due, body = excluded.body, claimed_until = 0",
+            )?;
+            for row in &batch.outbox_add {
+                call.execute(params![row.key, row.due, row.body])?;
+            }
+            let mut done = tx.prepare_cached("DELETE FROM outbox WHERE key = ?1")?;
+            for key in &batch.outbox_done {
+                done.execute(params![key])?;
+            }
         }
         tx.commit()?;
         Ok(entries)
@@ -169,6 +202,36 @@ impl Store for SqliteStore {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    fn timers(&mut self) -> Result<Vec<Row>, StoreError> {
+        let mut select =
+            self.connection.prepare_cached("SELECT key, due, body FROM timers ORDER BY due, key")?;
+        let rows = select.query_map([], |r| Ok(Row { key: r.get(0)?, due: r.get(1)?, body: r.get(2)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn claim_calls(&mut self, now: i64, lease_until: i64, limit: usize) -> Result<Vec<Row>, StoreError> {
+        // One writer at a time in SQLite: the UPDATE itself is the claim.
+        let mut claim = self.connection.prepare_cached(
+            "UPDATE outbox SET claimed_until = ?1
+             WHERE key IN (SELECT key FROM outbox WHERE claimed_until <= ?2 ORDER BY due, key LIMIT ?3)
+             RETURNING key, due, body",
+        )?;
+        let rows = claim.query_map(params![lease_until, now, limit as i64], |r| {
+            Ok(Row { key: r.get(0)?, due: r.get(1)?, body: r.get(2)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn drop_call(&mut self, key: &str) -> Result<(), StoreError> {
+        self.connection.execute("DELETE FROM outbox WHERE key = ?1", params![key])?;
+        Ok(())
+    }
+
+    fn release_calls(&mut self) -> Result<(), StoreError> {
+        self.connection.execute("UPDATE outbox SET claimed_until = 0", [])?;
         Ok(())
     }
 

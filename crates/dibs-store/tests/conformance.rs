@@ -2,9 +2,12 @@
 //! `DIBS_TEST_POSTGRES_URL` (`.ci/run` sets it) and use a schema of their own.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dibs_core::ledger::{Chain, hex};
-use dibs_store::{Batch, IdempotentAnswer, NewEntry, PostgresStore, SqliteStore, Store, StoreError, verify};
+use dibs_store::{
+    Batch, IdempotentAnswer, NewEntry, PostgresStore, Row, SqliteStore, Store, StoreError, verify,
+};
 
 fn entry(n: u32) -> NewEntry {
     NewEntry {
@@ -16,7 +19,12 @@ fn entry(n: u32) -> NewEntry {
 }
 
 fn batch(range: std::ops::Range<u32>) -> Batch {
-    Batch { entries: range.map(entry).collect(), answers: Vec::new(), requests: Vec::new() }
+    Batch {
+        entries: range.map(entry).collect(),
+        answers: Vec::new(),
+        requests: Vec::new(),
+        ..Batch::default()
+    }
 }
 
 fn answer(key: &str, response: &str) -> IdempotentAnswer {
@@ -150,7 +158,12 @@ fn a_reopened_store_keeps_everything(backend: &dyn Backend) {
 fn a_reused_key_commits_nothing(backend: &dyn Backend) {
     let mut store = backend.open();
     store
-        .append(&Batch { entries: vec![entry(0)], answers: vec![answer("k", "first")], requests: Vec::new() })
+        .append(&Batch {
+            entries: vec![entry(0)],
+            answers: vec![answer("k", "first")],
+            requests: Vec::new(),
+            ..Batch::default()
+        })
         .unwrap();
     let again = store.append(&Batch {
         entries: vec![entry(1), entry(2)],
@@ -207,24 +220,115 @@ fn the_requests_projection_is_written_with_its_batch_and_can_be_replaced(backend
             entries: vec![entry(0)],
             answers: Vec::new(),
             requests: rows(&[("r-1", "a"), ("r-2", "b")]),
+            ..Batch::default()
         })
         .unwrap();
     store
-        .append(&Batch { entries: vec![entry(1)], answers: Vec::new(), requests: rows(&[("r-1", "c")]) })
+        .append(&Batch {
+            entries: vec![entry(1)],
+            answers: Vec::new(),
+            requests: rows(&[("r-1", "c")]),
+            ..Batch::default()
+        })
         .unwrap();
     assert_eq!(store.projected_requests("", 10).unwrap(), rows(&[("r-1", "c"), ("r-2", "b")]));
     assert_eq!(store.projected_requests("r-1", 10).unwrap(), rows(&[("r-2", "b")]));
     // A refused batch writes no projection either.
-    store.append(&Batch { entries: vec![], answers: vec![answer("k", "x")], requests: vec![] }).unwrap();
+    store
+        .append(&Batch {
+            entries: vec![],
+            answers: vec![answer("k", "x")],
+            requests: vec![],
+            ..Batch::default()
+        })
+        .unwrap();
     let refused = store.append(&Batch {
         entries: vec![entry(2)],
         answers: vec![answer("k", "y")],
         requests: rows(&[("r-3", "z")]),
+        ..Batch::default()
     });
     assert!(refused.is_err());
     assert_eq!(store.projected_requests("r-2", 10).unwrap(), Vec::<(String, String)>::new());
     store.replace_projection(&rows(&[("r-9", "n")])).unwrap();
     assert_eq!(backend.open().projected_requests("", 10).unwrap(), rows(&[("r-9", "n")]));
+}
+
+fn row(key: &str, due: i64) -> Row {
+    Row { key: key.into(), due, body: format!("{{\"key\":\"{key}\"}}") }
+}
+
+fn timers_and_calls_are_rows_committed_with_their_decisions(backend: &dyn Backend) {
+    let mut store = backend.open();
+    store
+        .append(&Batch {
+            entries: vec![entry(0)],
+            timers_set: vec![row("t-2", 20), row("t-1", 10)],
+            outbox_add: vec![row("c-1", 5), row("c-2", 6), row("c-3", 7)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.timers().unwrap().iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["t-1", "t-2"]);
+    store
+        .append(&Batch { entries: vec![entry(1)], timers_fired: vec!["t-1".into()], ..Batch::default() })
+        .unwrap();
+    assert_eq!(store.timers().unwrap(), vec![row("t-2", 20)]);
+
+    // A claim holds a call until its lease runs out; answered calls go with the answer's batch.
+    let first = store.claim_calls(100, 130, 2).unwrap();
+    assert_eq!(first.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["c-1", "c-2"]);
+    let second = backend.open().claim_calls(100, 130, 5).unwrap();
+    assert_eq!(
+        second.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        ["c-3"],
+        "claimed calls are not claimed twice"
+    );
+    assert!(store.claim_calls(120, 150, 5).unwrap().is_empty());
+    store
+        .append(&Batch { entries: vec![entry(2)], outbox_done: vec!["c-1".into()], ..Batch::default() })
+        .unwrap();
+    store.drop_call("c-3").unwrap();
+    let expired = store.claim_calls(131, 160, 5).unwrap();
+    assert_eq!(
+        expired.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        ["c-2"],
+        "a lapsed lease frees the call"
+    );
+    store.release_calls().unwrap();
+    assert_eq!(
+        backend.open().claim_calls(132, 170, 5).unwrap().len(),
+        1,
+        "a new leader takes over held calls"
+    );
+}
+
+fn concurrent_claims_never_share_a_call(backend: &dyn Backend) {
+    let mut store = backend.open();
+    let calls: Vec<Row> = (0..200).map(|i| row(&format!("c-{i:03}"), i)).collect();
+    store.append(&Batch { entries: vec![entry(0)], outbox_add: calls, ..Batch::default() }).unwrap();
+    let claimed = Arc::new(Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (mut store, claimed) = (backend.open(), claimed.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let got = store.claim_calls(1000, 2000, 3).unwrap();
+                    if got.is_empty() {
+                        return;
+                    }
+                    claimed.lock().unwrap().extend(got.into_iter().map(|r| r.key));
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let mut keys = claimed.lock().unwrap().clone();
+    let total = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!((total, keys.len()), (200, 200), "every call claimed exactly once");
 }
 
 macro_rules! conformance {
@@ -254,4 +358,6 @@ conformance!(
     concurrent_writers_keep_one_chain,
     tokens_are_kept_by_hash,
     the_requests_projection_is_written_with_its_batch_and_can_be_replaced,
+    timers_and_calls_are_rows_committed_with_their_decisions,
+    concurrent_claims_never_share_a_call,
 );
