@@ -29,7 +29,7 @@ use dibs_core::request::RequestSpec;
 use dibs_core::types::Offer;
 use dibs_core::types::Timestamp;
 use dibs_providers::{SimulatedProvider, carry_out};
-use dibs_store::{Batch, IdempotentAnswer, NewEntry, Store, StoreError};
+use dibs_store::{Batch, IdempotentAnswer, NewEntry, Row, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -109,10 +109,12 @@ pub enum Command {
         limit: usize,
         reply: tokio::sync::oneshot::Sender<Reply>,
     },
-    /// A provider's answer, from a worker calling it over HTTP; due at `at` (`None`: now).
+    /// A provider's answer, from a worker calling it over HTTP; due at `at`
+    /// (`None`: now); `call` is the outbox row it answers.
     Input {
         at: Option<Timestamp>,
         input: Box<Input>,
+        call: Option<String>,
     },
     /// Report an incident on a provider (or one of its regions).
     OpenIncident {
@@ -185,14 +187,31 @@ pub fn wall_clock() -> Clock {
     })
 }
 
-/// Identifies an outstanding call or timer, so that replay can tell which
-/// were answered before a restart.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// Identifies a timer or an outgoing call: the key of its row.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 enum DueKey {
     Timer(Timer),
     HolderAnswer { request: String, round: u32 },
     Quotes { request: String, round: u32, provider: String },
     Ready { allocation: u64 },
+}
+
+fn due_key(key: &DueKey) -> String {
+    serde_json::to_string(key).expect("keys serialize")
+}
+
+fn call_allocation(call: &Call) -> u64 {
+    match call {
+        Call::Reserve { allocation, .. } | Call::Cancel { allocation, .. } => *allocation,
+        _ => 0,
+    }
+}
+
+/// An outbox row's content: the call, and when it was decided.
+#[derive(Serialize, Deserialize)]
+pub struct CallRecord {
+    pub at: Timestamp,
+    pub call: Call,
 }
 
 fn call_key(call: &Call) -> Option<DueKey> {
@@ -278,10 +297,11 @@ pub struct Broker {
     turn_answers: Vec<IdempotentAnswer>,
     /// Providers reached over HTTP.
     remote: Option<Dispatcher>,
-    /// While replaying, calls to remote providers are noted here instead of made;
-    /// those still unanswered at the end of the replay are made then.
+    /// While replaying, effects rebuild the in-process providers' state but
+    /// schedule nothing: what is due comes from the timer rows.
     replaying: bool,
-    unanswered: BTreeMap<DueKey, Call>,
+    /// Timer and outbox rows this turn adds and removes, committed with its entries.
+    rows: Batch,
 }
 
 /// What replay found.
@@ -292,7 +312,7 @@ pub struct Recovery {
     /// Configurations (contracts and catalog) the ledger records.
     pub configurations: u64,
     pub requests: usize,
-    /// Timers and provider calls re-armed.
+    /// Timers queued by [`Broker::take_over`].
     pub outstanding: usize,
 }
 
@@ -319,11 +339,9 @@ impl Broker {
             turn_answers: Vec::new(),
             remote,
             replaying: true,
-            unanswered: BTreeMap::new(),
+            rows: Batch::default(),
         };
         let mut recovery = Recovery { entries: 0, inputs: 0, configurations: 0, requests: 0, outstanding: 0 };
-        // Outstanding calls by key; a recorded input removes its key.
-        let mut outstanding: BTreeMap<DueKey, (Timestamp, Input)> = BTreeMap::new();
         let mut expected: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         // The configuration the last start recorded: a restart with the same
         // flags keeps contracts loaded through the API since; new flags win.
@@ -387,10 +405,6 @@ impl Broker {
                     StoreError::Corrupt { seq: entry.seq, problem: format!("an unreadable input: {e}") }
                 })?;
                 recovery.inputs += 1;
-                if let Some(key) = key_of(&recorded.input) {
-                    outstanding.remove(&key);
-                    broker.unanswered.remove(&key);
-                }
                 if let Input::Submit(request) = &recorded.input {
                     broker.note_request_id(&request.id);
                 }
@@ -401,11 +415,7 @@ impl Broker {
                 }
                 let effects = broker.engine.handle(recorded.at, recorded.input);
                 for effect in effects {
-                    for (at, input) in broker.execute(recorded.at, &effect) {
-                        if let Some(key) = key_of(&input) {
-                            outstanding.insert(key, (at, input));
-                        }
-                    }
+                    broker.execute(recorded.at, &effect);
                     if let Effect::Ledger(event) = effect {
                         expected.push_back(event_body(&event));
                     }
@@ -426,19 +436,25 @@ impl Broker {
             broker.configure(configuration).map_err(StoreError::Invalid)?;
             broker.store.append(&Batch { entries: vec![entry], ..Batch::default() })?;
         }
-        recovery.outstanding = outstanding.len() + broker.unanswered.len();
         recovery.requests = broker.engine.requests().count();
-        for (_, (at, input)) in outstanding {
-            broker.due.push(at, input);
-        }
         broker.replaying = false;
-        let now = (broker.clock)();
-        if let Some(remote) = &broker.remote {
-            for (_, call) in std::mem::take(&mut broker.unanswered) {
-                remote.send(call, now);
-            }
-        }
         Ok((broker, recovery))
+    }
+
+    /// Takes over from the last leader: what was due when it stopped (its
+    /// timer rows) is queued, and its calls in the outbox are released to this
+    /// leader's workers. Returns how many timers were queued. Only a leader
+    /// about to serve does this; a read-only check must not.
+    pub fn take_over(&mut self) -> Result<usize, StoreError> {
+        for row in self.store.timers()? {
+            let input: Input = serde_json::from_str(&row.body).map_err(|e| StoreError::Corrupt {
+                seq: 0,
+                problem: format!("timer {}: an unreadable input: {e}", row.key),
+            })?;
+            self.due.push(Timestamp::from_unix(row.due), input);
+        }
+        self.store.release_calls()?;
+        Ok(self.due.len())
     }
 
     fn note_request_id(&mut self, id: &str) {
@@ -456,56 +472,96 @@ impl Broker {
         Ok(())
     }
 
-    /// Carries out one effect: calls to remote providers go to the
-    /// dispatcher's workers (or, while replaying, onto the unanswered list);
-    /// the rest to the in-process providers. Returns the inputs the
-    /// in-process part will cause.
-    fn execute(&mut self, now: Timestamp, effect: &Effect) -> Vec<(Timestamp, Input)> {
-        let Some(remote) = &self.remote else {
-            return carry_out(&mut self.providers, &self.engine, now, effect);
-        };
+    /// Queues an input due at an instant, and (outside replay) records it as
+    /// a timer row in this turn's commit.
+    fn schedule(&mut self, at: Timestamp, input: Input) {
+        if self.replaying {
+            return;
+        }
+        if let Some(key) = key_of(&input) {
+            let body = serde_json::to_string(&input).expect("inputs serialize");
+            self.rows.timers_set.push(Row { key: due_key(&key), due: at.unix(), body });
+        }
+        self.due.push(at, input);
+    }
+
+    /// Carries out one effect, before the turn commits: the in-process
+    /// providers answer (their answers become timer rows), calls to remote
+    /// providers become outbox rows for the workers to make after the commit.
+    /// While replaying, only the in-process providers' state is rebuilt.
+    fn execute(&mut self, now: Timestamp, effect: &Effect) {
         let mut calls = Vec::new();
-        let mut caused = Vec::new();
-        match effect {
-            Effect::Solicit(s) if remote.is_remote(&s.holder) => calls.push(Call::Solicit(s.clone())),
-            Effect::RequestQuotes { providers, ask } => {
-                let (far, near): (Vec<_>, Vec<_>) =
-                    providers.iter().cloned().partition(|p| remote.is_remote(p));
-                calls.extend(far.into_iter().map(|provider| Call::Quote { provider, ask: ask.clone() }));
-                let local = Effect::RequestQuotes { providers: near, ask: ask.clone() };
-                caused = carry_out(&mut self.providers, &self.engine, now, &local);
-            }
-            Effect::Reserve { allocation, plan, .. } if remote.is_remote(&plan.provider) => {
-                calls.push(Call::Reserve { allocation: *allocation, plan: plan.clone() })
-            }
-            Effect::Cancel { allocation, provider, .. } if remote.is_remote(provider) => {
-                calls.push(Call::Cancel { provider: provider.clone(), allocation: *allocation })
-            }
-            Effect::Ledger(event) => {
-                if let dibs_core::ledger::EventKind::AllocationReleased { allocation, .. } = &event.kind
-                    && let Some(a) = self.engine.allocation(*allocation)
-                    && remote.is_remote(&a.plan.provider)
-                {
-                    calls.push(Call::Cancel { provider: a.plan.provider.clone(), allocation: *allocation });
+        let caused = match &self.remote {
+            None => carry_out(&mut self.providers, &self.engine, now, effect),
+            Some(remote) => match effect {
+                Effect::Solicit(s) if remote.is_remote(&s.holder) => {
+                    calls.push(Call::Solicit(s.clone()));
+                    Vec::new()
                 }
-                caused = carry_out(&mut self.providers, &self.engine, now, effect);
-            }
-            _ => caused = carry_out(&mut self.providers, &self.engine, now, effect),
+                Effect::RequestQuotes { providers, ask } => {
+                    let (far, near): (Vec<_>, Vec<_>) =
+                        providers.iter().cloned().partition(|p| remote.is_remote(p));
+                    calls.extend(far.into_iter().map(|provider| Call::Quote { provider, ask: ask.clone() }));
+                    let local = Effect::RequestQuotes { providers: near, ask: ask.clone() };
+                    carry_out(&mut self.providers, &self.engine, now, &local)
+                }
+                Effect::Reserve { allocation, plan, .. } if remote.is_remote(&plan.provider) => {
+                    calls.push(Call::Reserve { allocation: *allocation, plan: plan.clone() });
+                    Vec::new()
+                }
+                Effect::Cancel { allocation, provider, .. } if remote.is_remote(provider) => {
+                    calls.push(Call::Cancel { provider: provider.clone(), allocation: *allocation });
+                    Vec::new()
+                }
+                Effect::Ledger(event) => {
+                    if let dibs_core::ledger::EventKind::AllocationReleased { allocation, .. } = &event.kind
+                        && let Some(a) = self.engine.allocation(*allocation)
+                        && remote.is_remote(&a.plan.provider)
+                    {
+                        calls.push(Call::Cancel {
+                            provider: a.plan.provider.clone(),
+                            allocation: *allocation,
+                        });
+                    }
+                    carry_out(&mut self.providers, &self.engine, now, effect)
+                }
+                _ => carry_out(&mut self.providers, &self.engine, now, effect),
+            },
+        };
+        for (at, input) in caused {
+            self.schedule(at, input);
         }
         for call in calls {
-            if !self.replaying {
-                remote.send(call, now);
-            } else if let Some(key) = call_key(&call) {
-                // Cancels are not remembered: a lost cancel leaves capacity held at the provider.
-                self.unanswered.insert(key, call);
+            let pull = self.remote.as_ref().and_then(|r| r.url(call.provider())) == Some(crate::remote::PULL);
+            if pull {
+                // A pull provider finds solicitations and quote requests in its feed.
+                // It has no way to confirm a reservation: the capacity counts as
+                // ready after the lead time it quoted.
+                if let Call::Reserve { allocation, plan } = &call {
+                    let ready = Input::AllocationReady { allocation: *allocation };
+                    self.schedule(now.plus_hours(f64::from(plan.lead_time_hours)), ready);
+                }
+                continue;
             }
+            if self.replaying {
+                continue;
+            }
+            let key = match call_key(&call) {
+                Some(key) => due_key(&key),
+                None => format!("cancel:{}", call_allocation(&call)),
+            };
+            let body = serde_json::to_string(&CallRecord { at: now, call }).expect("calls serialize");
+            self.rows.outbox_add.push(Row { key, due: now.unix(), body });
         }
-        caused
     }
 
     /// Feeds one input to the engine: records it, and the decisions it
-    /// causes, in `entries`; returns the effects to carry out after commit.
-    fn apply(&mut self, now: Timestamp, input: Input, entries: &mut Vec<NewEntry>) -> Vec<Effect> {
+    /// causes, in `entries`, and carries out its effects.
+    fn apply(&mut self, now: Timestamp, input: Input, entries: &mut Vec<NewEntry>) {
+        if let Some(key) = key_of(&input) {
+            // If it was waiting as a timer row, it is no longer waiting.
+            self.rows.timers_fired.push(due_key(&key));
+        }
         let recorded = RecordedInput { at: now, input };
         entries.push(NewEntry {
             at: now.to_string(),
@@ -523,8 +579,8 @@ impl Broker {
                     body: event_body(event),
                 });
             }
+            self.execute(now, effect);
         }
-        effects
     }
 
     /// Runs until a `Shutdown` command or the channel closes.
@@ -558,26 +614,21 @@ impl Broker {
     pub fn turn(&mut self, commands: Vec<Command>) -> Result<(), StoreError> {
         let now = (self.clock)();
         let mut entries = Vec::new();
-        let mut effects = Vec::new();
         while let Some((_, input)) = self.due.pop_due(now) {
-            effects.extend(self.apply(now, input, &mut entries));
+            self.apply(now, input, &mut entries);
         }
         let mut replies = Vec::new();
         for command in commands {
             match command {
                 Command::Submit { body, idempotency, reply } => {
-                    let answer = self.submit(now, body, idempotency, &mut entries, &mut effects);
+                    let answer = self.submit(now, body, idempotency, &mut entries);
                     replies.push((reply, answer));
                 }
                 Command::Cancel { id, reply } => {
                     let answer = match self.engine.request(&id) {
                         None => Err(ApiError::new(404, format!("no request {id:?}"))),
                         Some(_) => {
-                            effects.extend(self.apply(
-                                now,
-                                Input::Cancel { request: id.clone() },
-                                &mut entries,
-                            ));
+                            self.apply(now, Input::Cancel { request: id.clone() }, &mut entries);
                             Ok((200, self.view(&id)))
                         }
                     };
@@ -615,16 +666,12 @@ impl Broker {
                     ));
                 }
                 Command::OpenIncident { provider, region, reply } => {
-                    let answer = self.open_incident(now, provider, region, &mut entries, &mut effects);
+                    let answer = self.open_incident(now, provider, region, &mut entries);
                     replies.push((reply, answer));
                 }
                 Command::ResolveIncident { id, reply } => {
                     let answer = if self.engine.open_incidents().any(|(open, ..)| open == id) {
-                        effects.extend(self.apply(
-                            now,
-                            Input::IncidentResolved { id: id.clone() },
-                            &mut entries,
-                        ));
+                        self.apply(now, Input::IncidentResolved { id: id.clone() }, &mut entries);
                         Ok((200, json!({ "id": id, "resolved": true })))
                     } else {
                         Err(ApiError::new(404, format!("no open incident {id:?}")))
@@ -652,8 +699,7 @@ impl Broker {
                     replies.push((reply, Ok((200, json!({ "allocations": list, "next_after": next })))));
                 }
                 Command::ProviderAnswer { provider, request, answer, reply } => {
-                    let answer =
-                        self.provider_answer(now, &provider, request, answer, &mut entries, &mut effects);
+                    let answer = self.provider_answer(now, &provider, request, answer, &mut entries);
                     replies.push((reply, answer));
                 }
                 Command::LoadContracts { files, reply } => {
@@ -709,15 +755,23 @@ impl Broker {
                         .collect();
                     replies.push((reply, Ok((200, json!({ "providers": list })))));
                 }
-                Command::Input { at, input } => match at {
-                    Some(at) if at > now => self.due.push(at, *input),
-                    _ => effects.extend(self.apply(now, *input, &mut entries)),
-                },
+                Command::Input { at, input, call } => {
+                    // The answered call leaves the outbox with this turn's commit.
+                    if let Some(call) = call {
+                        self.rows.outbox_done.push(call);
+                    }
+                    match at {
+                        Some(at) if at > now => self.schedule(at, *input),
+                        _ => self.apply(now, *input, &mut entries),
+                    }
+                }
                 Command::Shutdown => {}
             }
         }
         let answers = std::mem::take(&mut self.turn_answers);
-        if !entries.is_empty() || !answers.is_empty() {
+        let rows = std::mem::take(&mut self.rows);
+        let calls = rows.outbox_add.len();
+        if !entries.is_empty() || !answers.is_empty() || rows != Batch::default() {
             // The requests this turn touched, as the projection will show them.
             let touched: std::collections::BTreeSet<&str> =
                 entries.iter().filter_map(|e| e.request.as_deref()).collect();
@@ -725,15 +779,13 @@ impl Broker {
             // The commit that makes this turn's decisions durable. If it fails,
             // the engine holds decisions the ledger does not: stop, and let the
             // restart replay the ledger.
-            self.store.append(&Batch { entries, answers, requests })?;
+            self.store.append(&Batch { entries, answers, requests, ..rows })?;
         }
         for (reply, answer) in replies {
             let _ = reply.send(answer);
         }
-        for effect in effects {
-            for (at, input) in self.execute(now, &effect) {
-                self.due.push(at, input);
-            }
+        if let Some(remote) = &self.remote {
+            remote.wake(calls);
         }
         Ok(())
     }
@@ -745,7 +797,6 @@ impl Broker {
         request: String,
         answer: ProviderReply,
         entries: &mut Vec<NewEntry>,
-        effects: &mut Vec<Effect>,
     ) -> Reply {
         let name =
             dibs_core::types::ProviderName::new(provider).map_err(|e| ApiError::new(403, e.to_string()))?;
@@ -778,7 +829,7 @@ impl Broker {
                 Input::Quotes { request: request.clone(), round, provider: name, offers }
             }
         };
-        effects.extend(self.apply(now, input, entries));
+        self.apply(now, input, entries);
         Ok((200, json!({ "request": request, "accepted": true })))
     }
 
@@ -788,7 +839,6 @@ impl Broker {
         provider: String,
         region: Option<String>,
         entries: &mut Vec<NewEntry>,
-        effects: &mut Vec<Effect>,
     ) -> Reply {
         let provider = dibs_core::types::ProviderName::new(&provider)
             .map_err(|e| ApiError::field(422, "provider", e.to_string()))?;
@@ -804,7 +854,7 @@ impl Broker {
         self.next_incident += 1;
         let input =
             Input::IncidentOpened { id: id.clone(), provider: provider.clone(), region: region.clone() };
-        effects.extend(self.apply(now, input, entries));
+        self.apply(now, input, entries);
         Ok((201, json!({ "id": id, "provider": provider, "region": region })))
     }
 
@@ -870,7 +920,6 @@ impl Broker {
         body: SubmitBody,
         idempotency: Option<(String, String, String)>,
         entries: &mut Vec<NewEntry>,
-        effects: &mut Vec<Effect>,
     ) -> Reply {
         if let Some((scope, key, digest)) = &idempotency {
             let earlier = match self.turn_answers.iter().find(|a| &a.scope == scope && &a.key == key) {
@@ -911,7 +960,7 @@ impl Broker {
         let request = spec.validate().map_err(|e| ApiError::field(422, e.field, e.to_string()))?;
         self.next_request += 1;
         let id = request.id.clone();
-        effects.extend(self.apply(now, Input::Submit(request), entries));
+        self.apply(now, Input::Submit(request), entries);
         let view = self.view(&id);
         if let Some((scope, key, digest)) = idempotency {
             self.turn_answers.push(IdempotentAnswer {

@@ -140,13 +140,21 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     let mut providers = simulated_providers(offers, config.holder, config.seed);
     providers.retain(|name, _| !config.remote_providers.contains_key(name));
     let (tx, rx) = std::sync::mpsc::channel();
-    let remote = (!config.remote_providers.is_empty())
-        .then(|| remote::Dispatcher::start(config.remote_providers.clone(), tx.clone(), 8));
-    let (broker, recovery) =
+    let open: remote::OpenStore = {
+        let (data, database, schema) = (config.data.clone(), config.database.clone(), config.schema.clone());
+        Arc::new(move || open_store(&data, database.as_deref(), &schema))
+    };
+    let remote = if config.remote_providers.is_empty() {
+        None
+    } else {
+        Some(remote::Dispatcher::start(config.remote_providers.clone(), tx.clone(), 8, open)?)
+    };
+    let (mut broker, mut recovery) =
         Broker::recover(store, providers, remote, broker::wall_clock(), Some(config.configuration.clone()))?;
+    recovery.outstanding = broker.take_over()?;
     let Recovery { entries, inputs, requests, outstanding, .. } = recovery;
     eprintln!(
-        "dibs: ledger replayed: {entries} entries, {inputs} inputs, {requests} requests, {outstanding} calls and timers re-armed"
+        "dibs: ledger replayed: {entries} entries, {inputs} inputs, {requests} requests, {outstanding} timers re-armed"
     );
     let (hash, new_token) = admin_token(&config).map_err(|e| format!("admin token: {e}"))?;
 

@@ -19,8 +19,9 @@ use dibs_core::types::{Offer, ProviderName, Timestamp};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::broker::Command;
+use crate::broker::{CallRecord, Command};
 use crate::provider::{CancelBody, ReserveBody};
+use dibs_store::{Store, StoreError};
 
 /// Tries per call, at most.
 pub const MAX_TRIES: u32 = 4;
@@ -34,7 +35,8 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(20);
 pub const MAX_OFFERS_PER_ANSWER: usize = 1000;
 
 /// One outgoing call.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
 pub enum Call {
     Solicit(Solicitation),
     Quote { provider: ProviderName, ask: Ask },
@@ -81,32 +83,44 @@ struct ReserveReply {
 /// `/v1/provider/events` and answers through `/v1/provider/requests/{id}/answer`.
 pub const PULL: &str = "pull";
 
-/// Providers reached over HTTP, and the workers that call them.
+/// How long a worker holds a claimed call before another may take it over.
+pub const LEASE_SECONDS: i64 = 60;
+
+/// Opens a store handle for a worker.
+pub type OpenStore = Arc<dyn Fn() -> Result<Box<dyn Store>, StoreError> + Send + Sync>;
+
+/// Providers reached over HTTP, and the workers that make the calls the
+/// broker commits to the outbox.
 pub struct Dispatcher {
     urls: BTreeMap<ProviderName, String>,
-    jobs: Sender<(Call, Timestamp)>,
-    broker: Sender<Command>,
+    wake: Sender<()>,
 }
 
 impl Dispatcher {
-    /// Starts `workers` threads that send answers to `broker`.
-    pub fn start(urls: BTreeMap<ProviderName, String>, broker: Sender<Command>, workers: usize) -> Self {
-        let (jobs, queue) = std::sync::mpsc::channel();
-        let queue = Arc::new(Mutex::new(queue));
+    /// Starts `workers` threads, each with its own store handle; they claim
+    /// calls from the outbox and send answers to `broker`.
+    pub fn start(
+        urls: BTreeMap<ProviderName, String>,
+        broker: Sender<Command>,
+        workers: usize,
+        open: OpenStore,
+    ) -> Result<Self, StoreError> {
+        let (wake, woken) = std::sync::mpsc::channel();
+        let woken = Arc::new(Mutex::new(woken));
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(TRY_TIMEOUT))
             .build()
             .into();
         for i in 0..workers.max(1) {
-            let (queue, broker, urls, agent) = (queue.clone(), broker.clone(), urls.clone(), agent.clone());
-            let urls: BTreeMap<_, _> = urls.into_iter().filter(|(_, url)| url != PULL).collect();
+            let store = open()?;
+            let (woken, broker, urls, agent) = (woken.clone(), broker.clone(), urls.clone(), agent.clone());
             std::thread::Builder::new()
                 .name(format!("dibs-provider-{i}"))
-                .spawn(move || work(&queue, &broker, &urls, &agent))
+                .spawn(move || work(store, &woken, &broker, &urls, &agent))
                 .expect("a worker thread starts");
         }
-        Self { urls, jobs, broker }
+        Ok(Self { urls, wake })
     }
 
     /// The URL a provider is reached at (or `pull`).
@@ -118,34 +132,61 @@ impl Dispatcher {
         self.urls.contains_key(provider)
     }
 
-    pub fn send(&self, call: Call, now: Timestamp) {
-        if self.urls.get(call.provider()).is_some_and(|url| url == PULL) {
-            // A pull provider finds solicitations and quote requests in its feed.
-            // It has no way to confirm a reservation yet: the capacity counts as
-            // ready after the lead time it quoted.
-            if let Call::Reserve { allocation, plan } = call {
-                let at = now.plus_hours(f64::from(plan.lead_time_hours));
-                let input = Input::AllocationReady { allocation };
-                let _ = self.broker.send(Command::Input { at: Some(at), input: Box::new(input) });
-            }
-            return;
+    /// Tells idle workers that `calls` new calls are in the outbox.
+    pub fn wake(&self, calls: usize) {
+        for _ in 0..calls {
+            let _ = self.wake.send(());
         }
-        let _ = self.jobs.send((call, now));
     }
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 fn work(
-    queue: &Mutex<Receiver<(Call, Timestamp)>>,
+    mut store: Box<dyn Store>,
+    woken: &Mutex<Receiver<()>>,
     broker: &Sender<Command>,
     urls: &BTreeMap<ProviderName, String>,
     agent: &ureq::Agent,
 ) {
     loop {
-        let job = queue.lock().map(|q| q.recv());
-        let Ok(Ok((call, now))) = job else { return };
-        let Some(url) = urls.get(call.provider()) else { continue };
-        if let Some((at, input)) = perform(agent, url, &call, now) {
-            let _ = broker.send(Command::Input { at, input: Box::new(input) });
+        let now = unix_now();
+        let claimed = match store.claim_calls(now, now + LEASE_SECONDS, 1) {
+            Ok(rows) => rows,
+            Err(e) => {
+                eprintln!("dibs: claiming a call: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Some(row) = claimed.into_iter().next() else {
+            // Nothing to do: wait for a wake-up, or look again in a while
+            // (a lease that ran out frees a call without one).
+            let waited = woken.lock().map(|w| w.recv_timeout(Duration::from_millis(500)));
+            if matches!(waited, Ok(Err(std::sync::mpsc::RecvTimeoutError::Disconnected))) {
+                return;
+            }
+            continue;
+        };
+        let Ok(record) = serde_json::from_str::<CallRecord>(&row.body) else {
+            eprintln!("dibs: outbox row {} is unreadable; dropping it", row.key);
+            let _ = store.drop_call(&row.key);
+            continue;
+        };
+        let answer =
+            urls.get(record.call.provider()).and_then(|url| perform(agent, url, &record.call, record.at));
+        match answer {
+            Some((at, input)) => {
+                if broker.send(Command::Input { at, input: Box::new(input), call: Some(row.key) }).is_err() {
+                    return;
+                }
+            }
+            // Nothing to record (a cancel, or a call that failed for good): the row goes now.
+            None => {
+                let _ = store.drop_call(&row.key);
+            }
         }
     }
 }

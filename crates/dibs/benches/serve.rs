@@ -82,8 +82,9 @@ fn in_process(n: usize) -> (f64, u64) {
     let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
     let configuration =
         broker::Configuration { contracts, offers, origin: broker::Configuration::COMMAND_LINE.into() };
-    let (broker, _) =
+    let (mut broker, _) =
         Broker::recover(Box::new(store), providers, None, broker::wall_clock(), Some(configuration)).unwrap();
+    broker.take_over().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || broker.run(rx).unwrap());
 

@@ -903,3 +903,42 @@ fn the_request_commands_talk_to_a_running_server() {
     let missing = dibs(&["request", "show", "r-999"]);
     assert_eq!(missing.status.code(), Some(2));
 }
+
+#[test]
+fn a_call_in_flight_when_the_server_dies_is_made_again_by_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog_of(dir.path(), &["azure", "lambda", "nebius", "aws"]);
+    // The holder takes 1.5 s to answer: time to kill the server while the solicitation is out.
+    let azure =
+        ProviderProcess::start("azure", &catalog, &["--holder", "decline", "--answer-delay-ms", "1500"]);
+    let data = dir.path().join("data");
+    let args = [
+        "--data",
+        data.to_str().unwrap(),
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--provider",
+        &format!("azure={}", azure.url),
+    ];
+    let mut server = Server::start(&args);
+    let (_, submitted) = call(&server.url, "POST", "/requests", Some(&request_body(128)), None);
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    assert_eq!(submitted["status"], "first_refusal", "{submitted}");
+    std::thread::sleep(Duration::from_millis(300));
+    server.kill();
+    // The solicitation is a committed outbox row: the next server's workers make it again.
+    let db = rusqlite::Connection::open(data.join("ledger.db")).unwrap();
+    let waiting: i64 = db.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();
+    assert_eq!(waiting, 1, "the solicitation waits in the outbox");
+    drop(db);
+    let server = Server::start(&args);
+    let decided = wait_for(&server.url, &id, |r| r["status"] != "first_refusal" && r["status"] != "market");
+    assert_eq!(decided["status"], "provisioning", "{decided}");
+    let answered = ledger(&server.url).iter().filter(|e| e["kind"] == "holder_answered").count();
+    assert_eq!(answered, 1, "one answer recorded");
+    drop(server);
+    let db = rusqlite::Connection::open(data.join("ledger.db")).unwrap();
+    let left: i64 = db.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();
+    assert_eq!(left, 0, "answered calls leave the outbox");
+    verify_offline(&data);
+}
