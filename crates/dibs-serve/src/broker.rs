@@ -38,6 +38,8 @@ use crate::view::{self, RequestView};
 
 /// At most this many commands are decided per commit.
 pub const MAX_BATCH: usize = 512;
+/// At most this many due inputs one turn handles after its commands.
+const MAX_CASCADE: usize = 100_000;
 /// At most this many requests one list returns.
 pub const MAX_LIST: usize = 500;
 
@@ -302,6 +304,10 @@ pub struct Broker {
     replaying: bool,
     /// Timer and outbox rows this turn adds and removes, committed with its entries.
     rows: Batch,
+    /// Keys of the timer rows in the store.
+    persisted: std::collections::HashSet<String>,
+    /// This turn's timer changes in order: a row set (`Some`) or fired (`None`).
+    timer_ops: Vec<(String, Option<Row>)>,
 }
 
 /// What replay found.
@@ -340,6 +346,8 @@ impl Broker {
             remote,
             replaying: true,
             rows: Batch::default(),
+            persisted: std::collections::HashSet::new(),
+            timer_ops: Vec::new(),
         };
         let mut recovery = Recovery { entries: 0, inputs: 0, configurations: 0, requests: 0, outstanding: 0 };
         let mut expected: std::collections::VecDeque<String> = std::collections::VecDeque::new();
@@ -452,6 +460,7 @@ impl Broker {
                 problem: format!("timer {}: an unreadable input: {e}", row.key),
             })?;
             self.due.push(Timestamp::from_unix(row.due), input);
+            self.persisted.insert(row.key);
         }
         self.store.release_calls()?;
         Ok(self.due.len())
@@ -472,6 +481,31 @@ impl Broker {
         Ok(())
     }
 
+    /// This turn's row changes, reduced to what must reach the store: per
+    /// timer key only the last change counts, and a key with no row in the
+    /// store needs no delete.
+    fn compact_rows(&mut self) -> Batch {
+        let mut rows = std::mem::take(&mut self.rows);
+        let mut last: BTreeMap<String, Option<Row>> = BTreeMap::new();
+        for (key, op) in self.timer_ops.drain(..) {
+            last.insert(key, op);
+        }
+        for (key, op) in last {
+            match op {
+                Some(row) => {
+                    self.persisted.insert(key);
+                    rows.timers_set.push(row);
+                }
+                None => {
+                    if self.persisted.remove(&key) {
+                        rows.timers_fired.push(key);
+                    }
+                }
+            }
+        }
+        rows
+    }
+
     /// Queues an input due at an instant, and (outside replay) records it as
     /// a timer row in this turn's commit.
     fn schedule(&mut self, at: Timestamp, input: Input) {
@@ -480,7 +514,8 @@ impl Broker {
         }
         if let Some(key) = key_of(&input) {
             let body = serde_json::to_string(&input).expect("inputs serialize");
-            self.rows.timers_set.push(Row { key: due_key(&key), due: at.unix(), body });
+            let key = due_key(&key);
+            self.timer_ops.push((key.clone(), Some(Row { key, due: at.unix(), body })));
         }
         self.due.push(at, input);
     }
@@ -558,9 +593,11 @@ impl Broker {
     /// Feeds one input to the engine: records it, and the decisions it
     /// causes, in `entries`, and carries out its effects.
     fn apply(&mut self, now: Timestamp, input: Input, entries: &mut Vec<NewEntry>) {
-        if let Some(key) = key_of(&input) {
+        if let Some(key) = key_of(&input)
+            && !self.replaying
+        {
             // If it was waiting as a timer row, it is no longer waiting.
-            self.rows.timers_fired.push(due_key(&key));
+            self.timer_ops.push((due_key(&key), None));
         }
         let recorded = RecordedInput { at: now, input };
         entries.push(NewEntry {
@@ -769,7 +806,17 @@ impl Broker {
             }
         }
         let answers = std::mem::take(&mut self.turn_answers);
-        let rows = std::mem::take(&mut self.rows);
+        // Inputs the turn made due by now (an in-process provider's immediate
+        // answer, a timer already past) are handled in the same turn, so they
+        // need no timer row at all.
+        let mut cascaded = 0;
+        while cascaded < MAX_CASCADE
+            && let Some((_, input)) = self.due.pop_due(now)
+        {
+            self.apply(now, input, &mut entries);
+            cascaded += 1;
+        }
+        let rows = self.compact_rows();
         let calls = rows.outbox_add.len();
         if !entries.is_empty() || !answers.is_empty() || rows != Batch::default() {
             // The requests this turn touched, as the projection will show them.
