@@ -122,6 +122,7 @@ pub enum Command {
     OpenIncident {
         provider: String,
         region: Option<String>,
+        idempotency: Option<(String, String, String)>,
         reply: tokio::sync::oneshot::Sender<Reply>,
     },
     ResolveIncident {
@@ -702,8 +703,16 @@ impl Broker {
                         Ok((200, json!({ "requests": by_status, "pending_inputs": pending }))),
                     ));
                 }
-                Command::OpenIncident { provider, region, reply } => {
-                    let answer = self.open_incident(now, provider, region, &mut entries);
+                Command::OpenIncident { provider, region, idempotency, reply } => {
+                    let answer = match self.first_answer(&idempotency) {
+                        Ok(Some(first)) => Ok(first),
+                        Err(e) => Err(e),
+                        Ok(None) => self.open_incident(now, provider, region, &mut entries).inspect(
+                            |(status, value)| {
+                                self.remember(idempotency, *status, value);
+                            },
+                        ),
+                    };
                     replies.push((reply, answer));
                 }
                 Command::ResolveIncident { id, reply } => {
@@ -956,6 +965,47 @@ impl Broker {
         Ok(rows.len())
     }
 
+    /// The first answer to a create made before with the same Idempotency-Key
+    /// (scope, key, body digest), if any; an error if the body differs.
+    fn first_answer(
+        &mut self,
+        idempotency: &Option<(String, String, String)>,
+    ) -> Result<Option<(u16, serde_json::Value)>, ApiError> {
+        let Some((scope, key, digest)) = idempotency else { return Ok(None) };
+        let earlier = match self.turn_answers.iter().find(|a| &a.scope == scope && &a.key == key) {
+            Some(answer) => Some(answer.clone()),
+            None => self.store.answer(scope, key).map_err(|e| ApiError::new(503, e.to_string()))?,
+        };
+        let Some(answer) = earlier else { return Ok(None) };
+        if &answer.request_digest != digest {
+            return Err(ApiError::field(
+                422,
+                "Idempotency-Key",
+                format!("key {key:?} was used with a different request body"),
+            ));
+        }
+        let value = serde_json::from_str(&answer.response).unwrap_or(serde_json::Value::Null);
+        Ok(Some((answer.status, value)))
+    }
+
+    /// Keeps a create's answer under its Idempotency-Key, committed with the turn.
+    fn remember(
+        &mut self,
+        idempotency: Option<(String, String, String)>,
+        status: u16,
+        value: &serde_json::Value,
+    ) {
+        if let Some((scope, key, digest)) = idempotency {
+            self.turn_answers.push(IdempotentAnswer {
+                scope,
+                key,
+                request_digest: digest,
+                status,
+                response: value.to_string(),
+            });
+        }
+    }
+
     fn view(&self, id: &str) -> serde_json::Value {
         let state = self.engine.request(id).expect("checked by the caller");
         serde_json::to_value(view::request(&self.engine, state)).expect("views serialize")
@@ -968,22 +1018,8 @@ impl Broker {
         idempotency: Option<(String, String, String)>,
         entries: &mut Vec<NewEntry>,
     ) -> Reply {
-        if let Some((scope, key, digest)) = &idempotency {
-            let earlier = match self.turn_answers.iter().find(|a| &a.scope == scope && &a.key == key) {
-                Some(answer) => Some(answer.clone()),
-                None => self.store.answer(scope, key).map_err(|e| ApiError::new(503, e.to_string()))?,
-            };
-            if let Some(answer) = earlier {
-                if &answer.request_digest != digest {
-                    return Err(ApiError::field(
-                        422,
-                        "Idempotency-Key",
-                        format!("key {key:?} was used with a different request body"),
-                    ));
-                }
-                let value = serde_json::from_str(&answer.response).unwrap_or(serde_json::Value::Null);
-                return Ok((answer.status, value));
-            }
+        if let Some(first) = self.first_answer(&idempotency)? {
+            return Ok(first);
         }
         let instant = |field: &str, text: &Option<String>| -> Result<Option<Timestamp>, ApiError> {
             text.as_deref()
@@ -1009,15 +1045,7 @@ impl Broker {
         let id = request.id.clone();
         self.apply(now, Input::Submit(request), entries);
         let view = self.view(&id);
-        if let Some((scope, key, digest)) = idempotency {
-            self.turn_answers.push(IdempotentAnswer {
-                scope,
-                key,
-                request_digest: digest,
-                status: 201,
-                response: view.to_string(),
-            });
-        }
+        self.remember(idempotency, 201, &view);
         Ok((201, view))
     }
 }

@@ -78,6 +78,27 @@ async fn json_errors(response: Response) -> Response {
     (status, Json(ApiError { status: status.as_u16(), error: message, field })).into_response()
 }
 
+/// The Idempotency-Key of a create, scoped to the caller and the endpoint,
+/// with a digest of the body (a repeat must send the same body).
+fn idempotency_of(
+    headers: &HeaderMap,
+    scope: &str,
+    body: &[u8],
+) -> Result<Option<(String, String, String)>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= MAX_KEY_LEN => {
+            let digest = dibs_core::ledger::hex(&Sha256::digest(body).into());
+            Ok(Some((scope.to_owned(), key.to_owned(), digest)))
+        }
+        _ => Err(ApiError::field(
+            400,
+            "Idempotency-Key",
+            format!("must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
+        )),
+    }
+}
+
 fn error(e: ApiError) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(e)).into_response()
@@ -239,21 +260,9 @@ async fn submit(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
             return error(ApiError { status: 422, error: format!("request body: {e}"), field });
         }
     };
-    let idempotency = match headers.get("idempotency-key") {
-        None => None,
-        Some(value) => match value.to_str() {
-            Ok(key) if !key.is_empty() && key.len() <= MAX_KEY_LEN => {
-                let digest = dibs_core::ledger::hex(&Sha256::digest(&body).into());
-                Some((scope, key.to_owned(), digest))
-            }
-            _ => {
-                return error(ApiError::field(
-                    400,
-                    "Idempotency-Key",
-                    format!("must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
-                ));
-            }
-        },
+    let idempotency = match idempotency_of(&headers, &format!("{scope}:requests"), &body) {
+        Ok(i) => i,
+        Err(e) => return error(e),
     };
     ask(&state, |reply| Command::Submit { body: parsed, idempotency, reply }).await
 }
@@ -431,16 +440,27 @@ struct IncidentBody {
     region: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/incidents", tag = "incidents", request_body = IncidentBody, responses((status = 201, description = "`{id, provider, region}`; allocations there fail over", body = Object), (status = 422, body = ApiError)), security(("bearer" = [])))]
-async fn open_incident(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Admin) {
-        return error(e);
-    }
-    let body: IncidentBody = match parse_body(&body) {
+#[utoipa::path(post, path = "/v1/incidents", tag = "incidents", request_body = IncidentBody, params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key and body get the first answer")), responses((status = 201, description = "`{id, provider, region}`; allocations there fail over", body = Object), (status = 422, body = ApiError)), security(("bearer" = [])))]
+async fn open_incident(State(state): State<Arc<AppState>>, headers: HeaderMap, bytes: Bytes) -> Response {
+    let scope = match authenticate(&state, &headers, Access::Admin) {
+        Ok(caller) => caller.scope,
+        Err(e) => return error(e),
+    };
+    let body: IncidentBody = match parse_body(&bytes) {
         Ok(b) => b,
         Err(e) => return error(e),
     };
-    ask(&state, |reply| Command::OpenIncident { provider: body.provider, region: body.region, reply }).await
+    let idempotency = match idempotency_of(&headers, &format!("{scope}:incidents"), &bytes) {
+        Ok(i) => i,
+        Err(e) => return error(e),
+    };
+    ask(&state, |reply| Command::OpenIncident {
+        provider: body.provider,
+        region: body.region,
+        idempotency,
+        reply,
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/incidents/{id}/resolve", tag = "incidents", params(("id" = String, Path)), responses((status = 200, body = Object), (status = 404, body = ApiError)), security(("bearer" = [])))]

@@ -648,8 +648,13 @@ fn an_incident_reported_over_http_fails_allocations_over() {
     let victim = awarded["allocations"][0]["provider"].as_str().unwrap().to_owned();
     let (status, body) = call(url, "POST", "/incidents", Some(&json!({ "provider": "nobody" })), None);
     assert_eq!((status, body["field"].as_str()), (422, Some("provider")), "{body}");
-    let (status, incident) = call(url, "POST", "/incidents", Some(&json!({ "provider": victim })), None);
+    let (status, incident) =
+        call(url, "POST", "/incidents", Some(&json!({ "provider": victim })), Some("inc-key"));
     assert_eq!(status, 201, "{incident}");
+    let (_, again) = call(url, "POST", "/incidents", Some(&json!({ "provider": victim })), Some("inc-key"));
+    assert_eq!(again["id"], incident["id"], "a repeated report is the same incident");
+    let (status, _) = call(url, "POST", "/incidents", Some(&json!({ "provider": "gcp" })), Some("inc-key"));
+    assert_eq!(status, 422, "one key, another body");
     let after = wait_for(url, &id, |r| {
         r["allocations"].as_array().unwrap().iter().any(|a| a["state"] == "cancelled")
             && r["status"] == "provisioning"
