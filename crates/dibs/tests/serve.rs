@@ -344,6 +344,11 @@ fn two_replicas_share_postgresql_and_the_standby_takes_over_when_the_leader_dies
     let mut client = postgres::Client::connect(&database, postgres::NoTls).unwrap();
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
     let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // The holder is a provider process that takes a while to answer, so the
+    // leader dies with a solicitation in the shared outbox.
+    let catalog = catalog_of(data_a.path(), &["azure", "lambda", "nebius", "aws"]);
+    let azure =
+        ProviderProcess::start("azure", &catalog, &["--holder", "decline", "--answer-delay-ms", "1000"]);
     let args = |data: &Path| {
         vec![
             "--data".to_owned(),
@@ -352,6 +357,10 @@ fn two_replicas_share_postgresql_and_the_standby_takes_over_when_the_leader_dies
             database.clone(),
             "--database-schema".into(),
             schema.clone(),
+            "--catalog".into(),
+            catalog.display().to_string(),
+            "--provider".into(),
+            format!("azure={}", azure.url),
         ]
     };
     let args_a = args(data_a.path());
@@ -386,7 +395,17 @@ fn two_replicas_share_postgresql_and_the_standby_takes_over_when_the_leader_dies
     check_no_double_award(url);
     let (status, verified) = call(url, "GET", "/ledger/verify", None, None);
     assert_eq!((status, &verified["ok"]), (200, &json!(true)), "{verified}");
+    let third_id = third["id"].as_str().unwrap();
+    wait_for(url, third_id, |r| r["status"] != "first_refusal" && r["status"] != "market");
+    let answered = ledger(url).iter().filter(|e| e["kind"] == "holder_answered").count();
+    assert_eq!(answered, 3, "each solicitation answered once, the one in flight at the kill included");
     drop(replica);
+    let output = Command::new(DIBS)
+        .args(["ledger", "verify", "--database", &database, "--database-schema", &schema])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && text.contains("projection: ok"), "{text}");
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
 }
 
