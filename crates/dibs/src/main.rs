@@ -49,7 +49,7 @@ enum Command {
     /// Run a standalone provider for the provider protocol.
     #[command(subcommand)]
     Provider(serve::ProviderCommand),
-    /// Check a service's ledger.
+    /// Check a service's ledger, or rebuild its state tables from it.
     #[command(subcommand)]
     Ledger(serve::LedgerCommand),
     /// Work with contract files.
