@@ -30,11 +30,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::contract::{ContractSet, RefusalMode, Suspension};
+use crate::contract::{ContractSet, HolderTerms, RefusalMode, ShareBasis, Suspension};
 use crate::ledger::{AllocationRecord, Event, EventKind};
+use crate::names::Names;
 use crate::placement::{self, Cap, Demand, Fleet, PlannedAllocation, Rules, SolverConfig};
-use crate::request::Request;
-use crate::types::{Accelerator, GpuCount, Offer, Price, ProviderName, Region, Timestamp, WorkloadClass};
+use crate::request::{Request, SpotPolicy};
+use crate::types::{
+    Accelerator, GpuCount, Location, NodePrice, Offer, OfferKind, Price, ProviderName, Region, Timestamp,
+    WorkloadClass,
+};
 
 /// A round re-solicits the holder at most this often under the no-better-terms rule.
 pub const MAX_RESOLICITATIONS: u32 = 2;
@@ -64,11 +68,14 @@ impl Default for EngineConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum HolderAnswer {
-    /// Takes `gpus` (all of the solicited GPUs, or part) on the solicited terms, from `region`.
+    /// Takes `gpus` (all of the solicited GPUs, or part) on the solicited terms, as whole nodes
+    /// of `instance_type` (`gpus_per_node` GPUs each) in `region`.
     Accept {
         gpus: u32,
         region: Region,
         accelerator: Accelerator,
+        instance_type: String,
+        gpus_per_node: GpuCount,
         lead_time_hours: u32,
     },
     Decline,
@@ -104,6 +111,7 @@ pub enum Timer {
 pub struct Solicitation {
     pub holder: ProviderName,
     pub mode: RefusalMode,
+    /// The price per GPU-hour offered (offer-first) or to match (match).
     pub price: Price,
     #[serde(flatten)]
     pub ask: Ask,
@@ -115,9 +123,12 @@ pub struct Ask {
     pub request: String,
     pub round: u32,
     pub gpus: u32,
-    pub min_block: u32,
+    /// GPUs that must sit together (see `Request::block`).
+    pub block: u32,
     pub accelerators: Vec<String>,
-    pub regions: Vec<Region>,
+    /// Where the capacity may be; empty means anywhere. A provider reads its own locations.
+    pub regions: Vec<Location>,
+    pub spot: SpotPolicy,
     pub duration_hours: u32,
     pub deliver_by: Option<Timestamp>,
     pub respond_by: Timestamp,
@@ -140,9 +151,10 @@ impl Ask {
             request: id.to_owned(),
             round,
             gpus,
-            min_block: request.min_block.get(),
+            block: request.block.get(),
             accelerators: request.accelerators.iter().map(|a| a.to_string()).collect(),
             regions: request.regions.clone(),
+            spot: request.spot,
             duration_hours: hours,
             deliver_by: request.deliver_by,
             respond_by,
@@ -236,6 +248,7 @@ impl Purpose {
 struct RefusalTerms {
     holder: ProviderName,
     mode: RefusalMode,
+    terms: HolderTerms,
     window_hours: u32,
     reference: String,
 }
@@ -245,6 +258,9 @@ struct RefusalTerms {
 struct Screened {
     refusal: Option<RefusalTerms>,
     rules: Rules,
+    /// The minimum-provider rule as written; `rules.min_providers` is what is left of it
+    /// once the providers the request already uses are counted.
+    min_providers: Option<(u32, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,6 +333,11 @@ pub struct Engine {
     /// Offers providers have published (a catalog), by provider: the evidence
     /// for holder skips, and the set of providers a market round asks.
     published: BTreeMap<ProviderName, Vec<Offer>>,
+    /// The largest node of each accelerator among the published offers: a block up to this
+    /// size must sit in one node (see `placement`).
+    largest_node: BTreeMap<Accelerator, u32>,
+    /// The names the published offers use: what a request may name.
+    names: Names,
     requests: BTreeMap<String, RequestState>,
     allocations: BTreeMap<u64, Allocation>,
     next_allocation: u64,
@@ -338,10 +359,9 @@ impl Engine {
         Self {
             contracts,
             config,
-            published: published.into_iter().fold(BTreeMap::new(), |mut by: BTreeMap<_, Vec<_>>, offer| {
-                by.entry(offer.provider.clone()).or_default().push(offer);
-                by
-            }),
+            largest_node: placement::largest_nodes(&published),
+            names: Names::from_offers(&published),
+            published: by_provider(published),
             requests: BTreeMap::new(),
             allocations: BTreeMap::new(),
             next_allocation: 1,
@@ -398,10 +418,14 @@ impl Engine {
     /// the terms they were screened under.
     pub fn reconfigure(&mut self, contracts: ContractSet, published: Vec<Offer>) {
         self.contracts = contracts;
-        self.published = published.into_iter().fold(BTreeMap::new(), |mut by: BTreeMap<_, Vec<_>>, offer| {
-            by.entry(offer.provider.clone()).or_default().push(offer);
-            by
-        });
+        self.largest_node = placement::largest_nodes(&published);
+        self.names = Names::from_offers(&published);
+        self.published = by_provider(published);
+    }
+
+    /// The names the published offers use: requests are validated against them.
+    pub fn names(&self) -> &Names {
+        &self.names
     }
 
     /// The providers that published offers, by name.
@@ -576,7 +600,11 @@ impl Engine {
         let request = &self.requests[id].request;
         let terms = self.contracts.in_force(now, &self.suspensions);
         let policy = &self.contracts.policy;
-        let mut rules = Rules { policy_regions: policy.allowed_regions.clone(), ..Rules::default() };
+        let mut rules = Rules {
+            policy_regions: policy.allowed_regions.clone(),
+            largest_node: self.largest_node.clone(),
+            ..Rules::default()
+        };
 
         // Exclusivity narrows the field to the holder, unless it is down and the clause releases in emergencies.
         for exclusive in &terms.exclusivities {
@@ -677,10 +705,25 @@ impl Engine {
             .map(|f| RefusalTerms {
                 holder: f.terms.holder.clone(),
                 mode: f.terms.mode,
+                terms: f.terms.terms,
                 window_hours: f.terms.window_hours,
                 reference: format!("{}/{}/{}", f.contract, f.version, f.clause),
             });
-        Screened { refusal, rules }
+        let min_providers = rules.min_providers.clone();
+        rules.min_providers = remaining_min_providers(&min_providers, &self.providers_in_use(id));
+        Screened { refusal, rules, min_providers }
+    }
+
+    /// The providers of the request's live (reserved or active) allocations.
+    fn providers_in_use(&self, id: &str) -> BTreeSet<ProviderName> {
+        let Some(state) = self.requests.get(id) else { return BTreeSet::new() };
+        state
+            .allocations
+            .iter()
+            .filter_map(|a| self.allocations.get(a))
+            .filter(|a| matches!(a.state, AllocationState::Reserved | AllocationState::Active))
+            .map(|a| a.plan.provider.clone())
+            .collect()
     }
 
     /// Live allocations of requests of one workload class, per provider.
@@ -715,23 +758,22 @@ impl Engine {
     fn begin_round(&mut self, out: &mut Out, id: &str) {
         let Some(round_request) = self.round_request(id) else { return };
         let round = self.requests[id].round.as_ref().expect("round running");
+        if let Some(why) = placement::min_providers_unmet(&round_request, round.gpus, &round.screened.rules) {
+            self.unfilled(out, id, why);
+            return;
+        }
         match round.screened.refusal.clone() {
             Some(refusal) if refusal.mode == RefusalMode::OfferFirst => {
-                let room = holder_room(&round.screened.rules, &refusal.holder, &round_request);
-                let terms = self
-                    .holder_terms(&round_request, &refusal, &round.screened.rules, out.now)
-                    .and_then(|price| {
-                        if room == 0 {
-                            Err(vec![format!(
-                                "{} is at the buyer's diversification cap or minimum-provider rule",
-                                refusal.holder
-                            )])
-                        } else {
-                            Ok(price)
-                        }
-                    });
-                match terms {
-                    Ok(price) => self.solicit(out, id, &refusal, room, price),
+                match self.holder_offer(&round_request, &refusal, &round.screened.rules, out.now) {
+                    Ok(offer) => {
+                        let room = first_offer_room(
+                            &round.screened.rules,
+                            &refusal.holder,
+                            &round_request,
+                            offer.node_gpus,
+                        );
+                        self.solicit(out, id, &refusal, room, offer.price, offer.basis);
+                    }
                     Err(evidence) => {
                         let number = round.number;
                         out.ledger(
@@ -751,16 +793,17 @@ impl Engine {
         }
     }
 
-    /// The price the holder is offered: its own cheapest qualifying list price
-    /// (capped at the ceiling), or the evidence that no offer of the holder's
-    /// meets the hard requirements (accelerator, region, block size, deliver-by).
-    fn holder_terms(
+    /// What the holder is offered, by the clause's terms (its list price, a fixed price, a
+    /// discount off list, or the market reference), capped at the price ceiling; or the
+    /// evidence that no offer of the holder's meets the hard requirements (accelerator, spot
+    /// policy, the request's providers and regions, node size, deliver-by).
+    fn holder_offer(
         &self,
         request: &Request,
         refusal: &RefusalTerms,
         rules: &Rules,
         now: Timestamp,
-    ) -> Result<Price, Vec<String>> {
+    ) -> Result<HolderOffer, Vec<String>> {
         if let Some(incident) = self.provider_down(&refusal.holder, None) {
             return Err(vec![format!("holder is down (incident {incident})")]);
         }
@@ -769,37 +812,99 @@ impl Engine {
             return Err(vec![format!("{} publishes no offers", refusal.holder)]);
         }
         // Hard requirements only: no price ceiling, no caps, no exclusions.
-        let hard = Rules { policy_regions: rules.policy_regions.clone(), ..Rules::default() };
+        let hard = self.hard_rules(rules);
         let mut one_block = request.clone();
-        one_block.gpus = request.min_block;
+        one_block.gpus = request.block;
         let demand = Demand { request: &one_block, gpus: one_block.gpus.get(), now };
         let check = placement::place(demand, holder_offers, &hard, self.config.solver);
         let mut evidence = Vec::new();
         let mut best: Option<f64> = None;
-        for verdict in &check.verdicts {
+        let mut node_gpus = request.block.get();
+        for (verdict, offer) in check.verdicts.iter().zip(holder_offers) {
             match &verdict.outcome {
-                placement::Outcome::Rejected(
-                    reason @ (placement::Rejection::Accelerator { .. }
-                    | placement::Rejection::Spot
-                    | placement::Rejection::RegionNotRequested { .. }
-                    | placement::Rejection::RegionNotAllowedByPolicy { .. }
-                    | placement::Rejection::TooLate { .. }
-                    | placement::Rejection::BlockTooLarge { .. }
-                    | placement::Rejection::Expired { .. }),
-                ) => evidence.push(format!("{}: {reason}", verdict.offer_id)),
-                _ => best = Some(best.map_or(verdict.price, |b: f64| b.min(verdict.price))),
+                placement::Outcome::Rejected(reason) if reason.is_hard_requirement() => {
+                    evidence.push(format!("{}: {reason}", verdict.offer_id))
+                }
+                _ => {
+                    best = Some(best.map_or(verdict.price, |b: f64| b.min(verdict.price)));
+                    node_gpus = node_gpus.max(offer.gpus_per_node.get());
+                }
             }
         }
-        match best {
-            Some(price) => {
-                let price = rules.price_ceiling.map_or(price, |c| price.min(c.get()));
-                Ok(Price::new(price).expect("a published price is a valid price"))
+        let Some(list) = best else { return Err(evidence) };
+        let (price, mut basis) = match refusal.terms {
+            HolderTerms::List => (list, format!("the holder's list price ${list:.4}/GPU-h")),
+            HolderTerms::Fixed { price } => {
+                (price.get(), format!("the fixed price ${:.4}/GPU-h", price.get()))
             }
-            None => Err(evidence),
+            HolderTerms::Discount { off } => (
+                list * (1.0 - off),
+                format!("{:.0}% off the holder's list price ${list:.4}/GPU-h", off * 100.0),
+            ),
+            HolderTerms::Market => match self.market_reference(request, &refusal.holder, &hard, now) {
+                Some(reference) => (reference, format!("the market reference ${reference:.4}/GPU-h")),
+                None => (
+                    list,
+                    format!(
+                        "the holder's list price ${list:.4}/GPU-h (the market cannot supply the same capacity)"
+                    ),
+                ),
+            },
+        };
+        let price = match rules.price_ceiling {
+            Some(ceiling) if ceiling.get() < price => {
+                basis.push_str(&format!(", capped at the ceiling ${:.4}", ceiling.get()));
+                ceiling.get()
+            }
+            _ => price,
+        };
+        Ok(HolderOffer {
+            price: Price::new(price).expect("a published price is a valid price"),
+            basis,
+            node_gpus,
+        })
+    }
+
+    /// The request's hard requirements and the policy's regions; nothing else.
+    fn hard_rules(&self, rules: &Rules) -> Rules {
+        Rules {
+            policy_regions: rules.policy_regions.clone(),
+            largest_node: self.largest_node.clone(),
+            ..Rules::default()
         }
     }
 
-    fn solicit(&mut self, out: &mut Out, id: &str, refusal: &RefusalTerms, gpus: u32, price: Price) {
+    /// The best price per GPU-hour the rest of the market's published offers give the same
+    /// capacity now: the cheapest award of the request's GPUs among providers other than the
+    /// holder, under the hard requirements, its list cost spread over the GPU-hours asked.
+    fn market_reference(
+        &self,
+        request: &Request,
+        holder: &ProviderName,
+        hard: &Rules,
+        now: Timestamp,
+    ) -> Option<f64> {
+        let market: Vec<Offer> = self
+            .published
+            .iter()
+            .filter(|(provider, _)| *provider != holder)
+            .flat_map(|(_, offers)| offers.iter().cloned())
+            .collect();
+        let demand = Demand { request, gpus: request.gpus.get(), now };
+        let placement = placement::place(demand, &market, hard, self.config.solver);
+        let gpu_hours = f64::from(request.gpus.get()) * f64::from(request.duration_hours);
+        (placement.infeasible.is_none() && gpu_hours > 0.0).then(|| placement.list_cost / gpu_hours)
+    }
+
+    fn solicit(
+        &mut self,
+        out: &mut Out,
+        id: &str,
+        refusal: &RefusalTerms,
+        gpus: u32,
+        price: Price,
+        basis: String,
+    ) {
         let respond_by = out.now.plus_hours(f64::from(refusal.window_hours));
         let state = self.requests.get_mut(id).expect("request exists");
         state.status = Status::FirstRefusal;
@@ -809,7 +914,8 @@ impl Engine {
         round.last_terms = Some(price);
         round.solicited_gpus = gpus;
         round.stage = Stage::Holder { solicitation: round.solicitations, respond_by };
-        let (number, solicitation, hours) = (round.number, round.solicitations, round.hours);
+        let (number, solicitation, hours, round_gpus) =
+            (round.number, round.solicitations, round.hours, round.gpus);
         out.ledger(
             Some(id),
             EventKind::Solicited {
@@ -817,7 +923,9 @@ impl Engine {
                 holder: refusal.holder.clone(),
                 mode: refusal.mode.as_str().into(),
                 gpus,
+                of_gpus: round_gpus,
                 price,
+                terms: basis,
                 respond_by,
             },
         );
@@ -855,7 +963,14 @@ impl Engine {
                 );
                 self.holder_passed(out, id);
             }
-            HolderAnswer::Accept { gpus, region, accelerator, lead_time_hours } => {
+            HolderAnswer::Accept {
+                gpus,
+                region,
+                accelerator,
+                instance_type,
+                gpus_per_node,
+                lead_time_hours,
+            } => {
                 if !state.request.accelerators.contains(&accelerator) {
                     out.ledger(
                         Some(id),
@@ -869,7 +984,7 @@ impl Engine {
                     self.holder_passed(out, id);
                     return;
                 }
-                let block = state.request.min_block.get();
+                let block = state.request.block.get();
                 let taken = (gpus.min(round.solicited_gpus) / block) * block;
                 let outcome = if taken == 0 {
                     "declined"
@@ -895,7 +1010,7 @@ impl Engine {
                     out,
                     id,
                     &refusal.holder,
-                    Taken { gpus: taken, region, accelerator, lead_time_hours },
+                    Taken { gpus: taken, region, accelerator, instance_type, gpus_per_node, lead_time_hours },
                 );
             }
         }
@@ -903,20 +1018,30 @@ impl Engine {
 
     /// The holder takes `gpus` of the round on the solicited terms.
     fn holder_takes(&mut self, out: &mut Out, id: &str, holder: &ProviderName, taken: Taken) {
-        let Taken { gpus, region, accelerator, lead_time_hours } = taken;
+        let Taken { gpus, region, accelerator, instance_type, gpus_per_node, lead_time_hours } = taken;
         let state = &self.requests[id];
         let round = state.round.as_ref().expect("round running");
-        // The holder takes the terms it was offered: the buyer's (offer-first) or the market's (match).
+        // The holder takes the terms it was offered: the buyer's (offer-first) or the market's (match),
+        // per GPU-hour, in whole nodes of its instance type.
         let price = round.last_terms.expect("the holder was solicited");
         debug_assert!(state.request.accelerators.contains(&accelerator));
+        let block = state.request.block.get();
+        let g = gpus_per_node.get();
+        let nodes =
+            if block <= g { (gpus / block).div_ceil(g / block) } else { (gpus / block) * block.div_ceil(g) };
         let plan = PlannedAllocation {
-            offer_id: format!("{holder}/{region}/first-refusal"),
+            offer_id: format!("{holder}/{region}/{instance_type}/first-refusal"),
             provider: holder.clone(),
             region,
+            zone: None,
+            instance_type,
             accelerator,
+            gpus_per_node,
+            nodes,
             gpus,
-            price,
+            node_price: NodePrice::from_gpu_price(price, gpus_per_node),
             lead_time_hours,
+            kind: OfferKind::OnDemand,
         };
         self.award(out, id, vec![plan], "first_refusal");
         let state = self.requests.get_mut(id).expect("request exists");
@@ -1058,13 +1183,23 @@ impl Engine {
     /// to the holder (match mode, or the no-better-terms rule), or gives up.
     fn decide(&mut self, out: &mut Out, id: &str) {
         let Some(round_request) = self.round_request(id) else { return };
-        // The fleet moved since screening if the holder took part of this round.
+        // The fleet, and the providers this request already uses, moved since screening if the
+        // holder took part of this round.
         let fleet = self.fleet(round_request.workload);
+        let in_use = self.providers_in_use(id);
+        let node_gpus = round_request
+            .accelerators
+            .iter()
+            .filter_map(|a| self.largest_node.get(a))
+            .copied()
+            .max()
+            .unwrap_or(round_request.block.get());
         let state = self.requests.get_mut(id).expect("request exists");
         let round = state.round.as_mut().expect("round running");
         if !round.screened.rules.caps.is_empty() {
             round.screened.rules.fleet = fleet;
         }
+        round.screened.rules.min_providers = remaining_min_providers(&round.screened.min_providers, &in_use);
         // Out of re-offers: the no-better-terms rule becomes a filter.
         let offer_first = round.screened.refusal.as_ref().is_some_and(|r| r.mode == RefusalMode::OfferFirst);
         if offer_first && round.solicitations > MAX_RESOLICITATIONS {
@@ -1073,101 +1208,130 @@ impl Engine {
         round.stage = Stage::Quotes { respond_by: out.now };
         let mut quotes = round.quotes.clone();
         quotes.sort_by(|a, b| a.id.cmp(&b.id));
-        let placement = placement::place(
-            Demand { request: &round_request, gpus: round.gpus, now: out.now },
-            &quotes,
-            &round.screened.rules,
-            self.config.solver,
-        );
-        let number = round.number;
-        out.ledger(
-            Some(id),
-            EventKind::Placed {
-                round: number,
-                solver: placement.solver.clone(),
-                list_cost: placement.list_cost,
-                effective_cost: placement.effective_cost,
-                notes: placement.notes.clone(),
-                verdicts: placement.verdicts.clone(),
-            },
-        );
-        if let Some(reason) = placement.infeasible {
-            self.unfilled(out, id, reason);
-            return;
-        }
-        let max_price = placement.allocations.iter().map(|a| a.price.get()).fold(0.0, f64::max);
-        let refusal = round.screened.refusal.clone();
-        if let Some(refusal) = refusal {
-            let holder_excluded = round.screened.rules.excluded.contains_key(&refusal.holder);
-            match refusal.mode {
-                // Match: the holder has not yet seen these terms.
-                RefusalMode::Match
-                    if round.pending_match.is_none()
-                        && !holder_excluded
-                        && holder_room(&round.screened.rules, &refusal.holder, &round_request) > 0 =>
-                {
-                    round.pending_match = Some(placement.allocations.clone());
-                    let gpus = holder_room(&round.screened.rules, &refusal.holder, &round_request);
-                    self.solicit(out, id, &refusal, gpus, Price::new(max_price).expect("valid"));
-                    return;
-                }
-                // Offer-first: the no-better-terms rule.
-                RefusalMode::OfferFirst => {
-                    if let Some(declined) = round.declined_price
-                        && max_price > declined + 1e-9
-                    {
-                        out.ledger(
-                            Some(id),
-                            EventKind::NoBetterTerms {
-                                round: number,
-                                holder: refusal.holder.clone(),
-                                declined_price: declined,
-                                market_price: max_price,
-                            },
+        // At most two placements: the second when the no-better-terms rule cannot go back to a
+        // holder the caps leave no room, and holds the market to the declined terms instead.
+        for _ in 0..2 {
+            let state = self.requests.get_mut(id).expect("request exists");
+            let round = state.round.as_mut().expect("round running");
+            let placement = placement::place(
+                Demand { request: &round_request, gpus: round.gpus, now: out.now },
+                &quotes,
+                &round.screened.rules,
+                self.config.solver,
+            );
+            let number = round.number;
+            out.ledger(
+                Some(id),
+                EventKind::Placed {
+                    round: number,
+                    solver: placement.solver.clone(),
+                    list_cost: placement.list_cost,
+                    effective_cost: placement.effective_cost,
+                    notes: placement.notes.clone(),
+                    verdicts: placement.verdicts.clone(),
+                },
+            );
+            if let Some(reason) = placement.infeasible {
+                self.unfilled(out, id, reason);
+                return;
+            }
+            let max_price =
+                placement.allocations.iter().map(PlannedAllocation::price_per_gpu_hour).fold(0.0, f64::max);
+            if let Some(refusal) = round.screened.refusal.clone() {
+                let holder_excluded = round.screened.rules.excluded.contains_key(&refusal.holder);
+                match refusal.mode {
+                    // Match: the holder has not yet seen these terms.
+                    RefusalMode::Match if round.pending_match.is_none() && !holder_excluded => {
+                        round.pending_match = Some(placement.allocations.clone());
+                        let gpus = first_offer_room(
+                            &round.screened.rules,
+                            &refusal.holder,
+                            &round_request,
+                            node_gpus,
                         );
-                        let room = holder_room(&round.screened.rules, &refusal.holder, &round_request);
-                        if room > 0 {
-                            round.screened.rules.excluded.remove(&refusal.holder);
-                            self.solicit(out, id, &refusal, room, Price::new(max_price).expect("valid"));
-                            return;
+                        let basis = format!("the market's winning terms, ${max_price:.4}/GPU-h, to match");
+                        self.solicit(out, id, &refusal, gpus, Price::new(max_price).expect("valid"), basis);
+                        return;
+                    }
+                    // Offer-first: the no-better-terms rule.
+                    RefusalMode::OfferFirst => {
+                        if let Some(declined) = round.declined_price
+                            && max_price > declined + 1e-9
+                        {
+                            out.ledger(
+                                Some(id),
+                                EventKind::NoBetterTerms {
+                                    round: number,
+                                    holder: refusal.holder.clone(),
+                                    declined_price: declined,
+                                    market_price: max_price,
+                                },
+                            );
+                            let room = holder_room(
+                                &round.screened.rules,
+                                &refusal.holder,
+                                &round_request,
+                                node_gpus,
+                            );
+                            if room > 0 {
+                                round.screened.rules.excluded.remove(&refusal.holder);
+                                let basis = format!(
+                                    "the market's terms, ${max_price:.4}/GPU-h, above the ${declined:.4} declined \
+                                     (no-better-terms)"
+                                );
+                                self.solicit(
+                                    out,
+                                    id,
+                                    &refusal,
+                                    room,
+                                    Price::new(max_price).expect("valid"),
+                                    basis,
+                                );
+                                return;
+                            }
+                            // The caps leave the holder no room for more: the market may not have
+                            // better terms than the holder declined, so it is held to them.
+                            round.screened.rules.declined_terms = Price::new(declined).ok();
+                            out.ledger(
+                                Some(id),
+                                EventKind::FirstRefusalSkipped {
+                                    round: number,
+                                    holder: refusal.holder.clone(),
+                                    evidence: vec![format!(
+                                        "{} has no room for more within the buyer's caps; the market is held to the \
+                                         ${declined:.4}/GPU-h it declined (no-better-terms)",
+                                        refusal.holder
+                                    )],
+                                },
+                            );
+                            continue;
                         }
-                        // The buyer's own caps leave the holder nothing to take on the new terms.
+                    }
+                    // Match, but the holder cannot be shown the terms: record why before the market award.
+                    RefusalMode::Match if round.solicitations == 0 => {
+                        let why = match round.screened.rules.excluded.get(&refusal.holder) {
+                            Some(why) => format!("{}: {why}", refusal.holder),
+                            None => format!("{} cannot be shown the terms", refusal.holder),
+                        };
                         out.ledger(
                             Some(id),
                             EventKind::FirstRefusalSkipped {
                                 round: number,
                                 holder: refusal.holder.clone(),
-                                evidence: vec![format!(
-                                    "{} is at the buyer's diversification cap or minimum-provider rule",
-                                    refusal.holder
-                                )],
+                                evidence: vec![why],
                             },
                         );
                     }
+                    RefusalMode::Match => {}
                 }
-                // Match, but the holder cannot be shown the terms: record why before the market award.
-                RefusalMode::Match if round.solicitations == 0 => {
-                    let why = match round.screened.rules.excluded.get(&refusal.holder) {
-                        Some(why) => format!("{}: {why}", refusal.holder),
-                        None => format!(
-                            "{} is at the buyer's diversification cap or minimum-provider rule",
-                            refusal.holder
-                        ),
-                    };
-                    out.ledger(
-                        Some(id),
-                        EventKind::FirstRefusalSkipped {
-                            round: number,
-                            holder: refusal.holder.clone(),
-                            evidence: vec![why],
-                        },
-                    );
-                }
-                RefusalMode::Match => {}
             }
+            self.award(out, id, placement.allocations, "market");
+            self.finish_round(out, id);
+            return;
         }
-        self.award(out, id, placement.allocations, "market");
-        self.finish_round(out, id);
+        // Not reached: the second placement holds the market to the declined terms, so it
+        // cannot break the no-better-terms rule again. Unfilled rather than a panic.
+        self.unfilled(out, id, "no award within the no-better-terms rule".to_owned());
     }
 
     fn award(&mut self, out: &mut Out, id: &str, plans: Vec<PlannedAllocation>, via: &str) {
@@ -1179,7 +1343,7 @@ impl Engine {
             self.next_allocation += 1;
             let promised = out.now.plus_hours(f64::from(plan.lead_time_hours));
             *self.spend.entry(plan.provider.clone()).or_default() +=
-                plan.price.get() * f64::from(plan.gpus) * f64::from(round.hours);
+                plan.spend_per_hour() * f64::from(round.hours);
             records.push(AllocationRecord {
                 id: allocation,
                 via: via.to_owned(),
@@ -1334,8 +1498,8 @@ impl Engine {
                 a.state = AllocationState::Released;
                 a.ended_at = Some(out.now);
                 let request = a.request.clone();
-                let gpu_hours = f64::from(a.plan.gpus) * f64::from(a.hours);
-                let spend = gpu_hours * a.plan.price.get();
+                let gpu_hours = f64::from(a.plan.gpus_bought()) * f64::from(a.hours);
+                let spend = a.plan.spend_per_hour() * f64::from(a.hours);
                 out.ledger(Some(&request), EventKind::AllocationReleased { allocation, gpu_hours, spend });
                 self.leave_fleet(allocation);
                 self.settle_status(out, &request);
@@ -1391,7 +1555,7 @@ impl Engine {
                 Some(ends) => (ends.hours_since(out.now).floor().max(0.0) as u32).min(a.hours),
                 None => a.hours,
             };
-            let unused_spend = a.plan.price.get() * f64::from(a.plan.gpus) * f64::from(remaining);
+            let unused_spend = a.plan.spend_per_hour() * f64::from(remaining);
             a.state = AllocationState::Cancelled;
             a.ended_at = Some(out.now);
             let (request, gpus) = (a.request.clone(), a.plan.gpus);
@@ -1438,38 +1602,69 @@ impl Engine {
     }
 }
 
-/// The most GPUs the buyer may offer the holder in a round: the round's GPUs,
-/// limited by the GPU caps (given the fleet) and by the minimum-provider rule
-/// (which leaves at least one block to each other provider needed).
-fn holder_room(rules: &Rules, holder: &ProviderName, request: &Request) -> u32 {
+/// The most GPUs the buyer may give the holder in a round: the round's GPUs, limited by the
+/// GPU caps (given the fleet, with the same one-unit tolerance placement uses: one of the
+/// holder's nodes) and by the minimum-provider rule (which leaves a block to each other
+/// provider needed), in whole blocks; possibly none. Spend caps limit the market's awards,
+/// not what the holder is offered. See [`first_offer_room`] for the first solicitation.
+fn holder_room(rules: &Rules, holder: &ProviderName, request: &Request, node_gpus: u32) -> u32 {
     let gpus = request.gpus.get();
-    let block = request.min_block.get();
-    let mut room = gpus;
+    let block = request.block.get();
+    let mut room = f64::from(gpus);
     let fleet_total: f64 = rules.fleet.gpus.values().sum();
     let held = rules.fleet.gpus.get(holder).copied().unwrap_or(0.0);
-    for cap in rules.caps.iter().filter(|c| c.basis == crate::contract::ShareBasis::Gpus) {
-        let allowed = (cap.max_share * (fleet_total + f64::from(gpus)) - held + 1e-9).max(0.0);
-        room = room.min(allowed as u32);
+    for cap in rules.caps.iter().filter(|c| c.basis == ShareBasis::Gpus) {
+        let allowed =
+            cap.max_share * (fleet_total + f64::from(gpus)) - held + f64::from(node_gpus.max(block));
+        room = room.min(allowed);
     }
     if let Some((k, _)) = &rules.min_providers {
-        room = room.min(gpus.saturating_sub(k.saturating_sub(1) * block));
+        room = room.min(f64::from(gpus.saturating_sub(k.saturating_sub(1) * block)));
     }
-    room / block * block
+    // A tolerance keeps 0.4 * 500 from rounding down to 199.99.
+    let room = (room.max(0.0) + 1e-9).floor() as u32;
+    (room / block * block).min(gpus)
 }
 
-/// Adds (`sign` 1) or removes (`sign` -1) an allocation's GPUs and spend rate.
+/// What the holder is offered when first solicited in a round: its room, but never less than
+/// one block. A contractual right of first refusal is exercised even when the buyer's own
+/// diversification policy would leave the holder nothing; the policy decides how much, not
+/// whether.
+fn first_offer_room(rules: &Rules, holder: &ProviderName, request: &Request, node_gpus: u32) -> u32 {
+    let block = request.block.get();
+    holder_room(rules, holder, request, node_gpus).max(block).min(request.gpus.get())
+}
+
+/// Adds (`sign` 1) or removes (`sign` -1) an allocation's GPUs (bought, whole nodes) and spend rate.
 fn add_to_fleet(fleet: &mut Fleet, plan: &PlannedAllocation, sign: f64) {
-    let gpus = f64::from(plan.gpus);
+    let gpus = f64::from(plan.gpus_bought());
     *fleet.gpus.entry(plan.provider.clone()).or_default() += sign * gpus;
-    *fleet.spend_per_hour.entry(plan.provider.clone()).or_default() += sign * gpus * plan.price.get();
+    *fleet.spend_per_hour.entry(plan.provider.clone()).or_default() += sign * plan.spend_per_hour();
     if fleet.gpus.get(&plan.provider).is_some_and(|g| *g <= 0.0) {
         fleet.gpus.remove(&plan.provider);
         fleet.spend_per_hour.remove(&plan.provider);
     }
 }
 
+fn by_provider(offers: Vec<Offer>) -> BTreeMap<ProviderName, Vec<Offer>> {
+    offers.into_iter().fold(BTreeMap::new(), |mut by: BTreeMap<_, Vec<_>>, offer| {
+        by.entry(offer.provider.clone()).or_default().push(offer);
+        by
+    })
+}
+
+/// A minimum of `k` providers per request, less the providers the request already uses.
+fn remaining_min_providers(
+    rule: &Option<(u32, String)>,
+    in_use: &BTreeSet<ProviderName>,
+) -> Option<(u32, String)> {
+    let (k, source) = rule.as_ref()?;
+    let left = k.saturating_sub(in_use.len() as u32);
+    (left > 1).then(|| (left, source.clone()))
+}
+
 fn a_spend(allocation: &Allocation) -> f64 {
-    allocation.plan.price.get() * f64::from(allocation.plan.gpus) * f64::from(allocation.hours)
+    allocation.plan.spend_per_hour() * f64::from(allocation.hours)
 }
 
 /// Collects effects for one input.
@@ -1489,5 +1684,17 @@ struct Taken {
     gpus: u32,
     region: Region,
     accelerator: Accelerator,
+    instance_type: String,
+    gpus_per_node: GpuCount,
     lead_time_hours: u32,
+}
+
+/// What a first-refusal holder is offered in offer-first mode.
+struct HolderOffer {
+    price: Price,
+    /// How the price was arrived at, for the ledger.
+    basis: String,
+    /// The largest node among the holder's offers that meet the request: the one-unit
+    /// tolerance of the caps.
+    node_gpus: u32,
 }

@@ -53,8 +53,13 @@ pub enum EventKind {
         round: u32,
         holder: ProviderName,
         mode: String,
+        /// GPUs offered, of the round's `of_gpus` (fewer when the buyer's caps limit the holder).
         gpus: u32,
+        of_gpus: u32,
+        /// Per GPU-hour.
         price: Price,
+        /// How the price was arrived at, by the clause's terms.
+        terms: String,
         respond_by: Timestamp,
     },
     HolderAnswered {

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod contract;
 pub mod engine;
 pub mod ledger;
+pub mod names;
 pub mod placement;
 pub mod queue;
 pub mod request;

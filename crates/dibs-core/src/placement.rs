@@ -1,59 +1,97 @@
 //! Placement: filter, optimize, explain.
 //!
-//! A pipeline in the manner of the Nomad and Kubernetes schedulers, over an
-//! immutable snapshot of offers:
+//! A pipeline in the manner of the Nomad and Kubernetes schedulers, over an immutable snapshot
+//! of offers. What is bought is whole nodes of an instance type at its all-in node price; the
+//! request's block (GPUs that must sit together) decides which nodes qualify.
 //!
-//! 1. **Filter.** Each offer passes or fails hard checks in a fixed order
-//!    (accelerator, spot, exclusivity, excluded providers, region, validity,
-//!    lead time, price ceiling, block size). The first failing check is the
-//!    offer's reason.
-//! 2. **Optimize.** Minimize effective cost for exactly the GPUs asked, in
-//!    whole blocks, within diversification caps and the minimum-provider
-//!    rule. Three paths, and the result says which one it took:
-//!    * *single offer*: when the globally cheapest feasible offer can hold the
-//!      whole request, no cap binds, no provider has a commitment credit and
-//!      one provider is enough, that offer is optimal (any split costs at
-//!      least `gpus * cheapest price`). No solver runs.
-//!    * *MILP*: integer block counts per offer, solved with good_lp's
-//!      pure-Rust microlp backend. GPU caps become per-provider block bounds;
-//!      spend caps are linear rows; a commitment credit (the projected
-//!      shortfall the buyer pays anyway) is an extra variable
-//!      `excess_p >= spend_p - credit_p`, so only spend beyond the shortfall
-//!      costs money. With GPU caps the constraint matrix is an interval
-//!      matrix, so the LP relaxation is already integral and the solve is an
-//!      LP solve. The minimum-provider rule avoids big-M binaries: the
-//!      unconstrained optimum is tried first; if it uses too few providers,
-//!      every subset of the right size among the `MAX_PROVIDERS_ENUMERATED`
-//!      cheapest providers is solved with "at least one block each" rows.
-//!    * *greedy*: cheapest offer first within the caps. The fallback when a
-//!      problem exceeds `MAX_SOLVER_VARIABLES` or the solver fails or runs
-//!      out of time; optimal when there are no spend caps, credits or
-//!      minimum-provider rules.
-//! 3. **Explain.** Every offer carries a verdict: awarded, or the reason it
-//!    lost.
+//! 1. **Filter.** Each offer passes or fails hard checks in a fixed order (accelerator, spot
+//!    policy, the request's providers, exclusivity, exclusions, regions, validity, lead time,
+//!    price ceiling, the declined terms, node size, nodes available). The first failing
+//!    check is the offer's reason.
+//! 2. **Optimize.** Minimize effective cost for at least the GPUs asked, in whole nodes,
+//!    within the diversification caps and the minimum-provider rule.
+//! 3. **Explain.** Every offer carries a verdict: awarded, or the reason it lost.
 //!
-//! Ties are broken deterministically: offers are ranked by (effective price,
-//! lead time, offer id) and the objective adds a tiny per-rank epsilon.
+//! # Blocks and nodes
+//!
+//! A block of `b` GPUs must sit together. When some node of the accelerator holds a block
+//! (`b` is at most the largest node size among the offers of that accelerator), blocks are
+//! intra-node: a node of `g >= b` GPUs carries `g / b` whole blocks, and smaller nodes are
+//! not eligible ("a node of 1 GPU cannot hold an 8-GPU block"). A block larger than every
+//! node is a multi-node gang: `ceil(b / g)` whole nodes of one offer, in one region. Either
+//! way the integer unit of the optimization is a *unit*: one node, or one gang. When the GPUs
+//! asked do not fill the units exactly, the award over-buys; the optimizer pays for the whole
+//! nodes and the award says how many GPUs are over-bought and what they cost.
+//!
+//! # The optimization
+//!
+//! Offers that are interchangeable for the decision (one provider, the same unit cost, unit
+//! shape, lead time and place in the order of preference) are merged into one integer
+//! variable, its capacity the sum of theirs; the units chosen are then spread over the merged
+//! offers in id order. Real catalogs sell one instance type at one price in many regions, and
+//! those ties are what makes branch-and-bound explode; merged, a shared-catalog problem has a
+//! few dozen variables. The model:
+//!
+//! * `u_g`: units from group `g`, integer, `0..=capacity`; minimize `sum cost_g u_g`, where a
+//!   unit's cost is its node price times its nodes times the hours, times the preference
+//!   factor (see [`Preference`]), plus a tie-break of a millionth of a dollar per unit and rank.
+//! * Cover: `sum blocks_g u_g >= B` (blocks asked), and `<= B - 1 + max blocks_g` so an award
+//!   never buys a whole unit it does not need.
+//! * GPU caps: a provider's GPUs after the award (held plus bought) are at most the share of
+//!   the fleet after the award (held by everyone plus the GPUs asked), plus one of the
+//!   provider's units: the **one-unit tolerance**. A cap binds to whole nodes, so a request
+//!   smaller than a node is never made impossible by a share, and on a large fleet the
+//!   tolerance is noise.
+//! * Spend caps: the same, over spend per hour, the fleet total including this award's spend,
+//!   with the same one-unit tolerance.
+//! * Commitment credit (the projected shortfall the buyer pays anyway): a variable
+//!   `excess_p >= spend_p * hours - credit_p` carries the cost of the provider's units instead,
+//!   so only spend beyond the shortfall costs money.
+//! * Minimum providers `k`: a binary `y_p <= sum_{g in p} u_g` per provider and `sum y_p >= k`.
+//!   No big-M: `y_p` may be 1 only if the provider supplies a unit.
+//!
+//! The LP relaxation is not integral (node sizes differ, so the cover row is a knapsack), so
+//! the model is solved as a MILP with microlp's branch-and-bound under a **deterministic work
+//! limit**, [`SolverConfig::node_limit`] branch-and-bound nodes, never the wall clock, so a
+//! simulation replays exactly. The result says whether the award is proven optimal or, when
+//! the limit stopped the search, its gap to the best bound. Every solution is checked against
+//! the rules before it is used ([`Problem::violation`]); when the solver has nothing, or
+//! something that breaks a rule, a greedy fallback that checks the same rules runs, and if it
+//! too finds nothing the request is unfilled with the reason: a fallback never breaks a rule.
+//!
+//! The order of preference and the objective are outer loops over the same model:
+//! [`Preference::Fallback`] tries the first place of the list, then the first two, and so on;
+//! [`Objective::Time`] tries the shortest lead time, then the next, and takes the cheapest
+//! award at the first that fills the request. `same_region` takes the cheapest single offer
+//! that holds the whole request, by enumeration (exact).
+//!
+//! A fast path skips the solver when the cheapest group by price per GPU fills the request
+//! exactly, alone, with no cap binding, no credit and one provider allowed: any award costs
+//! at least the GPUs asked times that price, and this one costs exactly that.
+//!
+//! Ties are broken deterministically: groups are ranked by (effective price per GPU, lead
+//! time, offer id), and the objective adds the tie-break per rank.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use good_lp::{
-    Expression, ProblemVariables, ResolutionError, Solution, SolutionStatus, SolverModel, Variable,
-    WithTimeLimit, constraint, microlp, variable,
-};
-use serde::Serialize;
+use microlp::{ComparisonOp, OptimizationDirection, Problem as LpProblem, SolveOptions, Variable};
+use serde::{Deserialize, Serialize};
 
 use crate::contract::ShareBasis;
-use crate::request::Request;
-use crate::types::{Offer, OfferKind, Price, ProviderName, Region, Timestamp};
+use crate::request::{Objective, Preference, Request, SpotPolicy};
+use crate::types::{
+    Accelerator, GpuCount, Location, NodePrice, Offer, OfferKind, Price, ProviderName, Region, Timestamp,
+};
 
-/// Problems with more integer variables than this go to the greedy fallback.
+/// Problems with more groups than this are not given to the solver; the greedy fallback runs.
 pub const MAX_SOLVER_VARIABLES: usize = 20_000;
-/// The minimum-provider rule enumerates subsets of at most this many providers.
-pub const MAX_PROVIDERS_ENUMERATED: usize = 8;
-/// Tie-break weight per rank, in dollars per block: far below a cent.
-const TIE_BREAK_EPSILON: f64 = 1e-7;
+/// The solver's default work limit: branch-and-bound nodes per solve.
+pub const DEFAULT_NODE_LIMIT: u64 = 20_000;
+/// Tie-break weight per unit and rank, in dollars: far below a cent.
+const TIE_BREAK_EPSILON: f64 = 1e-6;
+/// Relative tolerance when checking a solution against the rules.
+const RULE_TOLERANCE: f64 = 1e-7;
 
 /// A diversification cap that applies to this request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -67,6 +105,7 @@ pub struct Cap {
 /// What the buyer already holds, in the scope of the caps.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Fleet {
+    /// GPUs held (bought, over-bought ones included) per provider.
     pub gpus: BTreeMap<ProviderName, f64>,
     pub spend_per_hour: BTreeMap<ProviderName, f64>,
 }
@@ -81,12 +120,12 @@ pub struct Rules {
     pub excluded: BTreeMap<ProviderName, String>,
     /// Regions of providers that may not be used (a regional incident), with the reason.
     pub excluded_regions: BTreeMap<(ProviderName, Region), String>,
-    /// The buyer policy's allowed regions; empty means any.
-    pub policy_regions: Vec<Region>,
-    /// The lower of the request's and the policy's price ceiling.
+    /// The buyer policy's allowed locations; empty means any.
+    pub policy_regions: Vec<Location>,
+    /// The lower of the request's and the policy's price ceiling, per GPU-hour.
     pub price_ceiling: Option<Price>,
     /// The no-better-terms rule, once the holder may not be asked again: no
-    /// market offer above the price the holder declined.
+    /// market offer above the price per GPU-hour the holder declined.
     pub declined_terms: Option<Price>,
     pub caps: Vec<Cap>,
     /// At least this many distinct providers, with the rule's reference.
@@ -94,13 +133,22 @@ pub struct Rules {
     /// Commitment credit per provider: projected shortfall in USD that new spend absorbs at no extra cost.
     pub credits: BTreeMap<ProviderName, f64>,
     pub fleet: Fleet,
+    /// The largest node of each accelerator the market sells (see "Blocks and nodes"); the
+    /// offers placed are consulted too, so this may be left empty.
+    pub largest_node: BTreeMap<Accelerator, u32>,
 }
 
-/// Solver knobs. The time limit reads the wall clock inside the solver, so it
-/// is off in simulation (determinism) and on in the live service.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// Solver knobs. The work limit counts branch-and-bound nodes, not seconds, so the same
+/// problem always gets the same answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SolverConfig {
-    pub time_limit_seconds: Option<f64>,
+    pub node_limit: u64,
+}
+
+impl Default for SolverConfig {
+    fn default() -> Self {
+        Self { node_limit: DEFAULT_NODE_LIMIT }
+    }
 }
 
 /// What to place now: `gpus` of `request` (the whole request, or a remainder).
@@ -111,11 +159,14 @@ pub struct Demand<'a> {
     pub now: Timestamp,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum Rejection {
     Accelerator { offered: String },
     Spot,
+    NotSpot,
+    ProviderNotRequested { provider: String },
+    ProviderExcludedByRequest { provider: String },
     Exclusive { holder: String, clause: String },
     Excluded { why: String },
     RegionNotRequested { region: String },
@@ -124,12 +175,52 @@ pub enum Rejection {
     TooLate { ready_at: Timestamp, deliver_by: Timestamp },
     AboveCeiling { price: f64, ceiling: f64 },
     AboveDeclinedTerms { price: f64, declined: f64 },
-    BlockTooLarge { available: u32, block: u32 },
+    NodeTooSmall { gpus_per_node: u32, block: u32, largest: u32 },
+    TooFewNodes { available: u32, needed: u32, block: u32 },
     AtCap { cap: String },
+    LaterChoice { place: usize, filled_at: usize },
+    Slower { ready_at: Timestamp, award_ready_at: Timestamp },
+    NotTheSingleOffer { chosen: String },
+    TooSmallAlone { holds: u32, needed: u32 },
     Costlier { effective_price: f64, marginal_price: f64 },
     LostTieBreak,
     NotInOptimum,
     NoFeasibleAward,
+}
+
+impl Rejection {
+    /// Whether the rejection is of a hard requirement of the request (accelerator, spot
+    /// policy, its providers and regions, the policy's regions, validity, deliver-by, node
+    /// size, nodes for a gang): the only grounds on which a first-refusal holder may be
+    /// skipped. Price, caps and exclusions are not.
+    pub fn is_hard_requirement(&self) -> bool {
+        matches!(
+            self,
+            Self::Accelerator { .. }
+                | Self::Spot
+                | Self::NotSpot
+                | Self::ProviderNotRequested { .. }
+                | Self::ProviderExcludedByRequest { .. }
+                | Self::RegionNotRequested { .. }
+                | Self::RegionNotAllowedByPolicy { .. }
+                | Self::Expired { .. }
+                | Self::TooLate { .. }
+                | Self::NodeTooSmall { .. }
+                | Self::TooFewNodes { .. }
+        )
+    }
+}
+
+fn ordinal(place: usize) -> String {
+    let n = place + 1;
+    let suffix = match (n % 10, n % 100) {
+        (1, 11) | (2, 12) | (3, 13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 impl fmt::Display for Rejection {
@@ -137,6 +228,13 @@ impl fmt::Display for Rejection {
         match self {
             Self::Accelerator { offered } => write!(f, "accelerator {offered} was not requested"),
             Self::Spot => write!(f, "spot capacity, and the request does not allow spot"),
+            Self::NotSpot => write!(f, "not spot capacity, and the request asks for spot only"),
+            Self::ProviderNotRequested { provider } => {
+                write!(f, "provider {provider} is not among the request's providers")
+            }
+            Self::ProviderExcludedByRequest { provider } => {
+                write!(f, "the request excludes provider {provider}")
+            }
             Self::Exclusive { holder, clause } => {
                 write!(f, "workload is exclusive to {holder} ({clause})")
             }
@@ -154,10 +252,31 @@ impl fmt::Display for Rejection {
                 f,
                 "price ${price:.4}/GPU-h above the ${declined:.4} the first-refusal holder declined (no-better-terms)"
             ),
-            Self::BlockTooLarge { available, block } => {
-                write!(f, "{available} GPUs available, less than one {block}-GPU block")
-            }
+            Self::NodeTooSmall { gpus_per_node, block, largest } => write!(
+                f,
+                "a node of {gpus_per_node} GPU(s) cannot hold a block of {block} GPUs (nodes of {largest} GPUs of this accelerator exist)"
+            ),
+            Self::TooFewNodes { available, needed, block } => write!(
+                f,
+                "{available} node(s) available; a {block}-GPU gang needs {needed} nodes of one offer"
+            ),
             Self::AtCap { cap } => write!(f, "provider at its diversification cap ({cap})"),
+            Self::LaterChoice { place, filled_at } => write!(
+                f,
+                "the {} choice in the request's order of preference; choices up to the {} fill the request",
+                ordinal(*place),
+                ordinal(*filled_at)
+            ),
+            Self::Slower { ready_at, award_ready_at } => {
+                write!(f, "ready at {ready_at}, later than the award's {award_ready_at} (objective: time)")
+            }
+            Self::TooSmallAlone { holds, needed } => write!(
+                f,
+                "holds {holds} of the {needed} GPUs alone, and the request takes all its nodes from one offer (same region)"
+            ),
+            Self::NotTheSingleOffer { chosen } => {
+                write!(f, "the request takes all its nodes from one offer (same region): {chosen}")
+            }
             Self::Costlier { effective_price, marginal_price } => write!(
                 f,
                 "effective price ${effective_price:.4}/GPU-h above the award's marginal ${marginal_price:.4}"
@@ -174,51 +293,129 @@ impl fmt::Display for Rejection {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
-    Awarded { gpus: u32 },
+    Awarded { gpus: u32, nodes: u32 },
     Rejected(Rejection),
 }
 
 /// One offer's fate, for the explanation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     pub offer_id: String,
     pub provider: ProviderName,
     pub region: Region,
+    /// All-in price per GPU-hour.
     pub price: f64,
     pub outcome: Outcome,
 }
 
-/// One provider's part of a planned award.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+/// One provider's part of a planned award: whole nodes of one offer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedAllocation {
     pub offer_id: String,
     pub provider: ProviderName,
     pub region: Region,
-    pub accelerator: crate::types::Accelerator,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    pub instance_type: String,
+    pub accelerator: Accelerator,
+    pub gpus_per_node: GpuCount,
+    pub nodes: u32,
+    /// GPUs of the request this allocation carries; at most `nodes * gpus_per_node`, the rest
+    /// being over-bought.
     pub gpus: u32,
-    pub price: Price,
+    /// All-in price of one node for one hour.
+    pub node_price: NodePrice,
     pub lead_time_hours: u32,
+    pub kind: OfferKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+impl PlannedAllocation {
+    /// GPUs bought: whole nodes.
+    pub fn gpus_bought(&self) -> u32 {
+        self.nodes * self.gpus_per_node.get()
+    }
+
+    /// GPUs bought beyond those the request needs from this allocation.
+    pub fn gpus_overbought(&self) -> u32 {
+        self.gpus_bought() - self.gpus
+    }
+
+    /// What the allocation costs per hour: whole nodes at their all-in price. The one formula
+    /// for spend; everything that bills, accrues or caps spend calls this.
+    pub fn spend_per_hour(&self) -> f64 {
+        self.node_price.get() * f64::from(self.nodes)
+    }
+
+    /// The all-in price per GPU-hour of the nodes.
+    pub fn price_per_gpu_hour(&self) -> f64 {
+        self.node_price.per_gpu(self.gpus_per_node)
+    }
+}
+
+/// Whether an award is known to be the cheapest within the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "proof", rename_all = "snake_case")]
+pub enum Optimality {
+    /// Proven optimal.
+    Proven,
+    /// The work limit stopped the search: the award is within `gap` (relative) of the best bound.
+    Gap { gap: f64 },
+    /// A fallback found the award; nothing is known about how far it is from the optimum.
+    Unknown,
+}
+
+impl fmt::Display for Optimality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Proven => f.write_str("proven optimal"),
+            Self::Gap { gap } => {
+                write!(f, "within {:.2}% of the best bound (work limit reached)", gap * 100.0)
+            }
+            Self::Unknown => f.write_str("optimality unknown"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "path", rename_all = "snake_case")]
 pub enum SolverPath {
+    /// The cheapest offer alone fills the request exactly: no solver ran.
     SingleOffer,
-    Milp { variables: usize, solves: usize, status: String },
-    Greedy { why: String },
+    /// `same_region`: every offer that alone holds the request was compared.
+    SingleRegion { candidates: usize },
+    /// Branch-and-bound over `variables` merged groups; `solves` models, `branch_nodes` nodes.
+    Milp { variables: usize, solves: usize, branch_nodes: u64, optimality: Optimality },
+    /// The greedy fallback, within every rule.
+    Fallback { why: String },
+}
+
+impl SolverPath {
+    pub fn optimality(&self) -> Optimality {
+        match self {
+            Self::SingleOffer | Self::SingleRegion { .. } => Optimality::Proven,
+            Self::Milp { optimality, .. } => *optimality,
+            Self::Fallback { .. } => Optimality::Unknown,
+        }
+    }
 }
 
 impl fmt::Display for SolverPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::SingleOffer => write!(f, "single offer (exact fast path)"),
-            Self::Milp { variables, solves, status } => {
-                write!(f, "MILP (microlp, {variables} variables, {solves} solve(s), {status})")
+            Self::SingleRegion { candidates } => {
+                write!(f, "single offer in one region ({candidates} candidates compared; exact)")
             }
-            Self::Greedy { why } => write!(f, "greedy ({why})"),
+            Self::Milp { variables, solves, branch_nodes, optimality } => write!(
+                f,
+                "MILP (microlp, {variables} variables, {solves} solve(s), {branch_nodes} branch nodes; {optimality})"
+            ),
+            Self::Fallback { why } => {
+                write!(f, "greedy fallback within the rules ({why}; optimality unknown)")
+            }
         }
     }
 }
@@ -235,7 +432,10 @@ pub struct Placement {
     pub list_cost: f64,
     /// Cost net of commitment credits, USD.
     pub effective_cost: f64,
-    /// Human sentences about pricing decisions (commitment credits, caps).
+    /// GPUs bought beyond those asked (whole nodes), and what they cost over the duration.
+    pub overbought_gpus: u32,
+    pub overbought_cost: f64,
+    /// Human sentences about pricing decisions (commitment credits, caps, over-buying).
     pub notes: Vec<String>,
 }
 
@@ -245,91 +445,159 @@ impl Placement {
     }
 }
 
+/// How one feasible offer is bought: in units of `nodes_per_unit` nodes carrying
+/// `blocks_per_unit` blocks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Shape {
+    nodes_per_unit: u32,
+    blocks_per_unit: u32,
+}
+
 /// A feasible offer, prepared for optimization.
+#[derive(Debug, Clone)]
 struct Candidate {
     offer: usize,
+    shape: Shape,
+    /// Units the offer can supply (whole units, at most what the request could use).
+    units: u32,
+}
+
+/// What makes two candidates interchangeable for the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct GroupKey {
     provider: usize,
-    max_blocks: u32,
-    /// USD per block over the whole duration.
-    block_cost: f64,
+    /// The bits of the unit's spend per hour: equal prices, exactly.
+    unit_spend: u64,
+    nodes_per_unit: u32,
+    blocks_per_unit: u32,
+    gpus_per_node: u32,
+    lead_time_hours: u32,
+    place: usize,
+    /// Under `same_region`, every offer is its own group: its nodes may not be spread.
+    offer: Option<usize>,
+}
+
+/// Interchangeable candidates, merged into one variable.
+#[derive(Debug, Clone)]
+struct Group {
+    provider: usize,
+    shape: Shape,
+    /// Offer indices, in id order.
+    members: Vec<usize>,
+    units: u32,
+    /// Spend per hour of one unit, USD.
+    unit_spend: f64,
+    /// GPUs bought per unit.
+    unit_gpus: u32,
+    lead_time_hours: u32,
+    /// Place in the request's order of preference (0 is the first choice).
+    place: usize,
+    /// The objective's weight on list spend: the preference factor.
+    factor: f64,
     rank: usize,
 }
 
 /// Runs the pipeline. Never panics on any input the types allow.
 pub fn place(demand: Demand<'_>, offers: &[Offer], rules: &Rules, config: SolverConfig) -> Placement {
     let request = demand.request;
-    let block = request.min_block.get();
-    let mut verdicts: Vec<Option<Rejection>> = offers.iter().map(|o| filter(demand, o, rules)).collect();
+    let block = request.block.get();
+    let mut largest = largest_nodes(offers);
+    for (accelerator, size) in &rules.largest_node {
+        let entry = largest.entry(accelerator.clone()).or_default();
+        *entry = (*entry).max(*size);
+    }
+    let mut verdicts: Vec<Option<Rejection>> =
+        offers.iter().map(|o| filter(demand, o, rules, &largest)).collect();
 
+    let blocks_needed = demand.gpus.div_ceil(block);
     let mut providers: Vec<ProviderName> = Vec::new();
     let mut candidates: Vec<Candidate> = Vec::new();
     for (index, offer) in offers.iter().enumerate() {
         if verdicts[index].is_some() {
             continue;
         }
-        let provider = match providers.iter().position(|p| p == &offer.provider) {
-            Some(p) => p,
-            None => {
-                providers.push(offer.provider.clone());
-                providers.len() - 1
-            }
-        };
-        let max_blocks = (offer.gpus_available / block).min(demand.gpus / block.max(1));
-        candidates.push(Candidate {
-            offer: index,
-            provider,
-            max_blocks,
-            block_cost: offer.price.get() * f64::from(block) * f64::from(request.duration_hours),
-            rank: 0,
-        });
-    }
-    candidates.sort_by(|a, b| {
-        let (x, y) = (&offers[a.offer], &offers[b.offer]);
-        x.price
-            .get()
-            .total_cmp(&y.price.get())
-            .then(x.lead_time_hours.cmp(&y.lead_time_hours))
-            .then_with(|| x.id.cmp(&y.id))
-    });
-    for (rank, candidate) in candidates.iter_mut().enumerate() {
-        candidate.rank = rank;
-    }
-
-    let problem = Problem::new(demand, offers, rules, &providers, &candidates);
-    let (blocks, solver, infeasible) = match problem.check_capacity() {
-        Err(why) => {
-            (vec![0; candidates.len()], SolverPath::Greedy { why: "not attempted".into() }, Some(why))
+        let shape = shape(offer, block);
+        let useful = blocks_needed.div_ceil(shape.blocks_per_unit);
+        let units = (offer.nodes_available / shape.nodes_per_unit).min(useful);
+        if !providers.contains(&offer.provider) {
+            providers.push(offer.provider.clone());
         }
-        Ok(()) => problem.optimize(config),
-    };
+        candidates.push(Candidate { offer: index, shape, units });
+    }
+    providers.sort();
 
+    let groups = merge(&candidates, offers, &providers, demand);
+    let mut problem = Problem::new(demand, offers, rules, &providers, &groups);
+    problem.filtered = summarize_rejections(&verdicts);
+    let result = problem.solve(config, &candidates);
+
+    let hours = f64::from(request.duration_hours);
     let mut allocations = Vec::new();
-    for (candidate, &count) in candidates.iter().zip(&blocks) {
-        if count > 0 {
-            let offer = &offers[candidate.offer];
+    let mut capacities = Vec::new();
+    let mut awarded_offers = BTreeSet::new();
+    // Spread each group's units over its offers in id order; the request's GPUs are spread over
+    // the allocations below.
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    order.sort_by_key(|&g| groups[g].rank);
+    for &g in &order {
+        let mut units_left = result.units[g];
+        let group = &groups[g];
+        for &member in &group.members {
+            if units_left == 0 {
+                break;
+            }
+            let candidate = candidates.iter().find(|c| c.offer == member).expect("member is a candidate");
+            let take = units_left.min(candidate.units);
+            if take == 0 {
+                continue;
+            }
+            units_left -= take;
+            awarded_offers.insert(member);
+            let offer = &offers[member];
+            let nodes = take * group.shape.nodes_per_unit;
+            capacities.push(take * group.shape.blocks_per_unit * block);
             allocations.push(PlannedAllocation {
                 offer_id: offer.id.clone(),
                 provider: offer.provider.clone(),
                 region: offer.region.clone(),
+                zone: offer.zone.clone(),
+                instance_type: offer.instance_type.clone(),
                 accelerator: offer.accelerator.clone(),
-                gpus: count * block,
-                price: offer.price,
+                gpus_per_node: offer.gpus_per_node,
+                nodes,
+                gpus: 0,
+                node_price: offer.node_price,
                 lead_time_hours: offer.lead_time_hours,
+                kind: offer.kind,
             });
         }
     }
+    // The request's GPUs, in whole blocks: one block to each allocation first (so that an
+    // allocation a minimum of providers asked for carries part of the request), then the rest
+    // in rank order.
+    let mut gpus_left = demand.gpus;
+    for (allocation, capacity) in allocations.iter_mut().zip(&capacities) {
+        let first = block.min(*capacity).min(gpus_left);
+        allocation.gpus = first;
+        gpus_left -= first;
+    }
+    for (allocation, capacity) in allocations.iter_mut().zip(&capacities) {
+        let more = (capacity - allocation.gpus).min(gpus_left);
+        allocation.gpus += more;
+        gpus_left -= more;
+    }
     allocations.sort_by(|a, b| a.provider.cmp(&b.provider).then_with(|| a.offer_id.cmp(&b.offer_id)));
 
-    let hours = f64::from(request.duration_hours);
-    let list_cost: f64 = allocations.iter().map(|a| a.price.get() * f64::from(a.gpus) * hours).sum();
+    let infeasible = result.infeasible.clone();
+    let list_cost: f64 = allocations.iter().map(|a| a.spend_per_hour() * hours).sum();
+    let overbought_gpus: u32 = allocations.iter().map(PlannedAllocation::gpus_overbought).sum();
+    let overbought_cost: f64 =
+        allocations.iter().map(|a| f64::from(a.gpus_overbought()) * a.price_per_gpu_hour() * hours).sum();
     let mut notes = Vec::new();
     let mut effective_cost = list_cost;
     for (provider, credit) in &rules.credits {
-        let spend: f64 = allocations
-            .iter()
-            .filter(|a| &a.provider == provider)
-            .map(|a| a.price.get() * f64::from(a.gpus) * hours)
-            .sum();
+        let spend: f64 =
+            allocations.iter().filter(|a| &a.provider == provider).map(|a| a.spend_per_hour() * hours).sum();
         if spend > 0.0 && *credit > 0.0 {
             let covered = spend.min(*credit);
             effective_cost -= covered;
@@ -339,9 +607,15 @@ pub fn place(demand: Demand<'_>, offers: &[Offer], rules: &Rules, config: Solver
             ));
         }
     }
+    if overbought_gpus > 0 && infeasible.is_none() {
+        notes.push(format!(
+            "over-buys {overbought_gpus} GPU(s) in whole nodes (${overbought_cost:.0} over the duration): \
+             the GPUs asked do not fill the nodes exactly"
+        ));
+    }
     for cap in &rules.caps {
         notes.push(format!(
-            "cap: no provider above {:.0}% of the fleet by {} ({})",
+            "cap: no provider above {:.0}% of the fleet by {}, within one node or gang ({})",
             cap.max_share * 100.0,
             match cap.basis {
                 ShareBasis::Gpus => "GPUs",
@@ -350,53 +624,28 @@ pub fn place(demand: Demand<'_>, offers: &[Offer], rules: &Rules, config: Solver
             cap.source
         ));
     }
-
-    // Explain the feasible offers that lost.
-    let marginal = candidates
-        .iter()
-        .zip(&blocks)
-        .filter(|(_, count)| **count > 0)
-        .map(|(c, _)| problem.effective_price(&offers[c.offer]))
-        .fold(0.0, f64::max);
-    let used_blocks: Vec<u32> = (0..providers.len())
-        .map(|p| candidates.iter().zip(&blocks).filter(|(c, _)| c.provider == p).map(|(_, b)| *b).sum())
-        .collect();
-    for (candidate, &count) in candidates.iter().zip(&blocks) {
-        if count > 0 {
-            continue;
-        }
-        let offer = &offers[candidate.offer];
-        let reason = if infeasible.is_some() {
-            Rejection::NoFeasibleAward
-        } else if let Some(cap) = problem.gpu_cap_blocks[candidate.provider]
-            && used_blocks[candidate.provider] >= cap
-        {
-            Rejection::AtCap { cap: problem.cap_source.clone().unwrap_or_default() }
-        } else if problem.effective_price(offer) > marginal + 1e-9 {
-            Rejection::Costlier { effective_price: problem.effective_price(offer), marginal_price: marginal }
-        } else if (problem.effective_price(offer) - marginal).abs() <= 1e-9 {
-            Rejection::LostTieBreak
-        } else {
-            Rejection::NotInOptimum
-        };
-        verdicts[candidate.offer] = Some(reason);
+    if request.preference != Preference::Any {
+        notes.push(format!("preference: {}", describe_preference(request.preference)));
     }
 
+    problem.explain(&mut verdicts, &result, &candidates, &awarded_offers);
     let verdicts = offers
         .iter()
         .zip(verdicts)
         .map(|(offer, rejection)| {
             let outcome = match rejection {
                 Some(rejection) => Outcome::Rejected(rejection),
-                None => Outcome::Awarded {
-                    gpus: allocations.iter().filter(|a| a.offer_id == offer.id).map(|a| a.gpus).sum(),
-                },
+                None => {
+                    let mine = allocations.iter().filter(|a| a.offer_id == offer.id);
+                    let (gpus, nodes) = mine.fold((0, 0), |(g, n), a| (g + a.gpus, n + a.nodes));
+                    Outcome::Awarded { gpus, nodes }
+                }
             };
             Verdict {
                 offer_id: offer.id.clone(),
                 provider: offer.provider.clone(),
                 region: offer.region.clone(),
-                price: offer.price.get(),
+                price: offer.gpu_price(),
                 outcome,
             }
         })
@@ -405,26 +654,210 @@ pub fn place(demand: Demand<'_>, offers: &[Offer], rules: &Rules, config: Solver
     if infeasible.is_some() {
         allocations.clear();
     }
+    let awarded = infeasible.is_none();
     Placement {
-        list_cost: if infeasible.is_some() { 0.0 } else { list_cost },
-        effective_cost: if infeasible.is_some() { 0.0 } else { effective_cost },
+        list_cost: if awarded { list_cost } else { 0.0 },
+        effective_cost: if awarded { effective_cost } else { 0.0 },
+        overbought_gpus: if awarded { overbought_gpus } else { 0 },
+        overbought_cost: if awarded { overbought_cost } else { 0.0 },
         allocations,
         infeasible,
         verdicts,
-        solver,
+        solver: result.path,
         notes,
     }
 }
 
-/// The hard checks, in order; the first that fails is the reason.
-fn filter(demand: Demand<'_>, offer: &Offer, rules: &Rules) -> Option<Rejection> {
+/// Why each of `offers` (a catalog) would lose against `request` on its hard requirements
+/// alone; an offer that meets them all is reported as not quoted. For explanations of the
+/// offers no provider quoted, so that every offer of a catalog has a reason.
+pub fn explain_unquoted<'a>(
+    request: &Request,
+    offers: &'a [Offer],
+    now: Timestamp,
+) -> Vec<(&'a Offer, String)> {
+    let largest = largest_nodes(offers);
+    let demand = Demand { request, gpus: request.gpus.get(), now };
+    let rules = Rules::default();
+    offers
+        .iter()
+        .map(|offer| {
+            let reason = match filter(demand, offer, &rules, &largest) {
+                Some(rejection) => rejection.to_string(),
+                None => {
+                    "not quoted: its provider was not asked (declined, down or excluded) or had no free nodes"
+                        .to_owned()
+                }
+            };
+            (offer, reason)
+        })
+        .collect()
+}
+
+/// When the minimum-provider rule cannot be met whatever the offers: one offer asked for
+/// (`same_region`), or fewer blocks than providers. Says what would make it possible.
+pub fn min_providers_unmet(request: &Request, gpus: u32, rules: &Rules) -> Option<String> {
+    let (k, source) = rules.min_providers.as_ref().filter(|(k, _)| *k > 1)?;
+    let block = request.block.get();
+    if request.same_region {
+        return Some(format!(
+            "same region asks for one offer, but the minimum of {k} providers ({source}) applies to {} \
+             workloads; drop same region",
+            request.workload
+        ));
+    }
+    let blocks = gpus.div_ceil(block);
+    (blocks < *k).then(|| {
+        format!(
+            "the minimum of {k} providers ({source}) needs at least {k} blocks, and {gpus} GPUs is {blocks} \
+             block(s) of {block}: ask for at least {} GPUs, or a block of at most {} GPUs",
+            k * block,
+            (gpus / k).max(1)
+        )
+    })
+}
+
+/// `12 x accelerator H100 was not requested; 3 x region ... (e.g. ...)`: each filter that
+/// rejected offers, most first, with one example of its message.
+fn summarize_rejections(verdicts: &[Option<Rejection>]) -> String {
+    let mut kinds: Vec<(usize, &Rejection)> = Vec::new();
+    for rejection in verdicts.iter().flatten() {
+        let kind = std::mem::discriminant(rejection);
+        match kinds.iter_mut().find(|(_, example)| std::mem::discriminant(*example) == kind) {
+            Some((count, _)) => *count += 1,
+            None => kinds.push((1, rejection)),
+        }
+    }
+    kinds.sort_by_key(|(count, _)| std::cmp::Reverse(*count));
+    let parts: Vec<String> = kinds.iter().map(|(count, example)| format!("{count} x {example}")).collect();
+    parts.join("; ")
+}
+
+fn describe_preference(preference: Preference) -> String {
+    match preference {
+        Preference::Any => "any choice; cheapest wins".into(),
+        Preference::Fallback => "a later choice only when the earlier ones cannot fill the request".into(),
+        Preference::Premium { percent } => {
+            format!(
+                "a later choice only when at least {percent}% cheaper per GPU-hour for each place down the list"
+            )
+        }
+    }
+}
+
+/// The largest node offered per accelerator: a block up to this size must fit in one node.
+pub fn largest_nodes(offers: &[Offer]) -> BTreeMap<Accelerator, u32> {
+    let mut largest: BTreeMap<Accelerator, u32> = BTreeMap::new();
+    for offer in offers {
+        let entry = largest.entry(offer.accelerator.clone()).or_default();
+        *entry = (*entry).max(offer.gpus_per_node.get());
+    }
+    largest
+}
+
+/// How `block`-GPU blocks are bought from an offer that passed the filters.
+fn shape(offer: &Offer, block: u32) -> Shape {
+    let g = offer.gpus_per_node.get();
+    if block <= g {
+        Shape { nodes_per_unit: 1, blocks_per_unit: g / block }
+    } else {
+        Shape { nodes_per_unit: block.div_ceil(g), blocks_per_unit: 1 }
+    }
+}
+
+/// Merges candidates that are interchangeable for the decision, and ranks the groups.
+fn merge(
+    candidates: &[Candidate],
+    offers: &[Offer],
+    providers: &[ProviderName],
+    demand: Demand<'_>,
+) -> Vec<Group> {
     let request = demand.request;
-    let block = request.min_block.get();
+    let block = request.block.get();
+    let hours = f64::from(request.duration_hours);
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: BTreeMap<GroupKey, usize> = BTreeMap::new();
+    for candidate in candidates.iter().filter(|c| c.units > 0) {
+        let offer = &offers[candidate.offer];
+        let provider = providers.iter().position(|p| *p == offer.provider).expect("provider listed");
+        let place = request.place_of(&offer.accelerator, &offer.provider).unwrap_or(0);
+        let unit_spend = offer.node_price.get() * f64::from(candidate.shape.nodes_per_unit);
+        let key = GroupKey {
+            provider,
+            unit_spend: unit_spend.to_bits(),
+            nodes_per_unit: candidate.shape.nodes_per_unit,
+            blocks_per_unit: candidate.shape.blocks_per_unit,
+            gpus_per_node: offer.gpus_per_node.get(),
+            lead_time_hours: offer.lead_time_hours,
+            place,
+            offer: request.same_region.then_some(candidate.offer),
+        };
+        match index.get(&key) {
+            Some(&g) => {
+                let group = &mut groups[g];
+                group.members.push(candidate.offer);
+                group.units = group.units.saturating_add(candidate.units);
+            }
+            None => {
+                index.insert(key, groups.len());
+                groups.push(Group {
+                    provider,
+                    shape: candidate.shape,
+                    members: vec![candidate.offer],
+                    units: candidate.units,
+                    unit_spend,
+                    unit_gpus: candidate.shape.nodes_per_unit * offer.gpus_per_node.get(),
+                    lead_time_hours: offer.lead_time_hours,
+                    place,
+                    factor: request.preference.price_factor(place),
+                    rank: 0,
+                });
+            }
+        }
+    }
+    let useful = demand.gpus.div_ceil(block);
+    for group in &mut groups {
+        group.members.sort_by(|a, b| offers[*a].id.cmp(&offers[*b].id));
+        group.units = group.units.min(useful.div_ceil(group.shape.blocks_per_unit));
+    }
+    // Rank by weighted price per GPU carried, then lead time, then the first offer's id.
+    let per_gpu = |g: &Group| g.unit_spend * g.factor * hours / f64::from(g.shape.blocks_per_unit * block);
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = (&groups[a], &groups[b]);
+        per_gpu(x)
+            .total_cmp(&per_gpu(y))
+            .then(x.lead_time_hours.cmp(&y.lead_time_hours))
+            .then_with(|| offers[x.members[0]].id.cmp(&offers[y.members[0]].id))
+    });
+    for (rank, &g) in order.iter().enumerate() {
+        groups[g].rank = rank;
+    }
+    groups
+}
+
+/// The hard checks, in order; the first that fails is the reason.
+fn filter(
+    demand: Demand<'_>,
+    offer: &Offer,
+    rules: &Rules,
+    largest: &BTreeMap<Accelerator, u32>,
+) -> Option<Rejection> {
+    let request = demand.request;
+    let block = request.block.get();
     if !request.accelerators.contains(&offer.accelerator) {
         return Some(Rejection::Accelerator { offered: offer.accelerator.to_string() });
     }
-    if offer.kind == OfferKind::Spot && !request.allow_spot {
-        return Some(Rejection::Spot);
+    match (request.spot, offer.kind == OfferKind::Spot) {
+        (SpotPolicy::Never, true) => return Some(Rejection::Spot),
+        (SpotPolicy::Only, false) => return Some(Rejection::NotSpot),
+        _ => {}
+    }
+    if !request.providers.is_empty() && !request.providers.contains(&offer.provider) {
+        return Some(Rejection::ProviderNotRequested { provider: offer.provider.to_string() });
+    }
+    if request.exclude_providers.contains(&offer.provider) {
+        return Some(Rejection::ProviderExcludedByRequest { provider: offer.provider.to_string() });
     }
     if let Some((holder, clause)) = &rules.exclusive_to
         && holder != &offer.provider
@@ -437,11 +870,14 @@ fn filter(demand: Demand<'_>, offer: &Offer, rules: &Rules) -> Option<Rejection>
     if let Some(why) = rules.excluded_regions.get(&(offer.provider.clone(), offer.region.clone())) {
         return Some(Rejection::Excluded { why: why.clone() });
     }
-    if !request.regions.is_empty() && !request.regions.contains(&offer.region) {
-        return Some(Rejection::RegionNotRequested { region: offer.region.to_string() });
+    let inside = |locations: &[Location]| {
+        locations.is_empty() || locations.iter().any(|l| l.contains(&offer.provider, &offer.region))
+    };
+    if !inside(&request.regions) {
+        return Some(Rejection::RegionNotRequested { region: offer.location().to_string() });
     }
-    if !rules.policy_regions.is_empty() && !rules.policy_regions.contains(&offer.region) {
-        return Some(Rejection::RegionNotAllowedByPolicy { region: offer.region.to_string() });
+    if !inside(&rules.policy_regions) {
+        return Some(Rejection::RegionNotAllowedByPolicy { region: offer.location().to_string() });
     }
     if let Some(valid_until) = offer.valid_until
         && valid_until < demand.now
@@ -454,34 +890,63 @@ fn filter(demand: Demand<'_>, offer: &Offer, rules: &Rules) -> Option<Rejection>
     {
         return Some(Rejection::TooLate { ready_at, deliver_by });
     }
+    let price = offer.gpu_price();
     if let Some(ceiling) = rules.price_ceiling
-        && offer.price.get() > ceiling.get()
+        && price > ceiling.get()
     {
-        return Some(Rejection::AboveCeiling { price: offer.price.get(), ceiling: ceiling.get() });
+        return Some(Rejection::AboveCeiling { price, ceiling: ceiling.get() });
     }
     if let Some(declined) = rules.declined_terms
-        && offer.price.get() > declined.get()
+        && price > declined.get()
     {
-        return Some(Rejection::AboveDeclinedTerms { price: offer.price.get(), declined: declined.get() });
+        return Some(Rejection::AboveDeclinedTerms { price, declined: declined.get() });
     }
-    if offer.gpus_available < block {
-        return Some(Rejection::BlockTooLarge { available: offer.gpus_available, block });
+    let g = offer.gpus_per_node.get();
+    let largest = largest.get(&offer.accelerator).copied().unwrap_or(g);
+    if g < block && block <= largest {
+        return Some(Rejection::NodeTooSmall { gpus_per_node: g, block, largest });
+    }
+    let needed = shape(offer, block).nodes_per_unit;
+    if offer.nodes_available < needed {
+        return Some(Rejection::TooFewNodes { available: offer.nodes_available, needed, block });
     }
     None
 }
 
-/// The optimization problem over the feasible candidates.
+/// What a solve produced: units per group, how, and why there is no award if there is none.
+struct Solved {
+    units: Vec<u32>,
+    path: SolverPath,
+    infeasible: Option<String>,
+    /// Under `Preference::Fallback`: the last place of the list the award may use.
+    level: Option<usize>,
+    /// Under `Objective::Time`: the longest lead time the award may use.
+    lead_limit: Option<u32>,
+    /// Under `same_region`: the chosen offer.
+    single: Option<usize>,
+}
+
+/// The optimization problem over the groups of feasible candidates.
 struct Problem<'a> {
     demand: Demand<'a>,
     offers: &'a [Offer],
     rules: &'a Rules,
-    candidates: &'a [Candidate],
     providers: &'a [ProviderName],
+    groups: &'a [Group],
     blocks_needed: u32,
-    /// Per provider: the most blocks GPU caps allow it in this award.
-    gpu_cap_blocks: Vec<Option<u32>>,
-    cap_source: Option<String>,
+    /// Per provider: the most GPUs the GPU caps let it hold after the award, without the
+    /// one-unit tolerance (`None`: no GPU cap).
+    gpu_room: Vec<Option<f64>>,
+    /// Per provider: the one-unit tolerance in GPUs and in spend per hour.
+    tolerance_gpus: Vec<f64>,
+    tolerance_spend: Vec<f64>,
+    gpu_cap_source: Option<String>,
     spend_caps: Vec<&'a Cap>,
+    /// What the filters rejected, for the reason when nothing passed.
+    filtered: String,
+    /// Under the fallback rule: the objective's penalty per block and place down the list,
+    /// more than any block costs (zero otherwise).
+    fallback_weight: f64,
 }
 
 impl<'a> Problem<'a> {
@@ -490,303 +955,715 @@ impl<'a> Problem<'a> {
         offers: &'a [Offer],
         rules: &'a Rules,
         providers: &'a [ProviderName],
-        candidates: &'a [Candidate],
+        groups: &'a [Group],
     ) -> Self {
-        let block = demand.request.min_block.get();
         let fleet_total: f64 = rules.fleet.gpus.values().sum();
         let after = fleet_total + f64::from(demand.gpus);
-        let mut gpu_cap_blocks = vec![None; providers.len()];
-        let mut cap_source = None;
+        let mut gpu_room = vec![None; providers.len()];
+        let mut gpu_cap_source = None;
         for cap in rules.caps.iter().filter(|c| c.basis == ShareBasis::Gpus) {
             for (index, provider) in providers.iter().enumerate() {
                 let held = rules.fleet.gpus.get(provider).copied().unwrap_or(0.0);
-                // A small tolerance keeps 0.4 * 500 from rounding down to 199.99.
-                let room = (cap.max_share * after - held + 1e-9).max(0.0);
-                let blocks = (room / f64::from(block)).floor() as u32;
-                gpu_cap_blocks[index] = Some(gpu_cap_blocks[index].map_or(blocks, |b: u32| b.min(blocks)));
+                let room = cap.max_share * after - held;
+                gpu_room[index] = Some(gpu_room[index].map_or(room, |r: f64| r.min(room)));
             }
-            cap_source = Some(cap.source.clone());
+            gpu_cap_source = Some(cap.source.clone());
+        }
+        let mut tolerance_gpus = vec![0.0f64; providers.len()];
+        let mut tolerance_spend = vec![0.0f64; providers.len()];
+        for group in groups {
+            tolerance_gpus[group.provider] = tolerance_gpus[group.provider].max(f64::from(group.unit_gpus));
+            tolerance_spend[group.provider] = tolerance_spend[group.provider].max(group.unit_spend);
         }
         let spend_caps = rules.caps.iter().filter(|c| c.basis == ShareBasis::Spend).collect();
         Self {
             demand,
             offers,
             rules,
-            candidates,
             providers,
-            blocks_needed: demand.gpus / block,
-            gpu_cap_blocks,
-            cap_source,
+            groups,
+            blocks_needed: demand.gpus.div_ceil(demand.request.block.get()),
+            gpu_room,
+            tolerance_gpus,
+            tolerance_spend,
+            gpu_cap_source,
             spend_caps,
+            filtered: String::new(),
+            fallback_weight: 0.0,
         }
+        .with_fallback_weight()
     }
 
-    fn credit(&self, provider: &ProviderName) -> f64 {
-        self.rules.credits.get(provider).copied().unwrap_or(0.0).max(0.0)
+    fn with_fallback_weight(mut self) -> Self {
+        if self.demand.request.preference == Preference::Fallback {
+            let most = self
+                .groups
+                .iter()
+                .map(|g| self.unit_cost(g) / f64::from(g.shape.blocks_per_unit))
+                .fold(0.0, f64::max);
+            self.fallback_weight = 2.0 * most + 1.0;
+        }
+        self
     }
 
-    /// The price per GPU-hour of the first GPU from this offer, net of commitment credit.
-    fn effective_price(&self, offer: &Offer) -> f64 {
-        if self.credit(&offer.provider) > 0.0 { 0.0 } else { offer.price.get() }
+    fn hours(&self) -> f64 {
+        f64::from(self.demand.request.duration_hours)
     }
 
-    /// Cheap necessary condition: is there enough capacity within the GPU caps at all?
-    fn check_capacity(&self) -> Result<(), String> {
-        let block = self.demand.request.min_block.get();
-        if self.candidates.is_empty() {
-            return Err("no offer passed the filters".into());
-        }
-        let mut total = 0u64;
-        for (index, provider) in self.providers.iter().enumerate() {
-            let offered: u64 =
-                self.candidates.iter().filter(|c| c.provider == index).map(|c| u64::from(c.max_blocks)).sum();
-            let allowed = self.gpu_cap_blocks[index].map_or(offered, |cap| offered.min(u64::from(cap)));
-            let _ = provider;
-            total += allowed;
-        }
-        if total < u64::from(self.blocks_needed) {
-            let capped =
-                if self.gpu_cap_blocks.iter().any(Option::is_some) { " within the caps" } else { "" };
-            return Err(format!(
-                "not enough capacity{capped}: {} GPUs can be placed, {} needed",
-                total * u64::from(block),
-                self.demand.gpus
-            ));
-        }
-        Ok(())
+    fn credit(&self, provider: usize) -> f64 {
+        self.rules.credits.get(&self.providers[provider]).copied().unwrap_or(0.0).max(0.0)
     }
 
-    fn needs_solver(&self) -> bool {
-        !self.spend_caps.is_empty()
-            || self.providers.iter().any(|p| self.credit(p) > 0.0)
-            || self.rules.min_providers.as_ref().is_some_and(|(k, _)| *k > 1)
+    fn min_providers(&self) -> usize {
+        self.rules.min_providers.as_ref().map_or(1, |(k, _)| *k as usize)
     }
 
-    fn optimize(&self, config: SolverConfig) -> (Vec<u32>, SolverPath, Option<String>) {
-        // The exact fast path: the cheapest candidate alone holds the whole request.
-        if !self.needs_solver()
-            && let Some(first) = self.candidates.first()
-            && first.max_blocks >= self.blocks_needed
-            && self.gpu_cap_blocks[first.provider].is_none_or(|cap| cap >= self.blocks_needed)
-        {
-            let mut blocks = vec![0; self.candidates.len()];
-            blocks[0] = self.blocks_needed;
-            return (blocks, SolverPath::SingleOffer, None);
-        }
-        if self.candidates.len() + self.providers.len() > MAX_SOLVER_VARIABLES {
-            return self.greedy(format!("{} variables exceed the solver bound", self.candidates.len()));
-        }
-        let min_providers = self.rules.min_providers.as_ref().map_or(1, |(k, _)| *k as usize);
-        let mut solves = 1;
-        let first = self.solve(&[], config);
-        let best = match first {
-            Ok((blocks, cost, status)) if self.providers_used(&blocks) >= min_providers => {
-                Some((blocks, cost, status))
+    /// The objective's cost of one unit of a group, before the tie-break.
+    fn unit_cost(&self, g: &Group) -> f64 {
+        if self.credit(g.provider) > 0.0 { 0.0 } else { g.unit_spend * self.hours() * g.factor }
+    }
+
+    /// What a unit costs in the objective: its cost, plus, under the fallback rule, a penalty
+    /// per block for each place down the order of preference that outweighs any saving, so
+    /// the award takes from earlier choices as much as the rules let it.
+    fn objective_cost(&self, g: &Group) -> f64 {
+        self.unit_cost(g) + self.fallback_weight * g.place as f64 * f64::from(g.shape.blocks_per_unit)
+    }
+
+    /// The effective price per GPU-hour carried of a group (zero under a credit).
+    fn effective_price(&self, g: &Group) -> f64 {
+        let block = self.demand.request.block.get();
+        self.unit_cost(g) / (self.hours() * f64::from(g.shape.blocks_per_unit * block))
+    }
+
+    /// Checks units against every rule; `Some(why)` names the first one broken.
+    fn violation(&self, units: &[u32], allowed: &dyn Fn(&Group) -> bool) -> Option<String> {
+        let mut blocks = 0u64;
+        let mut bought = vec![0.0f64; self.providers.len()];
+        let mut spend = vec![0.0f64; self.providers.len()];
+        for (group, &u) in self.groups.iter().zip(units) {
+            if u > group.units {
+                return Some(format!("{u} units of a group with {}", group.units));
             }
-            Ok(_) | Err(SolveFailure::Infeasible) => {
-                // Enumerate subsets of the cheapest providers, each required to supply a block.
-                let mut best: Option<(Vec<u32>, f64, String)> = None;
-                let order = self.providers_by_price();
-                for subset in subsets(&order, min_providers) {
-                    solves += 1;
-                    if let Ok((blocks, cost, status)) = self.solve(&subset, config)
-                        && best.as_ref().is_none_or(|(_, c, _)| cost < *c - 1e-6)
-                    {
-                        best = Some((blocks, cost, status));
-                    }
+            if u > 0 && !allowed(group) {
+                return Some("a unit outside the allowed choices".into());
+            }
+            blocks += u64::from(u) * u64::from(group.shape.blocks_per_unit);
+            bought[group.provider] += f64::from(u) * f64::from(group.unit_gpus);
+            spend[group.provider] += f64::from(u) * group.unit_spend;
+        }
+        if blocks < u64::from(self.blocks_needed) {
+            return Some(format!("{blocks} blocks of {} needed", self.blocks_needed));
+        }
+        for (p, provider) in self.providers.iter().enumerate() {
+            if let Some(room) = self.gpu_room[p]
+                && bought[p] > room + self.tolerance_gpus[p] + RULE_TOLERANCE * (1.0 + room.abs())
+            {
+                return Some(format!("{provider} above its GPU cap"));
+            }
+            for cap in &self.spend_caps {
+                let held = self.rules.fleet.spend_per_hour.get(provider).copied().unwrap_or(0.0);
+                let total: f64 =
+                    self.rules.fleet.spend_per_hour.values().sum::<f64>() + spend.iter().sum::<f64>();
+                let limit = cap.max_share * total + self.tolerance_spend[p];
+                if spend[p] + held > limit + RULE_TOLERANCE * (1.0 + limit.abs()) {
+                    return Some(format!("{provider} above its spend cap"));
                 }
-                best
             }
-            Err(SolveFailure::Other(why)) => return self.greedy(format!("solver failed: {why}")),
+        }
+        let used = bought.iter().filter(|b| **b > 0.0).count();
+        if used < self.min_providers() {
+            return Some(format!("{used} provider(s) used, {} required", self.min_providers()));
+        }
+        None
+    }
+
+    /// Chooses the units: same-region enumeration, or the preference and objective loops
+    /// around the MILP.
+    fn solve(&self, config: SolverConfig, candidates: &[Candidate]) -> Solved {
+        let request = self.demand.request;
+        let none = vec![0; self.groups.len()];
+        let unfilled = |why: String, path: SolverPath| Solved {
+            units: none.clone(),
+            path,
+            infeasible: Some(why),
+            level: None,
+            lead_limit: None,
+            single: None,
         };
-        match best {
-            Some((blocks, _, status)) => {
-                (blocks, SolverPath::Milp { variables: self.candidates.len(), solves, status }, None)
+        if self.groups.is_empty() {
+            return unfilled(
+                self.no_candidates_reason(),
+                SolverPath::Milp { variables: 0, solves: 0, branch_nodes: 0, optimality: Optimality::Proven },
+            );
+        }
+        if let Some(why) = self.impossible_by_rule() {
+            return unfilled(
+                why,
+                SolverPath::Milp { variables: 0, solves: 0, branch_nodes: 0, optimality: Optimality::Proven },
+            );
+        }
+        if request.same_region {
+            return self.single_offer(candidates);
+        }
+        let leads: Vec<Option<u32>> = match request.objective {
+            Objective::Time => {
+                let mut leads: Vec<u32> = self.groups.iter().map(|g| g.lead_time_hours).collect();
+                leads.sort_unstable();
+                leads.dedup();
+                leads.into_iter().map(Some).collect()
             }
-            None => {
-                let why = match &self.rules.min_providers {
-                    Some((k, source)) if *k > 1 => {
-                        format!("no award meets the caps and the minimum of {k} providers ({source})")
-                    }
-                    _ => "no award meets the caps".to_owned(),
-                };
-                (
-                    vec![0; self.candidates.len()],
-                    SolverPath::Milp {
-                        variables: self.candidates.len(),
-                        solves,
-                        status: "infeasible".into(),
+            Objective::Cost => vec![None],
+        };
+        let mut solves = 0;
+        let mut branch_nodes = 0;
+        let mut last_failure: Option<Failure> = None;
+        for &lead_limit in &leads {
+            let allowed = |g: &Group| lead_limit.is_none_or(|t| g.lead_time_hours <= t);
+            if !self.may_fill(&allowed) {
+                continue;
+            }
+            let attempt = self.solve_once(config, &allowed, &mut solves, &mut branch_nodes);
+            match attempt {
+                Ok((units, path)) => {
+                    // Under the fallback rule, the furthest place down the list the award uses.
+                    let level = (request.preference == Preference::Fallback).then(|| {
+                        self.groups
+                            .iter()
+                            .zip(&units)
+                            .filter(|(_, u)| **u > 0)
+                            .map(|(g, _)| g.place)
+                            .max()
+                            .unwrap_or(0)
+                    });
+                    return Solved { units, path, infeasible: None, level, lead_limit, single: None };
+                }
+                Err(failure) => last_failure = Some(failure),
+            }
+        }
+        let failure = last_failure.unwrap_or(Failure {
+            path: SolverPath::Milp {
+                variables: self.groups.len(),
+                solves,
+                branch_nodes,
+                optimality: Optimality::Proven,
+            },
+            why: None,
+        });
+        unfilled(failure.why.unwrap_or_else(|| self.infeasible_reason()), failure.path)
+    }
+
+    /// A quick necessary condition: enough units among the allowed groups, within the GPU caps.
+    fn may_fill(&self, allowed: &dyn Fn(&Group) -> bool) -> bool {
+        let mut per_provider = vec![0u64; self.providers.len()];
+        for g in self.groups.iter().filter(|g| allowed(g)) {
+            let mut units = u64::from(g.units);
+            if let Some(room) = self.gpu_room[g.provider] {
+                let most =
+                    ((room + self.tolerance_gpus[g.provider]).max(0.0) / f64::from(g.unit_gpus)).floor();
+                units = units.min(most as u64);
+            }
+            per_provider[g.provider] += units * u64::from(g.shape.blocks_per_unit);
+        }
+        per_provider.iter().sum::<u64>() >= u64::from(self.blocks_needed)
+            && per_provider.iter().filter(|b| **b > 0).count() >= self.min_providers()
+    }
+
+    /// One model over the allowed groups: the fast path, the MILP, or the fallback.
+    fn solve_once(
+        &self,
+        config: SolverConfig,
+        allowed: &dyn Fn(&Group) -> bool,
+        solves: &mut usize,
+        branch_nodes: &mut u64,
+    ) -> Result<(Vec<u32>, SolverPath), Failure> {
+        if let Some(units) = self.fast_path(allowed) {
+            return Ok((units, SolverPath::SingleOffer));
+        }
+        let variables = self.groups.iter().filter(|g| allowed(g)).count();
+        if variables > MAX_SOLVER_VARIABLES {
+            return self.fallback(allowed, format!("{variables} variables exceed the solver bound"));
+        }
+        *solves += 1;
+        match self.milp(config, allowed) {
+            MilpResult::Solved { units, nodes, optimality } => {
+                *branch_nodes += nodes;
+                match self.violation(&units, allowed) {
+                    None => Ok((
+                        units,
+                        SolverPath::Milp {
+                            variables,
+                            solves: *solves,
+                            branch_nodes: *branch_nodes,
+                            optimality,
+                        },
+                    )),
+                    Some(why) => self.fallback(allowed, format!("the solver's answer broke a rule ({why})")),
+                }
+            }
+            MilpResult::Infeasible { nodes } => {
+                *branch_nodes += nodes;
+                Err(Failure {
+                    path: SolverPath::Milp {
+                        variables,
+                        solves: *solves,
+                        branch_nodes: *branch_nodes,
+                        optimality: Optimality::Proven,
                     },
-                    Some(why),
+                    why: None,
+                })
+            }
+            MilpResult::Interrupted { nodes } => {
+                *branch_nodes += nodes;
+                self.fallback(
+                    allowed,
+                    format!("no solution within the work limit of {} branch nodes", config.node_limit),
                 )
             }
+            MilpResult::Failed(why) => self.fallback(allowed, format!("solver failed: {why}")),
         }
     }
 
-    fn providers_used(&self, blocks: &[u32]) -> usize {
-        self.candidates
+    /// The cheapest allowed group alone fills the request exactly, and nothing else matters.
+    fn fast_path(&self, allowed: &dyn Fn(&Group) -> bool) -> Option<Vec<u32>> {
+        let rules_matter = !self.spend_caps.is_empty()
+            || (0..self.providers.len()).any(|p| self.credit(p) > 0.0)
+            || self.min_providers() > 1
+            || self.fallback_weight > 0.0;
+        if rules_matter {
+            return None;
+        }
+        let (index, cheapest) =
+            self.groups.iter().enumerate().filter(|(_, g)| allowed(g)).min_by(|(_, a), (_, b)| {
+                self.effective_price(a).total_cmp(&self.effective_price(b)).then(a.rank.cmp(&b.rank))
+            })?;
+        let per_unit = cheapest.shape.blocks_per_unit;
+        let exact = self.blocks_needed.is_multiple_of(per_unit);
+        let units = self.blocks_needed / per_unit;
+        let fits = cheapest.units >= units
+            && self.gpu_room[cheapest.provider].is_none_or(|room| {
+                f64::from(units * cheapest.unit_gpus) <= room + self.tolerance_gpus[cheapest.provider]
+            });
+        (exact && fits).then(|| {
+            let mut chosen = vec![0; self.groups.len()];
+            chosen[index] = units;
+            chosen
+        })
+    }
+
+    fn milp(&self, config: SolverConfig, allowed: &dyn Fn(&Group) -> bool) -> MilpResult {
+        let hours = self.hours();
+        let mut lp = LpProblem::new(OptimizationDirection::Minimize);
+        let vars: Vec<Option<Variable>> = self
+            .groups
             .iter()
-            .zip(blocks)
-            .filter(|(_, b)| **b > 0)
-            .map(|(c, _)| c.provider)
-            .collect::<BTreeSet<_>>()
-            .len()
-    }
-
-    /// Provider indices ordered by their cheapest candidate, at most `MAX_PROVIDERS_ENUMERATED`.
-    fn providers_by_price(&self) -> Vec<usize> {
-        let mut order = Vec::new();
-        for candidate in self.candidates {
-            if !order.contains(&candidate.provider) {
-                order.push(candidate.provider);
-            }
-        }
-        order.truncate(MAX_PROVIDERS_ENUMERATED);
-        order
-    }
-
-    /// One MILP solve; `required` providers must each supply at least one block.
-    fn solve(
-        &self,
-        required: &[usize],
-        config: SolverConfig,
-    ) -> Result<(Vec<u32>, f64, String), SolveFailure> {
-        let block = f64::from(self.demand.request.min_block.get());
-        let hours = f64::from(self.demand.request.duration_hours);
-        let mut vars = ProblemVariables::new();
-        let x: Vec<Variable> = self
-            .candidates
-            .iter()
-            .map(|c| vars.add(variable().integer().min(0).max(f64::from(c.max_blocks))))
+            .map(|g| {
+                allowed(g).then(|| {
+                    let tie = TIE_BREAK_EPSILON * (g.rank + 1) as f64;
+                    lp.add_integer_var(
+                        self.objective_cost(g) + tie,
+                        (0, i32::try_from(g.units).unwrap_or(i32::MAX)),
+                    )
+                })
+            })
             .collect();
-        let credited: Vec<(usize, Variable)> = (0..self.providers.len())
-            .filter(|&p| self.credit(&self.providers[p]) > 0.0)
-            .map(|p| (p, vars.add(variable().min(0))))
-            .collect();
-
-        let mut objective = Expression::from(0.0);
-        for (c, v) in self.candidates.iter().zip(&x) {
-            let tie = TIE_BREAK_EPSILON * c.rank as f64;
-            if credited.iter().any(|(p, _)| *p == c.provider) {
-                objective += tie * *v;
-            } else {
-                objective += (c.block_cost + tie) * *v;
-            }
-        }
-        for (_, excess) in &credited {
-            objective += *excess;
-        }
-        let mut model = vars.minimise(objective).using(microlp);
-        if let Some(seconds) = config.time_limit_seconds {
-            model = model.with_time_limit(seconds);
-        }
-        let total: Expression = x.iter().copied().sum();
-        model = model.with(constraint!(total == f64::from(self.blocks_needed)));
-        for p in 0..self.providers.len() {
-            let mine: Expression =
-                self.candidates.iter().zip(&x).filter(|(c, _)| c.provider == p).map(|(_, v)| *v).sum();
-            if let Some(cap) = self.gpu_cap_blocks[p] {
-                model = model.with(constraint!(mine.clone() <= f64::from(cap)));
-            }
-            if required.contains(&p) {
-                model = model.with(constraint!(mine >= 1.0));
-            }
-        }
-        // Spend per hour of the award, per provider and in total.
-        let spend = |p: Option<usize>| -> Expression {
-            self.candidates
+        let terms = |f: &dyn Fn(&Group) -> f64, provider: Option<usize>| -> Vec<(Variable, f64)> {
+            self.groups
                 .iter()
-                .zip(&x)
-                .filter(|(c, _)| p.is_none_or(|p| c.provider == p))
-                .map(|(c, v)| self.offers[c.offer].price.get() * block * *v)
+                .zip(&vars)
+                .filter(|(g, _)| provider.is_none_or(|p| g.provider == p))
+                .filter_map(|(g, v)| v.map(|v| (v, f(g))))
+                .collect()
+        };
+        let max_blocks =
+            self.groups.iter().filter(|g| allowed(g)).map(|g| g.shape.blocks_per_unit).max().unwrap_or(1);
+        let blocks = |g: &Group| f64::from(g.shape.blocks_per_unit);
+        lp.add_constraint(terms(&blocks, None).as_slice(), ComparisonOp::Ge, f64::from(self.blocks_needed));
+        // Never a whole unit more than needed; each provider the minimum requires may bring
+        // one unit however many blocks it carries.
+        lp.add_constraint(
+            terms(&blocks, None).as_slice(),
+            ComparisonOp::Le,
+            f64::from(self.blocks_needed) - 1.0 + f64::from(max_blocks) * self.min_providers() as f64,
+        );
+        let gpus = |g: &Group| f64::from(g.unit_gpus);
+        let spend = |g: &Group| g.unit_spend;
+        let fleet_spend: f64 = self.rules.fleet.spend_per_hour.values().sum();
+        let mut used_flags = Vec::new();
+        for (p, provider) in self.providers.iter().enumerate() {
+            let mine = terms(&gpus, Some(p));
+            if mine.is_empty() {
+                continue;
+            }
+            if let Some(room) = self.gpu_room[p] {
+                lp.add_constraint(mine.as_slice(), ComparisonOp::Le, room + self.tolerance_gpus[p]);
+            }
+            for cap in &self.spend_caps {
+                // spend_p + held_p <= share * (fleet + spend_all) + tolerance
+                let held = self.rules.fleet.spend_per_hour.get(provider).copied().unwrap_or(0.0);
+                let mut row: Vec<(Variable, f64)> = Vec::new();
+                for (g, v) in self.groups.iter().zip(&vars) {
+                    let Some(v) = v else { continue };
+                    let own = if g.provider == p { 1.0 } else { 0.0 };
+                    let coefficient = g.unit_spend * (own - cap.max_share);
+                    if coefficient != 0.0 {
+                        row.push((*v, coefficient));
+                    }
+                }
+                lp.add_constraint(
+                    row.as_slice(),
+                    ComparisonOp::Le,
+                    cap.max_share * fleet_spend - held + self.tolerance_spend[p],
+                );
+            }
+            let credit = self.credit(p);
+            if credit > 0.0 {
+                // excess >= hours * spend_p - credit, i.e. hours * spend_p - excess <= credit.
+                let excess = lp.add_var(1.0, (0.0, f64::INFINITY));
+                let mut row: Vec<(Variable, f64)> =
+                    terms(&spend, Some(p)).into_iter().map(|(v, c)| (v, c * hours)).collect();
+                row.push((excess, -1.0));
+                lp.add_constraint(row.as_slice(), ComparisonOp::Le, credit);
+            }
+            if self.min_providers() > 1 {
+                let used = lp.add_binary_var(0.0);
+                let mut row: Vec<(Variable, f64)> =
+                    terms(&|_| 1.0, Some(p)).into_iter().map(|(v, _)| (v, -1.0)).collect();
+                row.push((used, 1.0));
+                lp.add_constraint(row.as_slice(), ComparisonOp::Le, 0.0);
+                used_flags.push((used, 1.0));
+            }
+        }
+        if self.min_providers() > 1 {
+            lp.add_constraint(used_flags.as_slice(), ComparisonOp::Ge, self.min_providers() as f64);
+        }
+        let mut options = SolveOptions::default();
+        options.node_limit = Some(config.node_limit);
+        match lp.solve_with(options) {
+            Ok(outcome) => {
+                let stats = outcome.stats();
+                match outcome.into_solution() {
+                    Ok(solution) => {
+                        let optimality = match solution.status() {
+                            microlp::SolutionStatus::Optimal => Optimality::Proven,
+                            microlp::SolutionStatus::Feasible => {
+                                Optimality::Gap { gap: solution.gap().or(stats.gap).unwrap_or(f64::NAN) }
+                            }
+                        };
+                        let units = vars
+                            .iter()
+                            .map(|v| v.map_or(0, |v| solution.var_value(v).round().max(0.0) as u32))
+                            .collect();
+                        MilpResult::Solved { units, nodes: stats.nodes_solved, optimality }
+                    }
+                    Err(_) => MilpResult::Interrupted { nodes: stats.nodes_solved },
+                }
+            }
+            Err(microlp::Error::Infeasible) => MilpResult::Infeasible { nodes: 0 },
+            Err(other) => MilpResult::Failed(other.to_string()),
+        }
+    }
+
+    /// The greedy fallback: one unit from each of the cheapest providers the minimum needs,
+    /// then the cheapest units first, each only if no cap is broken. Checked against every
+    /// rule at the end; if it breaks one, no award.
+    fn fallback(
+        &self,
+        allowed: &dyn Fn(&Group) -> bool,
+        why: String,
+    ) -> Result<(Vec<u32>, SolverPath), Failure> {
+        let mut order: Vec<usize> = (0..self.groups.len()).filter(|&g| allowed(&self.groups[g])).collect();
+        order.sort_by_key(|&g| self.groups[g].rank);
+        let mut units = vec![0u32; self.groups.len()];
+        let mut seeded = BTreeSet::new();
+        for &g in &order {
+            if seeded.len() >= self.min_providers() {
+                break;
+            }
+            if seeded.insert(self.groups[g].provider) {
+                units[g] = 1;
+            }
+        }
+        let block_count = |units: &[u32]| -> u64 {
+            self.groups
+                .iter()
+                .zip(units)
+                .map(|(g, u)| u64::from(*u) * u64::from(g.shape.blocks_per_unit))
                 .sum()
         };
-        let fleet_spend_total: f64 = self.rules.fleet.spend_per_hour.values().sum();
-        for cap in &self.spend_caps {
-            for (p, provider) in self.providers.iter().enumerate() {
-                let held = self.rules.fleet.spend_per_hour.get(provider).copied().unwrap_or(0.0);
-                model = model.with(constraint!(
-                    spend(Some(p)) + held <= cap.max_share * (spend(None) + fleet_spend_total)
+        for &g in &order {
+            while units[g] < self.groups[g].units && block_count(&units) < u64::from(self.blocks_needed) {
+                units[g] += 1;
+                let caps_ok = self.violation(&units, allowed).is_none_or(|v| v.contains("blocks of"));
+                if !caps_ok {
+                    units[g] -= 1;
+                    break;
+                }
+            }
+        }
+        match self.violation(&units, allowed) {
+            None => Ok((units, SolverPath::Fallback { why })),
+            Some(broken) => Err(Failure {
+                path: SolverPath::Fallback { why: why.clone() },
+                why: Some(format!(
+                    "no award within the rules was found: {why}, and the greedy fallback could not meet every rule ({broken})"
+                )),
+            }),
+        }
+    }
+
+    /// `same_region`: the cheapest single offer that holds the whole request within the rules.
+    fn single_offer(&self, candidates: &[Candidate]) -> Solved {
+        let request = self.demand.request;
+        // The order: earliest ready (objective time), then earliest place (fallback), then cost, then rank.
+        // (offer, units, (lead, place, cost, rank))
+        type Choice = (usize, u32, (u32, usize, f64, usize));
+        let mut best: Option<Choice> = None;
+        let mut compared = 0;
+        for candidate in candidates {
+            let Some((g, group)) =
+                self.groups.iter().enumerate().find(|(_, g)| g.members.contains(&candidate.offer))
+            else {
+                continue;
+            };
+            let units = self.blocks_needed.div_ceil(candidate.shape.blocks_per_unit);
+            if candidate.units < units {
+                continue;
+            }
+            let mut chosen = vec![0; self.groups.len()];
+            chosen[g] = units;
+            if self.violation(&chosen, &|_| true).is_some() {
+                continue;
+            }
+            compared += 1;
+            let lead = if request.objective == Objective::Time { group.lead_time_hours } else { 0 };
+            let place = if request.preference == Preference::Fallback { group.place } else { 0 };
+            let key = (lead, place, self.unit_cost(group) * f64::from(units), group.rank);
+            let better = best.as_ref().is_none_or(|(_, _, k)| {
+                key.0
+                    .cmp(&k.0)
+                    .then(key.1.cmp(&k.1))
+                    .then(key.2.total_cmp(&k.2))
+                    .then(key.3.cmp(&k.3))
+                    .is_lt()
+            });
+            if better {
+                best = Some((candidate.offer, units, key));
+            }
+        }
+        match best {
+            Some((offer, units, _)) => {
+                let g = self.groups.iter().position(|g| g.members.contains(&offer)).expect("found above");
+                let mut chosen = vec![0; self.groups.len()];
+                chosen[g] = units;
+                Solved {
+                    units: chosen,
+                    path: SolverPath::SingleRegion { candidates: compared },
+                    infeasible: None,
+                    level: None,
+                    lead_limit: None,
+                    single: Some(offer),
+                }
+            }
+            None => Solved {
+                units: vec![0; self.groups.len()],
+                path: SolverPath::SingleRegion { candidates: 0 },
+                infeasible: Some(format!(
+                    "same region: no single offer holds {} GPUs ({} units) within the rules; allow a split \
+                     across regions, or ask for fewer GPUs",
+                    self.demand.gpus, self.blocks_needed
+                )),
+                level: None,
+                lead_limit: None,
+                single: None,
+            },
+        }
+    }
+
+    /// A rule that no choice of offers can satisfy, said with what would make it possible.
+    fn impossible_by_rule(&self) -> Option<String> {
+        let k = self.min_providers();
+        if let Some(why) = min_providers_unmet(self.demand.request, self.demand.gpus, self.rules) {
+            return Some(why);
+        }
+        if k > 1 {
+            let (_, source) = self.rules.min_providers.as_ref().expect("k > 1");
+            let suppliers: BTreeSet<usize> = self.groups.iter().map(|g| g.provider).collect();
+            if suppliers.len() < k {
+                let names: Vec<&str> = suppliers.iter().map(|p| self.providers[*p].as_str()).collect();
+                return Some(format!(
+                    "the minimum of {k} providers ({source}) cannot be met: only {} can supply this request ({})",
+                    suppliers.len(),
+                    names.join(", ")
                 ));
             }
         }
-        for (p, excess) in &credited {
-            let credit = self.credit(&self.providers[*p]);
-            model = model.with(constraint!(*excess >= spend(Some(*p)) * hours - credit));
-        }
-        let solution = model.solve().map_err(|e| match e {
-            ResolutionError::Infeasible => SolveFailure::Infeasible,
-            other => SolveFailure::Other(other.to_string()),
-        })?;
-        let status = match solution.status() {
-            SolutionStatus::Optimal => "optimal",
-            SolutionStatus::GapLimit => "within gap",
-            SolutionStatus::TimeLimit => "time limit, best found",
-        };
-        let blocks: Vec<u32> = x.iter().map(|v| solution.value(*v).round().max(0.0) as u32).collect();
-        let cost =
-            self.candidates.iter().zip(&blocks).map(|(c, b)| c.block_cost * f64::from(*b)).sum::<f64>()
-                - credited
-                    .iter()
-                    .map(|(p, _)| {
-                        let spend: f64 = self
-                            .candidates
-                            .iter()
-                            .zip(&blocks)
-                            .filter(|(c, _)| c.provider == *p)
-                            .map(|(c, b)| c.block_cost * f64::from(*b))
-                            .sum();
-                        spend.min(self.credit(&self.providers[*p]))
-                    })
-                    .sum::<f64>();
-        if blocks.iter().sum::<u32>() != self.blocks_needed {
-            return Err(SolveFailure::Other("solution does not cover the request".into()));
-        }
-        Ok((blocks, cost, status.to_owned()))
+        None
     }
 
-    /// Cheapest first within the GPU caps; spend caps and minimum providers are not enforced.
-    fn greedy(&self, why: String) -> (Vec<u32>, SolverPath, Option<String>) {
-        let mut blocks = vec![0; self.candidates.len()];
-        let mut used = vec![0u32; self.providers.len()];
-        let mut left = self.blocks_needed;
-        for (index, candidate) in self.candidates.iter().enumerate() {
-            if left == 0 {
-                break;
+    /// Why no offer survived the filters, by count of reasons.
+    fn no_candidates_reason(&self) -> String {
+        if self.filtered.is_empty() {
+            "no offers were quoted".to_owned()
+        } else {
+            format!("no offer passed the filters: {}", self.filtered)
+        }
+    }
+
+    /// Why a request with candidates has no award: capacity, caps, or the rules together.
+    fn infeasible_reason(&self) -> String {
+        let block = self.demand.request.block.get();
+        let total_blocks: u64 =
+            self.groups.iter().map(|g| u64::from(g.units) * u64::from(g.shape.blocks_per_unit)).sum();
+        if total_blocks < u64::from(self.blocks_needed) {
+            return format!(
+                "not enough capacity: {} GPUs can be placed in whole {}-GPU blocks, {} needed",
+                total_blocks * u64::from(block),
+                block,
+                self.demand.gpus
+            );
+        }
+        let mut within = 0u64;
+        for (p, _) in self.providers.iter().enumerate() {
+            let mut blocks = 0u64;
+            let mut gpus = 0.0;
+            let mut order: Vec<&Group> = self.groups.iter().filter(|g| g.provider == p).collect();
+            order.sort_by_key(|g| g.rank);
+            for g in order {
+                for _ in 0..g.units {
+                    let room = self.gpu_room[p].map_or(f64::INFINITY, |r| r + self.tolerance_gpus[p]);
+                    if gpus + f64::from(g.unit_gpus) > room + RULE_TOLERANCE {
+                        break;
+                    }
+                    gpus += f64::from(g.unit_gpus);
+                    blocks += u64::from(g.shape.blocks_per_unit);
+                }
             }
-            let room = self.gpu_cap_blocks[candidate.provider]
-                .map_or(u32::MAX, |cap| cap.saturating_sub(used[candidate.provider]));
-            let take = candidate.max_blocks.min(room).min(left);
-            blocks[index] = take;
-            used[candidate.provider] += take;
-            left -= take;
+            within += blocks;
         }
-        let infeasible =
-            (left > 0).then(|| "greedy fallback could not cover the request within the caps".to_owned());
-        (blocks, SolverPath::Greedy { why }, infeasible)
+        if within < u64::from(self.blocks_needed)
+            && let Some(source) = &self.gpu_cap_source
+        {
+            let share = self
+                .rules
+                .caps
+                .iter()
+                .filter(|c| c.basis == ShareBasis::Gpus)
+                .map(|c| c.max_share)
+                .fold(1.0, f64::min);
+            return format!(
+                "not enough capacity within the diversification cap ({source}, {:.0}% by GPUs): {} GPUs can be \
+                 placed, {} needed; the {} provider(s) with capacity would need a larger share, or more \
+                 providers or regions must be allowed",
+                share * 100.0,
+                within * u64::from(block),
+                self.demand.gpus,
+                self.providers.len()
+            );
+        }
+        match &self.rules.min_providers {
+            Some((k, source)) if *k > 1 => {
+                format!("no award meets the caps and the minimum of {k} providers ({source})")
+            }
+            _ if !self.spend_caps.is_empty() => {
+                let sources: Vec<&str> = self.spend_caps.iter().map(|c| c.source.as_str()).collect();
+                format!("no award meets the spend cap ({})", sources.join(", "))
+            }
+            _ => "no award meets the rules".to_owned(),
+        }
+    }
+
+    /// Gives every feasible offer that lost its reason.
+    fn explain(
+        &self,
+        verdicts: &mut [Option<Rejection>],
+        solved: &Solved,
+        candidates: &[Candidate],
+        awarded: &BTreeSet<usize>,
+    ) {
+        let request = self.demand.request;
+        let used_gpus: Vec<f64> = (0..self.providers.len())
+            .map(|p| {
+                self.groups
+                    .iter()
+                    .zip(&solved.units)
+                    .filter(|(g, _)| g.provider == p)
+                    .map(|(g, u)| f64::from(*u) * f64::from(g.unit_gpus))
+                    .sum()
+            })
+            .collect();
+        let chosen: Vec<&Group> =
+            self.groups.iter().zip(&solved.units).filter(|(_, u)| **u > 0).map(|(g, _)| g).collect();
+        let marginal = chosen.iter().map(|g| self.effective_price(g)).fold(0.0, f64::max);
+        let award_lead = chosen.iter().map(|g| g.lead_time_hours).max().unwrap_or(0);
+        let start = self.demand.now.max(request.earliest_start);
+        for candidate in candidates {
+            if verdicts[candidate.offer].is_some() {
+                continue;
+            }
+            if awarded.contains(&candidate.offer) && solved.infeasible.is_none() {
+                continue;
+            }
+            let group = self.groups.iter().find(|g| g.members.contains(&candidate.offer));
+            let reason = match group {
+                _ if solved.infeasible.is_some() => Rejection::NoFeasibleAward,
+                None => Rejection::NotInOptimum,
+                Some(group) => {
+                    let offer = &self.offers[candidate.offer];
+                    if let Some(single) = solved.single {
+                        let holds = candidate.units * candidate.shape.blocks_per_unit * request.block.get();
+                        if holds < self.demand.gpus {
+                            Rejection::TooSmallAlone { holds, needed: self.demand.gpus }
+                        } else if self.effective_price(group) > marginal + 1e-9 {
+                            Rejection::Costlier {
+                                effective_price: self.effective_price(group),
+                                marginal_price: marginal,
+                            }
+                        } else {
+                            Rejection::NotTheSingleOffer { chosen: self.offers[single].id.clone() }
+                        }
+                    } else if let Some(level) = solved.level
+                        && group.place > level
+                    {
+                        Rejection::LaterChoice { place: group.place, filled_at: level }
+                    } else if let Some(limit) = solved.lead_limit
+                        && offer.lead_time_hours > limit
+                    {
+                        Rejection::Slower {
+                            ready_at: start.plus_hours(f64::from(offer.lead_time_hours)),
+                            award_ready_at: start.plus_hours(f64::from(award_lead)),
+                        }
+                    } else if let Some(room) = self.gpu_room[group.provider]
+                        && used_gpus[group.provider] + f64::from(group.unit_gpus)
+                            > room + self.tolerance_gpus[group.provider] + RULE_TOLERANCE
+                    {
+                        Rejection::AtCap { cap: self.gpu_cap_source.clone().unwrap_or_default() }
+                    } else if self.effective_price(group) > marginal + 1e-9 {
+                        Rejection::Costlier {
+                            effective_price: self.effective_price(group),
+                            marginal_price: marginal,
+                        }
+                    } else if (self.effective_price(group) - marginal).abs() <= 1e-9 {
+                        Rejection::LostTieBreak
+                    } else {
+                        Rejection::NotInOptimum
+                    }
+                }
+            };
+            verdicts[candidate.offer] = Some(reason);
+        }
     }
 }
 
-enum SolveFailure {
-    Infeasible,
-    Other(String),
+/// A model that gave no award: how it was tried, and why, when that is known.
+struct Failure {
+    path: SolverPath,
+    why: Option<String>,
 }
 
-/// All subsets of `items` with exactly `size` elements, in lexicographic order.
-fn subsets(items: &[usize], size: usize) -> Vec<Vec<usize>> {
-    let mut out = Vec::new();
-    let mut current = Vec::new();
-    fn walk(items: &[usize], size: usize, start: usize, current: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
-        if current.len() == size {
-            out.push(current.clone());
-            return;
-        }
-        for i in start..items.len() {
-            current.push(items[i]);
-            walk(items, size, i + 1, current, out);
-            current.pop();
-        }
-    }
-    walk(items, size, 0, &mut current, &mut out);
-    out
+enum MilpResult {
+    Solved { units: Vec<u32>, nodes: u64, optimality: Optimality },
+    Infeasible { nodes: u64 },
+    Interrupted { nodes: u64 },
+    Failed(String),
 }

@@ -6,10 +6,13 @@
 //! events), evaluated "as of" an instant. The simulator calls it at every
 //! settlement tick; the live service will call the same functions.
 //!
-//! * **Accrual.** An allocation bills `price × GPUs` per hour from the
-//!   moment it was ready until it ended (released or cancelled), or until
-//!   the "as of" instant, and never past its contracted hours. An allocation
-//!   that never became ready bills nothing.
+//! * **Accrual.** An allocation bills its whole nodes at their all-in price
+//!   (`PlannedAllocation::spend_per_hour`) per hour from the moment it was
+//!   ready until it ended (released or cancelled), or until the "as of"
+//!   instant, and never past its contracted hours. An allocation that never
+//!   became ready bills nothing. GPU-hours billed count every GPU of the nodes,
+//!   over-bought ones included; the invariant that no request is billed more
+//!   than it asked for counts the GPUs it carries for the request.
 //! * **Commitments.** Burned = accrued spend with the provider within the
 //!   commitment's period, counting only the workload classes it names.
 //!   Projected shortfall = amount − burned − (current spend rate × hours
@@ -65,9 +68,10 @@ impl Accruals {
     /// Adds what one allocation has billed as of `at`; `running` also counts
     /// it in the spend rate and the active GPUs.
     fn add(&mut self, allocation: &Allocation, class: WorkloadClass, hours: f64, running: bool) {
-        let gpus = f64::from(allocation.plan.gpus);
-        let gpu_hours = hours * gpus;
-        let spend = gpu_hours * allocation.plan.price.get();
+        // Billed: whole nodes, over-bought GPUs included.
+        let bought = allocation.plan.gpus_bought();
+        let gpu_hours = hours * f64::from(bought);
+        let spend = hours * allocation.plan.spend_per_hour();
         let provider = &allocation.plan.provider;
         add_to(&mut self.spend, provider, spend);
         add_to(&mut self.gpu_hours, provider, gpu_hours);
@@ -78,12 +82,12 @@ impl Accruals {
         }
         *self.gpu_hours_by_class.entry(class).or_default() += gpu_hours;
         if running {
-            add_to(&mut self.spend_rate, provider, gpus * allocation.plan.price.get());
-            self.gpus_active += u64::from(allocation.plan.gpus);
+            add_to(&mut self.spend_rate, provider, allocation.plan.spend_per_hour());
+            self.gpus_active += u64::from(bought);
             if let Some(active) = self.gpus_active_by_provider.get_mut(provider) {
-                *active += u64::from(allocation.plan.gpus);
+                *active += u64::from(bought);
             } else {
-                self.gpus_active_by_provider.insert(provider.clone(), u64::from(allocation.plan.gpus));
+                self.gpus_active_by_provider.insert(provider.clone(), u64::from(bought));
             }
         }
     }
@@ -173,8 +177,9 @@ impl Accountant {
                 violation =
                     Some(format!("allocation {} billed {hours} h of {}", allocation.id, allocation.hours));
             }
+            // The request's GPU-hours carried (not over-bought ones), for the invariant below.
             let gpu_hours = hours * f64::from(allocation.plan.gpus);
-            let spend = gpu_hours * allocation.plan.price.get();
+            let spend = hours * allocation.plan.spend_per_hour();
             total += spend;
             // GPU-hours of this request's open allocations; settled ones are in `settled_by_request`.
             let open_hours = touched.entry(&allocation.request).or_default();
@@ -389,7 +394,7 @@ pub fn check_billing(engine: &Engine, accruals: &Accruals, at: Timestamp) -> Res
             return Err(format!("allocation {} billed {hours} h of {}", allocation.id, allocation.hours));
         }
         *per_request.entry(&allocation.request).or_default() += hours * f64::from(allocation.plan.gpus);
-        total += hours * f64::from(allocation.plan.gpus) * allocation.plan.price.get();
+        total += hours * allocation.plan.spend_per_hour();
     }
     for (request, gpu_hours) in per_request {
         let Some(state) = engine.request(request) else { continue };

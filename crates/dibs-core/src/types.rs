@@ -162,6 +162,10 @@ impl fmt::Display for GpuCount {
 }
 
 /// A price in US dollars per GPU-hour: finite and not negative.
+///
+/// Terms are stated per GPU-hour (price ceilings, what a first-refusal holder is
+/// offered, the no-better-terms rule); what a provider sells is priced per node-hour
+/// ([`NodePrice`]), and [`NodePrice::per_gpu`] is the one conversion between them.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
 #[serde(try_from = "f64", into = "f64")]
 pub struct Price(f64);
@@ -243,7 +247,7 @@ impl fmt::Display for WorkloadClass {
 /// An instant in UTC, whole seconds since the Unix epoch.
 ///
 /// The engine never reads a clock: every instant it sees arrives in an input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Timestamp(i64);
 
@@ -300,6 +304,61 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// A price in US dollars per node-hour, all-in (the host VM included): what a
+/// provider bills for one node of an instance type. Finite and not negative.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct NodePrice(f64);
+
+impl NodePrice {
+    /// No node-hour costs more than this; larger numbers are typos or units confusion.
+    pub const MAX: f64 = 100_000.0;
+
+    pub fn new(usd_per_node_hour: f64) -> Result<Self, InvalidValue> {
+        if usd_per_node_hour.is_finite() && (0.0..=Self::MAX).contains(&usd_per_node_hour) {
+            Ok(Self(usd_per_node_hour))
+        } else {
+            Err(invalid(format!(
+                "price {usd_per_node_hour} USD per node-hour must be between 0 and {}",
+                Self::MAX
+            )))
+        }
+    }
+
+    /// The price of `gpus_per_node` GPUs at `price` each: a node priced by the GPU.
+    pub fn from_gpu_price(price: Price, gpus_per_node: GpuCount) -> Self {
+        Self(price.get() * f64::from(gpus_per_node.get()))
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+
+    /// The price per GPU-hour of a node of `gpus_per_node` GPUs.
+    pub fn per_gpu(self, gpus_per_node: GpuCount) -> f64 {
+        self.0 / f64::from(gpus_per_node.get())
+    }
+}
+
+impl TryFrom<f64> for NodePrice {
+    type Error = InvalidValue;
+    fn try_from(value: f64) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<NodePrice> for f64 {
+    fn from(value: NodePrice) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for NodePrice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "${:.4}/node-h", self.0)
+    }
+}
+
 /// How a provider sells the capacity in an offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -319,22 +378,131 @@ impl OfferKind {
     }
 }
 
-/// Capacity a provider can supply.
+/// Capacity a provider can sell, as one instance type in one region: whole nodes of
+/// `gpus_per_node` GPUs at an all-in price per node-hour.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Offer {
     /// Unique within one catalog: `provider/region/instance-type/kind`.
     pub id: String,
     pub provider: ProviderName,
     pub region: Region,
+    /// The availability zone the price was read from, when the catalog names one. An offer
+    /// stands for its whole region: the provider picks the zone when it provisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// The provider's name for what is bought: `p5.48xlarge`, `a3-highgpu-8g`, or a host
+    /// with attached GPUs such as `n1-highmem-8+T4:1`.
+    pub instance_type: String,
     pub accelerator: Accelerator,
-    /// GPUs the provider can supply from this offer right now.
-    pub gpus_available: u32,
-    /// GPUs per node: capacity comes in whole nodes of this size.
-    pub gpus_per_node: u32,
-    pub price: Price,
+    /// GPUs in one node: capacity is bought in whole nodes.
+    pub gpus_per_node: GpuCount,
+    /// Nodes the provider can supply from this offer now.
+    pub nodes_available: u32,
+    /// All-in price of one node for one hour.
+    pub node_price: NodePrice,
     /// Hours from reservation until the capacity is ready.
     pub lead_time_hours: u32,
     pub kind: OfferKind,
     pub valid_until: Option<Timestamp>,
-    pub instance_type: String,
+}
+
+impl Offer {
+    /// The all-in price per GPU-hour: the node price spread over its GPUs.
+    pub fn gpu_price(&self) -> f64 {
+        self.node_price.per_gpu(self.gpus_per_node)
+    }
+
+    /// GPUs in the nodes available.
+    pub fn gpus_available(&self) -> u64 {
+        u64::from(self.nodes_available) * u64::from(self.gpus_per_node.get())
+    }
+
+    /// Where the offer is: `provider/region`.
+    pub fn location(&self) -> Location {
+        Location { provider: self.provider.clone(), region: Some(self.region.clone()) }
+    }
+}
+
+/// A provider-qualified place: `aws/us-east-1`, or a whole provider, `gcp/*`.
+///
+/// Region names are the provider's own and several providers share some (`us-east-1` is
+/// both aws's and lambda's), so dibs never uses a bare region name after parsing: a bare
+/// name is resolved against the known offers by [`crate::names::Names::location`], and
+/// is an error when more than one provider uses it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Location {
+    pub provider: ProviderName,
+    /// `None`: every region of the provider.
+    pub region: Option<Region>,
+}
+
+impl Location {
+    /// Parses the qualified spellings: `aws/us-east-1`, `gcp/*` and `gcp` (SkyPilot's `infra`
+    /// spelling). A bare region is not qualified; see [`crate::names::Names::location`].
+    /// A zone (`aws/us-east-1/us-east-1a`) is refused: an offer stands for a whole region.
+    pub fn parse_qualified(text: &str) -> Result<Self, InvalidValue> {
+        let text = text.trim();
+        let (provider, rest) = match text.split_once('/') {
+            Some((provider, rest)) => (provider, Some(rest.trim())),
+            None => (text, None),
+        };
+        let provider = ProviderName::new(&provider.to_ascii_lowercase()).map_err(|_| {
+            invalid(format!("{text:?} is not provider/region (for example aws/us-east-1 or gcp/*)"))
+        })?;
+        let region = match rest {
+            None | Some("*") => None,
+            Some("") => {
+                return Err(invalid(format!(
+                    "{text:?} has an empty region; write {provider}/* for all its regions"
+                )));
+            }
+            Some(rest) => {
+                if let Some((region, zone)) = rest.split_once('/') {
+                    return Err(invalid(format!(
+                        "{text:?} names zone {zone:?}: dibs buys per region and the provider picks the zone; \
+                         write {provider}/{region}"
+                    )));
+                }
+                Some(Region::new(rest)?)
+            }
+        };
+        Ok(Self { provider, region })
+    }
+
+    /// Whether an offer at `provider`/`region` is inside this location.
+    pub fn contains(&self, provider: &ProviderName, region: &Region) -> bool {
+        &self.provider == provider && self.region.as_ref().is_none_or(|r| r == region)
+    }
+
+    /// Whether two locations share any place.
+    pub fn overlaps(&self, other: &Location) -> bool {
+        self.provider == other.provider
+            && match (&self.region, &other.region) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.region {
+            Some(region) => write!(f, "{}/{region}", self.provider),
+            None => write!(f, "{}/*", self.provider),
+        }
+    }
+}
+
+impl TryFrom<String> for Location {
+    type Error = InvalidValue;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse_qualified(&value)
+    }
+}
+
+impl From<Location> for String {
+    fn from(value: Location) -> Self {
+        value.to_string()
+    }
 }

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 
 use dibs_core::engine::{Ask, HolderAnswer, Solicitation};
 use dibs_core::placement::PlannedAllocation;
-use dibs_core::types::{Offer, Price, ProviderName, Timestamp};
+use dibs_core::request::SpotPolicy;
+use dibs_core::types::{Location, NodePrice, Offer, OfferKind, ProviderName, Timestamp};
 
 /// A provider's reply to a solicitation, and how long it took to send it.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,14 +110,14 @@ impl Default for SimulatedBehaviour {
     }
 }
 
-/// A provider that answers from its catalog offers with finite capacity.
+/// A provider that answers from its catalog offers with finite capacity, in whole nodes.
 #[derive(Debug, Clone)]
 pub struct SimulatedProvider {
     name: ProviderName,
     offers: Vec<Offer>,
-    /// GPUs taken from each offer, by offer id.
+    /// Nodes taken from each offer, by offer id.
     reserved: BTreeMap<String, u32>,
-    /// Live reservations: allocation -> (offer id, GPUs).
+    /// Live reservations: allocation -> (offer id, nodes).
     reservations: BTreeMap<u64, (String, u32)>,
     /// When each reservation ever made is ready, so a repeat gives the same answer.
     ready: BTreeMap<u64, Option<Timestamp>>,
@@ -170,18 +171,27 @@ impl SimulatedProvider {
             .collect()
     }
 
+    /// Nodes of an offer not reserved.
     fn free(&self, offer: &Offer) -> u32 {
-        offer.gpus_available.saturating_sub(self.reserved.get(&offer.id).copied().unwrap_or(0))
+        offer.nodes_available.saturating_sub(self.reserved.get(&offer.id).copied().unwrap_or(0))
     }
 
-    /// Offers that match a request's accelerators and regions, with what is free now.
-    fn matching(&self, accelerators: &[String], regions: &[dibs_core::types::Region]) -> Vec<Offer> {
+    /// Offers that match an ask's accelerators, regions and spot policy, with the nodes free now.
+    fn matching(&self, ask: &Ask) -> Vec<Offer> {
         self.offers
             .iter()
-            .filter(|o| accelerators.iter().any(|a| a == o.accelerator.as_str()))
-            .filter(|o| regions.is_empty() || regions.contains(&o.region))
-            .map(|o| Offer { gpus_available: self.free(o), ..o.clone() })
-            .filter(|o| o.gpus_available > 0)
+            .filter(|o| ask.accelerators.iter().any(|a| a == o.accelerator.as_str()))
+            .filter(|o| {
+                ask.regions.is_empty()
+                    || ask.regions.iter().any(|l: &Location| l.contains(&o.provider, &o.region))
+            })
+            .filter(|o| match ask.spot {
+                SpotPolicy::Never => o.kind != OfferKind::Spot,
+                SpotPolicy::Allow => true,
+                SpotPolicy::Only => o.kind == OfferKind::Spot,
+            })
+            .map(|o| Offer { nodes_available: self.free(o), ..o.clone() })
+            .filter(|o| o.nodes_available > 0)
             .collect()
     }
 }
@@ -213,23 +223,30 @@ impl Provider for SimulatedProvider {
                 }
             }
         };
-        // Supply from the offer with the most free capacity that meets the deadline.
+        // Supply from the offer that can carry the most of the request and meets the deadline;
+        // nodes that hold a whole block come before gangs of smaller nodes.
         let answer_at = now.plus_hours(after_hours);
+        let block = solicitation.ask.block.max(1);
         let best = self
-            .matching(&solicitation.ask.accelerators, &solicitation.ask.regions)
+            .matching(&solicitation.ask)
             .into_iter()
-            .filter(|o| o.kind != dibs_core::types::OfferKind::Spot)
+            .filter(|o| o.kind != OfferKind::Spot)
             .filter(|o| {
                 solicitation
                     .ask
                     .deliver_by
                     .is_none_or(|by| answer_at.plus_hours(f64::from(o.lead_time_hours)) <= by)
             })
-            .max_by(|a, b| a.gpus_available.cmp(&b.gpus_available).then_with(|| b.id.cmp(&a.id)));
+            .max_by(|a, b| {
+                let holds = |o: &Offer| o.gpus_per_node.get() >= block;
+                holds(a)
+                    .cmp(&holds(b))
+                    .then(carries(a, block).cmp(&carries(b, block)))
+                    .then_with(|| b.id.cmp(&a.id))
+            });
         let answer = match best {
             Some(offer) => {
-                let block = solicitation.ask.min_block.max(1);
-                let gpus = (limit.min(offer.gpus_available) / block) * block;
+                let gpus = (limit.min(carries(&offer, block)) / block) * block;
                 if gpus == 0 {
                     HolderAnswer::Decline
                 } else {
@@ -237,6 +254,8 @@ impl Provider for SimulatedProvider {
                         gpus,
                         region: offer.region,
                         accelerator: offer.accelerator,
+                        instance_type: offer.instance_type,
+                        gpus_per_node: offer.gpus_per_node,
                         lead_time_hours: offer.lead_time_hours,
                     }
                 }
@@ -249,11 +268,11 @@ impl Provider for SimulatedProvider {
     fn quote(&mut self, ask: &Ask, now: Timestamp) -> (Vec<Offer>, f64) {
         let multiplier = self.price_multiplier(now);
         let offers = self
-            .matching(&ask.accelerators, &ask.regions)
+            .matching(ask)
             .into_iter()
             .map(|o| {
-                let price = Price::new(o.price.get() * multiplier).unwrap_or(o.price);
-                Offer { valid_until: Some(ask.respond_by.plus_hours(24.0)), price, ..o }
+                let node_price = NodePrice::new(o.node_price.get() * multiplier).unwrap_or(o.node_price);
+                Offer { valid_until: Some(ask.respond_by.plus_hours(24.0)), node_price, ..o }
             })
             .collect();
         (offers, self.behaviour.quote_hours)
@@ -264,20 +283,20 @@ impl Provider for SimulatedProvider {
         if let Some(ready_at) = self.ready.get(&allocation) {
             return Reservation { ready_at: *ready_at };
         }
-        // A first-refusal allocation names no catalog offer: take from the holder's
-        // matching offer in that region with the most free capacity.
+        // A first-refusal allocation names no catalog offer: take from the holder's offer of
+        // that instance type in that region with the most free nodes.
         let offer_id = if self.offers.iter().any(|o| o.id == plan.offer_id) {
             Some(plan.offer_id.clone())
         } else {
             self.offers
                 .iter()
-                .filter(|o| o.region == plan.region && o.accelerator == plan.accelerator)
+                .filter(|o| o.region == plan.region && o.instance_type == plan.instance_type)
                 .max_by_key(|o| self.free(o))
                 .map(|o| o.id.clone())
         };
         if let Some(offer_id) = offer_id {
-            *self.reserved.entry(offer_id.clone()).or_default() += plan.gpus;
-            self.reservations.insert(allocation, (offer_id, plan.gpus));
+            *self.reserved.entry(offer_id.clone()).or_default() += plan.nodes;
+            self.reservations.insert(allocation, (offer_id, plan.nodes));
         }
         let ready_at = self
             .behaviour
@@ -288,11 +307,22 @@ impl Provider for SimulatedProvider {
     }
 
     fn cancel(&mut self, allocation: u64) {
-        if let Some((offer_id, gpus)) = self.reservations.remove(&allocation)
+        if let Some((offer_id, nodes)) = self.reservations.remove(&allocation)
             && let Some(reserved) = self.reserved.get_mut(&offer_id)
         {
-            *reserved = reserved.saturating_sub(gpus);
+            *reserved = reserved.saturating_sub(nodes);
         }
+    }
+}
+
+/// GPUs of `block`-GPU blocks the free nodes of an offer can carry: whole blocks per node,
+/// or whole gangs of nodes.
+fn carries(offer: &Offer, block: u32) -> u32 {
+    let g = offer.gpus_per_node.get();
+    if block <= g {
+        offer.nodes_available.saturating_mul(g / block * block)
+    } else {
+        (offer.nodes_available / block.div_ceil(g)).saturating_mul(block)
     }
 }
 

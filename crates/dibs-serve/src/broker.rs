@@ -69,30 +69,50 @@ pub type Reply = Result<(u16, serde_json::Value), ApiError>;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
+    /// Acceptable accelerators, in order of preference.
     pub accelerators: Vec<String>,
     pub gpus: u32,
-    /// GPUs that must come together; default 8 (a node) when `gpus` is a multiple of 8, else 1.
+    /// GPUs that must sit together: in one node when a node of the accelerator holds them,
+    /// else a gang of whole nodes of one offer. Default 8 when `gpus` is a multiple of 8, else 1.
     #[serde(default)]
-    pub min_block: Option<u32>,
+    pub block: Option<u32>,
     pub duration_hours: u32,
     /// RFC 3339; default: now.
     #[serde(default)]
     pub earliest_start: Option<String>,
     #[serde(default)]
     pub deliver_by: Option<String>,
+    /// Provider-qualified locations (`aws/us-east-1`, `gcp/*`); a bare region only when one
+    /// provider uses the name. Empty: anywhere.
     #[serde(default)]
     pub regions: Vec<String>,
+    /// Acceptable providers, in order of preference. Empty: any.
+    #[serde(default)]
+    pub providers: Vec<String>,
+    #[serde(default)]
+    pub exclude_providers: Vec<String>,
     pub workload: String,
+    /// USD per GPU-hour, all-in.
     #[serde(default)]
     pub max_price: Option<f64>,
+    /// `never` (default), `allow` or `only`.
     #[serde(default)]
-    pub allow_spot: bool,
+    pub spot: Option<String>,
+    /// All nodes identical and in one region.
+    #[serde(default)]
+    pub same_region: bool,
+    /// `cost` (default) or `time`.
+    #[serde(default)]
+    pub objective: Option<String>,
+    /// `any` (default), `fallback` or `premium:P`.
+    #[serde(default)]
+    pub preference: Option<String>,
 }
 
 /// What the HTTP side asks of the broker.
 pub enum Command {
     Submit {
-        body: SubmitBody,
+        body: Box<SubmitBody>,
         /// (scope, key, digest of the body) when the client sent an Idempotency-Key.
         idempotency: Option<(String, String, String)>,
         reply: tokio::sync::oneshot::Sender<Reply>,
@@ -659,7 +679,7 @@ impl Broker {
         for command in commands {
             match command {
                 Command::Submit { body, idempotency, reply } => {
-                    let answer = self.submit(now, body, idempotency, &mut entries);
+                    let answer = self.submit(now, *body, idempotency, &mut entries);
                     replies.push((reply, answer));
                 }
                 Command::Cancel { id, reply } => {
@@ -1031,16 +1051,22 @@ impl Broker {
             accelerators: body.accelerators,
             gpus: body.gpus,
             // Whole 8-GPU nodes unless the request says otherwise or cannot be.
-            min_block: body.min_block.or(Some(if body.gpus.is_multiple_of(8) { 8 } else { 1 })),
+            block: body.block.or(Some(if body.gpus.is_multiple_of(8) { 8 } else { 1 })),
             duration_hours: body.duration_hours,
             earliest_start: instant("earliest_start", &body.earliest_start)?.unwrap_or(now),
             deliver_by: instant("deliver_by", &body.deliver_by)?,
             regions: body.regions,
+            providers: body.providers,
+            exclude_providers: body.exclude_providers,
             workload: body.workload,
             max_price: body.max_price,
-            allow_spot: body.allow_spot,
+            spot: body.spot,
+            same_region: body.same_region,
+            objective: body.objective,
+            preference: body.preference,
         };
-        let request = spec.validate().map_err(|e| ApiError::field(422, e.field, e.to_string()))?;
+        let request =
+            spec.validate(self.engine.names()).map_err(|e| ApiError::field(422, e.field, e.to_string()))?;
         self.next_request += 1;
         let id = request.id.clone();
         self.apply(now, Input::Submit(request), entries);

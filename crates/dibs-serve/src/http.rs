@@ -264,7 +264,7 @@ async fn submit(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
         Ok(i) => i,
         Err(e) => return error(e),
     };
-    ask(&state, |reply| Command::Submit { body: parsed, idempotency, reply }).await
+    ask(&state, |reply| Command::Submit { body: Box::new(parsed), idempotency, reply }).await
 }
 
 #[derive(Deserialize)]

@@ -36,7 +36,7 @@ pub struct Knobs {
     pub error_rate: f64,
     /// Every call fails with HTTP 503.
     pub down: bool,
-    /// Overrides every offer's capacity, in GPUs.
+    /// Overrides every offer's capacity, in nodes.
     pub capacity: Option<u32>,
     pub seed: u64,
 }
@@ -62,7 +62,7 @@ pub fn router(name: ProviderName, offers: Vec<Offer>, knobs: Knobs) -> Router {
     let offers = offers
         .into_iter()
         .filter(|o| o.provider == name)
-        .map(|o| Offer { gpus_available: knobs.capacity.unwrap_or(o.gpus_available), ..o })
+        .map(|o| Offer { nodes_available: knobs.capacity.unwrap_or(o.nodes_available), ..o })
         .collect();
     // Answers go out in the HTTP response; the answer delay is the response's.
     let behaviour = SimulatedBehaviour {

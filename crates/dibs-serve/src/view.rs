@@ -24,8 +24,16 @@ pub struct AllocationView {
     pub request: String,
     pub provider: String,
     pub region: String,
+    /// The availability zone the offer was priced in, when the catalog names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    pub instance_type: String,
     pub accelerator: String,
+    pub gpus_per_node: u32,
+    pub nodes: u32,
+    /// GPUs of the request this allocation carries; `nodes * gpus_per_node` are bought.
     pub gpus: u32,
+    pub price_per_node_hour: f64,
     pub price_per_gpu_hour: f64,
     pub via: String,
     pub state: String,
@@ -69,9 +77,14 @@ pub fn allocation(a: &Allocation) -> AllocationView {
         request: a.request.clone(),
         provider: a.plan.provider.to_string(),
         region: a.plan.region.to_string(),
+        zone: a.plan.zone.clone(),
+        instance_type: a.plan.instance_type.clone(),
         accelerator: a.plan.accelerator.to_string(),
+        gpus_per_node: a.plan.gpus_per_node.get(),
+        nodes: a.plan.nodes,
         gpus: a.plan.gpus,
-        price_per_gpu_hour: a.plan.price.get(),
+        price_per_node_hour: a.plan.node_price.get(),
+        price_per_gpu_hour: a.plan.price_per_gpu_hour(),
         via: a.via.clone(),
         state: serde_json::to_value(a.state)
             .ok()

@@ -16,6 +16,7 @@ use std::time::Instant;
 use dibs_core::contract::{ClauseKind, ContractSet, RefusalMode};
 use dibs_core::engine::{Engine, EngineConfig, Input};
 use dibs_core::ledger::EventKind;
+use dibs_core::names::Names;
 use dibs_core::placement::SolverConfig;
 use dibs_core::request::RequestSpec;
 use dibs_core::settlement::{self, CommitmentStatus, RevenueSeries, RevenueShareStatement, TriggerFired};
@@ -295,8 +296,9 @@ pub fn run_variant(scenario: &Scenario, variant: &Variant, progress: &mut dyn Fn
                 .collect();
         }
     }
-    let config =
-        EngineConfig { solver: SolverConfig { time_limit_seconds: None }, ..EngineConfig::default() };
+    // The solver's work limit counts branch nodes, never seconds: a run replays exactly.
+    let config = EngineConfig { solver: SolverConfig::default(), ..EngineConfig::default() };
+    let names = Names::from_offers(&scenario.offers);
     let engine = Engine::new(contracts.clone(), scenario.offers.clone(), config);
     let mut run = VirtualRun::new(engine, providers, scenario.start);
 
@@ -306,16 +308,13 @@ pub fn run_variant(scenario: &Scenario, variant: &Variant, progress: &mut dyn Fn
             id: demand.id.clone(),
             accelerators: scenario.accelerators.clone(),
             gpus: demand.gpus,
-            min_block: Some(demand.block),
+            block: Some(demand.block),
             duration_hours: demand.duration_hours,
             earliest_start: demand.submit,
-            deliver_by: None,
-            regions: Vec::new(),
             workload: demand.workload.as_str().to_owned(),
-            max_price: None,
-            allow_spot: false,
+            ..RequestSpec::default()
         };
-        match spec.validate() {
+        match spec.validate(&names) {
             Ok(request) => run.schedule(demand.submit, Input::Submit(request)),
             Err(_) => rejected += 1,
         }

@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 
 use dibs_core::contract::{
     Clause, ClauseKind, Commitment, Contract, ContractSet, ContractVersion, Diversification, Exclusivity,
-    FirstRefusal, Policy, RefusalMode, Scope, ShareBasis,
+    FirstRefusal, HolderTerms, Policy, RefusalMode, Scope, ShareBasis,
 };
 use dibs_core::engine::{AllocationState, Engine, EngineConfig, Input, Status};
 use dibs_core::ledger::EventKind;
+use dibs_core::names::Names;
 use dibs_core::request::{Request, RequestSpec};
 use dibs_core::types::{
-    Accelerator, Offer, OfferKind, Price, ProviderName, Region, Timestamp, WorkloadClass,
+    Accelerator, GpuCount, NodePrice, Offer, OfferKind, ProviderName, Region, Timestamp, WorkloadClass,
 };
 use dibs_providers::{HolderBehaviour, SimulatedBehaviour, SimulatedProvider};
 use dibs_sim::VirtualRun;
@@ -27,19 +28,21 @@ fn p(name: &str) -> ProviderName {
     ProviderName::new(name).unwrap()
 }
 
+/// `gpus` in 8-GPU nodes at `price` per GPU-hour.
 fn offer(provider: &str, region: &str, price: f64, gpus: u32, lead: u32) -> Offer {
     Offer {
         id: format!("{provider}/{region}/H100/on-demand"),
         provider: p(provider),
         region: Region::new(region).unwrap(),
+        zone: None,
+        instance_type: "x".into(),
         accelerator: Accelerator::new("H100").unwrap(),
-        gpus_available: gpus,
-        gpus_per_node: 8,
-        price: Price::new(price).unwrap(),
+        gpus_per_node: GpuCount::new(8).unwrap(),
+        nodes_available: gpus / 8,
+        node_price: NodePrice::new(price * 8.0).unwrap(),
         lead_time_hours: lead,
         kind: OfferKind::OnDemand,
         valid_until: None,
-        instance_type: "x".into(),
     }
 }
 
@@ -88,6 +91,7 @@ fn contracts(terms: Terms) -> ContractSet {
                     ..Scope::default()
                 },
                 mode,
+                terms: HolderTerms::List,
                 window_hours: 72,
                 covers_spillover: true,
                 covers_failover: false,
@@ -147,16 +151,13 @@ fn request(id: &str, gpus: u32, workload: &str) -> Request {
         id: id.into(),
         accelerators: vec!["H100".into()],
         gpus,
-        min_block: Some(8),
+        block: Some(8),
         duration_hours: 100,
         earliest_start: t("2026-01-01"),
-        deliver_by: None,
-        regions: vec![],
         workload: workload.into(),
-        max_price: None,
-        allow_spot: false,
+        ..RequestSpec::default()
     }
-    .validate()
+    .validate(&Names::from_offers(&market()))
     .unwrap()
 }
 
@@ -211,7 +212,13 @@ fn render(run: &VirtualRun) -> String {
                 " {}",
                 allocations
                     .iter()
-                    .map(|a| format!("{}:{}@{}/{}", a.plan.provider, a.plan.gpus, a.plan.price.get(), a.via))
+                    .map(|a| format!(
+                        "{}:{}@{}/{}",
+                        a.plan.provider,
+                        a.plan.gpus,
+                        a.plan.price_per_gpu_hour(),
+                        a.via
+                    ))
                     .collect::<Vec<_>>()
                     .join(" ")
             ),
@@ -316,7 +323,9 @@ fn a_silent_holder_lapses_at_the_end_of_its_window() {
 #[test]
 fn the_holder_is_skipped_only_with_evidence_that_it_cannot_meet_the_request() {
     let mut offers = market();
-    offers[0].gpus_available = 4; // Less than one 8-GPU block.
+    // azure sells only 4-GPU nodes, which cannot hold an 8-GPU block.
+    offers[0].gpus_per_node = GpuCount::new(4).unwrap();
+    offers[0].node_price = NodePrice::new(6.98 * 4.0).unwrap();
     let mut run = start(Scenario { offers, ..Scenario::default() });
     submit_and_run(&mut run, request("r1", 256, "training"), "2026-01-03");
     check(
@@ -324,7 +333,7 @@ fn the_holder_is_skipped_only_with_evidence_that_it_cannot_meet_the_request() {
         "
         0.0h request_submitted
         0.0h screened
-        0.0h first_refusal_skipped azure/eastus/H100/on-demand: 4 GPUs available, less than one 8-GPU block
+        0.0h first_refusal_skipped azure/eastus/H100/on-demand: a node of 4 GPU(s) cannot hold a block of 8 GPUs (nodes of 8 GPUs of this accelerator exist)
         0.0h quotes_requested aws,azure,gcp,lambda
         0.2h awarded lambda:256@2.99/market
         4.2h allocation_ready
@@ -420,6 +429,8 @@ fn a_commitment_shortfall_steers_the_market_to_the_committed_provider() {
 
 #[test]
 fn a_cap_splits_the_market_award_and_limits_what_the_holder_is_offered() {
+    // 40% of 512 GPUs is 204.8; a cap binds to whole nodes, within one node (8 GPUs) of the
+    // share: 26 nodes, 208 GPUs, for the holder and for the cheapest market provider.
     let terms = Terms { cap: Some(0.4), ..Terms::default() };
     let mut run = start(Scenario { terms, holder: HolderBehaviour::Accept, ..Scenario::default() });
     submit_and_run(&mut run, request("r1", 512, "training"), "2026-01-05");
@@ -428,11 +439,11 @@ fn a_cap_splits_the_market_award_and_limits_what_the_holder_is_offered() {
         "
         0.0h request_submitted
         0.0h screened
-        0.0h solicited azure 200@6.98
-        4.0h holder_answered accepted 200
-        4.0h awarded azure:200@6.98/first_refusal
+        0.0h solicited azure 208@6.98
+        4.0h holder_answered accepted 208
+        4.0h awarded azure:208@6.98/first_refusal
         4.0h quotes_requested aws,gcp,lambda
-        4.2h awarded aws:112@6.88/market lambda:200@2.99/market
+        4.2h awarded aws:96@6.88/market lambda:208@2.99/market
         8.2h allocation_ready
        28.2h allocation_ready
        52.0h allocation_ready
@@ -627,8 +638,8 @@ proptest! {
                             prop_assert!(solicited.contains_key(&key), "{key:?}: market award before first refusal");
                             if mode == Some(RefusalMode::OfferFirst) {
                                 let declined = offered.get(&key).copied().unwrap_or(f64::INFINITY);
-                                prop_assert!(a.plan.price.get() <= declined + 1e-9,
-                                    "{key:?}: market price {} above the terms the holder declined {declined}", a.plan.price.get());
+                                prop_assert!(a.plan.price_per_gpu_hour() <= declined + 1e-9,
+                                    "{key:?}: market price {} above the terms the holder declined {declined}", a.plan.price_per_gpu_hour());
                             }
                         }
                     }
@@ -641,18 +652,17 @@ proptest! {
             for state in engine.requests().filter(|s| s.unfilled_gpus == 0) {
                 let mut per: BTreeMap<&str, u32> = BTreeMap::new();
                 for a in state.allocations.iter().map(|a| engine.allocation(*a).unwrap()) {
-                    *per.entry(a.plan.provider.as_str()).or_default() += a.plan.gpus;
+                    *per.entry(a.plan.provider.as_str()).or_default() += a.plan.gpus_bought();
                 }
-                let total: u32 = per.values().sum();
-                let _ = total;
                 for gpus in per.values() {
                     // The fleet is shared by requests of one class; the cap holds against the fleet at award time,
-                    // so one request may hold more than its share only when others hold less.
+                    // so one request may hold more than its share only when others hold less. A cap binds to
+                    // whole nodes: a provider may exceed its share by less than one node (8 GPUs here).
                     let fleet: u32 = engine.allocations().filter(|a| a.state != AllocationState::Cancelled)
                         .filter(|a| engine.request(&a.request).unwrap().request.workload == state.request.workload)
-                        .map(|a| a.plan.gpus).sum();
-                    prop_assert!(f64::from(*gpus) <= share * f64::from(fleet) + 1e-6 || state.request.workload == WorkloadClass::Api,
-                        "{}: {gpus} GPUs of a {fleet}-GPU fleet above {share}", state.request.id);
+                        .map(|a| a.plan.gpus_bought()).sum();
+                    prop_assert!(f64::from(*gpus) <= share * f64::from(fleet) + 8.0 + 1e-6 || state.request.workload == WorkloadClass::Api,
+                        "{}: {gpus} GPUs of a {fleet}-GPU fleet above {share} plus one node", state.request.id);
                 }
             }
         }

@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use dibs_core::contract::{
     Clause, ClauseKind, Commitment, Condition, Contract, ContractSet, ContractVersion, FirstRefusal,
-    RefusalMode, RevenueShare, ReviewTrigger, Scope, TriggerAction,
+    HolderTerms, RefusalMode, RevenueShare, ReviewTrigger, Scope, TriggerAction,
 };
 use dibs_core::engine::{Engine, EngineConfig, Input};
 use dibs_core::request::RequestSpec;
 use dibs_core::settlement::{self, RevenueSeries};
-use dibs_core::types::{Accelerator, Offer, OfferKind, Price, ProviderName, Region, Timestamp};
+use dibs_core::types::{Accelerator, GpuCount, NodePrice, Offer, OfferKind, ProviderName, Region, Timestamp};
 use dibs_providers::{SimulatedBehaviour, SimulatedProvider};
 use dibs_sim::VirtualRun;
 
@@ -22,19 +22,21 @@ fn p(name: &str) -> ProviderName {
     ProviderName::new(name).unwrap()
 }
 
+/// `gpus` in 8-GPU nodes at `price` per GPU-hour.
 fn offer(provider: &str, price: f64, gpus: u32, lead: u32) -> Offer {
     Offer {
         id: format!("{provider}/r/H100/on-demand"),
         provider: p(provider),
         region: Region::new("r").unwrap(),
+        zone: None,
+        instance_type: "x".into(),
         accelerator: Accelerator::new("H100").unwrap(),
-        gpus_available: gpus,
-        gpus_per_node: 8,
-        price: Price::new(price).unwrap(),
+        gpus_per_node: GpuCount::new(8).unwrap(),
+        nodes_available: gpus / 8,
+        node_price: NodePrice::new(price * 8.0).unwrap(),
         lead_time_hours: lead,
         kind: OfferKind::OnDemand,
         valid_until: None,
-        instance_type: "x".into(),
     }
 }
 
@@ -65,16 +67,13 @@ fn submit(run: &mut VirtualRun, id: &str, gpus: u32, hours: u32, workload: &str,
         id: id.into(),
         accelerators: vec!["H100".into()],
         gpus,
-        min_block: Some(8),
+        block: Some(8),
         duration_hours: hours,
         earliest_start: at,
-        deliver_by: None,
-        regions: vec![],
         workload: workload.into(),
-        max_price: None,
-        allow_spot: false,
+        ..RequestSpec::default()
     }
-    .validate()
+    .validate(run.engine.names())
     .unwrap();
     run.schedule(at, Input::Submit(request));
 }
@@ -180,6 +179,7 @@ fn a_review_trigger_fires_once_and_its_suspension_ends_first_refusal_inside_the_
         holder: p("azure"),
         scope: Scope::default(),
         mode: RefusalMode::OfferFirst,
+        terms: HolderTerms::List,
         window_hours: 24,
         covers_spillover: false,
         covers_failover: false,

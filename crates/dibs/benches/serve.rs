@@ -32,14 +32,19 @@ fn body() -> SubmitBody {
     SubmitBody {
         accelerators: vec!["H100".into()],
         gpus: 8,
-        min_block: None,
+        block: None,
         duration_hours: 24,
         earliest_start: None,
         deliver_by: None,
         regions: Vec::new(),
+        providers: Vec::new(),
+        exclude_providers: Vec::new(),
         workload: "training".into(),
         max_price: None,
-        allow_spot: false,
+        spot: None,
+        same_region: false,
+        objective: None,
+        preference: None,
     }
 }
 
@@ -92,7 +97,7 @@ fn in_process(n: usize) -> (f64, u64) {
     let mut replies = Vec::with_capacity(n);
     for _ in 0..n {
         let (reply, wait) = tokio::sync::oneshot::channel();
-        tx.send(BrokerCommand::Submit { body: body(), idempotency: None, reply }).unwrap();
+        tx.send(BrokerCommand::Submit { body: Box::new(body()), idempotency: None, reply }).unwrap();
         replies.push(wait);
     }
     for wait in replies {

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use dibs_core::catalog::{self, Catalog, CatalogDefaults};
+use clap::{Args, Parser, Subcommand};
+use dibs_core::catalog::{self, Catalog};
 use dibs_core::contract::{self, ContractSet};
 use dibs_core::types::Timestamp;
 
@@ -65,7 +65,10 @@ enum ContractCommand {
     /// Validate contract and policy files and print the clauses in force at an instant.
     ///
     /// Each FILE may be a TOML file or a directory of them. Errors name the
-    /// file, line and column. Exit status 1 when any file is invalid.
+    /// file, line and column; a clause's holder must be a party to its contract.
+    /// Names that no offer of the catalog uses (a holder with no offers, an
+    /// unknown region or accelerator) are printed as warnings. Exit status 1
+    /// when any file is invalid.
     Check {
         /// Contract or policy TOML files, or directories of them.
         #[arg(required = true)]
@@ -73,17 +76,53 @@ enum ContractCommand {
         /// The instant to report (YYYY-MM-DD or RFC 3339); default: now.
         #[arg(long)]
         at: Option<String>,
+        #[command(flatten)]
+        catalog: CatalogArgs,
     },
 }
 
 #[derive(Subcommand)]
 enum CatalogCommand {
-    /// Load SkyPilot `vms.csv` catalogs and report offers and skipped rows.
+    /// Load price catalogs and a supply, and report offers, skipped rows and capacity.
+    ///
+    /// Prints, per catalog file, the rows read, the offers made and the rows
+    /// skipped with their reasons; then every offer with the nodes and lead
+    /// time it got and the supply rule (FILE:LINE) they came from.
+    ///
+    /// A supply file is TOML, a list of rules:
+    ///
+    ///   [[supply]]
+    ///   provider = "aws"          # or "*"
+    ///   region = "us-east-1"      # or "*"
+    ///   accelerator = "H100"      # or "*"
+    ///   instance_type = "p5.48xlarge"   # optional
+    ///   kind = "on-demand"        # optional: on-demand, spot or reserved
+    ///   nodes = 64
+    ///   lead_time_hours = 48
+    ///
+    /// The most specific matching rule wins, the later one on a tie; an offer
+    /// no rule matches has no capacity and is left out.
     Check {
-        /// A `*_vms.csv` file or a directory of them.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        catalog: CatalogArgs,
+        /// Print only the per-file summary, not every offer.
+        #[arg(long)]
+        summary: bool,
     },
+}
+
+/// Where prices and capacity come from: the same flags for every command that reads them.
+#[derive(Args, Clone, Debug)]
+pub struct CatalogArgs {
+    /// A SkyPilot `vms.csv` catalog file or a directory of them (repeatable). Default: the
+    /// bundled price table.
+    #[arg(long, value_name = "PATH")]
+    pub catalog: Vec<PathBuf>,
+    /// A supply file (TOML; see `dibs catalog check --help`) giving each offer its nodes and
+    /// lead time. Default: `supply.toml` beside the first catalog, else the bundled supply,
+    /// which is made up.
+    #[arg(long, value_name = "FILE")]
+    pub supply: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -95,8 +134,10 @@ fn main() -> ExitCode {
         Command::Request(command) => serve::request(command),
         Command::Ledger(command) => serve::ledger(command),
         Command::Provider(command) => serve::provider(command),
-        Command::Contract(ContractCommand::Check { files, at }) => contract_check(&files, at.as_deref()),
-        Command::Catalog(CatalogCommand::Check { paths }) => catalog_check(&paths),
+        Command::Contract(ContractCommand::Check { files, at, catalog }) => {
+            contract_check(&files, at.as_deref(), &catalog)
+        }
+        Command::Catalog(CatalogCommand::Check { catalog, summary }) => catalog_check(&catalog, summary),
     };
     match result {
         Ok(code) => code,
@@ -137,11 +178,13 @@ pub fn load_contracts(paths: &[PathBuf]) -> Result<ContractSet, contract::Contra
     contract::load_contract_files(&files)
 }
 
-fn contract_check(files: &[PathBuf], at: Option<&str>) -> Result<ExitCode> {
+fn contract_check(files: &[PathBuf], at: Option<&str>, catalog: &CatalogArgs) -> Result<ExitCode> {
     let at = instant(at)?;
     match load_contracts(files) {
         Ok(set) => {
             print!("{}", contract::describe_in_force(&set, at));
+            let catalog = load_catalogs(catalog)?;
+            warn_unknown_names(&set, &catalog);
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => {
@@ -151,27 +194,45 @@ fn contract_check(files: &[PathBuf], at: Option<&str>) -> Result<ExitCode> {
     }
 }
 
-/// Loads catalogs from paths, or the bundled price table when there are none.
-pub fn load_catalogs(paths: &[PathBuf]) -> Result<Catalog> {
-    if paths.is_empty() {
-        return Ok(catalog::bundled_catalog());
+/// Prints a warning for each name in the contracts that the catalog's offers do not use.
+pub fn warn_unknown_names(set: &ContractSet, catalog: &Catalog) {
+    let names = dibs_core::names::Names::from_offers(&catalog.offers);
+    for line in set.names_not_in(&names) {
+        eprintln!("warning: {line}");
     }
-    let defaults = CatalogDefaults::default();
-    let mut merged: Option<Catalog> = None;
-    for path in paths {
-        let loaded = catalog::load_catalog_path(path, &defaults)?;
-        match &mut merged {
-            Some(all) => all.merge(loaded),
-            None => merged = Some(loaded),
-        }
-    }
-    Ok(merged.expect("at least one path"))
 }
 
-fn catalog_check(paths: &[PathBuf]) -> Result<ExitCode> {
+/// Loads the catalogs and the supply the flags name (the bundled tables by default).
+pub fn load_catalogs(args: &CatalogArgs) -> Result<Catalog> {
+    let catalog = catalog::load_catalog(&args.catalog, args.supply.as_deref())?;
+    if catalog.offers.is_empty() {
+        anyhow::bail!("--catalog: no offers loaded (see `dibs catalog check`)");
+    }
+    Ok(catalog)
+}
+
+fn catalog_check(args: &CatalogArgs, summary: bool) -> Result<ExitCode> {
     let started = std::time::Instant::now();
-    let catalog = load_catalogs(paths)?;
-    println!("{}", catalog.report);
-    println!("{} offers in {:.0?}", catalog.offers.len(), started.elapsed());
+    let catalog = load_catalogs(args)?;
+    let elapsed = started.elapsed();
+    print!("{}", catalog.report);
+    if !summary {
+        println!(
+            "\n{:<64} {:>11} {:>6} {:>5} {:>11} {:>6}  capacity from",
+            "offer", "accelerator", "nodes", "GPUs", "$/node-h", "lead"
+        );
+        for (offer, (_, origin)) in catalog.offers.iter().zip(&catalog.report.capacity_from) {
+            println!(
+                "{:<64} {:>11} {:>6} {:>5} {:>11.4} {:>5}h  {origin}",
+                offer.id,
+                offer.accelerator.as_str(),
+                offer.nodes_available,
+                offer.gpus_per_node.get(),
+                offer.node_price.get(),
+                offer.lead_time_hours
+            );
+        }
+    }
+    println!("\n{} offers in {:.0?}", catalog.offers.len(), elapsed);
     Ok(ExitCode::SUCCESS)
 }

@@ -3,13 +3,16 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result};
 use clap::Args;
 use dibs_core::engine::{Engine, EngineConfig, Input, Status};
 use dibs_core::ledger::{Event, EventKind};
-use dibs_core::placement::Outcome;
+use dibs_core::names::Names;
+use dibs_core::placement::{self, Optimality, Outcome};
 use dibs_core::request::{Request, RequestSpec};
-use dibs_core::types::Timestamp;
+use dibs_core::types::{Offer, Timestamp};
 use dibs_providers::{HolderBehaviour, SimulatedBehaviour, SimulatedProvider};
 use dibs_sim::VirtualRun;
 use serde::Serialize;
@@ -20,16 +23,18 @@ pub struct PlaceArgs {
     /// Default: the embedded contract set whose clauses are in force today.
     #[arg(long, value_name = "DIR")]
     contracts: Vec<PathBuf>,
-    /// A SkyPilot `vms.csv` catalog file or directory. Default: the bundled price table.
-    #[arg(long, value_name = "PATH")]
-    catalog: Vec<PathBuf>,
-    /// Acceptable accelerators, comma-separated, in order of preference (e.g. H100,H200).
+    #[command(flatten)]
+    catalog: crate::CatalogArgs,
+    /// Acceptable accelerators, comma-separated, in order of preference (e.g. H100,A100-80GB);
+    /// how the order counts is --prefer.
     #[arg(long, value_delimiter = ',', required = true)]
     accelerator: Vec<String>,
     /// GPUs wanted.
     #[arg(long)]
     gpus: u32,
-    /// GPUs that must come together from one offer. Default: 8 when GPUs is a multiple of 8, else 1.
+    /// GPUs that must sit together: in one node when a node of the accelerator holds them (a
+    /// 1-GPU VM cannot hold an 8-GPU block), else a gang of whole nodes of one offer in one
+    /// region. Default: 8 when GPUs is a multiple of 8, else 1.
     #[arg(long)]
     block: Option<u32>,
     /// Duration in hours.
@@ -38,15 +43,34 @@ pub struct PlaceArgs {
     /// Workload class: training, inference, api or batch.
     #[arg(long, default_value = "training")]
     workload: String,
-    /// Allowed regions, comma-separated. Default: any.
+    /// Allowed locations, comma-separated: aws/us-east-1, gcp/* or gcp (SkyPilot's infra
+    /// spelling), or a bare region that only one provider uses. Default: anywhere.
+    #[arg(long, value_name = "LOCATIONS")]
+    regions: Option<String>,
+    /// Acceptable providers, comma-separated, in order of preference. Default: any.
     #[arg(long, value_delimiter = ',')]
-    regions: Vec<String>,
-    /// Price ceiling in USD per GPU-hour.
+    providers: Vec<String>,
+    /// Providers not to use, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    exclude_providers: Vec<String>,
+    /// How the order of --accelerator and --providers counts: any (the cheapest wins; the order
+    /// breaks ties), fallback (a later choice only when the earlier ones cannot fill the
+    /// request), or premium:P (a later choice only when at least P% cheaper per GPU-hour for
+    /// each place it stands further down).
+    #[arg(long, default_value = "any", value_name = "RULE")]
+    prefer: String,
+    /// Spot capacity (the provider may reclaim it): never, allow or only.
+    #[arg(long, default_value = "never")]
+    spot: String,
+    /// All nodes identical and in one region: one offer supplies the whole request.
+    #[arg(long)]
+    same_region: bool,
+    /// What to minimize: cost (effective cost) or time (when all capacity is ready, then cost).
+    #[arg(long, default_value = "cost")]
+    objective: String,
+    /// Price ceiling in USD per GPU-hour, all-in.
     #[arg(long)]
     max_price: Option<f64>,
-    /// Accept spot capacity (the provider may reclaim it).
-    #[arg(long)]
-    allow_spot: bool,
     /// Capacity must be ready within this many hours of the request.
     #[arg(long, value_name = "HOURS")]
     deliver_within: Option<u32>,
@@ -70,39 +94,44 @@ pub fn run(args: PlaceArgs) -> Result<ExitCode> {
         crate::load_contracts(&args.contracts).map_err(|e| anyhow::anyhow!("{e}"))?
     };
     let catalog = crate::load_catalogs(&args.catalog)?;
-    if catalog.offers.is_empty() {
-        bail!("--catalog: no offers loaded");
-    }
+    crate::warn_unknown_names(&contracts, &catalog);
+    let names = Names::from_offers(&catalog.offers);
     let block = args.block.unwrap_or(if args.gpus.is_multiple_of(8) { 8 } else { 1 });
     let request = RequestSpec {
         id: "place-1".into(),
         accelerators: args.accelerator.clone(),
+        providers: args.providers.clone(),
+        exclude_providers: args.exclude_providers.clone(),
+        regions: args.regions.as_deref().map(|r| names.split_locations(r)).unwrap_or_default(),
         gpus: args.gpus,
-        min_block: Some(block),
+        block: Some(block),
         duration_hours: args.hours,
         earliest_start: at,
         deliver_by: args.deliver_within.map(|h| at.plus_hours(f64::from(h))),
-        regions: args.regions.clone(),
         workload: args.workload.clone(),
         max_price: args.max_price,
-        allow_spot: args.allow_spot,
+        spot: Some(args.spot.clone()),
+        same_region: args.same_region,
+        objective: Some(args.objective.clone()),
+        preference: Some(args.prefer.clone()),
     }
-    .validate()
+    .validate(&names)
     .map_err(|e| {
         let flag = match e.field {
-            "min_block" => "block",
-            "max_price" => "max-price",
+            "accelerators" => "accelerator",
+            "duration_hours" => "hours",
+            "preference" => "prefer",
             "deliver_by" => "deliver-within",
             other => other,
         };
-        anyhow::anyhow!("--{flag}: {}", e.message)
+        anyhow::anyhow!("--{}: {}", flag.replace('_', "-"), e.message)
     })?;
 
     let mut providers = SimulatedProvider::from_catalog(&catalog.offers, SimulatedBehaviour::default());
     for provider in providers.values_mut() {
         provider.behaviour.holder = holder;
     }
-    let engine = Engine::new(contracts, catalog.offers, EngineConfig::default());
+    let engine = Engine::new(contracts, catalog.offers.clone(), EngineConfig::default());
     let mut run = VirtualRun::new(engine, providers, at);
     run.schedule(at, Input::Submit(request.clone()));
     let id = request.id.clone();
@@ -110,7 +139,7 @@ pub fn run(args: PlaceArgs) -> Result<ExitCode> {
         engine.request(&id).is_none_or(|r| !(r.status.is_final() || r.status == Status::Active))
     });
 
-    let report = Report::from_run(&run, &request);
+    let report = Report::from_run(&run, &request, &catalog.offers);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -127,8 +156,12 @@ struct Report {
     award: Award,
     first_refusal: FirstRefusal,
     unfilled: Option<Unfilled>,
+    /// Every offer of the catalog that lost, with its reason: those the placement weighed, and
+    /// those no provider quoted (their reason is the filter they fail, or that they were not quoted).
     losing_offers: Vec<LosingOffer>,
     solver: Option<String>,
+    /// `proven`, `gap`, or `unknown` (a fallback decided).
+    optimality: Option<String>,
     notes: Vec<String>,
     /// Hours from submission to the (last) award, and to all capacity ready.
     hours_to_award: Option<f64>,
@@ -139,7 +172,13 @@ struct Report {
 
 #[derive(Serialize)]
 struct Award {
+    /// GPUs of the request the award carries.
     gpus: u32,
+    /// GPUs bought: whole nodes.
+    gpus_bought: u32,
+    overbought_gpus: u32,
+    overbought_cost_usd: f64,
+    cost_per_hour_usd: f64,
     list_cost_usd: f64,
     allocations: Vec<AllocationOut>,
 }
@@ -148,8 +187,16 @@ struct Award {
 struct AllocationOut {
     provider: String,
     region: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zone: Option<String>,
+    instance_type: String,
     accelerator: String,
+    gpus_per_node: u32,
+    nodes: u32,
+    /// GPUs of the request this allocation carries (at most nodes x gpus_per_node).
     gpus: u32,
+    kind: String,
+    price_per_node_hour: f64,
     price_per_gpu_hour: f64,
     via: String,
     lead_time_hours: u32,
@@ -179,7 +226,7 @@ struct LosingOffer {
 }
 
 impl Report {
-    fn from_run(run: &VirtualRun, request: &Request) -> Self {
+    fn from_run(run: &VirtualRun, request: &Request, catalog: &[Offer]) -> Self {
         let engine = &run.engine;
         let state = engine.request(&request.id);
         let allocations: Vec<AllocationOut> = state
@@ -189,17 +236,27 @@ impl Report {
             .map(|a| AllocationOut {
                 provider: a.plan.provider.to_string(),
                 region: a.plan.region.to_string(),
+                zone: a.plan.zone.clone(),
+                instance_type: a.plan.instance_type.clone(),
                 accelerator: a.plan.accelerator.to_string(),
+                gpus_per_node: a.plan.gpus_per_node.get(),
+                nodes: a.plan.nodes,
                 gpus: a.plan.gpus,
-                price_per_gpu_hour: a.plan.price.get(),
+                kind: a.plan.kind.as_str().to_owned(),
+                price_per_node_hour: a.plan.node_price.get(),
+                price_per_gpu_hour: a.plan.price_per_gpu_hour(),
                 via: a.via.clone(),
                 lead_time_hours: a.plan.lead_time_hours,
             })
             .collect();
         let gpus = allocations.iter().map(|a| a.gpus).sum();
-        let list_cost_usd = allocations
+        let gpus_bought: u32 = allocations.iter().map(|a| a.nodes * a.gpus_per_node).sum();
+        let hours = f64::from(request.duration_hours);
+        let cost_per_hour_usd: f64 =
+            allocations.iter().map(|a| a.price_per_node_hour * f64::from(a.nodes)).sum();
+        let overbought_cost_usd: f64 = allocations
             .iter()
-            .map(|a| a.price_per_gpu_hour * f64::from(a.gpus) * f64::from(request.duration_hours))
+            .map(|a| f64::from(a.nodes * a.gpus_per_node - a.gpus) * a.price_per_gpu_hour * hours)
             .sum();
         let lifecycle = state.map_or("unknown", |s| s.status.as_str());
         let status = if gpus > 0 { "awarded" } else { "unfilled" };
@@ -211,22 +268,24 @@ impl Report {
         let mut first_refusal =
             FirstRefusal { holder: None, outcome: "not_applicable".into(), gpus: 0, detail: Vec::new() };
         let mut losing_offers = Vec::new();
+        let mut weighed: BTreeSet<String> = BTreeSet::new();
         let mut solver = None;
+        let mut optimality = None;
         let mut notes = Vec::new();
         let submitted = run.events.first().map_or(request.earliest_start, |e| e.at);
         let (mut hours_to_award, mut hours_to_capacity) = (None, None);
         for event in &run.events {
             match &event.kind {
-                EventKind::Solicited { holder, mode, gpus, price, respond_by, .. } => {
+                EventKind::Solicited { holder, mode, gpus, of_gpus, price, terms, respond_by, .. } => {
                     first_refusal.holder = Some(holder.to_string());
                     first_refusal.outcome = "solicited".into();
-                    let of = if *gpus < request.gpus.get() {
-                        format!(" of {} (the rest is beyond what the buyer's caps allow one provider)", request.gpus)
+                    let of = if gpus < of_gpus {
+                        format!(" of {of_gpus} (the rest is beyond what the buyer's caps allow one provider)")
                     } else {
                         String::new()
                     };
                     first_refusal.detail.push(format!(
-                        "{mode}: offered {gpus} GPUs{of} at {price}, to answer by +{:.0}h",
+                        "{mode}: offered {gpus} GPUs{of} at {price} ({terms}), to answer by +{:.0}h",
                         respond_by.hours_since(submitted)
                     ));
                 }
@@ -251,7 +310,16 @@ impl Report {
                 )),
                 EventKind::Placed { verdicts, solver: path, notes: placed_notes, .. } => {
                     solver = Some(path.to_string());
+                    optimality = Some(
+                        match path.optimality() {
+                            Optimality::Proven => "proven",
+                            Optimality::Gap { .. } => "gap",
+                            Optimality::Unknown => "unknown",
+                        }
+                        .to_owned(),
+                    );
                     notes = placed_notes.clone();
+                    weighed = verdicts.iter().map(|v| v.offer_id.clone()).collect();
                     losing_offers = verdicts
                         .iter()
                         .filter_map(|v| match &v.outcome {
@@ -268,15 +336,46 @@ impl Report {
                 _ => {}
             }
         }
+        // Offers no provider quoted (filtered out by the provider, or a provider not asked)
+        // lost too; say which hard requirement each fails.
+        let awarded: BTreeSet<&str> = state
+            .map(|s| {
+                s.allocations
+                    .iter()
+                    .filter_map(|id| engine.allocation(*id))
+                    .map(|a| a.plan.offer_id.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (offer, reason) in placement::explain_unquoted(request, catalog, submitted) {
+            if weighed.contains(&offer.id) || awarded.contains(offer.id.as_str()) {
+                continue;
+            }
+            losing_offers.push(LosingOffer {
+                offer: offer.id.clone(),
+                provider: offer.provider.to_string(),
+                price_per_gpu_hour: offer.gpu_price(),
+                reason,
+            });
+        }
         let events = run.events.iter().map(event_json).collect();
         Report {
             status,
             lifecycle,
-            award: Award { gpus, list_cost_usd, allocations },
+            award: Award {
+                gpus,
+                gpus_bought,
+                overbought_gpus: gpus_bought - gpus,
+                overbought_cost_usd,
+                cost_per_hour_usd,
+                list_cost_usd: cost_per_hour_usd * hours,
+                allocations,
+            },
             first_refusal,
             unfilled,
             losing_offers,
             solver,
+            optimality,
             notes,
             hours_to_award,
             hours_to_capacity,
@@ -294,7 +393,7 @@ impl Report {
             "Request: {} x {} ({}-GPU blocks) for {} h, {} workload, at {at}",
             request.gpus,
             accelerators.join("|"),
-            request.min_block,
+            request.block,
             request.duration_hours,
             request.workload
         );
@@ -322,27 +421,48 @@ impl Report {
             let _ = writeln!(s, "Timeline: awarded at +{hours:.1}h{ready}");
         }
         if !self.award.allocations.is_empty() {
+            let over = if self.award.overbought_gpus > 0 {
+                format!(
+                    "; {} GPUs over-bought in whole nodes (${:.0})",
+                    self.award.overbought_gpus, self.award.overbought_cost_usd
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
-                "\nAward: {} GPUs, ${:.0} at list price",
-                self.award.gpus, self.award.list_cost_usd
+                "\nAward: {} GPUs in {} bought, ${:.2}/h, ${:.0} at list price{over}",
+                self.award.gpus,
+                self.award.gpus_bought,
+                self.award.cost_per_hour_usd,
+                self.award.list_cost_usd
             );
             let _ = writeln!(
                 s,
-                "  {:<10} {:<18} {:<11} {:>6} {:>9} {:>6}  via",
-                "provider", "region", "accelerator", "GPUs", "$/GPU-h", "lead"
+                "  {:<10} {:<20} {:<34} {:<11} {:>12} {:>10} {:>9} {:>6}  via",
+                "provider",
+                "region",
+                "instance type",
+                "accelerator",
+                "nodes x GPUs",
+                "$/node-h",
+                "$/GPU-h",
+                "lead"
             );
             for a in &self.award.allocations {
                 let _ = writeln!(
                     s,
-                    "  {:<10} {:<18} {:<11} {:>6} {:>9.4} {:>5}h  {}",
+                    "  {:<10} {:<20} {:<34} {:<11} {:>12} {:>10.4} {:>9.4} {:>5}h  {}{}",
                     a.provider,
                     a.region,
+                    a.instance_type,
                     a.accelerator,
-                    a.gpus,
+                    format!("{} x {}", a.nodes, a.gpus_per_node),
+                    a.price_per_node_hour,
                     a.price_per_gpu_hour,
                     a.lead_time_hours,
-                    a.via
+                    a.via,
+                    if a.kind == "spot" { " (spot)" } else { "" }
                 );
             }
         }
@@ -359,7 +479,7 @@ impl Report {
             let _ = writeln!(s, "\nOffers that lost ({}):", self.losing_offers.len());
             for offer in self.losing_offers.iter().take(40) {
                 let _ =
-                    writeln!(s, "  {:<48} {:>9.4}  {}", offer.offer, offer.price_per_gpu_hour, offer.reason);
+                    writeln!(s, "  {:<60} {:>9.4}  {}", offer.offer, offer.price_per_gpu_hour, offer.reason);
             }
             if self.losing_offers.len() > 40 {
                 let _ = writeln!(s, "  ... and {} more (use --json for all)", self.losing_offers.len() - 40);

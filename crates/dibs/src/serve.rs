@@ -31,9 +31,8 @@ pub struct ServeArgs {
     /// Contract TOML files or folders. Default: the embedded default set.
     #[arg(long)]
     contracts: Vec<PathBuf>,
-    /// SkyPilot vms.csv catalogs for the simulated providers. Default: the bundled table.
-    #[arg(long)]
-    catalog: Vec<PathBuf>,
+    #[command(flatten)]
+    catalog: crate::CatalogArgs,
     /// How the in-process simulated first-refusal holder answers: accept,
     /// decline, silent, partial:N or rate:P.
     #[arg(long, default_value = "rate:0.5")]
@@ -73,8 +72,9 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         contract::read_contract_texts(&args.contracts).map_err(|e| anyhow::anyhow!("{e}"))?
     };
     // Check them here, so a mistake is reported with its file, line and column before anything starts.
-    contract::contract_set_from_texts(&contract_texts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let contracts = contract::contract_set_from_texts(&contract_texts).map_err(|e| anyhow::anyhow!("{e}"))?;
     let catalog = crate::load_catalogs(&args.catalog)?;
+    crate::warn_unknown_names(&contracts, &catalog);
     let remote_providers = parse_remotes(&args.providers)?;
     for name in remote_providers.keys() {
         if !catalog.offers.iter().any(|o| &o.provider == name) {
@@ -309,9 +309,8 @@ pub struct ProviderServeArgs {
     /// The provider's name, as the catalog spells it (e.g. azure, lambda).
     #[arg(long)]
     name: String,
-    /// SkyPilot vms.csv catalogs; default: the bundled table.
-    #[arg(long)]
-    catalog: Vec<PathBuf>,
+    #[command(flatten)]
+    catalog: crate::CatalogArgs,
     /// Address to listen on (port 0 picks a free one; the URL is printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
@@ -321,7 +320,7 @@ pub struct ProviderServeArgs {
     /// Shorthand for --holder rate:P.
     #[arg(long, conflicts_with = "holder")]
     accept_rate: Option<f64>,
-    /// Capacity of every offer, in GPUs (default: the catalog's).
+    /// Capacity of every offer, in nodes (default: the supply's).
     #[arg(long)]
     capacity: Option<u32>,
     /// Wait this many milliseconds before every answer.

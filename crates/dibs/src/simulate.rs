@@ -30,9 +30,8 @@ pub struct SimulateArgs {
     /// A policy file that replaces the contract set's policy.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
-    /// SkyPilot vms.csv catalogs (file or folder). Default: the bundled price table.
-    #[arg(long, value_name = "PATH")]
-    catalog: Vec<PathBuf>,
+    #[command(flatten)]
+    catalog: crate::CatalogArgs,
     /// Seed for the holder's choices and generated incidents.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -164,6 +163,11 @@ pub fn run(args: SimulateArgs) -> Result<ExitCode> {
             contract::parse_policy(&path.display().to_string(), &text).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let catalog = crate::load_catalogs(&args.catalog)?;
+    crate::warn_unknown_names(&contracts, &catalog);
+    let names = dibs_core::names::Names::from_offers(&catalog.offers);
+    for accelerator in &args.accelerator {
+        names.accelerator(accelerator).map_err(|e| anyhow::anyhow!("--accelerator: {e}"))?;
+    }
 
     let options = TraceOptions {
         start,

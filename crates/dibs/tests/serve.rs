@@ -750,7 +750,7 @@ fn a_pull_provider_reads_its_feed_and_answers_through_the_api() {
     let offer = |provider: &str| {
         json!({
             "id": format!("{provider}/us-east-1/x/on-demand"), "provider": provider, "region": "us-east-1",
-            "accelerator": "H100", "gpus_available": 1024, "gpus_per_node": 8, "price": 1.5,
+            "accelerator": "H100", "nodes_available": 128, "gpus_per_node": 8, "node_price": 12.0,
             "lead_time_hours": 2, "kind": "on-demand", "valid_until": null, "instance_type": "x"
         })
     };

@@ -67,7 +67,7 @@ fn policy(text: &mut String, policy: &Policy) {
     let regions = if policy.allowed_regions.is_empty() {
         "any".to_owned()
     } else {
-        policy.allowed_regions.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+        policy.allowed_regions.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
     };
     let _ = writeln!(text, "  allowed regions: {regions}");
     if policy.price_ceilings.is_empty() {
@@ -85,9 +85,10 @@ fn first_refusal(c: &FirstRefusal) -> String {
     let covers =
         |yes: bool, what: &str| if yes { format!("covers {what}") } else { format!("does not cover {what}") };
     format!(
-        "holder {}, mode {}, window {} h, scope {}, {}, {}",
+        "holder {}, mode {}, offered {}, window {} h, scope {}, {}, {}",
         c.holder,
         c.mode.as_str(),
+        c.terms,
         c.window_hours,
         scope(&c.scope),
         covers(c.covers_spillover, "spillover"),

@@ -7,19 +7,19 @@
 
 mod condition;
 mod describe;
-mod parse;
+pub(crate) mod parse;
 
 pub use condition::{Condition, ConditionError, Metrics};
 pub use describe::describe_in_force;
 pub use parse::{
-    ContractError, ContractSetBuilder, Location, builtin_contract_texts, builtin_contracts,
+    ContractError, ContractSetBuilder, SourceLocation, builtin_contract_texts, builtin_contracts,
     contract_set_from_texts, load_contract_dir, load_contract_files, parse_contract, parse_policy,
     read_contract_texts,
 };
 
 use serde::Serialize;
 
-use crate::types::{Accelerator, Price, ProviderName, Region, Timestamp, WorkloadClass};
+use crate::types::{Accelerator, Location, Price, ProviderName, Timestamp, WorkloadClass};
 
 /// A set of contracts and the buyer's own policy, as loaded from files.
 #[derive(Debug, Clone, Default)]
@@ -84,18 +84,52 @@ impl ClauseKind {
 pub struct Scope {
     pub workloads: Vec<WorkloadClass>,
     pub accelerators: Vec<Accelerator>,
-    pub regions: Vec<Region>,
+    /// Provider-qualified (`azure/eastus`, `azure/*`).
+    pub regions: Vec<Location>,
 }
 
 impl Scope {
-    pub fn covers(&self, workload: WorkloadClass, accelerators: &[Accelerator], regions: &[Region]) -> bool {
+    pub fn covers(
+        &self,
+        workload: WorkloadClass,
+        accelerators: &[Accelerator],
+        regions: &[Location],
+    ) -> bool {
         let workload_ok = self.workloads.is_empty() || self.workloads.contains(&workload);
         let accelerator_ok =
             self.accelerators.is_empty() || accelerators.iter().any(|a| self.accelerators.contains(a));
         // A request that allows any region (empty list) is covered by any region scope.
-        let region_ok =
-            self.regions.is_empty() || regions.is_empty() || regions.iter().any(|r| self.regions.contains(r));
+        let region_ok = self.regions.is_empty()
+            || regions.is_empty()
+            || regions.iter().any(|r| self.regions.iter().any(|s| s.overlaps(r)));
         workload_ok && accelerator_ok && region_ok
+    }
+}
+
+/// The price per GPU-hour a first-refusal holder is offered: a term of the clause.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[serde(tag = "basis", rename_all = "snake_case")]
+pub enum HolderTerms {
+    /// The holder's own list price: its cheapest offer that meets the request.
+    #[default]
+    List,
+    /// A fixed, negotiated price.
+    Fixed { price: Price },
+    /// A negotiated discount (a fraction, 0 to 1) off the holder's list price.
+    Discount { off: f64 },
+    /// The market reference: what the best combination of other providers' published offers
+    /// would cost for the same capacity at that moment, per GPU-hour.
+    Market,
+}
+
+impl std::fmt::Display for HolderTerms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::List => f.write_str("the holder's list price"),
+            Self::Fixed { price } => write!(f, "a fixed {price}"),
+            Self::Discount { off } => write!(f, "{:.0}% off the holder's list price", off * 100.0),
+            Self::Market => f.write_str("the market reference price"),
+        }
     }
 }
 
@@ -123,6 +157,9 @@ pub struct FirstRefusal {
     pub holder: ProviderName,
     pub scope: Scope,
     pub mode: RefusalMode,
+    /// What the holder is offered in offer-first mode. In match mode it is shown the market's
+    /// winning terms, which it may match.
+    pub terms: HolderTerms,
     pub window_hours: u32,
     pub covers_spillover: bool,
     pub covers_failover: bool,
@@ -187,7 +224,8 @@ pub enum TriggerAction {
 /// The buyer's own policy: price ceilings, allowed regions and diversification rules.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
-    pub allowed_regions: Vec<Region>,
+    /// Provider-qualified; empty means anywhere.
+    pub allowed_regions: Vec<Location>,
     pub price_ceilings: Vec<(Accelerator, Price)>,
     pub diversification: Vec<Diversification>,
     pub source: Option<String>,
@@ -269,5 +307,65 @@ impl ContractSet {
             }
         }
         terms
+    }
+}
+
+impl ContractSet {
+    /// Names in the contracts and the policy that no offer uses: a holder or committed provider
+    /// with no offers (its first refusal would always be skipped, its exclusive workloads never
+    /// placed), accelerators and regions that do not exist. Each line names the file and clause.
+    pub fn names_not_in(&self, names: &crate::names::Names) -> Vec<String> {
+        let mut found = Vec::new();
+        let location = |source: &str, what: String, l: &Location| -> Option<String> {
+            let known = match &l.region {
+                Some(region) => names.has_location(&l.provider, region),
+                None => names.has_provider(&l.provider),
+            };
+            (!known).then(|| format!("{source}: {what}: no offers in {l}"))
+        };
+        for contract in &self.contracts {
+            for version in &contract.versions {
+                for clause in &version.clauses {
+                    let at = format!(
+                        "{}: {} {} (version {})",
+                        contract.source,
+                        clause.kind.name(),
+                        clause.name,
+                        version.id
+                    );
+                    let (provider, consequence) = match &clause.kind {
+                        ClauseKind::FirstRefusal(c) => {
+                            (&c.holder, "its first refusal would always be skipped")
+                        }
+                        ClauseKind::Exclusivity(c) => {
+                            (&c.holder, "its exclusive workloads could never be placed")
+                        }
+                        ClauseKind::Commitment(c) => (&c.provider, "no spend could burn the commitment down"),
+                        _ => continue,
+                    };
+                    if !names.has_provider(provider) {
+                        found.push(format!("{at}: {provider} has no offers in the catalog; {consequence}"));
+                    }
+                    if let ClauseKind::FirstRefusal(c) = &clause.kind {
+                        for l in &c.scope.regions {
+                            let what = format!("{} {}", clause.kind.name(), clause.name);
+                            found.extend(location(&contract.source, what, l));
+                        }
+                    }
+                }
+            }
+        }
+        let source = self.policy.source.as_deref().unwrap_or("policy");
+        for l in &self.policy.allowed_regions {
+            found.extend(location(source, "allowed_regions".to_owned(), l));
+        }
+        for (accelerator, _) in &self.policy.price_ceilings {
+            if !names.has_accelerator(accelerator) {
+                found.push(format!(
+                    "{source}: price ceiling for {accelerator}: no offers of that accelerator"
+                ));
+            }
+        }
+        found
     }
 }

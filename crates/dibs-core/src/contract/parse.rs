@@ -113,10 +113,10 @@ use toml::value::Datetime;
 
 use super::{
     Clause, ClauseKind, Commitment, Condition, Contract, ContractSet, ContractVersion, Diversification,
-    Exclusivity, FirstRefusal, Policy, RefusalMode, RevenueShare, ReviewTrigger, Scope, ShareBasis,
-    TriggerAction,
+    Exclusivity, FirstRefusal, HolderTerms, Policy, RefusalMode, RevenueShare, ReviewTrigger, Scope,
+    ShareBasis, TriggerAction,
 };
-use crate::types::{Accelerator, InvalidValue, Price, ProviderName, Region, Timestamp, WorkloadClass};
+use crate::types::{Accelerator, InvalidValue, Price, ProviderName, Timestamp, WorkloadClass};
 
 /// A first-refusal window longer than a year is a typo (days for hours).
 const MAX_WINDOW_HOURS: i64 = 24 * 365;
@@ -131,20 +131,20 @@ const MAX_MIN_PROVIDERS: i64 = 100;
 ///
 /// `line == 0` means the whole file (an I/O error), shown as just the file.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Location {
+pub struct SourceLocation {
     pub file: String,
     pub line: usize,
     pub column: usize,
 }
 
-impl Location {
+impl SourceLocation {
     /// The whole of `file`, for errors that have no position (cannot read it).
     pub fn file(file: impl Into<String>) -> Self {
         Self { file: file.into(), line: 0, column: 0 }
     }
 }
 
-impl fmt::Display for Location {
+impl fmt::Display for SourceLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line == 0 {
             f.write_str(&self.file)
@@ -158,7 +158,7 @@ impl fmt::Display for Location {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{location}: {message}")]
 pub struct ContractError {
-    pub location: Location,
+    pub location: SourceLocation,
     pub message: String,
 }
 
@@ -175,7 +175,7 @@ pub fn parse_policy(source_name: &str, text: &str) -> Result<Policy, ContractErr
     let mut policy = Policy { source: Some(source_name.to_owned()), ..Policy::default() };
     let mut seen_regions = BTreeSet::new();
     for region in &raw_policy.allowed_regions {
-        let parsed = source.value(region, |r| Region::new(r))?;
+        let parsed = source.value(region, |r| qualified_location(r))?;
         if !seen_regions.insert(parsed.clone()) {
             return Err(source.error(region.span(), format!("region {:?} is listed twice", region.get_ref())));
         }
@@ -206,7 +206,7 @@ pub fn load_contract_files(paths: &[PathBuf]) -> Result<ContractSet, ContractErr
     for path in paths {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ContractError {
-            location: Location::file(&name),
+            location: SourceLocation::file(&name),
             message: format!("cannot read: {e}"),
         })?;
         builder.add_file(&name, &text)?;
@@ -217,7 +217,7 @@ pub fn load_contract_files(paths: &[PathBuf]) -> Result<ContractSet, ContractErr
 /// Loads every `*.toml` file in `dir`, in sorted order.
 pub fn load_contract_dir(dir: &Path) -> Result<ContractSet, ContractError> {
     let unreadable = |e: std::io::Error| ContractError {
-        location: Location::file(dir.display().to_string()),
+        location: SourceLocation::file(dir.display().to_string()),
         message: format!("cannot read the directory: {e}"),
     };
     let mut paths = Vec::new();
@@ -258,7 +258,7 @@ pub fn read_contract_texts(paths: &[PathBuf]) -> Result<Vec<(String, String)>, C
     for path in paths {
         if path.is_dir() {
             let unreadable = |e: std::io::Error| ContractError {
-                location: Location::file(path.display().to_string()),
+                location: SourceLocation::file(path.display().to_string()),
                 message: format!("cannot read the directory: {e}"),
             };
             let mut found = Vec::new();
@@ -279,7 +279,7 @@ pub fn read_contract_texts(paths: &[PathBuf]) -> Result<Vec<(String, String)>, C
         .map(|path| {
             let name = path.display().to_string();
             std::fs::read_to_string(path).map(|text| (name.clone(), text)).map_err(|e| ContractError {
-                location: Location::file(&name),
+                location: SourceLocation::file(&name),
                 message: format!("cannot read: {e}"),
             })
         })
@@ -359,7 +359,7 @@ impl ContractSetBuilder {
         let policy = parse_policy(source_name, text)?;
         if let Some(first) = &self.policy {
             return Err(ContractError {
-                location: Location { file: source_name.to_owned(), line: 1, column: 1 },
+                location: SourceLocation { file: source_name.to_owned(), line: 1, column: 1 },
                 message: format!(
                     "a second policy file; the policy was already read from {}; expected one policy per set",
                     first.source.as_deref().unwrap_or("another file")
@@ -386,10 +386,10 @@ impl ContractSetBuilder {
 /// Where the parts of a parsed contract were written, for checks across files.
 #[derive(Debug, Clone)]
 struct Positions {
-    id: Location,
+    id: SourceLocation,
     /// `clauses[v][c]` is where clause `c` of version `v` names its holder (for
     /// first refusals and exclusivities) or its name (for the others).
-    clauses: Vec<Vec<Location>>,
+    clauses: Vec<Vec<SourceLocation>>,
 }
 
 fn parse_contract_with_positions(
@@ -430,7 +430,7 @@ fn parse_contract_with_positions(
     let mut versions = Vec::new();
     let mut ids: BTreeMap<String, usize> = BTreeMap::new();
     for raw_version in &raw.version {
-        let (version, locations, spans) = source.version(raw_version.get_ref())?;
+        let (version, locations, spans) = source.version(raw_version.get_ref(), &counterparty, &parties)?;
         if let Some(first) = ids.insert(version.id.clone(), spans.id.start) {
             return Err(source.error(
                 spans.id,
@@ -487,7 +487,7 @@ struct TimedClause<'a> {
     effective: Timestamp,
     expires: Timestamp,
     clause: &'a Clause,
-    at: &'a Location,
+    at: &'a SourceLocation,
 }
 
 fn timed_clauses<'a>(contract: &'a Contract, positions: &'a Positions) -> Vec<TimedClause<'a>> {
@@ -569,20 +569,33 @@ fn check_contradictions(entries: &[TimedClause<'_>]) -> Result<(), ContractError
     Ok(())
 }
 
+/// A provider-qualified region in a contract or policy file. A bare region name is refused:
+/// several providers use the same names, and files are read without a catalog to resolve them.
+fn qualified_location(text: &str) -> Result<crate::types::Location, InvalidValue> {
+    if !text.contains('/') {
+        return Err(InvalidValue(format!(
+            "region {text:?} is not provider-qualified; write provider/region (for example azure/{text}) \
+             or provider/* for all of a provider's regions"
+        )));
+    }
+    crate::types::Location::parse_qualified(text)
+}
+
 /// Positions inside one version, for errors about the version as a whole.
 struct VersionSpans {
     id: Range<usize>,
     effective: Range<usize>,
 }
 
-/// The text of one file, for turning byte spans into `FILE:LINE:COL`.
-struct Source<'a> {
+/// The text of one file, for turning byte spans into `FILE:LINE:COL`. The supply file
+/// parser (`catalog::supply`) reads its TOML through this too.
+pub(crate) struct Source<'a> {
     name: &'a str,
     text: &'a str,
 }
 
 impl<'a> Source<'a> {
-    fn new(name: &'a str, text: &'a str) -> Result<Self, ContractError> {
+    pub(crate) fn new(name: &'a str, text: &'a str) -> Result<Self, ContractError> {
         let source = Self { name, text };
         if text.len() > MAX_FILE_BYTES {
             return Err(source.error(
@@ -593,7 +606,7 @@ impl<'a> Source<'a> {
         Ok(source)
     }
 
-    fn location(&self, offset: usize) -> Location {
+    fn location(&self, offset: usize) -> SourceLocation {
         let offset = offset.min(self.text.len());
         // Spans are byte offsets; step back to a character boundary before slicing.
         let offset = (0..=offset).rev().find(|&o| self.text.is_char_boundary(o)).unwrap_or(0);
@@ -601,14 +614,14 @@ impl<'a> Source<'a> {
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = before[line_start..].chars().count() + 1;
-        Location { file: self.name.to_owned(), line, column }
+        SourceLocation { file: self.name.to_owned(), line, column }
     }
 
-    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ContractError {
+    pub(crate) fn error(&self, span: Range<usize>, message: impl Into<String>) -> ContractError {
         ContractError { location: self.location(span.start), message: message.into() }
     }
 
-    fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, ContractError> {
+    pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, ContractError> {
         toml::from_str(self.text).map_err(|e| {
             let mut message = e.message().trim().replace('\n', "; ");
             if message.contains("expected a TOML datetime") {
@@ -619,7 +632,7 @@ impl<'a> Source<'a> {
     }
 
     /// Converts a spanned value with a constructor from `types`.
-    fn value<T, U>(
+    pub(crate) fn value<T, U>(
         &self,
         value: &Spanned<T>,
         convert: impl FnOnce(&T) -> Result<U, InvalidValue>,
@@ -683,9 +696,35 @@ impl<'a> Source<'a> {
             scope.accelerators.push(self.value(value, |a| Accelerator::new(a))?);
         }
         for value in &raw.regions {
-            scope.regions.push(self.value(value, |r| Region::new(r))?);
+            scope.regions.push(self.value(value, |r| qualified_location(r))?);
         }
         Ok(scope)
+    }
+
+    /// `terms = "list"`, `"market"`, `{ fixed = 2.75 }` (USD per GPU-hour) or `{ discount = 0.3 }`.
+    fn holder_terms(&self, value: &Spanned<toml::Value>) -> Result<HolderTerms, ContractError> {
+        let expected =
+            "expected terms = \"list\", \"market\", { fixed = USD per GPU-hour } or { discount = 0 to 1 }";
+        let error = |message: String| self.error(value.span(), message);
+        match value.get_ref() {
+            toml::Value::String(name) if name == "list" => Ok(HolderTerms::List),
+            toml::Value::String(name) if name == "market" => Ok(HolderTerms::Market),
+            toml::Value::Table(table) if table.len() == 1 => {
+                let (key, number) = table.iter().next().expect("one entry");
+                let number = number.as_float().or_else(|| number.as_integer().map(|i| i as f64));
+                match (key.as_str(), number) {
+                    ("fixed", Some(price)) => Price::new(price)
+                        .map(|price| HolderTerms::Fixed { price })
+                        .map_err(|e| error(format!("terms: {}", e.0))),
+                    ("discount", Some(off)) if (0.0..1.0).contains(&off) => Ok(HolderTerms::Discount { off }),
+                    ("discount", Some(off)) => Err(error(format!(
+                        "terms: discount {off} is out of range; expected a fraction from 0 to below 1"
+                    ))),
+                    _ => Err(error(format!("terms: {{ {key} = ... }} is not understood; {expected}"))),
+                }
+            }
+            other => Err(error(format!("terms: {} is not understood; {expected}", other.type_str()))),
+        }
     }
 
     fn fraction(&self, value: &Spanned<f64>, what: &str, lowest_allowed: bool) -> Result<f64, ContractError> {
@@ -733,7 +772,30 @@ impl<'a> Source<'a> {
     fn version(
         &self,
         raw: &RawVersion,
-    ) -> Result<(ContractVersion, Vec<Location>, VersionSpans), ContractError> {
+        counterparty: &ProviderName,
+        parties: &[String],
+    ) -> Result<(ContractVersion, Vec<SourceLocation>, VersionSpans), ContractError> {
+        // A clause's holder or committed provider must be a party to the contract: a typo
+        // (`azrue`) would otherwise silently give a right to nobody.
+        let party = |value: &Spanned<String>, what: &str| -> Result<ProviderName, ContractError> {
+            let name = self.value(value, |h| ProviderName::new(h))?;
+            if name == *counterparty || parties.iter().any(|p| p == name.as_str()) {
+                Ok(name)
+            } else {
+                let mut known: Vec<String> = parties.to_vec();
+                if !known.iter().any(|p| p == counterparty.as_str()) {
+                    known.push(counterparty.to_string());
+                }
+                Err(self.error(
+                    value.span(),
+                    format!(
+                        "{what} {:?} is not a party to this contract; the parties are {}",
+                        name.as_str(),
+                        known.join(", ")
+                    ),
+                ))
+            }
+        };
         let id = self.name(&raw.id, "version id")?;
         let effective = self.timestamp(&raw.effective, "effective")?;
         let expires = self.timestamp(&raw.expires, "expires")?;
@@ -755,11 +817,15 @@ impl<'a> Source<'a> {
                 ));
             }
             let terms = FirstRefusal {
-                holder: self.value(&raw.holder, |h| ProviderName::new(h))?,
+                holder: party(&raw.holder, "holder")?,
                 scope: self.scope(raw.scope.as_ref().map(Spanned::get_ref))?,
                 mode: match raw.mode {
                     RawMode::OfferFirst => RefusalMode::OfferFirst,
                     RawMode::Match => RefusalMode::Match,
+                },
+                terms: match &raw.terms {
+                    None => HolderTerms::List,
+                    Some(terms) => self.holder_terms(terms)?,
                 },
                 window_hours: window as u32,
                 covers_spillover: raw.covers_spillover,
@@ -781,7 +847,7 @@ impl<'a> Source<'a> {
                 ));
             }
             let terms = Exclusivity {
-                holder: self.value(&raw.holder, |h| ProviderName::new(h))?,
+                holder: party(&raw.holder, "holder")?,
                 workloads: self.workloads(&raw.workloads)?,
                 emergency_release: raw.emergency_release,
             };
@@ -823,7 +889,7 @@ impl<'a> Source<'a> {
                 ));
             }
             let terms = Commitment {
-                provider: self.value(&raw.provider, |p| ProviderName::new(p))?,
+                provider: party(&raw.provider, "provider")?,
                 amount,
                 currency: currency.clone(),
                 period_start,
@@ -961,7 +1027,7 @@ impl<'a> Source<'a> {
     /// Where a condition error is in the file: inside the string when the
     /// string is written without escapes (so characters map one to one),
     /// otherwise at the string's opening quote.
-    fn condition_location(&self, value: &Spanned<String>, error: &super::ConditionError) -> Location {
+    fn condition_location(&self, value: &Spanned<String>, error: &super::ConditionError) -> SourceLocation {
         let span = value.span();
         let Some(raw) = self.text.get(span.clone()) else { return self.location(span.start) };
         let Some((line, column)) = error.position() else { return self.location(span.start) };
@@ -1070,6 +1136,7 @@ struct RawFirstRefusal {
     name: Spanned<String>,
     holder: Spanned<String>,
     mode: RawMode,
+    terms: Option<Spanned<toml::Value>>,
     window_hours: Spanned<i64>,
     covers_spillover: bool,
     covers_failover: bool,
@@ -1453,7 +1520,13 @@ emergency_release = false
             "f.toml:11:10: provider name \"Azure Cloud\" must be",
         );
         let scoped = |scope: &str| contract(&format!("{FIRST_REFUSAL}scope = {scope}\n"));
-        check(&scoped("{ workloads = [\"training\"], accelerators = [\"h100\"], regions = [\"eastus\"] }"));
+        check(&scoped(
+            "{ workloads = [\"training\"], accelerators = [\"h100\"], regions = [\"azure/eastus\", \"aws/*\"] }",
+        ));
+        check_error(
+            &scoped("{ regions = [\"eastus\"] }"),
+            "f.toml:16:22: region \"eastus\" is not provider-qualified; write provider/region (for example azure/eastus)",
+        );
         check_error(
             &scoped("{ workloads = [\"gaming\"] }"),
             "f.toml:16:24: workload class \"gaming\" is not one of training",
@@ -1462,7 +1535,7 @@ emergency_release = false
             &scoped("{ accelerators = [\"\"] }"),
             "f.toml:16:27: accelerator name \"\" is empty or malformed",
         );
-        check_error(&scoped("{ regions = [\" \"] }"), "f.toml:16:22: region name \"\" is empty or malformed");
+        check_error(&scoped("{ regions = [\"azure/ \"] }"), "f.toml:16:22: \"azure/\" has an empty region");
         check_error(
             &HEADER.replace("id = \"c\"", "id = \"my contract\""),
             "f.toml:2:6: contract id \"my contract\" must be",
@@ -1483,12 +1556,19 @@ emergency_release = false
 
     #[test]
     fn an_exclusivity_contradicts_another_providers_first_refusal_in_the_same_version() {
+        // A contract among several parties, so that clauses may name holders other than azure.
+        let contract = |clauses: &str| {
+            contract(clauses).replace(
+                "counterparty = \"azure\"\n",
+                "counterparty = \"azure\"\nparties = [\"azure\", \"oci\", \"gcp\"]\n",
+            )
+        };
         let oci_refusal = FIRST_REFUSAL.replace("\"azure\"", "\"oci\"");
-        // Line 9 starts the exclusivity; the first refusal's holder is on line 16.
+        // Line 10 starts the exclusivity; the first refusal's holder is on line 17.
         check_error(
             &contract(&format!("{EXCLUSIVE_API_TO_AZURE}{oci_refusal}")),
-            "f.toml:16:10: first refusal \"rofr\" gives oci the first call on api workloads, but exclusivity \
-             \"api-exclusive\" (contract \"c\", version \"v1\", f.toml:11:10) reserves api to azure",
+            "f.toml:17:10: first refusal \"rofr\" gives oci the first call on api workloads, but exclusivity \
+             \"api-exclusive\" (contract \"c\", version \"v1\", f.toml:12:10) reserves api to azure",
         );
         // A first refusal whose scope leaves the exclusive workload out is fine, and so is the same holder.
         check(&contract(&format!(
@@ -1500,7 +1580,41 @@ emergency_release = false
                 "{EXCLUSIVE_API_TO_AZURE}{}",
                 EXCLUSIVE_API_TO_AZURE.replace("\"azure\"", "\"gcp\"").replace("api-exclusive", "x")
             )),
-            "f.toml:16:10: exclusivity \"x\" reserves api to gcp, but exclusivity \"api-exclusive\"",
+            "f.toml:17:10: exclusivity \"x\" reserves api to gcp, but exclusivity \"api-exclusive\"",
+        );
+    }
+
+    #[test]
+    fn a_holder_must_be_a_party_to_the_contract() {
+        // A typo in the holder would otherwise give the right to nobody, silently.
+        check_error(
+            &contract(&FIRST_REFUSAL.replace("holder = \"azure\"", "holder = \"azrue\"")),
+            "f.toml:11:10: holder \"azrue\" is not a party to this contract; the parties are azure",
+        );
+        check_error(
+            &contract(&EXCLUSIVE_API_TO_AZURE.replace("\"azure\"", "\"oci\"")),
+            "f.toml:11:10: holder \"oci\" is not a party to this contract; the parties are azure",
+        );
+    }
+
+    #[test]
+    fn first_refusal_terms_are_list_fixed_discount_or_market() {
+        let terms = |terms: &str| check(&contract(&format!("{FIRST_REFUSAL}terms = {terms}\n")));
+        let of = |contract: Contract| match &contract.versions[0].clauses[0].kind {
+            ClauseKind::FirstRefusal(f) => f.terms,
+            _ => unreachable!(),
+        };
+        assert_eq!(of(check(&contract(FIRST_REFUSAL))), HolderTerms::List);
+        assert_eq!(of(terms("\"market\"")), HolderTerms::Market);
+        assert_eq!(of(terms("{ discount = 0.3 }")), HolderTerms::Discount { off: 0.3 });
+        assert_eq!(of(terms("{ fixed = 2.75 }")), HolderTerms::Fixed { price: Price::new(2.75).unwrap() });
+        check_error(
+            &contract(&format!("{FIRST_REFUSAL}terms = {{ discount = 1.5 }}\n")),
+            "f.toml:16:9: terms: discount 1.5 is out of range",
+        );
+        check_error(
+            &contract(&format!("{FIRST_REFUSAL}terms = \"cheap\"\n")),
+            "f.toml:16:9: terms: string is not understood; expected terms = \"list\"",
         );
     }
 
@@ -1529,7 +1643,7 @@ emergency_release = false
 
     #[test]
     fn policy_files_are_parsed_and_checked() {
-        let text = "[policy]\nallowed_regions = [\"eastus\"]\n\n[[policy.price_ceiling]]\naccelerator = \"h100\"\n\
+        let text = "[policy]\nallowed_regions = [\"azure/eastus\"]\n\n[[policy.price_ceiling]]\naccelerator = \"h100\"\n\
                     max_price_per_gpu_hour = 12\n\n[[policy.diversification]]\nmax_share = 0.4\n";
         let policy = parse_policy("p.toml", text).unwrap();
         assert_eq!(policy.price_ceiling(&Accelerator::new("H100").unwrap()), Some(Price::new(12.0).unwrap()));
@@ -1642,7 +1756,7 @@ terms in force at 2025-01-01
 contract aws-msa with aws (builtin:historical/aws.toml): version msa-2024, in force from 2024-01-01 until 2030-12-31
   no clauses
 contract azure-primary with azure (builtin:historical/azure.toml): version 2019-original, in force from 2019-07-22 until 2025-10-28
-  first_refusal rofr-new-capacity: holder azure, mode offer-first, window 72 h, scope [workloads training inference batch; accelerators all; regions all], covers spillover, does not cover failover
+  first_refusal rofr-new-capacity: holder azure, mode offer-first, offered 40% off the holder's list price, window 72 h, scope [workloads training inference batch; accelerators all; regions all], covers spillover, does not cover failover
   exclusivity api-exclusive: holder azure, workloads api, no emergency release
   revenue_share revenue-share: partner azure, 20% of revenue from api, chat
   review_trigger agi-review: when metrics.cumulative_profit >= 100e9 && \"agi_declared\" in events, flag the contract for review
