@@ -20,6 +20,10 @@ use dibs_core::types::{
     Accelerator, GpuCount, NodePrice, Offer, OfferKind, Price, ProviderName, Region, Timestamp,
 };
 
+// The allocator the `dibs` binary runs with, so the figures are those of a decision there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SHARED_CATALOGS: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/catalogs/skypilot-v8");
 

@@ -87,7 +87,7 @@ use crate::types::{
 /// Problems with more groups than this are not given to the solver; the greedy fallback runs.
 pub const MAX_SOLVER_VARIABLES: usize = 20_000;
 /// The solver's default work limit: branch-and-bound nodes per solve.
-pub const DEFAULT_NODE_LIMIT: u64 = 20_000;
+pub const DEFAULT_NODE_LIMIT: u64 = 2_500;
 /// Tie-break weight per unit and rank, in dollars: far below a cent.
 const TIE_BREAK_EPSILON: f64 = 1e-6;
 /// Relative tolerance when checking a solution against the rules.
@@ -501,11 +501,7 @@ struct Group {
 pub fn place(demand: Demand<'_>, offers: &[Offer], rules: &Rules, config: SolverConfig) -> Placement {
     let request = demand.request;
     let block = request.block.get();
-    let mut largest = largest_nodes(offers);
-    for (accelerator, size) in &rules.largest_node {
-        let entry = largest.entry(accelerator.clone()).or_default();
-        *entry = (*entry).max(*size);
-    }
+    let largest = LargestNodes::new(request, offers, &rules.largest_node);
     let mut verdicts: Vec<Option<Rejection>> =
         offers.iter().map(|o| filter(demand, o, rules, &largest)).collect();
 
@@ -528,7 +524,9 @@ pub fn place(demand: Demand<'_>, offers: &[Offer], rules: &Rules, config: Solver
 
     let groups = merge(&candidates, offers, &providers, demand);
     let mut problem = Problem::new(demand, offers, rules, &providers, &groups);
-    problem.filtered = summarize_rejections(&verdicts);
+    if groups.is_empty() {
+        problem.filtered = summarize_rejections(&verdicts);
+    }
     let result = problem.solve(config, &candidates);
 
     let hours = f64::from(request.duration_hours);
@@ -676,7 +674,7 @@ pub fn explain_unquoted<'a>(
     offers: &'a [Offer],
     now: Timestamp,
 ) -> Vec<(&'a Offer, String)> {
-    let largest = largest_nodes(offers);
+    let largest = LargestNodes::new(request, offers, &BTreeMap::new());
     let demand = Demand { request, gpus: request.gpus.get(), now };
     let rules = Rules::default();
     offers
@@ -742,6 +740,30 @@ fn describe_preference(preference: Preference) -> String {
                 "a later choice only when at least {percent}% cheaper per GPU-hour for each place down the list"
             )
         }
+    }
+}
+
+/// The largest node of each of a request's accelerators, among the offers and what the market
+/// is known to sell: a block up to this size must fit in one node.
+struct LargestNodes<'a> {
+    accelerators: &'a [Accelerator],
+    sizes: Vec<u32>,
+}
+
+impl<'a> LargestNodes<'a> {
+    fn new(request: &'a Request, offers: &[Offer], known: &BTreeMap<Accelerator, u32>) -> Self {
+        let accelerators = request.accelerators.as_slice();
+        let mut sizes: Vec<u32> = accelerators.iter().map(|a| known.get(a).copied().unwrap_or(0)).collect();
+        for offer in offers {
+            if let Some(i) = accelerators.iter().position(|a| *a == offer.accelerator) {
+                sizes[i] = sizes[i].max(offer.gpus_per_node.get());
+            }
+        }
+        Self { accelerators, sizes }
+    }
+
+    fn of(&self, accelerator: &Accelerator) -> Option<u32> {
+        self.accelerators.iter().position(|a| a == accelerator).map(|i| self.sizes[i])
     }
 }
 
@@ -837,12 +859,7 @@ fn merge(
 }
 
 /// The hard checks, in order; the first that fails is the reason.
-fn filter(
-    demand: Demand<'_>,
-    offer: &Offer,
-    rules: &Rules,
-    largest: &BTreeMap<Accelerator, u32>,
-) -> Option<Rejection> {
+fn filter(demand: Demand<'_>, offer: &Offer, rules: &Rules, largest: &LargestNodes<'_>) -> Option<Rejection> {
     let request = demand.request;
     let block = request.block.get();
     if !request.accelerators.contains(&offer.accelerator) {
@@ -867,7 +884,11 @@ fn filter(
     if let Some(why) = rules.excluded.get(&offer.provider) {
         return Some(Rejection::Excluded { why: why.clone() });
     }
-    if let Some(why) = rules.excluded_regions.get(&(offer.provider.clone(), offer.region.clone())) {
+    if let Some((_, why)) = rules
+        .excluded_regions
+        .iter()
+        .find(|((provider, region), _)| *provider == offer.provider && *region == offer.region)
+    {
         return Some(Rejection::Excluded { why: why.clone() });
     }
     let inside = |locations: &[Location]| {
@@ -902,7 +923,7 @@ fn filter(
         return Some(Rejection::AboveDeclinedTerms { price, declined: declined.get() });
     }
     let g = offer.gpus_per_node.get();
-    let largest = largest.get(&offer.accelerator).copied().unwrap_or(g);
+    let largest = largest.of(&offer.accelerator).unwrap_or(g);
     if g < block && block <= largest {
         return Some(Rejection::NodeTooSmall { gpus_per_node: g, block, largest });
     }
@@ -1296,7 +1317,21 @@ impl<'a> Problem<'a> {
                 continue;
             }
             if let Some(room) = self.gpu_room[p] {
-                lp.add_constraint(mine.as_slice(), ComparisonOp::Le, room + self.tolerance_gpus[p]);
+                // GPUs per unit are whole numbers: divided by their greatest common divisor, the
+                // row's right-hand side may be rounded down (a Chvatal-Gomory cut that removes no
+                // integer award). When a provider sells one node size this makes the row a plain
+                // count of units, and the relaxation integral.
+                let divisor = self
+                    .groups
+                    .iter()
+                    .zip(&vars)
+                    .filter(|(g, v)| g.provider == p && v.is_some())
+                    .fold(0, |d, (g, _)| gcd(d, g.unit_gpus))
+                    .max(1);
+                let row: Vec<(Variable, f64)> =
+                    mine.iter().map(|(v, c)| (*v, c / f64::from(divisor))).collect();
+                let limit = ((room + self.tolerance_gpus[p]) / f64::from(divisor) + RULE_TOLERANCE).floor();
+                lp.add_constraint(row.as_slice(), ComparisonOp::Le, limit);
             }
             for cap in &self.spend_caps {
                 // spend_p + held_p <= share * (fleet + spend_all) + tolerance
@@ -1653,6 +1688,10 @@ impl<'a> Problem<'a> {
             verdicts[candidate.offer] = Some(reason);
         }
     }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// A model that gave no award: how it was tried, and why, when that is known.
