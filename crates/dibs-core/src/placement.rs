@@ -1076,7 +1076,12 @@ impl<'a> Problem<'a> {
         if blocks < u64::from(self.blocks_needed) {
             return Some(format!("{blocks} blocks of {} needed", self.blocks_needed));
         }
+        // A cap limits what the award gives a provider: one the award gives nothing is within
+        // it, even if it already holds more than its share.
         for (p, provider) in self.providers.iter().enumerate() {
+            if bought[p] == 0.0 {
+                continue;
+            }
             if let Some(room) = self.gpu_room[p]
                 && bought[p] > room + self.tolerance_gpus[p] + RULE_TOLERANCE * (1.0 + room.abs())
             {
@@ -1330,12 +1335,21 @@ impl<'a> Problem<'a> {
                     .max(1);
                 let row: Vec<(Variable, f64)> =
                     mine.iter().map(|(v, c)| (*v, c / f64::from(divisor))).collect();
-                let limit = ((room + self.tolerance_gpus[p]) / f64::from(divisor) + RULE_TOLERANCE).floor();
+                // A provider already above its share gets nothing more (a limit of zero units).
+                let limit =
+                    ((room + self.tolerance_gpus[p]) / f64::from(divisor) + RULE_TOLERANCE).floor().max(0.0);
                 lp.add_constraint(row.as_slice(), ComparisonOp::Le, limit);
             }
             for cap in &self.spend_caps {
                 // spend_p + held_p <= share * (fleet + spend_all) + tolerance
                 let held = self.rules.fleet.spend_per_hour.get(provider).copied().unwrap_or(0.0);
+                let slack = cap.max_share * fleet_spend - held + self.tolerance_spend[p];
+                if slack < 0.0 {
+                    // Above its share already: nothing more, and no purchase elsewhere to dilute it.
+                    let units: Vec<(Variable, f64)> = terms(&|_| 1.0, Some(p));
+                    lp.add_constraint(units.as_slice(), ComparisonOp::Le, 0.0);
+                    continue;
+                }
                 let mut row: Vec<(Variable, f64)> = Vec::new();
                 for (g, v) in self.groups.iter().zip(&vars) {
                     let Some(v) = v else { continue };
@@ -1345,11 +1359,7 @@ impl<'a> Problem<'a> {
                         row.push((*v, coefficient));
                     }
                 }
-                lp.add_constraint(
-                    row.as_slice(),
-                    ComparisonOp::Le,
-                    cap.max_share * fleet_spend - held + self.tolerance_spend[p],
-                );
+                lp.add_constraint(row.as_slice(), ComparisonOp::Le, slack);
             }
             let credit = self.credit(p);
             if credit > 0.0 {

@@ -177,7 +177,7 @@ fn generated(seed: u64) -> Instance {
         let mut fleet = Fleet::default();
         for name in provider_names.iter().take(providers) {
             let p = ProviderName::new(name).unwrap();
-            let held = random.below(64) as f64;
+            let held = random.below(200) as f64;
             fleet.gpus.insert(p.clone(), held);
             fleet.spend_per_hour.insert(p, held * 3.0);
         }

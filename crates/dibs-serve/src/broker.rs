@@ -1055,7 +1055,8 @@ impl Broker {
             duration_hours: body.duration_hours,
             earliest_start: instant("earliest_start", &body.earliest_start)?.unwrap_or(now),
             deliver_by: instant("deliver_by", &body.deliver_by)?,
-            regions: body.regions,
+            // A region list in one string splits around region names that hold commas.
+            regions: body.regions.iter().flat_map(|r| self.engine.names().split_locations(r)).collect(),
             providers: body.providers,
             exclude_providers: body.exclude_providers,
             workload: body.workload,

@@ -232,6 +232,8 @@ pub struct VariantReport {
     pub hhi: f64,
     pub time_to_capacity_hours: Percentiles,
     pub unfilled_gpu_hours: f64,
+    /// Rounds that ended unfilled, by the kind of reason.
+    pub unfilled_reasons: BTreeMap<String, usize>,
     pub first_refusal: FirstRefusalCounts,
     pub spillovers: usize,
     pub failovers: usize,
@@ -466,6 +468,7 @@ struct Tally {
     spillovers: usize,
     failovers: usize,
     unfilled_gpu_hours: f64,
+    unfilled_reasons: BTreeMap<String, usize>,
 }
 
 impl Tally {
@@ -491,8 +494,11 @@ impl Tally {
                 EventKind::NoBetterTerms { .. } => fr.no_better_terms += 1,
                 EventKind::Spillover { .. } => self.spillovers += 1,
                 EventKind::Failover { .. } => self.failovers += 1,
-                EventKind::Unfilled { gpus, hours, .. } => {
-                    self.unfilled_gpu_hours += f64::from(*gpus) * f64::from(*hours)
+                EventKind::Unfilled { gpus, hours, reason, .. } => {
+                    self.unfilled_gpu_hours += f64::from(*gpus) * f64::from(*hours);
+                    // The kind of reason, without the numbers that follow its colon.
+                    let kind = reason.split(": ").next().unwrap_or(reason).trim().to_owned();
+                    *self.unfilled_reasons.entry(kind).or_default() += 1;
                 }
                 _ => {}
             }
@@ -501,7 +507,15 @@ impl Tally {
 }
 
 fn summarize(run: &VirtualRun, tally: Tally) -> VariantReport {
-    let Tally { submitted, active, first_refusal: fr, spillovers, failovers, unfilled_gpu_hours } = tally;
+    let Tally {
+        submitted,
+        active,
+        first_refusal: fr,
+        spillovers,
+        failovers,
+        unfilled_gpu_hours,
+        unfilled_reasons,
+    } = tally;
     let mut samples: Vec<f64> =
         active.iter().filter_map(|(id, at)| submitted.get(id).map(|s| at.hours_since(*s))).collect();
     samples.sort_by(f64::total_cmp);
@@ -528,6 +542,7 @@ fn summarize(run: &VirtualRun, tally: Tally) -> VariantReport {
         hhi: 0.0,
         time_to_capacity_hours,
         unfilled_gpu_hours,
+        unfilled_reasons,
         first_refusal: fr,
         spillovers,
         failovers,

@@ -2,6 +2,7 @@
 //! printing. Every decision is made in `dibs-core`.
 
 mod place;
+mod request_args;
 mod serve;
 mod simulate;
 

@@ -11,7 +11,7 @@ use dibs_core::engine::{Engine, EngineConfig, Input, Status};
 use dibs_core::ledger::{Event, EventKind};
 use dibs_core::names::Names;
 use dibs_core::placement::{self, Optimality, Outcome};
-use dibs_core::request::{Request, RequestSpec};
+use dibs_core::request::Request;
 use dibs_core::types::{Offer, Timestamp};
 use dibs_providers::{HolderBehaviour, SimulatedBehaviour, SimulatedProvider};
 use dibs_sim::VirtualRun;
@@ -25,55 +25,8 @@ pub struct PlaceArgs {
     contracts: Vec<PathBuf>,
     #[command(flatten)]
     catalog: crate::CatalogArgs,
-    /// Acceptable accelerators, comma-separated, in order of preference (e.g. H100,A100-80GB);
-    /// how the order counts is --prefer.
-    #[arg(long, value_delimiter = ',', required = true)]
-    accelerator: Vec<String>,
-    /// GPUs wanted.
-    #[arg(long)]
-    gpus: u32,
-    /// GPUs that must sit together: in one node when a node of the accelerator holds them (a
-    /// 1-GPU VM cannot hold an 8-GPU block), else a gang of whole nodes of one offer in one
-    /// region. Default: 8 when GPUs is a multiple of 8, else 1.
-    #[arg(long)]
-    block: Option<u32>,
-    /// Duration in hours.
-    #[arg(long)]
-    hours: u32,
-    /// Workload class: training, inference, api or batch.
-    #[arg(long, default_value = "training")]
-    workload: String,
-    /// Allowed locations, comma-separated: aws/us-east-1, gcp/* or gcp (SkyPilot's infra
-    /// spelling), or a bare region that only one provider uses. Default: anywhere.
-    #[arg(long, value_name = "LOCATIONS")]
-    regions: Option<String>,
-    /// Acceptable providers, comma-separated, in order of preference. Default: any.
-    #[arg(long, value_delimiter = ',')]
-    providers: Vec<String>,
-    /// Providers not to use, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    exclude_providers: Vec<String>,
-    /// How the order of --accelerator and --providers counts: any (the cheapest wins; the order
-    /// breaks ties), fallback (a later choice only when the earlier ones cannot fill the
-    /// request), or premium:P (a later choice only when at least P% cheaper per GPU-hour for
-    /// each place it stands further down).
-    #[arg(long, default_value = "any", value_name = "RULE")]
-    prefer: String,
-    /// Spot capacity (the provider may reclaim it): never, allow or only.
-    #[arg(long, default_value = "never")]
-    spot: String,
-    /// All nodes identical and in one region: one offer supplies the whole request.
-    #[arg(long)]
-    same_region: bool,
-    /// What to minimize: cost (effective cost) or time (when all capacity is ready, then cost).
-    #[arg(long, default_value = "cost")]
-    objective: String,
-    /// Price ceiling in USD per GPU-hour, all-in.
-    #[arg(long)]
-    max_price: Option<f64>,
-    /// Capacity must be ready within this many hours of the request.
-    #[arg(long, value_name = "HOURS")]
-    deliver_within: Option<u32>,
+    #[command(flatten)]
+    request: crate::request_args::RequestArgs,
     /// The instant of the request (YYYY-MM-DD or RFC 3339); decides which contract versions apply. Default: now.
     #[arg(long)]
     at: Option<String>,
@@ -96,36 +49,8 @@ pub fn run(args: PlaceArgs) -> Result<ExitCode> {
     let catalog = crate::load_catalogs(&args.catalog)?;
     crate::warn_unknown_names(&contracts, &catalog);
     let names = Names::from_offers(&catalog.offers);
-    let block = args.block.unwrap_or(if args.gpus.is_multiple_of(8) { 8 } else { 1 });
-    let request = RequestSpec {
-        id: "place-1".into(),
-        accelerators: args.accelerator.clone(),
-        providers: args.providers.clone(),
-        exclude_providers: args.exclude_providers.clone(),
-        regions: args.regions.as_deref().map(|r| names.split_locations(r)).unwrap_or_default(),
-        gpus: args.gpus,
-        block: Some(block),
-        duration_hours: args.hours,
-        earliest_start: at,
-        deliver_by: args.deliver_within.map(|h| at.plus_hours(f64::from(h))),
-        workload: args.workload.clone(),
-        max_price: args.max_price,
-        spot: Some(args.spot.clone()),
-        same_region: args.same_region,
-        objective: Some(args.objective.clone()),
-        preference: Some(args.prefer.clone()),
-    }
-    .validate(&names)
-    .map_err(|e| {
-        let flag = match e.field {
-            "accelerators" => "accelerator",
-            "duration_hours" => "hours",
-            "preference" => "prefer",
-            "deliver_by" => "deliver-within",
-            other => other,
-        };
-        anyhow::anyhow!("--{}: {}", flag.replace('_', "-"), e.message)
-    })?;
+    let request =
+        args.request.spec("place-1", at, &names).validate(&names).map_err(crate::request_args::flag_error)?;
 
     let mut providers = SimulatedProvider::from_catalog(&catalog.offers, SimulatedBehaviour::default());
     for provider in providers.values_mut() {
@@ -180,6 +105,9 @@ struct Award {
     overbought_cost_usd: f64,
     cost_per_hour_usd: f64,
     list_cost_usd: f64,
+    /// The market's part net of commitment credits (what the buyer pays beyond what it owes
+    /// anyway), over the duration; first-refusal parts at their list price.
+    effective_cost_usd: f64,
     allocations: Vec<AllocationOut>,
 }
 
@@ -267,6 +195,8 @@ impl Report {
 
         let mut first_refusal =
             FirstRefusal { holder: None, outcome: "not_applicable".into(), gpus: 0, detail: Vec::new() };
+        // Per round, the last placement's effective cost and list cost: the one awarded.
+        let mut placed: std::collections::BTreeMap<u32, (f64, f64)> = std::collections::BTreeMap::new();
         let mut losing_offers = Vec::new();
         let mut weighed: BTreeSet<String> = BTreeSet::new();
         let mut solver = None;
@@ -308,7 +238,8 @@ impl Report {
                 EventKind::NoBetterTerms { declined_price, market_price, .. } => first_refusal.detail.push(format!(
                     "no-better-terms: market at ${market_price:.4} above the declined ${declined_price:.4}, re-offered"
                 )),
-                EventKind::Placed { verdicts, solver: path, notes: placed_notes, .. } => {
+                EventKind::Placed { round, verdicts, solver: path, notes: placed_notes, list_cost, effective_cost } => {
+                    placed.insert(*round, (*list_cost, *effective_cost));
                     solver = Some(path.to_string());
                     optimality = Some(
                         match path.optimality() {
@@ -358,6 +289,7 @@ impl Report {
                 reason,
             });
         }
+        let credited: f64 = placed.values().map(|(list, effective)| list - effective).sum();
         let events = run.events.iter().map(event_json).collect();
         Report {
             status,
@@ -369,6 +301,7 @@ impl Report {
                 overbought_cost_usd,
                 cost_per_hour_usd,
                 list_cost_usd: cost_per_hour_usd * hours,
+                effective_cost_usd: cost_per_hour_usd * hours - credited,
                 allocations,
             },
             first_refusal,

@@ -186,18 +186,8 @@ pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
 pub enum RequestCommand {
     /// Submit a capacity request to a running server.
     Submit {
-        #[arg(long, default_value = "H100", value_delimiter = ',')]
-        accelerator: Vec<String>,
-        #[arg(long)]
-        gpus: u32,
-        #[arg(long)]
-        hours: u32,
-        #[arg(long, default_value = "training")]
-        workload: String,
-        #[arg(long, value_delimiter = ',')]
-        regions: Vec<String>,
-        #[arg(long)]
-        max_price: Option<f64>,
+        #[command(flatten)]
+        request: Box<crate::request_args::RequestArgs>,
         /// Makes the submission safe to repeat: the server answers a repeat with the first answer.
         #[arg(long)]
         idempotency_key: Option<String>,
@@ -269,24 +259,8 @@ fn call(
 
 pub fn request(command: RequestCommand) -> Result<ExitCode> {
     match command {
-        RequestCommand::Submit {
-            accelerator,
-            gpus,
-            hours,
-            workload,
-            regions,
-            max_price,
-            idempotency_key,
-            server,
-        } => {
-            let body = serde_json::json!({
-                "accelerators": accelerator,
-                "gpus": gpus,
-                "duration_hours": hours,
-                "workload": workload,
-                "regions": regions,
-                "max_price": max_price,
-            });
+        RequestCommand::Submit { request, idempotency_key, server } => {
+            let body = request.body(crate::instant(None)?);
             call(&server, "POST", "/requests", Some((body, idempotency_key)))
         }
         RequestCommand::Show { id, server } => call(&server, "GET", &format!("/requests/{id}"), None),

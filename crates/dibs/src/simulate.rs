@@ -419,6 +419,11 @@ fn table(output: &Output<'_>) -> String {
             let _ = writeln!(s, "\n[{}] review trigger not evaluated: {e}", r.name);
         }
     }
+    for r in reports.iter().filter(|r| !r.unfilled_reasons.is_empty()) {
+        let reasons: Vec<String> =
+            r.unfilled_reasons.iter().map(|(why, count)| format!("{count} x {why}")).collect();
+        let _ = writeln!(s, "\n[{}] rounds left unfilled: {}", r.name, reasons.join("; "));
+    }
     if !output.differences.is_empty() {
         let _ = writeln!(s, "\nWhat the differences come from:");
         for line in &output.differences {

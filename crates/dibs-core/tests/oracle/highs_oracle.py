@@ -12,6 +12,9 @@ formulation as well as the solver:
 * GPU caps: a provider's GPUs bought plus held <= share * (fleet + GPUs asked) + its largest unit;
 * spend caps: a provider's spend plus held <= share * (fleet spend + this award's spend) + its
   largest unit's spend;
+* a provider already above its share with nothing bought (the right-hand side below zero at
+  an empty award) gets nothing: a cap limits what the award adds, and never forces a purchase
+  elsewhere to dilute a share;
 * a commitment credit: excess_p >= hours * spend_p - credit_p, costing excess_p instead;
 * at least k providers: binary y_p <= units of p, sum y_p >= k; and at least k blocks asked
   (a minimum of providers never makes the buyer buy redundant blocks it did not ask for).
@@ -77,12 +80,20 @@ def solve(problem):
         spend = sum(o["node_price"] * npu * v for (o, npu, bpu, units), v in mine)
         unit_gpus = max(o["gpus_per_node"] * npu for (o, npu, bpu, units), v in mine)
         unit_spend = max(o["node_price"] * npu for (o, npu, bpu, units), v in mine)
+        units_of_p = sum(v for e, v in mine)
         for cap in problem.get("caps", []):
             if cap["basis"] == "gpus":
                 room = cap["share"] * (total_fleet_gpus + problem["gpus"]) - fleet_gpus.get(p, 0.0)
-                h.addConstr(gpus <= room + unit_gpus)
+                if room + unit_gpus < 0:
+                    h.addConstr(units_of_p <= 0)
+                else:
+                    h.addConstr(gpus <= room + unit_gpus)
             else:
-                h.addConstr(spend + fleet_spend.get(p, 0.0) <= cap["share"] * (total_fleet_spend + award_spend) + unit_spend)
+                slack = cap["share"] * total_fleet_spend - fleet_spend.get(p, 0.0) + unit_spend
+                if slack < 0:
+                    h.addConstr(units_of_p <= 0)
+                else:
+                    h.addConstr(spend + fleet_spend.get(p, 0.0) <= cap["share"] * (total_fleet_spend + award_spend) + unit_spend)
         credit = credits.get(p, 0)
         if credit > 0:
             excess = h.addVariable(lb=0, ub=inf, obj=1.0)
