@@ -673,6 +673,18 @@ impl Engine {
             }
         }
 
+        // The buyer's policy on providers: the market only (a first-refusal holder is still
+        // solicited; its own rules, below, decide that).
+        for provider in &policy.excluded_providers {
+            rules.excluded.insert(provider.clone(), "excluded by the buyer's policy".into());
+        }
+        if !policy.allowed_providers.is_empty() {
+            for provider in self.published.keys().filter(|p| !policy.allowed_providers.contains(p)) {
+                rules
+                    .excluded
+                    .insert(provider.clone(), "not among the providers the buyer's policy allows".into());
+            }
+        }
         // Providers that failed this request before are not asked again.
         for (provider, why) in &self.requests[id].failed_providers {
             rules.excluded.insert(provider.clone(), why.clone());
@@ -709,6 +721,13 @@ impl Engine {
                 window_hours: f.terms.window_hours,
                 reference: format!("{}/{}/{}", f.contract, f.version, f.clause),
             });
+        // In match mode the holder must be shown the market's terms whatever the buyer's
+        // policy says of it (it is never asked for market quotes in that mode anyway).
+        if let Some(r) = refusal.as_ref().filter(|r| r.mode == RefusalMode::Match)
+            && rules.excluded.get(&r.holder).is_some_and(|why| why.contains("policy"))
+        {
+            rules.excluded.remove(&r.holder);
+        }
         let min_providers = rules.min_providers.clone();
         rules.min_providers = remaining_min_providers(&min_providers, &self.providers_in_use(id));
         Screened { refusal, rules, min_providers }

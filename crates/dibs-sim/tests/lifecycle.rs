@@ -61,6 +61,9 @@ fn clause(name: &str, kind: ClauseKind) -> Clause {
 
 struct Terms {
     mode: Option<RefusalMode>,
+    holder_terms: HolderTerms,
+    /// Providers the buyer's policy excludes from the market.
+    excluded: Vec<&'static str>,
     api_exclusive: bool,
     emergency_release: bool,
     commitment: Option<f64>,
@@ -71,6 +74,8 @@ impl Default for Terms {
     fn default() -> Self {
         Self {
             mode: Some(RefusalMode::OfferFirst),
+            holder_terms: HolderTerms::List,
+            excluded: Vec::new(),
             api_exclusive: true,
             emergency_release: false,
             commitment: None,
@@ -91,7 +96,7 @@ fn contracts(terms: Terms) -> ContractSet {
                     ..Scope::default()
                 },
                 mode,
-                terms: HolderTerms::List,
+                terms: terms.holder_terms,
                 window_hours: 72,
                 covers_spillover: true,
                 covers_failover: false,
@@ -143,7 +148,11 @@ fn contracts(terms: Terms) -> ContractSet {
         })
         .into_iter()
         .collect();
-    ContractSet { contracts: vec![contract], policy: Policy { diversification, ..Policy::default() } }
+    let excluded_providers = terms.excluded.iter().map(|name| p(name)).collect();
+    ContractSet {
+        contracts: vec![contract],
+        policy: Policy { diversification, excluded_providers, ..Policy::default() },
+    }
 }
 
 fn request(id: &str, gpus: u32, workload: &str) -> Request {
@@ -673,4 +682,34 @@ proptest! {
 
 fn id_of(event: &dibs_core::ledger::Event) -> String {
     event.request.clone().unwrap_or_default()
+}
+
+#[test]
+fn the_holder_is_offered_the_terms_of_its_clause() {
+    let offered = |holder_terms: HolderTerms| {
+        let terms = Terms { holder_terms, ..Terms::default() };
+        let mut run = start(Scenario { terms, ..Scenario::default() });
+        submit_and_run(&mut run, request("r1", 256, "training"), "2026-01-03");
+        render(&run).lines().find(|l| l.contains("solicited")).unwrap().trim().to_owned()
+    };
+    // azure's list price is $6.98/GPU-h.
+    assert_eq!(offered(HolderTerms::List), "0.0h solicited azure 256@6.98");
+    assert_eq!(offered(HolderTerms::Discount { off: 0.25 }), "0.0h solicited azure 256@5.235");
+    assert_eq!(
+        offered(HolderTerms::Fixed { price: dibs_core::types::Price::new(4.5).unwrap() }),
+        "0.0h solicited azure 256@4.5"
+    );
+    // The market reference: lambda's 256 GPUs at $2.99 are the cheapest way to the same capacity.
+    assert_eq!(offered(HolderTerms::Market), "0.0h solicited azure 256@2.99");
+}
+
+#[test]
+fn the_buyers_policy_keeps_a_provider_out_of_the_market_not_out_of_first_refusal() {
+    let terms = Terms { excluded: vec!["lambda", "azure"], ..Terms::default() };
+    let mut run = start(Scenario { terms, ..Scenario::default() });
+    submit_and_run(&mut run, request("r1", 256, "training"), "2026-01-03");
+    let rendered = render(&run);
+    assert!(rendered.contains("solicited azure"), "{rendered}");
+    let awarded = rendered.lines().find(|l| l.contains("awarded")).unwrap();
+    assert!(!awarded.contains("lambda") && !awarded.contains("azure"), "{awarded}");
 }

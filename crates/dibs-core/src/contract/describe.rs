@@ -70,6 +70,21 @@ fn policy(text: &mut String, policy: &Policy) {
         policy.allowed_regions.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
     };
     let _ = writeln!(text, "  allowed regions: {regions}");
+    let providers = |list: &[crate::types::ProviderName], empty: &str| {
+        if list.is_empty() {
+            empty.to_owned()
+        } else {
+            list.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+        }
+    };
+    if !policy.allowed_providers.is_empty() || !policy.excluded_providers.is_empty() {
+        let _ = writeln!(
+            text,
+            "  providers: {}; excluded: {}",
+            providers(&policy.allowed_providers, "any"),
+            providers(&policy.excluded_providers, "none")
+        );
+    }
     if policy.price_ceilings.is_empty() {
         text.push_str("  price ceilings: none\n");
     }

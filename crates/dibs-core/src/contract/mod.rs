@@ -226,6 +226,11 @@ pub enum TriggerAction {
 pub struct Policy {
     /// Provider-qualified; empty means anywhere.
     pub allowed_regions: Vec<Location>,
+    /// Providers the market may award to; empty means any. The buyer's own policy: a
+    /// first-refusal holder is solicited whatever it says.
+    pub allowed_providers: Vec<ProviderName>,
+    /// Providers the market may never award to (same reservation).
+    pub excluded_providers: Vec<ProviderName>,
     pub price_ceilings: Vec<(Accelerator, Price)>,
     pub diversification: Vec<Diversification>,
     pub source: Option<String>,
@@ -358,6 +363,11 @@ impl ContractSet {
         let source = self.policy.source.as_deref().unwrap_or("policy");
         for l in &self.policy.allowed_regions {
             found.extend(location(source, "allowed_regions".to_owned(), l));
+        }
+        for p in self.policy.allowed_providers.iter().chain(&self.policy.excluded_providers) {
+            if !names.has_provider(p) {
+                found.push(format!("{source}: provider {p}: no offers in the catalog"));
+            }
         }
         for (accelerator, _) in &self.policy.price_ceilings {
             if !names.has_accelerator(accelerator) {

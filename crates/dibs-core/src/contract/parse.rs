@@ -67,7 +67,9 @@
 //!
 //! ```toml
 //! [policy]
-//! allowed_regions = ["eastus", "us-east-1"]   # empty or absent = any region
+//! allowed_regions = ["azure/eastus", "aws/*"]  # provider-qualified; empty or absent = any
+//! allowed_providers = []                      # empty or absent = any
+//! excluded_providers = ["vast"]               # never in a market award
 //!
 //! [[policy.price_ceiling]]
 //! accelerator = "H100"
@@ -180,6 +182,28 @@ pub fn parse_policy(source_name: &str, text: &str) -> Result<Policy, ContractErr
             return Err(source.error(region.span(), format!("region {:?} is listed twice", region.get_ref())));
         }
         policy.allowed_regions.push(parsed);
+    }
+    for (list, raw) in [
+        (&mut policy.allowed_providers, &raw_policy.allowed_providers),
+        (&mut policy.excluded_providers, &raw_policy.excluded_providers),
+    ] {
+        for value in raw {
+            let provider = source.value(value, |p| ProviderName::new(p))?;
+            if list.contains(&provider) {
+                return Err(
+                    source.error(value.span(), format!("provider {:?} is listed twice", provider.as_str()))
+                );
+            }
+            list.push(provider);
+        }
+    }
+    if let Some(both) = policy.allowed_providers.iter().find(|p| policy.excluded_providers.contains(p)) {
+        let at = raw_policy
+            .excluded_providers
+            .iter()
+            .find(|v| v.get_ref() == both.as_str())
+            .map_or(0..0, |v| v.span());
+        return Err(source.error(at, format!("provider {:?} is both allowed and excluded", both.as_str())));
     }
     for ceiling in &raw_policy.price_ceiling {
         let ceiling = ceiling.get_ref();
@@ -1221,6 +1245,10 @@ struct RawPolicyFile {
 struct RawPolicy {
     #[serde(default)]
     allowed_regions: Vec<Spanned<String>>,
+    #[serde(default)]
+    allowed_providers: Vec<Spanned<String>>,
+    #[serde(default)]
+    excluded_providers: Vec<Spanned<String>>,
     #[serde(default)]
     price_ceiling: Vec<Spanned<RawPriceCeiling>>,
     #[serde(default)]
