@@ -30,11 +30,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::commitments::{CommitmentBooks, CommitmentKey, CommitmentStatus};
 use crate::contract::{ContractSet, HolderTerms, RefusalMode, ShareBasis, Suspension};
 use crate::ledger::{AllocationRecord, Event, EventKind};
 use crate::names::Names;
 use crate::placement::{self, Cap, Demand, Fleet, PlannedAllocation, Rules, SolverConfig};
 use crate::request::{Request, SpotPolicy};
+use crate::settlement::Settler;
 use crate::types::{
     Accelerator, GpuCount, Location, NodePrice, Offer, OfferKind, Price, ProviderName, Region, Timestamp,
     WorkloadClass,
@@ -55,12 +57,20 @@ pub struct EngineConfig {
     pub quote_window_hours: f64,
     /// Grace after an allocation's promised ready time before it spills over.
     pub delivery_grace_hours: f64,
+    /// How often the engine settles (accrues spend, burns commitments down, evaluates review
+    /// triggers), counted from its first input.
+    pub settle_every_hours: f64,
     pub solver: SolverConfig,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { quote_window_hours: 1.0, delivery_grace_hours: 2.0, solver: SolverConfig::default() }
+        Self {
+            quote_window_hours: 1.0,
+            delivery_grace_hours: 2.0,
+            settle_every_hours: 24.0,
+            solver: SolverConfig::default(),
+        }
     }
 }
 
@@ -88,22 +98,62 @@ pub enum HolderAnswer {
 #[serde(tag = "input", rename_all = "snake_case")]
 pub enum Input {
     Submit(Request),
-    HolderAnswer { request: String, round: u32, answer: HolderAnswer },
-    Quotes { request: String, round: u32, provider: ProviderName, offers: Vec<Offer> },
+    HolderAnswer {
+        request: String,
+        round: u32,
+        answer: HolderAnswer,
+    },
+    Quotes {
+        request: String,
+        round: u32,
+        provider: ProviderName,
+        offers: Vec<Offer>,
+    },
     Timer(Timer),
-    AllocationReady { allocation: u64 },
-    IncidentOpened { id: String, provider: ProviderName, region: Option<Region> },
-    IncidentResolved { id: String },
-    Cancel { request: String },
+    AllocationReady {
+        allocation: u64,
+    },
+    IncidentOpened {
+        id: String,
+        provider: ProviderName,
+        region: Option<Region>,
+    },
+    IncidentResolved {
+        id: String,
+    },
+    Cancel {
+        request: String,
+    },
+    /// Revenue the buyer earned (reported to dibs), counted in the month of the instant.
+    RevenueReported {
+        amount: f64,
+    },
+    /// An event declared for review-trigger conditions (`"agi_declared" in events`).
+    EventDeclared {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "timer", rename_all = "snake_case")]
 pub enum Timer {
-    HolderWindow { request: String, round: u32, solicitation: u32 },
-    QuoteDeadline { request: String, round: u32 },
-    DeliveryDue { allocation: u64 },
-    Release { allocation: u64 },
+    HolderWindow {
+        request: String,
+        round: u32,
+        solicitation: u32,
+    },
+    QuoteDeadline {
+        request: String,
+        round: u32,
+    },
+    DeliveryDue {
+        allocation: u64,
+    },
+    Release {
+        allocation: u64,
+    },
+    /// The engine's own settlement tick.
+    Settle,
 }
 
 /// The terms put to a first-refusal holder: the capacity asked for, and a price.
@@ -138,10 +188,29 @@ pub struct Ask {
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
     Solicit(Solicitation),
-    RequestQuotes { providers: Vec<ProviderName>, ask: Ask },
-    Reserve { allocation: u64, plan: PlannedAllocation, promised: Timestamp },
-    Cancel { allocation: u64, provider: ProviderName, why: String },
-    SetTimer { at: Timestamp, timer: Timer },
+    RequestQuotes {
+        providers: Vec<ProviderName>,
+        ask: Ask,
+    },
+    Reserve {
+        allocation: u64,
+        plan: PlannedAllocation,
+        promised: Timestamp,
+    },
+    Cancel {
+        allocation: u64,
+        provider: ProviderName,
+        why: String,
+    },
+    /// The allocation ran its hours: the provider takes its nodes back.
+    Release {
+        allocation: u64,
+        provider: ProviderName,
+    },
+    SetTimer {
+        at: Timestamp,
+        timer: Timer,
+    },
     Ledger(Event),
 }
 
@@ -343,8 +412,12 @@ pub struct Engine {
     next_allocation: u64,
     incidents: BTreeMap<String, Incident>,
     suspensions: Vec<Suspension>,
-    /// Contracted spend per provider, USD, from every award (for commitment burn-down).
-    spend: BTreeMap<ProviderName, f64>,
+    /// Commitment burn-down books: the one formula screening and settlement share.
+    commitments: CommitmentBooks,
+    /// Settlement's books between ticks, and the latest settlement.
+    settler: Settler,
+    /// Whether a settlement tick is due (a `Timer::Settle` is set).
+    settle_armed: bool,
     /// Live (reserved or active) allocations per workload class: the fleet caps are measured against.
     /// Kept as running totals so screening costs the same on the millionth request as on the first.
     live_fleet: BTreeMap<WorkloadClass, Fleet>,
@@ -357,6 +430,7 @@ pub type Effects = Vec<Effect>;
 impl Engine {
     pub fn new(contracts: ContractSet, published: Vec<Offer>, config: EngineConfig) -> Self {
         Self {
+            commitments: CommitmentBooks::new(&contracts, std::iter::empty()),
             contracts,
             config,
             largest_node: placement::largest_nodes(&published),
@@ -367,7 +441,8 @@ impl Engine {
             next_allocation: 1,
             incidents: BTreeMap::new(),
             suspensions: Vec::new(),
-            spend: BTreeMap::new(),
+            settler: Settler::default(),
+            settle_armed: false,
             live_fleet: BTreeMap::new(),
             open_requests: 0,
         }
@@ -417,6 +492,12 @@ impl Engine {
     /// amendment loaded into a running service. Rounds already under way keep
     /// the terms they were screened under.
     pub fn reconfigure(&mut self, contracts: ContractSet, published: Vec<Offer>) {
+        let requests = &self.requests;
+        let allocations = self
+            .allocations
+            .values()
+            .filter_map(|a| requests.get(&a.request).map(|state| (a, state.request.workload)));
+        self.commitments = CommitmentBooks::new(&contracts, allocations);
         self.contracts = contracts;
         self.largest_node = placement::largest_nodes(&published);
         self.names = Names::from_offers(&published);
@@ -442,20 +523,32 @@ impl Engine {
         &self.contracts
     }
 
-    pub fn spend(&self) -> &BTreeMap<ProviderName, f64> {
-        &self.spend
+    /// The latest settlement (spend, commitments, revenue share, triggers).
+    pub fn settlement(&self) -> &crate::settlement::Settlement {
+        &self.settler.last
     }
 
-    /// Suspends a clause from an instant on (a review trigger's action).
-    pub fn suspend(&mut self, suspension: Suspension) {
-        if !self.suspensions.contains(&suspension) {
-            self.suspensions.push(suspension);
-        }
+    /// Clauses suspended by review triggers, from their instants.
+    pub fn suspensions(&self) -> &[Suspension] {
+        &self.suspensions
+    }
+
+    /// Every commitment in force at `at`, as the one formula gives it now.
+    pub fn commitment_statuses(&self, at: Timestamp) -> Vec<CommitmentStatus> {
+        self.contracts
+            .in_force(at, &self.suspensions)
+            .commitments
+            .iter()
+            .filter_map(|c| self.commitments.status(&commitment_key(c), &self.allocations, at))
+            .collect()
     }
 
     /// Applies one input at `now`, returning the effects in order.
     pub fn handle(&mut self, now: Timestamp, input: Input) -> Effects {
         let mut out = Out { now, effects: Vec::new() };
+        if !self.settle_armed && !matches!(input, Input::Timer(Timer::Settle)) {
+            self.arm_settlement(&mut out);
+        }
         match input {
             Input::Submit(request) => self.submit(&mut out, request),
             Input::HolderAnswer { request, round, answer } => {
@@ -475,8 +568,73 @@ impl Engine {
                 }
             }
             Input::Cancel { request } => self.cancel(&mut out, &request),
+            Input::RevenueReported { amount } => {
+                if amount.is_finite() {
+                    let month = self.settler.report_revenue(now, amount);
+                    out.ledger(None, EventKind::RevenueReported { month, amount });
+                }
+            }
+            Input::EventDeclared { name } => {
+                if self.settler.declare(&name) {
+                    out.ledger(None, EventKind::EventDeclared { name });
+                }
+            }
         }
         out.effects
+    }
+
+    /// Sets the next settlement tick: `settle_every_hours` after the first input, and every
+    /// as many hours after the last tick.
+    fn arm_settlement(&mut self, out: &mut Out) {
+        let step = Timestamp::HOUR.max((self.config.settle_every_hours * Timestamp::HOUR as f64) as i64);
+        let started = *self.settler.started.get_or_insert(out.now);
+        let elapsed = out.now.unix() - started.unix();
+        let at = started.plus_seconds((elapsed / step + 1) * step);
+        self.settle_armed = true;
+        out.effects.push(Effect::SetTimer { at, timer: Timer::Settle });
+    }
+
+    /// A settlement tick: accrue, burn commitments down, evaluate review triggers, and act on
+    /// a trigger's suspension in the engine's own state. Re-arms while anything is open.
+    fn settle(&mut self, out: &mut Out) {
+        self.settle_armed = false;
+        let commitments = self.commitment_statuses(out.now);
+        let suspended = self.suspensions.clone();
+        let mut settler = std::mem::take(&mut self.settler);
+        let settlement = settler.settle(self, commitments, &suspended, out.now).clone();
+        self.settler = settler;
+        out.ledger(None, EventKind::Settled(crate::ledger::SettledFigures::of(&settlement)));
+        for fired in &settlement.triggers_fired {
+            out.ledger(
+                None,
+                EventKind::TriggerFired {
+                    contract: fired.contract.clone(),
+                    clause: fired.clause.clone(),
+                    condition: fired.condition.clone(),
+                    action: fired.action.clone(),
+                },
+            );
+        }
+        for suspension in settlement.suspensions {
+            if !self.suspensions.contains(&suspension) {
+                out.ledger(
+                    None,
+                    EventKind::ClauseSuspended {
+                        contract: suspension.contract.clone(),
+                        clause: suspension.clause.clone(),
+                        from: suspension.from,
+                    },
+                );
+                self.suspensions.push(suspension);
+            }
+        }
+        let live = self
+            .allocations
+            .values()
+            .any(|a| matches!(a.state, AllocationState::Reserved | AllocationState::Active));
+        if self.open_requests > 0 || live {
+            self.arm_settlement(out);
+        }
     }
 
     fn submit(&mut self, out: &mut Out, request: Request) {
@@ -527,23 +685,27 @@ impl Engine {
         if state.round.is_some() || state.pending.is_empty() || state.status == Status::Cancelled {
             return;
         }
-        let pending = state.pending.remove(0);
         if state.rounds_started >= MAX_ROUNDS_PER_REQUEST {
-            state.unfilled_gpus += pending.gpus;
+            // Out of rounds: everything still queued is unfilled, or the request would wait
+            // for rounds that never start.
             let reason = format!("request reached the limit of {MAX_ROUNDS_PER_REQUEST} rounds");
-            state.unfilled_reason = Some(reason.clone());
-            out.ledger(
-                Some(id),
-                EventKind::Unfilled {
-                    round: state.rounds_started,
-                    gpus: pending.gpus,
-                    hours: pending.hours,
-                    reason,
-                },
-            );
+            for pending in std::mem::take(&mut state.pending) {
+                state.unfilled_gpus += pending.gpus;
+                state.unfilled_reason = Some(reason.clone());
+                out.ledger(
+                    Some(id),
+                    EventKind::Unfilled {
+                        round: state.rounds_started,
+                        gpus: pending.gpus,
+                        hours: pending.hours,
+                        reason: reason.clone(),
+                    },
+                );
+            }
             self.settle_status(out, id);
             return;
         }
+        let pending = state.pending.remove(0);
         state.rounds_started += 1;
         let number = state.rounds_started;
         let screened = self.screen(id, pending.purpose, out.now);
@@ -662,14 +824,18 @@ impl Engine {
             rules.fleet = self.fleet(request.workload);
         }
 
-        // Commitments: the projected shortfall is spend the buyer owes anyway.
+        // Commitments: the projected shortfall is spend the buyer owes anyway (the one formula,
+        // `commitments`, that settlement uses too).
         for commitment in &terms.commitments {
             let c = commitment.terms;
             let counts = c.counts.is_empty() || c.counts.contains(&request.workload);
-            if counts && c.period_start <= now && now < c.period_end {
-                let spent = self.spend.get(&c.provider).copied().unwrap_or(0.0);
-                let shortfall = (c.amount - spent).max(0.0);
-                *rules.credits.entry(c.provider.clone()).or_default() += shortfall;
+            if counts
+                && c.period_start <= now
+                && now < c.period_end
+                && let Some(status) =
+                    self.commitments.status(&commitment_key(commitment), &self.allocations, now)
+            {
+                *rules.credits.entry(c.provider.clone()).or_default() += status.projected_shortfall;
             }
         }
 
@@ -751,10 +917,13 @@ impl Engine {
     }
 
     /// Removes an allocation that stopped being live (released or cancelled) from the fleet.
+    /// An allocation stopped being live (released or cancelled): it leaves the fleet, and its
+    /// final bill is folded into the commitment books.
     fn leave_fleet(&mut self, allocation: u64) {
         let Some(a) = self.allocations.get(&allocation) else { return };
         let Some(state) = self.requests.get(&a.request) else { return };
         add_to_fleet(self.live_fleet.entry(state.request.workload).or_default(), &a.plan, -1.0);
+        self.commitments.ended(a, state.request.workload);
     }
 
     fn provider_down(&self, provider: &ProviderName, region: Option<&Region>) -> Option<&str> {
@@ -1361,8 +1530,6 @@ impl Engine {
             let allocation = self.next_allocation;
             self.next_allocation += 1;
             let promised = out.now.plus_hours(f64::from(plan.lead_time_hours));
-            *self.spend.entry(plan.provider.clone()).or_default() +=
-                plan.spend_per_hour() * f64::from(round.hours);
             records.push(AllocationRecord {
                 id: allocation,
                 via: via.to_owned(),
@@ -1393,6 +1560,7 @@ impl Engine {
                     state: AllocationState::Reserved,
                 },
             );
+            self.commitments.awarded(&self.allocations[&allocation], state.request.workload);
         }
         if !records.is_empty() {
             out.ledger(Some(id), EventKind::Awarded { round: round.number, allocations: records });
@@ -1491,7 +1659,6 @@ impl Engine {
                 }
                 let (request, gpus, hours, promised, provider) =
                     (a.request.clone(), a.plan.gpus, a.hours, a.promised, a.plan.provider.clone());
-                *self.spend.entry(provider.clone()).or_default() -= a_spend(&self.allocations[&allocation]);
                 let a = self.allocations.get_mut(&allocation).expect("exists");
                 a.state = AllocationState::Cancelled;
                 a.ended_at = Some(out.now);
@@ -1509,6 +1676,7 @@ impl Engine {
                 });
                 self.requeue(out, &request, Purpose::Spillover, gpus, hours);
             }
+            Timer::Settle => self.settle(out),
             Timer::Release { allocation } => {
                 let Some(a) = self.allocations.get_mut(&allocation) else { return };
                 if a.state != AllocationState::Active {
@@ -1519,7 +1687,9 @@ impl Engine {
                 let request = a.request.clone();
                 let gpu_hours = f64::from(a.plan.gpus_bought()) * f64::from(a.hours);
                 let spend = a.plan.spend_per_hour() * f64::from(a.hours);
+                let provider = a.plan.provider.clone();
                 out.ledger(Some(&request), EventKind::AllocationReleased { allocation, gpu_hours, spend });
+                out.effects.push(Effect::Release { allocation, provider });
                 self.leave_fleet(allocation);
                 self.settle_status(out, &request);
             }
@@ -1574,11 +1744,9 @@ impl Engine {
                 Some(ends) => (ends.hours_since(out.now).floor().max(0.0) as u32).min(a.hours),
                 None => a.hours,
             };
-            let unused_spend = a.plan.spend_per_hour() * f64::from(remaining);
             a.state = AllocationState::Cancelled;
             a.ended_at = Some(out.now);
             let (request, gpus) = (a.request.clone(), a.plan.gpus);
-            *self.spend.entry(provider.clone()).or_default() -= unused_spend;
             self.leave_fleet(allocation);
             out.ledger(
                 Some(&request),
@@ -1682,8 +1850,13 @@ fn remaining_min_providers(
     (left > 1).then(|| (left, source.clone()))
 }
 
-fn a_spend(allocation: &Allocation) -> f64 {
-    allocation.plan.spend_per_hour() * f64::from(allocation.hours)
+/// The key of a commitment clause in force.
+fn commitment_key(c: &crate::contract::InForce<'_, crate::contract::Commitment>) -> CommitmentKey {
+    CommitmentKey {
+        contract: c.contract.to_owned(),
+        version: c.version.to_owned(),
+        clause: c.clause.to_owned(),
+    }
 }
 
 /// Collects effects for one input.

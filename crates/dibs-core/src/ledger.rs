@@ -140,6 +140,59 @@ pub enum EventKind {
     },
     RequestReleased {},
     RequestCancelled {},
+    /// Revenue reported to dibs, counted in `month` (`YYYY-MM`).
+    RevenueReported {
+        month: String,
+        amount: f64,
+    },
+    /// An event declared for review-trigger conditions.
+    EventDeclared {
+        name: String,
+    },
+    /// A settlement tick's figures.
+    Settled(SettledFigures),
+    /// A review trigger's condition held: the contract is flagged, or clauses are suspended.
+    TriggerFired {
+        contract: String,
+        clause: String,
+        condition: String,
+        action: crate::contract::TriggerAction,
+    },
+    /// A clause stops applying from `from` (a trigger's action); decisions from then on
+    /// screen without it.
+    ClauseSuspended {
+        contract: String,
+        clause: String,
+        from: Timestamp,
+    },
+}
+
+/// What a settlement records: spend, commitments, revenue share, and a billing invariant that
+/// failed, if one did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SettledFigures {
+    pub spend_total: f64,
+    pub spend_by_provider: std::collections::BTreeMap<ProviderName, f64>,
+    pub gpus_active: u64,
+    pub commitments: Vec<crate::commitments::CommitmentStatus>,
+    pub cumulative_revenue: f64,
+    pub revenue_share_owed: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub violation: Option<String>,
+}
+
+impl SettledFigures {
+    pub fn of(settlement: &crate::settlement::Settlement) -> Self {
+        Self {
+            spend_total: settlement.accruals.total_spend(),
+            spend_by_provider: settlement.accruals.spend.clone(),
+            gpus_active: settlement.accruals.gpus_active,
+            commitments: settlement.commitments.clone(),
+            cumulative_revenue: settlement.cumulative_revenue,
+            revenue_share_owed: settlement.revenue_share.iter().map(|s| s.owed).sum::<f64>() + 0.0,
+            violation: settlement.violation.clone(),
+        }
+    }
 }
 
 impl EventKind {
@@ -168,6 +221,11 @@ impl EventKind {
             Self::AllocationReleased { .. } => "allocation_released",
             Self::RequestReleased { .. } => "request_released",
             Self::RequestCancelled { .. } => "request_cancelled",
+            Self::RevenueReported { .. } => "revenue_reported",
+            Self::EventDeclared { .. } => "event_declared",
+            Self::Settled(_) => "settled",
+            Self::TriggerFired { .. } => "trigger_fired",
+            Self::ClauseSuspended { .. } => "clause_suspended",
         }
     }
 }

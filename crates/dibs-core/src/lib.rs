@@ -5,6 +5,7 @@
 //! source; time arrives in inputs and effects leave as data.
 
 pub mod catalog;
+pub mod commitments;
 pub mod contract;
 pub mod engine;
 pub mod ledger;

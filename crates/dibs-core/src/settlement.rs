@@ -1,10 +1,11 @@
 //! Settlement: what the allocations cost, how commitments burn down, what
 //! revenue share is owed, and which review triggers fire.
 //!
-//! Everything here is a pure function of the engine's allocations, the
-//! contracts and a few series the caller supplies (revenue, declared
-//! events), evaluated "as of" an instant. The simulator calls it at every
-//! settlement tick; the live service will call the same functions.
+//! The engine settles itself: a settlement tick is one of its timers, revenue reports and
+//! declared events are inputs, and [`Settler`] (the engine's books between ticks) turns them
+//! into a [`Settlement`] that the engine records in the ledger and acts on (a trigger's
+//! suspension takes effect in the engine's own state). Both shells, the simulator and the
+//! live service, get the same settlement because they run the same engine.
 //!
 //! * **Accrual.** An allocation bills its whole nodes at their all-in price
 //!   (`PlannedAllocation::spend_per_hour`) per hour from the moment it was
@@ -13,11 +14,9 @@
 //!   became ready bills nothing. GPU-hours billed count every GPU of the nodes,
 //!   over-bought ones included; the invariant that no request is billed more
 //!   than it asked for counts the GPUs it carries for the request.
-//! * **Commitments.** Burned = accrued spend with the provider within the
-//!   commitment's period, counting only the workload classes it names.
-//!   Projected shortfall = amount − burned − (current spend rate × hours
-//!   left in the period), floored at zero: what the buyer will owe for
-//!   capacity it did not use if nothing changes.
+//! * **Commitments.** The one formula is in [`crate::commitments`]: burned within the
+//!   period (accruals cut at its boundaries, counted classes only), projected (what live
+//!   allocations will still bill in it), projected shortfall. Screening uses the same books.
 //! * **Revenue share.** The caller supplies revenue per calendar month
 //!   (`RevenueSeries`); each `revenue_share` clause in force owes
 //!   `rate × revenue` for the months it was in force.
@@ -31,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use crate::commitments::CommitmentStatus;
 use crate::contract::{ContractSet, Metrics, Suspension, TriggerAction};
 use crate::engine::{Allocation, Engine};
 use crate::types::{ProviderName, Timestamp, WorkloadClass};
@@ -216,52 +216,6 @@ impl Accountant {
     }
 }
 
-/// A commitment's burn-down as of an instant.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CommitmentStatus {
-    pub contract: String,
-    pub clause: String,
-    pub provider: ProviderName,
-    pub amount: f64,
-    pub burned: f64,
-    pub projected_shortfall: f64,
-}
-
-/// The burn-down of every commitment in force at `at`.
-///
-/// Accruals are not split by date, so spend before a commitment's period
-/// started counts only when the period started before the run; callers that
-/// need exact periods settle at the period boundaries.
-pub fn commitments(set: &ContractSet, accruals: &Accruals, at: Timestamp) -> Vec<CommitmentStatus> {
-    let terms = set.in_force(at, &[]);
-    terms
-        .commitments
-        .iter()
-        .map(|c| {
-            let commitment = c.terms;
-            let burned: f64 = accruals
-                .spend_by_class
-                .iter()
-                .filter(|((provider, class), _)| {
-                    provider == &commitment.provider
-                        && (commitment.counts.is_empty() || commitment.counts.contains(class))
-                })
-                .map(|(_, spend)| spend)
-                .sum();
-            let hours_left = commitment.period_end.hours_since(at).max(0.0);
-            let rate = accruals.spend_rate.get(&commitment.provider).copied().unwrap_or(0.0);
-            CommitmentStatus {
-                contract: c.contract.to_owned(),
-                clause: c.clause.to_owned(),
-                provider: commitment.provider.clone(),
-                amount: commitment.amount,
-                burned,
-                projected_shortfall: (commitment.amount - burned - rate * hours_left).max(0.0),
-            }
-        })
-        .collect()
-}
-
 /// Revenue per calendar month, keyed `YYYY-MM`.
 pub type RevenueSeries = BTreeMap<String, f64>;
 
@@ -346,11 +300,12 @@ pub struct TriggerFired {
 pub fn evaluate_triggers(
     set: &ContractSet,
     at: Timestamp,
+    suspended: &[Suspension],
     metrics: &Metrics,
     already_fired: &BTreeSet<(String, String)>,
 ) -> (Vec<TriggerFired>, Vec<Suspension>, Vec<String>) {
     let (mut fired, mut suspensions, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-    for trigger in &set.in_force(at, &[]).review_triggers {
+    for trigger in &set.in_force(at, suspended).review_triggers {
         let key = (trigger.contract.to_owned(), trigger.clause.to_owned());
         if already_fired.contains(&key) {
             continue;
@@ -410,4 +365,87 @@ pub fn check_billing(engine: &Engine, accruals: &Accruals, at: Timestamp) -> Res
         return Err(format!("provider spend sums to {summed}, allocations to {total}"));
     }
     Ok(())
+}
+
+/// What one settlement found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Settlement {
+    pub at: Option<Timestamp>,
+    pub accruals: Accruals,
+    /// Every commitment in force, as of the settlement.
+    pub commitments: Vec<CommitmentStatus>,
+    /// Revenue-share statements for every month with reported revenue.
+    pub revenue_share: Vec<RevenueShareStatement>,
+    pub cumulative_revenue: f64,
+    /// Triggers that fired at this settlement, and the suspensions they ask for.
+    pub triggers_fired: Vec<TriggerFired>,
+    pub suspensions: Vec<Suspension>,
+    /// Conditions that could not be evaluated (a metric nobody records); not fatal.
+    pub trigger_errors: Vec<String>,
+    /// A billing invariant that failed, if one did: a bug, reported, never silenced.
+    pub violation: Option<String>,
+}
+
+/// The engine's settlement books between ticks: the incremental accountant, revenue reported
+/// per month, events declared, triggers already fired, and the latest settlement.
+#[derive(Debug, Clone, Default)]
+pub struct Settler {
+    accountant: Accountant,
+    revenue: RevenueSeries,
+    month_start: BTreeMap<String, Timestamp>,
+    cumulative_revenue: f64,
+    declared: BTreeSet<String>,
+    fired: BTreeSet<(String, String)>,
+    /// The instant settlement began (the engine's first input): `days_elapsed` counts from it.
+    pub started: Option<Timestamp>,
+    /// The latest settlement.
+    pub last: Settlement,
+}
+
+impl Settler {
+    /// Revenue reported at `at`, for the calendar month of `at`.
+    pub fn report_revenue(&mut self, at: Timestamp, amount: f64) -> String {
+        let month = month_of(at);
+        *self.revenue.entry(month.clone()).or_default() += amount;
+        self.month_start.entry(month.clone()).or_insert(at);
+        self.cumulative_revenue += amount;
+        month
+    }
+
+    /// An event declared (for review-trigger conditions); true when it is new.
+    pub fn declare(&mut self, name: &str) -> bool {
+        self.declared.insert(name.to_owned())
+    }
+
+    /// Settles as of `at`: accruals, commitments, revenue share, triggers. Instants must not
+    /// go backwards (the engine's settlement timer guarantees it).
+    pub fn settle(
+        &mut self,
+        engine: &Engine,
+        commitments: Vec<CommitmentStatus>,
+        suspended: &[Suspension],
+        at: Timestamp,
+    ) -> &Settlement {
+        let started = *self.started.get_or_insert(at);
+        let (accruals, billing) = self.accountant.settle(engine, at);
+        let days = at.hours_since(started) / 24.0;
+        let metrics = metrics(&accruals, self.cumulative_revenue, days, &self.declared);
+        let (fired, suspensions, trigger_errors) =
+            evaluate_triggers(engine.contracts(), at, suspended, &metrics, &self.fired);
+        for f in &fired {
+            self.fired.insert((f.contract.clone(), f.clause.clone()));
+        }
+        self.last = Settlement {
+            at: Some(at),
+            accruals,
+            commitments,
+            revenue_share: revenue_share(engine.contracts(), &self.revenue, &self.month_start),
+            cumulative_revenue: self.cumulative_revenue,
+            triggers_fired: fired,
+            suspensions,
+            trigger_errors,
+            violation: billing.err(),
+        };
+        &self.last
+    }
 }

@@ -329,23 +329,19 @@ fn carries(offer: &Offer, block: u32) -> u32 {
 /// Carries out one engine effect against in-process simulated providers and
 /// returns the inputs it will cause, each with the instant it is due: a
 /// holder's answer, quotes, an allocation becoming ready, a timer firing.
-/// A released allocation gives its capacity back. Ledger entries are the
-/// caller's to record; this only reads them.
+/// A released or cancelled allocation gives its capacity back. Ledger entries
+/// are the caller's to record.
 pub fn carry_out(
     providers: &mut BTreeMap<ProviderName, SimulatedProvider>,
-    engine: &dibs_core::engine::Engine,
     now: Timestamp,
     effect: &dibs_core::engine::Effect,
 ) -> Vec<(Timestamp, dibs_core::engine::Input)> {
     use dibs_core::engine::{Effect, Input};
-    use dibs_core::ledger::EventKind;
     let mut caused = Vec::new();
     match effect {
-        Effect::Ledger(event) => {
-            if let EventKind::AllocationReleased { allocation, .. } = &event.kind
-                && let Some(a) = engine.allocation(*allocation)
-                && let Some(provider) = providers.get_mut(&a.plan.provider)
-            {
+        Effect::Ledger(_) => {}
+        Effect::Release { allocation, provider } => {
+            if let Some(provider) = providers.get_mut(provider) {
                 provider.cancel(*allocation);
             }
         }

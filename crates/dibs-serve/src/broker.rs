@@ -149,6 +149,20 @@ pub enum Command {
         id: String,
         reply: tokio::sync::oneshot::Sender<Reply>,
     },
+    /// Revenue earned, reported to dibs (for revenue share and review triggers).
+    ReportRevenue {
+        amount: f64,
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+    /// An event declared for review-trigger conditions.
+    DeclareEvent {
+        name: String,
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+    /// The latest settlement.
+    Settlement {
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
     Incidents {
         reply: tokio::sync::oneshot::Sender<Reply>,
     },
@@ -548,7 +562,7 @@ impl Broker {
     fn execute(&mut self, now: Timestamp, effect: &Effect) {
         let mut calls = Vec::new();
         let caused = match &self.remote {
-            None => carry_out(&mut self.providers, &self.engine, now, effect),
+            None => carry_out(&mut self.providers, now, effect),
             Some(remote) => match effect {
                 Effect::Solicit(s) if remote.is_remote(&s.holder) => {
                     calls.push(Call::Solicit(s.clone()));
@@ -559,7 +573,7 @@ impl Broker {
                         providers.iter().cloned().partition(|p| remote.is_remote(p));
                     calls.extend(far.into_iter().map(|provider| Call::Quote { provider, ask: ask.clone() }));
                     let local = Effect::RequestQuotes { providers: near, ask: ask.clone() };
-                    carry_out(&mut self.providers, &self.engine, now, &local)
+                    carry_out(&mut self.providers, now, &local)
                 }
                 Effect::Reserve { allocation, plan, .. } if remote.is_remote(&plan.provider) => {
                     calls.push(Call::Reserve { allocation: *allocation, plan: plan.clone() });
@@ -569,19 +583,11 @@ impl Broker {
                     calls.push(Call::Cancel { provider: provider.clone(), allocation: *allocation });
                     Vec::new()
                 }
-                Effect::Ledger(event) => {
-                    if let dibs_core::ledger::EventKind::AllocationReleased { allocation, .. } = &event.kind
-                        && let Some(a) = self.engine.allocation(*allocation)
-                        && remote.is_remote(&a.plan.provider)
-                    {
-                        calls.push(Call::Cancel {
-                            provider: a.plan.provider.clone(),
-                            allocation: *allocation,
-                        });
-                    }
-                    carry_out(&mut self.providers, &self.engine, now, effect)
+                Effect::Release { allocation, provider } if remote.is_remote(provider) => {
+                    calls.push(Call::Cancel { provider: provider.clone(), allocation: *allocation });
+                    Vec::new()
                 }
-                _ => carry_out(&mut self.providers, &self.engine, now, effect),
+                _ => carry_out(&mut self.providers, now, effect),
             },
         };
         for (at, input) in caused {
@@ -668,6 +674,11 @@ impl Broker {
         }
     }
 
+    /// When the next input is due (a timer, an in-process provider's answer), if any.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        self.due.next_at()
+    }
+
     /// One turn: due inputs and commands, one commit, then replies and provider calls.
     pub fn turn(&mut self, commands: Vec<Command>) -> Result<(), StoreError> {
         let now = (self.clock)();
@@ -743,6 +754,23 @@ impl Broker {
                         Err(ApiError::new(404, format!("no open incident {id:?}")))
                     };
                     replies.push((reply, answer));
+                }
+                Command::ReportRevenue { amount, reply } => {
+                    self.apply(now, Input::RevenueReported { amount }, &mut entries);
+                    let body = crate::view::RevenueReportedView {
+                        amount,
+                        month: dibs_core::settlement::month_of(now),
+                    };
+                    replies.push((reply, Ok((201, serde_json::to_value(body).expect("views serialize")))));
+                }
+                Command::DeclareEvent { name, reply } => {
+                    self.apply(now, Input::EventDeclared { name: name.clone() }, &mut entries);
+                    let body = crate::view::EventDeclaredView { name, at: now.to_string() };
+                    replies.push((reply, Ok((201, serde_json::to_value(body).expect("views serialize")))));
+                }
+                Command::Settlement { reply } => {
+                    let body = crate::view::settlement(&self.engine);
+                    replies.push((reply, Ok((200, serde_json::to_value(body).expect("views serialize")))));
                 }
                 Command::Incidents { reply } => {
                     let open: Vec<_> = self
@@ -1102,6 +1130,7 @@ fn request_of(input: &Input) -> Option<String> {
 }
 
 /// The engine configuration the service runs with.
+/// The live engine settles hourly: spend, commitments and triggers stay current.
 pub fn engine_config() -> EngineConfig {
-    EngineConfig::default()
+    EngineConfig { settle_every_hours: 1.0, ..EngineConfig::default() }
 }

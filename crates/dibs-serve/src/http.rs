@@ -47,6 +47,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/allocations", get(allocations))
         .route("/v1/incidents", post(open_incident).get(incidents))
         .route("/v1/incidents/{id}/resolve", post(resolve_incident))
+        .route("/v1/revenue", post(report_revenue))
+        .route("/v1/events", post(declare_event))
+        .route("/v1/settlement", get(settlement))
         .route("/v1/tokens", post(create_token))
         .route("/v1/provider/events", get(provider_events))
         .route("/v1/provider/requests/{id}/answer", post(provider_answer))
@@ -483,6 +486,76 @@ async fn incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
     ask(&state, |reply| Command::Incidents { reply }).await
 }
 
+/// Revenue is at most this much per report; larger numbers are typos.
+const MAX_REVENUE_PER_REPORT: f64 = 1e13;
+/// A declared event's name is at most this long.
+const MAX_EVENT_NAME_CHARS: usize = 64;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RevenueBody {
+    /// USD earned, counted in the current calendar month.
+    #[schema(minimum = 0.0, maximum = 1e13)]
+    amount: f64,
+}
+
+#[utoipa::path(post, path = "/v1/revenue", tag = "settlement", request_body = RevenueBody, responses((status = 201, body = crate::view::RevenueReportedView), (status = 422, body = ApiError)), security(("bearer" = [])))]
+async fn report_revenue(State(state): State<Arc<AppState>>, headers: HeaderMap, bytes: Bytes) -> Response {
+    if let Err(e) = authenticate(&state, &headers, Access::Admin) {
+        return error(e);
+    }
+    let body: RevenueBody = match parse_body(&bytes) {
+        Ok(b) => b,
+        Err(e) => return error(e),
+    };
+    if !(body.amount.is_finite() && (0.0..=MAX_REVENUE_PER_REPORT).contains(&body.amount)) {
+        return error(ApiError::field(
+            422,
+            "amount",
+            format!("must be between 0 and {MAX_REVENUE_PER_REPORT} USD"),
+        ));
+    }
+    ask(&state, |reply| Command::ReportRevenue { amount: body.amount, reply }).await
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct EventBody {
+    /// A name review-trigger conditions test for (`"agi_declared" in events`).
+    #[schema(min_length = 1, max_length = 64)]
+    name: String,
+}
+
+#[utoipa::path(post, path = "/v1/events", tag = "settlement", request_body = EventBody, responses((status = 201, body = crate::view::EventDeclaredView), (status = 422, body = ApiError)), security(("bearer" = [])))]
+async fn declare_event(State(state): State<Arc<AppState>>, headers: HeaderMap, bytes: Bytes) -> Response {
+    if let Err(e) = authenticate(&state, &headers, Access::Admin) {
+        return error(e);
+    }
+    let body: EventBody = match parse_body(&bytes) {
+        Ok(b) => b,
+        Err(e) => return error(e),
+    };
+    let valid = !body.name.is_empty()
+        && body.name.chars().count() <= MAX_EVENT_NAME_CHARS
+        && body.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !valid {
+        return error(ApiError::field(
+            422,
+            "name",
+            format!("must be 1 to {MAX_EVENT_NAME_CHARS} ASCII letters, digits, '_', '-' or '.'"),
+        ));
+    }
+    ask(&state, |reply| Command::DeclareEvent { name: body.name, reply }).await
+}
+
+#[utoipa::path(get, path = "/v1/settlement", tag = "settlement", responses((status = 200, body = crate::view::SettlementView)), security(("bearer" = [])))]
+async fn settlement(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authenticate(&state, &headers, Access::Read) {
+        return error(e);
+    }
+    ask(&state, |reply| Command::Settlement { reply }).await
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenBody {
@@ -648,9 +721,9 @@ async fn provider_answer(
     info(title = "dibs", description = "A contract-aware broker for GPU cloud capacity."),
     paths(
         health, submit, list, show, cancel, stats, contracts, load_contracts, contract, providers, allocations, open_incident, resolve_incident, incidents,
-        ledger, verify, create_token, provider_events, provider_answer
+        ledger, verify, create_token, provider_events, provider_answer, report_revenue, declare_event, settlement
     ),
-    components(schemas(ContractFiles, ContractFile, SubmitBody, RequestView, crate::view::AllocationView, crate::view::UnfilledView, ApiError, IncidentBody, TokenBody)),
+    components(schemas(ContractFiles, ContractFile, SubmitBody, RequestView, crate::view::AllocationView, crate::view::UnfilledView, ApiError, IncidentBody, TokenBody, RevenueBody, EventBody, crate::view::SettlementView, crate::view::CommitmentView, crate::view::RevenueShareView, crate::view::SuspensionView, crate::view::RevenueReportedView, crate::view::EventDeclaredView)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -145,3 +145,108 @@ pub fn contract(c: &dibs_core::contract::Contract, with_clauses: bool) -> serde_
         "versions": versions,
     })
 }
+
+/// What a revenue report recorded.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RevenueReportedView {
+    pub amount: f64,
+    /// The calendar month it counts in, `YYYY-MM`.
+    pub month: String,
+}
+
+/// An event declared for review-trigger conditions.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EventDeclaredView {
+    pub name: String,
+    pub at: String,
+}
+
+/// The latest settlement: spend, commitments, revenue share, triggers, suspensions.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SettlementView {
+    /// When it was settled; absent before the first settlement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    pub spend_total: f64,
+    pub spend_by_provider: std::collections::BTreeMap<String, f64>,
+    pub gpus_active: u64,
+    pub commitments: Vec<CommitmentView>,
+    pub cumulative_revenue: f64,
+    pub revenue_share: Vec<RevenueShareView>,
+    pub suspended_clauses: Vec<SuspensionView>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CommitmentView {
+    pub contract: String,
+    pub clause: String,
+    pub provider: String,
+    pub amount: f64,
+    pub burned: f64,
+    pub projected: f64,
+    pub projected_shortfall: f64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RevenueShareView {
+    pub contract: String,
+    pub clause: String,
+    pub partner: String,
+    pub month: String,
+    pub revenue: f64,
+    pub rate: f64,
+    pub owed: f64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SuspensionView {
+    pub contract: String,
+    pub clause: String,
+    pub from: String,
+}
+
+pub fn settlement(engine: &Engine) -> SettlementView {
+    let last = engine.settlement();
+    SettlementView {
+        at: last.at.map(|t| t.to_string()),
+        spend_total: last.accruals.total_spend(),
+        spend_by_provider: last.accruals.spend.iter().map(|(p, s)| (p.to_string(), *s)).collect(),
+        gpus_active: last.accruals.gpus_active,
+        commitments: last
+            .commitments
+            .iter()
+            .map(|c| CommitmentView {
+                contract: c.contract.clone(),
+                clause: c.clause.clone(),
+                provider: c.provider.to_string(),
+                amount: c.amount,
+                burned: c.burned,
+                projected: c.projected,
+                projected_shortfall: c.projected_shortfall,
+            })
+            .collect(),
+        cumulative_revenue: last.cumulative_revenue,
+        revenue_share: last
+            .revenue_share
+            .iter()
+            .map(|r| RevenueShareView {
+                contract: r.contract.clone(),
+                clause: r.clause.clone(),
+                partner: r.partner.clone(),
+                month: r.month.clone(),
+                revenue: r.revenue,
+                rate: r.rate,
+                owed: r.owed,
+            })
+            .collect(),
+        suspended_clauses: engine
+            .suspensions()
+            .iter()
+            .map(|s| SuspensionView {
+                contract: s.contract.clone(),
+                clause: s.clause.clone(),
+                from: s.from.to_string(),
+            })
+            .collect(),
+    }
+}

@@ -79,7 +79,7 @@ impl VirtualRun {
 
     fn execute(&mut self, effects: Vec<Effect>) {
         for effect in effects {
-            for (at, input) in carry_out(&mut self.providers, &self.engine, self.now, &effect) {
+            for (at, input) in carry_out(&mut self.providers, self.now, &effect) {
                 self.schedule(at, input);
             }
             if let Effect::Ledger(event) = effect {

@@ -10,16 +10,17 @@
 //! effect in the engine from then on) and check the billing invariants. A
 //! violated invariant stops the variant and is reported with the seed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
+use dibs_core::commitments::CommitmentStatus;
 use dibs_core::contract::{ClauseKind, ContractSet, RefusalMode};
 use dibs_core::engine::{Engine, EngineConfig, Input};
 use dibs_core::ledger::EventKind;
 use dibs_core::names::Names;
 use dibs_core::placement::SolverConfig;
 use dibs_core::request::RequestSpec;
-use dibs_core::settlement::{self, CommitmentStatus, RevenueSeries, RevenueShareStatement, TriggerFired};
+use dibs_core::settlement::{self, RevenueShareStatement, TriggerFired};
 use dibs_core::types::{Offer, Timestamp, WorkloadClass};
 use dibs_providers::{HolderBehaviour, SimulatedBehaviour, SimulatedProvider};
 use serde::Serialize;
@@ -299,7 +300,11 @@ pub fn run_variant(scenario: &Scenario, variant: &Variant, progress: &mut dyn Fn
         }
     }
     // The solver's work limit counts branch nodes, never seconds: a run replays exactly.
-    let config = EngineConfig { solver: SolverConfig::default(), ..EngineConfig::default() };
+    let config = EngineConfig {
+        solver: SolverConfig::default(),
+        settle_every_hours: scenario.settle_every_hours.max(1.0),
+        ..EngineConfig::default()
+    };
     let names = Names::from_offers(&scenario.offers);
     let engine = Engine::new(contracts.clone(), scenario.offers.clone(), config);
     let mut run = VirtualRun::new(engine, providers, scenario.start);
@@ -334,66 +339,46 @@ pub fn run_variant(scenario: &Scenario, variant: &Variant, progress: &mut dyn Fn
         run.schedule(incident.end, Input::IncidentResolved { id: incident.id.clone() });
     }
 
-    // Settlement ticks until the queue drains.
+    // Declared events are inputs at their instants; the engine evaluates review triggers when
+    // it settles (every `settle_every_hours`, a timer of its own) and suspends clauses itself.
+    for (name, at) in &scenario.declared {
+        run.schedule(*at, Input::EventDeclared { name: name.clone() });
+    }
+
+    // Sampling ticks until the queue drains: revenue earned since the last tick is reported to
+    // the engine (an input, as a live buyer would report it), and the series are read from the
+    // engine's latest settlement.
     let step = scenario.settle_every_hours.max(1.0);
     let mut tick = scenario.start;
-    let mut revenue = RevenueSeries::new();
-    let mut month_start: BTreeMap<String, Timestamp> = BTreeMap::new();
     let mut revenue_class_hours = 0.0;
-    let mut cumulative_revenue = 0.0;
-    let mut fired_keys = BTreeSet::new();
-    let mut triggers_fired = Vec::new();
-    let mut trigger_errors = Vec::new();
     let mut invariant_violation = None;
     let mut spend_points: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut share_points: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let every_nth = ((horizon_hours / step) as usize / MAX_SERIES_POINTS).max(1);
     let mut ticks = 0usize;
-    let mut accountant = settlement::Accountant::default();
     let mut tally = Tally::default();
-    let mut last_accruals = settlement::Accruals::default();
     loop {
         tick = tick.plus_hours(step);
         run.run_until(Some(tick));
         tally.add(&run.events);
         run.events.clear();
         ticks += 1;
-        let (accruals, billing) = accountant.settle(&run.engine, tick);
-        // Revenue: earned on inference and api GPU-hours in this tick.
+        let settlement = run.engine.settlement().clone();
+        if let Some(violation) = &settlement.violation {
+            invariant_violation = Some(format!("at {}: {violation}", settlement.at.unwrap_or(tick)));
+            break;
+        }
+        let accruals = &settlement.accruals;
+        // Revenue: earned on inference and api GPU-hours since the last tick.
         let class_hours: f64 = [WorkloadClass::Inference, WorkloadClass::Api]
             .iter()
             .map(|c| accruals.gpu_hours_by_class.get(c).copied().unwrap_or(0.0))
             .sum();
         let earned = (class_hours - revenue_class_hours) * scenario.revenue_per_gpu_hour;
         revenue_class_hours = class_hours;
-        cumulative_revenue += earned;
-        let month = settlement::month_of(tick);
-        *revenue.entry(month.clone()).or_default() += earned;
-        month_start.entry(month).or_insert(tick);
-
-        let events: BTreeSet<String> =
-            scenario.declared.iter().filter(|(_, at)| *at <= tick).map(|(name, _)| name.clone()).collect();
-        let days = tick.hours_since(scenario.start) / 24.0;
-        let metrics = settlement::metrics(&accruals, cumulative_revenue, days, &events);
-        let (fired, suspensions, errors) =
-            settlement::evaluate_triggers(&contracts, tick, &metrics, &fired_keys);
-        for f in &fired {
-            fired_keys.insert((f.contract.clone(), f.clause.clone()));
+        if earned > 0.0 {
+            run.schedule(tick, Input::RevenueReported { amount: earned });
         }
-        for suspension in suspensions {
-            run.engine.suspend(suspension);
-        }
-        triggers_fired.extend(fired);
-        for error in errors {
-            if !trigger_errors.contains(&error) {
-                trigger_errors.push(error);
-            }
-        }
-        if let Err(violation) = billing {
-            invariant_violation = Some(format!("at {tick}: {violation}"));
-            break;
-        }
-        last_accruals = accruals.clone();
         if ticks.is_multiple_of(every_nth) {
             let hours = tick.hours_since(scenario.start);
             for (provider, spend) in &accruals.spend {
@@ -411,11 +396,11 @@ pub fn run_variant(scenario: &Scenario, variant: &Variant, progress: &mut dyn Fn
         }
     }
 
-    // The end of the run: a full recount, checked against the incremental figures.
+    // The end of the run: a full recount, checked against the engine's incremental figures.
     let end = tick;
     let accruals = settlement::accrue(&run.engine, end);
     if invariant_violation.is_none() {
-        let incremental = last_accruals.total_spend();
+        let incremental = run.engine.settlement().accruals.total_spend();
         let recount = accruals.total_spend();
         if let Err(violation) = settlement::check_billing(&run.engine, &accruals, end) {
             invariant_violation = Some(format!("at {end}: {violation}"));
@@ -444,12 +429,12 @@ pub fn run_variant(scenario: &Scenario, variant: &Variant, progress: &mut dyn Fn
         report.spend_per_gpu_hour = report.spend_total / report.gpu_hours_delivered;
     }
     report.hhi = report.share_by_provider.values().map(|s| (s * 100.0).powi(2)).sum::<f64>() + 0.0;
-    report.commitments = settlement::commitments(&contracts, &accruals, end);
-    report.revenue = cumulative_revenue;
-    report.revenue_share_statements = settlement::revenue_share(&contracts, &revenue, &month_start);
+    let last = run.engine.settlement();
+    report.commitments = run.engine.commitment_statuses(end);
+    report.revenue = last.cumulative_revenue;
+    report.revenue_share_statements = last.revenue_share.clone();
     report.revenue_share_owed = report.revenue_share_statements.iter().map(|s| s.owed).sum::<f64>() + 0.0;
-    report.triggers_fired = triggers_fired;
-    report.trigger_errors = trigger_errors;
+    report.trigger_errors = last.trigger_errors.clone();
     report.invariant_violation = invariant_violation;
     report.incidents = incidents.len();
     report.spend_over_time = spend_points.into_iter().map(|(name, points)| Series { name, points }).collect();
@@ -469,6 +454,7 @@ struct Tally {
     failovers: usize,
     unfilled_gpu_hours: f64,
     unfilled_reasons: BTreeMap<String, usize>,
+    triggers_fired: Vec<TriggerFired>,
 }
 
 impl Tally {
@@ -494,6 +480,15 @@ impl Tally {
                 EventKind::NoBetterTerms { .. } => fr.no_better_terms += 1,
                 EventKind::Spillover { .. } => self.spillovers += 1,
                 EventKind::Failover { .. } => self.failovers += 1,
+                EventKind::TriggerFired { contract, clause, condition, action } => {
+                    self.triggers_fired.push(TriggerFired {
+                        contract: contract.clone(),
+                        clause: clause.clone(),
+                        at: event.at,
+                        condition: condition.clone(),
+                        action: action.clone(),
+                    })
+                }
                 EventKind::Unfilled { gpus, hours, reason, .. } => {
                     self.unfilled_gpu_hours += f64::from(*gpus) * f64::from(*hours);
                     // The kind of reason, without the numbers that follow its colon.
@@ -515,6 +510,7 @@ fn summarize(run: &VirtualRun, tally: Tally) -> VariantReport {
         failovers,
         unfilled_gpu_hours,
         unfilled_reasons,
+        triggers_fired,
     } = tally;
     let mut samples: Vec<f64> =
         active.iter().filter_map(|(id, at)| submitted.get(id).map(|s| at.hours_since(*s))).collect();
@@ -551,7 +547,7 @@ fn summarize(run: &VirtualRun, tally: Tally) -> VariantReport {
         revenue: 0.0,
         revenue_share_owed: 0.0,
         revenue_share_statements: Vec::new(),
-        triggers_fired: Vec::new(),
+        triggers_fired,
         trigger_errors: Vec::new(),
         invariant_violation: None,
         spend_over_time: Vec::new(),

@@ -1,7 +1,7 @@
 //! Settlement over real engine runs: accrual, commitment burn-down, revenue
 //! share, review triggers, and the billing invariants.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use dibs_core::contract::{
     Clause, ClauseKind, Commitment, Condition, Contract, ContractSet, ContractVersion, FirstRefusal,
@@ -142,23 +142,47 @@ fn a_commitment_burns_down_and_projects_its_shortfall() {
     submit(&mut run, "r1", 32, 1000, "training", t("2026-01-01"));
     let at = t("2026-01-11");
     run.run_until(Some(at));
-    let accruals = settlement::accrue(&run.engine, at);
-    let status = &settlement::commitments(run.engine.contracts(), &accruals, at)[0];
-    let burned = 32.0 * 2.0 * at.hours_since(t("2026-01-01").plus_hours(4.25));
+    let ready = t("2026-01-01").plus_hours(4.25);
+    let status = &run.engine.commitment_statuses(at)[0];
+    let burned = 32.0 * 2.0 * at.hours_since(ready);
     assert!(close(status.burned, burned), "{} vs {burned}", status.burned);
-    // Projected: the $64/h now running continues for the 1,176 h left in the period.
-    let projected = 100_000.0 - burned - 64.0 * 1176.0;
-    assert!(close(status.projected_shortfall, projected), "{} vs {projected}", status.projected_shortfall);
+    // Projected: the $64/h now running continues until its 1,000 hours are up, inside the period.
+    let projected = 64.0 * ready.plus_hours(1000.0).hours_since(at);
+    assert!(close(status.projected, projected), "{} vs {projected}", status.projected);
+    assert!(close(status.projected_shortfall, 100_000.0 - burned - projected));
     // After the allocation ends nothing runs: the shortfall is what was never burned.
     run.run_until(None);
     let later = t("2026-02-28");
-    let accruals = settlement::accrue(&run.engine, later);
-    let status = &settlement::commitments(run.engine.contracts(), &accruals, later)[0];
+    let status = &run.engine.commitment_statuses(later)[0];
     assert!(
         close(status.projected_shortfall, 100_000.0 - 32.0 * 2.0 * 1000.0),
         "{}",
         status.projected_shortfall
     );
+}
+
+/// Spend before a commitment's period starts, or after it ends, does not burn it down: the
+/// accrual is cut at the period's boundaries.
+#[test]
+fn a_commitment_counts_only_spend_inside_its_period_and_classes() {
+    let commitment = Commitment {
+        provider: p("lambda"),
+        amount: 1e6,
+        currency: "USD".into(),
+        period_start: t("2026-01-05"),
+        period_end: t("2026-01-10"),
+        counts: vec![dibs_core::types::WorkloadClass::Training],
+    };
+    let mut run =
+        start(set(vec![clause("c", ClauseKind::Commitment(commitment))]), vec![offer("lambda", 2.0, 512, 4)]);
+    submit(&mut run, "train", 8, 1000, "training", t("2026-01-01"));
+    submit(&mut run, "serve", 8, 1000, "inference", t("2026-01-01"));
+    run.run_until(Some(t("2026-01-20")));
+    let status = &run.engine.commitment_statuses(t("2026-01-08"))[0];
+    // One 8-GPU node at $16/h of training, from Jan 5 (not from ready on Jan 1) to Jan 8.
+    assert!(close(status.burned, 16.0 * 72.0), "{}", status.burned);
+    // Projected: to the period's end on Jan 10, not to the allocation's.
+    assert!(close(status.projected, 16.0 * 48.0), "{}", status.projected);
 }
 
 #[test]
@@ -195,28 +219,20 @@ fn a_review_trigger_fires_once_and_its_suspension_ends_first_refusal_inside_the_
     ]);
     let mut run = start(contracts, vec![offer("azure", 6.0, 512, 4), offer("lambda", 2.0, 512, 4)]);
     submit(&mut run, "r1", 64, 100, "training", t("2026-01-01"));
-    let day2 = t("2026-01-03");
-    run.run_until(Some(day2));
-    let mut fired_keys = BTreeSet::new();
-    let accruals = settlement::accrue(&run.engine, day2);
-    let quiet = settlement::metrics(&accruals, 0.0, 2.0, &BTreeSet::new());
-    let (fired, _, errors) = settlement::evaluate_triggers(run.engine.contracts(), day2, &quiet, &fired_keys);
-    assert!(fired.is_empty() && errors.is_empty(), "{errors:?}");
-    let declared = BTreeSet::from(["agi_declared".to_owned()]);
-    let metrics = settlement::metrics(&accruals, 0.0, 2.0, &declared);
-    let (fired, suspensions, _) =
-        settlement::evaluate_triggers(run.engine.contracts(), day2, &metrics, &fired_keys);
-    assert_eq!(fired.len(), 1);
-    fired_keys.insert((fired[0].contract.clone(), fired[0].clause.clone()));
-    assert!(
-        settlement::evaluate_triggers(run.engine.contracts(), day2, &metrics, &fired_keys).0.is_empty(),
-        "fires once"
-    );
-    for s in suspensions {
-        run.engine.suspend(s);
-    }
+    // The spend condition holds from the first day on; the event is declared on day 2; the
+    // engine settles daily, from its first input.
+    run.schedule(t("2026-01-02T12:00:00Z"), Input::EventDeclared { name: "agi_declared".into() });
+    run.run_until(Some(t("2026-01-02T11:00:00Z")));
+    assert!(!run.events.iter().any(|e| e.kind.name() == "trigger_fired"), "not before the declaration");
+    let day3 = t("2026-01-03T01:00:00Z");
+    run.run_until(Some(day3));
+    let fired: Vec<String> =
+        run.events.iter().filter(|e| e.kind.name() == "trigger_fired").map(|e| e.at.to_string()).collect();
+    assert_eq!(fired, ["2026-01-03T00:00:00Z"], "fires at the first settlement after the declaration");
+    assert!(run.events.iter().any(|e| e.kind.name() == "clause_suspended"));
+    assert_eq!(run.engine.suspensions().len(), 1);
     // The first request met first refusal; the one after the trigger does not.
-    submit(&mut run, "r2", 64, 100, "training", day2);
+    submit(&mut run, "r2", 64, 100, "training", day3);
     run.run_until(None);
     let solicited: Vec<&str> = run
         .events
@@ -225,4 +241,5 @@ fn a_review_trigger_fires_once_and_its_suspension_ends_first_refusal_inside_the_
         .map(|e| e.request.as_deref().unwrap())
         .collect();
     assert_eq!(solicited, vec!["r1"]);
+    assert_eq!(run.events.iter().filter(|e| e.kind.name() == "trigger_fired").count(), 1, "fires once");
 }
