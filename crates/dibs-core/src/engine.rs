@@ -18,6 +18,17 @@
 //! screening -> [first refusal] -> market -> [match] -> award | unfilled
 //! ```
 //!
+//! A round's state is one enum, [`Phase`]: screened, waiting for the holder (with what it
+//! was offered and what follows its answer, [`AfterHolder`]), or waiting for quotes (who was
+//! asked, who answered). An input moves a request by one transition; each transition returns
+//! the next [`Step`] and [`Engine::drive`] runs them until the request waits again, so no
+//! transition calls back into the one that called it.
+//!
+//! The engine also settles itself: `Timer::Settle` every `settle_every_hours` accrues spend,
+//! burns commitments down ([`crate::commitments`], the one formula screening shares),
+//! evaluates review triggers over reported revenue and declared events (both inputs), and
+//! applies a trigger's suspension to its own state. Everything it decides is in the ledger.
+//!
 //! First refusal applies to a round when a `first_refusal` clause in force
 //! covers the request (and, for spillover and failover rounds, the clause
 //! says it covers them). Its holder may be skipped only when none of its
@@ -332,16 +343,35 @@ struct Screened {
     min_providers: Option<(u32, String)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
+/// Where a round stands. Each variant carries exactly the data of that state; a round is
+/// `Screened` only between its screening and its first wait, inside one input's handling.
+#[derive(Debug, Clone)]
+enum Phase {
+    /// Screened; about to solicit the holder or ask the market.
+    Screened,
     /// Waiting for the holder's answer to solicitation number `solicitation`.
     Holder {
         solicitation: u32,
         respond_by: Timestamp,
+        /// GPUs put to the holder, and the price per GPU-hour.
+        offered_gpus: u32,
+        price: Price,
+        /// What follows the answer.
+        then: AfterHolder,
     },
-    Quotes {
-        respond_by: Timestamp,
-    },
+    /// Waiting for the quotes of `asked` until `respond_by`.
+    Quotes { respond_by: Timestamp, asked: BTreeSet<ProviderName>, answered: BTreeSet<ProviderName> },
+}
+
+/// What a round does once the holder has answered or let its window lapse.
+#[derive(Debug, Clone)]
+enum AfterHolder {
+    /// Offer-first, first solicitation: the market has not been asked yet.
+    AskMarket,
+    /// A no-better-terms re-offer: the quotes are in hand; place what the holder leaves.
+    Decide,
+    /// Match mode: the holder was shown this market award; if it passes, the award stands.
+    Match(Vec<PlannedAllocation>),
 }
 
 #[derive(Debug, Clone)]
@@ -351,21 +381,37 @@ struct Round {
     gpus: u32,
     hours: u32,
     screened: Screened,
-    stage: Stage,
-    quotes_asked: BTreeSet<ProviderName>,
-    quotes_answered: BTreeSet<ProviderName>,
+    phase: Phase,
+    /// Every quote received in this round.
     quotes: Vec<Offer>,
-    /// Whether the market has been asked in this round.
-    market_asked: bool,
     /// The highest price the holder declined in this round.
     declined_price: Option<f64>,
     solicitations: u32,
-    /// In match mode: the planned market award the holder was shown.
-    pending_match: Option<Vec<PlannedAllocation>>,
-    /// The price and GPUs of the latest solicitation in this round.
-    last_terms: Option<Price>,
-    solicited_gpus: u32,
 }
+
+/// What the engine does next for one request. Each transition returns the next step and
+/// [`Engine::drive`] runs them until the request waits for an input: no transition calls
+/// back into the one that called it.
+#[derive(Debug)]
+enum Step {
+    /// Start the next queued round, if none runs.
+    NextRound,
+    /// Solicit the holder (offer-first) or ask the market.
+    BeginRound,
+    AskMarket,
+    /// Place the round over the quotes in hand.
+    Decide,
+    HolderTakes(Taken),
+    /// The holder declined or let its window lapse.
+    HolderPassed,
+    Unfilled(String),
+    FinishRound,
+    /// Waiting for an input.
+    Wait,
+}
+
+/// One input drives a request through at most this many steps; more is a bug.
+const MAX_STEPS_PER_INPUT: usize = 10_000;
 
 #[derive(Debug, Clone)]
 struct Pending {
@@ -473,14 +519,18 @@ impl Engine {
     pub fn awaiting_holder(&self, request: &str, provider: &ProviderName) -> Option<u32> {
         let round = self.requests.get(request)?.round.as_ref()?;
         let holder = &round.screened.refusal.as_ref()?.holder;
-        (matches!(round.stage, Stage::Holder { .. }) && holder == provider).then_some(round.number)
+        (matches!(round.phase, Phase::Holder { .. }) && holder == provider).then_some(round.number)
     }
 
     /// The round of `request` waiting for `provider`'s quotes, if any.
     pub fn awaiting_quotes(&self, request: &str, provider: &ProviderName) -> Option<u32> {
         let round = self.requests.get(request)?.round.as_ref()?;
-        (round.quotes_asked.contains(provider) && !round.quotes_answered.contains(provider))
-            .then_some(round.number)
+        match &round.phase {
+            Phase::Quotes { asked, answered, .. } => {
+                (asked.contains(provider) && !answered.contains(provider)).then_some(round.number)
+            }
+            Phase::Screened | Phase::Holder { .. } => None,
+        }
     }
 
     /// Open incidents: id, provider, and region (`None`: the whole provider).
@@ -552,10 +602,12 @@ impl Engine {
         match input {
             Input::Submit(request) => self.submit(&mut out, request),
             Input::HolderAnswer { request, round, answer } => {
-                self.holder_answer(&mut out, &request, round, answer)
+                let step = self.holder_answer(&mut out, &request, round, answer);
+                self.drive(&mut out, &request, step);
             }
             Input::Quotes { request, round, provider, offers } => {
-                self.quotes(&mut out, &request, round, provider, offers)
+                let step = self.quotes(&mut out, &request, round, provider, offers);
+                self.drive(&mut out, &request, step);
             }
             Input::Timer(timer) => self.timer(&mut out, timer),
             Input::AllocationReady { allocation } => self.allocation_ready(&mut out, allocation),
@@ -676,14 +728,32 @@ impl Engine {
                 pending,
             },
         );
-        self.next_round(out, &id);
+        self.drive(out, &id, Step::NextRound);
+    }
+
+    /// Runs a request's steps until it waits for an input.
+    fn drive(&mut self, out: &mut Out, id: &str, mut step: Step) {
+        for _ in 0..MAX_STEPS_PER_INPUT {
+            step = match step {
+                Step::Wait => return,
+                Step::NextRound => self.next_round(out, id),
+                Step::BeginRound => self.begin_round(out, id),
+                Step::AskMarket => self.ask_market(out, id),
+                Step::Decide => self.decide(out, id),
+                Step::HolderTakes(taken) => self.holder_takes(out, id, taken),
+                Step::HolderPassed => self.holder_passed(out, id),
+                Step::Unfilled(reason) => self.unfilled(out, id, reason),
+                Step::FinishRound => self.finish_round(out, id),
+            };
+        }
+        debug_assert!(false, "request {id} did not come to a wait within {MAX_STEPS_PER_INPUT} steps");
     }
 
     /// Starts the next queued round of a request, if none is running.
-    fn next_round(&mut self, out: &mut Out, id: &str) {
-        let Some(state) = self.requests.get_mut(id) else { return };
+    fn next_round(&mut self, out: &mut Out, id: &str) -> Step {
+        let Some(state) = self.requests.get_mut(id) else { return Step::Wait };
         if state.round.is_some() || state.pending.is_empty() || state.status == Status::Cancelled {
-            return;
+            return Step::Wait;
         }
         if state.rounds_started >= MAX_ROUNDS_PER_REQUEST {
             // Out of rounds: everything still queued is unfilled, or the request would wait
@@ -703,7 +773,7 @@ impl Engine {
                 );
             }
             self.settle_status(out, id);
-            return;
+            return Step::Wait;
         }
         let pending = state.pending.remove(0);
         state.rounds_started += 1;
@@ -742,19 +812,13 @@ impl Engine {
             gpus: pending.gpus,
             hours: pending.hours,
             screened,
-            stage: Stage::Quotes { respond_by: out.now },
-            quotes_asked: BTreeSet::new(),
-            quotes_answered: BTreeSet::new(),
+            phase: Phase::Screened,
             quotes: Vec::new(),
-            market_asked: false,
             declined_price: None,
             solicitations: 0,
-            pending_match: None,
-            last_terms: None,
-            solicited_gpus: 0,
         };
         state.round = Some(round);
-        self.begin_round(out, id);
+        Step::BeginRound
     }
 
     /// Derives the rules for a round from the contracts and policy in force now.
@@ -943,12 +1007,11 @@ impl Engine {
         Some(request)
     }
 
-    fn begin_round(&mut self, out: &mut Out, id: &str) {
-        let Some(round_request) = self.round_request(id) else { return };
+    fn begin_round(&mut self, out: &mut Out, id: &str) -> Step {
+        let Some(round_request) = self.round_request(id) else { return Step::Wait };
         let round = self.requests[id].round.as_ref().expect("round running");
         if let Some(why) = placement::min_providers_unmet(&round_request, round.gpus, &round.screened.rules) {
-            self.unfilled(out, id, why);
-            return;
+            return Step::Unfilled(why);
         }
         match round.screened.refusal.clone() {
             Some(refusal) if refusal.mode == RefusalMode::OfferFirst => {
@@ -960,7 +1023,9 @@ impl Engine {
                             &round_request,
                             offer.node_gpus,
                         );
-                        self.solicit(out, id, &refusal, room, offer.price, offer.basis);
+                        let offered = Offered { gpus: room, price: offer.price, basis: offer.basis };
+                        self.solicit(out, id, &refusal, offered, AfterHolder::AskMarket);
+                        Step::Wait
                     }
                     Err(evidence) => {
                         let number = round.number;
@@ -972,12 +1037,12 @@ impl Engine {
                                 evidence,
                             },
                         );
-                        self.ask_market(out, id);
+                        Step::AskMarket
                     }
                 }
             }
             // In match mode the market goes first; the holder is shown the winning terms later.
-            _ => self.ask_market(out, id),
+            _ => Step::AskMarket,
         }
     }
 
@@ -1084,24 +1149,24 @@ impl Engine {
         (placement.infeasible.is_none() && gpu_hours > 0.0).then(|| placement.list_cost / gpu_hours)
     }
 
+    /// Puts `offered` to the holder and waits for its answer; `then` says what follows it.
     fn solicit(
         &mut self,
         out: &mut Out,
         id: &str,
         refusal: &RefusalTerms,
-        gpus: u32,
-        price: Price,
-        basis: String,
+        offered: Offered,
+        then: AfterHolder,
     ) {
+        let Offered { gpus, price, basis } = offered;
         let respond_by = out.now.plus_hours(f64::from(refusal.window_hours));
         let state = self.requests.get_mut(id).expect("request exists");
         state.status = Status::FirstRefusal;
         let request = state.request.clone();
         let round = state.round.as_mut().expect("round running");
         round.solicitations += 1;
-        round.last_terms = Some(price);
-        round.solicited_gpus = gpus;
-        round.stage = Stage::Holder { solicitation: round.solicitations, respond_by };
+        round.phase =
+            Phase::Holder { solicitation: round.solicitations, respond_by, offered_gpus: gpus, price, then };
         let (number, solicitation, hours, round_gpus) =
             (round.number, round.solicitations, round.hours, round.gpus);
         out.ledger(
@@ -1129,15 +1194,25 @@ impl Engine {
         });
     }
 
-    fn holder_answer(&mut self, out: &mut Out, id: &str, round_number: u32, answer: HolderAnswer) {
-        let Some(state) = self.requests.get(id) else { return };
-        let Some(round) = state.round.as_ref() else { return };
-        let Some(refusal) = round.screened.refusal.clone() else { return };
-        let waiting = matches!(round.stage, Stage::Holder { respond_by, .. } if out.now <= respond_by);
-        if round.number != round_number || !waiting {
-            out.ledger(Some(id), EventKind::LateAnswerIgnored { round: round_number, from: refusal.holder });
-            return;
-        }
+    /// The holder's answer: it takes all, part or nothing of what it was offered.
+    fn holder_answer(&mut self, out: &mut Out, id: &str, round_number: u32, answer: HolderAnswer) -> Step {
+        let Some(state) = self.requests.get(id) else { return Step::Wait };
+        let Some(round) = state.round.as_ref() else { return Step::Wait };
+        let Some(refusal) = round.screened.refusal.clone() else { return Step::Wait };
+        let offered_gpus = match &round.phase {
+            Phase::Holder { respond_by, offered_gpus, .. }
+                if out.now <= *respond_by && round.number == round_number =>
+            {
+                *offered_gpus
+            }
+            _ => {
+                out.ledger(
+                    Some(id),
+                    EventKind::LateAnswerIgnored { round: round_number, from: refusal.holder },
+                );
+                return Step::Wait;
+            }
+        };
         match answer {
             HolderAnswer::Decline => {
                 out.ledger(
@@ -1149,7 +1224,7 @@ impl Engine {
                         gpus: 0,
                     },
                 );
-                self.holder_passed(out, id);
+                Step::HolderPassed
             }
             HolderAnswer::Accept {
                 gpus,
@@ -1169,14 +1244,13 @@ impl Engine {
                             gpus: 0,
                         },
                     );
-                    self.holder_passed(out, id);
-                    return;
+                    return Step::HolderPassed;
                 }
                 let block = state.request.block.get();
-                let taken = (gpus.min(round.solicited_gpus) / block) * block;
+                let taken = (gpus.min(offered_gpus) / block) * block;
                 let outcome = if taken == 0 {
                     "declined"
-                } else if taken == round.solicited_gpus {
+                } else if taken == offered_gpus {
                     "accepted"
                 } else {
                     "accepted_part"
@@ -1191,27 +1265,31 @@ impl Engine {
                     },
                 );
                 if taken == 0 {
-                    self.holder_passed(out, id);
-                    return;
+                    return Step::HolderPassed;
                 }
-                self.holder_takes(
-                    out,
-                    id,
-                    &refusal.holder,
-                    Taken { gpus: taken, region, accelerator, instance_type, gpus_per_node, lead_time_hours },
-                );
+                Step::HolderTakes(Taken {
+                    gpus: taken,
+                    region,
+                    accelerator,
+                    instance_type,
+                    gpus_per_node,
+                    lead_time_hours,
+                })
             }
         }
     }
 
     /// The holder takes `gpus` of the round on the solicited terms.
-    fn holder_takes(&mut self, out: &mut Out, id: &str, holder: &ProviderName, taken: Taken) {
+    fn holder_takes(&mut self, out: &mut Out, id: &str, taken: Taken) -> Step {
         let Taken { gpus, region, accelerator, instance_type, gpus_per_node, lead_time_hours } = taken;
         let state = &self.requests[id];
         let round = state.round.as_ref().expect("round running");
+        let holder = round.screened.refusal.as_ref().expect("first refusal").holder.clone();
         // The holder takes the terms it was offered: the buyer's (offer-first) or the market's (match),
         // per GPU-hour, in whole nodes of its instance type.
-        let price = round.last_terms.expect("the holder was solicited");
+        let Phase::Holder { price, then, .. } = round.phase.clone() else {
+            unreachable!("an answer is taken only while the holder is asked")
+        };
         debug_assert!(state.request.accelerators.contains(&accelerator));
         let block = state.request.block.get();
         let g = gpus_per_node.get();
@@ -1235,52 +1313,46 @@ impl Engine {
         let state = self.requests.get_mut(id).expect("request exists");
         let round = state.round.as_mut().expect("round running");
         round.gpus -= gpus;
-        round.screened.rules.excluded.insert(holder.clone(), "took its part in first refusal".into());
-        if round.gpus > 0 && round.pending_match.is_none() {
+        round.screened.rules.excluded.insert(holder, "took its part in first refusal".into());
+        if round.gpus > 0 && !matches!(then, AfterHolder::Match(_)) {
             // Taking part is declining the rest at these terms: the no-better-terms rule covers the remainder.
             round.declined_price = Some(round.declined_price.map_or(price.get(), |d| d.max(price.get())));
         }
-        if round.gpus == 0 {
-            self.finish_round(out, id);
-        } else if round.market_asked {
+        match then {
+            _ if round.gpus == 0 => Step::FinishRound,
             // Match mode or a re-solicitation: the quotes are in hand; place the rest.
-            round.pending_match = None;
-            self.decide(out, id);
-        } else {
-            self.ask_market(out, id);
+            AfterHolder::Match(_) | AfterHolder::Decide => Step::Decide,
+            AfterHolder::AskMarket => Step::AskMarket,
         }
     }
 
     /// The holder declined or let the window lapse.
-    fn holder_passed(&mut self, out: &mut Out, id: &str) {
+    fn holder_passed(&mut self, out: &mut Out, id: &str) -> Step {
         let state = self.requests.get_mut(id).expect("request exists");
         let round = state.round.as_mut().expect("round running");
         let holder = round.screened.refusal.as_ref().expect("first refusal").holder.clone();
-        if let Some(terms) = round.last_terms {
-            round.declined_price = Some(round.declined_price.map_or(terms.get(), |d| d.max(terms.get())));
-        }
+        let Phase::Holder { price, then, .. } = std::mem::replace(&mut round.phase, Phase::Screened) else {
+            unreachable!("the holder passes only while it is asked")
+        };
+        round.declined_price = Some(round.declined_price.map_or(price.get(), |d| d.max(price.get())));
         round.screened.rules.excluded.insert(holder, "declined in first refusal".into());
-        if round.market_asked {
-            // Match mode, or a no-better-terms re-solicitation: the market award stands.
-            let plan = round.pending_match.take();
-            match plan {
-                Some(plan) => {
-                    self.award(out, id, plan, "market");
-                    self.finish_round(out, id);
-                }
-                None => self.decide(out, id),
+        match then {
+            // Match mode: the market award the holder was shown stands.
+            AfterHolder::Match(plan) => {
+                self.award(out, id, plan, "market");
+                Step::FinishRound
             }
-        } else {
-            self.ask_market(out, id);
+            // A no-better-terms re-solicitation: the quotes are in hand.
+            AfterHolder::Decide => Step::Decide,
+            AfterHolder::AskMarket => Step::AskMarket,
         }
     }
 
-    fn ask_market(&mut self, out: &mut Out, id: &str) {
-        let Some(round_request) = self.round_request(id) else { return };
+    fn ask_market(&mut self, out: &mut Out, id: &str) -> Step {
+        let Some(round_request) = self.round_request(id) else { return Step::Wait };
         let state = self.requests.get_mut(id).expect("request exists");
         state.status = Status::Market;
         let round = state.round.as_mut().expect("round running");
-        round.market_asked = true;
         let rules = &round.screened.rules;
         let holder_waits = round
             .screened
@@ -1303,13 +1375,10 @@ impl Engine {
                 (None, false) => "every provider is excluded (declined, down or already used)".to_owned(),
                 (None, true) => "no provider publishes any offer".to_owned(),
             };
-            self.unfilled(out, id, reason);
-            return;
+            return Step::Unfilled(reason);
         }
         let respond_by = out.now.plus_hours(self.config.quote_window_hours);
-        round.stage = Stage::Quotes { respond_by };
-        round.quotes_asked = providers.clone();
-        round.quotes_answered.clear();
+        round.phase = Phase::Quotes { respond_by, asked: providers.clone(), answered: BTreeSet::new() };
         let providers: Vec<ProviderName> = providers.into_iter().collect();
         out.ledger(
             Some(id),
@@ -1328,8 +1397,10 @@ impl Engine {
             at: respond_by,
             timer: Timer::QuoteDeadline { request: id.to_owned(), round: number },
         });
+        Step::Wait
     }
 
+    /// One provider's quotes; the round is decided when the last one asked has answered.
     fn quotes(
         &mut self,
         out: &mut Out,
@@ -1337,17 +1408,20 @@ impl Engine {
         round_number: u32,
         provider: ProviderName,
         mut offers: Vec<Offer>,
-    ) {
-        let Some(state) = self.requests.get_mut(id) else { return };
-        let Some(round) = state.round.as_mut() else { return };
-        let open = matches!(round.stage, Stage::Quotes { respond_by } if out.now <= respond_by);
+    ) -> Step {
+        let Some(state) = self.requests.get_mut(id) else { return Step::Wait };
+        let Some(round) = state.round.as_mut() else { return Step::Wait };
+        let Phase::Quotes { respond_by, asked, answered } = &mut round.phase else {
+            out.ledger(Some(id), EventKind::LateAnswerIgnored { round: round_number, from: provider });
+            return Step::Wait;
+        };
         if round.number != round_number
-            || !open
-            || !round.quotes_asked.contains(&provider)
-            || round.quotes_answered.contains(&provider)
+            || out.now > *respond_by
+            || !asked.contains(&provider)
+            || answered.contains(&provider)
         {
             out.ledger(Some(id), EventKind::LateAnswerIgnored { round: round_number, from: provider });
-            return;
+            return Step::Wait;
         }
         // A provider speaks only for itself, and within bounds.
         offers.retain(|o| o.provider == provider);
@@ -1360,17 +1434,16 @@ impl Engine {
                 offers: offers.len(),
             },
         );
+        answered.insert(provider);
+        let all_in = answered == asked;
         round.quotes.extend(offers);
-        round.quotes_answered.insert(provider);
-        if round.quotes_answered == round.quotes_asked {
-            self.decide(out, id);
-        }
+        if all_in { Step::Decide } else { Step::Wait }
     }
 
     /// Places the round's GPUs over the quotes in hand, then awards, goes back
     /// to the holder (match mode, or the no-better-terms rule), or gives up.
-    fn decide(&mut self, out: &mut Out, id: &str) {
-        let Some(round_request) = self.round_request(id) else { return };
+    fn decide(&mut self, out: &mut Out, id: &str) -> Step {
+        let Some(round_request) = self.round_request(id) else { return Step::Wait };
         // The fleet, and the providers this request already uses, moved since screening if the
         // holder took part of this round.
         let fleet = self.fleet(round_request.workload);
@@ -1393,7 +1466,6 @@ impl Engine {
         if offer_first && round.solicitations > MAX_RESOLICITATIONS {
             round.screened.rules.declined_terms = round.declined_price.and_then(|p| Price::new(p).ok());
         }
-        round.stage = Stage::Quotes { respond_by: out.now };
         let mut quotes = round.quotes.clone();
         quotes.sort_by(|a, b| a.id.cmp(&b.id));
         // At most two placements: the second when the no-better-terms rule cannot go back to a
@@ -1420,8 +1492,7 @@ impl Engine {
                 },
             );
             if let Some(reason) = placement.infeasible {
-                self.unfilled(out, id, reason);
-                return;
+                return Step::Unfilled(reason);
             }
             let max_price =
                 placement.allocations.iter().map(PlannedAllocation::price_per_gpu_hour).fold(0.0, f64::max);
@@ -1429,8 +1500,7 @@ impl Engine {
                 let holder_excluded = round.screened.rules.excluded.contains_key(&refusal.holder);
                 match refusal.mode {
                     // Match: the holder has not yet seen these terms.
-                    RefusalMode::Match if round.pending_match.is_none() && !holder_excluded => {
-                        round.pending_match = Some(placement.allocations.clone());
+                    RefusalMode::Match if !holder_excluded => {
                         let gpus = first_offer_room(
                             &round.screened.rules,
                             &refusal.holder,
@@ -1438,8 +1508,9 @@ impl Engine {
                             node_gpus,
                         );
                         let basis = format!("the market's winning terms, ${max_price:.4}/GPU-h, to match");
-                        self.solicit(out, id, &refusal, gpus, Price::new(max_price).expect("valid"), basis);
-                        return;
+                        let offered = Offered { gpus, price: Price::new(max_price).expect("valid"), basis };
+                        self.solicit(out, id, &refusal, offered, AfterHolder::Match(placement.allocations));
+                        return Step::Wait;
                     }
                     // Offer-first: the no-better-terms rule.
                     RefusalMode::OfferFirst => {
@@ -1467,15 +1538,15 @@ impl Engine {
                                     "the market's terms, ${max_price:.4}/GPU-h, above the ${declined:.4} declined \
                                      (no-better-terms)"
                                 );
+                                let price = Price::new(max_price).expect("valid");
                                 self.solicit(
                                     out,
                                     id,
                                     &refusal,
-                                    room,
-                                    Price::new(max_price).expect("valid"),
-                                    basis,
+                                    Offered { gpus: room, price, basis },
+                                    AfterHolder::Decide,
                                 );
-                                return;
+                                return Step::Wait;
                             }
                             // The caps leave the holder no room for more: the market may not have
                             // better terms than the holder declined, so it is held to them.
@@ -1514,12 +1585,11 @@ impl Engine {
                 }
             }
             self.award(out, id, placement.allocations, "market");
-            self.finish_round(out, id);
-            return;
+            return Step::FinishRound;
         }
         // Not reached: the second placement holds the market to the declined terms, so it
         // cannot break the no-better-terms rule again. Unfilled rather than a panic.
-        self.unfilled(out, id, "no award within the no-better-terms rule".to_owned());
+        Step::Unfilled("no award within the no-better-terms rule".to_owned())
     }
 
     fn award(&mut self, out: &mut Out, id: &str, plans: Vec<PlannedAllocation>, via: &str) {
@@ -1567,7 +1637,7 @@ impl Engine {
         }
     }
 
-    fn unfilled(&mut self, out: &mut Out, id: &str, reason: String) {
+    fn unfilled(&mut self, out: &mut Out, id: &str, reason: String) -> Step {
         let state = self.requests.get_mut(id).expect("request exists");
         let round = state.round.as_ref().expect("round running");
         state.unfilled_gpus += round.gpus;
@@ -1576,15 +1646,15 @@ impl Engine {
             Some(id),
             EventKind::Unfilled { round: round.number, gpus: round.gpus, hours: round.hours, reason },
         );
-        self.finish_round(out, id);
+        Step::FinishRound
     }
 
-    fn finish_round(&mut self, out: &mut Out, id: &str) {
+    fn finish_round(&mut self, out: &mut Out, id: &str) -> Step {
         if let Some(state) = self.requests.get_mut(id) {
             state.round = None;
         }
         self.settle_status(out, id);
-        self.next_round(out, id);
+        Step::NextRound
     }
 
     /// Derives the request's status from its allocations once no round runs.
@@ -1633,23 +1703,20 @@ impl Engine {
                 let Some(state) = self.requests.get(&request) else { return };
                 let Some(current) = state.round.as_ref() else { return };
                 let waiting =
-                    matches!(current.stage, Stage::Holder { solicitation: s, .. } if s == solicitation);
+                    matches!(current.phase, Phase::Holder { solicitation: s, .. } if s == solicitation);
                 if current.number == round && waiting {
                     let holder = current.screened.refusal.as_ref().expect("first refusal").holder.clone();
                     out.ledger(Some(&request), EventKind::HolderLapsed { round, holder });
-                    self.holder_passed(out, &request);
+                    self.drive(out, &request, Step::HolderPassed);
                 }
             }
             Timer::QuoteDeadline { request, round } => {
                 let Some(state) = self.requests.get(&request) else { return };
                 let Some(current) = state.round.as_ref() else { return };
-                if current.number == round
-                    && matches!(current.stage, Stage::Quotes { .. })
-                    && current.market_asked
-                    && current.pending_match.is_none()
-                    && current.quotes_answered != current.quotes_asked
-                {
-                    self.decide(out, &request);
+                let still_waiting =
+                    matches!(&current.phase, Phase::Quotes { asked, answered, .. } if answered != asked);
+                if current.number == round && still_waiting {
+                    self.drive(out, &request, Step::Decide);
                 }
             }
             Timer::DeliveryDue { allocation } => {
@@ -1702,7 +1769,7 @@ impl Engine {
             && hours > 0
         {
             state.pending.push(Pending { purpose, gpus, hours });
-            self.next_round(out, id);
+            self.drive(out, id, Step::NextRound);
         }
     }
 
@@ -1872,6 +1939,7 @@ impl Out {
 }
 
 /// What the holder took in first refusal.
+#[derive(Debug)]
 struct Taken {
     gpus: u32,
     region: Region,
@@ -1879,6 +1947,15 @@ struct Taken {
     instance_type: String,
     gpus_per_node: GpuCount,
     lead_time_hours: u32,
+}
+
+/// What is put to the holder in one solicitation.
+struct Offered {
+    gpus: u32,
+    /// Per GPU-hour.
+    price: Price,
+    /// How the price was arrived at, for the ledger.
+    basis: String,
 }
 
 /// What a first-refusal holder is offered in offer-first mode.
