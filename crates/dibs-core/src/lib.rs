@@ -4,6 +4,7 @@
 //! clock, a socket, a file handle it did not get from the caller, or a random
 //! source; time arrives in inputs and effects leave as data.
 
+pub mod accelerators;
 pub mod catalog;
 pub mod commitments;
 pub mod contract;

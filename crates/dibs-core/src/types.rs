@@ -79,7 +79,7 @@ string_newtype!(ProviderName);
 ///
 /// Canonical names are SkyPilot's (`accelerators.csv`), compared
 /// case-insensitively on input and stored in their canonical spelling; see
-/// `catalog::canonical_accelerator` for the aliases that are folded in.
+/// `accelerators::canonical_accelerator` for the aliases that are folded in.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Accelerator(String);
@@ -90,7 +90,7 @@ impl Accelerator {
         if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c == ',') {
             return Err(invalid(format!("accelerator name {name:?} is empty or malformed")));
         }
-        Ok(Self(crate::catalog::canonical_accelerator(name)))
+        Ok(Self(crate::accelerators::canonical_accelerator(name)))
     }
 
     pub fn as_str(&self) -> &str {

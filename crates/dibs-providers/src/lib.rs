@@ -1,12 +1,16 @@
-//! Providers: the interface the shells use to talk to a cloud, and simulated
-//! providers that answer from a price catalog.
+//! Providers: the protocol dibs speaks with a cloud ([`protocol`]), and simulated providers
+//! that answer it from a price catalog.
 //!
-//! A [`Provider`] answers the four calls of the provider protocol: a
-//! first-refusal solicitation, a quote request, a reservation and a
-//! cancellation. The simulated provider keeps finite capacity per offer
-//! (reservations take from it, cancellations give back) and a behaviour for
-//! solicitations, so `dibs place` and `dibs simulate` can play a holder that
-//! accepts, declines, takes part, or stays silent.
+//! A [`Provider`] answers the calls of the protocol: a first-refusal solicitation, a quote
+//! request, a reservation, a cancellation and a release. The simulated provider keeps finite
+//! capacity per offer (reservations take from it, cancellations and releases give back) and a
+//! behaviour for solicitations, so `dibs place` and `dibs simulate` can play a holder that
+//! accepts, declines, takes part, or stays silent. The same provider answers over HTTP in
+//! `dibs provider serve`, and the same calls go over HTTP from `dibs serve`.
+
+pub mod protocol;
+
+pub use protocol::{Answered, Call, Provider, Reply};
 
 use std::collections::BTreeMap;
 
@@ -27,16 +31,6 @@ pub struct HolderReply {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reservation {
     pub ready_at: Option<Timestamp>,
-}
-
-/// The provider protocol, as the shells see it.
-pub trait Provider {
-    fn name(&self) -> &ProviderName;
-    fn solicit(&mut self, solicitation: &Solicitation, now: Timestamp) -> HolderReply;
-    /// Quotes for a request, and how many hours the answer takes.
-    fn quote(&mut self, ask: &Ask, now: Timestamp) -> (Vec<Offer>, f64);
-    fn reserve(&mut self, allocation: u64, plan: &PlannedAllocation, now: Timestamp) -> Reservation;
-    fn cancel(&mut self, allocation: u64);
 }
 
 /// How a simulated holder answers solicitations.
@@ -201,6 +195,31 @@ impl Provider for SimulatedProvider {
         &self.name
     }
 
+    fn answer(&mut self, call: &Call, now: Timestamp) -> Answered {
+        match call {
+            Call::Solicit(solicitation) => {
+                let reply = self.solicit(solicitation, now);
+                let answer = protocol::SolicitReply { answer: reply.answer };
+                Answered { reply: Reply::Holder(answer), after_hours: reply.after_hours }
+            }
+            Call::Quote { ask, .. } => {
+                let (offers, after_hours) = self.quote(ask, now);
+                Answered { reply: Reply::Quotes(protocol::QuoteReply { offers }), after_hours }
+            }
+            Call::Reserve { allocation, plan } => {
+                let reservation = self.reserve(*allocation, plan, now);
+                let reply = protocol::ReserveReply { ready_at: reservation.ready_at };
+                Answered { reply: Reply::Reserved(reply), after_hours: 0.0 }
+            }
+            Call::Cancel { allocation, .. } | Call::Release { allocation, .. } => {
+                self.cancel(*allocation);
+                Answered { reply: Reply::Done, after_hours: 0.0 }
+            }
+        }
+    }
+}
+
+impl SimulatedProvider {
     fn solicit(&mut self, solicitation: &Solicitation, now: Timestamp) -> HolderReply {
         let after_hours = if self.behaviour.answer_exponential {
             // Inverse transform: 1 - u is in (0, 1], so the logarithm is finite.
@@ -265,6 +284,7 @@ impl Provider for SimulatedProvider {
         HolderReply { answer: Some(answer), after_hours }
     }
 
+    /// Quotes for a request, and how many hours the answer takes.
     fn quote(&mut self, ask: &Ask, now: Timestamp) -> (Vec<Offer>, f64) {
         let multiplier = self.price_multiplier(now);
         let offers = self
@@ -306,6 +326,7 @@ impl Provider for SimulatedProvider {
         Reservation { ready_at }
     }
 
+    /// A cancelled or released reservation gives its nodes back.
     fn cancel(&mut self, allocation: u64) {
         if let Some((offer_id, nodes)) = self.reservations.remove(&allocation)
             && let Some(reserved) = self.reserved.get_mut(&offer_id)
@@ -329,61 +350,26 @@ fn carries(offer: &Offer, block: u32) -> u32 {
 /// Carries out one engine effect against in-process simulated providers and
 /// returns the inputs it will cause, each with the instant it is due: a
 /// holder's answer, quotes, an allocation becoming ready, a timer firing.
-/// A released or cancelled allocation gives its capacity back. Ledger entries
-/// are the caller's to record.
+/// Ledger entries are the caller's to record.
 pub fn carry_out(
     providers: &mut BTreeMap<ProviderName, SimulatedProvider>,
     now: Timestamp,
     effect: &dibs_core::engine::Effect,
 ) -> Vec<(Timestamp, dibs_core::engine::Input)> {
-    use dibs_core::engine::{Effect, Input};
-    let mut caused = Vec::new();
-    match effect {
-        Effect::Ledger(_) => {}
-        Effect::Release { allocation, provider } => {
-            if let Some(provider) = providers.get_mut(provider) {
-                provider.cancel(*allocation);
-            }
-        }
-        Effect::SetTimer { at, timer } => caused.push((*at, Input::Timer(timer.clone()))),
-        Effect::Solicit(solicitation) => {
-            if let Some(holder) = providers.get_mut(&solicitation.holder) {
-                let reply = holder.solicit(solicitation, now);
-                if let Some(answer) = reply.answer {
-                    let input = Input::HolderAnswer {
-                        request: solicitation.ask.request.clone(),
-                        round: solicitation.ask.round,
-                        answer,
-                    };
-                    caused.push((now.plus_hours(reply.after_hours), input));
-                }
-            }
-        }
-        Effect::RequestQuotes { providers: names, ask } => {
-            for name in names {
-                let Some(provider) = providers.get_mut(name) else { continue };
-                let (offers, after_hours) = provider.quote(ask, now);
-                let input = Input::Quotes {
-                    request: ask.request.clone(),
-                    round: ask.round,
-                    provider: name.clone(),
-                    offers,
-                };
-                caused.push((now.plus_hours(after_hours), input));
-            }
-        }
-        Effect::Reserve { allocation, plan, .. } => {
-            if let Some(provider) = providers.get_mut(&plan.provider)
-                && let Some(ready_at) = provider.reserve(*allocation, plan, now).ready_at
-            {
-                caused.push((ready_at, Input::AllocationReady { allocation: *allocation }));
-            }
-        }
-        Effect::Cancel { allocation, provider, .. } => {
-            if let Some(provider) = providers.get_mut(provider) {
-                provider.cancel(*allocation);
-            }
-        }
+    if let dibs_core::engine::Effect::SetTimer { at, timer } = effect {
+        return vec![(*at, dibs_core::engine::Input::Timer(timer.clone()))];
     }
-    caused
+    protocol::calls_for(effect).iter().filter_map(|call| call_in_process(providers, call, now)).collect()
+}
+
+/// Makes one call to an in-process provider: the input its answer causes, and when.
+pub fn call_in_process(
+    providers: &mut BTreeMap<ProviderName, SimulatedProvider>,
+    call: &Call,
+    now: Timestamp,
+) -> Option<(Timestamp, dibs_core::engine::Input)> {
+    let provider = providers.get_mut(call.provider())?;
+    let answered = provider.answer(call, now);
+    let answered_at = now.plus_hours(answered.after_hours);
+    call.input(answered.reply).map(|(at, input)| (at.unwrap_or(answered_at), input))
 }

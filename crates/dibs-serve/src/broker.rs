@@ -28,12 +28,13 @@ use dibs_core::queue::TimeQueue;
 use dibs_core::request::RequestSpec;
 use dibs_core::types::Offer;
 use dibs_core::types::Timestamp;
-use dibs_providers::{SimulatedProvider, carry_out};
+use dibs_providers::protocol::{MAX_OFFERS_PER_ANSWER, calls_for};
+use dibs_providers::{SimulatedProvider, call_in_process};
 use dibs_store::{Batch, IdempotentAnswer, NewEntry, Row, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::remote::{Call, Dispatcher};
+use crate::remote::{Call, CallRecord, Dispatcher};
 use crate::view::{self, RequestView};
 
 /// At most this many commands are decided per commit.
@@ -237,20 +238,6 @@ fn due_key(key: &DueKey) -> String {
     serde_json::to_string(key).expect("keys serialize")
 }
 
-fn call_allocation(call: &Call) -> u64 {
-    match call {
-        Call::Reserve { allocation, .. } | Call::Cancel { allocation, .. } => *allocation,
-        _ => 0,
-    }
-}
-
-/// An outbox row's content: the call, and when it was decided.
-#[derive(Serialize, Deserialize)]
-pub struct CallRecord {
-    pub at: Timestamp,
-    pub call: Call,
-}
-
 fn call_key(call: &Call) -> Option<DueKey> {
     match call {
         Call::Solicit(s) => Some(DueKey::HolderAnswer { request: s.ask.request.clone(), round: s.ask.round }),
@@ -260,7 +247,7 @@ fn call_key(call: &Call) -> Option<DueKey> {
             provider: provider.to_string(),
         }),
         Call::Reserve { allocation, .. } => Some(DueKey::Ready { allocation: *allocation }),
-        Call::Cancel { .. } => None,
+        Call::Cancel { .. } | Call::Release { .. } => None,
     }
 }
 
@@ -560,38 +547,17 @@ impl Broker {
     /// providers become outbox rows for the workers to make after the commit.
     /// While replaying, only the in-process providers' state is rebuilt.
     fn execute(&mut self, now: Timestamp, effect: &Effect) {
+        if let Effect::SetTimer { at, timer } = effect {
+            self.schedule(*at, Input::Timer(timer.clone()));
+            return;
+        }
         let mut calls = Vec::new();
-        let caused = match &self.remote {
-            None => carry_out(&mut self.providers, now, effect),
-            Some(remote) => match effect {
-                Effect::Solicit(s) if remote.is_remote(&s.holder) => {
-                    calls.push(Call::Solicit(s.clone()));
-                    Vec::new()
-                }
-                Effect::RequestQuotes { providers, ask } => {
-                    let (far, near): (Vec<_>, Vec<_>) =
-                        providers.iter().cloned().partition(|p| remote.is_remote(p));
-                    calls.extend(far.into_iter().map(|provider| Call::Quote { provider, ask: ask.clone() }));
-                    let local = Effect::RequestQuotes { providers: near, ask: ask.clone() };
-                    carry_out(&mut self.providers, now, &local)
-                }
-                Effect::Reserve { allocation, plan, .. } if remote.is_remote(&plan.provider) => {
-                    calls.push(Call::Reserve { allocation: *allocation, plan: plan.clone() });
-                    Vec::new()
-                }
-                Effect::Cancel { allocation, provider, .. } if remote.is_remote(provider) => {
-                    calls.push(Call::Cancel { provider: provider.clone(), allocation: *allocation });
-                    Vec::new()
-                }
-                Effect::Release { allocation, provider } if remote.is_remote(provider) => {
-                    calls.push(Call::Cancel { provider: provider.clone(), allocation: *allocation });
-                    Vec::new()
-                }
-                _ => carry_out(&mut self.providers, now, effect),
-            },
-        };
-        for (at, input) in caused {
-            self.schedule(at, input);
+        for call in calls_for(effect) {
+            if self.remote.as_ref().is_some_and(|r| r.is_remote(call.provider())) {
+                calls.push(call);
+            } else if let Some((at, input)) = call_in_process(&mut self.providers, &call, now) {
+                self.schedule(at, input);
+            }
         }
         for call in calls {
             let pull = self.remote.as_ref().and_then(|r| r.url(call.provider())) == Some(crate::remote::PULL);
@@ -610,7 +576,7 @@ impl Broker {
             }
             let key = match call_key(&call) {
                 Some(key) => due_key(&key),
-                None => format!("cancel:{}", call_allocation(&call)),
+                None => format!("{}:{}", call.path(), call.allocation().unwrap_or(0)),
             };
             let body = serde_json::to_string(&CallRecord { at: now, call }).expect("calls serialize");
             self.rows.outbox_add.push(Row { key, due: now.unix(), body });
@@ -915,11 +881,11 @@ impl Broker {
                 let round = self.engine.awaiting_quotes(&request, &name).ok_or_else(|| {
                     ApiError::new(409, format!("{request} is not waiting for quotes from {name}"))
                 })?;
-                if offers.len() > crate::remote::MAX_OFFERS_PER_ANSWER {
+                if offers.len() > MAX_OFFERS_PER_ANSWER {
                     return Err(ApiError::field(
                         422,
                         "offers",
-                        format!("at most {} offers per answer", crate::remote::MAX_OFFERS_PER_ANSWER),
+                        format!("at most {} offers per answer", MAX_OFFERS_PER_ANSWER),
                     ));
                 }
                 if let Some(other) = offers.iter().find(|o| o.provider != name) {

@@ -147,7 +147,16 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     let remote = if config.remote_providers.is_empty() {
         None
     } else {
-        Some(remote::Dispatcher::start(config.remote_providers.clone(), tx.clone(), 8, open)?)
+        let tx = tx.clone();
+        let deliver: remote::Deliver = Arc::new(move |answer: remote::Answer| {
+            let input = broker::Command::Input {
+                at: answer.at,
+                input: Box::new(answer.input),
+                call: Some(answer.call),
+            };
+            tx.send(input).is_ok()
+        });
+        Some(remote::Dispatcher::start(config.remote_providers.clone(), deliver, 8, open)?)
     };
     let (mut broker, mut recovery) =
         Broker::recover(store, providers, remote, broker::wall_clock(), Some(config.configuration.clone()))?;

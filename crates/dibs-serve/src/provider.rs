@@ -1,15 +1,8 @@
 //! `dibs provider serve`: a standalone provider that speaks the provider
-//! protocol over HTTP and answers from a catalog, with knobs for behaviour
-//! and faults. The wire types are the engine's own (`Solicitation`, `Ask`,
-//! `PlannedAllocation`, `Offer`, `HolderAnswer`) as JSON.
-//!
-//! | call            | request body                     | response body              |
-//! |-----------------|----------------------------------|----------------------------|
-//! | `POST /solicit` | `Solicitation`                   | `{"answer": HolderAnswer \| null}` (null: silent) |
-//! | `POST /quote`   | `Ask`                            | `{"offers": [Offer]}`      |
-//! | `POST /reserve` | `{"allocation", "plan"}`         | `{"ready_at": unix \| null}` |
-//! | `POST /cancel`  | `{"allocation"}`                 | `{}`                       |
-//! | `GET /health`   |                                  | `{"status": "ok"}`         |
+//! protocol ([`dibs_providers::protocol`], where the routes and messages are listed) over
+//! HTTP and answers from a catalog, with knobs for behaviour and faults. Each route reads its
+//! body into a [`Call`], the simulated provider answers it as it would in `dibs simulate`,
+//! and the reply goes back as the protocol's JSON.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,10 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use dibs_core::engine::{Ask, Solicitation};
-use dibs_core::placement::PlannedAllocation;
 use dibs_core::types::{Offer, ProviderName, Timestamp};
-use dibs_providers::{HolderBehaviour, Provider, SimulatedBehaviour, SimulatedProvider};
-use serde::{Deserialize, Serialize};
+use dibs_providers::protocol::{AllocationBody, Call, Provider, ReserveBody};
+use dibs_providers::{HolderBehaviour, SimulatedBehaviour, SimulatedProvider};
 use serde_json::json;
 
 /// Behaviour and fault knobs of a standalone provider.
@@ -42,20 +34,10 @@ pub struct Knobs {
 }
 
 struct ProviderState {
+    name: ProviderName,
     provider: Mutex<SimulatedProvider>,
     rng: Mutex<fastrand::Rng>,
     knobs: Knobs,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct ReserveBody {
-    pub allocation: u64,
-    pub plan: PlannedAllocation,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct CancelBody {
-    pub allocation: u64,
 }
 
 pub fn router(name: ProviderName, offers: Vec<Offer>, knobs: Knobs) -> Router {
@@ -71,9 +53,10 @@ pub fn router(name: ProviderName, offers: Vec<Offer>, knobs: Knobs) -> Router {
         quote_hours: 0.0,
         ..SimulatedBehaviour::default()
     };
-    let mut provider = SimulatedProvider::new(name, offers, behaviour);
+    let mut provider = SimulatedProvider::new(name.clone(), offers, behaviour);
     provider.seed(knobs.seed);
     let state = Arc::new(ProviderState {
+        name,
         provider: Mutex::new(provider),
         rng: Mutex::new(fastrand::Rng::with_seed(knobs.seed)),
         knobs,
@@ -84,6 +67,7 @@ pub fn router(name: ProviderName, offers: Vec<Offer>, knobs: Knobs) -> Router {
         .route("/quote", post(quote))
         .route("/reserve", post(reserve))
         .route("/cancel", post(cancel))
+        .route("/release", post(release))
         .with_state(state)
 }
 
@@ -114,40 +98,36 @@ async fn health(State(state): State<Arc<ProviderState>>) -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-async fn solicit(State(state): State<Arc<ProviderState>>, Json(s): Json<Solicitation>) -> Response {
-    if let Some(failed) = fault(&state).await {
+/// Answers one call, unless a fault knob fails it first.
+async fn answer(state: &ProviderState, call: Call) -> Response {
+    if let Some(failed) = fault(state).await {
         return failed;
     }
-    let reply = state.provider.lock().expect("no panics while holding the provider").solicit(&s, now());
-    Json(json!({ "answer": reply.answer })).into_response()
+    let answered = state.provider.lock().expect("no panics while holding the provider").answer(&call, now());
+    Json(answered.reply.to_json()).into_response()
+}
+
+async fn solicit(State(state): State<Arc<ProviderState>>, Json(s): Json<Solicitation>) -> Response {
+    answer(&state, Call::Solicit(s)).await
 }
 
 async fn quote(State(state): State<Arc<ProviderState>>, Json(ask): Json<Ask>) -> Response {
-    if let Some(failed) = fault(&state).await {
-        return failed;
-    }
-    let (offers, _) = state.provider.lock().expect("no panics while holding the provider").quote(&ask, now());
-    Json(json!({ "offers": offers })).into_response()
+    let provider = state.name.clone();
+    answer(&state, Call::Quote { provider, ask }).await
 }
 
 async fn reserve(State(state): State<Arc<ProviderState>>, Json(body): Json<ReserveBody>) -> Response {
-    if let Some(failed) = fault(&state).await {
-        return failed;
-    }
-    let reservation = state.provider.lock().expect("no panics while holding the provider").reserve(
-        body.allocation,
-        &body.plan,
-        now(),
-    );
-    Json(json!({ "ready_at": reservation.ready_at })).into_response()
+    answer(&state, Call::Reserve { allocation: body.allocation, plan: body.plan }).await
 }
 
-async fn cancel(State(state): State<Arc<ProviderState>>, Json(body): Json<CancelBody>) -> Response {
-    if let Some(failed) = fault(&state).await {
-        return failed;
-    }
-    state.provider.lock().expect("no panics while holding the provider").cancel(body.allocation);
-    Json(json!({})).into_response()
+async fn cancel(State(state): State<Arc<ProviderState>>, Json(body): Json<AllocationBody>) -> Response {
+    let provider = state.name.clone();
+    answer(&state, Call::Cancel { provider, allocation: body.allocation }).await
+}
+
+async fn release(State(state): State<Arc<ProviderState>>, Json(body): Json<AllocationBody>) -> Response {
+    let provider = state.name.clone();
+    answer(&state, Call::Release { provider, allocation: body.allocation }).await
 }
 
 /// Serves one provider until Ctrl-C; prints its URL once listening.

@@ -13,15 +13,30 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dibs_core::engine::{Ask, HolderAnswer, Input, Solicitation};
-use dibs_core::placement::PlannedAllocation;
-use dibs_core::types::{Offer, ProviderName, Timestamp};
-use serde::Deserialize;
-use serde_json::json;
-
-use crate::broker::{CallRecord, Command};
-use crate::provider::{CancelBody, ReserveBody};
+use dibs_core::engine::Input;
+use dibs_core::types::{ProviderName, Timestamp};
+pub use dibs_providers::Call;
 use dibs_store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+/// An outbox row's content: the call, and when it was decided.
+#[derive(Serialize, Deserialize)]
+pub struct CallRecord {
+    pub at: Timestamp,
+    pub call: Call,
+}
+
+/// A provider's answer to an outbox row's call: the input it causes, due at `at` (`None`:
+/// now).
+pub struct Answer {
+    pub at: Option<Timestamp>,
+    pub input: Input,
+    /// The outbox row answered.
+    pub call: String,
+}
+
+/// Hands an answer to the broker; `false` once the broker has gone.
+pub type Deliver = Arc<dyn Fn(Answer) -> bool + Send + Sync>;
 
 /// Tries per call, at most.
 pub const MAX_TRIES: u32 = 4;
@@ -31,52 +46,14 @@ pub const TRY_TIMEOUT: Duration = Duration::from_secs(2);
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Calls without a deadline of their own (reserve, cancel) give up after this.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(20);
-/// Quotes beyond this many offers per answer are cut off.
-pub const MAX_OFFERS_PER_ANSWER: usize = 1000;
 
-/// One outgoing call.
-#[derive(Debug, Clone, serde::Serialize, Deserialize)]
-#[serde(tag = "call", rename_all = "snake_case")]
-pub enum Call {
-    Solicit(Solicitation),
-    Quote { provider: ProviderName, ask: Ask },
-    Reserve { allocation: u64, plan: PlannedAllocation },
-    Cancel { provider: ProviderName, allocation: u64 },
-}
-
-impl Call {
-    pub fn provider(&self) -> &ProviderName {
-        match self {
-            Call::Solicit(s) => &s.holder,
-            Call::Quote { provider, .. } | Call::Cancel { provider, .. } => provider,
-            Call::Reserve { plan, .. } => &plan.provider,
-        }
+/// When a call's answer stops being useful: its own deadline (the holder's window, the quote
+/// deadline), or `DEFAULT_DEADLINE` for reservations, cancellations and releases.
+fn deadline(call: &Call, now: Timestamp) -> Duration {
+    match call.respond_by() {
+        Some(at) => Duration::from_secs(at.unix().saturating_sub(now.unix()).max(1) as u64),
+        None => DEFAULT_DEADLINE,
     }
-
-    /// When the answer stops being useful.
-    fn deadline(&self, now: Timestamp) -> Duration {
-        let until = |at: Timestamp| Duration::from_secs(at.unix().saturating_sub(now.unix()).max(1) as u64);
-        match self {
-            Call::Solicit(s) => until(s.ask.respond_by),
-            Call::Quote { ask, .. } => until(ask.respond_by),
-            _ => DEFAULT_DEADLINE,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct SolicitReply {
-    answer: Option<HolderAnswer>,
-}
-
-#[derive(Deserialize)]
-struct QuoteReply {
-    offers: Vec<Offer>,
-}
-
-#[derive(Deserialize)]
-struct ReserveReply {
-    ready_at: Option<Timestamp>,
 }
 
 /// The "URL" of a provider that is not called but calls in: it reads
@@ -98,10 +75,10 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Starts `workers` threads, each with its own store handle; they claim
-    /// calls from the outbox and send answers to `broker`.
+    /// calls from the outbox and `deliver` the answers to the broker.
     pub fn start(
         urls: BTreeMap<ProviderName, String>,
-        broker: Sender<Command>,
+        deliver: Deliver,
         workers: usize,
         open: OpenStore,
     ) -> Result<Self, StoreError> {
@@ -114,10 +91,10 @@ impl Dispatcher {
             .into();
         for i in 0..workers.max(1) {
             let store = open()?;
-            let (woken, broker, urls, agent) = (woken.clone(), broker.clone(), urls.clone(), agent.clone());
+            let (woken, deliver, urls, agent) = (woken.clone(), deliver.clone(), urls.clone(), agent.clone());
             std::thread::Builder::new()
                 .name(format!("dibs-provider-{i}"))
-                .spawn(move || work(store, &woken, &broker, &urls, &agent))
+                .spawn(move || work(store, &woken, &*deliver, &urls, &agent))
                 .expect("a worker thread starts");
         }
         Ok(Self { urls, wake })
@@ -147,7 +124,7 @@ fn unix_now() -> i64 {
 fn work(
     mut store: Box<dyn Store>,
     woken: &Mutex<Receiver<()>>,
-    broker: &Sender<Command>,
+    deliver: &(dyn Fn(Answer) -> bool + Send + Sync),
     urls: &BTreeMap<ProviderName, String>,
     agent: &ureq::Agent,
 ) {
@@ -179,7 +156,7 @@ fn work(
             urls.get(record.call.provider()).and_then(|url| perform(agent, url, &record.call, record.at));
         match answer {
             Some((at, input)) => {
-                if broker.send(Command::Input { at, input: Box::new(input), call: Some(row.key) }).is_err() {
+                if !deliver(Answer { at, input, call: row.key }) {
                     return;
                 }
             }
@@ -199,16 +176,8 @@ fn perform(
     call: &Call,
     now: Timestamp,
 ) -> Option<(Option<Timestamp>, Input)> {
-    let (path, body) = match call {
-        Call::Solicit(s) => ("solicit", serde_json::to_value(s).ok()?),
-        Call::Quote { ask, .. } => ("quote", serde_json::to_value(ask).ok()?),
-        Call::Reserve { allocation, plan } => (
-            "reserve",
-            serde_json::to_value(ReserveBody { allocation: *allocation, plan: plan.clone() }).ok()?,
-        ),
-        Call::Cancel { allocation, .. } => ("cancel", json!(CancelBody { allocation: *allocation })),
-    };
-    let give_up = Instant::now() + call.deadline(now);
+    let (path, body) = (call.path(), call.body());
+    let give_up = Instant::now() + deadline(call, now);
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=MAX_TRIES {
         let left = give_up.saturating_duration_since(Instant::now());
@@ -225,7 +194,9 @@ fn perform(
             Ok(mut response) if response.status().is_success() => {
                 let text = response.body_mut().with_config().limit(4 * 1024 * 1024).read_to_string();
                 // A garbage answer is no answer; retrying would get the same garbage.
-                return text.ok().and_then(|text| answer(call, &text)).or_else(|| gave_up(call));
+                let answered =
+                    text.ok().and_then(|text| call.parse_reply(&text)).and_then(|reply| call.input(reply));
+                return answered.or_else(|| gave_up(call));
             }
             Ok(response) if response.status().is_client_error() => {
                 eprintln!("dibs: {url}/{path}: HTTP {}; not retrying", response.status());
@@ -241,61 +212,9 @@ fn perform(
     gave_up(call)
 }
 
-/// What a call that got no usable answer means. A provider that cannot
-/// quote has quoted nothing: the round need not wait for it until its
-/// deadline. A holder that cannot answer is silent, and its window lapses;
-/// a reservation that cannot be confirmed is late, and spills over.
+/// A call that got no usable answer, as an input now (see [`Call::unanswered`]).
 fn gave_up(call: &Call) -> Option<(Option<Timestamp>, Input)> {
-    match call {
-        Call::Quote { provider, ask } => Some((
-            None,
-            Input::Quotes {
-                request: ask.request.clone(),
-                round: ask.round,
-                provider: provider.clone(),
-                offers: Vec::new(),
-            },
-        )),
-        _ => None,
-    }
-}
-
-fn answer(call: &Call, text: &str) -> Option<(Option<Timestamp>, Input)> {
-    match call {
-        Call::Solicit(s) => {
-            let reply: SolicitReply = serde_json::from_str(text).ok()?;
-            let input = Input::HolderAnswer {
-                request: s.ask.request.clone(),
-                round: s.ask.round,
-                answer: reply.answer?,
-            };
-            Some((None, input))
-        }
-        Call::Quote { provider, ask } => {
-            let reply: QuoteReply = serde_json::from_str(text).ok()?;
-            // A provider quotes for itself only: offers naming another provider are dropped.
-            let offers: Vec<Offer> = reply
-                .offers
-                .into_iter()
-                .filter(|o| &o.provider == provider)
-                .take(MAX_OFFERS_PER_ANSWER)
-                .collect();
-            Some((
-                None,
-                Input::Quotes {
-                    request: ask.request.clone(),
-                    round: ask.round,
-                    provider: provider.clone(),
-                    offers,
-                },
-            ))
-        }
-        Call::Reserve { allocation, .. } => {
-            let reply: ReserveReply = serde_json::from_str(text).ok()?;
-            reply.ready_at.map(|at| (Some(at), Input::AllocationReady { allocation: *allocation }))
-        }
-        Call::Cancel { .. } => None,
-    }
+    call.unanswered().map(|input| (None, input))
 }
 
 /// Whether a provider's health endpoint answers 2xx within a second.

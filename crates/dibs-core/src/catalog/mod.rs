@@ -52,11 +52,10 @@
 //! [`load_catalog`] and [`load_price_lists`] are the functions here that read files; they read
 //! only the paths their caller names, and everything else in this module is pure.
 
-mod accelerators;
 mod gcp;
 pub mod supply;
 
-pub use accelerators::{
+pub use crate::accelerators::{
     ACCELERATOR_ALIASES, CANONICAL_ACCELERATORS, canonical_accelerator, gpu_memory_mib, variant_for_memory,
 };
 pub use supply::{Supply, SupplyRule};
