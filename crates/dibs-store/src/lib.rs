@@ -16,6 +16,7 @@
 //! advisory lock, so sequence numbers stay gapless and every entry chains to
 //! the one before, whichever replica wrote it.
 
+pub mod migrate;
 mod postgres;
 mod sqlite;
 

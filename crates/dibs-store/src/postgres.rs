@@ -4,7 +4,7 @@
 
 use postgres::{Client, NoTls};
 
-use crate::{Batch, Entry, IdempotentAnswer, MAX_PAGE, Row, Store, StoreError, chain, to_hash};
+use crate::{Batch, Entry, IdempotentAnswer, MAX_PAGE, Row, Store, StoreError, chain, migrate, to_hash};
 
 /// The advisory lock key appends take (ASCII "dibsledg").
 const APPEND_LOCK: i64 = 0x6469_6273_6c65_6467;
@@ -14,8 +14,9 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects and creates the tables if needed, in `schema` (created if
-    /// missing; tests use one schema each so they can run side by side).
+    /// Connects and brings the tables in `schema` up to date (see [`crate::migrate`]);
+    /// the schema is created if missing (tests use one schema each so they can run side
+    /// by side).
     pub fn connect(url: &str, schema: &str) -> Result<Self, StoreError> {
         if schema.is_empty()
             || !schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -31,46 +32,31 @@ impl PostgresStore {
         tx.batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {schema};
              SET LOCAL search_path TO {schema};
-             CREATE TABLE IF NOT EXISTS ledger (
-                 seq BIGINT PRIMARY KEY,
-                 at TEXT NOT NULL,
-                 kind TEXT NOT NULL,
-                 request TEXT,
-                 body TEXT NOT NULL,
-                 prev_hash BYTEA NOT NULL,
-                 hash BYTEA NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS idempotency (
-                 scope TEXT NOT NULL,
-                 key TEXT NOT NULL,
-                 request_digest TEXT NOT NULL,
-                 status INTEGER NOT NULL,
-                 response TEXT NOT NULL,
-                 PRIMARY KEY (scope, key)
-             );
-             CREATE TABLE IF NOT EXISTS requests (
-                 id TEXT PRIMARY KEY,
-                 view TEXT NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS timers (
-                 key TEXT PRIMARY KEY,
-                 due BIGINT NOT NULL,
-                 body TEXT NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS outbox (
-                 key TEXT PRIMARY KEY,
-                 due BIGINT NOT NULL,
-                 body TEXT NOT NULL,
-                 claimed_until BIGINT NOT NULL DEFAULT 0
-             );
-             CREATE TABLE IF NOT EXISTS tokens (
-                 hash TEXT PRIMARY KEY,
-                 role TEXT NOT NULL
+             CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version INTEGER PRIMARY KEY,
+                 name TEXT NOT NULL,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
              );"
         ))?;
+        let current: i32 =
+            tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])?.get(0);
+        for step in migrate::pending(migrate::POSTGRES, current as u32)? {
+            tx.batch_execute(step.sql)
+                .map_err(|e| StoreError::Invalid(format!("schema migration {}: {e}", step.name)))?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                &[&(step.version as i32), &step.name],
+            )?;
+        }
         tx.commit()?;
         client.batch_execute(&format!("SET search_path TO {schema}"))?;
         Ok(Self { client })
+    }
+
+    /// The schema version of the dibs schema.
+    pub fn schema_version(&mut self) -> Result<u32, StoreError> {
+        let row = self.client.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])?;
+        Ok(row.get::<_, i32>(0) as u32)
     }
 
     /// The underlying client, for tests that need to reach past the interface.

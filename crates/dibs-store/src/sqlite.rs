@@ -5,46 +5,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::{Batch, Entry, IdempotentAnswer, MAX_PAGE, Row, Store, StoreError, chain, to_hash};
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS ledger (
-    seq INTEGER PRIMARY KEY,
-    at TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    request TEXT,
-    body TEXT NOT NULL,
-    prev_hash BLOB NOT NULL,
-    hash BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS idempotency (
-    scope TEXT NOT NULL,
-    key TEXT NOT NULL,
-    request_digest TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    response TEXT NOT NULL,
-    PRIMARY KEY (scope, key)
-);
-CREATE TABLE IF NOT EXISTS requests (
-    id TEXT PRIMARY KEY,
-    view TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS timers (
-    key TEXT PRIMARY KEY,
-    due INTEGER NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    key TEXT PRIMARY KEY,
-    due INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    claimed_until INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS tokens (
-    hash TEXT PRIMARY KEY,
-    role TEXT NOT NULL
-);
-";
+use crate::{Batch, Entry, IdempotentAnswer, MAX_PAGE, Row, Store, StoreError, chain, migrate, to_hash};
 
 pub struct SqliteStore {
     connection: Connection,
@@ -57,8 +18,27 @@ impl SqliteStore {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.busy_timeout(std::time::Duration::from_secs(10))?;
-        connection.execute_batch(SCHEMA)?;
-        Ok(Self { connection })
+        let mut store = Self { connection };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Brings the file's schema up to date, each step in the transaction that records it.
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let tx = self.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        for step in migrate::pending(migrate::SQLITE, current)? {
+            tx.execute_batch(step.sql)
+                .map_err(|e| StoreError::Invalid(format!("schema migration {}: {e}", step.name)))?;
+            tx.pragma_update(None, "user_version", step.version)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The schema version of the file.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self.connection.query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
     /// The underlying connection, for tests that need to reach past the interface.

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use dibs_core::ledger::{Chain, hex};
 use dibs_store::{
-    Batch, IdempotentAnswer, NewEntry, PostgresStore, Row, SqliteStore, Store, StoreError, verify,
+    Batch, IdempotentAnswer, NewEntry, PostgresStore, Row, SqliteStore, Store, StoreError, migrate, verify,
 };
 
 fn entry(n: u32) -> NewEntry {
@@ -41,7 +41,17 @@ fn answer(key: &str, response: &str) -> IdempotentAnswer {
 /// the same one, and change a stored body behind the interface.
 trait Backend {
     fn open(&self) -> Box<dyn Store>;
+    fn try_open(&self) -> Result<Box<dyn Store>, StoreError>;
     fn tamper(&self, seq: u64, body: &str);
+    /// Runs SQL behind the interface, as a dibs before schema versions (or an operator) would.
+    fn raw(&self, sql: &str);
+    /// The version the database records, read behind the interface.
+    fn version(&self) -> u32;
+    fn has_index(&self, name: &str) -> bool;
+    /// A bytes literal in this backend's SQL.
+    fn blob(&self, hex: &str) -> String;
+    /// The migrations of this backend.
+    fn migrations(&self) -> &'static [migrate::Migration];
 }
 
 struct Sqlite {
@@ -59,7 +69,30 @@ impl Sqlite {
 
 impl Backend for Sqlite {
     fn open(&self) -> Box<dyn Store> {
-        Box::new(SqliteStore::open(&self.path).unwrap())
+        self.try_open().unwrap()
+    }
+    fn try_open(&self) -> Result<Box<dyn Store>, StoreError> {
+        Ok(Box::new(SqliteStore::open(&self.path)?))
+    }
+    fn raw(&self, sql: &str) {
+        rusqlite::Connection::open(&self.path).unwrap().execute_batch(sql).unwrap();
+    }
+    fn version(&self) -> u32 {
+        rusqlite::Connection::open(&self.path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    }
+    fn has_index(&self, name: &str) -> bool {
+        let connection = rusqlite::Connection::open(&self.path).unwrap();
+        let sql = "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?1";
+        connection.query_row(sql, [name], |r| r.get::<_, i64>(0)).unwrap() == 1
+    }
+    fn migrations(&self) -> &'static [migrate::Migration] {
+        migrate::SQLITE
+    }
+    fn blob(&self, hex: &str) -> String {
+        format!("X'{hex}'")
     }
     fn tamper(&self, seq: u64, body: &str) {
         let store = SqliteStore::open(&self.path).unwrap();
@@ -96,9 +129,40 @@ impl Drop for Postgres {
     }
 }
 
+impl Postgres {
+    fn client(&self) -> postgres::Client {
+        let mut client = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {0}; SET search_path TO {0}", self.schema))
+            .unwrap();
+        client
+    }
+}
+
 impl Backend for Postgres {
     fn open(&self) -> Box<dyn Store> {
-        Box::new(PostgresStore::connect(&self.url, &self.schema).unwrap())
+        self.try_open().unwrap()
+    }
+    fn try_open(&self) -> Result<Box<dyn Store>, StoreError> {
+        Ok(Box::new(PostgresStore::connect(&self.url, &self.schema)?))
+    }
+    fn raw(&self, sql: &str) {
+        self.client().batch_execute(sql).unwrap();
+    }
+    fn version(&self) -> u32 {
+        let row =
+            self.client().query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[]).unwrap();
+        row.get::<_, i32>(0) as u32
+    }
+    fn has_index(&self, name: &str) -> bool {
+        let sql = "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexname = $2";
+        self.client().query_one(sql, &[&self.schema, &name]).unwrap().get::<_, i64>(0) == 1
+    }
+    fn migrations(&self) -> &'static [migrate::Migration] {
+        migrate::POSTGRES
+    }
+    fn blob(&self, hex: &str) -> String {
+        format!("decode('{hex}', 'hex')")
     }
     fn tamper(&self, seq: u64, body: &str) {
         let mut store = PostgresStore::connect(&self.url, &self.schema).unwrap();
@@ -331,6 +395,47 @@ fn concurrent_claims_never_share_a_call(backend: &dyn Backend) {
     assert_eq!((total, keys.len()), (200, 200), "every call claimed exactly once");
 }
 
+/// A database made by a dibs from before schema versions (its tables, a ledger entry and a
+/// token, no version recorded) is adopted and brought up to date on open, keeping its data.
+fn an_unversioned_database_is_migrated_on_open(backend: &dyn Backend) {
+    let first = &backend.migrations()[0];
+    backend.raw(first.sql);
+    let hash = hex(&dibs_core::ledger::next_hash(&[0; 32], 0, b"{}"));
+    backend.raw(&format!(
+        "INSERT INTO ledger (seq, at, kind, request, body, prev_hash, hash) VALUES \
+         (1, '2026-01-01T00:00:00Z', 'request_submitted', 'r1', '{{}}', {zeros}, {hash});
+         INSERT INTO tokens (hash, role) VALUES ('abc', 'requester');",
+        zeros = backend.blob(&hex(&[0; 32])),
+        hash = backend.blob(&hash),
+    ));
+    assert!(!backend.has_index("ledger_by_request"));
+    let mut store = backend.open();
+    assert_eq!(backend.version(), migrate::latest(backend.migrations()));
+    assert!(backend.has_index("ledger_by_request"));
+    assert_eq!(store.token_role("abc").unwrap().as_deref(), Some("requester"));
+    assert_eq!(verify(store.as_mut()).unwrap().entries, 1);
+    drop(store);
+    // A second open has nothing left to do.
+    backend.open();
+    assert_eq!(backend.version(), migrate::latest(backend.migrations()));
+}
+
+/// A database written by a newer dibs is refused with a message that says so, unchanged.
+fn a_newer_schema_is_refused(backend: &dyn Backend) {
+    drop(backend.open());
+    let newer = migrate::latest(backend.migrations()) + 1;
+    if std::ptr::eq(backend.migrations(), migrate::SQLITE) {
+        backend.raw(&format!("PRAGMA user_version = {newer}"));
+    } else {
+        backend.raw(&format!(
+            "INSERT INTO schema_migrations (version, name) VALUES ({newer}, 'from_the_future')"
+        ));
+    }
+    let refused = backend.try_open().err().expect("a newer schema is refused").to_string();
+    assert!(refused.contains(&format!("schema version {newer}")) && refused.contains("newer"), "{refused}");
+    assert_eq!(backend.version(), newer);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -360,4 +465,6 @@ conformance!(
     the_requests_projection_is_written_with_its_batch_and_can_be_replaced,
     timers_and_calls_are_rows_committed_with_their_decisions,
     concurrent_claims_never_share_a_call,
+    an_unversioned_database_is_migrated_on_open,
+    a_newer_schema_is_refused,
 );
