@@ -1423,15 +1423,17 @@ impl Engine {
             out.ledger(Some(id), EventKind::LateAnswerIgnored { round: round_number, from: provider });
             return Step::Wait;
         }
-        // A provider speaks only for itself, and within bounds.
-        offers.retain(|o| o.provider == provider);
+        // A provider speaks only for itself, of things that exist, and within bounds.
+        let quoted = offers.len();
         offers.truncate(MAX_QUOTES_PER_ANSWER);
+        offers.retain(|o| self.names.check_quoted(&provider, o).is_ok());
         out.ledger(
             Some(id),
             EventKind::QuoteReceived {
                 round: round_number,
                 provider: provider.clone(),
                 offers: offers.len(),
+                rejected: quoted - offers.len(),
             },
         );
         answered.insert(provider);

@@ -87,6 +87,9 @@ pub enum EventKind {
         round: u32,
         provider: ProviderName,
         offers: usize,
+        /// Offers dropped as not the provider's own, malformed or out of bounds.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        rejected: usize,
     },
     LateAnswerIgnored {
         round: u32,
@@ -303,4 +306,8 @@ impl Chain {
     pub fn is_empty(&self) -> bool {
         self.length == 0
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }

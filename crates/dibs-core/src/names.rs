@@ -164,6 +164,73 @@ impl Names {
     }
 }
 
+/// The most GPUs one node of a quoted offer may have: a rack sold whole (an NVL72) is the
+/// largest unit any provider sells; the shared catalogs top out at 16.
+pub const MAX_GPUS_PER_NODE: u32 = 72;
+/// The most nodes one quoted offer may make available.
+pub const MAX_NODES_PER_OFFER: u32 = 10_000;
+/// The longest lead time a quoted offer may state: 90 days.
+pub const MAX_LEAD_TIME_HOURS: u32 = 90 * 24;
+
+/// What is wrong with a quoted offer: the field, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferProblem {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl Names {
+    /// Checks an offer `provider` quoted: its own, for something that exists (an accelerator
+    /// and one of the provider's regions that the published offers use), at a positive
+    /// price, in whole nodes of at least one GPU, with bounded capacity and lead time.
+    pub fn check_quoted(&self, provider: &ProviderName, offer: &Offer) -> Result<(), OfferProblem> {
+        let problem = |field, message: String| Err(OfferProblem { field, message });
+        if &offer.provider != provider {
+            return problem(
+                "provider",
+                format!("offer {:?} is {}'s, not {provider}'s", offer.id, offer.provider),
+            );
+        }
+        if !self.has_accelerator(&offer.accelerator) {
+            let known = listing(self.accelerators.iter());
+            return problem(
+                "accelerator",
+                format!("unknown accelerator {:?}; known: {known}", offer.accelerator.as_str()),
+            );
+        }
+        if !self.has_location(provider, &offer.region) {
+            let known = self.regions.iter().filter(|(_, p)| p.contains(provider)).map(|(r, _)| r);
+            return problem(
+                "region",
+                format!(
+                    "{provider} has no region {:?}; its regions: {}",
+                    offer.region.as_str(),
+                    listing(known)
+                ),
+            );
+        }
+        if offer.node_price.get() <= 0.0 {
+            return problem("node_price", format!("price {} must be above 0", offer.node_price.get()));
+        }
+        if offer.gpus_per_node.get() > MAX_GPUS_PER_NODE {
+            let gpus = offer.gpus_per_node.get();
+            return problem("gpus_per_node", format!("{gpus} GPUs per node; at most {MAX_GPUS_PER_NODE}"));
+        }
+        if offer.nodes_available > MAX_NODES_PER_OFFER {
+            let nodes = offer.nodes_available;
+            return problem(
+                "nodes_available",
+                format!("{nodes} nodes; at most {MAX_NODES_PER_OFFER} per offer"),
+            );
+        }
+        if offer.lead_time_hours > MAX_LEAD_TIME_HOURS {
+            let hours = offer.lead_time_hours;
+            return problem("lead_time_hours", format!("{hours} hours; at most {MAX_LEAD_TIME_HOURS}"));
+        }
+        Ok(())
+    }
+}
+
 /// `a, b, c` or `a, b, ... (N in all)`.
 fn listing<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
     let items: Vec<String> = items.map(|item| item.to_string()).collect();

@@ -20,9 +20,6 @@ use dibs_core::placement::PlannedAllocation;
 use dibs_core::types::{Offer, ProviderName, Timestamp};
 use serde::{Deserialize, Serialize};
 
-/// Quotes beyond this many offers per answer are cut off.
-pub const MAX_OFFERS_PER_ANSWER: usize = 1000;
-
 /// One call to a provider.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "call", rename_all = "snake_case")]
@@ -183,8 +180,7 @@ impl Call {
         }
     }
 
-    /// The engine input a reply causes, and when it is due (`None`: when it arrives). A
-    /// provider quotes for itself only: offers naming another provider are dropped.
+    /// The engine input a reply causes, and when it is due (`None`: when it arrives).
     pub fn input(&self, reply: Reply) -> Option<(Option<Timestamp>, Input)> {
         match (self, reply) {
             (Call::Solicit(s), Reply::Holder(reply)) => Some((
@@ -196,12 +192,8 @@ impl Call {
                 },
             )),
             (Call::Quote { provider, ask }, Reply::Quotes(reply)) => {
-                let offers: Vec<Offer> = reply
-                    .offers
-                    .into_iter()
-                    .filter(|o| &o.provider == provider)
-                    .take(MAX_OFFERS_PER_ANSWER)
-                    .collect();
+                // The engine checks the offers (`Names::check_quoted`) and bounds their number.
+                let offers = reply.offers;
                 Some((
                     None,
                     Input::Quotes {

@@ -22,13 +22,13 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use dibs_core::contract::{self, ContractSet};
-use dibs_core::engine::{Effect, Engine, EngineConfig, HolderAnswer, Input, Timer};
+use dibs_core::engine::{Effect, Engine, EngineConfig, HolderAnswer, Input, MAX_QUOTES_PER_ANSWER, Timer};
 use dibs_core::ledger::Event;
 use dibs_core::queue::TimeQueue;
 use dibs_core::request::RequestSpec;
 use dibs_core::types::Offer;
 use dibs_core::types::Timestamp;
-use dibs_providers::protocol::{MAX_OFFERS_PER_ANSWER, calls_for};
+use dibs_providers::protocol::calls_for;
 use dibs_providers::{SimulatedProvider, call_in_process};
 use dibs_store::{Batch, IdempotentAnswer, NewEntry, Row, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -870,6 +870,16 @@ impl Broker {
     ) -> Reply {
         let name =
             dibs_core::types::ProviderName::new(provider).map_err(|e| ApiError::new(403, e.to_string()))?;
+        // Only a provider that calls in answers here; the others answer the calls dibs makes
+        // to them (in process, or over HTTP), and an answer from anyone else is a spoof.
+        if self.remote.as_ref().and_then(|r| r.url(&name)) != Some(crate::remote::PULL) {
+            return Err(ApiError::new(
+                403,
+                format!(
+                    "{name} is not a pull provider: dibs calls it, and only its answers to those calls count"
+                ),
+            ));
+        }
         let input = match answer {
             ProviderReply::Holder(answer) => {
                 let round = self.engine.awaiting_holder(&request, &name).ok_or_else(|| {
@@ -881,19 +891,18 @@ impl Broker {
                 let round = self.engine.awaiting_quotes(&request, &name).ok_or_else(|| {
                     ApiError::new(409, format!("{request} is not waiting for quotes from {name}"))
                 })?;
-                if offers.len() > MAX_OFFERS_PER_ANSWER {
+                if offers.len() > MAX_QUOTES_PER_ANSWER {
                     return Err(ApiError::field(
                         422,
                         "offers",
-                        format!("at most {} offers per answer", MAX_OFFERS_PER_ANSWER),
+                        format!("at most {MAX_QUOTES_PER_ANSWER} offers per answer"),
                     ));
                 }
-                if let Some(other) = offers.iter().find(|o| o.provider != name) {
-                    return Err(ApiError::field(
-                        422,
-                        "offers",
-                        format!("offer {} is not {name}'s", other.id),
-                    ));
+                for (i, offer) in offers.iter().enumerate() {
+                    if let Err(problem) = self.engine.names().check_quoted(&name, offer) {
+                        let field = format!("offers[{i}].{}", problem.field);
+                        return Err(ApiError::field(422, &field, problem.message));
+                    }
                 }
                 offers.iter_mut().for_each(|o| o.valid_until = o.valid_until.or(Some(now.plus_hours(24.0))));
                 Input::Quotes { request: request.clone(), round, provider: name, offers }

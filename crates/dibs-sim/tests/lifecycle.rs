@@ -558,6 +558,40 @@ fn a_duplicate_request_id_is_rejected_and_changes_nothing() {
     assert!(render(&run).lines().last().unwrap().contains("request_rejected"));
 }
 
+#[test]
+fn quoted_offers_that_could_not_be_bought_are_dropped_and_counted() {
+    let mut engine = Engine::new(contracts(Terms::default()), market(), EngineConfig::default());
+    let now = t("2026-01-01");
+    let submitted = engine.handle(now, Input::Submit(request("r1", 64, "training")));
+    assert!(submitted.iter().any(|e| matches!(e, dibs_core::engine::Effect::Solicit(_))));
+    let asked = engine.handle(
+        now,
+        Input::HolderAnswer {
+            request: "r1".into(),
+            round: 1,
+            answer: dibs_core::engine::HolderAnswer::Decline,
+        },
+    );
+    assert!(asked.iter().any(|e| matches!(e, dibs_core::engine::Effect::RequestQuotes { .. })));
+    let good = offer("lambda", "us-east-1", 2.99, 64, 4);
+    let free = Offer { node_price: NodePrice::new(0.0).unwrap(), ..good.clone() };
+    let nowhere = Offer { region: Region::new("mars-1").unwrap(), ..good.clone() };
+    let unknown = Offer { accelerator: Accelerator::new("H101").unwrap(), ..good.clone() };
+    let someone_else = offer("aws", "us-east-1", 0.5, 64, 4);
+    let forever = Offer { lead_time_hours: 1_000_000, ..good.clone() };
+    let offers = vec![free, nowhere, unknown, someone_else, forever, good];
+    let effects =
+        engine.handle(now, Input::Quotes { request: "r1".into(), round: 1, provider: p("lambda"), offers });
+    let received = effects.iter().find_map(|e| match e {
+        dibs_core::engine::Effect::Ledger(event) => match &event.kind {
+            EventKind::QuoteReceived { offers, rejected, .. } => Some((*offers, *rejected)),
+            _ => None,
+        },
+        _ => None,
+    });
+    assert_eq!(received, Some((1, 5)), "one offer kept, five dropped");
+}
+
 // --- Properties over random scenarios -------------------------------------------
 
 fn behaviour() -> impl Strategy<Value = HolderBehaviour> {

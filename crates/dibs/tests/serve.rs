@@ -756,7 +756,29 @@ fn a_pull_provider_reads_its_feed_and_answers_through_the_api() {
     };
     let (status, body) =
         call_as(url, &lambda, "POST", &answer_path, Some(&json!({ "offers": [offer("aws")] })));
-    assert_eq!((status, body["field"].as_str()), (422, Some("offers")), "{body}");
+    assert_eq!((status, body["field"].as_str()), (422, Some("offers[0].provider")), "{body}");
+    // Offers that could not be bought are refused, naming the field; nothing is recorded.
+    let bad = |field: &str, value: Value| {
+        let mut bad = offer("lambda");
+        bad[field] = value;
+        json!({ "offers": [offer("lambda"), bad] })
+    };
+    for (field, value, named) in [
+        ("node_price", json!(0.0), "offers[1].node_price"),
+        ("region", json!("mars-1"), "offers[1].region"),
+        ("accelerator", json!("H101"), "offers[1].accelerator"),
+        ("nodes_available", json!(100_000), "offers[1].nodes_available"),
+        ("lead_time_hours", json!(100_000), "offers[1].lead_time_hours"),
+        ("gpus_per_node", json!(0), "offers"),
+    ] {
+        let (status, body) = call_as(url, &lambda, "POST", &answer_path, Some(&bad(field, value)));
+        assert_eq!(status, 422, "{field}: {body}");
+        assert!(body["field"].as_str().is_some_and(|f| f.starts_with(named)), "{field}: {body}");
+    }
+    // An in-process provider's token cannot answer for it: dibs calls that provider itself.
+    let aws = token_for(url, "provider:aws");
+    let (status, body) = call_as(url, &aws, "POST", &answer_path, Some(&json!({ "offers": [offer("aws")] })));
+    assert_eq!(status, 403, "{body}");
     let (status, body) =
         call_as(url, &lambda, "POST", &answer_path, Some(&json!({ "offers": [offer("lambda")] })));
     assert_eq!(status, 200, "{body}");
