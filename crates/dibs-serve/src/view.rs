@@ -115,31 +115,6 @@ pub fn allocation(a: &Allocation) -> AllocationView {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_status_sits_at_its_index() {
-        for (index, name) in STATUSES.iter().enumerate() {
-            let status = [
-                Status::Screening,
-                Status::FirstRefusal,
-                Status::Market,
-                Status::Provisioning,
-                Status::Active,
-                Status::Released,
-                Status::Unfilled,
-                Status::Cancelled,
-            ]
-            .into_iter()
-            .find(|s| s.as_str() == *name)
-            .unwrap();
-            assert_eq!(status_index(status), index, "{name}");
-        }
-    }
-}
-
 /// Whether `id` comes after the cursor `after` in list order (the engine's, by id).
 pub fn id_order(id: &str, after: &str) -> bool {
     id > after
@@ -189,4 +164,29 @@ pub fn contract(c: &dibs_core::contract::Contract, with_clauses: bool) -> serde_
         "source": c.source,
         "versions": versions,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_sits_at_its_index() {
+        for (index, name) in STATUSES.iter().enumerate() {
+            let status = [
+                Status::Screening,
+                Status::FirstRefusal,
+                Status::Market,
+                Status::Provisioning,
+                Status::Active,
+                Status::Released,
+                Status::Unfilled,
+                Status::Cancelled,
+            ]
+            .into_iter()
+            .find(|s| s.as_str() == *name)
+            .unwrap();
+            assert_eq!(status_index(status), index, "{name}");
+        }
+    }
 }
