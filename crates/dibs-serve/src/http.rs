@@ -55,7 +55,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { error(ApiError::new(404, "no such endpoint")) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(json_errors))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::dashboard::router(state))
 }
 
 /// Errors the framework answers itself (a body over the limit, a wrong

@@ -8,6 +8,7 @@
 pub mod banner;
 pub mod broker;
 pub mod clock;
+pub mod dashboard;
 pub mod http;
 pub mod provider;
 pub mod remote;
