@@ -641,6 +641,7 @@ pub struct ProviderServeArgs {
     /// Answer every call with HTTP 503.
     #[arg(long)]
     down: bool,
+    /// Seed for the provider's random choices (accept rate, error rate).
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
