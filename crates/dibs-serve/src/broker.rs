@@ -337,7 +337,7 @@ impl Configuration {
     pub const COMMAND_LINE: &str = "command-line";
     pub const API: &str = "api";
 
-    /// The same contracts and offers, wherever they came from.
+    /// The same contracts, offers and clock speed, wherever they came from.
     fn same_as(&self, other: &Configuration) -> bool {
         self.contracts == other.contracts
             && self.offers == other.offers
@@ -898,7 +898,14 @@ impl Broker {
                         configuration: self.configuration.as_ref(),
                         remote: self.remote.as_ref(),
                     };
-                    deliveries.push(read(&view));
+                    // A read only borrows the engine, so a panic in one (a page's bug) leaves
+                    // nothing half-changed: it is dropped, its page says the broker did not
+                    // answer, and the broker goes on.
+                    if let Ok(delivery) =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&view)))
+                    {
+                        deliveries.push(delivery);
+                    }
                 }
                 Command::Shutdown => {}
             }

@@ -2,9 +2,10 @@
 //!
 //! `dibs serve --time-speed N` makes the service's time run N times faster than the wall
 //! clock, so a newcomer watches a request on the embedded default's simulated providers go
-//! from first refusal to active in a minute rather than in 4 to 72 real hours. Everything
-//! that waits is measured in the service's time: the engine's timers (holder windows, quote
-//! deadlines, delivery due, release), the simulated providers' answer delays and lead times.
+//! from first refusal to active in a minute or two rather than in 4 to 168 real hours.
+//! Everything that waits is measured in the service's time: the engine's timers (holder
+//! windows, quote deadlines, delivery due, release), the simulated providers' answer delays
+//! and lead times.
 //!
 //! Decisions and their cost:
 //! * The ledger records the instant of every input, so a replay feeds each input at its

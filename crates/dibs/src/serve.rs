@@ -49,11 +49,11 @@ pub struct ServeArgs {
     providers: Vec<String>,
     /// Run the service's clock N times faster than the wall clock, for a demo on the
     /// in-process simulated providers: at 3600 a real second is a simulated hour, so a
-    /// request goes from first refusal to active in about a minute rather than 4 to 72 hours.
-    /// Holder windows, quote deadlines, lead times and durations all run on this clock. It is
-    /// recorded in the ledger; time never goes backwards across a restart (a later start
-    /// resumes from the ledger's last instant). Not with --provider: remote providers answer
-    /// in real time.
+    /// request goes from first refusal to active in a minute or two rather than in 4 to 168
+    /// hours. Holder windows, quote deadlines, lead times and durations all run on this
+    /// clock. It is recorded in the ledger; time never goes backwards across a restart (a
+    /// later start resumes from the ledger's last instant). Not with --provider: remote
+    /// providers answer in real time.
     #[arg(long, default_value_t = 1.0, value_name = "N")]
     time_speed: f64,
 }
