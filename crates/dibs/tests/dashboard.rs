@@ -569,6 +569,7 @@ fn in_a_browser_log_in_submit_watch_the_board_read_the_story_and_stay_in_your_la
         "{}",
         browser.text("#verify-result")
     );
+    assert!(browser.text("table.ledger caption").contains("about r-1"), "the search is kept");
     shots.push(browser.screenshot("07-ledger"));
 
     // A provider logs in to its own view, and no other.

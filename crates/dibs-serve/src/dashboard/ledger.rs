@@ -85,6 +85,8 @@ fn render(query: &LedgerQuery, page: &Page, verified: Option<Result<String, Stri
         h1 { "Ledger" }
         p { (thousands(page.length)) " entries, each chained to the one before by SHA-256." }
         form.card.verify method="post" action="/ledger/verify" {
+            // The page shown after verifying keeps the search.
+            input type="hidden" name="request" value=(query.request);
             button type="submit" { "Verify the hash chain" }
             span.muted { " Reads every entry and recomputes its hash. " code { "dibs ledger verify" } " also replays the decisions." }
         }
@@ -145,7 +147,11 @@ pub(super) async fn page(
     }
 }
 
-pub(super) async fn verify(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
+pub(super) async fn verify(
+    State(dashboard): State<Arc<Dashboard>>,
+    headers: HeaderMap,
+    form: Result<axum::Form<LedgerQuery>, axum::extract::rejection::FormRejection>,
+) -> Response {
     let started = Instant::now();
     let viewer = match require(&dashboard, &headers, Viewer::may_audit) {
         Ok(viewer) => viewer,
@@ -161,7 +167,7 @@ pub(super) async fn verify(State(dashboard): State<Arc<Dashboard>>, headers: Hea
         Ok(Err(e)) => Err(format!("The chain is broken: {e}")),
         Err(_) => Err("The store did not answer.".into()),
     };
-    let query = LedgerQuery::default();
+    let query = form.map(|axum::Form(query)| query).unwrap_or_default();
     match page_of(&dashboard, &query).await {
         Ok(page) => {
             let status = if verified.is_ok() { StatusCode::OK } else { StatusCode::CONFLICT };
