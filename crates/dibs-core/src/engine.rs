@@ -578,6 +578,11 @@ impl Engine {
         &self.settler.last
     }
 
+    /// The settlement books: events declared, triggers fired, the metrics triggers read.
+    pub fn settler(&self) -> &crate::settlement::Settler {
+        &self.settler
+    }
+
     /// Clauses suspended by review triggers, from their instants.
     pub fn suspensions(&self) -> &[Suspension] {
         &self.suspensions

@@ -417,6 +417,30 @@ impl Settler {
         self.declared.insert(name.to_owned())
     }
 
+    /// The events declared so far.
+    pub fn declared(&self) -> &BTreeSet<String> {
+        &self.declared
+    }
+
+    /// Whether the trigger `clause` of `contract` has fired (a trigger fires once).
+    pub fn has_fired(&self, contract: &str, clause: &str) -> bool {
+        self.fired.contains(&(contract.to_owned(), clause.to_owned()))
+    }
+
+    /// Revenue-share statements for the revenue reported so far, under `set` (what the next
+    /// settlement will state).
+    pub fn statements(&self, set: &ContractSet) -> Vec<RevenueShareStatement> {
+        revenue_share(set, &self.revenue, &self.month_start)
+    }
+
+    /// The metrics a trigger condition would read if the engine settled at `at` (a preview:
+    /// nothing is recorded), and the accruals they come from.
+    pub fn metrics_at(&self, engine: &Engine, at: Timestamp) -> (Metrics, Accruals) {
+        let accruals = accrue(engine, at);
+        let days = self.started.map_or(0.0, |started| at.hours_since(started).max(0.0) / 24.0);
+        (metrics(&accruals, self.cumulative_revenue, days, &self.declared), accruals)
+    }
+
     /// Settles as of `at`: accruals, commitments, revenue share, triggers. Instants must not
     /// go backwards (the engine's settlement timer guarantees it).
     pub fn settle(
@@ -439,7 +463,7 @@ impl Settler {
             at: Some(at),
             accruals,
             commitments,
-            revenue_share: revenue_share(engine.contracts(), &self.revenue, &self.month_start),
+            revenue_share: self.statements(engine.contracts()),
             cumulative_revenue: self.cumulative_revenue,
             triggers_fired: fired,
             suspensions,

@@ -108,6 +108,11 @@ pub struct SubmitBody {
     /// `any` (default), `fallback` or `premium:P`.
     #[serde(default)]
     pub preference: Option<String>,
+    /// All capacity ready within this many hours of the service's now: `deliver_by` reckoned
+    /// by the server's clock, which a client's clock may not agree with (a demo clock runs
+    /// ahead of it). Give this or `deliver_by`, not both.
+    #[serde(default)]
+    pub deliver_within_hours: Option<u32>,
 }
 
 /// What the HTTP side asks of the broker.
@@ -200,8 +205,42 @@ pub enum Command {
     Stats {
         reply: tokio::sync::oneshot::Sender<Reply>,
     },
+    /// A look at the engine's state that decides nothing (the dashboard's pages): `read` runs
+    /// on the broker thread during a turn, and what it returns is called once that turn has
+    /// committed, so a page shows only what is durable.
+    Read {
+        read: Box<dyn FnOnce(&ReadView<'_>) -> Delivery + Send>,
+    },
     /// Stop after the current turn.
     Shutdown,
+}
+
+/// What a [`Command::Read`] sees.
+pub struct ReadView<'a> {
+    pub engine: &'a Engine,
+    /// The broker's instant for this turn (a demo clock's, under `--time-speed`).
+    pub now: Timestamp,
+    /// What the engine runs under.
+    pub configuration: Option<&'a Configuration>,
+    remote: Option<&'a Dispatcher>,
+}
+
+impl ReadView<'_> {
+    /// How a provider is reached: `in-process`, `pull`, or its URL.
+    pub fn reached(&self, provider: &dibs_core::types::ProviderName) -> String {
+        reached(self.remote, provider)
+    }
+}
+
+/// Hands a read's answer over once the turn that computed it has committed.
+pub type Delivery = Box<dyn FnOnce() + Send>;
+
+fn reached(remote: Option<&Dispatcher>, provider: &dibs_core::types::ProviderName) -> String {
+    match remote.and_then(|r| r.url(provider)) {
+        Some(url) if url == crate::remote::PULL => "pull".to_owned(),
+        Some(url) => url.to_owned(),
+        None => "in-process".to_owned(),
+    }
 }
 
 /// What a provider sends through the API.
@@ -287,15 +326,23 @@ pub struct Configuration {
     pub offers: Vec<Offer>,
     /// Where it came from: `command-line` (a start) or `api` (a contract load).
     pub origin: String,
+    /// How many times faster than the wall clock the service's clock runs (`--time-speed`, a
+    /// demo of simulated providers); absent at real time. Instants in the ledger are the
+    /// service's, so this says how to read them; a replay feeds each input at its recorded
+    /// instant and needs no clock at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_speed: Option<f64>,
 }
 
 impl Configuration {
     pub const COMMAND_LINE: &str = "command-line";
     pub const API: &str = "api";
 
-    /// The same contracts and offers, wherever they came from.
+    /// The same contracts, offers and clock speed, wherever they came from.
     fn same_as(&self, other: &Configuration) -> bool {
-        self.contracts == other.contracts && self.offers == other.offers
+        self.contracts == other.contracts
+            && self.offers == other.offers
+            && self.time_speed == other.time_speed
     }
 }
 
@@ -330,6 +377,8 @@ pub struct Broker {
     persisted: std::collections::HashSet<String>,
     /// This turn's timer changes in order: a row set (`Some`) or fired (`None`).
     timer_ops: Vec<(String, Option<Row>)>,
+    /// How many times faster than the wall clock `clock` runs: the loop sleeps real time.
+    time_speed: f64,
 }
 
 /// What replay found.
@@ -370,6 +419,7 @@ impl Broker {
             rows: Batch::default(),
             persisted: std::collections::HashSet::new(),
             timer_ops: Vec::new(),
+            time_speed: 1.0,
         };
         let mut recovery = Recovery { entries: 0, inputs: 0, configurations: 0, requests: 0, outstanding: 0 };
         let mut expected: std::collections::VecDeque<String> = std::collections::VecDeque::new();
@@ -486,6 +536,12 @@ impl Broker {
         }
         self.store.release_calls()?;
         Ok(self.due.len())
+    }
+
+    /// Tells the loop that the clock runs `speed` times faster than the wall clock, so it
+    /// sleeps until the next due input in real time.
+    pub fn set_time_speed(&mut self, speed: f64) {
+        self.time_speed = speed.max(1.0);
     }
 
     fn note_request_id(&mut self, id: &str) {
@@ -618,7 +674,9 @@ impl Broker {
         loop {
             let now = (self.clock)();
             let wait = self.due.next_at().map_or(Duration::from_millis(500), |at| {
-                Duration::from_secs(at.unix().saturating_sub(now.unix()).clamp(0, 1) as u64)
+                // Virtual seconds to wait, in real ones, and at least once a second.
+                let seconds = at.unix().saturating_sub(now.unix()).max(0) as f64 / self.time_speed;
+                Duration::from_secs_f64(seconds.min(1.0))
             });
             let mut commands_now = Vec::new();
             match commands.recv_timeout(wait) {
@@ -653,6 +711,7 @@ impl Broker {
             self.apply(now, input, &mut entries);
         }
         let mut replies = Vec::new();
+        let mut deliveries: Vec<Delivery> = Vec::new();
         for command in commands {
             match command {
                 Command::Submit { body, idempotency, reply } => {
@@ -764,8 +823,13 @@ impl Broker {
                 }
                 Command::LoadContracts { files, reply } => {
                     let offers = self.configuration.as_ref().map(|c| c.offers.clone()).unwrap_or_default();
-                    let configuration =
-                        Configuration { contracts: files, offers, origin: Configuration::API.into() };
+                    let time_speed = self.configuration.as_ref().and_then(|c| c.time_speed);
+                    let configuration = Configuration {
+                        contracts: files,
+                        offers,
+                        origin: Configuration::API.into(),
+                        time_speed,
+                    };
                     let entry = configured_entry(now, &configuration);
                     // Parsing changes nothing when the files are wrong.
                     let answer = match self.configure(configuration) {
@@ -799,11 +863,7 @@ impl Broker {
                         .engine
                         .published_providers()
                         .map(|name| {
-                            let reached = match self.remote.as_ref().and_then(|r| r.url(name)) {
-                                Some(url) if url == crate::remote::PULL => "pull".to_owned(),
-                                Some(url) => url.to_owned(),
-                                None => "in-process".to_owned(),
-                            };
+                            let reached = reached(self.remote.as_ref(), name);
                             let incidents: Vec<&str> = self
                                 .engine
                                 .open_incidents()
@@ -823,6 +883,22 @@ impl Broker {
                     match at {
                         Some(at) if at > now => self.schedule(at, *input),
                         _ => self.apply(now, *input, &mut entries),
+                    }
+                }
+                Command::Read { read } => {
+                    let view = ReadView {
+                        engine: &self.engine,
+                        now,
+                        configuration: self.configuration.as_ref(),
+                        remote: self.remote.as_ref(),
+                    };
+                    // A read only borrows the engine, so a panic in one (a page's bug) leaves
+                    // nothing half-changed: it is dropped, its page says the broker did not
+                    // answer, and the broker goes on.
+                    if let Ok(delivery) =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&view)))
+                    {
+                        deliveries.push(delivery);
                     }
                 }
                 Command::Shutdown => {}
@@ -853,6 +929,9 @@ impl Broker {
         }
         for (reply, answer) in replies {
             let _ = reply.send(answer);
+        }
+        for deliver in deliveries {
+            deliver();
         }
         if let Some(remote) = &self.remote {
             remote.wake(calls);
@@ -1057,7 +1136,16 @@ impl Broker {
             block: body.block.or(Some(if body.gpus.is_multiple_of(8) { 8 } else { 1 })),
             duration_hours: body.duration_hours,
             earliest_start: instant("earliest_start", &body.earliest_start)?.unwrap_or(now),
-            deliver_by: instant("deliver_by", &body.deliver_by)?,
+            deliver_by: match (instant("deliver_by", &body.deliver_by)?, body.deliver_within_hours) {
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::field(
+                        422,
+                        "deliver_within_hours",
+                        "give deliver_by or deliver_within_hours, not both",
+                    ));
+                }
+                (by, within) => by.or(within.map(|hours| now.plus_hours(f64::from(hours)))),
+            },
             // A region list in one string splits around region names that hold commas.
             regions: body.regions.iter().flat_map(|r| self.engine.names().split_locations(r)).collect(),
             providers: body.providers,

@@ -58,7 +58,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { error(ApiError::new(404, "no such endpoint")) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(json_errors))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::dashboard::router(state))
 }
 
 /// Errors the framework answers itself (a body over the limit, a wrong
@@ -185,32 +186,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap, access: Access) -> Result
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| ApiError::field(401, "Authorization", "expected 'Authorization: Bearer TOKEN'"))?;
     let hash = token_hash(token.trim());
-    // Compare every byte, whatever the first difference.
-    let differs = hash.iter().zip(state.admin_token_hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    let role = if differs == 0 {
-        Role::Admin
-    } else {
-        let cached = state.roles.lock().ok().and_then(|r| r.get(&hash).cloned());
-        match cached {
-            Some(role) => role,
-            None => {
-                let found = state
-                    .reader
-                    .lock()
-                    .map_err(|_| ApiError::new(503, "token store unavailable"))?
-                    .token_role(&dibs_core::ledger::hex(&hash))
-                    .map_err(|e| ApiError::new(503, e.to_string()))?;
-                let role = found
-                    .as_deref()
-                    .and_then(Role::parse)
-                    .ok_or_else(|| ApiError::field(401, "Authorization", "unknown token"))?;
-                if let Ok(mut roles) = state.roles.lock() {
-                    roles.insert(hash, role.clone());
-                }
-                role
-            }
-        }
-    };
+    let role = role_of(state, &hash)?;
     let allowed = match (access, &role) {
         (_, Role::Admin) => !matches!(access, Access::Provider),
         (Access::Request, Role::Requester) => true,
@@ -225,6 +201,37 @@ fn authenticate(state: &AppState, headers: &HeaderMap, access: Access) -> Result
     Ok(Caller { role, scope: dibs_core::ledger::hex(&hash) })
 }
 
+/// The role of the token whose SHA-256 is `hash`: the admin's, or one the admin made.
+pub(crate) fn role_of(state: &AppState, hash: &[u8; 32]) -> Result<Role, ApiError> {
+    // Compare every byte, whatever the first difference.
+    let differs = hash.iter().zip(state.admin_token_hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    let role = if differs == 0 {
+        Role::Admin
+    } else {
+        let cached = state.roles.lock().ok().and_then(|r| r.get(hash).cloned());
+        match cached {
+            Some(role) => role,
+            None => {
+                let found = state
+                    .reader
+                    .lock()
+                    .map_err(|_| ApiError::new(503, "token store unavailable"))?
+                    .token_role(&dibs_core::ledger::hex(hash))
+                    .map_err(|e| ApiError::new(503, e.to_string()))?;
+                let role = found
+                    .as_deref()
+                    .and_then(Role::parse)
+                    .ok_or_else(|| ApiError::field(401, "Authorization", "unknown token"))?;
+                if let Ok(mut roles) = state.roles.lock() {
+                    roles.insert(*hash, role.clone());
+                }
+                role
+            }
+        }
+    };
+    Ok(role)
+}
+
 async fn ask(
     state: &AppState,
     make: impl FnOnce(tokio::sync::oneshot::Sender<Reply>) -> Command,
@@ -233,7 +240,7 @@ async fn ask(
 }
 
 /// Sends a command to the broker and waits for its answer.
-async fn ask_reply(
+pub(crate) async fn ask_reply(
     state: &AppState,
     make: impl FnOnce(tokio::sync::oneshot::Sender<Reply>) -> Command,
 ) -> Reply {
@@ -294,6 +301,16 @@ async fn list(
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > crate::broker::MAX_LIST {
         return error(ApiError::field(400, "limit", format!("must be 1 to {}", crate::broker::MAX_LIST)));
+    }
+    if let Some(status) = q.status.as_deref()
+        && !crate::view::STATUSES.contains(&status)
+    {
+        let known = crate::view::STATUSES.join(", ");
+        return error(ApiError::field(
+            400,
+            "status",
+            format!("no status {status:?}; expected one of {known}"),
+        ));
     }
     ask(&state, |reply| Command::List { status: q.status, after: q.after, limit, reply }).await
 }

@@ -5,7 +5,10 @@
 //! source of truth. [`broker`] is the shell that feeds the engine and
 //! commits; [`http`] is the JSON API in front of it.
 
+pub mod banner;
 pub mod broker;
+pub mod clock;
+pub mod dashboard;
 pub mod http;
 pub mod provider;
 pub mod remote;
@@ -44,6 +47,48 @@ pub struct ServeConfig {
     pub seed: u64,
     /// The admin token (from `DIBS_ADMIN_TOKEN`); `None`: keep the one made at first start.
     pub admin_token: Option<String>,
+    /// How many times faster than the wall clock the service's clock runs (1: real time).
+    /// Recorded in `configuration.time_speed` too.
+    pub time_speed: f64,
+    /// Where the contracts and the catalog came from, for the start banner.
+    pub loaded_from: LoadedFrom,
+}
+
+/// Where the configuration came from, in words, for the start banner.
+#[derive(Debug, Clone, Default)]
+pub struct LoadedFrom {
+    /// `the embedded default set`, or the paths given.
+    pub contracts: String,
+    /// `the bundled price table`, or the paths given, and how many offers it gave.
+    pub catalog: String,
+    /// How the in-process holder answers, as `--holder` says it.
+    pub holder: String,
+}
+
+/// The file in the data folder that holds the admin token's SHA-256 (hex).
+pub const ADMIN_TOKEN_FILE: &str = "admin-token.sha256";
+
+/// Makes a new admin token and keeps its hash in `data` (replacing any before), for
+/// `dibs token reset`; returns the token, which is shown once. A running server keeps the
+/// hash it read at start: the new token works from the next start.
+pub fn reset_admin_token(data: &std::path::Path) -> std::io::Result<String> {
+    std::fs::create_dir_all(data)?;
+    let token = http::new_token().map_err(|e| std::io::Error::other(e.to_string()))?;
+    write_admin_token_hash(data, &http::token_hash(&token))?;
+    Ok(token)
+}
+
+fn write_admin_token_hash(data: &std::path::Path, hash: &[u8; 32]) -> std::io::Result<()> {
+    let path = data.join(ADMIN_TOKEN_FILE);
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, dibs_core::ledger::hex(hash))?;
+    std::fs::rename(&temporary, &path)
+}
+
+/// Whether a `dibs serve` holds the data folder (its SQLite lock).
+pub fn data_folder_in_use(data: &std::path::Path) -> bool {
+    let Ok(lock) = std::fs::File::options().write(true).open(data.join("serve.lock")) else { return false };
+    lock.try_lock().is_err()
 }
 
 /// Opens the configured store (a new handle each call).
@@ -94,7 +139,7 @@ fn admin_token(config: &ServeConfig) -> std::io::Result<([u8; 32], Option<String
     if let Some(token) = &config.admin_token {
         return Ok((http::token_hash(token), None));
     }
-    let path = config.data.join("admin-token.sha256");
+    let path = config.data.join(ADMIN_TOKEN_FILE);
     if let Ok(text) = std::fs::read_to_string(&path) {
         let bytes: Vec<u8> = (0..text.trim().len() / 2)
             .filter_map(|i| u8::from_str_radix(text.trim().get(2 * i..2 * i + 2)?, 16).ok())
@@ -109,9 +154,7 @@ fn admin_token(config: &ServeConfig) -> std::io::Result<([u8; 32], Option<String
     }
     let token = http::new_token().map_err(|e| std::io::Error::other(e.to_string()))?;
     let hash = http::token_hash(&token);
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, dibs_core::ledger::hex(&hash))?;
-    std::fs::rename(&temporary, &path)?;
+    write_admin_token_hash(&config.data, &hash)?;
     Ok((hash, Some(token)))
 }
 
@@ -135,7 +178,10 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("--data {}: another dibs serve is using it", config.data.display()).into());
     }
     let store = open_store(&config.data, config.database.as_deref(), &config.schema)?;
-    let reader = open_store(&config.data, config.database.as_deref(), &config.schema)?;
+    let mut reader = open_store(&config.data, config.database.as_deref(), &config.schema)?;
+    // Time never goes backwards: a ledger left ahead of the wall clock by a demo run is
+    // resumed from its last instant (see `clock`).
+    let (clock, clock_info) = clock::service_clock(last_instant(reader.as_mut())?, config.time_speed);
     let offers = &config.configuration.offers;
     let mut providers = simulated_providers(offers, config.holder, config.seed);
     providers.retain(|name, _| !config.remote_providers.contains_key(name));
@@ -159,13 +205,38 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         Some(remote::Dispatcher::start(config.remote_providers.clone(), deliver, 8, open)?)
     };
     let (mut broker, mut recovery) =
-        Broker::recover(store, providers, remote, broker::wall_clock(), Some(config.configuration.clone()))?;
+        Broker::recover(store, providers, remote, clock, Some(config.configuration.clone()))?;
+    broker.set_time_speed(config.time_speed);
     recovery.outstanding = broker.take_over()?;
     let Recovery { entries, inputs, requests, outstanding, .. } = recovery;
-    eprintln!(
-        "dibs: ledger replayed: {entries} entries, {inputs} inputs, {requests} requests, {outstanding} timers re-armed"
+    let replayed = format!(
+        "replayed {entries} entries, {inputs} inputs, {requests} requests; {outstanding} timers re-armed"
     );
     let (hash, new_token) = admin_token(&config).map_err(|e| format!("admin token: {e}"))?;
+    let mut banner = banner::Banner {
+        base_url: String::new(),
+        storage: match &config.database {
+            Some(_) => format!("PostgreSQL, schema {}", config.schema),
+            None => format!("{}", config.data.join("ledger.db").display()),
+        },
+        replayed,
+        contracts_from: config.loaded_from.contracts.clone(),
+        in_force: banner::in_force_lines(broker.engine.contracts(), clock_info.started_at),
+        providers: broker
+            .engine
+            .published_providers()
+            .map(|name| {
+                let reached =
+                    config.remote_providers.get(name).cloned().unwrap_or_else(|| "in-process".into());
+                (name.to_string(), reached)
+            })
+            .collect(),
+        holder: config.loaded_from.holder.clone(),
+        catalog: config.loaded_from.catalog.clone(),
+        clock: clock_info,
+        new_admin_token: new_token,
+        admin_token_from_env: config.admin_token.is_some(),
+    };
 
     std::thread::Builder::new().name("dibs-broker".into()).spawn(move || {
         if let Err(e) = broker.run(rx) {
@@ -187,11 +258,8 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             .await
             .map_err(|e| format!("--listen {}: {e}", config.listen))?;
         let address: SocketAddr = listener.local_addr()?;
-        println!("dibs serving on http://{address}/v1");
-        match new_token {
-            Some(token) => println!("admin token (shown once; DIBS_TOKEN={token}): {token}"),
-            None => println!("admin token: the one printed at first start, or DIBS_ADMIN_TOKEN"),
-        }
+        banner.base_url = format!("http://{address}");
+        print!("{banner}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
         axum::serve(listener, http::router(state))
@@ -202,6 +270,16 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         let _ = tx.send(broker::Command::Shutdown);
         Ok::<(), Box<dyn std::error::Error>>(())
     })
+}
+
+/// The instant of the ledger's last entry, if it has any.
+fn last_instant(store: &mut dyn Store) -> Result<Option<dibs_core::types::Timestamp>, StoreError> {
+    let (length, _) = store.head()?;
+    if length == 0 {
+        return Ok(None);
+    }
+    let last = store.entries(length - 1, 1)?;
+    Ok(last.first().and_then(|e| dibs_core::types::Timestamp::parse(&e.at).ok()))
 }
 
 /// Replays a ledger through a fresh engine without serving, under the

@@ -1,7 +1,7 @@
 //! What the API shows of a request. Its own structs, so the engine's types
 //! can change without changing the API.
 
-use dibs_core::engine::{Allocation, Engine, RequestState};
+use dibs_core::engine::{Allocation, Engine, RequestState, Status};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -46,6 +46,26 @@ pub struct AllocationView {
 pub struct UnfilledView {
     pub gpus: u32,
     pub reason: String,
+}
+
+/// Every request status, in lifecycle order: what `GET /v1/requests?status=` takes and the
+/// dashboard's board shows as columns.
+pub const STATUSES: [&str; 8] =
+    ["screening", "first_refusal", "market", "provisioning", "active", "released", "unfilled", "cancelled"];
+
+/// A status's place in [`STATUSES`]. The match has no wildcard, so a new status does not
+/// compile until it has a place.
+pub fn status_index(status: Status) -> usize {
+    match status {
+        Status::Screening => 0,
+        Status::FirstRefusal => 1,
+        Status::Market => 2,
+        Status::Provisioning => 3,
+        Status::Active => 4,
+        Status::Released => 5,
+        Status::Unfilled => 6,
+        Status::Cancelled => 7,
+    }
 }
 
 pub fn request(engine: &Engine, state: &RequestState) -> RequestView {
@@ -248,5 +268,30 @@ pub fn settlement(engine: &Engine) -> SettlementView {
                 from: s.from.to_string(),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_sits_at_its_index() {
+        for (index, name) in STATUSES.iter().enumerate() {
+            let status = [
+                Status::Screening,
+                Status::FirstRefusal,
+                Status::Market,
+                Status::Provisioning,
+                Status::Active,
+                Status::Released,
+                Status::Unfilled,
+                Status::Cancelled,
+            ]
+            .into_iter()
+            .find(|s| s.as_str() == *name)
+            .unwrap();
+            assert_eq!(status_index(status), index, "{name}");
+        }
     }
 }

@@ -107,6 +107,7 @@ fn body(gpus: u32, hours: u32) -> SubmitBody {
         duration_hours: hours,
         earliest_start: None,
         deliver_by: None,
+        deliver_within_hours: None,
         regions: vec![],
         providers: vec![],
         exclude_providers: vec![],
@@ -148,8 +149,12 @@ fn run_broker(dir: &std::path::Path) -> (Vec<String>, Vec<(String, String)>) {
     let clock = Arc::new(AtomicI64::new(t("2026-03-01").unix()));
     let reading = clock.clone();
     let providers = dibs_serve::simulated_providers(&offers(), HolderBehaviour::Accept, 7);
-    let configuration =
-        Configuration { contracts: texts, offers: offers(), origin: Configuration::COMMAND_LINE.into() };
+    let configuration = Configuration {
+        contracts: texts,
+        offers: offers(),
+        origin: Configuration::COMMAND_LINE.into(),
+        time_speed: None,
+    };
     let (mut broker, _) = Broker::recover(
         Box::new(store),
         providers,

@@ -111,6 +111,9 @@ pub trait Store: Send {
     fn append(&mut self, batch: &Batch) -> Result<Vec<Entry>, StoreError>;
     /// Up to `limit` (at most [`MAX_PAGE`]) entries with `seq > after`, in order.
     fn entries(&mut self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError>;
+    /// Up to `limit` (at most [`MAX_PAGE`]) entries about one request with `seq > after`, in
+    /// order: a request's story without reading the whole ledger (an index on request, seq).
+    fn request_entries(&mut self, request: &str, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError>;
     /// The number of entries and the last hash (zeros when empty).
     fn head(&mut self) -> Result<(u64, [u8; 32]), StoreError>;
     /// The answer recorded under (scope, key), if any.

@@ -65,6 +65,19 @@ impl PostgresStore {
     }
 }
 
+fn read_entry(row: &postgres::Row) -> Result<Entry, StoreError> {
+    let seq = row.get::<_, i64>(0) as u64;
+    Ok(Entry {
+        seq,
+        at: row.get(1),
+        kind: row.get(2),
+        request: row.get(3),
+        body: row.get(4),
+        prev_hash: to_hash(seq, row.get::<_, &[u8]>(5))?,
+        hash: to_hash(seq, row.get::<_, &[u8]>(6))?,
+    })
+}
+
 fn read_head(client: &mut impl postgres::GenericClient) -> Result<(u64, [u8; 32]), StoreError> {
     let row = client.query_opt("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1", &[])?;
     match row {
@@ -150,20 +163,16 @@ impl Store for PostgresStore {
              WHERE seq > $1 ORDER BY seq LIMIT $2",
             &[&(after as i64), &(limit.min(MAX_PAGE) as i64)],
         )?;
-        rows.iter()
-            .map(|row| {
-                let seq = row.get::<_, i64>(0) as u64;
-                Ok(Entry {
-                    seq,
-                    at: row.get(1),
-                    kind: row.get(2),
-                    request: row.get(3),
-                    body: row.get(4),
-                    prev_hash: to_hash(seq, row.get::<_, &[u8]>(5))?,
-                    hash: to_hash(seq, row.get::<_, &[u8]>(6))?,
-                })
-            })
-            .collect()
+        rows.iter().map(read_entry).collect()
+    }
+
+    fn request_entries(&mut self, request: &str, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let rows = self.client.query(
+            "SELECT seq, at, kind, request, body, prev_hash, hash FROM ledger
+             WHERE request = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            &[&request, &(after as i64), &(limit.min(MAX_PAGE) as i64)],
+        )?;
+        rows.iter().map(read_entry).collect()
     }
 
     fn head(&mut self) -> Result<(u64, [u8; 32]), StoreError> {

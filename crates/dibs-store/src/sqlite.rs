@@ -59,6 +59,44 @@ fn read_head(connection: &Connection) -> Result<(u64, [u8; 32]), StoreError> {
     }
 }
 
+/// A ledger row as read, before its hashes are checked to be 32 bytes.
+struct RawEntry {
+    seq: i64,
+    at: String,
+    kind: String,
+    request: Option<String>,
+    body: String,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl RawEntry {
+    fn checked(self) -> Result<Entry, StoreError> {
+        let seq = self.seq as u64;
+        Ok(Entry {
+            seq,
+            at: self.at,
+            kind: self.kind,
+            request: self.request,
+            body: self.body,
+            prev_hash: to_hash(seq, &self.prev_hash)?,
+            hash: to_hash(seq, &self.hash)?,
+        })
+    }
+}
+
+fn read_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEntry> {
+    Ok(RawEntry {
+        seq: r.get(0)?,
+        at: r.get(1)?,
+        kind: r.get(2)?,
+        request: r.get(3)?,
+        body: r.get(4)?,
+        prev_hash: r.get(5)?,
+        hash: r.get(6)?,
+    })
+}
+
 impl Store for SqliteStore {
     fn append(&mut self, batch: &Batch) -> Result<Vec<Entry>, StoreError> {
         // IMMEDIATE: take the write lock before reading the head.
@@ -131,32 +169,18 @@ impl Store for SqliteStore {
             "SELECT seq, at, kind, request, body, prev_hash, hash FROM ledger
              WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = select.query_map(params![after as i64, limit.min(MAX_PAGE) as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get::<_, Vec<u8>>(5)?,
-                r.get::<_, Vec<u8>>(6)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, at, kind, request, body, prev, hash) = row?;
-            let seq = seq as u64;
-            out.push(Entry {
-                seq,
-                at,
-                kind,
-                request,
-                body,
-                prev_hash: to_hash(seq, &prev)?,
-                hash: to_hash(seq, &hash)?,
-            });
-        }
-        Ok(out)
+        let rows = select.query_map(params![after as i64, limit.min(MAX_PAGE) as i64], read_entry)?;
+        rows.map(|row| row?.checked()).collect()
+    }
+
+    fn request_entries(&mut self, request: &str, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let mut select = self.connection.prepare_cached(
+            "SELECT seq, at, kind, request, body, prev_hash, hash FROM ledger
+             WHERE request = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows =
+            select.query_map(params![request, after as i64, limit.min(MAX_PAGE) as i64], read_entry)?;
+        rows.map(|row| row?.checked()).collect()
     }
 
     fn head(&mut self) -> Result<(u64, [u8; 32]), StoreError> {

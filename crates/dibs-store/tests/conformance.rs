@@ -200,6 +200,22 @@ fn appends_chain_like_the_engine(backend: &dyn Backend) {
     assert_eq!(verified.head, hex(&chain.head()));
 }
 
+fn a_request_s_entries_are_read_without_the_rest(backend: &dyn Backend) {
+    let mut store = backend.open();
+    let mut entries: Vec<NewEntry> = (0..6).map(entry).collect();
+    // Entries about no request (an incident, a configuration) belong to no story.
+    entries[1].request = None;
+    entries[4].request = Some("r0".into());
+    store.append(&Batch { entries, ..Batch::default() }).unwrap();
+    let seqs = |found: Vec<dibs_store::Entry>| found.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(store.request_entries("r0", 0, 10).unwrap()), vec![1, 5]);
+    assert_eq!(seqs(store.request_entries("r0", 1, 10).unwrap()), vec![5], "after pages on");
+    assert_eq!(seqs(store.request_entries("r0", 0, 1).unwrap()), vec![1], "limit bounds a page");
+    assert!(store.request_entries("r9", 0, 10).unwrap().is_empty());
+    let found = store.request_entries("r2", 0, 10).unwrap();
+    assert_eq!(found, store.entries(2, 1).unwrap(), "the same entry, hashes and all");
+}
+
 fn a_reopened_store_keeps_everything(backend: &dyn Backend) {
     {
         let mut store = backend.open();
@@ -457,6 +473,7 @@ macro_rules! conformance {
 
 conformance!(
     appends_chain_like_the_engine,
+    a_request_s_entries_are_read_without_the_rest,
     a_reopened_store_keeps_everything,
     a_reused_key_commits_nothing,
     verify_names_the_first_changed_entry,

@@ -45,6 +45,7 @@ fn body() -> SubmitBody {
         same_region: false,
         objective: None,
         preference: None,
+        deliver_within_hours: None,
     }
 }
 
@@ -85,8 +86,12 @@ fn in_process(n: usize) -> (f64, u64) {
     };
     let providers = dibs_serve::simulated_providers_with(&offers, behaviour, 1);
     let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
-    let configuration =
-        broker::Configuration { contracts, offers, origin: broker::Configuration::COMMAND_LINE.into() };
+    let configuration = broker::Configuration {
+        contracts,
+        offers,
+        origin: broker::Configuration::COMMAND_LINE.into(),
+        time_speed: None,
+    };
     let (mut broker, _) =
         Broker::recover(Box::new(store), providers, None, broker::wall_clock(), Some(configuration)).unwrap();
     broker.take_over().unwrap();

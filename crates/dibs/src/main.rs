@@ -41,12 +41,15 @@ enum Command {
     /// variants side by side, and report spend, time to capacity, concentration,
     /// first-refusal outcomes, spillovers, failovers, commitments and revenue share.
     Simulate(Box<simulate::SimulateArgs>),
-    /// Run the broker service: the HTTP API under /v1, a durable ledger
-    /// (SQLite in --data, or PostgreSQL), simulated providers in-process.
+    /// Run the broker service: the dashboard at /, the HTTP API under /v1, a durable
+    /// ledger (SQLite in --data, or PostgreSQL), simulated providers in-process.
     Serve(serve::ServeArgs),
-    /// Submit, show and list requests on a running server (token from DIBS_TOKEN).
+    /// Submit, show, list and cancel requests on a running server (token from DIBS_TOKEN).
     #[command(subcommand)]
     Request(serve::RequestCommand),
+    /// Make tokens: a new admin token for a lost one, or a token with a role.
+    #[command(subcommand)]
+    Token(serve::TokenCommand),
     /// Run a standalone provider for the provider protocol.
     #[command(subcommand)]
     Provider(serve::ProviderCommand),
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(*args),
         Command::Serve(args) => serve::serve(args),
         Command::Request(command) => serve::request(command),
+        Command::Token(command) => serve::token(command),
         Command::Ledger(command) => serve::ledger(command),
         Command::Provider(command) => serve::provider(command),
         Command::Contract(ContractCommand::Check { files, at, catalog }) => {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use dibs_core::contract;
+use serde::Deserialize;
 use std::collections::BTreeMap;
 
 use dibs_core::types::ProviderName;
@@ -46,6 +47,15 @@ pub struct ServeArgs {
     /// token. Providers not named run in-process.
     #[arg(long = "provider", value_name = "NAME=URL")]
     providers: Vec<String>,
+    /// Run the service's clock N times faster than the wall clock, for a demo on the
+    /// in-process simulated providers: at 3600 a real second is a simulated hour, so a
+    /// request goes from first refusal to active in a minute or two rather than in 4 to 168
+    /// hours. Holder windows, quote deadlines, lead times and durations all run on this
+    /// clock. It is recorded in the ledger; time never goes backwards across a restart (a
+    /// later start resumes from the ledger's last instant). Not with --provider: remote
+    /// providers answer in real time.
+    #[arg(long, default_value_t = 1.0, value_name = "N")]
+    time_speed: f64,
 }
 
 fn parse_remotes(specs: &[String]) -> Result<BTreeMap<ProviderName, String>> {
@@ -81,6 +91,36 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             bail!("--provider {name}=...: the catalog has no offers from {name}, so no request would ask it");
         }
     }
+    let time_speed =
+        dibs_serve::clock::check_speed(args.time_speed).map_err(|e| anyhow::anyhow!("--time-speed: {e}"))?;
+    if time_speed != 1.0 && !remote_providers.is_empty() {
+        bail!(
+            "--time-speed: providers reached over HTTP (--provider) answer in real time; run the demo clock on the in-process providers only"
+        );
+    }
+    let loaded_from = dibs_serve::LoadedFrom {
+        contracts: if args.contracts.is_empty() {
+            format!("the embedded default set ({} files)", contract_texts.len())
+        } else {
+            format!("{} ({} files)", paths(&args.contracts), contract_texts.len())
+        },
+        catalog: format!(
+            "{}, {} offers from {} providers{}",
+            if args.catalog.catalog.is_empty() {
+                "the bundled price table".to_owned()
+            } else {
+                paths(&args.catalog.catalog)
+            },
+            catalog.offers.len(),
+            dibs_core::names::Names::from_offers(&catalog.offers).providers().count(),
+            match &args.catalog.supply {
+                Some(supply) => format!(", supply {}", supply.display()),
+                None if args.catalog.catalog.is_empty() => ", the bundled supply (made up)".to_owned(),
+                None => String::new(),
+            }
+        ),
+        holder: args.holder.clone(),
+    };
     let admin_token = std::env::var("DIBS_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
     dibs_serve::serve(dibs_serve::ServeConfig {
         listen: args.listen,
@@ -91,14 +131,22 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             contracts: contract_texts,
             offers: catalog.offers,
             origin: dibs_serve::broker::Configuration::COMMAND_LINE.into(),
+            time_speed: (time_speed != 1.0).then_some(time_speed),
         },
         holder,
         remote_providers,
         seed: args.seed,
         admin_token,
+        time_speed,
+        loaded_from,
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Paths as a short comma-separated list.
+fn paths(list: &[PathBuf]) -> String {
+    list.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 #[derive(Subcommand)]
@@ -184,7 +232,7 @@ pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
 
 #[derive(Subcommand)]
 pub enum RequestCommand {
-    /// Submit a capacity request to a running server.
+    /// Submit a capacity request to a running server; prints its id, status and dashboard page.
     Submit {
         #[command(flatten)]
         request: Box<crate::request_args::RequestArgs>,
@@ -194,16 +242,32 @@ pub enum RequestCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Show one request.
+    /// Show one request: what it asked for, its status, its allocations.
     Show {
+        /// The request's id, as submit printed it (r-1).
         id: String,
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// List requests.
+    /// List requests, oldest first, a page at a time.
     List {
+        /// Only requests in this state: screening, first_refusal, market, provisioning,
+        /// active, released, unfilled or cancelled.
         #[arg(long)]
         status: Option<String>,
+        /// List after this request id (the next page; list prints it when there is one).
+        #[arg(long)]
+        after: Option<String>,
+        /// Requests per page, 1 to 500.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Cancel a request: its allocations are released and nothing more is bought for it.
+    Cancel {
+        /// The request's id (r-1).
+        id: String,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -214,6 +278,67 @@ pub struct ServerArgs {
     /// The server's URL.
     #[arg(long, default_value = "http://127.0.0.1:7878")]
     server: String,
+    /// Print the server's JSON answer instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A request as the API shows it (`GET /v1/requests/{id}`): the command line's own struct,
+/// so a change to the API's shape shows up here as an error, not as silently wrong output.
+#[derive(Debug, Deserialize)]
+struct RequestOut {
+    id: String,
+    status: String,
+    accelerators: Vec<String>,
+    gpus: u32,
+    duration_hours: u32,
+    workload: String,
+    earliest_start: String,
+    allocations: Vec<AllocationOut>,
+    #[serde(default)]
+    unfilled: Option<UnfilledOut>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AllocationOut {
+    id: u64,
+    provider: String,
+    region: String,
+    instance_type: String,
+    nodes: u32,
+    gpus_per_node: u32,
+    gpus: u32,
+    price_per_node_hour: f64,
+    via: String,
+    state: String,
+    promised: String,
+    #[serde(default)]
+    ready_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UnfilledOut {
+    gpus: u32,
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RequestPage {
+    requests: Vec<RequestOut>,
+    next_after: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorOut {
+    error: String,
+    #[serde(default)]
+    field: Option<String>,
+}
+
+/// What a call answered: the HTTP status and the body.
+struct Answer {
+    status: u16,
+    body: String,
 }
 
 fn call(
@@ -221,10 +346,11 @@ fn call(
     method: &str,
     path: &str,
     body: Option<(serde_json::Value, Option<String>)>,
-) -> Result<ExitCode> {
-    let token =
-        std::env::var("DIBS_TOKEN").context("DIBS_TOKEN: set it to the token `dibs serve` printed")?;
-    let url = format!("{}/v1{path}", server.server.trim_end_matches('/').trim_end_matches("/v1"));
+) -> Result<Answer> {
+    let token = std::env::var("DIBS_TOKEN").context(
+        "DIBS_TOKEN: set it to the token `dibs serve` printed (lost it? `dibs token reset --help`)",
+    )?;
+    let url = format!("{}/v1{path}", base_url(server));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(std::time::Duration::from_secs(30)))
@@ -244,29 +370,238 @@ fn call(
     }
     .with_context(|| format!("{method} {url}"))?;
     let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    let pretty = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or(text);
-    if status >= 400 {
-        eprintln!("{method} {url}: HTTP {status}\n{pretty}");
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    Ok(Answer { status, body })
+}
+
+fn base_url(server: &ServerArgs) -> String {
+    server.server.trim_end_matches('/').trim_end_matches("/v1").to_owned()
+}
+
+/// Prints an answer: the JSON as is with --json, else through `table`. An error exits 2,
+/// naming the field at fault.
+fn print_answer<T: serde::de::DeserializeOwned>(
+    server: &ServerArgs,
+    answer: Answer,
+    table: impl FnOnce(T) -> String,
+) -> Result<ExitCode> {
+    let pretty = || {
+        serde_json::from_str::<serde_json::Value>(&answer.body)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or_else(|| answer.body.clone())
+    };
+    if answer.status >= 400 {
+        if server.json {
+            eprintln!("HTTP {}\n{}", answer.status, pretty());
+        } else {
+            match serde_json::from_str::<ErrorOut>(&answer.body) {
+                Ok(ErrorOut { error, field: Some(field) }) => {
+                    eprintln!("error: {field}: {error} (HTTP {})", answer.status)
+                }
+                Ok(ErrorOut { error, field: None }) => eprintln!("error: {error} (HTTP {})", answer.status),
+                Err(_) => eprintln!("error: HTTP {}: {}", answer.status, answer.body.trim()),
+            }
+        }
         return Ok(ExitCode::from(2));
     }
-    println!("{pretty}");
+    if server.json {
+        println!("{}", pretty());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let value: T =
+        serde_json::from_str(&answer.body).context("the server's answer is not what this dibs expects")?;
+    print!("{}", table(value));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rows as aligned columns under a header.
+fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> =
+            cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = widths[i])).collect();
+        format!("{}\n", text.join("  ").trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn request_line(r: &RequestOut) -> Vec<String> {
+    let mut providers: Vec<&str> =
+        r.allocations.iter().filter(|a| a.state != "cancelled").map(|a| a.provider.as_str()).collect();
+    providers.sort_unstable();
+    providers.dedup();
+    vec![
+        r.id.clone(),
+        r.status.clone(),
+        r.gpus.to_string(),
+        r.accelerators.join(","),
+        r.duration_hours.to_string(),
+        r.workload.clone(),
+        providers.join(","),
+    ]
+}
+
+fn request_table(r: &RequestOut, dashboard: &str) -> String {
+    let mut out = format!(
+        "{}: {}\n  {} GPUs of {} for {} h ({}), from {}\n",
+        r.id,
+        r.status,
+        r.gpus,
+        r.accelerators.join(" or "),
+        r.duration_hours,
+        r.workload,
+        r.earliest_start
+    );
+    if let Some(unfilled) = &r.unfilled {
+        out.push_str(&format!("  unfilled: {} GPUs: {}\n", unfilled.gpus, unfilled.reason));
+    }
+    if r.allocations.is_empty() {
+        out.push_str("  no allocations yet\n");
+    } else {
+        let rows: Vec<Vec<String>> = r
+            .allocations
+            .iter()
+            .map(|a| {
+                vec![
+                    a.id.to_string(),
+                    a.provider.clone(),
+                    a.region.clone(),
+                    a.instance_type.clone(),
+                    format!("{}x{}", a.nodes, a.gpus_per_node),
+                    a.gpus.to_string(),
+                    format!("{:.2}", a.price_per_node_hour),
+                    a.via.clone(),
+                    a.state.clone(),
+                    a.ready_at.clone().unwrap_or_else(|| format!("promised {}", a.promised)),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&columns(
+            &[
+                "ALLOCATION",
+                "PROVIDER",
+                "REGION",
+                "INSTANCE",
+                "NODES",
+                "GPUS",
+                "$/NODE-H",
+                "VIA",
+                "STATE",
+                "READY",
+            ],
+            &rows,
+        ));
+    }
+    out.push_str(&format!("\n  story: {dashboard}/requests/{}\n", r.id));
+    out
 }
 
 pub fn request(command: RequestCommand) -> Result<ExitCode> {
     match command {
         RequestCommand::Submit { request, idempotency_key, server } => {
-            let body = request.body(crate::instant(None)?);
-            call(&server, "POST", "/requests", Some((body, idempotency_key)))
+            let answer = call(&server, "POST", "/requests", Some((request.body(), idempotency_key)))?;
+            let dashboard = base_url(&server);
+            print_answer(&server, answer, |r: RequestOut| request_table(&r, &dashboard))
         }
-        RequestCommand::Show { id, server } => call(&server, "GET", &format!("/requests/{id}"), None),
-        RequestCommand::List { status, server } => {
-            let query = status.map(|s| format!("?status={s}")).unwrap_or_default();
-            call(&server, "GET", &format!("/requests{query}"), None)
+        RequestCommand::Show { id, server } => {
+            let answer = call(&server, "GET", &format!("/requests/{id}"), None)?;
+            let dashboard = base_url(&server);
+            print_answer(&server, answer, |r: RequestOut| request_table(&r, &dashboard))
+        }
+        RequestCommand::Cancel { id, server } => {
+            let answer = call(&server, "POST", &format!("/requests/{id}/cancel"), None)?;
+            let dashboard = base_url(&server);
+            print_answer(&server, answer, |r: RequestOut| request_table(&r, &dashboard))
+        }
+        RequestCommand::List { status, after, limit, server } => {
+            let mut query = vec![format!("limit={limit}")];
+            query.extend(status.map(|s| format!("status={s}")));
+            query.extend(after.map(|a| format!("after={a}")));
+            let answer = call(&server, "GET", &format!("/requests?{}", query.join("&")), None)?;
+            print_answer(&server, answer, |page: RequestPage| {
+                let rows: Vec<Vec<String>> = page.requests.iter().map(request_line).collect();
+                let mut out = columns(
+                    &["ID", "STATUS", "GPUS", "ACCELERATORS", "HOURS", "WORKLOAD", "PROVIDERS"],
+                    &rows,
+                );
+                out.push_str(&format!("{} requests", rows.len()));
+                match page.next_after {
+                    Some(next) => out.push_str(&format!("; more with --after {next}\n")),
+                    None => out.push('\n'),
+                }
+                out
+            })
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Make a new admin token for a data folder and print it once; the old one stops working.
+    ///
+    /// For a lost admin token. The server reads the admin token's hash when it starts, so
+    /// stop `dibs serve` first, run this, and start it again; this refuses while a server
+    /// holds the data folder. A server started with DIBS_ADMIN_TOKEN uses that instead.
+    Reset {
+        /// The data folder `dibs serve --data` uses.
+        #[arg(long, default_value = "dibs-data")]
+        data: PathBuf,
+    },
+    /// Make a token with a role on a running server (with the admin token in DIBS_TOKEN).
+    Create {
+        /// requester (submit, cancel, read), auditor (read, ledger), admin, or provider:NAME
+        /// (only that provider's own view).
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenOut {
+    token: String,
+    role: String,
+}
+
+pub fn token(command: TokenCommand) -> Result<ExitCode> {
+    match command {
+        TokenCommand::Reset { data } => {
+            if dibs_serve::data_folder_in_use(&data) {
+                bail!(
+                    "--data {}: a dibs serve is using it; stop it first (it reads the admin token at start)",
+                    data.display()
+                );
+            }
+            let token =
+                dibs_serve::reset_admin_token(&data).with_context(|| format!("--data {}", data.display()))?;
+            println!("new admin token for {} (shown once; the old one no longer works):", data.display());
+            println!("  {token}");
+            println!("\n  export DIBS_TOKEN={token}");
+            println!("\nstart dibs serve --data {} again to use it", data.display());
+            if std::env::var_os("DIBS_ADMIN_TOKEN").is_some() {
+                println!(
+                    "note: DIBS_ADMIN_TOKEN is set here; a server started with it uses that token instead"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Create { role, server } => {
+            let answer = call(&server, "POST", "/tokens", Some((serde_json::json!({ "role": role }), None)))?;
+            print_answer(&server, answer, |t: TokenOut| {
+                format!("{} token (shown once):\n  {}\n", t.role, t.token)
+            })
         }
     }
 }
@@ -306,6 +641,7 @@ pub struct ProviderServeArgs {
     /// Answer every call with HTTP 503.
     #[arg(long)]
     down: bool,
+    /// Seed for the provider's random choices (accept rate, error rate).
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }

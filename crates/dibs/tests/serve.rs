@@ -928,19 +928,27 @@ fn the_request_commands_talk_to_a_running_server() {
             .output()
             .unwrap()
     };
+    let text = |output: &std::process::Output| String::from_utf8_lossy(&output.stdout).into_owned();
     let submitted =
-        dibs(&["request", "submit", "--gpus", "64", "--hours", "10", "--idempotency-key", "cli-1"]);
+        dibs(&["request", "submit", "--gpus", "64", "--hours", "10", "--idempotency-key", "cli-1", "--json"]);
     assert!(submitted.status.success(), "{}", String::from_utf8_lossy(&submitted.stderr));
     let body: Value = serde_json::from_slice(&submitted.stdout).unwrap();
     let id = body["id"].as_str().unwrap();
-    let shown = dibs(&["request", "show", id]);
+    let shown = dibs(&["request", "show", id, "--json"]);
     assert!(shown.status.success());
     assert_eq!(serde_json::from_slice::<Value>(&shown.stdout).unwrap()["id"], body["id"]);
+    // Tables by default: a line per request, and a request's page on the dashboard.
     let listed = dibs(&["request", "list"]);
-    assert!(String::from_utf8_lossy(&listed.stdout).contains(id));
-    // A bad request exits non-zero and says which field.
+    assert!(text(&listed).starts_with("ID "), "{}", text(&listed));
+    assert!(text(&listed).lines().any(|l| l.starts_with(id)), "{}", text(&listed));
+    let shown = dibs(&["request", "show", id]);
+    assert!(text(&shown).contains(&format!("story: {}/requests/{id}", server.url)), "{}", text(&shown));
+    // A bad request exits non-zero and says which field, in words or in JSON.
     let bad = dibs(&["request", "submit", "--gpus", "0", "--hours", "10"]);
     assert_eq!(bad.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(said.starts_with("error: gpus: ") && said.contains("HTTP 422"), "{said}");
+    let bad = dibs(&["request", "submit", "--gpus", "0", "--hours", "10", "--json"]);
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("\"field\": \"gpus\""),
         "{}",
@@ -948,6 +956,31 @@ fn the_request_commands_talk_to_a_running_server() {
     );
     let missing = dibs(&["request", "show", "r-999"]);
     assert_eq!(missing.status.code(), Some(2));
+    // An unknown state is an error naming the states, not an empty list.
+    let bogus = dibs(&["request", "list", "--status", "bogus"]);
+    assert_eq!(bogus.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&bogus.stderr);
+    assert!(said.contains("status") && said.contains("first_refusal, market, provisioning"), "{said}");
+    // Cancel.
+    let cancelled = dibs(&["request", "cancel", id, "--json"]);
+    assert!(cancelled.status.success(), "{}", String::from_utf8_lossy(&cancelled.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&cancelled.stdout).unwrap()["status"], "cancelled");
+    let listed = dibs(&["request", "list", "--status", "cancelled"]);
+    assert!(text(&listed).lines().any(|l| l.starts_with(id) && l.contains("cancelled")), "{}", text(&listed));
+    // Every option of every request command says what it does.
+    for command in ["submit", "show", "list", "cancel"] {
+        let help = Command::new(DIBS).args(["request", command, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        let lines: Vec<&str> = help.lines().collect();
+        // An option's help follows on its line or on the indented lines below it.
+        for (i, line) in lines.iter().enumerate().filter(|(_, l)| l.trim_start().starts_with('-')) {
+            let beside = line.trim().split("  ").filter(|p| !p.is_empty()).count() >= 2;
+            let below = lines
+                .get(i + 1)
+                .is_some_and(|next| !next.trim().is_empty() && !next.trim_start().starts_with('-'));
+            assert!(beside || below, "{command}: {line:?} has no help");
+        }
+    }
 }
 
 #[test]

@@ -1,0 +1,604 @@
+//! One request's story: what it asked for, then each round as the ledger recorded it
+//! (screening with the contracts and caps in force, the solicitation and the holder's
+//! answer with its deadline, the quotes, the award with every losing offer and its reason),
+//! its allocations with their states and times, spillovers and failovers, and the ledger
+//! entries with their hashes.
+//!
+//! The ledger entries are read back into this module's own structs: the page reads what
+//! was recorded, so it tells the story as decided even after the engine's types change
+//! (an entry this page does not know is listed among the entries, not dropped).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use dibs_core::engine::{Allocation, HolderAnswer};
+use dibs_core::placement::{Outcome, SolverPath, Verdict};
+use dibs_core::request::Request;
+use dibs_core::types::{Offer, Timestamp};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::format::{hash, instant, price, relative, status_badge, thousands, usd};
+use super::session::{require, same_origin};
+use super::{Dashboard, PageError, Section, Viewer, layout, read, respond, with_store};
+use crate::broker::Command;
+
+/// A story reads at most this many ledger entries about one request.
+pub const MAX_STORY_ENTRIES: usize = 20_000;
+
+/// A ledger decision about a request, as this page reads it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Decision {
+    RequestRejected {
+        reason: String,
+    },
+    Screened {
+        round: u32,
+        purpose: String,
+        gpus: u32,
+        versions: Vec<String>,
+        exclusive_to: Option<String>,
+        first_refusal: Option<String>,
+        caps: Vec<String>,
+    },
+    FirstRefusalSkipped {
+        round: u32,
+        holder: String,
+        evidence: Vec<String>,
+    },
+    Solicited {
+        round: u32,
+        holder: String,
+        mode: String,
+        gpus: u32,
+        of_gpus: u32,
+        price: f64,
+        terms: String,
+        respond_by: Timestamp,
+    },
+    HolderAnswered {
+        round: u32,
+        holder: String,
+        outcome: String,
+        gpus: u32,
+    },
+    HolderLapsed {
+        round: u32,
+        holder: String,
+    },
+    NoBetterTerms {
+        round: u32,
+        holder: String,
+        declined_price: f64,
+        market_price: f64,
+    },
+    QuotesRequested {
+        round: u32,
+        providers: Vec<String>,
+        respond_by: Timestamp,
+    },
+    QuoteReceived {
+        provider: String,
+        offers: usize,
+    },
+    LateAnswerIgnored {
+        round: u32,
+        from: String,
+    },
+    Placed {
+        round: u32,
+        solver: SolverPath,
+        list_cost: f64,
+        effective_cost: f64,
+        notes: Vec<String>,
+        verdicts: Vec<Verdict>,
+    },
+    Awarded {
+        round: u32,
+        allocations: Vec<AwardedAllocation>,
+    },
+    Unfilled {
+        round: u32,
+        gpus: u32,
+        hours: u32,
+        reason: String,
+    },
+    AllocationReady {
+        allocation: u64,
+    },
+    RequestActive {},
+    Spillover {
+        allocation: u64,
+        gpus: u32,
+        promised: Timestamp,
+    },
+    Failover {
+        allocation: u64,
+        incident: String,
+        gpus: u32,
+        remaining_hours: u32,
+    },
+    AllocationReleased {
+        allocation: u64,
+        gpu_hours: f64,
+        spend: f64,
+    },
+    RequestReleased {},
+    RequestCancelled {},
+    RequestSubmitted {},
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct AwardedAllocation {
+    provider: String,
+    gpus: u32,
+}
+
+/// An input about a request, as this page reads it: the quotes and the holder's answer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "input", rename_all = "snake_case")]
+enum Recorded {
+    Quotes {
+        round: u32,
+        provider: String,
+        offers: Vec<Offer>,
+    },
+    HolderAnswer {
+        round: u32,
+        answer: HolderAnswer,
+    },
+    #[serde(other)]
+    Other,
+}
+
+/// One ledger entry, read.
+struct Read {
+    seq: u64,
+    at: Timestamp,
+    kind: String,
+    hash: String,
+    decision: Option<Decision>,
+    input: Option<Recorded>,
+}
+
+fn read_entry(entry: dibs_store::Entry) -> Read {
+    let at = Timestamp::parse(&entry.at).unwrap_or_default();
+    let (decision, input) = if entry.kind == "input" {
+        (None, serde_json::from_str(&entry.body).ok())
+    } else {
+        (serde_json::from_str(&entry.body).ok(), None)
+    };
+    Read { seq: entry.seq, at, kind: entry.kind, hash: dibs_core::ledger::hex(&entry.hash), decision, input }
+}
+
+/// What the engine holds of the request now.
+struct Snapshot {
+    now: Timestamp,
+    request: Request,
+    status: &'static str,
+    unfilled: Option<(u32, String)>,
+    allocations: Vec<Allocation>,
+}
+
+/// Everything the ledger says about one round.
+#[derive(Default)]
+struct Round<'a> {
+    screened: Option<(&'a Read, &'a Decision)>,
+    refusal: Vec<(&'a Read, &'a Decision)>,
+    holder_answers: Vec<(&'a Read, &'a HolderAnswer)>,
+    quotes_requested: Option<(&'a Read, &'a Decision)>,
+    quotes: Vec<(&'a Read, &'a str, &'a [Offer])>,
+    placed: Option<(&'a Read, &'a Decision)>,
+    outcome: Vec<(&'a Read, &'a Decision)>,
+}
+
+fn rounds(entries: &[Read]) -> BTreeMap<u32, Round<'_>> {
+    let mut rounds: BTreeMap<u32, Round<'_>> = BTreeMap::new();
+    for entry in entries {
+        if let Some(Recorded::Quotes { round, provider, offers }) = &entry.input {
+            rounds.entry(*round).or_default().quotes.push((entry, provider, offers));
+        }
+        if let Some(Recorded::HolderAnswer { round, answer }) = &entry.input {
+            rounds.entry(*round).or_default().holder_answers.push((entry, answer));
+        }
+        let Some(decision) = &entry.decision else { continue };
+        match decision {
+            Decision::Screened { round, .. } => {
+                rounds.entry(*round).or_default().screened = Some((entry, decision))
+            }
+            Decision::FirstRefusalSkipped { round, .. }
+            | Decision::Solicited { round, .. }
+            | Decision::HolderAnswered { round, .. }
+            | Decision::HolderLapsed { round, .. }
+            | Decision::NoBetterTerms { round, .. } => {
+                rounds.entry(*round).or_default().refusal.push((entry, decision))
+            }
+            Decision::QuotesRequested { round, .. } => {
+                rounds.entry(*round).or_default().quotes_requested = Some((entry, decision))
+            }
+            Decision::Placed { round, .. } => {
+                rounds.entry(*round).or_default().placed = Some((entry, decision))
+            }
+            Decision::Awarded { round, .. }
+            | Decision::Unfilled { round, .. }
+            | Decision::LateAnswerIgnored { round, .. } => {
+                rounds.entry(*round).or_default().outcome.push((entry, decision))
+            }
+            _ => {}
+        }
+    }
+    rounds
+}
+
+/// One line of the story for a decision, or `None` for the inputs and the unknown.
+fn line(decision: &Decision, now: Timestamp) -> Option<Markup> {
+    let text = match decision {
+        Decision::RequestSubmitted {} => html! { "Submitted." },
+        Decision::RequestRejected { reason } => html! { "Rejected: " (reason) },
+        Decision::Screened { round, purpose, gpus, .. } => {
+            html! { "Round " (round) " (" (purpose) ") screened for " (gpus) " GPUs." }
+        }
+        Decision::FirstRefusalSkipped { holder, .. } => {
+            html! { "First refusal skipped: " (holder) " cannot meet the hard requirements." }
+        }
+        Decision::Solicited { holder, gpus, of_gpus, price: p, respond_by, .. } => html! {
+            "Solicited " strong { (holder) } " for " (gpus) " of " (of_gpus) " GPUs at " (price(*p)) "/GPU-h; answer by "
+            (instant(*respond_by)) " (" (relative(*respond_by, now)) ")."
+        },
+        Decision::HolderAnswered { holder, outcome, gpus, .. } => {
+            html! { (holder) " answered: " strong { (outcome) } " (" (gpus) " GPUs)." }
+        }
+        Decision::HolderLapsed { holder, .. } => {
+            html! { (holder) " did not answer in its window: a decline." }
+        }
+        Decision::NoBetterTerms { holder, declined_price, market_price, .. } => html! {
+            "No better terms: the market's " (price(*market_price)) " is above the " (price(*declined_price)) " " (holder) " declined; back to " (holder) "."
+        },
+        Decision::QuotesRequested { providers, respond_by, .. } => html! {
+            "Quotes asked of " (providers.len()) " providers by " (instant(*respond_by)) "."
+        },
+        Decision::QuoteReceived { provider, offers, .. } => {
+            html! { (provider) " quoted " (offers) " offers." }
+        }
+        Decision::LateAnswerIgnored { from, .. } => html! { "A late answer from " (from) " was ignored." },
+        Decision::Placed { solver, effective_cost, .. } => {
+            html! { "Placed by " (solver.to_string()) "; effective cost " (usd(*effective_cost)) "/h." }
+        }
+        Decision::Awarded { allocations, .. } => html! {
+            "Awarded " (allocations.iter().map(|a| a.gpus).sum::<u32>()) " GPUs from "
+            (allocations.iter().map(|a| a.provider.as_str()).collect::<Vec<_>>().join(", ")) "."
+        },
+        Decision::Unfilled { gpus, hours, reason, .. } => {
+            html! { "Unfilled: " (gpus) " GPUs for " (hours) " h. " (reason) }
+        }
+        Decision::AllocationReady { allocation } => html! { "Allocation " (allocation) " ready." },
+        Decision::RequestActive {} => html! { strong { "Active" } ": all capacity is ready." },
+        Decision::Spillover { allocation, gpus, promised } => html! {
+            "Spillover: allocation " (allocation) " was not ready by " (instant(*promised)) " and its grace; " (gpus) " GPUs back to the market."
+        },
+        Decision::Failover { allocation, incident, gpus, remaining_hours } => html! {
+            "Failover: allocation " (allocation) " hit by " (incident) "; " (gpus) " GPUs for the " (remaining_hours) " h left back to the market."
+        },
+        Decision::AllocationReleased { allocation, gpu_hours, spend } => html! {
+            "Allocation " (allocation) " released after " (thousands(gpu_hours.round() as u64)) " GPU-hours; it cost " (usd(*spend)) "."
+        },
+        Decision::RequestReleased {} => html! { "Released." },
+        Decision::RequestCancelled {} => html! { "Cancelled." },
+        Decision::Other => return None,
+    };
+    Some(text)
+}
+
+fn summary(snapshot: &Snapshot) -> Markup {
+    let r = &snapshot.request;
+    let join =
+        |items: Vec<String>, empty: &str| if items.is_empty() { empty.to_owned() } else { items.join(", ") };
+    html! {
+        dl.summary-list {
+            dt { "Status" } dd { (status_badge(snapshot.status)) }
+            dt { "GPUs" } dd { (r.gpus.get()) " in blocks of " (r.block.get()) }
+            dt { "Accelerators" } dd { (join(r.accelerators.iter().map(|a| a.to_string()).collect(), "–")) " (" (r.preference.to_string()) ")" }
+            dt { "Duration" } dd { (r.duration_hours) " h" }
+            dt { "Workload" } dd { (r.workload.as_str()) }
+            dt { "Earliest start" } dd { (instant(r.earliest_start)) }
+            dt { "Deliver by" } dd { @match r.deliver_by { Some(by) => (instant(by)), None => "no deadline" } }
+            dt { "Regions" } dd { (join(r.regions.iter().map(|l| l.to_string()).collect(), "anywhere")) }
+            dt { "Providers" } dd {
+                (join(r.providers.iter().map(|p| p.to_string()).collect(), "any"))
+                @if !r.exclude_providers.is_empty() { "; never " (join(r.exclude_providers.iter().map(|p| p.to_string()).collect(), "")) }
+            }
+            dt { "Price ceiling" } dd { @match r.max_price { Some(p) => { (price(p.get())) "/GPU-h" }, None => "the policy's" } }
+            dt { "Spot" } dd { (r.spot.as_str()) }
+            dt { "Objective" } dd { (r.objective.as_str()) @if r.same_region { ", all nodes in one region" } }
+            @if let Some((gpus, reason)) = &snapshot.unfilled {
+                dt { "Unfilled" } dd { (gpus) " GPUs: " (reason) }
+            }
+        }
+    }
+}
+
+fn round_section(number: u32, round: &Round<'_>, now: Timestamp) -> Markup {
+    let heading = match round.screened.map(|(_, d)| d) {
+        Some(Decision::Screened { purpose, gpus, .. }) => format!("Round {number}: {purpose}, {gpus} GPUs"),
+        _ => format!("Round {number}"),
+    };
+    html! {
+        section.round aria-labelledby={ "round-" (number) } {
+            h2 id={ "round-" (number) } { (heading) }
+            @if let Some((entry, Decision::Screened { versions, exclusive_to, first_refusal, caps, .. })) = round.screened {
+                h3 { "Screening" }
+                dl.summary-list {
+                    dt { "When" } dd { (instant(entry.at)) }
+                    dt { "Contracts in force" } dd { @if versions.is_empty() { "none" } @else { (versions.join(", ")) } }
+                    dt { "Exclusive to" } dd { (exclusive_to.as_deref().unwrap_or("no one (no exclusivity covers this workload)")) }
+                    dt { "First refusal" } dd { (first_refusal.as_deref().unwrap_or("none in force for this request")) }
+                    dt { "Caps" } dd { @if caps.is_empty() { "none" } @else { ul { @for cap in caps { li { (cap) } } } } }
+                }
+            }
+            @if !round.refusal.is_empty() {
+                h3 { "First refusal" }
+                ul.events {
+                    @for (entry, decision) in &round.refusal {
+                        li {
+                            (instant(entry.at)) ": "
+                            @match decision {
+                                Decision::Solicited { holder, mode, gpus, of_gpus, price: p, terms, respond_by, .. } => {
+                                    "solicited " strong { (holder) } " (" (mode) ") for " (gpus) " of " (of_gpus) " GPUs at "
+                                    (price(*p)) "/GPU-h, " (terms) ". Deadline: " strong { (instant(*respond_by)) } " (" (relative(*respond_by, now)) ")."
+                                }
+                                Decision::FirstRefusalSkipped { holder, evidence, .. } => {
+                                    "skipped " (holder) ": it cannot meet the hard requirements."
+                                    ul { @for line in evidence { li { (line) } } }
+                                }
+                                decision => { @if let Some(text) = line(decision, now) { (text) } }
+                            }
+                        }
+                    }
+                    @for (entry, answer) in &round.holder_answers {
+                        li {
+                            (instant(entry.at)) ": the holder's answer as received: "
+                            @match answer {
+                                HolderAnswer::Decline => "decline",
+                                HolderAnswer::Accept { gpus, region, instance_type, lead_time_hours, .. } => {
+                                    "accept " (gpus) " GPUs as " (instance_type) " in " (region) ", ready in " (lead_time_hours) " h"
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some((entry, Decision::QuotesRequested { providers, respond_by, .. })) = round.quotes_requested {
+                h3 { "Quotes" }
+                p {
+                    "Asked " (providers.join(", ")) " at " (instant(entry.at)) "; deadline " (instant(*respond_by)) "."
+                }
+                @if !round.quotes.is_empty() {
+                    table {
+                        caption { "Quotes received" }
+                        thead { tr { th scope="col" { "Provider" } th scope="col" { "When" } th scope="col" { "Offers" } th scope="col" { "Cheapest $/GPU-h" } th scope="col" { "Nodes offered" } } }
+                        tbody {
+                            @for (entry, provider, offers) in &round.quotes {
+                                tr {
+                                    td { (provider) } td { (instant(entry.at)) } td.number { (offers.len()) }
+                                    td.number { (offers.iter().map(Offer::gpu_price).fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.min(p)))).map(price).unwrap_or_else(|| "–".into())) }
+                                    td.number { (thousands(offers.iter().map(|o| u64::from(o.nodes_available)).sum())) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some((entry, Decision::Placed { solver, list_cost, effective_cost, notes, verdicts, .. })) = round.placed {
+                h3 { "Award" }
+                p {
+                    "Decided at " (instant(entry.at)) " by " (solver.to_string()) ": list cost " (usd(*list_cost))
+                    "/h, effective " (usd(*effective_cost)) "/h."
+                }
+                @if !notes.is_empty() { ul { @for note in notes { li { (note) } } } }
+                @let (won, lost): (Vec<&Verdict>, Vec<&Verdict>) = verdicts.iter().partition(|v| matches!(v.outcome, Outcome::Awarded { .. }));
+                table.awarded {
+                    caption { "Awarded offers" }
+                    thead { tr { th scope="col" { "Offer" } th scope="col" { "Provider" } th scope="col" { "Region" } th scope="col" { "$/GPU-h" } th scope="col" { "GPUs" } th scope="col" { "Nodes" } } }
+                    tbody {
+                        @for v in &won {
+                            @if let Outcome::Awarded { gpus, nodes } = &v.outcome {
+                                tr { td { (v.offer_id) } td { (v.provider) } td { (v.region) } td.number { (price(v.price)) } td.number { (gpus) } td.number { (nodes) } }
+                            }
+                        }
+                    }
+                }
+                table.losing #losing-offers {
+                    caption { "Losing offers (" (lost.len()) "), each with its reason" }
+                    thead { tr { th scope="col" { "Offer" } th scope="col" { "Provider" } th scope="col" { "Region" } th scope="col" { "$/GPU-h" } th scope="col" { "Why it lost" } } }
+                    tbody {
+                        @for v in &lost {
+                            @if let Outcome::Rejected(reason) = &v.outcome {
+                                tr { td { (v.offer_id) } td { (v.provider) } td { (v.region) } td.number { (price(v.price)) } td.reason { (reason.to_string()) } }
+                            }
+                        }
+                    }
+                }
+            }
+            @for (entry, decision) in &round.outcome {
+                p { (instant(entry.at)) ": " @if let Some(text) = line(decision, now) { (text) } }
+            }
+        }
+    }
+}
+
+fn allocations(snapshot: &Snapshot) -> Markup {
+    html! {
+        section aria-labelledby="allocations" {
+            h2 #allocations { "Allocations" }
+            @if snapshot.allocations.is_empty() {
+                p { "None yet." }
+            } @else {
+                table {
+                    thead { tr {
+                        th scope="col" { "Id" } th scope="col" { "Provider" } th scope="col" { "Where" } th scope="col" { "Instance type" }
+                        th scope="col" { "Nodes × GPUs" } th scope="col" { "GPUs carried" } th scope="col" { "$/node-h" } th scope="col" { "Via" }
+                        th scope="col" { "State" } th scope="col" { "Awarded" } th scope="col" { "Promised" } th scope="col" { "Ready" } th scope="col" { "Ends / ended" }
+                    } }
+                    tbody {
+                        @for a in &snapshot.allocations {
+                            tr {
+                                td { (a.id) } td { (a.plan.provider) }
+                                td { (a.plan.region) @if let Some(zone) = &a.plan.zone { " (" (zone) ")" } }
+                                td { (a.plan.instance_type) }
+                                td.number { (a.plan.nodes) " × " (a.plan.gpus_per_node.get()) }
+                                td.number { (a.plan.gpus) }
+                                td.number { (price(a.plan.node_price.get())) }
+                                td { (a.via) }
+                                td { span class={ "badge alloc-" (format!("{:?}", a.state).to_lowercase()) } { (format!("{:?}", a.state).to_lowercase()) } }
+                                td { (instant(a.awarded_at)) }
+                                td { (instant(a.promised)) }
+                                td { @match a.ready_at { Some(at) => (instant(at)), None => "not yet" } }
+                                td { @match (a.ended_at, a.ends_at) { (Some(at), _) => { "ended " (instant(at)) }, (None, Some(at)) => { "ends " (instant(at)) }, _ => "–" } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn story(snapshot: &Snapshot, entries: &[Read], viewer: &Viewer, truncated: bool) -> Markup {
+    let id = &snapshot.request.id;
+    let rounds = rounds(entries);
+    let moves: Vec<(&Read, &Decision)> = entries
+        .iter()
+        .filter_map(|e| e.decision.as_ref().map(|d| (e, d)))
+        .filter(|(_, d)| matches!(d, Decision::Spillover { .. } | Decision::Failover { .. }))
+        .collect();
+    html! {
+        h1 { "Request " (id) " " (status_badge(snapshot.status)) }
+        (summary(snapshot))
+        @if viewer.may_change_requests() && !matches!(snapshot.status, "released" | "unfilled" | "cancelled") {
+            form method="post" action={ "/requests/" (id) "/cancel" } {
+                button.danger type="submit" { "Cancel " (id) }
+            }
+        }
+        section aria-labelledby="story" {
+            h2 #story { "Story" }
+            ol.timeline {
+                @for entry in entries {
+                    @if let Some(text) = entry.decision.as_ref().and_then(|d| line(d, snapshot.now)) {
+                        li { span.when { (instant(entry.at)) } " " (text) }
+                    }
+                }
+            }
+            @if truncated { p.notice { "Only the first " (MAX_STORY_ENTRIES) " ledger entries are read." } }
+        }
+        @for (number, round) in &rounds {
+            (round_section(*number, round, snapshot.now))
+        }
+        (allocations(snapshot))
+        section aria-labelledby="moves" {
+            h2 #moves { "Spillovers and failovers" }
+            @if moves.is_empty() {
+                p { "None: every allocation was delivered on time and no incident hit it." }
+            } @else {
+                ul { @for (entry, decision) in &moves { li { (instant(entry.at)) ": " @if let Some(text) = line(decision, snapshot.now) { (text) } } } }
+            }
+        }
+        @if viewer.may_audit() {
+            section aria-labelledby="entries" {
+                h2 #entries { "Ledger entries" }
+                p { a href={ "/ledger?request=" (id) } { "These entries on the ledger page" } ", where the chain can be verified." }
+                table.ledger {
+                    thead { tr { th scope="col" { "Seq" } th scope="col" { "At" } th scope="col" { "Kind" } th scope="col" { "Hash" } } }
+                    tbody {
+                        @for entry in entries {
+                            tr { td.number { (entry.seq) } td { (instant(entry.at)) } td { (entry.kind) } td { (hash(&entry.hash)) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn page(
+    State(dashboard): State<Arc<Dashboard>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let started = Instant::now();
+    let viewer = match require(&dashboard, &headers, Viewer::may_read) {
+        Ok(viewer) => viewer,
+        Err((error, viewer)) => return error.into_response(viewer.as_ref()),
+    };
+    let wanted = id.clone();
+    let snapshot = read(&dashboard.app, move |view| {
+        let state = view.engine.request(&wanted)?;
+        Some(Snapshot {
+            now: view.now,
+            request: state.request.clone(),
+            status: state.status.as_str(),
+            unfilled: state.unfilled_reason.clone().map(|reason| (state.unfilled_gpus, reason)),
+            allocations: state
+                .allocations
+                .iter()
+                .filter_map(|a| view.engine.allocation(*a))
+                .cloned()
+                .collect(),
+        })
+    })
+    .await;
+    let snapshot = match snapshot {
+        Ok(Some(snapshot)) => snapshot,
+        Ok(None) => {
+            return PageError::NotFound(format!("There is no request {id:?}.")).into_response(Some(&viewer));
+        }
+        Err(e) => return e.into_response(Some(&viewer)),
+    };
+    let request = id.clone();
+    let entries = with_store(&dashboard.app, move |store| {
+        let mut entries = Vec::new();
+        let mut after = 0;
+        while entries.len() < MAX_STORY_ENTRIES {
+            let page = store.request_entries(&request, after, dibs_store::MAX_PAGE)?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            entries.extend(page);
+        }
+        Ok(entries)
+    })
+    .await;
+    let entries = match entries {
+        Ok(entries) => entries,
+        Err(e) => return e.into_response(Some(&viewer)),
+    };
+    let truncated = entries.len() >= MAX_STORY_ENTRIES;
+    let entries: Vec<Read> = entries.into_iter().map(read_entry).collect();
+    let body = story(&snapshot, &entries, &viewer, truncated);
+    respond(started, StatusCode::OK, layout(Some(&viewer), &format!("Request {id}"), Section::Requests, body))
+}
+
+pub(super) async fn cancel(
+    State(dashboard): State<Arc<Dashboard>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let viewer = match require(&dashboard, &headers, Viewer::may_change_requests) {
+        Ok(viewer) => viewer,
+        Err((error, viewer)) => return error.into_response(viewer.as_ref()),
+    };
+    if !same_origin(&headers) {
+        return PageError::Forbidden("This form was posted from another site.".into())
+            .into_response(Some(&viewer));
+    }
+    let target = id.clone();
+    match crate::http::ask_reply(&dashboard.app, |reply| Command::Cancel { id: target, reply }).await {
+        Ok(_) => Redirect::to(&format!("/requests/{id}")).into_response(),
+        Err(e) => PageError::NotFound(e.error).into_response(Some(&viewer)),
+    }
+}
