@@ -32,7 +32,6 @@ use dibs_providers::protocol::calls_for;
 use dibs_providers::{SimulatedProvider, call_in_process};
 use dibs_store::{Batch, IdempotentAnswer, NewEntry, Row, Store, StoreError};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::remote::{Call, CallRecord, Dispatcher};
 use crate::view::{self, RequestView};
@@ -65,6 +64,11 @@ impl ApiError {
 
 /// A reply: status and JSON body.
 pub type Reply = Result<(u16, serde_json::Value), ApiError>;
+
+/// A reply with `body`, one of the API's own types (`view.rs`), as its JSON.
+fn ok(status: u16, body: impl Serialize) -> Reply {
+    Ok((status, serde_json::to_value(body).expect("the API's types serialize")))
+}
 
 /// The request body of a submission (the id is assigned by dibs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -306,14 +310,14 @@ fn key_of(input: &Input) -> Option<DueKey> {
 
 /// What a ledger entry recording an input holds.
 #[derive(Serialize, Deserialize)]
-struct RecordedInput {
-    at: Timestamp,
+pub(crate) struct RecordedInput {
+    pub at: Timestamp,
     #[serde(flatten)]
-    input: Input,
+    pub input: Input,
 }
 
 /// The entry kind of a recorded input.
-const INPUT_KIND: &str = "input";
+pub(crate) const INPUT_KIND: &str = "input";
 /// The entry kind of a recorded configuration.
 const CONFIGURED_KIND: &str = "configured";
 
@@ -745,19 +749,18 @@ impl Broker {
                         .map(|s| view::request(&self.engine, s))
                         .collect();
                     let next = (list.len() == limit.min(MAX_LIST)).then(|| list.last().map(|r| r.id.clone()));
-                    replies
-                        .push((reply, Ok((200, json!({ "requests": list, "next_after": next.flatten() })))));
-                }
-                Command::Stats { reply } => {
-                    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
-                    for state in self.engine.requests() {
-                        *by_status.entry(state.status.as_str()).or_default() += 1;
-                    }
-                    let pending = self.due.len();
                     replies.push((
                         reply,
-                        Ok((200, json!({ "requests": by_status, "pending_inputs": pending }))),
+                        ok(200, view::RequestPage { requests: list, next_after: next.flatten() }),
                     ));
+                }
+                Command::Stats { reply } => {
+                    let mut requests: BTreeMap<String, usize> = BTreeMap::new();
+                    for state in self.engine.requests() {
+                        *requests.entry(state.status.as_str().to_owned()).or_default() += 1;
+                    }
+                    let stats = view::StatsView { requests, pending_inputs: self.due.len() };
+                    replies.push((reply, ok(200, stats)));
                 }
                 Command::OpenIncident { provider, region, idempotency, reply } => {
                     let answer = match self.first_answer(&idempotency) {
@@ -774,7 +777,7 @@ impl Broker {
                 Command::ResolveIncident { id, reply } => {
                     let answer = if self.engine.open_incidents().any(|(open, ..)| open == id) {
                         self.apply(now, Input::IncidentResolved { id: id.clone() }, &mut entries);
-                        Ok((200, json!({ "id": id, "resolved": true })))
+                        ok(200, view::IncidentResolvedView { id, resolved: true })
                     } else {
                         Err(ApiError::new(404, format!("no open incident {id:?}")))
                     };
@@ -786,24 +789,27 @@ impl Broker {
                         amount,
                         month: dibs_core::settlement::month_of(now),
                     };
-                    replies.push((reply, Ok((201, serde_json::to_value(body).expect("views serialize")))));
+                    replies.push((reply, ok(201, body)));
                 }
                 Command::DeclareEvent { name, reply } => {
                     self.apply(now, Input::EventDeclared { name: name.clone() }, &mut entries);
                     let body = crate::view::EventDeclaredView { name, at: now.to_string() };
-                    replies.push((reply, Ok((201, serde_json::to_value(body).expect("views serialize")))));
+                    replies.push((reply, ok(201, body)));
                 }
                 Command::Settlement { reply } => {
-                    let body = crate::view::settlement(&self.engine);
-                    replies.push((reply, Ok((200, serde_json::to_value(body).expect("views serialize")))));
+                    replies.push((reply, ok(200, crate::view::settlement(&self.engine))));
                 }
                 Command::Incidents { reply } => {
-                    let open: Vec<_> = self
+                    let incidents = self
                         .engine
                         .open_incidents()
-                        .map(|(id, provider, region)| json!({ "id": id, "provider": provider, "region": region }))
+                        .map(|(id, provider, region)| view::IncidentView {
+                            id: id.to_owned(),
+                            provider: provider.to_string(),
+                            region: region.map(|r| r.to_string()),
+                        })
                         .collect();
-                    replies.push((reply, Ok((200, json!({ "incidents": open })))));
+                    replies.push((reply, ok(200, view::IncidentList { incidents })));
                 }
                 Command::Allocations { provider, after, limit, reply } => {
                     let list: Vec<view::AllocationView> = self
@@ -815,7 +821,8 @@ impl Broker {
                         .collect();
                     let next =
                         (list.len() == limit.min(MAX_LIST)).then(|| list.last().map(|a| a.id)).flatten();
-                    replies.push((reply, Ok((200, json!({ "allocations": list, "next_after": next })))));
+                    replies
+                        .push((reply, ok(200, view::AllocationPage { allocations: list, next_after: next })));
                 }
                 Command::ProviderAnswer { provider, request, answer, reply } => {
                     let answer = self.provider_answer(now, &provider, request, answer, &mut entries);
@@ -836,9 +843,9 @@ impl Broker {
                         Err(e) => Err(ApiError::field(422, "files", e)),
                         Ok(()) => {
                             entries.push(entry);
-                            let ids: Vec<&str> =
-                                self.engine.contracts().contracts.iter().map(|c| c.id.as_str()).collect();
-                            Ok((200, json!({ "loaded": ids, "from": now.to_string() })))
+                            let loaded =
+                                self.engine.contracts().contracts.iter().map(|c| c.id.clone()).collect();
+                            ok(200, view::ContractsLoaded { loaded, from: now.to_string() })
                         }
                     };
                     replies.push((reply, answer));
@@ -847,14 +854,13 @@ impl Broker {
                     let contracts = &self.engine.contracts().contracts;
                     let answer = match id {
                         None => {
-                            let list: Vec<_> = contracts.iter().map(|c| view::contract(c, false)).collect();
-                            Ok((200, json!({ "contracts": list })))
+                            let contracts = contracts.iter().map(|c| view::contract(c, false)).collect();
+                            ok(200, view::ContractList { contracts })
                         }
-                        Some(id) => contracts
-                            .iter()
-                            .find(|c| c.id == id)
-                            .map(|c| (200, view::contract(c, true)))
-                            .ok_or_else(|| ApiError::new(404, format!("no contract {id:?}"))),
+                        Some(id) => match contracts.iter().find(|c| c.id == id) {
+                            Some(c) => ok(200, view::contract(c, true)),
+                            None => Err(ApiError::new(404, format!("no contract {id:?}"))),
+                        },
                     };
                     replies.push((reply, answer));
                 }
@@ -864,16 +870,21 @@ impl Broker {
                         .published_providers()
                         .map(|name| {
                             let reached = reached(self.remote.as_ref(), name);
-                            let incidents: Vec<&str> = self
+                            let open_incidents = self
                                 .engine
                                 .open_incidents()
                                 .filter(|(_, p, _)| *p == name)
-                                .map(|(id, ..)| id)
+                                .map(|(id, ..)| id.to_owned())
                                 .collect();
-                            json!({ "name": name, "reached": reached, "open_incidents": incidents })
+                            view::ProviderView {
+                                name: name.to_string(),
+                                reached,
+                                open_incidents,
+                                healthy: None,
+                            }
                         })
                         .collect();
-                    replies.push((reply, Ok((200, json!({ "providers": list })))));
+                    replies.push((reply, ok(200, view::ProviderList { providers: list })));
                 }
                 Command::Input { at, input, call } => {
                     // The answered call leaves the outbox with this turn's commit.
@@ -988,7 +999,7 @@ impl Broker {
             }
         };
         self.apply(now, input, entries);
-        Ok((200, json!({ "request": request, "accepted": true })))
+        ok(200, view::AnswerTaken { request, accepted: true })
     }
 
     fn open_incident(
@@ -1013,7 +1024,10 @@ impl Broker {
         let input =
             Input::IncidentOpened { id: id.clone(), provider: provider.clone(), region: region.clone() };
         self.apply(now, input, entries);
-        Ok((201, json!({ "id": id, "provider": provider, "region": region })))
+        ok(
+            201,
+            view::IncidentView { id, provider: provider.to_string(), region: region.map(|r| r.to_string()) },
+        )
     }
 
     /// A request's row in the `requests` projection.

@@ -11,8 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use dibs_store::{MAX_PAGE, Store};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::broker::{ApiError, Command, Reply, SubmitBody};
@@ -252,9 +251,59 @@ pub(crate) async fn ask_reply(
     rx.await.unwrap_or_else(|_| Err(ApiError::new(503, "the broker stopped before answering")))
 }
 
-#[utoipa::path(get, path = "/v1/health", tag = "service", responses((status = 200, description = "The service is up", body = Object)))]
+/// `GET /v1/health`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HealthView {
+    /// `ok` while the service answers.
+    pub status: &'static str,
+}
+
+#[utoipa::path(get, path = "/v1/health", tag = "service", responses((status = 200, description = "The service is up", body = HealthView)))]
 async fn health() -> Response {
-    Json(json!({ "status": "ok" })).into_response()
+    Json(HealthView { status: "ok" }).into_response()
+}
+
+/// One ledger entry as the API serves it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LedgerEntryView {
+    pub seq: u64,
+    pub at: String,
+    /// `input`, `configured`, or the engine's decision (`screened`, `solicited`, `awarded`, ...).
+    pub kind: String,
+    pub request: Option<String>,
+    /// The entry as recorded (the engine's input or decision, in the ledger's format).
+    #[schema(value_type = Object)]
+    pub body: serde_json::Value,
+    /// Its hash in the chain, hex.
+    pub hash: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LedgerPage {
+    pub entries: Vec<LedgerEntryView>,
+    pub next_after: Option<u64>,
+}
+
+/// `GET /v1/ledger/verify`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct VerifyView {
+    pub ok: bool,
+    /// Entries checked (when the chain is intact).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u64>,
+    /// The head hash, hex (when the chain is intact).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    /// The first bad entry and what is wrong with it (when it is not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /v1/tokens`: the token, shown once.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TokenCreated {
+    pub token: String,
+    pub role: String,
 }
 
 #[utoipa::path(post, path = "/v1/requests", tag = "requests", request_body = SubmitBody, params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key and body get the first answer")), responses((status = 201, description = "Accepted and durably ledgered", body = RequestView), (status = 422, description = "A field is wrong", body = ApiError)), security(("bearer" = [])))]
@@ -285,7 +334,7 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/v1/requests", tag = "requests", params(("status" = Option<String>, Query, description = "screening, first_refusal, market, provisioning, active, released, unfilled, cancelled"), ("after" = Option<String>, Query, description = "Request id to list after"), ("limit" = Option<usize>, Query, description = "1 to 500, default 100")), responses((status = 200, description = "`{requests: [RequestView], next_after}`", body = Object)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/requests", tag = "requests", params(("status" = Option<String>, Query, description = "screening, first_refusal, market, provisioning, active, released, unfilled, cancelled"), ("after" = Option<String>, Query, description = "Request id to list after"), ("limit" = Option<usize>, Query, description = "1 to 500, default 100")), responses((status = 200, body = crate::view::RequestPage), (status = 400, body = ApiError)), security(("bearer" = [])))]
 async fn list(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -331,7 +380,7 @@ async fn cancel(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id)
     ask(&state, |reply| Command::Cancel { id, reply }).await
 }
 
-#[utoipa::path(get, path = "/v1/stats", tag = "service", responses((status = 200, description = "`{requests: {status: count}, pending_inputs}`", body = Object)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/stats", tag = "service", responses((status = 200, body = crate::view::StatsView)), security(("bearer" = [])))]
 async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = authenticate(&state, &headers, Access::Read) {
         return error(e);
@@ -346,7 +395,7 @@ struct LedgerQuery {
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/v1/ledger", tag = "ledger", params(("after" = Option<u64>, Query, description = "Sequence number to page after"), ("limit" = Option<usize>, Query, description = "1 to 1000, default 100")), responses((status = 200, description = "`{entries: [{seq, at, kind, request, body, hash}], next_after}`", body = Object)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/ledger", tag = "ledger", params(("after" = Option<u64>, Query, description = "Sequence number to page after"), ("limit" = Option<usize>, Query, description = "1 to 1000, default 100")), responses((status = 200, body = LedgerPage), (status = 400, body = ApiError)), security(("bearer" = [])))]
 async fn ledger(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -374,27 +423,25 @@ async fn ledger(
     match page {
         Ok(Ok(entries)) => {
             let next = (entries.len() == limit).then(|| entries.last().map(|e| e.seq)).flatten();
-            let entries: Vec<serde_json::Value> = entries
+            let entries = entries
                 .into_iter()
-                .map(|e| {
-                    json!({
-                        "seq": e.seq,
-                        "at": e.at,
-                        "kind": e.kind,
-                        "request": e.request,
-                        "body": serde_json::from_str::<serde_json::Value>(&e.body).unwrap_or(serde_json::Value::String(e.body)),
-                        "hash": dibs_core::ledger::hex(&e.hash),
-                    })
+                .map(|e| LedgerEntryView {
+                    seq: e.seq,
+                    at: e.at,
+                    kind: e.kind,
+                    request: e.request,
+                    hash: dibs_core::ledger::hex(&e.hash),
+                    body: serde_json::from_str(&e.body).unwrap_or(serde_json::Value::String(e.body)),
                 })
                 .collect();
-            Json(json!({ "entries": entries, "next_after": next })).into_response()
+            Json(LedgerPage { entries, next_after: next }).into_response()
         }
         Ok(Err(e)) => error(ApiError::new(503, e.to_string())),
         Err(e) => error(ApiError::new(500, e.to_string())),
     }
 }
 
-#[utoipa::path(get, path = "/v1/ledger/verify", tag = "ledger", responses((status = 200, description = "`{ok: true, entries, head}`", body = Object), (status = 409, description = "`{ok: false, error}` naming the first bad entry", body = Object)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/ledger/verify", tag = "ledger", responses((status = 200, description = "The chain is intact", body = VerifyView), (status = 409, description = "`ok: false` and the first bad entry", body = VerifyView)), security(("bearer" = [])))]
 async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = authenticate(&state, &headers, Access::Audit) {
         return error(e);
@@ -407,9 +454,11 @@ async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     })
     .await;
     match result {
-        Ok(Ok(v)) => Json(json!({ "ok": true, "entries": v.entries, "head": v.head })).into_response(),
+        Ok(Ok(v)) => Json(VerifyView { ok: true, entries: Some(v.entries), head: Some(v.head), error: None })
+            .into_response(),
         Ok(Err(e)) => {
-            (StatusCode::CONFLICT, Json(json!({ "ok": false, "error": e.to_string() }))).into_response()
+            let failed = VerifyView { ok: false, entries: None, head: None, error: Some(e.to_string()) };
+            (StatusCode::CONFLICT, Json(failed)).into_response()
         }
         Err(e) => error(ApiError::new(500, e.to_string())),
     }
@@ -431,7 +480,7 @@ struct AllocationsQuery {
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/v1/allocations", tag = "requests", params(("provider" = Option<String>, Query), ("after" = Option<u64>, Query), ("limit" = Option<usize>, Query)), responses((status = 200, description = "`{allocations: [AllocationView], next_after}`", body = Object)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/allocations", tag = "requests", params(("provider" = Option<String>, Query), ("after" = Option<u64>, Query), ("limit" = Option<usize>, Query)), responses((status = 200, body = crate::view::AllocationPage), (status = 400, body = ApiError)), security(("bearer" = [])))]
 async fn allocations(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -460,7 +509,7 @@ struct IncidentBody {
     region: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/incidents", tag = "incidents", request_body = IncidentBody, params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key and body get the first answer")), responses((status = 201, description = "`{id, provider, region}`; allocations there fail over", body = Object), (status = 422, body = ApiError)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/incidents", tag = "incidents", request_body = IncidentBody, params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key and body get the first answer")), responses((status = 201, description = "Allocations there fail over", body = crate::view::IncidentView), (status = 422, body = ApiError)), security(("bearer" = [])))]
 async fn open_incident(State(state): State<Arc<AppState>>, headers: HeaderMap, bytes: Bytes) -> Response {
     let scope = match authenticate(&state, &headers, Access::Admin) {
         Ok(caller) => caller.scope,
@@ -483,7 +532,7 @@ async fn open_incident(State(state): State<Arc<AppState>>, headers: HeaderMap, b
     .await
 }
 
-#[utoipa::path(post, path = "/v1/incidents/{id}/resolve", tag = "incidents", params(("id" = String, Path)), responses((status = 200, body = Object), (status = 404, body = ApiError)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/incidents/{id}/resolve", tag = "incidents", params(("id" = String, Path)), responses((status = 200, body = crate::view::IncidentResolvedView), (status = 404, body = ApiError)), security(("bearer" = [])))]
 async fn resolve_incident(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -495,7 +544,7 @@ async fn resolve_incident(
     ask(&state, |reply| Command::ResolveIncident { id, reply }).await
 }
 
-#[utoipa::path(get, path = "/v1/incidents", tag = "incidents", responses((status = 200, description = "`{incidents: [{id, provider, region}]}`", body = Object)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/incidents", tag = "incidents", responses((status = 200, body = crate::view::IncidentList)), security(("bearer" = [])))]
 async fn incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = authenticate(&state, &headers, Access::Read) {
         return error(e);
@@ -580,7 +629,7 @@ struct TokenBody {
     role: String,
 }
 
-#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = TokenBody, responses((status = 201, description = "`{token, role}`: the token is shown once", body = Object), (status = 422, body = ApiError)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = TokenBody, responses((status = 201, description = "The token is shown once", body = TokenCreated), (status = 422, body = ApiError)), security(("bearer" = [])))]
 async fn create_token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(e) = authenticate(&state, &headers, Access::Admin) {
         return error(e);
@@ -602,7 +651,7 @@ async fn create_token(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
             s.add_token(&hash, &role.name()).map_err(|e| ApiError::new(503, e.to_string()))
         });
     match stored {
-        Ok(()) => (StatusCode::CREATED, Json(json!({ "token": token, "role": role.name() }))).into_response(),
+        Ok(()) => (StatusCode::CREATED, Json(TokenCreated { token, role: role.name() })).into_response(),
         Err(e) => error(e),
     }
 }
@@ -614,37 +663,6 @@ pub fn new_token() -> Result<String, getrandom::Error> {
     Ok(std::iter::once("dibs_".to_owned()).chain(secret.iter().map(|b| format!("{b:02x}"))).collect())
 }
 
-/// What one provider may see of a ledger entry: `None` when nothing.
-/// A provider sees the solicitations sent to it, the quote requests that
-/// name it (not who else was asked), its own quotes, and its own
-/// allocations; never a competitor's offer, price or award.
-pub fn provider_view(entry: &dibs_store::Entry, provider: &str) -> Option<serde_json::Value> {
-    let body: serde_json::Value = serde_json::from_str(&entry.body).ok()?;
-    let mine = |v: &serde_json::Value| v.get("provider").and_then(|p| p.as_str()) == Some(provider);
-    let view = match entry.kind.as_str() {
-        "solicited" if body.get("holder").and_then(|h| h.as_str()) == Some(provider) => body,
-        "quotes_requested"
-            if body
-                .get("providers")
-                .and_then(|p| p.as_array())
-                .is_some_and(|ps| ps.iter().any(|p| p == provider)) =>
-        {
-            json!({ "kind": "quotes_requested", "request": body["request"], "round": body["round"], "respond_by": body["respond_by"] })
-        }
-        "input" if body.get("input").and_then(|i| i.as_str()) == Some("quotes") && mine(&body) => body,
-        "awarded" => {
-            let allocations: Vec<serde_json::Value> =
-                body.get("allocations")?.as_array()?.iter().filter(|a| mine(a)).cloned().collect();
-            if allocations.is_empty() {
-                return None;
-            }
-            json!({ "kind": "awarded", "request": body["request"], "round": body["round"], "allocations": allocations })
-        }
-        _ => return None,
-    };
-    Some(json!({ "seq": entry.seq, "at": entry.at, "kind": entry.kind, "body": view }))
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
@@ -653,7 +671,7 @@ struct EventsQuery {
 
 /// The provider-facing feed: what was sent to the calling provider, from
 /// the ledger, a page of up to MAX_PAGE ledger entries scanned per call.
-#[utoipa::path(get, path = "/v1/provider/events", tag = "providers", params(("after" = Option<u64>, Query, description = "Ledger sequence number to scan after")), responses((status = 200, description = "`{events: [{seq, at, kind, body}], next_after}`: what was sent to the calling provider", body = Object)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/provider/events", tag = "providers", params(("after" = Option<u64>, Query, description = "Ledger sequence number to scan after")), responses((status = 200, description = "What was sent to the calling provider", body = crate::sealed::ProviderEventPage)), security(("bearer" = [])))]
 async fn provider_events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -679,9 +697,8 @@ async fn provider_events(
     match page {
         Ok(Ok(entries)) => {
             let next = (entries.len() == MAX_PAGE).then(|| entries.last().map(|e| e.seq)).flatten();
-            let events: Vec<serde_json::Value> =
-                entries.iter().filter_map(|e| provider_view(e, &name)).collect();
-            Json(json!({ "events": events, "next_after": next })).into_response()
+            let events = entries.iter().filter_map(|e| crate::sealed::provider_view(e, &name)).collect();
+            Json(crate::sealed::ProviderEventPage { events, next_after: next }).into_response()
         }
         Ok(Err(e)) => error(ApiError::new(503, e.to_string())),
         Err(e) => error(ApiError::new(500, e.to_string())),
@@ -689,7 +706,7 @@ async fn provider_events(
 }
 
 /// A provider answers a solicitation or a quote request sent to it.
-#[utoipa::path(post, path = "/v1/provider/requests/{id}/answer", tag = "providers", params(("id" = String, Path)), request_body(content = Object, description = "`{\"answer\": \"decline\"}`, `{\"answer\": \"accept\", \"gpus\", \"region\", \"accelerator\", \"lead_time_hours\"}` or `{\"offers\": [Offer]}`"), responses((status = 200, body = Object), (status = 409, description = "The request is not waiting for this provider", body = ApiError), (status = 422, body = ApiError)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/provider/requests/{id}/answer", tag = "providers", params(("id" = String, Path)), request_body(content = Object, description = "`{\"answer\": \"decline\"}`, `{\"answer\": \"accept\", \"gpus\", \"region\", \"accelerator\", \"lead_time_hours\"}` or `{\"offers\": [Offer]}`"), responses((status = 200, body = crate::view::AnswerTaken), (status = 403, description = "Not a pull provider", body = ApiError), (status = 409, description = "The request is not waiting for this provider", body = ApiError), (status = 422, body = ApiError)), security(("bearer" = [])))]
 async fn provider_answer(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -740,7 +757,7 @@ async fn provider_answer(
         health, submit, list, show, cancel, stats, contracts, load_contracts, contract, providers, allocations, open_incident, resolve_incident, incidents,
         ledger, verify, create_token, provider_events, provider_answer, report_revenue, declare_event, settlement
     ),
-    components(schemas(ContractFiles, ContractFile, SubmitBody, RequestView, crate::view::AllocationView, crate::view::UnfilledView, ApiError, IncidentBody, TokenBody, RevenueBody, EventBody, crate::view::SettlementView, crate::view::CommitmentView, crate::view::RevenueShareView, crate::view::SuspensionView, crate::view::RevenueReportedView, crate::view::EventDeclaredView)),
+    components(schemas(ContractFiles, ContractFile, SubmitBody, RequestView, crate::view::AllocationView, crate::view::UnfilledView, ApiError, IncidentBody, TokenBody, RevenueBody, EventBody, crate::view::SettlementView, crate::view::CommitmentView, crate::view::RevenueShareView, crate::view::SuspensionView, crate::view::RevenueReportedView, crate::view::EventDeclaredView, HealthView, LedgerEntryView, LedgerPage, VerifyView, TokenCreated, crate::view::RequestPage, crate::view::AllocationPage, crate::view::StatsView, crate::view::IncidentView, crate::view::IncidentList, crate::view::IncidentResolvedView, crate::view::ProviderView, crate::view::ProviderList, crate::view::AnswerTaken, crate::view::ContractView, crate::view::ContractVersionView, crate::view::ClauseView, crate::view::ContractList, crate::view::ContractsLoaded, crate::sealed::ProviderEvent, crate::sealed::ProviderEventPage, crate::sealed::SealedEvent, crate::sealed::SealedAllocation)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -766,7 +783,7 @@ async fn openapi() -> Response {
     }
 }
 
-#[utoipa::path(get, path = "/v1/contracts", tag = "contracts", responses((status = 200, description = "`{contracts: [{id, counterparty, parties, source, versions: [{id, effective, expires}]}]}`", body = Object)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/contracts", tag = "contracts", responses((status = 200, body = crate::view::ContractList)), security(("bearer" = [])))]
 async fn contracts(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = authenticate(&state, &headers, Access::Read) {
         return error(e);
@@ -774,7 +791,7 @@ async fn contracts(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
     ask(&state, |reply| Command::Contracts { id: None, reply }).await
 }
 
-#[utoipa::path(get, path = "/v1/contracts/{id}", tag = "contracts", params(("id" = String, Path)), responses((status = 200, description = "The contract, each version with its clauses and their terms", body = Object), (status = 404, body = ApiError)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/contracts/{id}", tag = "contracts", params(("id" = String, Path)), responses((status = 200, description = "The contract, each version with its clauses and their terms", body = crate::view::ContractView), (status = 404, body = ApiError)), security(("bearer" = [])))]
 async fn contract(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -786,7 +803,7 @@ async fn contract(
     ask(&state, |reply| Command::Contracts { id: Some(id), reply }).await
 }
 
-#[utoipa::path(get, path = "/v1/providers", tag = "providers", responses((status = 200, description = "`{providers: [{name, reached, open_incidents}]}`", body = Object)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/providers", tag = "providers", responses((status = 200, body = crate::view::ProviderList)), security(("bearer" = [])))]
 async fn providers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = authenticate(&state, &headers, Access::Read) {
         return error(e);
@@ -806,7 +823,7 @@ async fn providers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
         }
     }
     for (i, probe) in probes {
-        body["providers"][i]["healthy"] = json!(probe.await.unwrap_or(false));
+        body["providers"][i]["healthy"] = serde_json::Value::Bool(probe.await.unwrap_or(false));
     }
     reply(Ok((status, body)))
 }
@@ -830,7 +847,7 @@ struct ContractFile {
 /// The most contract files one load takes.
 const MAX_CONTRACT_FILES: usize = 64;
 
-#[utoipa::path(post, path = "/v1/contracts", tag = "contracts", request_body = ContractFiles, responses((status = 200, description = "`{loaded: [contract id], from}`: the set replaces the one in force from now on, and the ledger records it", body = Object), (status = 422, description = "A file is wrong; the error names file:line:column and nothing changed", body = ApiError)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/contracts", tag = "contracts", request_body = ContractFiles, responses((status = 200, description = "The set replaces the one in force from now on, and the ledger records it", body = crate::view::ContractsLoaded), (status = 422, description = "A file is wrong; the error names file:line:column and nothing changed", body = ApiError)), security(("bearer" = [])))]
 async fn load_contracts(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(e) = authenticate(&state, &headers, Access::Admin) {
         return error(e);

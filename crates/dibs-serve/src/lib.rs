@@ -12,6 +12,7 @@ pub mod dashboard;
 pub mod http;
 pub mod provider;
 pub mod remote;
+pub mod sealed;
 pub mod view;
 
 use std::collections::BTreeMap;

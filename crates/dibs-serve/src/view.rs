@@ -121,49 +121,149 @@ pub fn id_order(id: &str, after: &str) -> bool {
 }
 
 /// A contract: who with, and its versions (amendments) with their dates.
-pub fn contract(c: &dibs_core::contract::Contract, with_clauses: bool) -> serde_json::Value {
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ContractView {
+    pub id: String,
+    pub counterparty: String,
+    pub parties: Vec<String>,
+    /// The file it was read from.
+    pub source: String,
+    pub versions: Vec<ContractVersionView>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ContractVersionView {
+    pub id: String,
+    pub effective: String,
+    pub expires: String,
+    /// The clauses, in `GET /v1/contracts/{id}` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clauses: Option<Vec<ClauseView>>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ClauseView {
+    pub name: String,
+    /// `first_refusal`, `exclusivity`, `commitment`, `diversification`, `revenue_share` or
+    /// `review_trigger`.
+    pub kind: &'static str,
+    /// The clause's terms, as its contract file states them (their fields depend on `kind`).
+    #[schema(value_type = Object)]
+    pub terms: serde_json::Value,
+}
+
+pub fn contract(c: &dibs_core::contract::Contract, with_clauses: bool) -> ContractView {
     use dibs_core::contract::ClauseKind;
-    let versions: Vec<serde_json::Value> = c
-        .versions
-        .iter()
-        .map(|v| {
-            let mut version = serde_json::json!({
-                "id": v.id,
-                "effective": v.effective.to_string(),
-                "expires": v.expires.to_string(),
-            });
-            if with_clauses {
-                let clauses: Vec<serde_json::Value> = v
-                    .clauses
-                    .iter()
-                    .map(|clause| {
-                        let terms = match &clause.kind {
-                            ClauseKind::FirstRefusal(t) => serde_json::to_value(t),
-                            ClauseKind::Exclusivity(t) => serde_json::to_value(t),
-                            ClauseKind::Commitment(t) => serde_json::to_value(t),
-                            ClauseKind::Diversification(t) => serde_json::to_value(t),
-                            ClauseKind::RevenueShare(t) => serde_json::to_value(t),
-                            ClauseKind::ReviewTrigger(t) => Ok(serde_json::json!({
-                                "condition": t.condition.source(),
-                                "action": t.action,
-                            })),
-                        }
-                        .unwrap_or(serde_json::Value::Null);
-                        serde_json::json!({ "name": clause.name, "kind": clause.kind.name(), "terms": terms })
-                    })
-                    .collect();
-                version["clauses"] = serde_json::Value::Array(clauses);
-            }
-            version
-        })
-        .collect();
-    serde_json::json!({
-        "id": c.id,
-        "counterparty": c.counterparty,
-        "parties": c.parties,
-        "source": c.source,
-        "versions": versions,
-    })
+    let clause = |clause: &dibs_core::contract::Clause| {
+        let terms = match &clause.kind {
+            ClauseKind::FirstRefusal(t) => serde_json::to_value(t),
+            ClauseKind::Exclusivity(t) => serde_json::to_value(t),
+            ClauseKind::Commitment(t) => serde_json::to_value(t),
+            ClauseKind::Diversification(t) => serde_json::to_value(t),
+            ClauseKind::RevenueShare(t) => serde_json::to_value(t),
+            ClauseKind::ReviewTrigger(t) => Ok(serde_json::json!({
+                "condition": t.condition.source(),
+                "action": t.action,
+            })),
+        }
+        .unwrap_or(serde_json::Value::Null);
+        ClauseView { name: clause.name.clone(), kind: clause.kind.name(), terms }
+    };
+    ContractView {
+        id: c.id.clone(),
+        counterparty: c.counterparty.to_string(),
+        parties: c.parties.iter().map(|p| p.to_string()).collect(),
+        source: c.source.clone(),
+        versions: c
+            .versions
+            .iter()
+            .map(|v| ContractVersionView {
+                id: v.id.clone(),
+                effective: v.effective.to_string(),
+                expires: v.expires.to_string(),
+                clauses: with_clauses.then(|| v.clauses.iter().map(clause).collect()),
+            })
+            .collect(),
+    }
+}
+
+/// `GET /v1/contracts`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ContractList {
+    pub contracts: Vec<ContractView>,
+}
+
+/// `POST /v1/contracts`: the set now in force, from `from`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ContractsLoaded {
+    pub loaded: Vec<String>,
+    pub from: String,
+}
+
+/// A page of requests, in id order; `next_after` is the cursor for the next page.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RequestPage {
+    pub requests: Vec<RequestView>,
+    pub next_after: Option<String>,
+}
+
+/// A page of allocations, in id order.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AllocationPage {
+    pub allocations: Vec<AllocationView>,
+    pub next_after: Option<u64>,
+}
+
+/// `GET /v1/stats`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StatsView {
+    /// Requests by state.
+    pub requests: std::collections::BTreeMap<String, usize>,
+    /// Inputs due later (timers, answers in flight).
+    pub pending_inputs: usize,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct IncidentView {
+    pub id: String,
+    pub provider: String,
+    /// `None`: the whole provider.
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct IncidentList {
+    pub incidents: Vec<IncidentView>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct IncidentResolvedView {
+    pub id: String,
+    pub resolved: bool,
+}
+
+/// A provider as the service reaches it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ProviderView {
+    pub name: String,
+    /// `in-process`, `pull`, or the URL it is called at.
+    pub reached: String,
+    pub open_incidents: Vec<String>,
+    /// Whether its health endpoint answered (providers called over HTTP only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ProviderList {
+    pub providers: Vec<ProviderView>,
+}
+
+/// A provider's answer, taken.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AnswerTaken {
+    pub request: String,
+    pub accepted: bool,
 }
 
 /// What a revenue report recorded.

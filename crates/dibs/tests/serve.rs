@@ -790,8 +790,19 @@ fn a_pull_provider_reads_its_feed_and_answers_through_the_api() {
     let lambda_award = awarded["allocations"].as_array().unwrap().iter().find(|a| a["provider"] == "lambda");
     assert_eq!(lambda_award.map(|a| a["price_per_gpu_hour"].as_f64()), Some(Some(1.5)), "{awarded}");
     let mine = feed_event(url, &lambda, "awarded", &id);
-    let allocations = mine["body"]["allocations"].as_array().unwrap();
-    assert!(allocations.iter().all(|a| a["provider"] == "lambda"), "{mine}");
+    let shown: BTreeSet<u64> =
+        mine["body"]["allocations"].as_array().unwrap().iter().map(|a| a["id"].as_u64().unwrap()).collect();
+    let lambdas: BTreeSet<u64> = awarded["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["provider"] == "lambda")
+        .map(|a| a["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(shown, lambdas, "its own allocations, no other provider's: {mine}");
+    // Its own quote is in its feed; no other provider's price is anywhere in it.
+    let quoted = feed_event(url, &lambda, "quoted", &id);
+    assert_eq!(quoted["body"]["offers"][0]["provider"], "lambda", "{quoted}");
 }
 
 #[test]
@@ -837,6 +848,18 @@ fn the_openapi_document_lists_the_endpoints_and_each_listed_endpoint_exists() {
         assert!(paths.contains_key(expected), "{expected} missing from {:?}", paths.keys());
     }
     assert!(doc["components"]["schemas"]["SubmitBody"]["properties"]["gpus"].is_object(), "{doc}");
+    // Every answer is one of the API's own types: a named schema, never a bare object.
+    for (path, operations) in paths {
+        for (method, operation) in operations.as_object().unwrap() {
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                let schema = &response["content"]["application/json"]["schema"];
+                assert!(
+                    schema["$ref"].as_str().is_some_and(|r| r.starts_with("#/components/schemas/")),
+                    "{method} {path} {status} answers {schema}"
+                );
+            }
+        }
+    }
     // Every documented operation is routed: no 404 "no such endpoint" (an unknown id gives another 404 body).
     let provider = token_for(url, "provider:lambda");
     for (path, operations) in paths {

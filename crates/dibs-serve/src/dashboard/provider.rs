@@ -1,6 +1,6 @@
 //! One provider's own view: what was sent to it (solicitations, quote requests), its own
 //! quotes, and its own allocations; never a competitor's offer, price or award. The ledger
-//! part is `http::provider_view`, the same sealed view as the API's provider feed; a
+//! part is `sealed::provider_view`, the same sealed view as the API's provider feed; a
 //! provider token opens only its own page, the buyer's admin and auditors any.
 
 use std::sync::Arc;
@@ -12,6 +12,8 @@ use axum::response::Response;
 use dibs_core::engine::Allocation;
 use dibs_core::types::Timestamp;
 use maud::{Markup, html};
+
+use crate::sealed::{ProviderEvent, SealedEvent};
 use serde::Deserialize;
 
 use super::format::{instant, price, thousands};
@@ -30,34 +32,6 @@ pub(super) struct ProviderQuery {
     before: Option<u64>,
 }
 
-/// One event of the provider's feed, as `http::provider_view` gives it.
-#[derive(Debug, Deserialize)]
-struct FeedEvent {
-    seq: u64,
-    at: String,
-    kind: String,
-    body: FeedBody,
-}
-
-/// The fields of a feed event's body the page shows; the rest stays in the API's feed.
-#[derive(Debug, Default, Deserialize)]
-struct FeedBody {
-    #[serde(default)]
-    request: Option<String>,
-    #[serde(default)]
-    round: Option<u32>,
-    #[serde(default)]
-    gpus: Option<u32>,
-    #[serde(default)]
-    price: Option<f64>,
-    #[serde(default)]
-    respond_by: Option<Timestamp>,
-    #[serde(default)]
-    offers: Option<Vec<serde_json::Value>>,
-    #[serde(default)]
-    allocations: Option<Vec<serde_json::Value>>,
-}
-
 struct Snapshot {
     now: Timestamp,
     known: bool,
@@ -66,20 +40,26 @@ struct Snapshot {
     total: usize,
 }
 
-fn feed_line(event: &FeedEvent) -> Markup {
-    let body = &event.body;
+fn feed_line(event: &SealedEvent) -> Markup {
     html! {
-        @match event.kind.as_str() {
-            "solicited" => {
-                "First refusal offered: " (body.gpus.unwrap_or(0)) " GPUs at "
-                (body.price.map(price).unwrap_or_default()) "/GPU-h; answer by "
-                @if let Some(by) = body.respond_by { (instant(by)) }
+        @match event {
+            SealedEvent::Solicited { gpus, price: p, respond_by, .. } => {
+                "First refusal offered: " (gpus) " GPUs at " (price(*p)) "/GPU-h; answer by " (respond_by)
             }
-            "quotes_requested" => { "Asked to quote" @if let Some(by) = body.respond_by { " by " (instant(by)) } }
-            "input" => { "Its quote: " (body.offers.as_ref().map_or(0, Vec::len)) " offers" }
-            "awarded" => { "Awarded " (body.allocations.as_ref().map_or(0, Vec::len)) " allocation(s) to it" }
-            other => (other),
+            SealedEvent::QuotesRequested { respond_by, .. } => { "Asked to quote by " (respond_by) }
+            SealedEvent::Quoted { offers, .. } => { "Its quote: " (offers.len()) " offers" }
+            SealedEvent::Awarded { allocations, .. } => { "Awarded " (allocations.len()) " allocation(s) to it" }
         }
+    }
+}
+
+/// The request and round an event is about.
+fn request_round(event: &SealedEvent) -> (&str, u32) {
+    match event {
+        SealedEvent::Solicited { request, round, .. }
+        | SealedEvent::QuotesRequested { request, round, .. }
+        | SealedEvent::Quoted { request, round, .. }
+        | SealedEvent::Awarded { request, round, .. } => (request, *round),
     }
 }
 
@@ -120,11 +100,8 @@ pub(super) async fn page(
         let end = before.unwrap_or(length + 1).min(length + 1);
         let start = end.saturating_sub(ENTRIES_SCANNED as u64 + 1);
         let entries = store.entries(start, (end - 1 - start) as usize)?;
-        let mut events: Vec<FeedEvent> = entries
-            .iter()
-            .filter_map(|e| crate::http::provider_view(e, &provider))
-            .filter_map(|v| serde_json::from_value(v).ok())
-            .collect();
+        let mut events: Vec<ProviderEvent> =
+            entries.iter().filter_map(|e| crate::sealed::provider_view(e, &provider)).collect();
         events.reverse();
         Ok((start, end, events))
     })
@@ -165,11 +142,11 @@ pub(super) async fn page(
                     thead { tr { th scope="col" { "Seq" } th scope="col" { "At" } th scope="col" { "Request" } th scope="col" { "Round" } th scope="col" { "What" } } }
                     tbody {
                         @for event in &events {
+                            @let (request, round) = request_round(&event.body);
                             tr {
                                 td.number { (event.seq) } td { (event.at) }
-                                td { (event.body.request.as_deref().unwrap_or("")) }
-                                td.number { (event.body.round.map(|r| r.to_string()).unwrap_or_default()) }
-                                td { (feed_line(event)) }
+                                td { (request) } td.number { (round) }
+                                td { (feed_line(&event.body)) }
                             }
                         }
                     }

@@ -1,0 +1,190 @@
+//! What one provider may see of the ledger: its sealed view.
+//!
+//! A provider sees the solicitations sent to it, the quote requests that name it (not who
+//! else was asked), its own quotes, and its own allocations; never a competitor's offer,
+//! price or award. Each entry it may see is read into a typed record of the ledger's format
+//! and rebuilt as a [`SealedEvent`], whose fields are listed here one by one: a field the
+//! ledger gains is not shown until it is added below, and a field the ledger renames makes
+//! the entry unreadable here, so it is left out rather than shown whole.
+
+use dibs_core::engine::Input;
+use dibs_core::placement::PlannedAllocation;
+use dibs_core::types::{Offer, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::broker::{INPUT_KIND, RecordedInput};
+
+/// One entry of a provider's feed.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ProviderEvent {
+    /// The ledger entry's sequence number (the feed's cursor).
+    pub seq: u64,
+    pub at: String,
+    /// The event's kind, as in `body`.
+    pub kind: &'static str,
+    pub body: SealedEvent,
+}
+
+/// A page of a provider's feed.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ProviderEventPage {
+    pub events: Vec<ProviderEvent>,
+    /// Scan on after this ledger sequence number; `None` at the end.
+    pub next_after: Option<u64>,
+}
+
+/// What a provider is shown of one ledger entry.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SealedEvent {
+    /// First refusal, offered to this provider (the holder): the terms it may take.
+    Solicited {
+        request: String,
+        round: u32,
+        /// `offer_first` or `match`.
+        mode: String,
+        gpus: u32,
+        of_gpus: u32,
+        /// Per GPU-hour.
+        price: f64,
+        /// How the price was arrived at, by the clause's terms.
+        terms: String,
+        respond_by: String,
+    },
+    /// This provider is asked for quotes (who else was asked is not shown).
+    QuotesRequested { request: String, round: u32, respond_by: String },
+    /// The quotes this provider gave.
+    Quoted {
+        request: String,
+        round: u32,
+        #[schema(value_type = Vec<Object>)]
+        offers: Vec<Offer>,
+    },
+    /// This provider's part of an award (the other providers' parts are not shown).
+    Awarded { request: String, round: u32, allocations: Vec<SealedAllocation> },
+}
+
+impl SealedEvent {
+    fn kind(&self) -> &'static str {
+        match self {
+            SealedEvent::Solicited { .. } => "solicited",
+            SealedEvent::QuotesRequested { .. } => "quotes_requested",
+            SealedEvent::Quoted { .. } => "quoted",
+            SealedEvent::Awarded { .. } => "awarded",
+        }
+    }
+}
+
+/// One of this provider's allocations in an award.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SealedAllocation {
+    pub id: u64,
+    pub region: String,
+    pub instance_type: String,
+    pub accelerator: String,
+    pub gpus_per_node: u32,
+    pub nodes: u32,
+    pub price_per_node_hour: f64,
+    pub lead_time_hours: u32,
+    /// When the capacity is promised ready.
+    pub promised: String,
+}
+
+// The ledger's format, for the entries a provider may see: only the fields read here.
+
+#[derive(Deserialize)]
+struct Solicited {
+    request: String,
+    round: u32,
+    holder: String,
+    mode: String,
+    gpus: u32,
+    of_gpus: u32,
+    price: f64,
+    terms: String,
+    respond_by: Timestamp,
+}
+
+#[derive(Deserialize)]
+struct QuotesRequested {
+    request: String,
+    round: u32,
+    providers: Vec<String>,
+    respond_by: Timestamp,
+}
+
+#[derive(Deserialize)]
+struct Awarded {
+    request: String,
+    round: u32,
+    allocations: Vec<Awarded1>,
+}
+
+#[derive(Deserialize)]
+struct Awarded1 {
+    id: u64,
+    #[serde(flatten)]
+    plan: PlannedAllocation,
+    promised: Timestamp,
+}
+
+/// What `provider` may see of a ledger entry: `None` when nothing.
+pub fn provider_view(entry: &dibs_store::Entry, provider: &str) -> Option<ProviderEvent> {
+    let body = match entry.kind.as_str() {
+        "solicited" => {
+            let s: Solicited = serde_json::from_str(&entry.body).ok()?;
+            (s.holder == provider).then(|| SealedEvent::Solicited {
+                request: s.request,
+                round: s.round,
+                mode: s.mode,
+                gpus: s.gpus,
+                of_gpus: s.of_gpus,
+                price: s.price,
+                terms: s.terms,
+                respond_by: s.respond_by.to_string(),
+            })?
+        }
+        "quotes_requested" => {
+            let q: QuotesRequested = serde_json::from_str(&entry.body).ok()?;
+            q.providers.iter().any(|p| p == provider).then(|| SealedEvent::QuotesRequested {
+                request: q.request,
+                round: q.round,
+                respond_by: q.respond_by.to_string(),
+            })?
+        }
+        INPUT_KIND => {
+            let recorded: RecordedInput = serde_json::from_str(&entry.body).ok()?;
+            match recorded.input {
+                Input::Quotes { request, round, provider: from, offers } if from.as_str() == provider => {
+                    SealedEvent::Quoted { request, round, offers }
+                }
+                _ => return None,
+            }
+        }
+        "awarded" => {
+            let a: Awarded = serde_json::from_str(&entry.body).ok()?;
+            let allocations: Vec<SealedAllocation> = a
+                .allocations
+                .into_iter()
+                .filter(|x| x.plan.provider.as_str() == provider)
+                .map(|x| SealedAllocation {
+                    id: x.id,
+                    region: x.plan.region.to_string(),
+                    instance_type: x.plan.instance_type,
+                    accelerator: x.plan.accelerator.to_string(),
+                    gpus_per_node: x.plan.gpus_per_node.get(),
+                    nodes: x.plan.nodes,
+                    price_per_node_hour: x.plan.node_price.get(),
+                    lead_time_hours: x.plan.lead_time_hours,
+                    promised: x.promised.to_string(),
+                })
+                .collect();
+            if allocations.is_empty() {
+                return None;
+            }
+            SealedEvent::Awarded { request: a.request, round: a.round, allocations }
+        }
+        _ => return None,
+    };
+    Some(ProviderEvent { seq: entry.seq, at: entry.at.clone(), kind: body.kind(), body })
+}
