@@ -120,6 +120,14 @@ pub enum Input {
         provider: ProviderName,
         offers: Vec<Offer>,
     },
+    /// A call for quotes that got no usable answer by its deadline (errors, timeouts, a
+    /// provider down): the provider quoted nothing, and the round knows why.
+    QuoteFailed {
+        request: String,
+        round: u32,
+        provider: ProviderName,
+        error: String,
+    },
     Timer(Timer),
     AllocationReady {
         allocation: u64,
@@ -387,6 +395,9 @@ struct Round {
     /// The highest price the holder declined in this round.
     declined_price: Option<f64>,
     solicitations: u32,
+    /// Providers asked in this round that gave no quote, and why (a failed call, no answer
+    /// by the deadline): an unfilled round says so.
+    silent: BTreeMap<ProviderName, String>,
 }
 
 /// What the engine does next for one request. Each transition returns the next step and
@@ -409,6 +420,9 @@ enum Step {
     /// Waiting for an input.
     Wait,
 }
+
+/// A provider's failure is recorded in at most this many characters.
+const MAX_FAILURE_TEXT: usize = 300;
 
 /// One input drives a request through at most this many steps; more is a bug.
 const MAX_STEPS_PER_INPUT: usize = 10_000;
@@ -612,6 +626,10 @@ impl Engine {
             }
             Input::Quotes { request, round, provider, offers } => {
                 let step = self.quotes(&mut out, &request, round, provider, offers);
+                self.drive(&mut out, &request, step);
+            }
+            Input::QuoteFailed { request, round, provider, error } => {
+                let step = self.quote_failed(&mut out, &request, round, provider, error);
                 self.drive(&mut out, &request, step);
             }
             Input::Timer(timer) => self.timer(&mut out, timer),
@@ -821,6 +839,7 @@ impl Engine {
             quotes: Vec::new(),
             declined_price: None,
             solicitations: 0,
+            silent: BTreeMap::new(),
         };
         state.round = Some(round);
         Step::BeginRound
@@ -1447,6 +1466,37 @@ impl Engine {
         if all_in { Step::Decide } else { Step::Wait }
     }
 
+    /// A provider's quote call failed for good: it quoted nothing, and the round records why.
+    fn quote_failed(
+        &mut self,
+        out: &mut Out,
+        id: &str,
+        round_number: u32,
+        provider: ProviderName,
+        error: String,
+    ) -> Step {
+        let waiting = self.requests.get(id).and_then(|s| s.round.as_ref()).is_some_and(|round| {
+            round.number == round_number
+                && matches!(&round.phase, Phase::Quotes { asked, answered, .. }
+                    if asked.contains(&provider) && !answered.contains(&provider))
+        });
+        if waiting {
+            let error: String = error.chars().take(MAX_FAILURE_TEXT).collect();
+            out.ledger(
+                Some(id),
+                EventKind::QuoteFailed {
+                    round: round_number,
+                    provider: provider.clone(),
+                    error: error.clone(),
+                },
+            );
+            if let Some(round) = self.requests.get_mut(id).and_then(|s| s.round.as_mut()) {
+                round.silent.insert(provider.clone(), format!("its call failed: {error}"));
+            }
+        }
+        self.quotes(out, id, round_number, provider, Vec::new())
+    }
+
     /// Places the round's GPUs over the quotes in hand, then awards, goes back
     /// to the holder (match mode, or the no-better-terms rule), or gives up.
     fn decide(&mut self, out: &mut Out, id: &str) -> Step {
@@ -1644,9 +1694,18 @@ impl Engine {
         }
     }
 
-    fn unfilled(&mut self, out: &mut Out, id: &str, reason: String) -> Step {
+    fn unfilled(&mut self, out: &mut Out, id: &str, mut reason: String) -> Step {
         let state = self.requests.get_mut(id).expect("request exists");
         let round = state.round.as_ref().expect("round running");
+        // Say who gave no quote and why; the exclusive holder first, by that name.
+        let exclusive = round.screened.rules.exclusive_to.as_ref().map(|(holder, _)| holder);
+        for (provider, why) in &round.silent {
+            if Some(provider) == exclusive {
+                reason = format!("the exclusive holder {provider} gave no quote: {why}; {reason}");
+            } else {
+                reason = format!("{reason}; no quote from {provider}: {why}");
+            }
+        }
         state.unfilled_gpus += round.gpus;
         state.unfilled_reason = Some(reason.clone());
         out.ledger(
@@ -1720,11 +1779,20 @@ impl Engine {
             Timer::QuoteDeadline { request, round } => {
                 let Some(state) = self.requests.get(&request) else { return };
                 let Some(current) = state.round.as_ref() else { return };
-                let still_waiting =
-                    matches!(&current.phase, Phase::Quotes { asked, answered, .. } if answered != asked);
-                if current.number == round && still_waiting {
-                    self.drive(out, &request, Step::Decide);
+                let Phase::Quotes { asked, answered, .. } = &current.phase else { return };
+                if current.number != round || answered == asked {
+                    return;
                 }
+                let late: Vec<ProviderName> = asked.difference(answered).cloned().collect();
+                if let Some(current) = self.requests.get_mut(&request).and_then(|s| s.round.as_mut()) {
+                    for provider in late {
+                        current
+                            .silent
+                            .entry(provider)
+                            .or_insert_with(|| "it did not answer by the deadline".into());
+                    }
+                }
+                self.drive(out, &request, Step::Decide);
             }
             Timer::DeliveryDue { allocation } => {
                 let Some(a) = self.allocations.get(&allocation) else { return };

@@ -91,6 +91,12 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "is_zero")]
         rejected: usize,
     },
+    /// A call for quotes got no usable answer by its deadline.
+    QuoteFailed {
+        round: u32,
+        provider: ProviderName,
+        error: String,
+    },
     LateAnswerIgnored {
         round: u32,
         from: ProviderName,
@@ -211,6 +217,7 @@ impl EventKind {
             Self::NoBetterTerms { .. } => "no_better_terms",
             Self::QuotesRequested { .. } => "quotes_requested",
             Self::QuoteReceived { .. } => "quote_received",
+            Self::QuoteFailed { .. } => "quote_failed",
             Self::LateAnswerIgnored { .. } => "late_answer_ignored",
             Self::Placed { .. } => "placed",
             Self::Awarded { .. } => "awarded",

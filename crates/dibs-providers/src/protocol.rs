@@ -211,17 +211,17 @@ impl Call {
         }
     }
 
-    /// What a call that got no usable answer means. A provider that cannot quote has quoted
-    /// nothing: the round need not wait for it until its deadline. A holder that cannot
-    /// answer is silent, and its window lapses; a reservation that cannot be confirmed is late,
-    /// and spills over.
-    pub fn unanswered(&self) -> Option<Input> {
+    /// What a call that got no usable answer by its deadline means (`error`: the last
+    /// failure). A provider that cannot quote has quoted nothing, and the round records why.
+    /// A holder that cannot answer is silent, and its window lapses; a reservation that
+    /// cannot be confirmed is late, and spills over.
+    pub fn unanswered(&self, error: &str) -> Option<Input> {
         match self {
-            Call::Quote { provider, ask } => Some(Input::Quotes {
+            Call::Quote { provider, ask } => Some(Input::QuoteFailed {
                 request: ask.request.clone(),
                 round: ask.round,
                 provider: provider.clone(),
-                offers: Vec::new(),
+                error: error.to_owned(),
             }),
             _ => None,
         }

@@ -300,7 +300,8 @@ fn key_of(input: &Input) -> Option<DueKey> {
         Input::HolderAnswer { request, round, .. } => {
             Some(DueKey::HolderAnswer { request: request.clone(), round: *round })
         }
-        Input::Quotes { request, round, provider, .. } => {
+        Input::Quotes { request, round, provider, .. }
+        | Input::QuoteFailed { request, round, provider, .. } => {
             Some(DueKey::Quotes { request: request.clone(), round: *round, provider: provider.to_string() })
         }
         Input::AllocationReady { allocation } => Some(DueKey::Ready { allocation: *allocation }),
@@ -1196,9 +1197,10 @@ fn kind_of(event: &Event) -> String {
 fn request_of(input: &Input) -> Option<String> {
     match input {
         Input::Submit(r) => Some(r.id.clone()),
-        Input::HolderAnswer { request, .. } | Input::Quotes { request, .. } | Input::Cancel { request } => {
-            Some(request.clone())
-        }
+        Input::HolderAnswer { request, .. }
+        | Input::Quotes { request, .. }
+        | Input::QuoteFailed { request, .. }
+        | Input::Cancel { request } => Some(request.clone()),
         Input::Timer(Timer::HolderWindow { request, .. } | Timer::QuoteDeadline { request, .. }) => {
             Some(request.clone())
         }

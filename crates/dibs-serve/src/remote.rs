@@ -1,12 +1,21 @@
 //! The client side of the provider protocol: calls to providers over HTTP.
 //!
-//! The broker never waits for a provider. It hands each call to a pool of
-//! worker threads; a worker tries the call with a per-try timeout, retries
-//! with exponential backoff, and gives up at the call's deadline (the
-//! holder's response window, the quote deadline). A good answer comes back
-//! to the broker as an input; an error, a garbage answer or no answer in
-//! time comes back as nothing, and the engine's own timers move the request
-//! on (the window lapses, the quote round closes, the delivery is late).
+//! The broker never waits for a provider. Each call is an outbox row, committed with the
+//! decision that made it; a pool of worker threads claims rows and makes the calls. A call
+//! is tried until its own deadline (the holder's response window, the quote deadline, the
+//! capacity's lead time), never given up early: a try waits as long as the deadline allows
+//! (at most [`MAX_TRY`]); after a failure the first few retries follow at once with a short
+//! backoff, then the row goes back to the outbox with a growing, jittered backoff (at most
+//! [`MAX_BACKOFF`]), where any worker, or the next process after a crash, picks it up. A
+//! provider that keeps failing trips a breaker: while it is open, quote calls to it fail at
+//! once (a market round does not wait for a provider known to be down) and its other calls
+//! wait out [`BREAKER_COOL_DOWN`] without being tried, so the workers serve the providers
+//! that answer.
+//!
+//! A good answer comes back to the broker as an input. A call that reaches its deadline
+//! unanswered comes back as what that means (a quote call: `QuoteFailed`, so an unfilled
+//! round says who gave no quote and why); the engine's own timers do the rest (a holder's
+//! window lapses, a late delivery spills over).
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, Sender};
@@ -38,21 +47,74 @@ pub struct Answer {
 /// Hands an answer to the broker; `false` once the broker has gone.
 pub type Deliver = Arc<dyn Fn(Answer) -> bool + Send + Sync>;
 
-/// Tries per call, at most.
-pub const MAX_TRIES: u32 = 4;
-/// One try waits at most this long.
-pub const TRY_TIMEOUT: Duration = Duration::from_secs(2);
-/// First backoff; it doubles after each failed try.
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// Calls without a deadline of their own (reserve, cancel) give up after this.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(20);
+/// One try waits at most this long, even when the deadline is further away: a connection
+/// that says nothing for this long is retried on a new one.
+pub const MAX_TRY: Duration = Duration::from_secs(60);
+/// Tries made at once, one after the other with [`QUICK_BACKOFF`] doubling, before the
+/// call goes back to the outbox.
+pub const QUICK_TRIES: u32 = 3;
+pub const QUICK_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest a call waits in the outbox between tries.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Failures in a row after which a provider's breaker opens.
+pub const BREAKER_FAILURES: u32 = 5;
+/// How long an open breaker keeps a provider's calls waiting.
+pub const BREAKER_COOL_DOWN: Duration = Duration::from_secs(30);
+/// Cancellations and releases are tried for this long: the provider bills until it hears.
+pub const CANCEL_DEADLINE_HOURS: f64 = 24.0;
 
-/// When a call's answer stops being useful: its own deadline (the holder's window, the quote
-/// deadline), or `DEFAULT_DEADLINE` for reservations, cancellations and releases.
-fn deadline(call: &Call, now: Timestamp) -> Duration {
-    match call.respond_by() {
-        Some(at) => Duration::from_secs(at.unix().saturating_sub(now.unix()).max(1) as u64),
-        None => DEFAULT_DEADLINE,
+/// When a call's answer stops being useful (unix seconds): the holder's window or the quote
+/// deadline; a reservation's lead time (the capacity is late after it, and spills over); a
+/// day for cancellations and releases.
+fn deadline(record: &CallRecord) -> i64 {
+    match (&record.call, record.call.respond_by()) {
+        (_, Some(at)) => at.unix(),
+        (Call::Reserve { plan, .. }, None) => {
+            record.at.plus_hours(f64::from(plan.lead_time_hours).max(1.0)).unix()
+        }
+        _ => record.at.plus_hours(CANCEL_DEADLINE_HOURS).unix(),
+    }
+}
+
+/// The wait before the next try of a call first decided at `decided` (unix seconds), at
+/// `now`: half the call's age, from one second to [`MAX_BACKOFF`], less up to a quarter
+/// at random (so calls that failed together do not come back together).
+fn backoff(decided: i64, now: i64, rng: &mut fastrand::Rng) -> i64 {
+    let age = (now - decided).max(0);
+    let wait = (age / 2).clamp(1, MAX_BACKOFF.as_secs() as i64);
+    (wait - rng.i64(0..=wait / 4)).max(1)
+}
+
+/// Per provider: failures in a row, and until when its breaker is open.
+#[derive(Default)]
+struct Breakers {
+    state: Mutex<BTreeMap<ProviderName, (u32, Option<Instant>)>>,
+}
+
+impl Breakers {
+    /// Until when calls to `provider` wait without being tried, if its breaker is open.
+    fn open_until(&self, provider: &ProviderName) -> Option<Instant> {
+        let state = self.state.lock().ok()?;
+        state.get(provider).and_then(|(_, until)| *until).filter(|until| *until > Instant::now())
+    }
+
+    fn failed(&self, provider: &ProviderName) {
+        if let Ok(mut state) = self.state.lock() {
+            let (failures, until) = state.entry(provider.clone()).or_default();
+            *failures += 1;
+            if *failures >= BREAKER_FAILURES {
+                *until = Some(Instant::now() + BREAKER_COOL_DOWN);
+                eprintln!(
+                    "dibs: {provider} failed {failures} times in a row; its calls wait {BREAKER_COOL_DOWN:?}"
+                );
+            }
+        }
+    }
+
+    fn answered(&self, provider: &ProviderName) {
+        if let Ok(mut state) = self.state.lock() {
+            state.remove(provider);
+        }
     }
 }
 
@@ -60,8 +122,9 @@ fn deadline(call: &Call, now: Timestamp) -> Duration {
 /// `/v1/provider/events` and answers through `/v1/provider/requests/{id}/answer`.
 pub const PULL: &str = "pull";
 
-/// How long a worker holds a claimed call before another may take it over.
-pub const LEASE_SECONDS: i64 = 60;
+/// How long a worker holds a claimed call before another may take it over: longer than a
+/// call's quick tries can take.
+pub const LEASE_SECONDS: i64 = 4 * 60;
 
 /// Opens a store handle for a worker.
 pub type OpenStore = Arc<dyn Fn() -> Result<Box<dyn Store>, StoreError> + Send + Sync>;
@@ -86,15 +149,23 @@ impl Dispatcher {
         let woken = Arc::new(Mutex::new(woken));
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(TRY_TIMEOUT))
+            .timeout_global(Some(MAX_TRY))
             .build()
             .into();
+        let breakers = Arc::new(Breakers::default());
         for i in 0..workers.max(1) {
             let store = open()?;
-            let (woken, deliver, urls, agent) = (woken.clone(), deliver.clone(), urls.clone(), agent.clone());
+            let worker = Worker {
+                woken: woken.clone(),
+                deliver: deliver.clone(),
+                urls: urls.clone(),
+                agent: agent.clone(),
+                breakers: breakers.clone(),
+                rng: fastrand::Rng::new(),
+            };
             std::thread::Builder::new()
                 .name(format!("dibs-provider-{i}"))
-                .spawn(move || work(store, &woken, &*deliver, &urls, &agent))
+                .spawn(move || worker.work(store))
                 .expect("a worker thread starts");
         }
         Ok(Self { urls, wake })
@@ -121,100 +192,161 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
-fn work(
-    mut store: Box<dyn Store>,
-    woken: &Mutex<Receiver<()>>,
-    deliver: &(dyn Fn(Answer) -> bool + Send + Sync),
-    urls: &BTreeMap<ProviderName, String>,
-    agent: &ureq::Agent,
-) {
-    loop {
-        let now = unix_now();
-        let claimed = match store.claim_calls(now, now + LEASE_SECONDS, 1) {
-            Ok(rows) => rows,
-            Err(e) => {
-                eprintln!("dibs: claiming a call: {e}");
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let Some(row) = claimed.into_iter().next() else {
-            // Nothing to do: wait for a wake-up, or look again in a while
-            // (a lease that ran out frees a call without one).
-            let waited = woken.lock().map(|w| w.recv_timeout(Duration::from_millis(500)));
-            if matches!(waited, Ok(Err(std::sync::mpsc::RecvTimeoutError::Disconnected))) {
-                return;
-            }
-            continue;
-        };
-        let Ok(record) = serde_json::from_str::<CallRecord>(&row.body) else {
-            eprintln!("dibs: outbox row {} is unreadable; dropping it", row.key);
-            let _ = store.drop_call(&row.key);
-            continue;
-        };
-        let answer =
-            urls.get(record.call.provider()).and_then(|url| perform(agent, url, &record.call, record.at));
-        match answer {
-            Some((at, input)) => {
-                if !deliver(Answer { at, input, call: row.key }) {
+/// One worker thread's share of the dispatcher.
+struct Worker {
+    woken: Arc<Mutex<Receiver<()>>>,
+    deliver: Deliver,
+    urls: BTreeMap<ProviderName, String>,
+    agent: ureq::Agent,
+    breakers: Arc<Breakers>,
+    rng: fastrand::Rng,
+}
+
+/// What one try of a call came to.
+enum Tried {
+    /// An answer, as the input it causes (`None`: an answer that causes nothing, an ack).
+    Answered(Option<(Option<Timestamp>, Input)>),
+    /// The provider refused the call (4xx) or answered garbage: retrying gets the same.
+    Refused(String),
+    /// An error, a 5xx, a timeout: worth another try.
+    Failed(String),
+}
+
+impl Worker {
+    fn work(mut self, mut store: Box<dyn Store>) {
+        loop {
+            let now = unix_now();
+            let claimed = match store.claim_calls(now, now + LEASE_SECONDS, 1) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    eprintln!("dibs: claiming a call: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let Some(row) = claimed.into_iter().next() else {
+                // Nothing to do: wait for a wake-up, or look again in a while (a lease that ran
+                // out, or a backoff that ended, frees a call without one).
+                let waited = self.woken.lock().map(|w| w.recv_timeout(Duration::from_millis(500)));
+                if matches!(waited, Ok(Err(std::sync::mpsc::RecvTimeoutError::Disconnected))) {
                     return;
                 }
-            }
-            // Nothing to record (a cancel, or a call that failed for good): the row goes now.
-            None => {
+                continue;
+            };
+            let Ok(record) = serde_json::from_str::<CallRecord>(&row.body) else {
+                eprintln!("dibs: outbox row {} is unreadable; dropping it", row.key);
                 let _ = store.drop_call(&row.key);
+                continue;
+            };
+            if !self.carry(store.as_mut(), &row.key, &record) {
+                return;
+            }
+        }
+    }
+
+    /// Makes one claimed call, or puts it back for later; false once the broker has gone.
+    fn carry(&mut self, store: &mut dyn Store, key: &str, record: &CallRecord) -> bool {
+        let call = &record.call;
+        let provider = call.provider();
+        let deadline = deadline(record);
+        let Some(url) = self.urls.get(provider).cloned() else {
+            let _ = store.drop_call(key);
+            return true;
+        };
+        if let Some(until) = self.breakers.open_until(provider) {
+            // A market round does not wait for a provider known to be down: its quote call
+            // fails now. A holder's solicitation, a reservation or a cancellation waits the
+            // cool-down out and is tried again, up to its deadline.
+            if matches!(call, Call::Quote { .. }) || unix_now() >= deadline {
+                let why = format!("{provider} failed {BREAKER_FAILURES} times in a row (breaker open)");
+                return self.give_up(store, key, call, &why);
+            }
+            let wait = until.saturating_duration_since(Instant::now()).as_secs().max(1) as i64;
+            let _ = store.retry_call(key, (unix_now() + wait).min(deadline));
+            return true;
+        }
+        let mut pause = QUICK_BACKOFF;
+        let mut last_error = String::new();
+        for _ in 0..QUICK_TRIES {
+            let left = deadline - unix_now();
+            if left <= 0 {
+                break;
+            }
+            let limit = Duration::from_secs(left as u64).min(MAX_TRY);
+            match try_once(&self.agent, &url, call, limit) {
+                Tried::Answered(input) => {
+                    self.breakers.answered(provider);
+                    return match input {
+                        Some((at, input)) => (self.deliver)(Answer { at, input, call: key.to_owned() }),
+                        None => {
+                            let _ = store.drop_call(key);
+                            true
+                        }
+                    };
+                }
+                Tried::Refused(error) => {
+                    self.breakers.answered(provider);
+                    eprintln!("dibs: {url}/{}: {error}; not retrying", call.path());
+                    return self.give_up(store, key, call, &error);
+                }
+                Tried::Failed(error) => {
+                    eprintln!("dibs: {url}/{}: {error}", call.path());
+                    self.breakers.failed(provider);
+                    last_error = error;
+                    if self.breakers.open_until(provider).is_some() {
+                        // The next claim sees the open breaker and does what it says.
+                        let _ = store.retry_call(key, unix_now());
+                        return true;
+                    }
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                }
+            }
+        }
+        let now = unix_now();
+        if now >= deadline {
+            return self.give_up(store, key, call, &last_error);
+        }
+        let not_before = (now + backoff(record.at.unix(), now, &mut self.rng)).min(deadline);
+        let _ = store.retry_call(key, not_before);
+        true
+    }
+
+    /// The call reached its deadline unanswered, or was refused: the broker hears what that
+    /// means, or the row goes.
+    fn give_up(&self, store: &mut dyn Store, key: &str, call: &Call, error: &str) -> bool {
+        match call.unanswered(error) {
+            Some(input) => (self.deliver)(Answer { at: None, input, call: key.to_owned() }),
+            None => {
+                let _ = store.drop_call(key);
+                true
             }
         }
     }
 }
 
-/// Makes one call with retries; the input its answer causes, if any, and
-/// when it is due (`None`: now).
-fn perform(
-    agent: &ureq::Agent,
-    url: &str,
-    call: &Call,
-    now: Timestamp,
-) -> Option<(Option<Timestamp>, Input)> {
-    let (path, body) = (call.path(), call.body());
-    let give_up = Instant::now() + deadline(call, now);
-    let mut backoff = FIRST_BACKOFF;
-    for attempt in 1..=MAX_TRIES {
-        let left = give_up.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        let sent = agent
-            .post(format!("{}/{path}", url.trim_end_matches('/')))
-            .config()
-            .timeout_global(Some(left.min(TRY_TIMEOUT)))
-            .build()
-            .send_json(&body);
-        match sent {
-            Ok(mut response) if response.status().is_success() => {
-                let text = response.body_mut().with_config().limit(4 * 1024 * 1024).read_to_string();
-                // A garbage answer is no answer; retrying would get the same garbage.
-                let answered =
-                    text.ok().and_then(|text| call.parse_reply(&text)).and_then(|reply| call.input(reply));
-                return answered.or_else(|| gave_up(call));
+/// One try of a call, waiting at most `limit`.
+fn try_once(agent: &ureq::Agent, url: &str, call: &Call, limit: Duration) -> Tried {
+    let sent = agent
+        .post(format!("{}/{}", url.trim_end_matches('/'), call.path()))
+        .config()
+        .timeout_global(Some(limit))
+        .build()
+        .send_json(call.body());
+    match sent {
+        Ok(mut response) if response.status().is_success() => {
+            let text = response.body_mut().with_config().limit(4 * 1024 * 1024).read_to_string();
+            match text.ok().and_then(|text| call.parse_reply(&text)) {
+                Some(reply) => Tried::Answered(call.input(reply)),
+                None => Tried::Refused("an answer that is not the protocol's".into()),
             }
-            Ok(response) if response.status().is_client_error() => {
-                eprintln!("dibs: {url}/{path}: HTTP {}; not retrying", response.status());
-                return gave_up(call);
-            }
-            Ok(response) => eprintln!("dibs: {url}/{path}: HTTP {} (try {attempt})", response.status()),
-            Err(e) => eprintln!("dibs: {url}/{path}: {e} (try {attempt})"),
         }
-        let pause = backoff.min(give_up.saturating_duration_since(Instant::now()));
-        std::thread::sleep(pause);
-        backoff *= 2;
+        Ok(response) if response.status().is_client_error() => {
+            Tried::Refused(format!("HTTP {}", response.status()))
+        }
+        Ok(response) => Tried::Failed(format!("HTTP {}", response.status())),
+        Err(e) => Tried::Failed(e.to_string()),
     }
-    gave_up(call)
-}
-
-/// A call that got no usable answer, as an input now (see [`Call::unanswered`]).
-fn gave_up(call: &Call) -> Option<(Option<Timestamp>, Input)> {
-    call.unanswered().map(|input| (None, input))
 }
 
 /// Whether a provider's health endpoint answers 2xx within a second.

@@ -429,6 +429,41 @@ fn api_work_is_exclusive_to_the_holder() {
 }
 
 #[test]
+fn an_exclusive_holder_whose_quote_call_failed_is_named_in_the_unfilled_reason() {
+    let mut engine = Engine::new(contracts(Terms::default()), market(), EngineConfig::default());
+    let now = t("2026-01-01");
+    let effects = engine.handle(now, Input::Submit(request("r1", 64, "api")));
+    assert!(
+        effects.iter().any(|e| matches!(e, dibs_core::engine::Effect::RequestQuotes { providers, .. } if providers == &[p("azure")])),
+        "api work asks only its holder: {effects:?}"
+    );
+    let failed = Input::QuoteFailed {
+        request: "r1".into(),
+        round: 1,
+        provider: p("azure"),
+        error: "HTTP 503 Service Unavailable".into(),
+    };
+    let effects = engine.handle(now.plus_hours(0.5), failed);
+    let reason = effects.iter().find_map(|e| match e {
+        dibs_core::engine::Effect::Ledger(event) => match &event.kind {
+            EventKind::Unfilled { reason, .. } => Some(reason.clone()),
+            _ => None,
+        },
+        _ => None,
+    });
+    let reason = reason.expect("unfilled at once: the only provider asked failed");
+    assert!(
+        reason.starts_with("the exclusive holder azure gave no quote: its call failed: HTTP 503"),
+        "{reason}"
+    );
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, dibs_core::engine::Effect::Ledger(ev) if ev.kind.name() == "quote_failed"))
+    );
+}
+
+#[test]
 fn a_commitment_shortfall_steers_the_market_to_the_committed_provider() {
     let terms = Terms { mode: None, commitment: Some(250e9), ..Terms::default() };
     let mut run = start(Scenario { terms, ..Scenario::default() });

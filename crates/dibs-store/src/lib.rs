@@ -130,6 +130,9 @@ pub trait Store: Send {
     fn claim_calls(&mut self, now: i64, lease_until: i64, limit: usize) -> Result<Vec<Row>, StoreError>;
     /// Removes a call that needs no answer recorded (it failed for good, or was a cancel).
     fn drop_call(&mut self, key: &str) -> Result<(), StoreError>;
+    /// Puts a claimed call back to be tried again, by anyone, from `not_before` (unix seconds):
+    /// a retry after a backoff, which a restart does not wait for.
+    fn retry_call(&mut self, key: &str, not_before: i64) -> Result<(), StoreError>;
     /// Releases every claim (a new leader takes over the calls of the old).
     fn release_calls(&mut self) -> Result<(), StoreError>;
     /// Records an API token by the hex SHA-256 of its secret (the secret is never stored).

@@ -223,6 +223,11 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    fn retry_call(&mut self, key: &str, not_before: i64) -> Result<(), StoreError> {
+        self.client.execute("UPDATE outbox SET claimed_until = $2 WHERE key = $1", &[&key, &not_before])?;
+        Ok(())
+    }
+
     fn release_calls(&mut self) -> Result<(), StoreError> {
         self.client.execute("UPDATE outbox SET claimed_until = 0", &[])?;
         Ok(())

@@ -234,6 +234,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn retry_call(&mut self, key: &str, not_before: i64) -> Result<(), StoreError> {
+        self.connection
+            .execute("UPDATE outbox SET claimed_until = ?2 WHERE key = ?1", params![key, not_before])?;
+        Ok(())
+    }
+
     fn release_calls(&mut self) -> Result<(), StoreError> {
         self.connection.execute("UPDATE outbox SET claimed_until = 0", [])?;
         Ok(())

@@ -374,12 +374,17 @@ fn timers_and_calls_are_rows_committed_with_their_decisions(backend: &dyn Backen
         ["c-2"],
         "a lapsed lease frees the call"
     );
+    // A retry puts the call back for anyone, not before its time; a restart does not wait.
+    store.retry_call("c-2", 200).unwrap();
+    assert!(backend.open().claim_calls(199, 300, 5).unwrap().is_empty(), "not before 200");
     store.release_calls().unwrap();
     assert_eq!(
         backend.open().claim_calls(132, 170, 5).unwrap().len(),
         1,
         "a new leader takes over held calls"
     );
+    store.retry_call("c-2", 200).unwrap();
+    assert_eq!(backend.open().claim_calls(200, 300, 5).unwrap().len(), 1, "from 200 on");
 }
 
 fn concurrent_claims_never_share_a_call(backend: &dyn Backend) {

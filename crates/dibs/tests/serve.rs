@@ -458,13 +458,52 @@ fn catalog_of(dir: &Path, providers: &[&str]) -> std::path::PathBuf {
 }
 
 #[test]
+fn a_solicitation_to_a_holder_that_is_down_is_retried_until_it_answers_even_across_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog_of(dir.path(), &["azure", "lambda", "nebius", "aws"]);
+    // A port nothing listens on yet: the holder is down.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let azure_url = format!("http://127.0.0.1:{port}");
+    let data = dir.path().join("data");
+    let args = [
+        "--data",
+        data.to_str().unwrap(),
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--provider",
+        &format!("azure={azure_url}"),
+    ];
+    let mut server = Server::start(&args);
+    let (status, submitted) = call(&server.url, "POST", "/requests", Some(&request_body(64)), None);
+    assert_eq!(status, 201, "{submitted}");
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    // Several tries fail; the call stays in the outbox, and so does the request.
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, shown) = call(&server.url, "GET", &format!("/requests/{id}"), None, None);
+    assert_eq!(shown["status"], "first_refusal", "{shown}");
+    server.kill();
+    let server = Server::start(&args);
+    let (_, shown) = call(&server.url, "GET", &format!("/requests/{id}"), None, None);
+    assert_eq!(shown["status"], "first_refusal", "still waiting for its holder after the kill: {shown}");
+    // The holder comes up; the restarted service's retries reach it.
+    let listen = format!("127.0.0.1:{port}");
+    let _azure = ProviderProcess::start("azure", &catalog, &["--holder", "decline", "--listen", &listen]);
+    let decided = wait_for(&server.url, &id, |r| r["status"] != "first_refusal" && r["status"] != "market");
+    assert_ne!(decided["status"], "unfilled", "{decided}");
+    let answered = ledger(&server.url).into_iter().find(|e| e["kind"] == "holder_answered");
+    assert_eq!(answered.map(|e| e["body"]["outcome"].clone()), Some(json!("declined")));
+}
+
+#[test]
 fn the_holder_declines_and_two_providers_quote_over_the_provider_protocol() {
     let dir = tempfile::tempdir().unwrap();
     // Three market providers: under the 40% cap two could place at most 80% of a request.
     let catalog = catalog_of(dir.path(), &["azure", "lambda", "nebius", "aws"]);
     let azure = ProviderProcess::start("azure", &catalog, &["--holder", "decline"]);
     let lambda = ProviderProcess::start("lambda", &catalog, &[]);
-    let nebius = ProviderProcess::start("nebius", &catalog, &["--answer-delay-ms", "300"]);
+    // Slower than any fixed per-try timeout would allow (it was 2 s); the quote window is
+    // an hour, and a try waits as long as the window allows.
+    let nebius = ProviderProcess::start("nebius", &catalog, &["--answer-delay-ms", "2500"]);
     let aws = ProviderProcess::start("aws", &catalog, &[]);
     let data = dir.path().join("data");
     let server = Server::start(&[
@@ -557,12 +596,24 @@ fn a_provider_that_is_down_or_answers_garbage_does_not_hold_a_request_up() {
     let (status, submitted) = call(&server.url, "POST", "/requests", Some(&request_body(64)), None);
     assert_eq!(status, 201, "{submitted}");
     let id = submitted["id"].as_str().unwrap();
-    // The quote window is an hour; the request is decided in seconds because
-    // failed providers count as having quoted nothing.
+    // The quote window is an hour; the request is decided in seconds because a provider
+    // that keeps failing trips its breaker, and a quote call to it then fails at once, and
+    // one that answers garbage is not asked twice.
     let decided = wait_for(&server.url, id, |r| r["status"] != "first_refusal" && r["status"] != "market");
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
     assert_eq!(decided["status"], "unfilled", "nobody could supply: {decided}");
     assert!(decided["allocations"].as_array().unwrap().is_empty(), "{decided}");
+    // The reason says who gave no quote, and why.
+    let reason = decided["unfilled"]["reason"].as_str().unwrap_or_default();
+    for why in [
+        "no quote from lambda",
+        "no quote from nebius",
+        "breaker open",
+        "no quote from aws",
+        "not the protocol's",
+    ] {
+        assert!(reason.contains(why), "{why:?} missing from {reason:?}");
+    }
     let (status, verified) = call(&server.url, "GET", "/ledger/verify", None, None);
     assert_eq!((status, &verified["ok"]), (200, &json!(true)), "{verified}");
 }
