@@ -1849,13 +1849,17 @@ impl Engine {
     }
 
     fn allocation_ready(&mut self, out: &mut Out, allocation: u64) {
-        let Some(a) = self.allocations.get_mut(&allocation) else { return };
+        let Some(a) = self.allocations.get(&allocation) else { return };
         if a.state != AllocationState::Reserved {
             return;
         }
+        // Capacity delivered before the request's earliest start is held for it, and its hours
+        // run (and bill) from that start.
+        let start = self.requests.get(&a.request).map_or(out.now, |r| out.now.max(r.request.earliest_start));
+        let Some(a) = self.allocations.get_mut(&allocation) else { return };
         a.state = AllocationState::Active;
-        a.ready_at = Some(out.now);
-        let ends_at = out.now.plus_hours(f64::from(a.hours));
+        a.ready_at = Some(start);
+        let ends_at = start.plus_hours(f64::from(a.hours));
         a.ends_at = Some(ends_at);
         let request = a.request.clone();
         out.ledger(Some(&request), EventKind::AllocationReady { allocation });

@@ -65,6 +65,9 @@ impl ApiError {
 /// A reply: status and JSON body.
 pub type Reply = Result<(u16, serde_json::Value), ApiError>;
 
+/// How far ahead a request may be placed: two years.
+pub const MAX_HOURS_AHEAD: f64 = 2.0 * 365.0 * 24.0;
+
 /// A reply with `body`, one of the API's own types (`view.rs`), as its JSON.
 fn ok(status: u16, body: impl Serialize) -> Reply {
     Ok((status, serde_json::to_value(body).expect("the API's types serialize")))
@@ -724,8 +727,15 @@ impl Broker {
                     replies.push((reply, answer));
                 }
                 Command::Cancel { id, reply } => {
-                    let answer = match self.engine.request(&id) {
+                    // Cancelling twice changes nothing (and records nothing); a request that
+                    // ended otherwise cannot be cancelled.
+                    let answer = match self.engine.request(&id).map(|r| r.status) {
                         None => Err(ApiError::new(404, format!("no request {id:?}"))),
+                        Some(dibs_core::engine::Status::Cancelled) => Ok((200, self.view(&id))),
+                        Some(status) if status.is_final() => Err(ApiError::new(
+                            409,
+                            format!("{id} is {} and cannot be cancelled", status.as_str()),
+                        )),
                         Some(_) => {
                             self.apply(now, Input::Cancel { request: id.clone() }, &mut entries);
                             Ok((200, self.view(&id)))
@@ -1138,11 +1148,28 @@ impl Broker {
         if let Some(first) = self.first_answer(&idempotency)? {
             return Ok(first);
         }
+        // Instants within a year before now (a start in the past means now) and
+        // MAX_HOURS_AHEAD after it: a date of 0000 or 9999 is a typo, not a plan.
+        let (earliest, latest) = (now.plus_hours(-24.0 * 365.0), now.plus_hours(MAX_HOURS_AHEAD));
         let instant = |field: &str, text: &Option<String>| -> Result<Option<Timestamp>, ApiError> {
-            text.as_deref()
-                .map(|t| Timestamp::parse(t).map_err(|e| ApiError::field(422, field, e.to_string())))
-                .transpose()
+            let Some(text) = text.as_deref() else { return Ok(None) };
+            let at = Timestamp::parse(text).map_err(|e| ApiError::field(422, field, e.to_string()))?;
+            if at < earliest || at > latest {
+                return Err(ApiError::field(
+                    422,
+                    field,
+                    format!("{at} is not between {earliest} and {latest} (a year back, two years ahead)"),
+                ));
+            }
+            Ok(Some(at))
         };
+        if body.deliver_within_hours.is_some_and(|h| f64::from(h) > MAX_HOURS_AHEAD) {
+            return Err(ApiError::field(
+                422,
+                "deliver_within_hours",
+                format!("at most {MAX_HOURS_AHEAD} hours"),
+            ));
+        }
         let spec = RequestSpec {
             id: format!("r-{}", self.next_request),
             accelerators: body.accelerators,
@@ -1150,7 +1177,7 @@ impl Broker {
             // Whole 8-GPU nodes unless the request says otherwise or cannot be.
             block: body.block.or(Some(if body.gpus.is_multiple_of(8) { 8 } else { 1 })),
             duration_hours: body.duration_hours,
-            earliest_start: instant("earliest_start", &body.earliest_start)?.unwrap_or(now),
+            earliest_start: instant("earliest_start", &body.earliest_start)?.unwrap_or(now).max(now),
             deliver_by: match (instant("deliver_by", &body.deliver_by)?, body.deliver_within_hours) {
                 (Some(_), Some(_)) => {
                     return Err(ApiError::field(

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use dibs_store::{MAX_PAGE, Store};
+use dibs_store::{MAX_PAGE, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -26,10 +26,80 @@ pub struct AppState {
     pub commands: Mutex<Sender<Command>>,
     /// A second handle on the store, for ledger reads that need not wait for the broker.
     pub reader: Mutex<Box<dyn Store>>,
+    /// A third, for tokens: a long ledger read does not hold up authentication.
+    pub tokens: Mutex<Box<dyn Store>>,
+    /// Opens another handle: for `verify` (which reads the whole ledger on a handle of its
+    /// own) and to replace a handle whose connection broke.
+    pub open: crate::remote::OpenStore,
     /// SHA-256 of the admin token.
     pub admin_token_hash: [u8; 32],
-    /// Roles of tokens looked up so far, by hash.
-    pub roles: Mutex<std::collections::HashMap<[u8; 32], Role>>,
+    /// Tokens looked up so far, by hash.
+    pub roles: Mutex<std::collections::HashMap<[u8; 32], KnownToken>>,
+}
+
+/// A token looked up: its role, and until when it may be used.
+#[derive(Debug, Clone)]
+pub struct KnownToken {
+    pub role: Role,
+    pub expires_at: Option<i64>,
+    pub revoked: bool,
+}
+
+impl KnownToken {
+    fn valid_at(&self, now: i64) -> bool {
+        !self.revoked && self.expires_at.is_none_or(|until| now < until)
+    }
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl AppState {
+    /// Runs `work` on a store handle in a blocking thread (never on the async runtime). A
+    /// handle whose work failed is replaced by a new one and the work tried once more, so a
+    /// dropped database connection heals at the next call.
+    pub async fn with<T: Send + 'static>(
+        self: &Arc<Self>,
+        handle: fn(&AppState) -> &Mutex<Box<dyn Store>>,
+        work: impl Fn(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let state = self.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut store = handle(&state).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match work(store.as_mut()) {
+                Ok(value) => Ok(value),
+                Err(first) => {
+                    *store = (state.open)().map_err(|e| format!("{first}; reconnecting: {e}"))?;
+                    work(store.as_mut()).map_err(|e| e.to_string())
+                }
+            }
+        })
+        .await;
+        match done {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(message)) => Err(ApiError::new(503, message)),
+            Err(e) => Err(ApiError::new(500, e.to_string())),
+        }
+    }
+
+    /// Runs `work` on the reader handle (see [`AppState::with`]).
+    pub async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl Fn(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.with(|s| &s.reader, work).await
+    }
+
+    /// Whether the token with this hash (hex) may still be used, as far as this process
+    /// knows: a dashboard session ends when its token is revoked or expires.
+    pub fn still_valid(&self, scope: &str) -> bool {
+        if scope == dibs_core::ledger::hex(&self.admin_token_hash) {
+            return true;
+        }
+        let Ok(known) = self.roles.lock() else { return false };
+        known.iter().any(|(hash, token)| dibs_core::ledger::hex(hash) == scope && token.valid_at(unix_now()))
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -49,16 +119,39 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/revenue", post(report_revenue))
         .route("/v1/events", post(declare_event))
         .route("/v1/settlement", get(settlement))
-        .route("/v1/tokens", post(create_token))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/v1/provider/events", get(provider_events))
         .route("/v1/provider/requests/{id}/answer", post(provider_answer))
         .route("/v1/ledger", get(ledger))
         .route("/v1/ledger/verify", get(verify))
         .fallback(|| async { error(ApiError::new(404, "no such endpoint")) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(json_bodies_only))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state.clone())
         .merge(crate::dashboard::router(state))
+}
+
+/// A request with a body must say it is JSON (`Content-Type: application/json`, with or
+/// without a charset): anything else is a 415, before any handler reads it.
+async fn json_bodies_only(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let has_body = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(request.headers().contains_key(axum::http::header::TRANSFER_ENCODING), |n| n > 0);
+    let json = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if has_body && !json {
+        return error(ApiError::field(415, "Content-Type", "send the body as application/json"));
+    }
+    next.run(request).await
 }
 
 /// Errors the framework answers itself (a body over the limit, a wrong
@@ -81,6 +174,37 @@ async fn json_errors(response: Response) -> Response {
     (status, Json(ApiError { status: status.as_u16(), error: message, field })).into_response()
 }
 
+/// `value` as JSON text with every object's keys in order and no white space.
+fn canonical_json(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(key.clone()).to_string());
+                out.push(':');
+                canonical_json(&map[key], out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
 /// The Idempotency-Key of a create, scoped to the caller and the endpoint,
 /// with a digest of the body (a repeat must send the same body).
 fn idempotency_of(
@@ -91,7 +215,13 @@ fn idempotency_of(
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     match value.to_str() {
         Ok(key) if !key.is_empty() && key.len() <= MAX_KEY_LEN => {
-            let digest = dibs_core::ledger::hex(&Sha256::digest(body).into());
+            // The same JSON re-indented or with its keys reordered is the same body.
+            let canonical = serde_json::from_slice::<serde_json::Value>(body).map(|v| {
+                let mut text = String::new();
+                canonical_json(&v, &mut text);
+                text.into_bytes()
+            });
+            let digest = dibs_core::ledger::hex(&Sha256::digest(canonical.as_deref().unwrap_or(body)).into());
             Ok(Some((scope.to_owned(), key.to_owned(), digest)))
         }
         _ => Err(ApiError::field(
@@ -178,14 +308,21 @@ struct Caller {
 }
 
 /// Who is calling, if they may call this endpoint.
-fn authenticate(state: &AppState, headers: &HeaderMap, access: Access) -> Result<Caller, ApiError> {
+async fn authenticate(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    access: Access,
+) -> Result<Caller, ApiError> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| ApiError::field(401, "Authorization", "expected 'Authorization: Bearer TOKEN'"))?;
     let hash = token_hash(token.trim());
-    let role = role_of(state, &hash)?;
+    let app = state.clone();
+    let role = tokio::task::spawn_blocking(move || role_of(&app, &hash))
+        .await
+        .map_err(|e| ApiError::new(500, e.to_string()))??;
     let allowed = match (access, &role) {
         (_, Role::Admin) => !matches!(access, Access::Provider),
         (Access::Request, Role::Requester) => true,
@@ -200,35 +337,51 @@ fn authenticate(state: &AppState, headers: &HeaderMap, access: Access) -> Result
     Ok(Caller { role, scope: dibs_core::ledger::hex(&hash) })
 }
 
-/// The role of the token whose SHA-256 is `hash`: the admin's, or one the admin made.
+/// The role of the token whose SHA-256 is `hash`: the admin's, or one the admin made that
+/// has neither expired nor been revoked. Blocks on the store: call it off the async runtime.
 pub(crate) fn role_of(state: &AppState, hash: &[u8; 32]) -> Result<Role, ApiError> {
     // Compare every byte, whatever the first difference.
     let differs = hash.iter().zip(state.admin_token_hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    let role = if differs == 0 {
-        Role::Admin
-    } else {
-        let cached = state.roles.lock().ok().and_then(|r| r.get(hash).cloned());
-        match cached {
-            Some(role) => role,
-            None => {
-                let found = state
-                    .reader
-                    .lock()
-                    .map_err(|_| ApiError::new(503, "token store unavailable"))?
-                    .token_role(&dibs_core::ledger::hex(hash))
-                    .map_err(|e| ApiError::new(503, e.to_string()))?;
-                let role = found
-                    .as_deref()
-                    .and_then(Role::parse)
-                    .ok_or_else(|| ApiError::field(401, "Authorization", "unknown token"))?;
-                if let Ok(mut roles) = state.roles.lock() {
-                    roles.insert(*hash, role.clone());
+    if differs == 0 {
+        return Ok(Role::Admin);
+    }
+    let cached = state.roles.lock().ok().and_then(|r| r.get(hash).cloned());
+    let known = match cached {
+        Some(known) => known,
+        None => {
+            let hex = dibs_core::ledger::hex(hash);
+            let mut store = state.tokens.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let found = match store.token(&hex) {
+                Ok(found) => found,
+                // A broken connection heals at the next call.
+                Err(_) => {
+                    *store = (state.open)().map_err(|e| ApiError::new(503, format!("token store: {e}")))?;
+                    store.token(&hex).map_err(|e| ApiError::new(503, format!("token store: {e}")))?
                 }
-                role
+            };
+            let record = found.ok_or_else(|| ApiError::field(401, "Authorization", "unknown token"))?;
+            let role = Role::parse(&record.role)
+                .ok_or_else(|| ApiError::field(401, "Authorization", "a token with an unknown role"))?;
+            let known =
+                KnownToken { role, expires_at: record.expires_at, revoked: record.revoked_at.is_some() };
+            if let Ok(mut roles) = state.roles.lock() {
+                roles.insert(*hash, known.clone());
             }
+            known
         }
     };
-    Ok(role)
+    if known.revoked {
+        return Err(ApiError::field(401, "Authorization", "this token was revoked"));
+    }
+    if !known.valid_at(unix_now()) {
+        let until = known.expires_at.map(|t| dibs_core::types::Timestamp::from_unix(t).to_string());
+        return Err(ApiError::field(
+            401,
+            "Authorization",
+            format!("this token expired at {}", until.unwrap_or_default()),
+        ));
+    }
+    Ok(known.role)
 }
 
 async fn ask(
@@ -303,12 +456,15 @@ pub struct VerifyView {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenCreated {
     pub token: String,
+    /// Its public handle, for revoking it.
+    pub id: String,
     pub role: String,
+    pub expires_at: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/requests", tag = "requests", request_body = SubmitBody, params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key and body get the first answer")), responses((status = 201, description = "Accepted and durably ledgered", body = RequestView), (status = 422, description = "A field is wrong", body = ApiError)), security(("bearer" = [])))]
 async fn submit(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let scope = match authenticate(&state, &headers, Access::Request) {
+    let scope = match authenticate(&state, &headers, Access::Request).await {
         Ok(caller) => caller.scope,
         Err(e) => return error(e),
     };
@@ -340,7 +496,7 @@ async fn list(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read) {
+    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
         return error(e);
     }
     let Query(q) = match query {
@@ -366,7 +522,7 @@ async fn list(
 
 #[utoipa::path(get, path = "/v1/requests/{id}", tag = "requests", params(("id" = String, Path)), responses((status = 200, description = "The request", body = RequestView), (status = 404, body = ApiError)), security(("bearer" = [])))]
 async fn show(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read) {
+    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
         return error(e);
     }
     ask(&state, |reply| Command::Get { id, reply }).await
@@ -374,7 +530,7 @@ async fn show(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): 
 
 #[utoipa::path(post, path = "/v1/requests/{id}/cancel", tag = "requests", params(("id" = String, Path)), responses((status = 200, description = "Cancelled (its allocations are released)", body = RequestView), (status = 404, body = ApiError)), security(("bearer" = [])))]
 async fn cancel(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Request) {
+    if let Err(e) = authenticate(&state, &headers, Access::Request).await {
         return error(e);
     }
     ask(&state, |reply| Command::Cancel { id, reply }).await
@@ -382,7 +538,7 @@ async fn cancel(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id)
 
 #[utoipa::path(get, path = "/v1/stats", tag = "service", responses((status = 200, body = crate::view::StatsView)), security(("bearer" = [])))]
 async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read) {
+    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
         return error(e);
     }
     ask(&state, |reply| Command::Stats { reply }).await
@@ -401,7 +557,7 @@ async fn ledger(
     headers: HeaderMap,
     query: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Audit) {
+    if let Err(e) = authenticate(&state, &headers, Access::Audit).await {
         return error(e);
     }
     let Query(q) = match query {
@@ -413,15 +569,8 @@ async fn ledger(
         return error(ApiError::field(400, "limit", format!("must be 1 to {MAX_PAGE}")));
     }
     let after = q.after.unwrap_or(0);
-    let state2 = state.clone();
-    let page = tokio::task::spawn_blocking(move || {
-        let mut reader =
-            state2.reader.lock().expect("the reader lock is never poisoned by a panic-free reader");
-        reader.entries(after, limit)
-    })
-    .await;
-    match page {
-        Ok(Ok(entries)) => {
+    match state.read(move |reader| reader.entries(after, limit)).await {
+        Ok(entries) => {
             let next = (entries.len() == limit).then(|| entries.last().map(|e| e.seq)).flatten();
             let entries = entries
                 .into_iter()
@@ -436,23 +585,20 @@ async fn ledger(
                 .collect();
             Json(LedgerPage { entries, next_after: next }).into_response()
         }
-        Ok(Err(e)) => error(ApiError::new(503, e.to_string())),
-        Err(e) => error(ApiError::new(500, e.to_string())),
+        Err(e) => error(e),
     }
 }
 
 #[utoipa::path(get, path = "/v1/ledger/verify", tag = "ledger", responses((status = 200, description = "The chain is intact", body = VerifyView), (status = 409, description = "`ok: false` and the first bad entry", body = VerifyView)), security(("bearer" = [])))]
 async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Audit) {
+    if let Err(e) = authenticate(&state, &headers, Access::Audit).await {
         return error(e);
     }
-    let state2 = state.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let mut reader =
-            state2.reader.lock().expect("the reader lock is never poisoned by a panic-free reader");
-        dibs_store::verify(reader.as_mut())
-    })
-    .await;
+    // The whole ledger is read on a handle of its own: the API's other reads do not wait.
+    let open = state.open.clone();
+    let result =
+        tokio::task::spawn_blocking(move || open().and_then(|mut store| dibs_store::verify(store.as_mut())))
+            .await;
     match result {
         Ok(Ok(v)) => Json(VerifyView { ok: true, entries: Some(v.entries), head: Some(v.head), error: None })
             .into_response(),
@@ -486,7 +632,7 @@ async fn allocations(
     headers: HeaderMap,
     query: Result<Query<AllocationsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read) {
+    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
         return error(e);
     }
     let Query(q) = match query {
@@ -511,7 +657,7 @@ struct IncidentBody {
 
 #[utoipa::path(post, path = "/v1/incidents", tag = "incidents", request_body = IncidentBody, params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key and body get the first answer")), responses((status = 201, description = "Allocations there fail over", body = crate::view::IncidentView), (status = 422, body = ApiError)), security(("bearer" = [])))]
 async fn open_incident(State(state): State<Arc<AppState>>, headers: HeaderMap, bytes: Bytes) -> Response {
-    let scope = match authenticate(&state, &headers, Access::Admin) {
+    let scope = match authenticate(&state, &headers, Access::Admin).await {
         Ok(caller) => caller.scope,
         Err(e) => return error(e),
     };
@@ -538,7 +684,7 @@ async fn resolve_incident(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Admin) {
+    if let Err(e) = authenticate(&state, &headers, Access::Admin).await {
         return error(e);
     }
     ask(&state, |reply| Command::ResolveIncident { id, reply }).await
@@ -546,7 +692,7 @@ async fn resolve_incident(
 
 #[utoipa::path(get, path = "/v1/incidents", tag = "incidents", responses((status = 200, body = crate::view::IncidentList)), security(("bearer" = [])))]
 async fn incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read) {
+    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
         return error(e);
     }
     ask(&state, |reply| Command::Incidents { reply }).await
@@ -567,7 +713,7 @@ struct RevenueBody {
 
 #[utoipa::path(post, path = "/v1/revenue", tag = "settlement", request_body = RevenueBody, responses((status = 201, body = crate::view::RevenueReportedView), (status = 422, body = ApiError)), security(("bearer" = [])))]
 async fn report_revenue(State(state): State<Arc<AppState>>, headers: HeaderMap, bytes: Bytes) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Admin) {
+    if let Err(e) = authenticate(&state, &headers, Access::Admin).await {
         return error(e);
     }
     let body: RevenueBody = match parse_body(&bytes) {
@@ -594,7 +740,7 @@ struct EventBody {
 
 #[utoipa::path(post, path = "/v1/events", tag = "settlement", request_body = EventBody, responses((status = 201, body = crate::view::EventDeclaredView), (status = 422, body = ApiError)), security(("bearer" = [])))]
 async fn declare_event(State(state): State<Arc<AppState>>, headers: HeaderMap, bytes: Bytes) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Admin) {
+    if let Err(e) = authenticate(&state, &headers, Access::Admin).await {
         return error(e);
     }
     let body: EventBody = match parse_body(&bytes) {
@@ -616,7 +762,7 @@ async fn declare_event(State(state): State<Arc<AppState>>, headers: HeaderMap, b
 
 #[utoipa::path(get, path = "/v1/settlement", tag = "settlement", responses((status = 200, body = crate::view::SettlementView)), security(("bearer" = [])))]
 async fn settlement(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read) {
+    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
         return error(e);
     }
     ask(&state, |reply| Command::Settlement { reply }).await
@@ -625,13 +771,48 @@ async fn settlement(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenBody {
-    /// admin, requester, auditor or provider:NAME
+    /// admin, requester, auditor or provider:NAME (a provider that publishes offers here)
     role: String,
+    /// Hours until the token stops working; none: until it is revoked.
+    #[schema(exclusive_minimum = 0.0, maximum = 87600.0)]
+    expires_in_hours: Option<f64>,
+}
+
+/// The longest a token may be made to last: ten years.
+const MAX_TOKEN_HOURS: f64 = 87_600.0;
+
+/// A token as the API shows it: never its secret.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TokenView {
+    /// Its public handle, for revoking it.
+    pub id: String,
+    pub role: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+impl From<dibs_store::TokenRecord> for TokenView {
+    fn from(t: dibs_store::TokenRecord) -> Self {
+        let at = |t: i64| dibs_core::types::Timestamp::from_unix(t).to_string();
+        Self {
+            id: t.id,
+            role: t.role,
+            created_at: at(t.created_at),
+            expires_at: t.expires_at.map(at),
+            revoked_at: t.revoked_at.map(at),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<TokenView>,
 }
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = TokenBody, responses((status = 201, description = "The token is shown once", body = TokenCreated), (status = 422, body = ApiError)), security(("bearer" = [])))]
 async fn create_token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Admin) {
+    if let Err(e) = authenticate(&state, &headers, Access::Admin).await {
         return error(e);
     }
     let body: TokenBody = match parse_body(&body) {
@@ -641,17 +822,106 @@ async fn create_token(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
     let Some(role) = Role::parse(&body.role) else {
         return error(ApiError::field(422, "role", "expected admin, requester, auditor or provider:NAME"));
     };
+    if let Role::Provider(name) = &role {
+        let known = match ask_reply(&state, |reply| Command::Providers { reply }).await {
+            Ok((_, list)) => list["providers"]
+                .as_array()
+                .map(|ps| ps.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect::<Vec<_>>())
+                .unwrap_or_default(),
+            Err(e) => return error(e),
+        };
+        if !known.iter().any(|k| k == name) {
+            return error(ApiError::field(
+                422,
+                "role",
+                format!("no provider {name:?} publishes offers here; known: {}", known.join(", ")),
+            ));
+        }
+    }
+    let now = unix_now();
+    let expires_at = match body.expires_in_hours {
+        None => None,
+        Some(hours) if hours.is_finite() && hours > 0.0 && hours <= MAX_TOKEN_HOURS => {
+            Some(now + (hours * 3600.0).ceil() as i64)
+        }
+        Some(_) => {
+            return error(ApiError::field(
+                422,
+                "expires_in_hours",
+                format!("must be above 0 and at most {MAX_TOKEN_HOURS}"),
+            ));
+        }
+    };
     let token = match new_token() {
         Ok(t) => t,
         Err(e) => return error(ApiError::new(500, e.to_string())),
     };
     let hash = dibs_core::ledger::hex(&token_hash(&token));
-    let stored =
-        state.reader.lock().map_err(|_| ApiError::new(503, "token store unavailable")).and_then(|mut s| {
-            s.add_token(&hash, &role.name()).map_err(|e| ApiError::new(503, e.to_string()))
-        });
+    let name = role.name();
+    let stored = state
+        .with(
+            |s| &s.tokens,
+            move |store| {
+                store.add_token(&hash, &name, now, expires_at)?;
+                store.token(&hash)
+            },
+        )
+        .await;
     match stored {
-        Ok(()) => (StatusCode::CREATED, Json(TokenCreated { token, role: role.name() })).into_response(),
+        Ok(Some(record)) => {
+            let view = TokenView::from(record);
+            let created = TokenCreated { token, id: view.id, role: view.role, expires_at: view.expires_at };
+            (StatusCode::CREATED, Json(created)).into_response()
+        }
+        Ok(None) => error(ApiError::new(503, "the token was not stored")),
+        Err(e) => error(e),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, body = TokenList)), security(("bearer" = [])))]
+async fn list_tokens(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authenticate(&state, &headers, Access::Admin).await {
+        return error(e);
+    }
+    match state.with(|s| &s.tokens, |store| store.tokens()).await {
+        Ok(tokens) => {
+            Json(TokenList { tokens: tokens.into_iter().map(TokenView::from).collect() }).into_response()
+        }
+        Err(e) => error(e),
+    }
+}
+
+/// Revokes a token at once: it is refused from the next call on, and a dashboard session
+/// made with it ends.
+#[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "tokens", params(("id" = String, Path, description = "The token's id (16 hex digits)")), responses((status = 200, body = TokenView), (status = 404, body = ApiError)), security(("bearer" = [])))]
+async fn revoke_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(e) = authenticate(&state, &headers, Access::Admin).await {
+        return error(e);
+    }
+    let now = unix_now();
+    let wanted = id.clone();
+    let revoked = state
+        .with(
+            |s| &s.tokens,
+            move |store| {
+                let revoked = store.revoke_token(&wanted, now)?;
+                let record = store.tokens()?.into_iter().find(|t| t.id == wanted);
+                Ok((revoked, record))
+            },
+        )
+        .await;
+    match revoked {
+        Ok((_, Some(record))) => {
+            if let Ok(mut roles) = state.roles.lock() {
+                roles.retain(|hash, _| !dibs_core::ledger::hex(hash).starts_with(&record.id));
+            }
+            Json(TokenView::from(record)).into_response()
+        }
+        Ok((_, None)) => error(ApiError::new(404, format!("no token {id:?}"))),
         Err(e) => error(e),
     }
 }
@@ -677,7 +947,7 @@ async fn provider_events(
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let caller = match authenticate(&state, &headers, Access::Provider) {
+    let caller = match authenticate(&state, &headers, Access::Provider).await {
         Ok(c) => c,
         Err(e) => return error(e),
     };
@@ -687,21 +957,13 @@ async fn provider_events(
         Err(e) => return error(ApiError::new(400, format!("query: {}", e.body_text()))),
     };
     let after = q.after.unwrap_or(0);
-    let state2 = state.clone();
-    let page = tokio::task::spawn_blocking(move || {
-        let mut reader =
-            state2.reader.lock().expect("the reader lock is never poisoned by a panic-free reader");
-        reader.entries(after, MAX_PAGE)
-    })
-    .await;
-    match page {
-        Ok(Ok(entries)) => {
+    match state.read(move |reader| reader.entries(after, MAX_PAGE)).await {
+        Ok(entries) => {
             let next = (entries.len() == MAX_PAGE).then(|| entries.last().map(|e| e.seq)).flatten();
             let events = entries.iter().filter_map(|e| crate::sealed::provider_view(e, &name)).collect();
             Json(crate::sealed::ProviderEventPage { events, next_after: next }).into_response()
         }
-        Ok(Err(e)) => error(ApiError::new(503, e.to_string())),
-        Err(e) => error(ApiError::new(500, e.to_string())),
+        Err(e) => error(e),
     }
 }
 
@@ -713,7 +975,7 @@ async fn provider_answer(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let caller = match authenticate(&state, &headers, Access::Provider) {
+    let caller = match authenticate(&state, &headers, Access::Provider).await {
         Ok(c) => c,
         Err(e) => return error(e),
     };
@@ -755,9 +1017,9 @@ async fn provider_answer(
     info(title = "dibs", description = "A contract-aware broker for GPU cloud capacity."),
     paths(
         health, submit, list, show, cancel, stats, contracts, load_contracts, contract, providers, allocations, open_incident, resolve_incident, incidents,
-        ledger, verify, create_token, provider_events, provider_answer, report_revenue, declare_event, settlement
+        ledger, verify, create_token, list_tokens, revoke_token, provider_events, provider_answer, report_revenue, declare_event, settlement
     ),
-    components(schemas(ContractFiles, ContractFile, SubmitBody, RequestView, crate::view::AllocationView, crate::view::UnfilledView, ApiError, IncidentBody, TokenBody, RevenueBody, EventBody, crate::view::SettlementView, crate::view::CommitmentView, crate::view::RevenueShareView, crate::view::SuspensionView, crate::view::RevenueReportedView, crate::view::EventDeclaredView, HealthView, LedgerEntryView, LedgerPage, VerifyView, TokenCreated, crate::view::RequestPage, crate::view::AllocationPage, crate::view::StatsView, crate::view::IncidentView, crate::view::IncidentList, crate::view::IncidentResolvedView, crate::view::ProviderView, crate::view::ProviderList, crate::view::AnswerTaken, crate::view::ContractView, crate::view::ContractVersionView, crate::view::ClauseView, crate::view::ContractList, crate::view::ContractsLoaded, crate::sealed::ProviderEvent, crate::sealed::ProviderEventPage, crate::sealed::SealedEvent, crate::sealed::SealedAllocation)),
+    components(schemas(ContractFiles, ContractFile, SubmitBody, RequestView, crate::view::AllocationView, crate::view::UnfilledView, ApiError, IncidentBody, TokenBody, RevenueBody, EventBody, crate::view::SettlementView, crate::view::CommitmentView, crate::view::RevenueShareView, crate::view::SuspensionView, crate::view::RevenueReportedView, crate::view::EventDeclaredView, HealthView, LedgerEntryView, LedgerPage, VerifyView, TokenCreated, crate::view::RequestPage, crate::view::AllocationPage, crate::view::StatsView, crate::view::IncidentView, crate::view::IncidentList, crate::view::IncidentResolvedView, crate::view::ProviderView, crate::view::ProviderList, crate::view::AnswerTaken, crate::view::ContractView, crate::view::ContractVersionView, crate::view::ClauseView, crate::view::ContractList, crate::view::ContractsLoaded, crate::sealed::ProviderEvent, crate::sealed::ProviderEventPage, crate::sealed::SealedEvent, crate::sealed::SealedAllocation, TokenView, TokenList)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -785,7 +1047,7 @@ async fn openapi() -> Response {
 
 #[utoipa::path(get, path = "/v1/contracts", tag = "contracts", responses((status = 200, body = crate::view::ContractList)), security(("bearer" = [])))]
 async fn contracts(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read) {
+    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
         return error(e);
     }
     ask(&state, |reply| Command::Contracts { id: None, reply }).await
@@ -797,7 +1059,7 @@ async fn contract(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read) {
+    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
         return error(e);
     }
     ask(&state, |reply| Command::Contracts { id: Some(id), reply }).await
@@ -805,7 +1067,7 @@ async fn contract(
 
 #[utoipa::path(get, path = "/v1/providers", tag = "providers", responses((status = 200, body = crate::view::ProviderList)), security(("bearer" = [])))]
 async fn providers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read) {
+    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
         return error(e);
     }
     let (status, mut body) = match ask_reply(&state, |reply| Command::Providers { reply }).await {
@@ -849,7 +1111,7 @@ const MAX_CONTRACT_FILES: usize = 64;
 
 #[utoipa::path(post, path = "/v1/contracts", tag = "contracts", request_body = ContractFiles, responses((status = 200, description = "The set replaces the one in force from now on, and the ledger records it", body = crate::view::ContractsLoaded), (status = 422, description = "A file is wrong; the error names file:line:column and nothing changed", body = ApiError)), security(("bearer" = [])))]
 async fn load_contracts(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Admin) {
+    if let Err(e) = authenticate(&state, &headers, Access::Admin).await {
         return error(e);
     }
     let body: ContractFiles = match parse_body(&body) {

@@ -203,7 +203,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             };
             tx.send(input).is_ok()
         });
-        Some(remote::Dispatcher::start(config.remote_providers.clone(), deliver, 8, open)?)
+        Some(remote::Dispatcher::start(config.remote_providers.clone(), deliver, 8, open.clone())?)
     };
     let (mut broker, mut recovery) =
         Broker::recover(store, providers, remote, clock, Some(config.configuration.clone()))?;
@@ -249,6 +249,8 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     let state = Arc::new(http::AppState {
         commands: Mutex::new(tx.clone()),
         reader: Mutex::new(reader),
+        tokens: Mutex::new(open()?),
+        open: open.clone(),
         admin_token_hash: hash,
         roles: Mutex::new(std::collections::HashMap::new()),
     });

@@ -464,6 +464,21 @@ fn an_exclusive_holder_whose_quote_call_failed_is_named_in_the_unfilled_reason()
 }
 
 #[test]
+fn capacity_for_a_later_start_runs_and_bills_from_that_start() {
+    let mut run = start(Scenario::default());
+    let mut later = request("r1", 64, "training");
+    later.earliest_start = t("2026-02-01");
+    submit_and_run(&mut run, later, "2026-03-01");
+    let engine = &run.engine;
+    let allocations: Vec<_> = engine.allocations().collect();
+    assert!(!allocations.is_empty(), "{}", render(&run));
+    for a in allocations {
+        assert_eq!(a.ready_at, Some(t("2026-02-01")), "held until the start: {a:?}");
+        assert_eq!(dibs_core::settlement::billed_hours(a, t("2026-01-31")), 0.0, "nothing billed before it");
+    }
+}
+
+#[test]
 fn a_commitment_shortfall_steers_the_market_to_the_committed_provider() {
     let terms = Terms { mode: None, commitment: Some(250e9), ..Terms::default() };
     let mut run = start(Scenario { terms, ..Scenario::default() });

@@ -135,10 +135,43 @@ pub trait Store: Send {
     fn retry_call(&mut self, key: &str, not_before: i64) -> Result<(), StoreError>;
     /// Releases every claim (a new leader takes over the calls of the old).
     fn release_calls(&mut self) -> Result<(), StoreError>;
-    /// Records an API token by the hex SHA-256 of its secret (the secret is never stored).
-    fn add_token(&mut self, hash: &str, role: &str) -> Result<(), StoreError>;
-    /// The role of the token with this hash, if there is one.
-    fn token_role(&mut self, hash: &str) -> Result<Option<String>, StoreError>;
+    /// Records an API token by the hex SHA-256 of its secret (the secret is never stored),
+    /// made at `created_at`, good until `expires_at` (unix seconds; `None`: until revoked).
+    fn add_token(
+        &mut self,
+        hash: &str,
+        role: &str,
+        created_at: i64,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError>;
+    /// The token with this hash, if there is one (expired and revoked ones too).
+    fn token(&mut self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Every token, newest first.
+    fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Revokes the token whose id is `id` at `at`; false when there is none (or it was
+    /// revoked already: the first revocation stands).
+    fn revoke_token(&mut self, id: &str, at: i64) -> Result<bool, StoreError>;
+}
+
+/// A token as stored: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// The public handle: the first [`TOKEN_ID_LENGTH`] hex digits of the hash.
+    pub id: String,
+    pub role: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// Hex digits of a token's hash that make its id.
+pub const TOKEN_ID_LENGTH: usize = 16;
+
+impl TokenRecord {
+    /// Whether the token may be used at `now`.
+    pub fn valid_at(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|until| now < until)
+    }
 }
 
 /// Chains a batch onto (`length`, `head`): the entries as they will be stored.

@@ -27,8 +27,10 @@ macro_rules! migrations {
     };
 }
 
-pub const SQLITE: &[Migration] = migrations!("sqlite": 1 "0001_tables", 2 "0002_ledger_by_request");
-pub const POSTGRES: &[Migration] = migrations!("postgres": 1 "0001_tables", 2 "0002_ledger_by_request");
+pub const SQLITE: &[Migration] =
+    migrations!("sqlite": 1 "0001_tables", 2 "0002_ledger_by_request", 3 "0003_token_lifetimes");
+pub const POSTGRES: &[Migration] =
+    migrations!("postgres": 1 "0001_tables", 2 "0002_ledger_by_request", 3 "0003_token_lifetimes");
 
 /// The version a backend's list brings a database to.
 pub fn latest(migrations: &[Migration]) -> u32 {

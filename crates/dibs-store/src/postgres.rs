@@ -4,7 +4,10 @@
 
 use postgres::{Client, NoTls};
 
-use crate::{Batch, Entry, IdempotentAnswer, MAX_PAGE, Row, Store, StoreError, chain, migrate, to_hash};
+use crate::{
+    Batch, Entry, IdempotentAnswer, MAX_PAGE, Row, Store, StoreError, TOKEN_ID_LENGTH, TokenRecord, chain,
+    migrate, to_hash,
+};
 
 /// The advisory lock key appends take (ASCII "dibsledg").
 const APPEND_LOCK: i64 = 0x6469_6273_6c65_6467;
@@ -76,6 +79,17 @@ fn read_entry(row: &postgres::Row) -> Result<Entry, StoreError> {
         prev_hash: to_hash(seq, row.get::<_, &[u8]>(5))?,
         hash: to_hash(seq, row.get::<_, &[u8]>(6))?,
     })
+}
+
+fn token_record(row: &postgres::Row) -> TokenRecord {
+    let hash: String = row.get(0);
+    TokenRecord {
+        id: hash.get(..TOKEN_ID_LENGTH).unwrap_or(&hash).to_owned(),
+        role: row.get(1),
+        created_at: row.get(2),
+        expires_at: row.get(3),
+        revoked_at: row.get(4),
+    }
 }
 
 fn read_head(client: &mut impl postgres::GenericClient) -> Result<(u64, [u8; 32]), StoreError> {
@@ -161,7 +175,7 @@ impl Store for PostgresStore {
         let rows = self.client.query(
             "SELECT seq, at, kind, request, body, prev_hash, hash FROM ledger
              WHERE seq > $1 ORDER BY seq LIMIT $2",
-            &[&(after as i64), &(limit.min(MAX_PAGE) as i64)],
+            &[&(after.min(i64::MAX as u64) as i64), &(limit.min(MAX_PAGE) as i64)],
         )?;
         rows.iter().map(read_entry).collect()
     }
@@ -170,7 +184,7 @@ impl Store for PostgresStore {
         let rows = self.client.query(
             "SELECT seq, at, kind, request, body, prev_hash, hash FROM ledger
              WHERE request = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            &[&request, &(after as i64), &(limit.min(MAX_PAGE) as i64)],
+            &[&request, &(after.min(i64::MAX as u64) as i64), &(limit.min(MAX_PAGE) as i64)],
         )?;
         rows.iter().map(read_entry).collect()
     }
@@ -233,14 +247,45 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    fn add_token(&mut self, hash: &str, role: &str) -> Result<(), StoreError> {
-        self.client.execute("INSERT INTO tokens (hash, role) VALUES ($1, $2)", &[&hash, &role])?;
+    fn add_token(
+        &mut self,
+        hash: &str,
+        role: &str,
+        created_at: i64,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.client.execute(
+            "INSERT INTO tokens (hash, role, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+            &[&hash, &role, &created_at, &expires_at],
+        )?;
         Ok(())
     }
 
-    fn token_role(&mut self, hash: &str) -> Result<Option<String>, StoreError> {
-        let row = self.client.query_opt("SELECT role FROM tokens WHERE hash = $1", &[&hash])?;
-        Ok(row.map(|r| r.get(0)))
+    fn token(&mut self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = self.client.query_opt(
+            "SELECT hash, role, created_at, expires_at, revoked_at FROM tokens WHERE hash = $1",
+            &[&hash],
+        )?;
+        Ok(row.as_ref().map(token_record))
+    }
+
+    fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = self.client.query(
+            "SELECT hash, role, created_at, expires_at, revoked_at FROM tokens ORDER BY created_at DESC, hash",
+            &[],
+        )?;
+        Ok(rows.iter().map(token_record).collect())
+    }
+
+    fn revoke_token(&mut self, id: &str, at: i64) -> Result<bool, StoreError> {
+        if id.len() != TOKEN_ID_LENGTH || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(false);
+        }
+        let changed = self.client.execute(
+            "UPDATE tokens SET revoked_at = $2 WHERE left(hash, $3) = $1 AND revoked_at IS NULL",
+            &[&id, &at, &(TOKEN_ID_LENGTH as i32)],
+        )?;
+        Ok(changed == 1)
     }
 
     fn answer(&mut self, scope: &str, key: &str) -> Result<Option<IdempotentAnswer>, StoreError> {

@@ -5,7 +5,10 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::{Batch, Entry, IdempotentAnswer, MAX_PAGE, Row, Store, StoreError, chain, migrate, to_hash};
+use crate::{
+    Batch, Entry, IdempotentAnswer, MAX_PAGE, Row, Store, StoreError, TOKEN_ID_LENGTH, TokenRecord, chain,
+    migrate, to_hash,
+};
 
 pub struct SqliteStore {
     connection: Connection,
@@ -45,6 +48,17 @@ impl SqliteStore {
     pub fn connection(&self) -> &Connection {
         &self.connection
     }
+}
+
+fn token_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let hash: String = r.get(0)?;
+    Ok(TokenRecord {
+        id: hash.get(..TOKEN_ID_LENGTH).unwrap_or(&hash).to_owned(),
+        role: r.get(1)?,
+        created_at: r.get(2)?,
+        expires_at: r.get(3)?,
+        revoked_at: r.get(4)?,
+    })
 }
 
 fn read_head(connection: &Connection) -> Result<(u64, [u8; 32]), StoreError> {
@@ -169,7 +183,8 @@ impl Store for SqliteStore {
             "SELECT seq, at, kind, request, body, prev_hash, hash FROM ledger
              WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = select.query_map(params![after as i64, limit.min(MAX_PAGE) as i64], read_entry)?;
+        let rows = select
+            .query_map(params![after.min(i64::MAX as u64) as i64, limit.min(MAX_PAGE) as i64], read_entry)?;
         rows.map(|row| row?.checked()).collect()
     }
 
@@ -178,8 +193,10 @@ impl Store for SqliteStore {
             "SELECT seq, at, kind, request, body, prev_hash, hash FROM ledger
              WHERE request = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let rows =
-            select.query_map(params![request, after as i64, limit.min(MAX_PAGE) as i64], read_entry)?;
+        let rows = select.query_map(
+            params![request, after.min(i64::MAX as u64) as i64, limit.min(MAX_PAGE) as i64],
+            read_entry,
+        )?;
         rows.map(|row| row?.checked()).collect()
     }
 
@@ -245,16 +262,48 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn add_token(&mut self, hash: &str, role: &str) -> Result<(), StoreError> {
-        self.connection.execute("INSERT INTO tokens (hash, role) VALUES (?1, ?2)", params![hash, role])?;
+    fn add_token(
+        &mut self,
+        hash: &str,
+        role: &str,
+        created_at: i64,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.connection.execute(
+            "INSERT INTO tokens (hash, role, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, role, created_at, expires_at],
+        )?;
         Ok(())
     }
 
-    fn token_role(&mut self, hash: &str) -> Result<Option<String>, StoreError> {
+    fn token(&mut self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
         Ok(self
             .connection
-            .query_row("SELECT role FROM tokens WHERE hash = ?1", params![hash], |r| r.get(0))
+            .query_row(
+                "SELECT hash, role, created_at, expires_at, revoked_at FROM tokens WHERE hash = ?1",
+                params![hash],
+                token_record,
+            )
             .optional()?)
+    }
+
+    fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut select = self.connection.prepare(
+            "SELECT hash, role, created_at, expires_at, revoked_at FROM tokens ORDER BY created_at DESC, hash",
+        )?;
+        let rows = select.query_map([], token_record)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn revoke_token(&mut self, id: &str, at: i64) -> Result<bool, StoreError> {
+        if id.len() != TOKEN_ID_LENGTH || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(false);
+        }
+        let changed = self.connection.execute(
+            "UPDATE tokens SET revoked_at = ?2 WHERE substr(hash, 1, ?3) = ?1 AND revoked_at IS NULL",
+            params![id, at, TOKEN_ID_LENGTH as i64],
+        )?;
+        Ok(changed == 1)
     }
 
     fn answer(&mut self, scope: &str, key: &str) -> Result<Option<IdempotentAnswer>, StoreError> {

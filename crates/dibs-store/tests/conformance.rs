@@ -198,6 +198,9 @@ fn appends_chain_like_the_engine(backend: &dyn Backend) {
     let verified = verify(store.as_mut()).unwrap();
     assert_eq!(verified.entries, 5);
     assert_eq!(verified.head, hex(&chain.head()));
+    // A cursor past every sequence number (even past i64) is the end, not the start.
+    assert!(backend.open().entries(u64::MAX, 10).unwrap().is_empty());
+    assert!(backend.open().entries(1 << 63, 10).unwrap().is_empty());
 }
 
 fn a_request_s_entries_are_read_without_the_rest(backend: &dyn Backend) {
@@ -283,13 +286,31 @@ fn concurrent_writers_keep_one_chain(backend: &dyn Backend) {
     assert_eq!(verified.entries, 4 * 10 * 3);
 }
 
-fn tokens_are_kept_by_hash(backend: &dyn Backend) {
+fn tokens_are_kept_by_hash_and_can_expire_and_be_revoked(backend: &dyn Backend) {
+    let h1 = "a1".repeat(32);
+    let h2 = "b2".repeat(32);
     let mut store = backend.open();
-    assert_eq!(store.token_role("h1").unwrap(), None);
-    store.add_token("h1", "provider:azure").unwrap();
-    assert!(store.add_token("h1", "admin").is_err(), "one hash, one role");
+    assert_eq!(store.token(&h1).unwrap(), None);
+    store.add_token(&h1, "provider:azure", 100, None).unwrap();
+    assert!(store.add_token(&h1, "admin", 100, None).is_err(), "one hash, one role");
+    store.add_token(&h2, "requester", 200, Some(300)).unwrap();
     let mut again = backend.open();
-    assert_eq!(again.token_role("h1").unwrap().as_deref(), Some("provider:azure"));
+    let first = again.token(&h1).unwrap().unwrap();
+    assert_eq!((first.id.as_str(), first.role.as_str()), (&h1[..16], "provider:azure"));
+    assert!(first.valid_at(1_000_000), "no expiry");
+    let second = again.token(&h2).unwrap().unwrap();
+    assert!(second.valid_at(299) && !second.valid_at(300), "expires at 300");
+    assert_eq!(
+        again.tokens().unwrap().iter().map(|t| t.role.as_str()).collect::<Vec<_>>(),
+        ["requester", "provider:azure"]
+    );
+    // Revoked by id; the first revocation stands; a wrong id revokes nothing.
+    assert!(!again.revoke_token("a1a1", 400).unwrap(), "a prefix is not an id");
+    assert!(again.revoke_token(&h1[..16], 400).unwrap());
+    assert!(!again.revoke_token(&h1[..16], 500).unwrap());
+    let revoked = backend.open().token(&h1).unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(400));
+    assert!(!revoked.valid_at(401));
 }
 
 fn the_requests_projection_is_written_with_its_batch_and_can_be_replaced(backend: &dyn Backend) {
@@ -433,7 +454,7 @@ fn an_unversioned_database_is_migrated_on_open(backend: &dyn Backend) {
     let mut store = backend.open();
     assert_eq!(backend.version(), migrate::latest(backend.migrations()));
     assert!(backend.has_index("ledger_by_request"));
-    assert_eq!(store.token_role("abc").unwrap().as_deref(), Some("requester"));
+    assert_eq!(store.token("abc").unwrap().map(|t| (t.role, t.expires_at)), Some(("requester".into(), None)));
     assert_eq!(verify(store.as_mut()).unwrap().entries, 1);
     drop(store);
     // A second open has nothing left to do.
@@ -483,7 +504,7 @@ conformance!(
     a_reused_key_commits_nothing,
     verify_names_the_first_changed_entry,
     concurrent_writers_keep_one_chain,
-    tokens_are_kept_by_hash,
+    tokens_are_kept_by_hash_and_can_expire_and_be_revoked,
     the_requests_projection_is_written_with_its_batch_and_can_be_replaced,
     timers_and_calls_are_rows_committed_with_their_decisions,
     concurrent_claims_never_share_a_call,

@@ -561,9 +561,25 @@ pub enum TokenCommand {
     /// Make a token with a role on a running server (with the admin token in DIBS_TOKEN).
     Create {
         /// requester (submit, cancel, read), auditor (read, ledger), admin, or provider:NAME
-        /// (only that provider's own view).
+        /// (only that provider's own view; NAME must publish offers on the server).
         #[arg(long)]
         role: String,
+        /// Hours until the token stops working (default: until it is revoked).
+        #[arg(long, value_name = "HOURS")]
+        expires_in_hours: Option<f64>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List the tokens a running server knows (ids, roles, expiry, revocation; never the
+    /// tokens themselves).
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke a token by its id (from `dibs token list`): refused from the next call on.
+    Revoke {
+        /// The token's id: 16 hex digits.
+        id: String,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -572,7 +588,32 @@ pub enum TokenCommand {
 #[derive(Debug, Deserialize)]
 struct TokenOut {
     token: String,
+    id: String,
     role: String,
+    expires_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenRow {
+    id: String,
+    role: String,
+    created_at: String,
+    expires_at: Option<String>,
+    revoked_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenRows {
+    tokens: Vec<TokenRow>,
+}
+
+fn token_line(t: &TokenRow) -> String {
+    let state = match (&t.revoked_at, &t.expires_at) {
+        (Some(at), _) => format!("revoked {at}"),
+        (None, Some(at)) => format!("expires {at}"),
+        (None, None) => "no expiry".into(),
+    };
+    format!("{:<16}  {:<22}  made {}  {state}", t.id, t.role, t.created_at)
 }
 
 pub fn token(command: TokenCommand) -> Result<ExitCode> {
@@ -597,11 +638,30 @@ pub fn token(command: TokenCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        TokenCommand::Create { role, server } => {
-            let answer = call(&server, "POST", "/tokens", Some((serde_json::json!({ "role": role }), None)))?;
+        TokenCommand::Create { role, expires_in_hours, server } => {
+            let mut body = serde_json::json!({ "role": role });
+            if let Some(hours) = expires_in_hours {
+                body["expires_in_hours"] = serde_json::json!(hours);
+            }
+            let answer = call(&server, "POST", "/tokens", Some((body, None)))?;
             print_answer(&server, answer, |t: TokenOut| {
-                format!("{} token (shown once):\n  {}\n", t.role, t.token)
+                let until = t.expires_at.map_or("until revoked".into(), |at| format!("until {at}"));
+                format!("{} token {} ({until}; shown once):\n  {}\n", t.role, t.id, t.token)
             })
+        }
+        TokenCommand::List { server } => {
+            let answer = call(&server, "GET", "/tokens", None)?;
+            print_answer(&server, answer, |rows: TokenRows| {
+                if rows.tokens.is_empty() {
+                    return "no tokens besides the admin's\n".into();
+                }
+                rows.tokens.iter().map(|t| token_line(t) + "\n").collect()
+            })
+        }
+        TokenCommand::Revoke { id, server } => {
+            let answer =
+                call(&server, "POST", &format!("/tokens/{id}/revoke"), Some((serde_json::json!({}), None)))?;
+            print_answer(&server, answer, |t: TokenRow| token_line(&t) + "\n")
         }
     }
 }

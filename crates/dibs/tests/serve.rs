@@ -85,6 +85,22 @@ fn call(url: &str, method: &str, path: &str, body: Option<&Value>, key: Option<&
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
+/// POSTs `body` as it is, with this Content-Type (none when empty).
+fn raw_post(url: &str, path: &str, content_type: &str, body: &str, key: Option<&str>) -> (u16, Value) {
+    let mut request =
+        agent().post(format!("{url}/v1{path}")).header("Authorization", format!("Bearer {TOKEN}"));
+    if !content_type.is_empty() {
+        request = request.header("Content-Type", content_type);
+    }
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let mut response = request.send(body.as_bytes()).unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
 fn request_body(gpus: u32) -> Value {
     json!({ "accelerators": ["H100"], "gpus": gpus, "duration_hours": 100, "workload": "training" })
 }
@@ -185,6 +201,19 @@ fn a_request_goes_through_first_refusal_and_market_to_an_award_over_http() {
     // Errors name the field and change nothing.
     let (status, body) = call(url, "POST", "/requests", Some(&json!({ "gpus": 8 })), None);
     assert_eq!((status, body["field"].as_str()), (422, Some("accelerators")), "{body}");
+    for (field, value) in [
+        ("earliest_start", "0000-01-01"),
+        ("earliest_start", "9999-12-31"),
+        ("deliver_by", "9999-12-31T00:00:00Z"),
+        ("accelerators", "H101"),
+        ("regions", "mars-1"),
+    ] {
+        let mut bad = request_body(8);
+        bad[field] =
+            if field == "accelerators" || field == "regions" { json!([value]) } else { json!(value) };
+        let (status, body) = call(url, "POST", "/requests", Some(&bad), None);
+        assert_eq!((status, body["field"].as_str()), (422, Some(field)), "{field}={value}: {body}");
+    }
     let mut odd = request_body(12);
     odd["min_block"] = json!(8);
     let (status, body) = call(url, "POST", "/requests", Some(&odd), None);
@@ -218,6 +247,17 @@ fn a_request_goes_through_first_refusal_and_market_to_an_award_over_http() {
     assert_eq!((status, &again["id"]), (201, &first["id"]));
     let (status, body) = call(url, "POST", "/requests", Some(&request_body(64)), Some("k-1"));
     assert_eq!((status, body["field"].as_str()), (422, Some("Idempotency-Key")), "{body}");
+    // The same JSON re-indented, its keys in another order, is the same body.
+    let reordered = "{\n  \"workload\": \"training\",\n  \"duration_hours\": 100,\n  \"gpus\": 256,\n  \"accelerators\": [ \"H100\" ]\n}";
+    let (status, same) = raw_post(url, "/requests", "application/json", reordered, Some("k-1"));
+    assert_eq!((status, &same["id"]), (201, &first["id"]), "{same}");
+    // A body that is not declared JSON is refused before it is read, and changes nothing.
+    let before = ledger(url).len();
+    for content_type in ["text/plain", "application/xml", ""] {
+        let (status, body) = raw_post(url, "/requests", content_type, &request_body(8).to_string(), None);
+        assert_eq!((status, body["field"].as_str()), (415, Some("Content-Type")), "{content_type:?}: {body}");
+    }
+    assert_eq!(ledger(url).len(), before);
 
     let awarded = wait_for(url, &id, |r| r["status"] == "provisioning" || r["status"] == "active");
     let allocations = awarded["allocations"].as_array().unwrap();
@@ -407,6 +447,83 @@ fn two_replicas_share_postgresql_and_the_standby_takes_over_when_the_leader_dies
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success() && text.contains("projection: ok"), "{text}");
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+}
+
+/// Tokens: roles checked when made, an expiry, revocation by id; on SQLite and, when a
+/// server is configured, on PostgreSQL (where a non-admin token once panicked a handler:
+/// the synchronous client ran on the async runtime).
+#[test]
+fn tokens_are_checked_when_made_expire_and_can_be_revoked_on_both_stores() {
+    let data = tempfile::tempdir().unwrap();
+    token_lifetimes(&Server::start(&["--data", data.path().to_str().unwrap()]));
+    let Ok(database) = std::env::var("DIBS_TEST_POSTGRES_URL") else {
+        eprintln!("skipping the PostgreSQL half: DIBS_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let schema = format!("dibs_tokens_test_{}", std::process::id());
+    let mut client = postgres::Client::connect(&database, postgres::NoTls).unwrap();
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+    let pg_data = tempfile::tempdir().unwrap();
+    let server = Server::start(&[
+        "--data",
+        pg_data.path().to_str().unwrap(),
+        "--database",
+        &database,
+        "--database-schema",
+        &schema,
+    ]);
+    token_lifetimes(&server);
+    // A provider token works there too (a pull provider needs one).
+    let lambda = token_for(&server.url, "provider:lambda");
+    let (status, feed) = call_as(&server.url, &lambda, "GET", "/provider/events", None);
+    assert_eq!(status, 200, "{feed}");
+    drop(server);
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+}
+
+fn token_lifetimes(server: &Server) {
+    let url = &server.url;
+    for role in ["provider:lambda ", "provider:nosuch", " requester", "provider:"] {
+        let (status, body) = call(url, "POST", "/tokens", Some(&json!({ "role": role })), None);
+        assert_eq!((status, body["field"].as_str()), (422, Some("role")), "{role:?}: {body}");
+    }
+    let (status, body) =
+        call(url, "POST", "/tokens", Some(&json!({ "role": "requester", "expires_in_hours": -1 })), None);
+    assert_eq!((status, body["field"].as_str()), (422, Some("expires_in_hours")), "{body}");
+
+    // Works until revoked; then refused, by name; the list says so; the first revocation stands.
+    let (status, made) = call(url, "POST", "/tokens", Some(&json!({ "role": "requester" })), None);
+    assert_eq!(status, 201, "{made}");
+    let (token, id) = (made["token"].as_str().unwrap(), made["id"].as_str().unwrap());
+    assert_eq!(call_as(url, token, "GET", "/requests", None).0, 200);
+    let (status, revoked) = call(url, "POST", &format!("/tokens/{id}/revoke"), None, None);
+    assert_eq!(status, 200, "{revoked}");
+    let (status, refused) = call_as(url, token, "GET", "/requests", None);
+    assert_eq!(status, 401, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("revoked"), "{refused}");
+    let (_, again) = call(url, "POST", &format!("/tokens/{id}/revoke"), None, None);
+    assert_eq!(again["revoked_at"], revoked["revoked_at"]);
+    let (status, _) = call(url, "POST", "/tokens/0123456789abcdef/revoke", None, None);
+    assert_eq!(status, 404);
+    let (_, list) = call(url, "GET", "/tokens", None, None);
+    let listed = list["tokens"].as_array().unwrap().iter().find(|t| t["id"] == id).cloned().unwrap();
+    assert!(listed["revoked_at"].is_string() && listed.get("token").is_none(), "{listed}");
+
+    // One that expires in two seconds.
+    let (status, brief) = call(
+        url,
+        "POST",
+        "/tokens",
+        Some(&json!({ "role": "auditor", "expires_in_hours": 2.0 / 3600.0 })),
+        None,
+    );
+    assert_eq!(status, 201, "{brief}");
+    let brief = brief["token"].as_str().unwrap();
+    assert_eq!(call_as(url, brief, "GET", "/ledger?limit=1", None).0, 200);
+    std::thread::sleep(Duration::from_millis(3100));
+    let (status, expired) = call_as(url, brief, "GET", "/ledger?limit=1", None);
+    assert_eq!(status, 401, "{expired}");
+    assert!(expired["error"].as_str().unwrap().contains("expired"), "{expired}");
 }
 
 /// A running `dibs provider serve`; killed when dropped.
@@ -1041,6 +1158,11 @@ fn the_request_commands_talk_to_a_running_server() {
     assert_eq!(serde_json::from_slice::<Value>(&cancelled.stdout).unwrap()["status"], "cancelled");
     let listed = dibs(&["request", "list", "--status", "cancelled"]);
     assert!(text(&listed).lines().any(|l| l.starts_with(id) && l.contains("cancelled")), "{}", text(&listed));
+    // Cancelling again changes nothing: the same answer, no new ledger entry.
+    let entries = ledger(&server.url).len();
+    let again = dibs(&["request", "cancel", id, "--json"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(ledger(&server.url).len(), entries, "a second cancel records nothing");
     // Every option of every request command says what it does.
     for command in ["submit", "show", "list", "cancel"] {
         let help = Command::new(DIBS).args(["request", command, "--help"]).output().unwrap();

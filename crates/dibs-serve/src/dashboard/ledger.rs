@@ -161,11 +161,16 @@ pub(super) async fn verify(
         return PageError::Forbidden("This form was posted from another site.".into())
             .into_response(Some(&viewer));
     }
-    let result = with_store(&dashboard.app, |store| Ok(dibs_store::verify(store))).await;
+    // The whole ledger is read on a handle of its own, as the API's verify does.
+    let open = dashboard.app.open.clone();
+    let result =
+        tokio::task::spawn_blocking(move || open().map(|mut store| dibs_store::verify(store.as_mut()))).await;
     let verified = match result {
-        Ok(Ok(v)) => Ok(format!("The chain is intact: {} entries, head {}.", thousands(v.entries), v.head)),
-        Ok(Err(e)) => Err(format!("The chain is broken: {e}")),
-        Err(_) => Err("The store did not answer.".into()),
+        Ok(Ok(Ok(v))) => {
+            Ok(format!("The chain is intact: {} entries, head {}.", thousands(v.entries), v.head))
+        }
+        Ok(Ok(Err(e))) => Err(format!("The chain is broken: {e}")),
+        _ => Err("The store did not answer.".into()),
     };
     let query = form.map(|axum::Form(query)| query).unwrap_or_default();
     match page_of(&dashboard, &query).await {

@@ -246,19 +246,9 @@ async fn read<T: Send + 'static>(
 /// Runs `work` on the store's second handle, off the async threads.
 async fn with_store<T: Send + 'static>(
     app: &Arc<AppState>,
-    work: impl FnOnce(&mut dyn dibs_store::Store) -> Result<T, dibs_store::StoreError> + Send + 'static,
+    work: impl Fn(&mut dyn dibs_store::Store) -> Result<T, dibs_store::StoreError> + Send + 'static,
 ) -> Result<T, PageError> {
-    let app = app.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        let mut reader = app.reader.lock().map_err(|_| "the store handle is unusable".to_owned())?;
-        work(reader.as_mut()).map_err(|e| e.to_string())
-    })
-    .await;
-    match done {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(message)) => Err(PageError::Unavailable(message)),
-        Err(e) => Err(PageError::Unavailable(e.to_string())),
-    }
+    app.read(work).await.map_err(|e| PageError::Unavailable(e.error))
 }
 
 /// `/`: the page the role starts on, or the login form.

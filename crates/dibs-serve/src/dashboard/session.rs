@@ -91,6 +91,11 @@ pub(super) fn require(
     allowed: impl FnOnce(&Viewer) -> bool,
 ) -> Result<Viewer, (PageError, Option<Viewer>)> {
     let Some(viewer) = dashboard.sessions.viewer(headers) else { return Err((PageError::LogIn, None)) };
+    // A session lasts no longer than its token: revoked or expired, it is over.
+    if !dashboard.app.still_valid(&viewer.scope) {
+        dashboard.sessions.end(headers);
+        return Err((PageError::LogIn, None));
+    }
     if allowed(&viewer) {
         Ok(viewer)
     } else {
