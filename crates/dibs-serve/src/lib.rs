@@ -167,9 +167,22 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     // here, and the first to get the lock after the leader dies takes over
     // by replaying the ledger.
     let _leadership = match &config.database {
-        Some(url) => Some(PostgresStore::lead(url, &config.schema, || {
-            eprintln!("dibs: standby: another replica leads schema {:?}; waiting to take over", config.schema)
-        })?),
+        Some(url) => Some(PostgresStore::lead(
+            url,
+            &config.schema,
+            || {
+                eprintln!(
+                    "dibs: standby: another replica leads schema {:?}; waiting to take over",
+                    config.schema
+                )
+            },
+            |e| {
+                // The lock went with its session: another replica may lead already. Stop
+                // now; the epoch check refuses any write this one still attempts.
+                eprintln!("dibs: lost the lead ({e}); stopping");
+                std::process::exit(75);
+            },
+        )?),
         None => None,
     };
     // On SQLite, one process per data folder: a second would run a second engine on one ledger.
@@ -178,7 +191,9 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     if config.database.is_none() && lock.try_lock().is_err() {
         return Err(format!("--data {}: another dibs serve is using it", config.data.display()).into());
     }
-    let store = open_store(&config.data, config.database.as_deref(), &config.schema)?;
+    let mut store = open_store(&config.data, config.database.as_deref(), &config.schema)?;
+    // Holding the lead: from now on a write by any replica that led before is refused.
+    store.fence()?;
     let mut reader = open_store(&config.data, config.database.as_deref(), &config.schema)?;
     // Time never goes backwards: a ledger left ahead of the wall clock by a demo run is
     // resumed from its last instant (see `clock`).

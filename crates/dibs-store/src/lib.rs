@@ -20,7 +20,7 @@ pub mod migrate;
 mod postgres;
 mod sqlite;
 
-pub use crate::postgres::{Leadership, PostgresStore};
+pub use crate::postgres::{Leadership, PostgresStore, lead_session_name};
 pub use crate::sqlite::SqliteStore;
 
 use dibs_core::ledger::{hex, next_hash};
@@ -101,10 +101,18 @@ pub enum StoreError {
     Corrupt { seq: u64, problem: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("another replica took the lead (epoch {now}, ours {ours}): this one must stop")]
+    Fenced { ours: i64, now: i64 },
 }
 
 /// A durable ledger with idempotency records.
 pub trait Store: Send {
+    /// Makes this handle the leader's writer: bumps the leader epoch and, from now on, refuses
+    /// every append once another handle has bumped it since ([`StoreError::Fenced`]). Call it
+    /// holding the lead; a no-op where only one process can write (SQLite).
+    fn fence(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Commits a batch in one transaction and returns the entries as stored.
     /// Fails with [`StoreError::KeyReused`], committing nothing, when an
     /// answer's (scope, key) is already recorded.

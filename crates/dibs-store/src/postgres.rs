@@ -14,6 +14,8 @@ const APPEND_LOCK: i64 = 0x6469_6273_6c65_6467;
 
 pub struct PostgresStore {
     client: Client,
+    /// The leader epoch this handle writes under, once fenced.
+    epoch: Option<i64>,
 }
 
 impl PostgresStore {
@@ -53,7 +55,7 @@ impl PostgresStore {
         }
         tx.commit()?;
         client.batch_execute(&format!("SET search_path TO {schema}"))?;
-        Ok(Self { client })
+        Ok(Self { client, epoch: None })
     }
 
     /// The schema version of the dibs schema.
@@ -104,9 +106,27 @@ fn read_head(client: &mut impl postgres::GenericClient) -> Result<(u64, [u8; 32]
 }
 
 impl Store for PostgresStore {
+    fn fence(&mut self) -> Result<(), StoreError> {
+        let row = self.client.query_one(
+            "INSERT INTO leader (id, epoch) VALUES (1, 1)
+             ON CONFLICT (id) DO UPDATE SET epoch = leader.epoch + 1 RETURNING epoch",
+            &[],
+        )?;
+        self.epoch = Some(row.get(0));
+        Ok(())
+    }
+
     fn append(&mut self, batch: &Batch) -> Result<Vec<Entry>, StoreError> {
         let mut tx = self.client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])?;
+        if let Some(ours) = self.epoch {
+            // Appends serialize on the lock above, and a new leader bumps the epoch before
+            // its first append: a deposed leader sees the bump here and writes nothing.
+            let now: i64 = tx.query_one("SELECT epoch FROM leader WHERE id = 1", &[])?.get(0);
+            if now != ours {
+                return Err(StoreError::Fenced { ours, now });
+            }
+        }
         for answer in &batch.answers {
             let inserted = tx.execute(
                 "INSERT INTO idempotency (scope, key, request_digest, status, response)
@@ -308,7 +328,16 @@ impl Store for PostgresStore {
 /// lives. When the holder dies, PostgreSQL drops its session and the lock,
 /// and a waiting replica takes over.
 pub struct Leadership {
-    _client: Client,
+    _watch: std::thread::JoinHandle<()>,
+}
+
+/// How often a leader checks that its lock's session is alive.
+const LEAD_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The `application_name` of a replica's lock session (for operators, and the tests that
+/// terminate it).
+pub fn lead_session_name(schema: &str) -> String {
+    format!("dibs-lead-{schema}")
 }
 
 /// The advisory lock key for leading `schema`'s ledger.
@@ -320,15 +349,38 @@ fn leader_key(schema: &str) -> i64 {
 }
 
 impl PostgresStore {
-    /// Blocks until this process leads `schema`; calls `waiting` once if it must wait.
-    pub fn lead(url: &str, schema: &str, mut waiting: impl FnMut()) -> Result<Leadership, StoreError> {
-        let mut client = Client::connect(url, NoTls)?;
+    /// Blocks until this process leads `schema`; calls `waiting` once if it must wait. Once
+    /// it leads, a thread watches the lock's session and calls `lost` the moment it is gone
+    /// (the session was terminated, the connection dropped): the lock went with it, and
+    /// another replica may already lead. `lost` must stop the process.
+    pub fn lead(
+        url: &str,
+        schema: &str,
+        mut waiting: impl FnMut(),
+        lost: impl FnOnce(StoreError) + Send + 'static,
+    ) -> Result<Leadership, StoreError> {
+        let mut config: postgres::Config =
+            url.parse().map_err(|e| StoreError::Invalid(format!("--database: {e}")))?;
+        config.application_name(&lead_session_name(schema));
+        let mut client = config.connect(NoTls)?;
         let key = leader_key(schema);
         let mut told = false;
         loop {
             let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?;
             if row.get::<_, bool>(0) {
-                return Ok(Leadership { _client: client });
+                let watch = std::thread::Builder::new()
+                    .name("dibs-lead-watch".into())
+                    .spawn(move || {
+                        loop {
+                            std::thread::sleep(LEAD_CHECK);
+                            if let Err(e) = client.simple_query("SELECT 1") {
+                                lost(e.into());
+                                return;
+                            }
+                        }
+                    })
+                    .map_err(|e| StoreError::Invalid(format!("a thread to watch the lead: {e}")))?;
+                return Ok(Leadership { _watch: watch });
             }
             if !told {
                 waiting();

@@ -478,6 +478,21 @@ fn a_newer_schema_is_refused(backend: &dyn Backend) {
     assert_eq!(backend.version(), newer);
 }
 
+/// Fencing on PostgreSQL: once a second handle takes the lead, the first cannot append.
+#[test]
+fn a_fenced_writer_cannot_append_after_another_takes_the_lead() {
+    let Some(backend) = Postgres::new("fenced") else { return };
+    let mut first = PostgresStore::connect(&backend.url, &backend.schema).unwrap();
+    first.fence().unwrap();
+    first.append(&batch(0..1)).unwrap();
+    let mut second = PostgresStore::connect(&backend.url, &backend.schema).unwrap();
+    second.fence().unwrap();
+    let refused = first.append(&batch(1..2)).unwrap_err();
+    assert!(matches!(refused, StoreError::Fenced { .. }), "{refused}");
+    second.append(&batch(1..2)).unwrap();
+    assert_eq!(verify(&mut second).unwrap().entries, 2, "the refused batch left nothing");
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {

@@ -449,6 +449,107 @@ fn two_replicas_share_postgresql_and_the_standby_takes_over_when_the_leader_dies
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
 }
 
+/// Split brain, as an operator or a network can cause it: only the leader's lock session is
+/// terminated. The leader must stop at once (not keep serving beside the standby that takes
+/// the lock), and no write of its may land after the standby leads: every acknowledged
+/// request keeps its own id, no id is given twice, and the ledger replays.
+#[test]
+fn a_leader_whose_lock_session_is_terminated_stops_and_the_standby_takes_over_alone() {
+    let Ok(database) = std::env::var("DIBS_TEST_POSTGRES_URL") else {
+        eprintln!("skipping: DIBS_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let schema = format!("dibs_split_test_{}", std::process::id());
+    let mut client = postgres::Client::connect(&database, postgres::NoTls).unwrap();
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = |data: &Path| {
+        vec![
+            "--data".to_owned(),
+            data.display().to_string(),
+            "--database".into(),
+            database.clone(),
+            "--database-schema".into(),
+            schema.clone(),
+        ]
+    };
+    let args_a = args(data_a.path());
+    let mut leader = Server::start(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
+    let args_b = args(data_b.path());
+    let standby =
+        std::thread::spawn(move || Server::start(&args_b.iter().map(String::as_str).collect::<Vec<_>>()));
+
+    // Clients keep submitting to the leader while its lock session is terminated.
+    let leader_url = leader.url.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let submitting = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut acknowledged = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let key = format!("split-{n}");
+                let result = std::panic::catch_unwind(|| {
+                    call(&leader_url, "POST", "/requests", Some(&request_body(8)), Some(&key))
+                });
+                match result {
+                    Ok((201, body)) => acknowledged.push((key, body["id"].as_str().unwrap().to_owned())),
+                    _ => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            acknowledged
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let terminated = client
+        .query(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $1",
+            &[&dibs_store::lead_session_name(&schema)],
+        )
+        .unwrap();
+    assert_eq!(terminated.len(), 1, "one lock session: the leader's");
+    // The leader notices and stops within a second or two.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = leader.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "the deposed leader kept running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(75), "it stops because it lost the lead");
+    let replica = standby.join().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged = submitting.join().unwrap();
+    assert!(!acknowledged.is_empty(), "the leader served before it stopped");
+
+    // Everything acknowledged is there, under the id it was given; no id was given twice.
+    let url = &replica.url;
+    let mut ids = BTreeSet::new();
+    for (key, id) in &acknowledged {
+        assert!(ids.insert(id.clone()), "{id} given twice");
+        let (status, shown) = call(url, "GET", &format!("/requests/{id}"), None, None);
+        assert_eq!(status, 200, "{id} acknowledged by the old leader is lost: {shown}");
+        let (_, again) = call(url, "POST", "/requests", Some(&request_body(8)), Some(key));
+        assert_eq!(&again["id"], id, "the idempotency record names the same request");
+    }
+    let (status, next) = call(url, "POST", "/requests", Some(&request_body(8)), None);
+    assert_eq!(status, 201, "{next}");
+    assert!(!ids.contains(next["id"].as_str().unwrap()), "a new id: {next}");
+    check_no_double_award(url);
+    drop(replica);
+    let output = Command::new(DIBS)
+        .args(["ledger", "verify", "--database", &database, "--database-schema", &schema])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && text.contains("replay: ok"), "{text}");
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+}
+
 /// Tokens: roles checked when made, an expiry, revocation by id; on SQLite and, when a
 /// server is configured, on PostgreSQL (where a non-admin token once panicked a handler:
 /// the synchronous client ran on the async runtime).
