@@ -33,6 +33,8 @@ pub struct AppState {
     pub open: crate::remote::OpenStore,
     /// SHA-256 of the admin token.
     pub admin_token_hash: [u8; 32],
+    /// Signs the heads the API hands out.
+    pub signer: crate::signing::HeadSigner,
     /// Tokens looked up so far, by hash.
     pub roles: Mutex<std::collections::HashMap<[u8; 32], KnownToken>>,
 }
@@ -125,6 +127,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/provider/requests/{id}/answer", post(provider_answer))
         .route("/v1/ledger", get(ledger))
         .route("/v1/ledger/verify", get(verify))
+        .route("/v1/ledger/head", get(ledger_head))
         .fallback(|| async { error(ApiError::new(404, "no such endpoint")) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(json_bodies_only))
@@ -610,6 +613,22 @@ async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     }
 }
 
+/// The ledger's head now, signed: a counterparty keeps it, and `dibs ledger verify --head`
+/// later shows the ledger still holds that entry with that hash.
+#[utoipa::path(get, path = "/v1/ledger/head", tag = "ledger", responses((status = 200, body = crate::signing::HeadView), (status = 401, body = ApiError), (status = 403, body = ApiError)), security(("bearer" = [])))]
+async fn ledger_head(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authenticate(&state, &headers, Access::Audit).await {
+        return error(e);
+    }
+    match state.read(|reader| reader.head()).await {
+        Ok((seq, hash)) => {
+            let at = dibs_core::types::Timestamp::from_unix(unix_now()).to_string();
+            Json(crate::signing::HeadView::from(&state.signer.sign(seq, hash, at))).into_response()
+        }
+        Err(e) => error(e),
+    }
+}
+
 /// Parses a JSON body, naming the field at fault.
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
@@ -1017,9 +1036,9 @@ async fn provider_answer(
     info(title = "dibs", description = "A contract-aware broker for GPU cloud capacity."),
     paths(
         health, submit, list, show, cancel, stats, contracts, load_contracts, contract, providers, allocations, open_incident, resolve_incident, incidents,
-        ledger, verify, create_token, list_tokens, revoke_token, provider_events, provider_answer, report_revenue, declare_event, settlement
+        ledger, verify, ledger_head, create_token, list_tokens, revoke_token, provider_events, provider_answer, report_revenue, declare_event, settlement
     ),
-    components(schemas(ContractFiles, ContractFile, SubmitBody, RequestView, crate::view::AllocationView, crate::view::UnfilledView, ApiError, IncidentBody, TokenBody, RevenueBody, EventBody, crate::view::SettlementView, crate::view::CommitmentView, crate::view::RevenueShareView, crate::view::SuspensionView, crate::view::RevenueReportedView, crate::view::EventDeclaredView, HealthView, LedgerEntryView, LedgerPage, VerifyView, TokenCreated, crate::view::RequestPage, crate::view::AllocationPage, crate::view::StatsView, crate::view::IncidentView, crate::view::IncidentList, crate::view::IncidentResolvedView, crate::view::ProviderView, crate::view::ProviderList, crate::view::AnswerTaken, crate::view::ContractView, crate::view::ContractVersionView, crate::view::ClauseView, crate::view::ContractList, crate::view::ContractsLoaded, crate::sealed::ProviderEvent, crate::sealed::ProviderEventPage, crate::sealed::SealedEvent, crate::sealed::SealedAllocation, TokenView, TokenList)),
+    components(schemas(ContractFiles, ContractFile, SubmitBody, RequestView, crate::view::AllocationView, crate::view::UnfilledView, ApiError, IncidentBody, TokenBody, RevenueBody, EventBody, crate::view::SettlementView, crate::view::CommitmentView, crate::view::RevenueShareView, crate::view::SuspensionView, crate::view::RevenueReportedView, crate::view::EventDeclaredView, HealthView, LedgerEntryView, LedgerPage, VerifyView, TokenCreated, crate::view::RequestPage, crate::view::AllocationPage, crate::view::StatsView, crate::view::IncidentView, crate::view::IncidentList, crate::view::IncidentResolvedView, crate::view::ProviderView, crate::view::ProviderList, crate::view::AnswerTaken, crate::view::ContractView, crate::view::ContractVersionView, crate::view::ClauseView, crate::view::ContractList, crate::view::ContractsLoaded, crate::sealed::ProviderEvent, crate::sealed::ProviderEventPage, crate::sealed::SealedEvent, crate::sealed::SealedAllocation, TokenView, TokenList, crate::signing::HeadView)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

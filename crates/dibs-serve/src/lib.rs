@@ -13,6 +13,7 @@ pub mod http;
 pub mod provider;
 pub mod remote;
 pub mod sealed;
+pub mod signing;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -223,6 +224,8 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     let (mut broker, mut recovery) =
         Broker::recover(store, providers, remote, clock, Some(config.configuration.clone()))?;
     broker.set_time_speed(config.time_speed);
+    // Heads are signed with the key beside the ledger (made now at a first start).
+    broker.sign_heads(signing::HeadSigner::load_or_create(&config.data)?);
     recovery.outstanding = broker.take_over()?;
     let Recovery { entries, inputs, requests, outstanding, .. } = recovery;
     let replayed = format!(
@@ -265,6 +268,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         commands: Mutex::new(tx.clone()),
         reader: Mutex::new(reader),
         tokens: Mutex::new(open()?),
+        signer: signing::HeadSigner::load(&config.data)?,
         open: open.clone(),
         admin_token_hash: hash,
         roles: Mutex::new(std::collections::HashMap::new()),

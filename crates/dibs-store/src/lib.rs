@@ -130,6 +130,14 @@ pub trait Store: Send {
     fn projected_requests(&mut self, after: &str, limit: usize) -> Result<Vec<(String, String)>, StoreError>;
     /// Replaces the whole `requests` projection, in one transaction (`dibs ledger rebuild`).
     fn replace_projection(&mut self, rows: &[(String, String)]) -> Result<(), StoreError>;
+    /// How the ledger is hashed (see [`LedgerFormat`]).
+    fn ledger_format(&mut self) -> Result<LedgerFormat, StoreError>;
+    /// Every idempotency answer recorded.
+    fn answers(&mut self) -> Result<Vec<IdempotentAnswer>, StoreError>;
+    /// Records a signed checkpoint of the head.
+    fn add_head(&mut self, head: &SignedHead) -> Result<(), StoreError>;
+    /// Every signed checkpoint, in sequence order.
+    fn heads(&mut self) -> Result<Vec<SignedHead>, StoreError>;
     /// Every timer that has not fired, in due order.
     fn timers(&mut self) -> Result<Vec<Row>, StoreError>;
     /// Claims up to `limit` outgoing calls nobody holds (or whose holder's lease
@@ -182,15 +190,111 @@ impl TokenRecord {
     }
 }
 
+/// What schema step 5 found when it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerFormat {
+    /// The first sequence number hashed over every column ([`entry_hash`]); the entries
+    /// before it hash their body alone.
+    pub all_columns_from: u64,
+    /// Idempotency answers recorded before then, which have no acknowledgement.
+    pub answers_before: u64,
+}
+
+/// A signed checkpoint of the ledger's head: entry `seq` hashed to `hash`, as the holder of
+/// `public_key` (an Ed25519 key) signed at `at`. See [`head_message`] for what is signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedHead {
+    pub seq: u64,
+    pub hash: [u8; 32],
+    pub at: String,
+    pub public_key: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// The bytes a head's signature covers: `dibs ledger head v1`, the sequence number, the hash.
+pub fn head_message(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+    format!("dibs ledger head v1\n{seq}\n{}\n", hex(hash)).into_bytes()
+}
+
+/// The entry kind the store adds for each idempotency answer a batch records: the answer's
+/// fields (the response by its digest) are then in the hash chain, so an edited answer is
+/// found by [`verify`].
+pub const ACKNOWLEDGED_KIND: &str = "acknowledged";
+
+/// The hash of entry `seq` over every column that is served or replayed: its predecessor's
+/// hash, its index, `at`, `kind`, `request` and `body`, each with its length first, so no
+/// two different entries hash alike by moving bytes from one column to another.
+pub fn entry_hash(
+    previous: &[u8; 32],
+    seq: u64,
+    at: &str,
+    kind: &str,
+    request: Option<&str>,
+    body: &str,
+) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"dibs entry v2");
+    hasher.update(previous);
+    hasher.update(seq.to_be_bytes());
+    for column in [Some(at), Some(kind), request, Some(body)] {
+        match column {
+            Some(text) => {
+                hasher.update([1]);
+                hasher.update((text.len() as u64).to_be_bytes());
+                hasher.update(text.as_bytes());
+            }
+            None => hasher.update([0]),
+        }
+    }
+    hasher.finalize().into()
+}
+
+/// The hash entry `seq` must have: over every column from `all_columns_from` on, over its
+/// body alone before (entries written before schema step 5).
+fn hash_of(previous: &[u8; 32], seq: u64, e: &NewEntry, all_columns_from: u64) -> [u8; 32] {
+    if seq >= all_columns_from {
+        entry_hash(previous, seq, &e.at, &e.kind, e.request.as_deref(), &e.body)
+    } else {
+        next_hash(previous, seq - 1, e.body.as_bytes())
+    }
+}
+
+/// The entries a batch appends: its own, then one [`ACKNOWLEDGED_KIND`] entry per answer.
+pub(crate) fn with_acknowledgements(batch: &Batch) -> Vec<NewEntry> {
+    let at = batch.entries.last().map(|e| e.at.clone()).unwrap_or_default();
+    let mut entries = batch.entries.clone();
+    entries.extend(batch.answers.iter().map(|a| NewEntry {
+        at: at.clone(),
+        kind: ACKNOWLEDGED_KIND.into(),
+        request: None,
+        body: acknowledgement(a),
+    }));
+    entries
+}
+
+fn acknowledgement(a: &IdempotentAnswer) -> String {
+    use sha2::{Digest, Sha256};
+    let response: [u8; 32] = Sha256::digest(a.response.as_bytes()).into();
+    serde_json::json!({
+        "scope": a.scope,
+        "key": a.key,
+        "request_digest": a.request_digest,
+        "status": a.status,
+        "response_sha256": hex(&response),
+    })
+    .to_string()
+}
+
 /// Chains a batch onto (`length`, `head`): the entries as they will be stored.
-pub(crate) fn chain(length: u64, head: [u8; 32], batch: &[NewEntry]) -> Vec<Entry> {
+pub(crate) fn chain(length: u64, head: [u8; 32], batch: &[NewEntry], all_columns_from: u64) -> Vec<Entry> {
     let mut previous = head;
     batch
         .iter()
         .enumerate()
         .map(|(i, e)| {
             let index = length + i as u64;
-            let hash = next_hash(&previous, index, e.body.as_bytes());
+            let hash = hash_of(&previous, index + 1, e, all_columns_from);
             let entry = Entry {
                 seq: index + 1,
                 at: e.at.clone(),
@@ -217,11 +321,24 @@ pub(crate) fn to_hash(seq: u64, bytes: &[u8]) -> Result<[u8; 32], StoreError> {
 pub struct Verification {
     pub entries: u64,
     pub head: String,
+    /// Idempotency answers checked against their acknowledgements in the chain.
+    pub answers: usize,
+    /// Signed checkpoints checked against the chain (their signatures are checked by the
+    /// caller, who holds the keys it trusts: see [`head_message`]).
+    pub checkpoints: Vec<SignedHead>,
 }
 
-/// Reads the whole ledger page by page and recomputes every hash. Names the
-/// first entry whose sequence number, link or hash is wrong.
+/// Reads the whole ledger page by page and recomputes every hash; checks every idempotency
+/// answer against the acknowledgement the chain holds for it, and every signed checkpoint
+/// against the entry it names. Names the first entry whose sequence number, link or hash
+/// is wrong, an answer that was changed or removed, or a checkpoint the ledger no longer
+/// reaches (a truncated tail) or no longer matches (a rewrite).
 pub fn verify(store: &mut dyn Store) -> Result<Verification, StoreError> {
+    let LedgerFormat { all_columns_from, answers_before } = store.ledger_format()?;
+    let checkpoints = store.heads()?;
+    let mut wanted: std::collections::BTreeMap<u64, [u8; 32]> =
+        checkpoints.iter().map(|h| (h.seq, h.hash)).collect();
+    let mut acknowledged: std::collections::BTreeMap<(String, String), String> = Default::default();
     let mut previous = [0u8; 32];
     let mut expected_seq = 1u64;
     loop {
@@ -247,27 +364,94 @@ pub fn verify(store: &mut dyn Store) -> Result<Verification, StoreError> {
                     ),
                 });
             }
-            let hash = next_hash(&previous, entry.seq - 1, entry.body.as_bytes());
+            let stored = NewEntry {
+                at: entry.at.clone(),
+                kind: entry.kind.clone(),
+                request: entry.request.clone(),
+                body: entry.body.clone(),
+            };
+            let hash = hash_of(&previous, entry.seq, &stored, all_columns_from);
             if hash != entry.hash {
+                let what =
+                    if entry.seq >= all_columns_from { "its at, kind, request and body" } else { "its body" };
                 return Err(StoreError::Corrupt {
                     seq: entry.seq,
                     problem: format!(
-                        "its body hashes to {}, not the stored {}: the entry was changed",
+                        "{what} hash to {}, not the stored {}: the entry was changed",
                         hex(&hash),
                         hex(&entry.hash)
                     ),
                 });
             }
+            if let Some(signed) = wanted.remove(&entry.seq)
+                && signed != hash
+            {
+                return Err(StoreError::Corrupt {
+                    seq: entry.seq,
+                    problem: format!(
+                        "a signed checkpoint says it hashed to {}: the ledger was rewritten",
+                        hex(&signed)
+                    ),
+                });
+            }
+            if entry.kind == ACKNOWLEDGED_KIND {
+                let body: serde_json::Value = serde_json::from_str(&entry.body).unwrap_or_default();
+                let field = |name: &str| body[name].as_str().unwrap_or_default().to_owned();
+                acknowledged.insert((field("scope"), field("key")), entry.body.clone());
+            }
             previous = hash;
             expected_seq += 1;
         }
     }
-    let (length, head) = store.head()?;
-    if length != expected_seq - 1 || (length > 0 && head != previous) {
+    let length = expected_seq - 1;
+    let (stored_length, head) = store.head()?;
+    if stored_length != length || (length > 0 && head != previous) {
         return Err(StoreError::Corrupt {
-            seq: length,
+            seq: stored_length,
             problem: "the head does not match the entries read".into(),
         });
     }
-    Ok(Verification { entries: expected_seq - 1, head: hex(&previous) })
+    if let Some((seq, _)) = wanted.iter().next() {
+        return Err(StoreError::Corrupt {
+            seq: *seq,
+            problem: format!(
+                "a signed checkpoint names it, but the ledger ends at {length}: its tail was cut off"
+            ),
+        });
+    }
+    let answers = store.answers()?;
+    let mut unacknowledged = Vec::new();
+    for answer in &answers {
+        match acknowledged.remove(&(answer.scope.clone(), answer.key.clone())) {
+            Some(body) if body == acknowledgement(answer) => {}
+            Some(_) => {
+                return Err(StoreError::Corrupt {
+                    seq: 0,
+                    problem: format!(
+                        "the idempotency answer for key {:?} differs from the one the ledger acknowledged",
+                        answer.key
+                    ),
+                });
+            }
+            None => unacknowledged.push(&answer.key),
+        }
+    }
+    // Only answers from before schema step 5 may lack an acknowledgement.
+    if unacknowledged.len() as u64 > answers_before {
+        return Err(StoreError::Corrupt {
+            seq: 0,
+            problem: format!(
+                "{} idempotency answers the ledger never acknowledged (at most {answers_before} predate acknowledgements), such as key {:?}",
+                unacknowledged.len(),
+                unacknowledged[0]
+            ),
+        });
+    }
+    if let Some(((_, key), _)) = acknowledged.iter().next() {
+        return Err(StoreError::Corrupt {
+            seq: 0,
+            problem: format!("the idempotency answer for key {key:?} the ledger acknowledged is gone"),
+        });
+    }
+    Ok(Verification { entries: length, head: hex(&previous), answers: answers.len(), checkpoints })
 }

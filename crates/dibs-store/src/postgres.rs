@@ -5,8 +5,8 @@
 use postgres::{Client, NoTls};
 
 use crate::{
-    Batch, Entry, IdempotentAnswer, MAX_PAGE, Row, Store, StoreError, TOKEN_ID_LENGTH, TokenRecord, chain,
-    migrate, to_hash,
+    Batch, Entry, IdempotentAnswer, LedgerFormat, MAX_PAGE, Row, SignedHead, Store, StoreError,
+    TOKEN_ID_LENGTH, TokenRecord, chain, migrate, to_hash, with_acknowledgements,
 };
 
 /// The advisory lock key appends take (ASCII "dibsledg").
@@ -94,6 +94,15 @@ fn token_record(row: &postgres::Row) -> TokenRecord {
     }
 }
 
+fn read_format(client: &mut impl postgres::GenericClient) -> Result<LedgerFormat, StoreError> {
+    let row =
+        client.query_one("SELECT all_columns_from, answers_before FROM ledger_format WHERE id = 1", &[])?;
+    Ok(LedgerFormat {
+        all_columns_from: row.get::<_, i64>(0) as u64,
+        answers_before: row.get::<_, i64>(1) as u64,
+    })
+}
+
 fn read_head(client: &mut impl postgres::GenericClient) -> Result<(u64, [u8; 32]), StoreError> {
     let row = client.query_opt("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1", &[])?;
     match row {
@@ -144,7 +153,8 @@ impl Store for PostgresStore {
             }
         }
         let (length, head) = read_head(&mut tx)?;
-        let entries = chain(length, head, &batch.entries);
+        let format = read_format(&mut tx)?;
+        let entries = chain(length, head, &with_acknowledgements(batch), format.all_columns_from);
         let insert = tx.prepare(
             "INSERT INTO ledger (seq, at, kind, request, body, prev_hash, hash)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -255,6 +265,53 @@ impl Store for PostgresStore {
     fn drop_call(&mut self, key: &str) -> Result<(), StoreError> {
         self.client.execute("DELETE FROM outbox WHERE key = $1", &[&key])?;
         Ok(())
+    }
+
+    fn ledger_format(&mut self) -> Result<LedgerFormat, StoreError> {
+        read_format(&mut self.client)
+    }
+
+    fn answers(&mut self) -> Result<Vec<IdempotentAnswer>, StoreError> {
+        let rows = self.client.query(
+            "SELECT scope, key, request_digest, status, response FROM idempotency ORDER BY scope, key",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| IdempotentAnswer {
+                scope: r.get(0),
+                key: r.get(1),
+                request_digest: r.get(2),
+                status: r.get::<_, i32>(3) as u16,
+                response: r.get(4),
+            })
+            .collect())
+    }
+
+    fn add_head(&mut self, head: &SignedHead) -> Result<(), StoreError> {
+        self.client.execute(
+            "INSERT INTO heads (seq, hash, at, public_key, signature) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (seq) DO NOTHING",
+            &[&(head.seq as i64), &&head.hash[..], &head.at, &head.public_key, &head.signature],
+        )?;
+        Ok(())
+    }
+
+    fn heads(&mut self) -> Result<Vec<SignedHead>, StoreError> {
+        let rows =
+            self.client.query("SELECT seq, hash, at, public_key, signature FROM heads ORDER BY seq", &[])?;
+        rows.iter()
+            .map(|r| {
+                let seq = r.get::<_, i64>(0) as u64;
+                Ok(SignedHead {
+                    seq,
+                    hash: to_hash(seq, r.get::<_, &[u8]>(1))?,
+                    at: r.get(2),
+                    public_key: r.get(3),
+                    signature: r.get(4),
+                })
+            })
+            .collect()
     }
 
     fn retry_call(&mut self, key: &str, not_before: i64) -> Result<(), StoreError> {

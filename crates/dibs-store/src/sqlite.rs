@@ -6,8 +6,8 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    Batch, Entry, IdempotentAnswer, MAX_PAGE, Row, Store, StoreError, TOKEN_ID_LENGTH, TokenRecord, chain,
-    migrate, to_hash,
+    Batch, Entry, IdempotentAnswer, LedgerFormat, MAX_PAGE, Row, SignedHead, Store, StoreError,
+    TOKEN_ID_LENGTH, TokenRecord, chain, migrate, to_hash, with_acknowledgements,
 };
 
 pub struct SqliteStore {
@@ -59,6 +59,15 @@ fn token_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
         expires_at: r.get(3)?,
         revoked_at: r.get(4)?,
     })
+}
+
+fn read_format(connection: &Connection) -> Result<LedgerFormat, StoreError> {
+    let (all_columns_from, answers_before): (i64, i64) = connection.query_row(
+        "SELECT all_columns_from, answers_before FROM ledger_format WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(LedgerFormat { all_columns_from: all_columns_from as u64, answers_before: answers_before as u64 })
 }
 
 fn read_head(connection: &Connection) -> Result<(u64, [u8; 32]), StoreError> {
@@ -126,7 +135,8 @@ impl Store for SqliteStore {
             }
         }
         let (length, head) = read_head(&tx)?;
-        let entries = chain(length, head, &batch.entries);
+        let format = read_format(&tx)?;
+        let entries = chain(length, head, &with_acknowledgements(batch), format.all_columns_from);
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO ledger (seq, at, kind, request, body, prev_hash, hash)
@@ -249,6 +259,50 @@ impl Store for SqliteStore {
     fn drop_call(&mut self, key: &str) -> Result<(), StoreError> {
         self.connection.execute("DELETE FROM outbox WHERE key = ?1", params![key])?;
         Ok(())
+    }
+
+    fn ledger_format(&mut self) -> Result<LedgerFormat, StoreError> {
+        read_format(&self.connection)
+    }
+
+    fn answers(&mut self) -> Result<Vec<IdempotentAnswer>, StoreError> {
+        let mut select = self.connection.prepare(
+            "SELECT scope, key, request_digest, status, response FROM idempotency ORDER BY scope, key",
+        )?;
+        let rows = select.query_map([], |r| {
+            Ok(IdempotentAnswer {
+                scope: r.get(0)?,
+                key: r.get(1)?,
+                request_digest: r.get(2)?,
+                status: r.get(3)?,
+                response: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn add_head(&mut self, head: &SignedHead) -> Result<(), StoreError> {
+        self.connection.execute(
+            "INSERT INTO heads (seq, hash, at, public_key, signature) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (seq) DO NOTHING",
+            params![head.seq as i64, &head.hash[..], head.at, head.public_key, head.signature],
+        )?;
+        Ok(())
+    }
+
+    fn heads(&mut self) -> Result<Vec<SignedHead>, StoreError> {
+        let mut select =
+            self.connection.prepare("SELECT seq, hash, at, public_key, signature FROM heads ORDER BY seq")?;
+        let rows = select.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        let mut heads = Vec::new();
+        for row in rows {
+            let (seq, hash, at, public_key, signature) = row?;
+            let seq = seq as u64;
+            heads.push(SignedHead { seq, hash: to_hash(seq, &hash)?, at, public_key, signature });
+        }
+        Ok(heads)
     }
 
     fn retry_call(&mut self, key: &str, not_before: i64) -> Result<(), StoreError> {

@@ -4,9 +4,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use dibs_core::ledger::{Chain, hex};
+use dibs_core::ledger::hex;
 use dibs_store::{
-    Batch, IdempotentAnswer, NewEntry, PostgresStore, Row, SqliteStore, Store, StoreError, migrate, verify,
+    Batch, IdempotentAnswer, NewEntry, PostgresStore, Row, SignedHead, SqliteStore, Store, StoreError,
+    entry_hash, migrate, verify,
 };
 
 fn entry(n: u32) -> NewEntry {
@@ -181,12 +182,13 @@ fn appends_chain_like_the_engine(backend: &dyn Backend) {
     assert_eq!(first.iter().chain(&second).map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
     assert_eq!(second[0].prev_hash, first[2].hash);
 
-    // The same bodies through the engine's in-memory chain give the same head.
-    let mut chain = Chain::default();
+    // Every column is in the hash: the head is `entry_hash` folded over them.
+    let mut head = [0u8; 32];
     for n in 0..5 {
-        chain.append_bytes(entry(n).body.as_bytes());
+        let e = entry(n);
+        head = entry_hash(&head, u64::from(n) + 1, &e.at, &e.kind, e.request.as_deref(), &e.body);
     }
-    assert_eq!(store.head().unwrap(), (5, chain.head()));
+    assert_eq!(store.head().unwrap(), (5, head));
 
     // Paging returns what was written, in order, from any point.
     let page = store.entries(2, 2).unwrap();
@@ -197,7 +199,7 @@ fn appends_chain_like_the_engine(backend: &dyn Backend) {
 
     let verified = verify(store.as_mut()).unwrap();
     assert_eq!(verified.entries, 5);
-    assert_eq!(verified.head, hex(&chain.head()));
+    assert_eq!(verified.head, hex(&head));
     // A cursor past every sequence number (even past i64) is the end, not the start.
     assert!(backend.open().entries(u64::MAX, 10).unwrap().is_empty());
     assert!(backend.open().entries(1 << 63, 10).unwrap().is_empty());
@@ -231,7 +233,7 @@ fn a_reopened_store_keeps_everything(backend: &dyn Backend) {
             .unwrap();
     }
     let mut store = backend.open();
-    assert_eq!(store.head().unwrap().0, 1);
+    assert_eq!(store.head().unwrap().0, 2, "the entry and the answer's acknowledgement");
     let kept = store.answer("requester-1", "k1").unwrap().unwrap();
     assert_eq!(kept.response, "{\"id\":\"r0\"}");
     assert_eq!(kept.status, 201);
@@ -254,7 +256,7 @@ fn a_reused_key_commits_nothing(backend: &dyn Backend) {
         ..Batch::default()
     });
     assert!(matches!(again, Err(StoreError::KeyReused { ref key }) if key == "k"), "{again:?}");
-    assert_eq!(store.head().unwrap().0, 1, "the refused batch's entries were not written");
+    assert_eq!(store.head().unwrap().0, 2, "the refused batch's entries were not written");
     assert_eq!(store.answer("requester-1", "k").unwrap().unwrap().response, "first");
 }
 
@@ -265,6 +267,72 @@ fn verify_names_the_first_changed_entry(backend: &dyn Backend) {
     let error = verify(store.as_mut()).unwrap_err();
     assert!(matches!(error, StoreError::Corrupt { seq: 4, .. }), "{error}");
     assert!(error.to_string().contains("entry 4"), "{error}");
+}
+
+/// Every column that is served or replayed is in the hash: changing any one is found.
+fn verify_finds_a_change_to_any_column(backend: &dyn Backend) {
+    let mut store = backend.open();
+    store.append(&batch(0..6)).unwrap();
+    for (seq, column, value) in [
+        (2, "at", "'2027-01-01T00:00:00Z'"),
+        (3, "kind", "'awarded'"),
+        (4, "request", "'r-999'"),
+        (5, "request", "NULL"),
+    ] {
+        backend.raw(&format!("UPDATE ledger SET {column} = {value} WHERE seq = {seq}"));
+        let error = verify(store.as_mut()).unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt { seq: s, .. } if s == seq), "{column}: {error}");
+        let e = entry(seq as u32 - 1);
+        let request = e.request.map_or("NULL".to_owned(), |r| format!("'{r}'"));
+        backend.raw(&format!(
+            "UPDATE ledger SET at = '{}', kind = '{}', request = {request} WHERE seq = {seq}",
+            e.at, e.kind
+        ));
+        assert_eq!(verify(store.as_mut()).unwrap().entries, 6, "restored");
+    }
+}
+
+/// An idempotency answer is acknowledged in the chain: editing, removing or adding one is
+/// found.
+fn verify_finds_an_edited_removed_or_added_idempotency_answer(backend: &dyn Backend) {
+    let mut store = backend.open();
+    let mut first = batch(0..2);
+    first.answers = vec![answer("k-1", r#"{"id":"r-1"}"#)];
+    store.append(&first).unwrap();
+    let verified = verify(store.as_mut()).unwrap();
+    assert_eq!((verified.entries, verified.answers), (3, 1), "two entries and the acknowledgement");
+    backend.raw(r#"UPDATE idempotency SET response = '{"id":"r-2"}' WHERE key = 'k-1'"#);
+    let error = verify(store.as_mut()).unwrap_err().to_string();
+    assert!(error.contains("k-1") && error.contains("differs"), "{error}");
+    backend.raw("DELETE FROM idempotency WHERE key = 'k-1'");
+    let error = verify(store.as_mut()).unwrap_err().to_string();
+    assert!(error.contains("k-1") && error.contains("gone"), "{error}");
+    backend.raw(r#"INSERT INTO idempotency (scope, key, request_digest, status, response) VALUES ('requester-1', 'k-1', 'd1', 201, '{"id":"r-1"}')"#);
+    assert_eq!(verify(store.as_mut()).unwrap().answers, 1, "restored");
+    backend.raw(r#"INSERT INTO idempotency (scope, key, request_digest, status, response) VALUES ('requester-1', 'k-9', 'd9', 201, '{"id":"r-9"}')"#);
+    let error = verify(store.as_mut()).unwrap_err().to_string();
+    assert!(error.contains("never acknowledged") && error.contains("k-9"), "{error}");
+}
+
+/// A signed checkpoint names an entry: a ledger cut short of it, or rewritten under it, is
+/// found (the signature itself is the caller's to check).
+fn verify_finds_a_cut_tail_or_a_rewrite_under_a_checkpoint(backend: &dyn Backend) {
+    let mut store = backend.open();
+    store.append(&batch(0..10)).unwrap();
+    let (seq, hash) = store.head().unwrap();
+    let head = SignedHead {
+        seq,
+        hash,
+        at: "2026-01-01T00:00:00Z".into(),
+        public_key: vec![1; 32],
+        signature: vec![2; 64],
+    };
+    store.add_head(&head).unwrap();
+    assert_eq!(verify(store.as_mut()).unwrap().checkpoints, vec![head.clone()]);
+    backend.raw("DELETE FROM ledger WHERE seq > 7");
+    let error = verify(store.as_mut()).unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt { seq: 10, .. }), "{error}");
+    assert!(error.to_string().contains("cut off"), "{error}");
 }
 
 fn concurrent_writers_keep_one_chain(backend: &dyn Backend) {
@@ -523,6 +591,9 @@ conformance!(
     the_requests_projection_is_written_with_its_batch_and_can_be_replaced,
     timers_and_calls_are_rows_committed_with_their_decisions,
     concurrent_claims_never_share_a_call,
+    verify_finds_a_change_to_any_column,
+    verify_finds_an_edited_removed_or_added_idempotency_answer,
+    verify_finds_a_cut_tail_or_a_rewrite_under_a_checkpoint,
     an_unversioned_database_is_migrated_on_open,
     a_newer_schema_is_refused,
 );

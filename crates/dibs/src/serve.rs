@@ -164,14 +164,35 @@ pub enum LedgerCommand {
         #[arg(long, default_value = dibs_serve::POSTGRES_SCHEMA)]
         database_schema: String,
     },
-    /// Check the ledger's hash chain and that replaying its inputs, under the
-    /// contracts and catalog it records, makes the decisions it records; names
-    /// the first bad entry. Reads the store directly (the server may be running).
+    /// Check the ledger's hash chain (every column of every entry), every idempotency answer
+    /// against its acknowledgement in the chain, every signed checkpoint (its signature, and
+    /// that the ledger still reaches and matches it), any heads kept elsewhere (--head), and
+    /// that replaying its inputs, under the contracts and catalog it records, makes the
+    /// decisions it records; names the first bad entry. Reads the store directly (the
+    /// server may be running).
     Verify {
-        /// Data folder holding the SQLite ledger.
+        /// Data folder holding the SQLite ledger (and the key that signs its heads).
         #[arg(long, default_value = "dibs-data")]
         data: PathBuf,
         /// PostgreSQL URL instead of SQLite.
+        #[arg(long)]
+        database: Option<String>,
+        /// PostgreSQL schema.
+        #[arg(long, default_value = dibs_serve::POSTGRES_SCHEMA)]
+        database_schema: String,
+        /// A signed head kept from `dibs ledger head` or `GET /v1/ledger/head` (JSON): the
+        /// ledger must still hold that entry with that hash. Repeat for several.
+        #[arg(long = "head", value_name = "FILE")]
+        heads: Vec<PathBuf>,
+    },
+    /// Print the ledger's head, signed with the key in the data folder, as JSON to keep:
+    /// `dibs ledger verify --head FILE` later shows the ledger was not cut short or
+    /// rewritten under it.
+    Head {
+        /// Data folder holding the ledger and its key.
+        #[arg(long, default_value = "dibs-data")]
+        data: PathBuf,
+        /// PostgreSQL URL instead of SQLite (the key is still read from --data).
         #[arg(long)]
         database: Option<String>,
         /// PostgreSQL schema.
@@ -181,7 +202,8 @@ pub enum LedgerCommand {
 }
 
 pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
-    let (LedgerCommand::Verify { data, database, database_schema }
+    let (LedgerCommand::Verify { data, database, database_schema, .. }
+    | LedgerCommand::Head { data, database, database_schema }
     | LedgerCommand::Rebuild { data, database, database_schema }) = &command;
     let (data, database, database_schema) = (data.clone(), database.clone(), database_schema.clone());
     if database.is_none() && !data.join("ledger.db").is_file() {
@@ -196,12 +218,34 @@ pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
         println!("rebuilt the requests projection: {rows} requests from {} ledger entries", recovery.entries);
         return Ok(ExitCode::SUCCESS);
     }
-    match dibs_store::verify(store.as_mut()) {
-        Ok(v) => println!("hash chain: ok, {} entries, head {}", v.entries, v.head),
+    if let LedgerCommand::Head { .. } = command {
+        let signer = dibs_serve::signing::HeadSigner::load(&data).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (seq, hash) = store.head().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let at = dibs_core::types::Timestamp::from_unix(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        );
+        let head = dibs_serve::signing::HeadView::from(&signer.sign(seq, hash, at.to_string()));
+        println!("{}", serde_json::to_string_pretty(&head)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verified = match dibs_store::verify(store.as_mut()) {
+        Ok(v) => {
+            println!(
+                "hash chain: ok, {} entries, head {}; {} idempotency answers acknowledged",
+                v.entries, v.head, v.answers
+            );
+            v
+        }
         Err(e) => {
             println!("hash chain: BROKEN: {e}");
             return Ok(ExitCode::from(1));
         }
+    };
+    if let Err(problem) = check_heads(&data, store.as_mut(), &verified, &command) {
+        println!("signed heads: BROKEN: {problem}");
+        return Ok(ExitCode::from(1));
     }
     match dibs_serve::replay_check(store) {
         Ok((r, projection)) => {
@@ -228,6 +272,60 @@ pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// The signed checkpoints in the store and the heads kept elsewhere (`--head`): every
+/// signature good, the store's under the data folder's key when it has one, and every head
+/// an entry the ledger still holds with that hash.
+fn check_heads(
+    data: &std::path::Path,
+    store: &mut dyn dibs_store::Store,
+    verified: &dibs_store::Verification,
+    command: &LedgerCommand,
+) -> std::result::Result<(), String> {
+    let ours = dibs_serve::signing::HeadSigner::load(data).ok().map(|s| s.public_key().to_vec());
+    for head in &verified.checkpoints {
+        dibs_serve::signing::check(head)?;
+        if ours.as_ref().is_some_and(|key| *key != head.public_key) && data.join("ledger.db").is_file() {
+            return Err(format!(
+                "the checkpoint at entry {} is signed by a key other than {}'s",
+                head.seq,
+                data.display()
+            ));
+        }
+    }
+    let LedgerCommand::Verify { heads, .. } = command else { return Ok(()) };
+    for path in heads {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let view: dibs_serve::signing::HeadView =
+            serde_json::from_str(&text).map_err(|e| format!("{}: not a signed head: {e}", path.display()))?;
+        let head = view.to_signed().map_err(|e| format!("{}: {e}", path.display()))?;
+        dibs_serve::signing::check(&head).map_err(|e| format!("{}: {e}", path.display()))?;
+        if head.seq > verified.entries {
+            return Err(format!(
+                "{}: the kept head names entry {}, but the ledger ends at {}: its tail was cut off",
+                path.display(),
+                head.seq,
+                verified.entries
+            ));
+        }
+        if head.seq > 0 {
+            let entry = store.entries(head.seq - 1, 1).map_err(|e| e.to_string())?;
+            if entry.first().map(|e| e.hash) != Some(head.hash) {
+                return Err(format!(
+                    "{}: entry {} no longer hashes as the kept head says: the ledger was rewritten",
+                    path.display(),
+                    head.seq
+                ));
+            }
+        }
+    }
+    println!(
+        "signed heads: ok, {} checkpoints in the store{}",
+        verified.checkpoints.len(),
+        if heads.is_empty() { String::new() } else { format!(", {} kept heads", heads.len()) }
+    );
+    Ok(())
 }
 
 #[derive(Subcommand)]

@@ -449,6 +449,65 @@ fn two_replicas_share_postgresql_and_the_standby_takes_over_when_the_leader_dies
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
 }
 
+/// An operator with the database file in hand: a changed `at`, `kind` or request id, an
+/// edited idempotency answer, the newest entries deleted (with the checkpoints that named
+/// them), each is found by `dibs ledger verify`, the last by a head kept from the API.
+#[test]
+fn tampering_with_the_database_file_is_found_by_dibs_ledger_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&["--data", data.to_str().unwrap()]);
+    for n in 0..20 {
+        let (status, _) =
+            call(&server.url, "POST", "/requests", Some(&request_body(8)), Some(&format!("t-{n}")));
+        assert_eq!(status, 201);
+    }
+    wait_for(&server.url, "r-20", |r| r["status"] != "first_refusal" && r["status"] != "market");
+    // A counterparty keeps the head, with its signature.
+    let (status, head) = call(&server.url, "GET", "/ledger/head", None, None);
+    assert_eq!(status, 200, "{head}");
+    let kept = dir.path().join("head.json");
+    std::fs::write(&kept, head.to_string()).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    server.kill();
+    let verify = |data: &Path| {
+        let output = Command::new(DIBS)
+            .args(["ledger", "verify", "--data"])
+            .arg(data)
+            .arg("--head")
+            .arg(&kept)
+            .output()
+            .unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let (ok, text) = verify(&data);
+    assert!(ok && text.contains("signed heads: ok") && text.contains("replay: ok"), "{text}");
+    let seq = head["seq"].as_u64().unwrap();
+    for (what, sql, expect) in [
+        ("at", "UPDATE ledger SET at = '2020-01-01T00:00:00Z' WHERE seq = 5".to_owned(), "entry 5"),
+        ("kind", "UPDATE ledger SET kind = 'awarded' WHERE seq = 6".to_owned(), "entry 6"),
+        ("request", "UPDATE ledger SET request = 'r-999' WHERE seq = 7".to_owned(), "entry 7"),
+        ("an answer", "UPDATE idempotency SET response = '{}' WHERE key = 't-3'".to_owned(), "t-3"),
+        (
+            "the tail",
+            format!("DELETE FROM ledger WHERE seq > {}; DELETE FROM heads", seq - 200.min(seq / 2)),
+            "cut off",
+        ),
+    ] {
+        let copy = dir.path().join(format!("copy-{}", what.replace(' ', "-")));
+        std::fs::create_dir_all(&copy).unwrap();
+        // The database with its write-ahead log (a kill -9 leaves recent commits there), and the key.
+        for file in std::fs::read_dir(&data).unwrap().map(|f| f.unwrap().file_name()) {
+            if file.to_string_lossy().starts_with("ledger.") {
+                std::fs::copy(data.join(&file), copy.join(&file)).unwrap();
+            }
+        }
+        rusqlite::Connection::open(copy.join("ledger.db")).unwrap().execute_batch(&sql).unwrap();
+        let (ok, text) = verify(&copy);
+        assert!(!ok && text.contains("BROKEN") && text.contains(expect), "{what}: {text}");
+    }
+}
+
 /// Split brain, as an operator or a network can cause it: only the leader's lock session is
 /// terminated. The leader must stop at once (not keep serving beside the standby that takes
 /// the lock), and no write of its may land after the standby leads: every acknowledged

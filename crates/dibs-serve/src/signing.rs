@@ -1,0 +1,184 @@
+//! Signed heads: the ledger's head (an entry's sequence number and hash), signed with an
+//! Ed25519 key kept beside the ledger (`ledger.key` in the data folder, made at the first
+//! start, readable by its owner only). The service writes a signed checkpoint into the
+//! store every [`CHECKPOINT_ENTRIES`] entries or [`CHECKPOINT_EVERY`], and at shutdown, so
+//! `dibs ledger verify` finds a tail cut off or a rewrite under a checkpoint. A head handed
+//! out (`GET /v1/ledger/head`, `dibs ledger head`) can be kept by a counterparty and checked
+//! later with `dibs ledger verify --head FILE`: a ledger truncated or rewritten together
+//! with its checkpoints still fails that check.
+
+use std::path::Path;
+use std::time::Duration;
+
+use dibs_core::ledger::hex;
+use dibs_store::{SignedHead, head_message};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// The key's file in the data folder: its 32-byte secret, hex.
+pub const KEY_FILE: &str = "ledger.key";
+/// A checkpoint at least every this many entries...
+pub const CHECKPOINT_ENTRIES: u64 = 1000;
+/// ...and every this long while entries are written.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// The key that signs this service's heads.
+pub struct HeadSigner {
+    key: SigningKey,
+}
+
+impl HeadSigner {
+    /// The key in `data`, made now if there is none.
+    pub fn load_or_create(data: &Path) -> Result<Self, String> {
+        let path = data.join(KEY_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let bytes = from_hex(text.trim())
+                    .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                    .ok_or_else(|| format!("{}: not a 32-byte key in hex", path.display()))?;
+                Ok(Self { key: SigningKey::from_bytes(&bytes) })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut secret = [0u8; 32];
+                getrandom::fill(&mut secret).map_err(|e| format!("a new ledger key: {e}"))?;
+                write_private(&path, &hex(&secret)).map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok(Self { key: SigningKey::from_bytes(&secret) })
+            }
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// The key in `data`; an error when there is none (nothing was ever signed there).
+    pub fn load(data: &Path) -> Result<Self, String> {
+        if !data.join(KEY_FILE).is_file() {
+            return Err(format!(
+                "{}: no {KEY_FILE} (a dibs serve with this data folder makes one)",
+                data.display()
+            ));
+        }
+        Self::load_or_create(data)
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    /// Signs that entry `seq` hashed to `hash`, at `at`.
+    pub fn sign(&self, seq: u64, hash: [u8; 32], at: String) -> SignedHead {
+        let signature = self.key.sign(&head_message(seq, &hash));
+        SignedHead {
+            seq,
+            hash,
+            at,
+            public_key: self.public_key().to_vec(),
+            signature: signature.to_bytes().to_vec(),
+        }
+    }
+}
+
+/// Whether `head`'s signature is good under its own public key.
+pub fn check(head: &SignedHead) -> Result<(), String> {
+    let key = <[u8; 32]>::try_from(head.public_key.as_slice())
+        .ok()
+        .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+        .ok_or_else(|| format!("the head at entry {} has no valid public key", head.seq))?;
+    let signature = Signature::from_slice(&head.signature)
+        .map_err(|_| format!("the head at entry {} has no valid signature", head.seq))?;
+    key.verify(&head_message(head.seq, &head.hash), &signature)
+        .map_err(|_| format!("the head at entry {} is not signed by the key it names", head.seq))
+}
+
+/// A signed head as JSON: what `dibs ledger head` prints and `GET /v1/ledger/head` answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HeadView {
+    pub seq: u64,
+    /// The entry's hash, hex.
+    pub hash: String,
+    /// When it was signed.
+    pub at: String,
+    /// The Ed25519 public key, hex.
+    pub public_key: String,
+    /// The signature over `dibs ledger head v1\n{seq}\n{hash}\n`, hex.
+    pub signature: String,
+}
+
+impl From<&SignedHead> for HeadView {
+    fn from(h: &SignedHead) -> Self {
+        Self {
+            seq: h.seq,
+            hash: hex(&h.hash),
+            at: h.at.clone(),
+            public_key: bytes_hex(&h.public_key),
+            signature: bytes_hex(&h.signature),
+        }
+    }
+}
+
+impl HeadView {
+    /// The head, if its fields are well formed (the signature is checked by [`check`]).
+    pub fn to_signed(&self) -> Result<SignedHead, String> {
+        let hash = from_hex(&self.hash)
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .ok_or("hash: not 32 bytes of hex")?;
+        Ok(SignedHead {
+            seq: self.seq,
+            hash,
+            at: self.at.clone(),
+            public_key: from_hex(&self.public_key).ok_or("public_key: not hex")?,
+            signature: from_hex(&self.signature).ok_or("signature: not hex")?,
+        })
+    }
+}
+
+fn bytes_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len() / 2).map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+}
+
+/// Writes `text` to a new file only its owner can read.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_signed_checks_and_any_change_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = HeadSigner::load_or_create(dir.path()).unwrap();
+        let again = HeadSigner::load(dir.path()).unwrap();
+        assert_eq!(signer.public_key(), again.public_key(), "the key is kept");
+        let head = signer.sign(42, [7; 32], "2026-01-01T00:00:00Z".into());
+        check(&head).unwrap();
+        let view = HeadView::from(&head);
+        assert_eq!(view.to_signed().unwrap(), head);
+        for changed in [
+            SignedHead { seq: 41, ..head.clone() },
+            SignedHead { hash: [8; 32], ..head.clone() },
+            SignedHead {
+                public_key: HeadSigner::load_or_create(tempfile::tempdir().unwrap().path())
+                    .unwrap()
+                    .public_key()
+                    .to_vec(),
+                ..head.clone()
+            },
+        ] {
+            assert!(check(&changed).is_err(), "{changed:?}");
+        }
+    }
+}
