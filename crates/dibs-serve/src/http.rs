@@ -35,6 +35,8 @@ pub struct AppState {
     pub admin_token_hash: [u8; 32],
     /// Signs the heads the API hands out.
     pub signer: crate::signing::HeadSigner,
+    /// A request body must arrive within this.
+    pub body_timeout: std::time::Duration,
     /// Tokens looked up so far, by hash.
     pub roles: Mutex<std::collections::HashMap<[u8; 32], KnownToken>>,
 }
@@ -133,7 +135,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn(json_bodies_only))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state.clone())
-        .merge(crate::dashboard::router(state))
+        .merge(crate::dashboard::router(state.clone()))
+        .layer(axum::middleware::from_fn_with_state(state, bodies_in_time))
+}
+
+/// Reads a request's body before any handler does, within `body_timeout`: a client that
+/// sends its headers and then a trickle gets a 408 and loses the connection's slot.
+async fn bodies_in_time(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
+        }
+        // Over the limit, or the connection broke off (it sat idle past the bound, or closed).
+        Ok(Err(e)) if e.to_string().contains("length limit") => {
+            error(ApiError::field(413, "body", format!("at most {MAX_BODY_BYTES} bytes")))
+        }
+        Ok(Err(_)) | Err(_) => error(ApiError::field(408, "body", "the body did not arrive in time")),
+    }
 }
 
 /// A request with a body must say it is JSON (`Content-Type: application/json`, with or

@@ -10,6 +10,7 @@ pub mod broker;
 pub mod clock;
 pub mod dashboard;
 pub mod http;
+pub mod listener;
 pub mod provider;
 pub mod remote;
 pub mod sealed;
@@ -54,6 +55,8 @@ pub struct ServeConfig {
     pub time_speed: f64,
     /// Where the contracts and the catalog came from, for the start banner.
     pub loaded_from: LoadedFrom,
+    /// Connections at once, and how long one may sit idle or take to send a body.
+    pub limits: listener::Limits,
 }
 
 /// Where the configuration came from, in words, for the start banner.
@@ -269,6 +272,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         reader: Mutex::new(reader),
         tokens: Mutex::new(open()?),
         signer: signing::HeadSigner::load(&config.data)?,
+        body_timeout: config.limits.idle,
         open: open.clone(),
         admin_token_hash: hash,
         roles: Mutex::new(std::collections::HashMap::new()),
@@ -284,6 +288,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         print!("{banner}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
+        let listener = listener::GuardedListener::new(listener, config.limits);
         axum::serve(listener, http::router(state))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -56,6 +56,13 @@ pub struct ServeArgs {
     /// providers answer in real time.
     #[arg(long, default_value_t = 1.0, value_name = "N")]
     time_speed: f64,
+    /// At most this many client connections at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    max_connections: usize,
+    /// A connection on which nothing moves for this long is closed, and a request body
+    /// must arrive within it (a slow or stalled client cannot hold a connection).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    idle_timeout_seconds: u64,
 }
 
 fn parse_remotes(specs: &[String]) -> Result<BTreeMap<ProviderName, String>> {
@@ -139,6 +146,10 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         admin_token,
         time_speed,
         loaded_from,
+        limits: dibs_serve::listener::Limits {
+            max_connections: args.max_connections,
+            idle: std::time::Duration::from_secs(args.idle_timeout_seconds.max(1)),
+        },
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(ExitCode::SUCCESS)

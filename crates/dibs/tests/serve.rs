@@ -449,6 +449,54 @@ fn two_replicas_share_postgresql_and_the_standby_takes_over_when_the_leader_dies
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
 }
 
+/// Slow clients: sockets that send headers and 4 of 100 body bytes, more of them than the
+/// connection limit, are answered 408 or closed once the idle bound passes, and a client
+/// that behaves is served meanwhile.
+#[test]
+fn slow_clients_are_cut_off_and_cannot_hold_the_service() {
+    use std::io::{Read, Write};
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&[
+        "--data",
+        data.path().to_str().unwrap(),
+        "--idle-timeout-seconds",
+        "1",
+        "--max-connections",
+        "40",
+    ]);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let started = Instant::now();
+    let mut slow: Vec<std::net::TcpStream> = (0..60)
+        .map(|_| {
+            let mut socket = std::net::TcpStream::connect(&address).unwrap();
+            let head = format!(
+                "POST /v1/requests HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {TOKEN}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"gp"
+            );
+            socket.write_all(head.as_bytes()).unwrap();
+            socket
+        })
+        .collect();
+    // A well-behaved client is served within a few idle bounds, not never.
+    let (status, health) = call(&server.url, "GET", "/health", None, None);
+    assert_eq!((status, &health["status"]), (200, &json!("ok")));
+    assert!(started.elapsed() < Duration::from_secs(8), "served after {:?}", started.elapsed());
+    // Every slow socket gets a 408 or is closed; none is left hanging.
+    for socket in &mut slow {
+        socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = Vec::new();
+        match socket.read_to_end(&mut answer) {
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&answer);
+                assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+            }
+            Err(e) => assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "a slow socket left open"),
+        }
+    }
+    let kinds: Vec<Value> = ledger(&server.url).iter().map(|e| e["kind"].clone()).collect();
+    assert_eq!(kinds, vec![json!("configured")], "no slow body was taken as a request");
+}
+
 /// An operator with the database file in hand: a changed `at`, `kind` or request id, an
 /// edited idempotency answer, the newest entries deleted (with the checkpoints that named
 /// them), each is found by `dibs ledger verify`, the last by a head kept from the API.
