@@ -109,6 +109,7 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/ready", get(ready))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/requests", post(submit).get(list))
         .route("/v1/requests/{id}", get(show))
@@ -430,16 +431,40 @@ pub(crate) async fn ask_reply(
     rx.await.unwrap_or_else(|_| Err(ApiError::new(503, "the broker stopped before answering")))
 }
 
-/// `GET /v1/health`.
+/// `GET /v1/health` and `GET /v1/ready`.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct HealthView {
-    /// `ok` while the service answers.
+    /// `ok` on the replica that serves; `standby` on one waiting to take over.
     pub status: &'static str,
+    /// `leader` (it runs the engine) or `standby`.
+    pub role: &'static str,
 }
 
-#[utoipa::path(get, path = "/v1/health", tag = "service", responses((status = 200, description = "The service is up", body = HealthView)))]
+/// Liveness: the process answers. A standby answers too, saying so.
+#[utoipa::path(get, path = "/v1/health", tag = "service", responses((status = 200, description = "The process is up; `role` says whether it leads", body = HealthView)))]
 async fn health() -> Response {
-    Json(HealthView { status: "ok" }).into_response()
+    Json(HealthView { status: "ok", role: "leader" }).into_response()
+}
+
+/// Readiness: this replica serves the API. A standby answers 503.
+#[utoipa::path(get, path = "/v1/ready", tag = "service", responses((status = 200, body = HealthView), (status = 503, description = "A standby", body = HealthView)))]
+async fn ready() -> Response {
+    Json(HealthView { status: "ok", role: "leader" }).into_response()
+}
+
+/// What a replica waiting for the lead serves: health (200, `standby`), readiness (503), and
+/// a 503 naming its role for everything else.
+pub fn standby_router() -> Router {
+    let standby = || Json(HealthView { status: "standby", role: "standby" });
+    Router::new()
+        .route("/v1/health", get(move || async move { standby().into_response() }))
+        .route(
+            "/v1/ready",
+            get(move || async move { (StatusCode::SERVICE_UNAVAILABLE, standby()).into_response() }),
+        )
+        .fallback(|| async {
+            error(ApiError::new(503, "this replica is a standby: another one leads; try again shortly"))
+        })
 }
 
 /// One ledger entry as the API serves it.
@@ -1058,7 +1083,7 @@ async fn provider_answer(
 #[openapi(
     info(title = "dibs", description = "A contract-aware broker for GPU cloud capacity."),
     paths(
-        health, submit, list, show, cancel, stats, contracts, load_contracts, contract, providers, allocations, open_incident, resolve_incident, incidents,
+        health, ready, submit, list, show, cancel, stats, contracts, load_contracts, contract, providers, allocations, open_incident, resolve_incident, incidents,
         ledger, verify, ledger_head, create_token, list_tokens, revoke_token, provider_events, provider_answer, report_revenue, declare_event, settlement
     ),
     components(schemas(ContractFiles, ContractFile, SubmitBody, RequestView, crate::view::AllocationView, crate::view::UnfilledView, ApiError, IncidentBody, TokenBody, RevenueBody, EventBody, crate::view::SettlementView, crate::view::CommitmentView, crate::view::RevenueShareView, crate::view::SuspensionView, crate::view::RevenueReportedView, crate::view::EventDeclaredView, HealthView, LedgerEntryView, LedgerPage, VerifyView, TokenCreated, crate::view::RequestPage, crate::view::AllocationPage, crate::view::StatsView, crate::view::IncidentView, crate::view::IncidentList, crate::view::IncidentResolvedView, crate::view::ProviderView, crate::view::ProviderList, crate::view::AnswerTaken, crate::view::ContractView, crate::view::ContractVersionView, crate::view::ClauseView, crate::view::ContractList, crate::view::ContractsLoaded, crate::sealed::ProviderEvent, crate::sealed::ProviderEventPage, crate::sealed::SealedEvent, crate::sealed::SealedAllocation, TokenView, TokenList, crate::signing::HeadView)),

@@ -70,6 +70,10 @@ pub struct LoadedFrom {
     pub holder: String,
 }
 
+/// The exit status of a replica that lost the lead (its lock session went, or another
+/// replica's epoch refused its write).
+pub const EXIT_LOST_LEAD: i32 = 75;
+
 /// The file in the data folder that holds the admin token's SHA-256 (hex).
 pub const ADMIN_TOKEN_FILE: &str = "admin-token.sha256";
 
@@ -167,6 +171,13 @@ fn admin_token(config: &ServeConfig) -> std::io::Result<([u8; 32], Option<String
 /// token when it was made now) once it is listening.
 pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&config.data).map_err(|e| format!("--data {}: {e}", config.data.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // The port is open from the start: a standby answers health (its role) and readiness
+    // (503), so a load balancer can tell a standby from a dead replica.
+    let socket = std::net::TcpListener::bind(&config.listen)
+        .map_err(|e| format!("--listen {}: {e}", config.listen))?;
+    socket.set_nonblocking(true)?;
+    let standing_by = standby_server(&runtime, socket.try_clone()?, config.limits)?;
     // On a shared database one replica runs the engine; the others wait
     // here, and the first to get the lock after the leader dies takes over
     // by replaying the ledger.
@@ -176,7 +187,8 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             &config.schema,
             || {
                 eprintln!(
-                    "dibs: standby: another replica leads schema {:?}; waiting to take over",
+                    "dibs: standby on http://{}: another replica leads schema {:?}; waiting to take over",
+                    socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                     config.schema
                 )
             },
@@ -184,7 +196,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
                 // The lock went with its session: another replica may lead already. Stop
                 // now; the epoch check refuses any write this one still attempts.
                 eprintln!("dibs: lost the lead ({e}); stopping");
-                std::process::exit(75);
+                std::process::exit(EXIT_LOST_LEAD);
             },
         )?),
         None => None,
@@ -262,6 +274,11 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
 
     std::thread::Builder::new().name("dibs-broker".into()).spawn(move || {
         if let Err(e) = broker.run(rx) {
+            if let StoreError::Fenced { .. } = e {
+                // Another replica leads: this one's write was refused, as it should be.
+                eprintln!("dibs: lost the lead ({e}); stopping");
+                std::process::exit(EXIT_LOST_LEAD);
+            }
             // The engine may hold decisions the ledger does not: stop; a restart replays the ledger.
             eprintln!("dibs: the ledger could not be written ({e}); stopping");
             std::process::exit(70);
@@ -278,11 +295,10 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         roles: Mutex::new(std::collections::HashMap::new()),
     });
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&config.listen)
-            .await
-            .map_err(|e| format!("--listen {}: {e}", config.listen))?;
+        // The standby's server stops taking connections; this one takes over the socket.
+        standing_by.stop().await;
+        let listener = tokio::net::TcpListener::from_std(socket)?;
         let address: SocketAddr = listener.local_addr()?;
         banner.base_url = format!("http://{address}");
         print!("{banner}");
@@ -297,6 +313,42 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         let _ = tx.send(broker::Command::Shutdown);
         Ok::<(), Box<dyn std::error::Error>>(())
     })
+}
+
+/// The server a replica runs while it waits for the lead.
+struct StandingBy {
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl StandingBy {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.done.await;
+    }
+}
+
+/// Serves `socket` as a standby until stopped: health 200 with the role, readiness 503,
+/// everything else 503 naming the role.
+fn standby_server(
+    runtime: &tokio::runtime::Runtime,
+    socket: std::net::TcpListener,
+    limits: listener::Limits,
+) -> std::io::Result<StandingBy> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = {
+        let _entered = runtime.enter();
+        tokio::net::TcpListener::from_std(socket)?
+    };
+    let done = runtime.spawn(async move {
+        let listener = listener::GuardedListener::new(listener, limits);
+        let _ = axum::serve(listener, http::standby_router())
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Ok(StandingBy { stop, done })
 }
 
 /// The instant of the ledger's last entry, if it has any.

@@ -22,9 +22,15 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0", args)
+    }
+
+    /// Starts one listening on `listen`; returns once it serves (a standby on PostgreSQL
+    /// returns only when it leads).
+    fn start_on(listen: &str, args: &[&str]) -> Self {
         let mut child = Command::new(DIBS)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--holder", "decline"])
+            .args(["--listen", listen, "--holder", "decline"])
             .args(args)
             .env("DIBS_ADMIN_TOKEN", TOKEN)
             .stdout(Stdio::piped())
@@ -583,8 +589,26 @@ fn a_leader_whose_lock_session_is_terminated_stops_and_the_standby_takes_over_al
     let args_a = args(data_a.path());
     let mut leader = Server::start(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
     let args_b = args(data_b.path());
-    let standby =
-        std::thread::spawn(move || Server::start(&args_b.iter().map(String::as_str).collect::<Vec<_>>()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let standby_listen = format!("127.0.0.1:{port}");
+    let standby = std::thread::spawn(move || {
+        Server::start_on(&standby_listen, &args_b.iter().map(String::as_str).collect::<Vec<_>>())
+    });
+    // The standby's port is open: alive, not ready, and it says why.
+    let standby_url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let health = loop {
+        match agent().get(format!("{standby_url}/v1/health")).call() {
+            Ok(mut r) => break r.body_mut().read_json::<Value>().unwrap(),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => panic!("the standby's port never opened: {e}"),
+        }
+    };
+    assert_eq!(health["role"], "standby", "{health}");
+    let ready = agent().get(format!("{standby_url}/v1/ready")).call().unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let (status, leader_ready) = call(&leader.url, "GET", "/ready", None, None);
+    assert_eq!((status, &leader_ready["role"]), (200, &json!("leader")));
 
     // Clients keep submitting to the leader while its lock session is terminated.
     let leader_url = leader.url.clone();
@@ -628,6 +652,7 @@ fn a_leader_whose_lock_session_is_terminated_stops_and_the_standby_takes_over_al
     };
     assert_eq!(code, Some(75), "it stops because it lost the lead");
     let replica = standby.join().unwrap();
+    assert_eq!(replica.url, standby_url, "the standby serves on the port it held");
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acknowledged = submitting.join().unwrap();
