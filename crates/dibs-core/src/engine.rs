@@ -42,7 +42,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::commitments::{CommitmentBooks, CommitmentKey, CommitmentStatus};
-use crate::contract::{ContractSet, HolderTerms, RefusalMode, ShareBasis, Suspension};
+use crate::contract::{ContractSet, HolderTerms, NoBetterTerms, RefusalMode, ShareBasis, Suspension};
 use crate::ledger::{AllocationRecord, Event, EventKind};
 use crate::names::Names;
 use crate::placement::{self, Cap, Demand, Fleet, PlannedAllocation, Rules, SolverConfig};
@@ -338,6 +338,7 @@ struct RefusalTerms {
     mode: RefusalMode,
     terms: HolderTerms,
     window_hours: u32,
+    no_better_terms: NoBetterTerms,
     reference: String,
 }
 
@@ -973,6 +974,7 @@ impl Engine {
                 mode: f.terms.mode,
                 terms: f.terms.terms,
                 window_hours: f.terms.window_hours,
+                no_better_terms: f.terms.no_better_terms,
                 reference: format!("{}/{}/{}", f.contract, f.version, f.clause),
             });
         // In match mode the holder must be shown the market's terms whatever the buyer's
@@ -1583,12 +1585,17 @@ impl Engine {
                                     market_price: max_price,
                                 },
                             );
-                            let room = holder_room(
-                                &round.screened.rules,
-                                &refusal.holder,
-                                &round_request,
-                                node_gpus,
-                            );
+                            // The contract may keep the market's terms from the holder: then
+                            // the market is held to the price the holder declined.
+                            let room = match refusal.no_better_terms {
+                                NoBetterTerms::ShowTerms => holder_room(
+                                    &round.screened.rules,
+                                    &refusal.holder,
+                                    &round_request,
+                                    node_gpus,
+                                ),
+                                NoBetterTerms::HoldMarket => 0,
+                            };
                             if room > 0 {
                                 round.screened.rules.excluded.remove(&refusal.holder);
                                 let basis = format!(
@@ -1605,18 +1612,26 @@ impl Engine {
                                 );
                                 return Step::Wait;
                             }
-                            // The caps leave the holder no room for more: the market may not have
-                            // better terms than the holder declined, so it is held to them.
+                            // The caps leave the holder no room for more, or the contract keeps the
+                            // market's terms from it: the market may not have better terms than
+                            // the holder declined, so it is held to them.
                             round.screened.rules.declined_terms = Price::new(declined).ok();
+                            let why = match refusal.no_better_terms {
+                                NoBetterTerms::HoldMarket => format!(
+                                    "{} ({}) is not shown the market's terms (no_better_terms = hold-market)",
+                                    refusal.holder, refusal.reference
+                                ),
+                                NoBetterTerms::ShowTerms => {
+                                    format!("{} has no room for more within the buyer's caps", refusal.holder)
+                                }
+                            };
                             out.ledger(
                                 Some(id),
                                 EventKind::FirstRefusalSkipped {
                                     round: number,
                                     holder: refusal.holder.clone(),
                                     evidence: vec![format!(
-                                        "{} has no room for more within the buyer's caps; the market is held to the \
-                                         ${declined:.4}/GPU-h it declined (no-better-terms)",
-                                        refusal.holder
+                                        "{why}; the market is held to the ${declined:.4}/GPU-h it declined (no-better-terms)"
                                     )],
                                 },
                             );

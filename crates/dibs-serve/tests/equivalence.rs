@@ -35,6 +35,7 @@ expires = 2030-12-31
 name = "rofr"
 holder = "azure"
 mode = "offer-first"
+no_better_terms = "show-terms"
 terms = { discount = 0.4 }
 window_hours = 24
 covers_spillover = true

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use dibs_core::contract::{
     Clause, ClauseKind, Commitment, Contract, ContractSet, ContractVersion, Diversification, Exclusivity,
-    FirstRefusal, HolderTerms, Policy, RefusalMode, Scope, ShareBasis,
+    FirstRefusal, HolderTerms, NoBetterTerms, Policy, RefusalMode, Scope, ShareBasis,
 };
 use dibs_core::engine::{AllocationState, Engine, EngineConfig, Input, Status};
-use dibs_core::ledger::EventKind;
+use dibs_core::ledger::{Event, EventKind};
 use dibs_core::names::Names;
 use dibs_core::request::{Request, RequestSpec};
 use dibs_core::types::{
@@ -61,6 +61,7 @@ fn clause(name: &str, kind: ClauseKind) -> Clause {
 
 struct Terms {
     mode: Option<RefusalMode>,
+    no_better_terms: NoBetterTerms,
     holder_terms: HolderTerms,
     /// Providers the buyer's policy excludes from the market.
     excluded: Vec<&'static str>,
@@ -74,6 +75,7 @@ impl Default for Terms {
     fn default() -> Self {
         Self {
             mode: Some(RefusalMode::OfferFirst),
+            no_better_terms: NoBetterTerms::ShowTerms,
             holder_terms: HolderTerms::List,
             excluded: Vec::new(),
             api_exclusive: true,
@@ -100,6 +102,7 @@ fn contracts(terms: Terms) -> ContractSet {
                 window_hours: 72,
                 covers_spillover: true,
                 covers_failover: false,
+                no_better_terms: terms.no_better_terms,
             }),
         ));
     }
@@ -372,6 +375,24 @@ fn no_better_terms_sends_a_pricier_market_award_back_to_the_holder() {
        32.2h allocation_ready
        32.2h request_active",
     );
+    // What the holder was shown the second time: the market's price and the GPUs, not who
+    // offered them (the only other provider here is gcp).
+    let shown: Vec<&Event> = run.events.iter().filter(|e| e.kind.name() == "solicited").collect();
+    let EventKind::Solicited { price, gpus, terms, .. } = &shown[1].kind else { unreachable!() };
+    assert_eq!((price.get(), *gpus), (11.06, 256));
+    assert!(!terms.contains("gcp") && !format!("{:?}", shown[1]).contains("gcp"), "{terms}");
+}
+
+#[test]
+fn a_contract_that_holds_the_market_shows_the_holder_nothing_and_holds_the_market_to_its_price() {
+    let offers = vec![offer("azure", "eastus", 6.98, 2048, 48), offer("gcp", "us-central1", 11.06, 1024, 24)];
+    let terms = Terms { no_better_terms: NoBetterTerms::HoldMarket, ..Terms::default() };
+    let mut run = start(Scenario { offers, terms, ..Scenario::default() });
+    submit_and_run(&mut run, request("r1", 256, "training"), "2026-01-05");
+    let text = render(&run);
+    assert_eq!(text.matches("solicited").count(), 1, "solicited once, never shown the market:\n{text}");
+    assert!(text.contains("hold-market") && text.contains("unfilled"), "{text}");
+    assert!(!text.contains("awarded"), "nothing above the 6.98 declined:\n{text}");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use dibs_core::contract::{
     Clause, ClauseKind, Commitment, Condition, Contract, ContractSet, ContractVersion, FirstRefusal,
-    HolderTerms, RefusalMode, RevenueShare, ReviewTrigger, Scope, TriggerAction,
+    HolderTerms, NoBetterTerms, RefusalMode, RevenueShare, ReviewTrigger, Scope, TriggerAction,
 };
 use dibs_core::engine::{Engine, EngineConfig, Input};
 use dibs_core::request::RequestSpec;
@@ -207,6 +207,7 @@ fn a_review_trigger_fires_once_and_its_suspension_ends_first_refusal_inside_the_
         window_hours: 24,
         covers_spillover: false,
         covers_failover: false,
+        no_better_terms: NoBetterTerms::ShowTerms,
     };
     let trigger = ReviewTrigger {
         condition: Condition::parse(r#"metrics.cumulative_spend > 1000.0 && "agi_declared" in events"#)

@@ -9,8 +9,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    ClauseKind, Commitment, ContractSet, Diversification, Exclusivity, FirstRefusal, Policy, RevenueShare,
-    ReviewTrigger, Scope, ShareBasis, TriggerAction,
+    ClauseKind, Commitment, ContractSet, Diversification, Exclusivity, FirstRefusal, NoBetterTerms, Policy,
+    RefusalMode, RevenueShare, ReviewTrigger, Scope, ShareBasis, TriggerAction,
 };
 use crate::types::Timestamp;
 
@@ -99,8 +99,17 @@ fn policy(text: &mut String, policy: &Policy) {
 fn first_refusal(c: &FirstRefusal) -> String {
     let covers =
         |yes: bool, what: &str| if yes { format!("covers {what}") } else { format!("does not cover {what}") };
+    let after_decline = match (c.mode, c.no_better_terms) {
+        (RefusalMode::Match, _) => String::new(),
+        (RefusalMode::OfferFirst, NoBetterTerms::ShowTerms) => {
+            ", a pricier market after a decline goes back to the holder with its terms".into()
+        }
+        (RefusalMode::OfferFirst, NoBetterTerms::HoldMarket) => {
+            ", after a decline the market is held to the declined price".into()
+        }
+    };
     format!(
-        "holder {}, mode {}, offered {}, window {} h, scope {}, {}, {}",
+        "holder {}, mode {}, offered {}, window {} h, scope {}, {}, {}{after_decline}",
         c.holder,
         c.mode.as_str(),
         c.terms,

@@ -152,6 +152,30 @@ impl RefusalMode {
     }
 }
 
+/// After the holder declined (offer-first), what happens when the market's terms turn out
+/// pricier than those it declined: the contract's choice, stated in its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoBetterTerms {
+    /// The award goes back to the holder on the market's terms: the price per GPU-hour and
+    /// the GPUs it may take. What is disclosed is those terms only, never who offered them
+    /// or any other quote.
+    #[default]
+    ShowTerms,
+    /// Nothing of the market is shown to the holder: the market is held to the price the
+    /// holder declined, and what it cannot supply at that price is unfilled.
+    HoldMarket,
+}
+
+impl NoBetterTerms {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ShowTerms => "show-terms",
+            Self::HoldMarket => "hold-market",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FirstRefusal {
     pub holder: ProviderName,
@@ -163,6 +187,8 @@ pub struct FirstRefusal {
     pub window_hours: u32,
     pub covers_spillover: bool,
     pub covers_failover: bool,
+    /// Offer-first: what a pricier market award after a decline does (see [`NoBetterTerms`]).
+    pub no_better_terms: NoBetterTerms,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

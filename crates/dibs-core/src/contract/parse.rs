@@ -19,6 +19,11 @@
 //! name = "rofr-new-capacity"      # clause names are unique within a version
 //! holder = "azure"
 //! mode = "offer-first"            # or "match"
+//! no_better_terms = "show-terms"  # offer-first only, and required there: after a decline, a
+//!                                 # pricier market award goes back to the holder showing the
+//!                                 # market's terms (price and GPUs, never who offered them or
+//!                                 # any other quote); or "hold-market": nothing is shown and
+//!                                 # the market is held to the price the holder declined
 //! window_hours = 72               # 1 to 8760
 //! covers_spillover = true
 //! covers_failover = false
@@ -115,8 +120,8 @@ use toml::value::Datetime;
 
 use super::{
     Clause, ClauseKind, Commitment, Condition, Contract, ContractSet, ContractVersion, Diversification,
-    Exclusivity, FirstRefusal, HolderTerms, Policy, RefusalMode, RevenueShare, ReviewTrigger, Scope,
-    ShareBasis, TriggerAction,
+    Exclusivity, FirstRefusal, HolderTerms, NoBetterTerms, Policy, RefusalMode, RevenueShare, ReviewTrigger,
+    Scope, ShareBasis, TriggerAction,
 };
 use crate::types::{Accelerator, InvalidValue, Price, ProviderName, Timestamp, WorkloadClass};
 
@@ -854,6 +859,26 @@ impl<'a> Source<'a> {
                 window_hours: window as u32,
                 covers_spillover: raw.covers_spillover,
                 covers_failover: raw.covers_failover,
+                no_better_terms: match (&raw.mode, raw.no_better_terms) {
+                    (RawMode::OfferFirst, Some(choice)) => choice,
+                    (RawMode::OfferFirst, None) => {
+                        return Err(self.error(
+                            clause.span(),
+                            "missing field `no_better_terms`: an offer-first clause must say what a pricier \
+                             market award after a decline does: \"show-terms\" (the holder is shown the \
+                             market's terms, never who offered them) or \"hold-market\" (nothing is shown; the \
+                             market is held to the declined price)",
+                        ));
+                    }
+                    (RawMode::Match, Some(_)) => {
+                        return Err(self.error(
+                            clause.span(),
+                            "`no_better_terms` applies to offer-first clauses; in match mode the holder is \
+                             always shown the market's winning terms to match",
+                        ));
+                    }
+                    (RawMode::Match, None) => NoBetterTerms::ShowTerms,
+                },
             };
             let name = self.name(&raw.name, "clause name")?;
             clauses.push((
@@ -1164,6 +1189,7 @@ struct RawFirstRefusal {
     window_hours: Spanned<i64>,
     covers_spillover: bool,
     covers_failover: bool,
+    no_better_terms: Option<NoBetterTerms>,
     scope: Option<Spanned<RawScope>>,
 }
 
@@ -1285,6 +1311,7 @@ expires = 2030-01-01
 name = \"rofr\"
 holder = \"azure\"
 mode = \"offer-first\"
+no_better_terms = \"show-terms\"
 window_hours = 72
 covers_spillover = true
 covers_failover = false
@@ -1366,6 +1393,19 @@ emergency_release = false
             &contract(&FIRST_REFUSAL.replace("covers_failover = false\n", "")),
             "f.toml:9:1: missing field `covers_failover`",
         );
+        // The contract must state what a pricier market after a decline does.
+        check_error(
+            &contract(&FIRST_REFUSAL.replace("no_better_terms = \"show-terms\"\n", "")),
+            "f.toml:9:1: missing field `no_better_terms`",
+        );
+        check_error(
+            &contract(&FIRST_REFUSAL.replace("\"offer-first\"", "\"match\"")),
+            "f.toml:9:1: `no_better_terms` applies to offer-first clauses",
+        );
+        check_error(
+            &contract(&FIRST_REFUSAL.replace("\"show-terms\"", "\"tell-all\"")),
+            "unknown variant `tell-all`, expected `show-terms` or `hold-market`",
+        );
         check_error("", "f.toml:1:1: missing field `contract`");
         check_error(HEADER.split("[[version]]").next().unwrap(), "f.toml:1:1: the contract has no version");
     }
@@ -1374,7 +1414,7 @@ emergency_release = false
     fn unknown_keys_are_errors_with_their_position() {
         check_error(
             &contract(&FIRST_REFUSAL.replace("window_hours", "windw_hours")),
-            "f.toml:13:1: unknown field `windw_hours`, expected one of",
+            "f.toml:14:1: unknown field `windw_hours`, expected one of",
         );
         check_error(
             &HEADER.replace("id = \"v1\"", "id = \"v1\"\nnotes = \"x\""),
@@ -1382,17 +1422,17 @@ emergency_release = false
         );
         check_error(
             &contract(&format!("{FIRST_REFUSAL}scope = {{ workload = [\"api\"] }}\n")),
-            "f.toml:16:11: unknown field `workload`, expected one of `workloads`, `accelerators`, `regions`",
+            "f.toml:17:11: unknown field `workload`, expected one of `workloads`, `accelerators`, `regions`",
         );
     }
 
     #[test]
     fn windows_must_be_positive() {
-        let expected = "f.toml:13:16: window_hours 0 is out of range; expected 1 to 8760 hours";
+        let expected = "f.toml:14:16: window_hours 0 is out of range; expected 1 to 8760 hours";
         check_error(&contract(&FIRST_REFUSAL.replace("= 72", "= 0")), expected);
         check_error(
             &contract(&FIRST_REFUSAL.replace("= 72", "= -5")),
-            "f.toml:13:16: window_hours -5 is out of range",
+            "f.toml:14:16: window_hours -5 is out of range",
         );
     }
 
@@ -1485,7 +1525,7 @@ emergency_release = false
         let text = contract(&format!(
             "{FIRST_REFUSAL}[[version.revenue_share]]\nname = \"rofr\"\npartner = \"azure\"\nrate = 0.2\n"
         ));
-        check_error(&text, "f.toml:17:8: clause name \"rofr\" is already used at f.toml:10:8");
+        check_error(&text, "f.toml:18:8: clause name \"rofr\" is already used at f.toml:10:8");
     }
 
     fn trigger(action: &str) -> String {
@@ -1509,35 +1549,35 @@ emergency_release = false
             &trigger(
                 "action = \"suspend_clauses\"\nclauses = [\"rofr\", \"exclusive\"]\nfrom = 2025-10-28\n",
             ),
-            "f.toml:20:20: there is no clause \"exclusive\" in this version to suspend; expected one of [\"rofr\", \"t\"]",
+            "f.toml:21:20: there is no clause \"exclusive\" in this version to suspend; expected one of [\"rofr\", \"t\"]",
         );
         check_error(
             &trigger("action = \"suspend_clauses\"\n"),
-            "f.toml:19:10: action \"suspend_clauses\" needs clauses",
+            "f.toml:20:10: action \"suspend_clauses\" needs clauses",
         );
         check_error(
             &trigger("action = \"flag_for_review\"\nclauses = [\"rofr\"]\n"),
-            "f.toml:19:10: action \"flag_for_review\" takes no clauses",
+            "f.toml:20:10: action \"flag_for_review\" takes no clauses",
         );
-        check_error(&trigger("action = \"review\"\n"), "f.toml:19:10: unknown variant `review`");
+        check_error(&trigger("action = \"review\"\n"), "f.toml:20:10: unknown variant `review`");
     }
 
     #[test]
     fn an_invalid_condition_points_inside_the_expression() {
         let text = trigger("action = \"flag_for_review\"\n");
         // Line 18 is `condition = 'metrics.profit > 1.0'`; the string opens at column 13.
-        check_error(&text.replace("> 1.0", "> > 1.0"), "f.toml:18:31: invalid CEL condition");
+        check_error(&text.replace("> 1.0", "> > 1.0"), "f.toml:19:31: invalid CEL condition");
         check_error(
             &text.replace("metrics.profit", "profit"),
-            "f.toml:18:14: the condition refers to `profit` at 1:1 of the expression; only `metrics`",
+            "f.toml:19:14: the condition refers to `profit` at 1:1 of the expression; only `metrics`",
         );
         check_error(
             &text.replace("'metrics.profit > 1.0'", "\"profits\\t\""),
-            "f.toml:18:13: the condition refers to `profits`",
+            "f.toml:19:13: the condition refers to `profits`",
         );
         check_error(
             &text.replace("'metrics.profit > 1.0'", "'''\nmetrics.profit > 1.0 &&\n  (events'''"),
-            "f.toml:20:10: invalid CEL condition at 2:10 of the expression: Syntax error: missing",
+            "f.toml:21:10: invalid CEL condition at 2:10 of the expression: Syntax error: missing",
         );
     }
 
@@ -1553,17 +1593,17 @@ emergency_release = false
         ));
         check_error(
             &scoped("{ regions = [\"eastus\"] }"),
-            "f.toml:16:22: region \"eastus\" is not provider-qualified; write provider/region (for example azure/eastus)",
+            "f.toml:17:22: region \"eastus\" is not provider-qualified; write provider/region (for example azure/eastus)",
         );
         check_error(
             &scoped("{ workloads = [\"gaming\"] }"),
-            "f.toml:16:24: workload class \"gaming\" is not one of training",
+            "f.toml:17:24: workload class \"gaming\" is not one of training",
         );
         check_error(
             &scoped("{ accelerators = [\"\"] }"),
-            "f.toml:16:27: accelerator name \"\" is empty or malformed",
+            "f.toml:17:27: accelerator name \"\" is empty or malformed",
         );
-        check_error(&scoped("{ regions = [\"azure/ \"] }"), "f.toml:16:22: \"azure/\" has an empty region");
+        check_error(&scoped("{ regions = [\"azure/ \"] }"), "f.toml:17:22: \"azure/\" has an empty region");
         check_error(
             &HEADER.replace("id = \"c\"", "id = \"my contract\""),
             "f.toml:2:6: contract id \"my contract\" must be",
@@ -1638,11 +1678,11 @@ emergency_release = false
         assert_eq!(of(terms("{ fixed = 2.75 }")), HolderTerms::Fixed { price: Price::new(2.75).unwrap() });
         check_error(
             &contract(&format!("{FIRST_REFUSAL}terms = {{ discount = 1.5 }}\n")),
-            "f.toml:16:9: terms: discount 1.5 is out of range",
+            "f.toml:17:9: terms: discount 1.5 is out of range",
         );
         check_error(
             &contract(&format!("{FIRST_REFUSAL}terms = \"cheap\"\n")),
-            "f.toml:16:9: terms: string is not understood; expected terms = \"list\"",
+            "f.toml:17:9: terms: string is not understood; expected terms = \"list\"",
         );
     }
 
@@ -1784,7 +1824,7 @@ terms in force at 2025-01-01
 contract aws-msa with aws (builtin:historical/aws.toml): version msa-2024, in force from 2024-01-01 until 2030-12-31
   no clauses
 contract azure-primary with azure (builtin:historical/azure.toml): version 2019-original, in force from 2019-07-22 until 2025-10-28
-  first_refusal rofr-new-capacity: holder azure, mode offer-first, offered 40% off the holder's list price, window 72 h, scope [workloads training inference batch; accelerators all; regions all], covers spillover, does not cover failover
+  first_refusal rofr-new-capacity: holder azure, mode offer-first, offered 40% off the holder's list price, window 72 h, scope [workloads training inference batch; accelerators all; regions all], covers spillover, does not cover failover, a pricier market after a decline goes back to the holder with its terms
   exclusivity api-exclusive: holder azure, workloads api, no emergency release
   revenue_share revenue-share: partner azure, 20% of revenue from api, chat
   review_trigger agi-review: when metrics.cumulative_profit >= 100e9 && \"agi_declared\" in events, flag the contract for review
