@@ -16,6 +16,8 @@ pub struct PostgresStore {
     client: Client,
     /// The leader epoch this handle writes under, once fenced.
     epoch: Option<i64>,
+    /// Set once by schema step 5: read at connect, not at every append.
+    format: LedgerFormat,
 }
 
 impl PostgresStore {
@@ -55,7 +57,8 @@ impl PostgresStore {
         }
         tx.commit()?;
         client.batch_execute(&format!("SET search_path TO {schema}"))?;
-        Ok(Self { client, epoch: None })
+        let format = read_format(&mut client)?;
+        Ok(Self { client, epoch: None, format })
     }
 
     /// The schema version of the dibs schema.
@@ -153,8 +156,7 @@ impl Store for PostgresStore {
             }
         }
         let (length, head) = read_head(&mut tx)?;
-        let format = read_format(&mut tx)?;
-        let entries = chain(length, head, &with_acknowledgements(batch), format.all_columns_from);
+        let entries = chain(length, head, &with_acknowledgements(batch), self.format.all_columns_from);
         let insert = tx.prepare(
             "INSERT INTO ledger (seq, at, kind, request, body, prev_hash, hash)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",

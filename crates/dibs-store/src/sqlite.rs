@@ -12,6 +12,8 @@ use crate::{
 
 pub struct SqliteStore {
     connection: Connection,
+    /// Set once by schema step 5: read at open, not at every append.
+    format: LedgerFormat,
 }
 
 impl SqliteStore {
@@ -21,8 +23,9 @@ impl SqliteStore {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.busy_timeout(std::time::Duration::from_secs(10))?;
-        let mut store = Self { connection };
+        let mut store = Self { connection, format: LedgerFormat { all_columns_from: 1, answers_before: 0 } };
         store.migrate()?;
+        store.format = read_format(&store.connection)?;
         Ok(store)
     }
 
@@ -135,8 +138,7 @@ impl Store for SqliteStore {
             }
         }
         let (length, head) = read_head(&tx)?;
-        let format = read_format(&tx)?;
-        let entries = chain(length, head, &with_acknowledgements(batch), format.all_columns_from);
+        let entries = chain(length, head, &with_acknowledgements(batch), self.format.all_columns_from);
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO ledger (seq, at, kind, request, body, prev_hash, hash)

@@ -121,11 +121,30 @@ fn in_process(n: usize) -> (f64, u64) {
     (n as f64 / seconds, entries)
 }
 
-fn over_http(n: usize, clients: usize) -> f64 {
+/// The resident set of process `pid`, in MiB (Linux).
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// A percentile of sorted latencies, in milliseconds.
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Submissions over HTTP: `database` is a PostgreSQL (URL, schema) or `None` for SQLite.
+fn over_http(n: usize, clients: usize, database: Option<(&str, &str)>) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dibs"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.path())
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dibs"));
+    command.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(dir.path());
+    if let Some((url, schema)) = database {
+        let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+        command.args(["--database", url, "--database-schema", schema]);
+    }
+    let mut child = command
         .env("DIBS_ADMIN_TOKEN", TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -139,10 +158,11 @@ fn over_http(n: usize, clients: usize) -> f64 {
         }
     };
     let sent = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
     let started = Instant::now();
     let workers: Vec<_> = (0..clients)
         .map(|_| {
-            let (url, sent) = (url.clone(), sent.clone());
+            let (url, sent, latencies) = (url.clone(), sent.clone(), latencies.clone());
             std::thread::spawn(move || {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)
@@ -152,14 +172,18 @@ fn over_http(n: usize, clients: usize) -> f64 {
                 let body = serde_json::json!({
                     "accelerators": ["H100"], "gpus": 8, "duration_hours": 24, "workload": "training"
                 });
+                let mut mine = Vec::new();
                 while sent.fetch_add(1, Ordering::Relaxed) < n {
+                    let one = Instant::now();
                     let response = agent
                         .post(format!("{url}/requests"))
                         .header("Authorization", format!("Bearer {TOKEN}"))
                         .send_json(&body)
                         .unwrap();
+                    mine.push(one.elapsed());
                     assert_eq!(response.status().as_u16(), 201);
                 }
+                latencies.lock().unwrap().extend(mine);
             })
         })
         .collect();
@@ -184,11 +208,17 @@ fn over_http(n: usize, clients: usize) -> f64 {
         std::thread::sleep(Duration::from_millis(20));
     }
     let decided = started.elapsed().as_secs_f64();
+    let rss = rss_mib(child.id()).map_or("?".into(), |m| format!("{m:.0} MiB"));
     let _ = child.kill();
     let _ = child.wait();
+    let mut latencies = latencies.lock().unwrap().clone();
+    latencies.sort();
     println!(
-        "    accepted and ledgered {n} in {accepted:.2} s = {:.0}/s; all decided after {decided:.2} s (the simulated providers answer after 1-2 s)",
-        n as f64 / accepted
+        "    accepted and ledgered {n} in {accepted:.2} s = {:.0}/s; all decided after {decided:.2} s (the simulated providers answer after 1-2 s); submit latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; server RSS {rss}",
+        n as f64 / accepted,
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0),
     );
     n as f64 / accepted
 }
@@ -208,10 +238,26 @@ fn main() {
         );
     }
     for clients in [4, 16] {
-        let rate = over_http(5_000, clients);
+        let rate = over_http(5_000, clients, None);
         println!(
-            "over HTTP ({clients} keep-alive clients on loopback): {rate:.0} submissions/s ({} target 2,000/s)",
+            "over HTTP, SQLite ({clients} keep-alive clients on loopback): {rate:.0} submissions/s ({} target 2,000/s)",
             if rate >= 2_000.0 { "meets" } else { "MISSES" }
         );
+    }
+    // PostgreSQL, when a server is configured (the tests' variable).
+    match std::env::var("DIBS_TEST_POSTGRES_URL") {
+        Ok(url) => {
+            for clients in [4, 16] {
+                let schema = format!("dibs_bench_{}", std::process::id());
+                let rate = over_http(5_000, clients, Some((&url, &schema)));
+                println!(
+                    "over HTTP, PostgreSQL ({clients} keep-alive clients on loopback): {rate:.0} submissions/s ({} target 1,000/s)",
+                    if rate >= 1_000.0 { "meets" } else { "MISSES" }
+                );
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+            }
+        }
+        Err(_) => println!("over HTTP, PostgreSQL: skipped (DIBS_TEST_POSTGRES_URL is not set)"),
     }
 }
