@@ -38,6 +38,26 @@ impl Names {
         self.providers.iter()
     }
 
+    pub fn accelerators(&self) -> impl Iterator<Item = &Accelerator> {
+        self.accelerators.iter()
+    }
+
+    /// Every region name some provider uses.
+    pub fn regions(&self) -> impl Iterator<Item = &Region> {
+        self.regions.keys()
+    }
+
+    /// Every location a request may name, qualified: `provider/region` for each region a
+    /// provider has offers in, and `provider/*` for all of a provider's.
+    pub fn locations(&self) -> Vec<String> {
+        let mut locations: Vec<String> = self.providers.iter().map(|p| format!("{p}/*")).collect();
+        for (region, providers) in &self.regions {
+            locations.extend(providers.iter().map(|p| format!("{p}/{region}")));
+        }
+        locations.sort();
+        locations
+    }
+
     pub fn has_provider(&self, provider: &ProviderName) -> bool {
         self.providers.contains(provider)
     }

@@ -92,6 +92,16 @@ pub enum Preference {
     Premium { percent: f64 },
 }
 
+/// What a preference may be written as (the OpenAPI document states it): a percent is
+/// plain decimal digits, as `premium:5` or `premium:2.5%`.
+pub const PREFERENCE_PATTERN: &str = r"^(any|fallback|premium:[0-9]+(\.[0-9]+)?%?)$";
+
+/// Digits, optionally a point and more digits: no sign, exponent, or bare point.
+fn is_decimal(text: &str) -> bool {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
+    [whole, fraction].iter().all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+}
+
 impl Preference {
     /// Parses `any`, `fallback` or `premium:P` (0 < P < 100).
     pub fn parse(text: &str) -> Result<Self, InvalidValue> {
@@ -100,7 +110,9 @@ impl Preference {
             "fallback" => Ok(Self::Fallback),
             _ => text
                 .strip_prefix("premium:")
-                .and_then(|p| p.trim_end_matches('%').parse::<f64>().ok())
+                .map(|p| p.strip_suffix('%').unwrap_or(p))
+                .filter(|p| is_decimal(p))
+                .and_then(|p| p.parse::<f64>().ok())
                 .filter(|p| *p > 0.0 && *p < 100.0)
                 .map(|percent| Self::Premium { percent })
                 .ok_or_else(|| {
@@ -307,5 +319,23 @@ impl RequestSpec {
             objective: objective.unwrap_or_default(),
             preference: preference.unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_preference_is_what_its_documented_pattern_says() {
+        for good in ["any", "fallback", "premium:5", "premium:2.5%", "premium:99.9"] {
+            assert!(Preference::parse(good).is_ok(), "{good}");
+        }
+        // Numbers Rust would parse but the pattern does not allow, and percents out of range.
+        for bad in
+            ["premium:1e1", "premium:5.", "premium:.5", "premium:+5", "premium:0", "premium:100", "Any"]
+        {
+            assert!(Preference::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -820,11 +820,18 @@ impl Broker {
                     replies.push((reply, answer));
                 }
                 Command::ResolveIncident { id, reply } => {
+                    // Resolving twice changes nothing (and records nothing), as cancelling does.
+                    let issued = id
+                        .strip_prefix("inc-")
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .is_some_and(|n| n >= 1 && n < self.next_incident && id == format!("inc-{n}"));
                     let answer = if self.engine.open_incidents().any(|(open, ..)| open == id) {
                         self.apply(now, Input::IncidentResolved { id: id.clone() }, &mut entries);
                         ok(200, view::IncidentResolvedView { id, resolved: true })
+                    } else if issued {
+                        ok(200, view::IncidentResolvedView { id, resolved: true })
                     } else {
-                        Err(ApiError::new(404, format!("no open incident {id:?}")))
+                        Err(ApiError::new(404, format!("no incident {id:?}")))
                     };
                     replies.push((reply, answer));
                 }
@@ -1064,7 +1071,19 @@ impl Broker {
         }
         let region = region
             .map(|r| {
-                dibs_core::types::Region::new(&r).map_err(|e| ApiError::field(422, "region", e.to_string()))
+                // A region of that provider's, as `aws/us-east-1` or `us-east-1`.
+                let text = if r.contains('/') { r } else { format!("{provider}/{r}") };
+                match self.engine.names().location(&text) {
+                    Ok(location) if location.provider == provider => location.region.ok_or_else(|| {
+                        ApiError::field(422, "region", "name one region, or leave it out for all of them")
+                    }),
+                    Ok(location) => Err(ApiError::field(
+                        422,
+                        "region",
+                        format!("{text} is {}'s, not {provider}'s", location.provider),
+                    )),
+                    Err(e) => Err(ApiError::field(422, "region", e)),
+                }
             })
             .transpose()?;
         let id = format!("inc-{}", self.next_incident);

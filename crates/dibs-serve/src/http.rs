@@ -241,7 +241,9 @@ fn idempotency_of(
 ) -> Result<Option<(String, String, String)>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     match value.to_str() {
-        Ok(key) if !key.is_empty() && key.len() <= MAX_KEY_LEN => {
+        Ok(key)
+            if !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
             // The same JSON re-indented or with its keys reordered is the same body.
             let canonical = serde_json::from_slice::<serde_json::Value>(body).map(|v| {
                 let mut text = String::new();
@@ -359,7 +361,7 @@ async fn authenticate(
         _ => false,
     };
     if !allowed {
-        return Err(ApiError::new(403, format!("a {} token may not do this", role.name())));
+        return Err(ApiError::new(403, format!("the {} token may not do this", role.name())));
     }
     Ok(Caller { role, scope: dibs_core::ledger::hex(&hash) })
 }
@@ -519,12 +521,9 @@ async fn submit(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
         Ok(caller) => caller.scope,
         Err(e) => return error(e),
     };
-    let parsed: SubmitBody = match serde_json::from_slice(&body) {
+    let parsed: SubmitBody = match parse_body(&body) {
         Ok(b) => b,
-        Err(e) => {
-            let field = e.to_string().split('`').nth(1).map(str::to_owned);
-            return error(ApiError { status: 422, error: format!("request body: {e}"), field });
-        }
+        Err(e) => return error(e),
     };
     let idempotency = match idempotency_of(&headers, &format!("{scope}:requests"), &body) {
         Ok(i) => i,
@@ -579,7 +578,7 @@ async fn show(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): 
     ask(&state, |reply| Command::Get { id, reply }).await
 }
 
-#[utoipa::path(post, path = "/v1/requests/{id}/cancel", tag = "requests", params(("id" = String, Path)), responses((status = 200, description = "Cancelled (its allocations are released)", body = RequestView), (status = 404, body = ApiError)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/requests/{id}/cancel", tag = "requests", params(("id" = String, Path)), responses((status = 200, description = "Cancelled (its allocations are released), or already cancelled", body = RequestView), (status = 404, body = ApiError), (status = 409, description = "The request ended otherwise (released or unfilled)", body = ApiError)), security(("bearer" = [])))]
 async fn cancel(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(e) = authenticate(&state, &headers, Access::Request).await {
         return error(e);
@@ -619,7 +618,10 @@ async fn ledger(
     if limit == 0 || limit > MAX_PAGE {
         return error(ApiError::field(400, "limit", format!("must be 1 to {MAX_PAGE}")));
     }
-    let after = q.after.unwrap_or(0);
+    let after = match sequence_after(q.after) {
+        Ok(after) => after,
+        Err(e) => return error(e),
+    };
     match state.read(move |reader| reader.entries(after, limit)).await {
         Ok(entries) => {
             let next = (entries.len() == limit).then(|| entries.last().map(|e| e.seq)).flatten();
@@ -678,10 +680,34 @@ async fn ledger_head(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
 }
 
 /// Parses a JSON body, naming the field at fault.
+/// An `after` query parameter: a sequence number, which the ledger keeps as a signed
+/// 64-bit integer (the document's `int64`); larger is a 400, not an empty page.
+fn sequence_after(after: Option<u64>) -> Result<u64, ApiError> {
+    match after {
+        Some(after) if after > i64::MAX as u64 => {
+            Err(ApiError::field(400, "after", format!("must be 0 to {}", i64::MAX)))
+        }
+        after => Ok(after.unwrap_or(0)),
+    }
+}
+
+/// A JSON body, or a 422 whose `field` is the path of the value that is wrong
+/// (`gpus`, `files[0].name`, an unknown field's own name), or of a field that is missing.
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        let field = e.to_string().split('`').nth(1).map(str::to_owned);
-        ApiError { status: 422, error: format!("request body: {e}"), field }
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        // A missing field is named in the message; the path reaches its parent.
+        let named = message.starts_with("missing field").then(|| message.split('`').nth(1)).flatten();
+        let field = match (named, path.as_str()) {
+            (Some(name), ".") => Some(name.to_owned()),
+            (Some(name), parent) => Some(format!("{parent}.{name}")),
+            (None, ".") => None,
+            (None, path) => Some(path.to_owned()),
+        };
+        ApiError { status: 422, error: format!("request body: {message}"), field }
     })
 }
 
@@ -710,7 +736,10 @@ async fn allocations(
     if limit == 0 || limit > crate::broker::MAX_LIST {
         return error(ApiError::field(400, "limit", format!("must be 1 to {}", crate::broker::MAX_LIST)));
     }
-    let after = q.after.unwrap_or(0);
+    let after = match sequence_after(q.after) {
+        Ok(after) => after,
+        Err(e) => return error(e),
+    };
     ask(&state, |reply| Command::Allocations { provider: q.provider, after, limit, reply }).await
 }
 
@@ -745,7 +774,7 @@ async fn open_incident(State(state): State<Arc<AppState>>, headers: HeaderMap, b
     .await
 }
 
-#[utoipa::path(post, path = "/v1/incidents/{id}/resolve", tag = "incidents", params(("id" = String, Path)), responses((status = 200, body = crate::view::IncidentResolvedView), (status = 404, body = ApiError)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/incidents/{id}/resolve", tag = "incidents", params(("id" = String, Path)), responses((status = 200, description = "Resolved (or resolved already)", body = crate::view::IncidentResolvedView), (status = 404, body = ApiError)), security(("bearer" = [])))]
 async fn resolve_incident(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -768,7 +797,7 @@ async fn incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
 /// Revenue is at most this much per report; larger numbers are typos.
 const MAX_REVENUE_PER_REPORT: f64 = 1e13;
 /// A declared event's name is at most this long.
-const MAX_EVENT_NAME_CHARS: usize = 64;
+pub const MAX_EVENT_NAME_CHARS: usize = 64;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -1023,7 +1052,10 @@ async fn provider_events(
         Ok(q) => q,
         Err(e) => return error(ApiError::new(400, format!("query: {}", e.body_text()))),
     };
-    let after = q.after.unwrap_or(0);
+    let after = match sequence_after(q.after) {
+        Ok(after) => after,
+        Err(e) => return error(e),
+    };
     match state.read(move |reader| reader.entries(after, MAX_PAGE)).await {
         Ok(entries) => {
             let next = (entries.len() == MAX_PAGE).then(|| entries.last().map(|e| e.seq)).flatten();
@@ -1104,12 +1136,32 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-async fn openapi() -> Response {
-    use utoipa::OpenApi;
-    match ApiDoc::openapi().to_json() {
-        Ok(text) => ([(axum::http::header::CONTENT_TYPE, "application/json")], text).into_response(),
-        Err(e) => error(ApiError::new(500, e.to_string())),
+/// The document with the names the engine knows now (see [`crate::openapi`]).
+async fn openapi(State(state): State<Arc<AppState>>) -> Response {
+    let names = read_engine(&state, |view| view.engine.names().clone()).await;
+    Json(crate::openapi::document(names.as_ref())).into_response()
+}
+
+/// Reads from the engine on the broker thread (see [`Command::Read`]); `None` when
+/// the broker has stopped.
+pub(crate) async fn read_engine<T: Send + 'static>(
+    app: &AppState,
+    read: impl FnOnce(&crate::broker::ReadView<'_>) -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let command = Command::Read {
+        read: Box::new(move |view| {
+            let value = read(view);
+            Box::new(move || {
+                let _ = tx.send(value);
+            })
+        }),
+    };
+    let sent = app.commands.lock().map(|c| c.send(command).is_ok()).unwrap_or(false);
+    if !sent {
+        return None;
     }
+    rx.await.ok()
 }
 
 #[utoipa::path(get, path = "/v1/contracts", tag = "contracts", responses((status = 200, body = crate::view::ContractList)), security(("bearer" = [])))]
@@ -1174,7 +1226,7 @@ struct ContractFile {
 }
 
 /// The most contract files one load takes.
-const MAX_CONTRACT_FILES: usize = 64;
+pub const MAX_CONTRACT_FILES: usize = 64;
 
 #[utoipa::path(post, path = "/v1/contracts", tag = "contracts", request_body = ContractFiles, responses((status = 200, description = "The set replaces the one in force from now on, and the ledger records it", body = crate::view::ContractsLoaded), (status = 422, description = "A file is wrong; the error names file:line:column and nothing changed", body = ApiError)), security(("bearer" = [])))]
 async fn load_contracts(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod dashboard;
 pub mod http;
 pub mod listener;
+pub mod openapi;
 pub mod provider;
 pub mod remote;
 pub mod sealed;

@@ -124,7 +124,8 @@ fn in_process(n: usize) -> (f64, u64) {
 /// The resident set of process `pid`, in MiB (Linux).
 fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kib: f64 =
+        status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
 
@@ -144,12 +145,8 @@ fn over_http(n: usize, clients: usize, database: Option<(&str, &str)>) -> f64 {
         client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
         command.args(["--database", url, "--database-schema", schema]);
     }
-    let mut child = command
-        .env("DIBS_ADMIN_TOKEN", TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        command.env("DIBS_ADMIN_TOKEN", TOKEN).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let url = loop {
         let line = lines.next().expect("dibs serve prints its URL").unwrap();

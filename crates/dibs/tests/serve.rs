@@ -224,6 +224,15 @@ fn a_request_goes_through_first_refusal_and_market_to_an_award_over_http() {
     odd["min_block"] = json!(8);
     let (status, body) = call(url, "POST", "/requests", Some(&odd), None);
     assert_eq!((status, body["field"].as_str()), (422, Some("min_block")), "{body}");
+    // A value of the wrong type is named by its path, never by the value.
+    for (field, value, path) in
+        [("gpus", json!(1e308), "gpus"), ("accelerators", json!(["H100", 7]), "accelerators[1]")]
+    {
+        let mut bad = request_body(8);
+        bad[field] = value;
+        let (status, body) = call(url, "POST", "/requests", Some(&bad), None);
+        assert_eq!((status, body["field"].as_str()), (422, Some(path)), "{body}");
+    }
     let unauthenticated = agent().get(format!("{url}/v1/requests")).call().unwrap();
     assert_eq!(unauthenticated.status().as_u16(), 401);
     // What the framework refuses is JSON too: a body over 64 KiB, a wrong method.
@@ -1086,8 +1095,25 @@ fn an_incident_reported_over_http_fails_allocations_over() {
     let incident_id = incident["id"].as_str().unwrap();
     let (status, _) = call(url, "POST", &format!("/incidents/{incident_id}/resolve"), None, None);
     assert_eq!(status, 200);
+    let naming = |url: &str| ledger(url).iter().filter(|e| e.to_string().contains(incident_id)).count();
+    let entries = naming(url);
     let (status, _) = call(url, "POST", &format!("/incidents/{incident_id}/resolve"), None, None);
-    assert_eq!(status, 404, "resolved twice");
+    assert_eq!(status, 200, "resolving twice is resolving once");
+    assert_eq!(naming(url), entries, "and records nothing more");
+    let (status, _) = call(url, "POST", "/incidents/inc-999/resolve", None, None);
+    assert_eq!(status, 404, "an incident never opened");
+    // A region is one of that provider's.
+    let (status, body) =
+        call(url, "POST", "/incidents", Some(&json!({ "provider": "aws", "region": "mars-1" })), None);
+    assert_eq!((status, body["field"].as_str()), (422, Some("region")), "{body}");
+    let (status, body) = call(
+        url,
+        "POST",
+        "/incidents",
+        Some(&json!({ "provider": "aws", "region": "gcp/us-central1" })),
+        None,
+    );
+    assert_eq!((status, body["field"].as_str()), (422, Some("region")), "{body}");
 }
 
 /// Polls a provider's feed until an event of `kind` for `request` shows up.

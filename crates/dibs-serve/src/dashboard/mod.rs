@@ -44,7 +44,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use crate::broker::{Command, ReadView};
+use crate::broker::ReadView;
 use crate::http::{AppState, Role};
 
 pub use session::{MAX_SESSIONS, SESSION_COOKIE, SESSION_HOURS};
@@ -222,25 +222,14 @@ fn respond(started: Instant, status: StatusCode, page: Markup) -> Response {
     response
 }
 
-/// Reads a snapshot of the engine's state on the broker thread (see [`Command::Read`]).
+/// Reads a snapshot of the engine's state on the broker thread (see [`crate::broker::Command::Read`]).
 async fn read<T: Send + 'static>(
     app: &AppState,
     snapshot: impl FnOnce(&ReadView<'_>) -> T + Send + 'static,
 ) -> Result<T, PageError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let command = Command::Read {
-        read: Box::new(move |view| {
-            let value = snapshot(view);
-            Box::new(move || {
-                let _ = tx.send(value);
-            })
-        }),
-    };
-    let sent = app.commands.lock().map(|c| c.send(command).is_ok()).unwrap_or(false);
-    if !sent {
-        return Err(PageError::Unavailable("the broker has stopped".into()));
-    }
-    rx.await.map_err(|_| PageError::Unavailable("the broker stopped before answering".into()))
+    crate::http::read_engine(app, snapshot)
+        .await
+        .ok_or_else(|| PageError::Unavailable("the broker has stopped or did not answer".into()))
 }
 
 /// Runs `work` on the store's second handle, off the async threads.
