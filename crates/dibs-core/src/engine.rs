@@ -1778,26 +1778,47 @@ impl Engine {
         }
     }
 
-    fn timer(&mut self, out: &mut Out, timer: Timer) {
+    /// Whether `timer` would do anything if it fired now. A timer whose moment has passed
+    /// (the holder answered, every quote is in, the allocation is no longer waiting) does
+    /// nothing when it fires, so a shell may drop it instead of keeping it until then.
+    pub fn timer_matters(&self, timer: &Timer) -> bool {
+        let round_of = |request: &str, number: u32| {
+            self.requests.get(request).and_then(|s| s.round.as_ref()).filter(|r| r.number == number)
+        };
+        let allocation_in = |allocation: &u64, state: AllocationState| {
+            self.allocations.get(allocation).is_some_and(|a| a.state == state)
+        };
         match timer {
-            Timer::HolderWindow { request, round, solicitation } => {
-                let Some(state) = self.requests.get(&request) else { return };
-                let Some(current) = state.round.as_ref() else { return };
-                let waiting =
-                    matches!(current.phase, Phase::Holder { solicitation: s, .. } if s == solicitation);
-                if current.number == round && waiting {
-                    let holder = current.screened.refusal.as_ref().expect("first refusal").holder.clone();
-                    out.ledger(Some(&request), EventKind::HolderLapsed { round, holder });
-                    self.drive(out, &request, Step::HolderPassed);
-                }
-            }
-            Timer::QuoteDeadline { request, round } => {
-                let Some(state) = self.requests.get(&request) else { return };
-                let Some(current) = state.round.as_ref() else { return };
-                let Phase::Quotes { asked, answered, .. } = &current.phase else { return };
-                if current.number != round || answered == asked {
+            Timer::HolderWindow { request, round, solicitation } => round_of(request, *round).is_some_and(
+                |r| matches!(r.phase, Phase::Holder { solicitation: s, .. } if s == *solicitation),
+            ),
+            Timer::QuoteDeadline { request, round } => round_of(request, *round).is_some_and(
+                |r| matches!(&r.phase, Phase::Quotes { asked, answered, .. } if answered != asked),
+            ),
+            Timer::DeliveryDue { allocation } => allocation_in(allocation, AllocationState::Reserved),
+            Timer::Release { allocation } => allocation_in(allocation, AllocationState::Active),
+            Timer::Settle => true,
+        }
+    }
+
+    fn timer(&mut self, out: &mut Out, timer: Timer) {
+        if !self.timer_matters(&timer) {
+            return;
+        }
+        match timer {
+            Timer::HolderWindow { request, round, .. } => {
+                let Some(current) = self.requests.get(&request).and_then(|s| s.round.as_ref()) else {
                     return;
-                }
+                };
+                let holder = current.screened.refusal.as_ref().expect("first refusal").holder.clone();
+                out.ledger(Some(&request), EventKind::HolderLapsed { round, holder });
+                self.drive(out, &request, Step::HolderPassed);
+            }
+            Timer::QuoteDeadline { request, .. } => {
+                let Some(current) = self.requests.get(&request).and_then(|s| s.round.as_ref()) else {
+                    return;
+                };
+                let Phase::Quotes { asked, answered, .. } = &current.phase else { return };
                 let late: Vec<ProviderName> = asked.difference(answered).cloned().collect();
                 if let Some(current) = self.requests.get_mut(&request).and_then(|s| s.round.as_mut()) {
                     for provider in late {
@@ -1811,9 +1832,6 @@ impl Engine {
             }
             Timer::DeliveryDue { allocation } => {
                 let Some(a) = self.allocations.get(&allocation) else { return };
-                if a.state != AllocationState::Reserved {
-                    return;
-                }
                 let (request, gpus, hours, promised, provider) =
                     (a.request.clone(), a.plan.gpus, a.hours, a.promised, a.plan.provider.clone());
                 let a = self.allocations.get_mut(&allocation).expect("exists");
@@ -1836,9 +1854,6 @@ impl Engine {
             Timer::Settle => self.settle(out),
             Timer::Release { allocation } => {
                 let Some(a) = self.allocations.get_mut(&allocation) else { return };
-                if a.state != AllocationState::Active {
-                    return;
-                }
                 a.state = AllocationState::Released;
                 a.ended_at = Some(out.now);
                 let request = a.request.clone();

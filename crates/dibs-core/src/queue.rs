@@ -66,6 +66,26 @@ impl<T> TimeQueue<T> {
         self.heap.pop().map(|Reverse(s)| (s.at, s.item))
     }
 
+    /// Keeps the items `keep` says to and returns the others, in no particular order;
+    /// the kept ones come out in the order they would have.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut dropped = Vec::new();
+        let kept: Vec<Reverse<Scheduled<T>>> = std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .filter_map(|Reverse(s)| {
+                if keep(&s.item) {
+                    Some(Reverse(s))
+                } else {
+                    dropped.push(s.item);
+                    None
+                }
+            })
+            .collect();
+        self.heap = BinaryHeap::from(kept);
+        dropped
+    }
+
     pub fn len(&self) -> usize {
         self.heap.len()
     }

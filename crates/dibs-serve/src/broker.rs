@@ -391,7 +391,12 @@ pub struct Broker {
     signer: Option<crate::signing::HeadSigner>,
     /// The last checkpoint: its sequence number and when it was written.
     checkpointed: (u64, std::time::Instant),
+    /// The queue length at which moot timers are next dropped.
+    compact_at: usize,
 }
+
+/// The shortest queue worth looking through for moot timers.
+const MIN_COMPACT_AT: usize = 1024;
 
 /// What replay found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -434,6 +439,7 @@ impl Broker {
             time_speed: 1.0,
             signer: None,
             checkpointed: (0, std::time::Instant::now()),
+            compact_at: MIN_COMPACT_AT,
         };
         let mut recovery = Recovery { entries: 0, inputs: 0, configurations: 0, requests: 0, outstanding: 0 };
         let mut expected: std::collections::VecDeque<String> = std::collections::VecDeque::new();
@@ -978,6 +984,7 @@ impl Broker {
             self.apply(now, input, &mut entries);
             cascaded += 1;
         }
+        self.drop_moot_timers();
         let rows = self.compact_rows();
         let calls = rows.outbox_add.len();
         if !entries.is_empty() || !answers.is_empty() || rows != Batch::default() {
@@ -1003,6 +1010,28 @@ impl Broker {
             remote.wake(calls);
         }
         Ok(())
+    }
+
+    /// Drops the timers that would do nothing when they fire (see
+    /// [`Engine::timer_matters`]), and their rows, once the queue has doubled since the
+    /// last look. Otherwise a request decided early keeps its holder window and quote
+    /// deadline queued, in memory and in the store, for up to 72 hours, and each adds a
+    /// ledger entry that changes nothing when it fires.
+    fn drop_moot_timers(&mut self) {
+        if self.due.len() < self.compact_at {
+            return;
+        }
+        let engine = &self.engine;
+        let dropped = self.due.retain(|input| match input {
+            Input::Timer(timer) => engine.timer_matters(timer),
+            _ => true,
+        });
+        for input in dropped {
+            if let Some(key) = key_of(&input) {
+                self.timer_ops.push((due_key(&key), None));
+            }
+        }
+        self.compact_at = (2 * self.due.len()).max(MIN_COMPACT_AT);
     }
 
     fn provider_answer(
