@@ -18,7 +18,29 @@ pub struct PostgresStore {
     epoch: Option<i64>,
     /// Set once by schema step 5: read at connect, not at every append.
     format: LedgerFormat,
+    /// Statements prepared on this connection: a statement run by its text is parsed
+    /// again each time, a round trip more.
+    statements: std::collections::HashMap<&'static str, postgres::Statement>,
 }
+
+const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock($1)";
+const EPOCH_SQL: &str = "SELECT epoch FROM leader WHERE id = 1";
+const HEAD_SQL: &str = "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1";
+const ANSWERS_SQL: &str = "INSERT INTO idempotency (scope, key, request_digest, status, response)
+     SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::INTEGER[], $5::TEXT[])
+     ON CONFLICT DO NOTHING RETURNING scope, key";
+const LEDGER_SQL: &str = "INSERT INTO ledger (seq, at, kind, request, body, prev_hash, hash)
+     SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BYTEA[], $7::BYTEA[])";
+const REQUESTS_SQL: &str = "INSERT INTO requests (id, view) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])
+     ON CONFLICT (id) DO UPDATE SET view = excluded.view";
+const TIMERS_SQL: &str =
+    "INSERT INTO timers (key, due, body) SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[])
+     ON CONFLICT (key) DO UPDATE SET due = excluded.due, body = excluded.body";
+const TIMERS_FIRED_SQL: &str = "DELETE FROM timers WHERE key = ANY($1)";
+const OUTBOX_SQL: &str =
+    "INSERT INTO outbox (key, due, body) SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[])
+     ON CONFLICT (key) DO UPDATE SET due = excluded.due, body = excluded.body, claimed_until = 0";
+const OUTBOX_DONE_SQL: &str = "DELETE FROM outbox WHERE key = ANY($1)";
 
 impl PostgresStore {
     /// Connects and brings the tables in `schema` up to date (see [`crate::migrate`]);
@@ -58,7 +80,7 @@ impl PostgresStore {
         tx.commit()?;
         client.batch_execute(&format!("SET search_path TO {schema}"))?;
         let format = read_format(&mut client)?;
-        Ok(Self { client, epoch: None, format })
+        Ok(Self { client, epoch: None, format, statements: std::collections::HashMap::new() })
     }
 
     /// The schema version of the dibs schema.
@@ -117,6 +139,18 @@ fn read_head(client: &mut impl postgres::GenericClient) -> Result<(u64, [u8; 32]
     }
 }
 
+impl PostgresStore {
+    /// `sql`, prepared once on this connection.
+    fn prepared(&mut self, sql: &'static str) -> Result<postgres::Statement, StoreError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
 impl Store for PostgresStore {
     fn fence(&mut self) -> Result<(), StoreError> {
         let row = self.client.query_one(
@@ -129,75 +163,88 @@ impl Store for PostgresStore {
     }
 
     fn append(&mut self, batch: &Batch) -> Result<Vec<Entry>, StoreError> {
+        let [lock, epoch, head, answers, ledger, upsert_requests, timers, timers_fired, outbox, outbox_done] =
+            [
+                LOCK_SQL,
+                EPOCH_SQL,
+                HEAD_SQL,
+                ANSWERS_SQL,
+                LEDGER_SQL,
+                REQUESTS_SQL,
+                TIMERS_SQL,
+                TIMERS_FIRED_SQL,
+                OUTBOX_SQL,
+                OUTBOX_DONE_SQL,
+            ]
+            .map(|sql| self.prepared(sql));
         let mut tx = self.client.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])?;
+        tx.execute(&lock?, &[&APPEND_LOCK])?;
         if let Some(ours) = self.epoch {
             // Appends serialize on the lock above, and a new leader bumps the epoch before
             // its first append: a deposed leader sees the bump here and writes nothing.
-            let now: i64 = tx.query_one("SELECT epoch FROM leader WHERE id = 1", &[])?.get(0);
+            let now: i64 = tx.query_one(&epoch?, &[])?.get(0);
             if now != ours {
                 return Err(StoreError::Fenced { ours, now });
             }
         }
-        for answer in &batch.answers {
-            let inserted = tx.execute(
-                "INSERT INTO idempotency (scope, key, request_digest, status, response)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                &[
-                    &answer.scope,
-                    &answer.key,
-                    &answer.request_digest,
-                    &i32::from(answer.status),
-                    &answer.response,
-                ],
-            )?;
-            if inserted == 0 {
-                return Err(StoreError::KeyReused { key: answer.key.clone() });
+        if !batch.answers.is_empty() {
+            let scopes: Vec<&str> = batch.answers.iter().map(|a| a.scope.as_str()).collect();
+            let keys: Vec<&str> = batch.answers.iter().map(|a| a.key.as_str()).collect();
+            let digests: Vec<&str> = batch.answers.iter().map(|a| a.request_digest.as_str()).collect();
+            let statuses: Vec<i32> = batch.answers.iter().map(|a| i32::from(a.status)).collect();
+            let responses: Vec<&str> = batch.answers.iter().map(|a| a.response.as_str()).collect();
+            let inserted = tx.query(&answers?, &[&scopes, &keys, &digests, &statuses, &responses])?;
+            if inserted.len() < batch.answers.len() {
+                let new: std::collections::HashSet<(String, String)> =
+                    inserted.iter().map(|r| (r.get(0), r.get(1))).collect();
+                let reused = batch
+                    .answers
+                    .iter()
+                    .find(|a| !new.contains(&(a.scope.clone(), a.key.clone())))
+                    .map_or_else(String::new, |a| a.key.clone());
+                return Err(StoreError::KeyReused { key: reused });
             }
         }
-        let (length, head) = read_head(&mut tx)?;
+        let (length, head) = match tx.query_opt(&head?, &[])? {
+            None => (0, [0; 32]),
+            Some(row) => {
+                let seq = row.get::<_, i64>(0) as u64;
+                (seq, to_hash(seq, row.get::<_, &[u8]>(1))?)
+            }
+        };
         let entries = chain(length, head, &with_acknowledgements(batch), self.format.all_columns_from);
-        let insert = tx.prepare(
-            "INSERT INTO ledger (seq, at, kind, request, body, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )?;
-        for e in &entries {
-            tx.execute(
-                &insert,
-                &[&(e.seq as i64), &e.at, &e.kind, &e.request, &e.body, &&e.prev_hash[..], &&e.hash[..]],
-            )?;
+        // One statement per table, its rows as arrays: a turn's hundreds of rows cost a
+        // handful of round trips, not one each.
+        let seqs: Vec<i64> = entries.iter().map(|e| e.seq as i64).collect();
+        let ats: Vec<&str> = entries.iter().map(|e| e.at.as_str()).collect();
+        let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+        let requests: Vec<Option<&str>> = entries.iter().map(|e| e.request.as_deref()).collect();
+        let bodies: Vec<&str> = entries.iter().map(|e| e.body.as_str()).collect();
+        let prevs: Vec<&[u8]> = entries.iter().map(|e| &e.prev_hash[..]).collect();
+        let hashes: Vec<&[u8]> = entries.iter().map(|e| &e.hash[..]).collect();
+        if !entries.is_empty() {
+            tx.execute(&ledger?, &[&seqs, &ats, &kinds, &requests, &bodies, &prevs, &hashes])?;
         }
         if !batch.requests.is_empty() {
-            let upsert = tx.prepare(
-                "INSERT INTO requests (id, view) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET view = excluded.view",
-            )?;
-            for (id, view) in &batch.requests {
-                tx.execute(&upsert, &[id, view])?;
-            }
+            let (ids, views): (Vec<&str>, Vec<&str>) =
+                last_per_key(batch.requests.iter().map(|(id, view)| (id.as_str(), view.as_str())))
+                    .into_iter()
+                    .unzip();
+            tx.execute(&upsert_requests?, &[&ids, &views])?;
         }
         if !batch.timers_set.is_empty() {
-            let timer = tx.prepare(
-                "INSERT INTO timers (key, due, body) VALUES ($1, $2, $3)
-                 ON CONFLICT (key) DO UPDATE SET due = excluded.due, body = excluded.body",
-            )?;
-            for row in &batch.timers_set {
-                tx.execute(&timer, &[&row.key, &row.due, &row.body])?;
-            }
+            let (keys, dues, bodies) = row_arrays(&batch.timers_set);
+            tx.execute(&timers?, &[&keys, &dues, &bodies])?;
         }
         if !batch.timers_fired.is_empty() {
-            tx.execute("DELETE FROM timers WHERE key = ANY($1)", &[&batch.timers_fired])?;
+            tx.execute(&timers_fired?, &[&batch.timers_fired])?;
         }
         if !batch.outbox_add.is_empty() {
-            let call = tx.prepare(
-                "INSERT INTO outbox (key, due, body) VALUES ($1, $2, $3)
-                 ON CONFLICT (key) DO UPDATE SET due = excluded.due, body = excluded.body, claimed_until = 0",
-            )?;
-            for row in &batch.outbox_add {
-                tx.execute(&call, &[&row.key, &row.due, &row.body])?;
-            }
+            let (keys, dues, bodies) = row_arrays(&batch.outbox_add);
+            tx.execute(&outbox?, &[&keys, &dues, &bodies])?;
         }
         if !batch.outbox_done.is_empty() {
-            tx.execute("DELETE FROM outbox WHERE key = ANY($1)", &[&batch.outbox_done])?;
+            tx.execute(&outbox_done?, &[&batch.outbox_done])?;
         }
         tx.commit()?;
         Ok(entries)
@@ -448,4 +495,34 @@ impl PostgresStore {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
+}
+
+/// The last value given for each key, in the order keys first appear: what one row
+/// upserted after another leaves, as one statement may not touch a row twice.
+fn last_per_key<'a, V>(pairs: impl Iterator<Item = (&'a str, V)>) -> Vec<(&'a str, V)> {
+    let mut out: Vec<(&'a str, V)> = Vec::new();
+    let mut at: std::collections::HashMap<&'a str, usize> = std::collections::HashMap::new();
+    for (key, value) in pairs {
+        match at.get(key) {
+            Some(&i) => out[i].1 = value,
+            None => {
+                at.insert(key, out.len());
+                out.push((key, value));
+            }
+        }
+    }
+    out
+}
+
+/// Timer or outbox rows as the three arrays an UNNEST insert takes, one row per key.
+fn row_arrays(rows: &[crate::Row]) -> (Vec<&str>, Vec<i64>, Vec<&str>) {
+    let mut keys = Vec::new();
+    let mut dues = Vec::new();
+    let mut bodies = Vec::new();
+    for (key, row) in last_per_key(rows.iter().map(|r| (r.key.as_str(), r))) {
+        keys.push(key);
+        dues.push(row.due);
+        bodies.push(row.body.as_str());
+    }
+    (keys, dues, bodies)
 }

@@ -438,6 +438,18 @@ fn timers_and_calls_are_rows_committed_with_their_decisions(backend: &dyn Backen
         })
         .unwrap();
     assert_eq!(store.timers().unwrap().iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["t-1", "t-2"]);
+    // A key set twice in one batch ends as the second set it, as two batches would.
+    store
+        .append(&Batch {
+            entries: vec![entry(9)],
+            timers_set: vec![row("t-9", 1), row("t-9", 2)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert!(store.timers().unwrap().contains(&row("t-9", 2)), "{:?}", store.timers().unwrap());
+    store
+        .append(&Batch { entries: vec![entry(10)], timers_fired: vec!["t-9".into()], ..Batch::default() })
+        .unwrap();
     store
         .append(&Batch { entries: vec![entry(1)], timers_fired: vec!["t-1".into()], ..Batch::default() })
         .unwrap();

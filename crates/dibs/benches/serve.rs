@@ -9,7 +9,12 @@
 //! 3. over HTTP: the real `dibs serve` binary on loopback and a load
 //!    generator of keep-alive clients submitting requests, until all are decided.
 //!
-//! Targets (issue 3): in-process >= 10,000/s, HTTP >= 2,000/s.
+//! 4. sustained (issue 9): 16 clients for 60 s on SQLite: latency p50/p99, the server's RSS
+//!    at 50k, 100k and 200k stored requests, then kill -9 and the time to serve again.
+//!    `-- sustained [SECONDS]` runs only this, `-- postgres` only the PostgreSQL runs.
+//!
+//! Targets (issue 3): in-process >= 10,000/s, HTTP >= 2,000/s; (issue 9) p99 < 50 ms,
+//! RSS within 20% from 50k to 200k requests, a start under 1 s at 1 M ledger entries.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -135,16 +140,21 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-/// Submissions over HTTP: `database` is a PostgreSQL (URL, schema) or `None` for SQLite.
-fn over_http(n: usize, clients: usize, database: Option<(&str, &str)>) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
+/// A `dibs serve` on loopback: the child and its API's URL.
+struct Served {
+    child: std::process::Child,
+    url: String,
+}
+
+/// Starts `dibs serve` on `data` (`database`: a PostgreSQL URL and schema, or `None` for
+/// SQLite); returns once it serves, with how long that took.
+fn serve(data: &std::path::Path, database: Option<(&str, &str)>) -> (Served, Duration) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dibs"));
-    command.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(dir.path());
+    command.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data);
     if let Some((url, schema)) = database {
-        let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
-        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
         command.args(["--database", url, "--database-schema", schema]);
     }
+    let started = Instant::now();
     let mut child =
         command.env("DIBS_ADMIN_TOKEN", TOKEN).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -154,12 +164,40 @@ fn over_http(n: usize, clients: usize, database: Option<(&str, &str)>) -> f64 {
             break url.to_owned();
         }
     };
+    let took = started.elapsed();
+    std::thread::spawn(move || lines.for_each(drop));
+    (Served { child, url }, took)
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a load run saw.
+struct Load {
+    sent: usize,
+    seconds: f64,
+    latencies: Vec<Duration>,
+    /// Server RSS (MiB) when the submissions reached each mark.
+    rss_at: Vec<(usize, f64)>,
+}
+
+/// `clients` keep-alive clients submit until `n` submissions or `limit` has passed,
+/// whichever comes first; the server's RSS is read as the count passes each of `marks`.
+fn load(served: &Served, clients: usize, n: usize, limit: Duration, marks: &[usize]) -> Load {
     let sent = Arc::new(AtomicUsize::new(0));
-    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n.min(1 << 20))));
+    let rss_at = Arc::new(std::sync::Mutex::new(Vec::new()));
     let started = Instant::now();
+    let pid = served.child.id();
     let workers: Vec<_> = (0..clients)
         .map(|_| {
-            let (url, sent, latencies) = (url.clone(), sent.clone(), latencies.clone());
+            let (url, sent, latencies, rss_at) =
+                (served.url.clone(), sent.clone(), latencies.clone(), rss_at.clone());
+            let marks = marks.to_vec();
             std::thread::spawn(move || {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)
@@ -170,7 +208,14 @@ fn over_http(n: usize, clients: usize, database: Option<(&str, &str)>) -> f64 {
                     "accelerators": ["H100"], "gpus": 8, "duration_hours": 24, "workload": "training"
                 });
                 let mut mine = Vec::new();
-                while sent.fetch_add(1, Ordering::Relaxed) < n {
+                loop {
+                    let count = sent.fetch_add(1, Ordering::Relaxed);
+                    if count >= n || started.elapsed() >= limit {
+                        break;
+                    }
+                    if marks.contains(&count) {
+                        rss_at.lock().unwrap().push((count, rss_mib(pid).unwrap_or(f64::NAN)));
+                    }
                     let one = Instant::now();
                     let response = agent
                         .post(format!("{url}/requests"))
@@ -187,12 +232,38 @@ fn over_http(n: usize, clients: usize, database: Option<(&str, &str)>) -> f64 {
     for w in workers {
         w.join().unwrap();
     }
+    let seconds = started.elapsed().as_secs_f64();
+    let mut latencies = std::mem::take(&mut *latencies.lock().unwrap());
+    latencies.sort();
+    let mut rss_at = std::mem::take(&mut *rss_at.lock().unwrap());
+    rss_at.sort_by_key(|(count, _)| *count);
+    Load { sent: latencies.len(), seconds, latencies, rss_at }
+}
+
+fn latency_line(load: &Load) -> String {
+    format!(
+        "submit latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&load.latencies, 0.50),
+        percentile(&load.latencies, 0.99),
+        percentile(&load.latencies, 1.0),
+    )
+}
+
+/// Submissions over HTTP: `database` is a PostgreSQL (URL, schema) or `None` for SQLite.
+fn over_http(n: usize, clients: usize, database: Option<(&str, &str)>) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    if let Some((url, schema)) = database {
+        let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+    }
+    let (served, _) = serve(dir.path(), database);
+    let run = load(&served, clients, n, Duration::from_secs(600), &[]);
     // The service's simulated providers answer in 1-2 s; wait for the decisions too.
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let accepted = started.elapsed().as_secs_f64();
+    let started = Instant::now();
     loop {
         let stats: serde_json::Value = agent
-            .get(format!("{url}/stats"))
+            .get(format!("{}/stats", served.url))
             .header("Authorization", format!("Bearer {TOKEN}"))
             .call()
             .unwrap()
@@ -204,24 +275,90 @@ fn over_http(n: usize, clients: usize, database: Option<(&str, &str)>) -> f64 {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let decided = started.elapsed().as_secs_f64();
-    let rss = rss_mib(child.id()).map_or("?".into(), |m| format!("{m:.0} MiB"));
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut latencies = latencies.lock().unwrap().clone();
-    latencies.sort();
+    let decided = run.seconds + started.elapsed().as_secs_f64();
+    let rss = rss_mib(served.child.id()).map_or("?".into(), |m| format!("{m:.0} MiB"));
     println!(
-        "    accepted and ledgered {n} in {accepted:.2} s = {:.0}/s; all decided after {decided:.2} s (the simulated providers answer after 1-2 s); submit latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; server RSS {rss}",
-        n as f64 / accepted,
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 1.0),
+        "    accepted and ledgered {} in {:.2} s = {:.0}/s; all decided after {decided:.2} s (the simulated providers answer after 1-2 s); {}; server RSS {rss}",
+        run.sent,
+        run.seconds,
+        run.sent as f64 / run.seconds,
+        latency_line(&run),
     );
-    n as f64 / accepted
+    run.sent as f64 / run.seconds
+}
+
+/// Issue 9's load targets on SQLite: 16 clients for `seconds`: p99 latency, RSS between
+/// 50k and 200k stored requests; then kill -9 and the time to serve again.
+fn sustained(seconds: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut served, first_start) = serve(dir.path(), None);
+    let run = load(&served, 16, usize::MAX, Duration::from_secs(seconds), &[50_000, 100_000, 200_000]);
+    println!(
+        "sustained, SQLite, 16 clients for {:.0} s: {} submissions = {:.0}/s; {} (target p99 < 50 ms)",
+        run.seconds,
+        run.sent,
+        run.sent as f64 / run.seconds,
+        latency_line(&run)
+    );
+    let rss: Vec<String> = run.rss_at.iter().map(|(n, mib)| format!("{mib:.0} MiB at {n}")).collect();
+    println!(
+        "    server RSS as requests were stored: {} (first start took {first_start:.2?})",
+        rss.join(", ")
+    );
+    if let (Some((_, at50)), Some((_, at200))) =
+        (run.rss_at.iter().find(|(n, _)| *n == 50_000), run.rss_at.iter().find(|(n, _)| *n == 200_000))
+    {
+        println!("    RSS at 200k / at 50k = {:.2} (target within 20%: <= 1.20)", at200 / at50);
+    }
+    // kill -9, then time a start on the same data.
+    kill_9(served.child.id());
+    let _ = served.child.wait();
+    let mut store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
+    let (entries, _) = dibs_store::Store::head(&mut store).unwrap();
+    drop(store);
+    let (again, took) = serve(dir.path(), None);
+    println!(
+        "    after kill -9 with {entries} ledger entries: serving again in {took:.2?} (target < 1 s at 1 M entries)"
+    );
+    drop(again);
+}
+
+/// SIGKILL, as an operator's kill -9.
+fn kill_9(pid: u32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
+
+/// Over HTTP on PostgreSQL, when a server is configured (the tests' variable).
+fn on_postgres() {
+    match std::env::var("DIBS_TEST_POSTGRES_URL") {
+        Ok(url) => {
+            for clients in [4, 16] {
+                let schema = format!("dibs_bench_{}", std::process::id());
+                let rate = over_http(5_000, clients, Some((&url, &schema)));
+                println!(
+                    "over HTTP, PostgreSQL ({clients} keep-alive clients on loopback): {rate:.0} submissions/s ({} target 1,000/s)",
+                    if rate >= 1_000.0 { "meets" } else { "MISSES" }
+                );
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+            }
+        }
+        Err(_) => println!("over HTTP, PostgreSQL: skipped (DIBS_TEST_POSTGRES_URL is not set)"),
+    }
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--test") {
+        return;
+    }
+    // `cargo bench -p dibs --bench serve -- sustained [SECONDS]`: only the sustained run.
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "postgres") {
+        on_postgres();
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "sustained") {
+        sustained(args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(60));
         return;
     }
     let raw = raw_sqlite_inserts(2.0);
@@ -241,20 +378,6 @@ fn main() {
             if rate >= 2_000.0 { "meets" } else { "MISSES" }
         );
     }
-    // PostgreSQL, when a server is configured (the tests' variable).
-    match std::env::var("DIBS_TEST_POSTGRES_URL") {
-        Ok(url) => {
-            for clients in [4, 16] {
-                let schema = format!("dibs_bench_{}", std::process::id());
-                let rate = over_http(5_000, clients, Some((&url, &schema)));
-                println!(
-                    "over HTTP, PostgreSQL ({clients} keep-alive clients on loopback): {rate:.0} submissions/s ({} target 1,000/s)",
-                    if rate >= 1_000.0 { "meets" } else { "MISSES" }
-                );
-                let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-                let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-            }
-        }
-        Err(_) => println!("over HTTP, PostgreSQL: skipped (DIBS_TEST_POSTGRES_URL is not set)"),
-    }
+    on_postgres();
+    sustained(60);
 }
