@@ -445,7 +445,9 @@ pub struct RequestState {
     /// Providers that failed to deliver for this request; later rounds do not ask them.
     failed_providers: BTreeMap<ProviderName, String>,
     rounds_started: u32,
-    round: Option<Round>,
+    /// Boxed: a request waits most of its life, and ends, with no round running, and an
+    /// unboxed round would make every request as large as one.
+    round: Option<Box<Round>>,
     pending: Vec<Pending>,
 }
 
@@ -842,7 +844,7 @@ impl Engine {
             solicitations: 0,
             silent: BTreeMap::new(),
         };
-        state.round = Some(round);
+        state.round = Some(Box::new(round));
         Step::BeginRound
     }
 
