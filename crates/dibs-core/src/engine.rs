@@ -72,6 +72,11 @@ pub struct EngineConfig {
     /// triggers), counted from its first input.
     pub settle_every_hours: f64,
     pub solver: SolverConfig,
+    /// Hand each request that ends (released, unfilled, cancelled) to the shell
+    /// ([`Engine::take_finished`]) instead of keeping it: a long-running service keeps its
+    /// memory to the requests still open. Decisions are the same either way: an ended
+    /// request takes no further part in any (its allocations stay).
+    pub forget_finished: bool,
 }
 
 impl Default for EngineConfig {
@@ -81,6 +86,7 @@ impl Default for EngineConfig {
             delivery_grace_hours: 2.0,
             settle_every_hours: 24.0,
             solver: SolverConfig::default(),
+            forget_finished: false,
         }
     }
 }
@@ -310,6 +316,13 @@ pub struct Allocation {
     /// When it actually ended: released, or cancelled by spillover, failover or the buyer.
     pub ended_at: Option<Timestamp>,
     pub state: AllocationState,
+    /// The workload class of its request: the fleet and the commitment books count by it,
+    /// also after the request has ended.
+    #[serde(skip)]
+    pub workload: WorkloadClass,
+    /// The GPU-hours its request asked for: no request bills more (see `settlement`).
+    #[serde(skip)]
+    pub asked_gpu_hours: f64,
 }
 
 /// Why a round exists.
@@ -485,6 +498,10 @@ pub struct Engine {
     /// Kept as running totals so screening costs the same on the millionth request as on the first.
     live_fleet: BTreeMap<WorkloadClass, Fleet>,
     open_requests: usize,
+    /// Requests that ended during the input being handled; with `forget_finished`, they
+    /// move to `finished` when it is done.
+    ending: Vec<String>,
+    finished: Vec<RequestState>,
 }
 
 /// The effects of one input, in order.
@@ -508,7 +525,15 @@ impl Engine {
             settle_armed: false,
             live_fleet: BTreeMap::new(),
             open_requests: 0,
+            ending: Vec::new(),
+            finished: Vec::new(),
         }
+    }
+
+    /// The requests that ended since the last call, with `forget_finished`: the engine no
+    /// longer holds them.
+    pub fn take_finished(&mut self) -> Vec<RequestState> {
+        std::mem::take(&mut self.finished)
     }
 
     pub fn request(&self, id: &str) -> Option<&RequestState> {
@@ -559,11 +584,7 @@ impl Engine {
     /// amendment loaded into a running service. Rounds already under way keep
     /// the terms they were screened under.
     pub fn reconfigure(&mut self, contracts: ContractSet, published: Vec<Offer>) {
-        let requests = &self.requests;
-        let allocations = self
-            .allocations
-            .values()
-            .filter_map(|a| requests.get(&a.request).map(|state| (a, state.request.workload)));
+        let allocations = self.allocations.values().map(|a| (a, a.workload));
         self.commitments = CommitmentBooks::new(&contracts, allocations);
         self.contracts = contracts;
         self.largest_node = placement::largest_nodes(&published);
@@ -656,6 +677,13 @@ impl Engine {
                 if self.settler.declare(&name) {
                     out.ledger(None, EventKind::EventDeclared { name });
                 }
+            }
+        }
+        for id in std::mem::take(&mut self.ending) {
+            if self.config.forget_finished
+                && let Some(state) = self.requests.remove(&id)
+            {
+                self.finished.push(state);
             }
         }
         out.effects
@@ -1013,9 +1041,8 @@ impl Engine {
     /// final bill is folded into the commitment books.
     fn leave_fleet(&mut self, allocation: u64) {
         let Some(a) = self.allocations.get(&allocation) else { return };
-        let Some(state) = self.requests.get(&a.request) else { return };
-        add_to_fleet(self.live_fleet.entry(state.request.workload).or_default(), &a.plan, -1.0);
-        self.commitments.ended(a, state.request.workload);
+        add_to_fleet(self.live_fleet.entry(a.workload).or_default(), &a.plan, -1.0);
+        self.commitments.ended(a, a.workload);
     }
 
     fn provider_down(&self, provider: &ProviderName, region: Option<&Region>) -> Option<&str> {
@@ -1702,6 +1729,9 @@ impl Engine {
                     ends_at: None,
                     ended_at: None,
                     state: AllocationState::Reserved,
+                    workload: state.request.workload,
+                    asked_gpu_hours: f64::from(state.request.gpus.get())
+                        * f64::from(state.request.duration_hours),
                 },
             );
             self.commitments.awarded(&self.allocations[&allocation], state.request.workload);
@@ -1770,6 +1800,7 @@ impl Engine {
         state.status = status;
         if status.is_final() && !previous.is_final() {
             self.open_requests -= 1;
+            self.ending.push(id.to_owned());
         }
         if status != previous {
             match status {
@@ -1949,6 +1980,7 @@ impl Engine {
         state.round = None;
         state.pending.clear();
         self.open_requests -= 1;
+        self.ending.push(id.to_owned());
         let allocations = state.allocations.clone();
         out.ledger(Some(id), EventKind::RequestCancelled {});
         for allocation in allocations {

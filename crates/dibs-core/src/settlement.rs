@@ -119,9 +119,8 @@ fn settled(allocation: &Allocation, hours: f64, at: Timestamp) -> bool {
 pub fn accrue(engine: &Engine, at: Timestamp) -> Accruals {
     let mut accruals = Accruals { at: Some(at), ..Accruals::default() };
     for allocation in engine.allocations() {
-        let Some(state) = engine.request(&allocation.request) else { continue };
         let hours = billed_hours(allocation, at);
-        accruals.add(allocation, state.request.workload, hours, running(allocation, hours, at));
+        accruals.add(allocation, allocation.workload, hours, running(allocation, hours, at));
     }
     accruals
 }
@@ -163,15 +162,15 @@ impl Accountant {
         accruals.gpus_active_by_provider.clear();
         accruals.gpus_active = 0;
         let mut total = self.settled_spend;
-        let mut touched: BTreeMap<&str, f64> = BTreeMap::new();
+        // Per request: GPU-hours of its open allocations, and the GPU-hours it asked for.
+        let mut touched: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
         let mut violation = None;
         // Walk last settlement's open list, rebuilding `open` in the spare buffer.
         let open = std::mem::replace(&mut self.open, std::mem::take(&mut self.spare));
         self.open.clear();
         for &id in &open {
             let Some(allocation) = engine.allocation(id) else { continue };
-            let Some(state) = engine.request(&allocation.request) else { continue };
-            let class = state.request.workload;
+            let class = allocation.workload;
             let hours = billed_hours(allocation, at);
             if hours > f64::from(allocation.hours) + 1e-9 && violation.is_none() {
                 violation =
@@ -182,7 +181,8 @@ impl Accountant {
             let spend = hours * allocation.plan.spend_per_hour();
             total += spend;
             // GPU-hours of this request's open allocations; settled ones are in `settled_by_request`.
-            let open_hours = touched.entry(&allocation.request).or_default();
+            let (open_hours, _) =
+                touched.entry(&allocation.request).or_insert((0.0, allocation.asked_gpu_hours));
             if settled(allocation, hours, at) {
                 self.settled.add(allocation, class, hours, false);
                 self.settled_spend += spend;
@@ -196,10 +196,8 @@ impl Accountant {
         }
         self.spare = open;
         if violation.is_none() {
-            for (request, open_hours) in touched {
-                let Some(state) = engine.request(request) else { continue };
+            for (request, (open_hours, asked)) in touched {
                 let billed = open_hours + self.settled_by_request.get(request).copied().unwrap_or(0.0);
-                let asked = f64::from(state.request.gpus.get()) * f64::from(state.request.duration_hours);
                 if billed > asked + 1e-6 {
                     violation = Some(format!(
                         "request {request} billed {billed} GPU-hours of the {asked} it asked for"
@@ -341,19 +339,18 @@ pub fn evaluate_triggers(
 /// (no GPU-hour billed twice across failovers), and per-provider spend sums
 /// to the total of the allocations. Returns the first violation.
 pub fn check_billing(engine: &Engine, accruals: &Accruals, at: Timestamp) -> Result<(), String> {
-    let mut per_request: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut per_request: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
     let mut total = 0.0;
     for allocation in engine.allocations() {
         let hours = billed_hours(allocation, at);
         if hours > f64::from(allocation.hours) + 1e-9 {
             return Err(format!("allocation {} billed {hours} h of {}", allocation.id, allocation.hours));
         }
-        *per_request.entry(&allocation.request).or_default() += hours * f64::from(allocation.plan.gpus);
+        per_request.entry(&allocation.request).or_insert((0.0, allocation.asked_gpu_hours)).0 +=
+            hours * f64::from(allocation.plan.gpus);
         total += hours * allocation.plan.spend_per_hour();
     }
-    for (request, gpu_hours) in per_request {
-        let Some(state) = engine.request(request) else { continue };
-        let asked = f64::from(state.request.gpus.get()) * f64::from(state.request.duration_hours);
+    for (request, (gpu_hours, asked)) in per_request {
         if gpu_hours > asked + 1e-6 {
             return Err(format!(
                 "request {request} billed {gpu_hours} GPU-hours of the {asked} it asked for"

@@ -225,6 +225,8 @@ pub enum Command {
 /// What a [`Command::Read`] sees.
 pub struct ReadView<'a> {
     pub engine: &'a Engine,
+    /// Requests that have ended: the engine no longer holds them.
+    pub finished: &'a BTreeMap<String, Finished>,
     /// The broker's instant for this turn (a demo clock's, under `--time-speed`).
     pub now: Timestamp,
     /// What the engine runs under.
@@ -363,8 +365,46 @@ fn configured_entry(now: Timestamp, configuration: &Configuration) -> NewEntry {
     }
 }
 
+/// What the service keeps in memory of a request that has ended (the engine no longer
+/// holds it): enough to count, filter and list it. Its full view is its `requests` row,
+/// written in the turn it ended.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub status: dibs_core::engine::Status,
+    pub workload: dibs_core::types::WorkloadClass,
+    pub gpus: u32,
+    pub hours: u32,
+    pub earliest_start: Timestamp,
+    pub accelerators: Box<[dibs_core::types::Accelerator]>,
+    pub allocations: Box<[u64]>,
+    /// GPUs it ended without.
+    pub unfilled_gpus: u32,
+}
+
+impl Finished {
+    fn of(state: &dibs_core::engine::RequestState) -> Self {
+        let r = &state.request;
+        Self {
+            status: state.status,
+            workload: r.workload,
+            gpus: r.gpus.get(),
+            hours: r.duration_hours,
+            earliest_start: r.earliest_start,
+            accelerators: r.accelerators.clone().into_boxed_slice(),
+            allocations: state.allocations.clone().into_boxed_slice(),
+            unfilled_gpus: state.unfilled_gpus,
+        }
+    }
+}
+
 pub struct Broker {
     pub engine: Engine,
+    /// Requests that have ended, by id (see [`Finished`]).
+    finished: BTreeMap<String, Finished>,
+    /// How many have ended in each state.
+    finished_counts: BTreeMap<&'static str, usize>,
+    /// Views of the requests that ended in this turn: its replies and its projection rows.
+    ended_this_turn: BTreeMap<String, RequestView>,
     configuration: Option<Configuration>,
     store: Box<dyn Store>,
     providers: BTreeMap<dibs_core::types::ProviderName, SimulatedProvider>,
@@ -421,8 +461,25 @@ impl Broker {
         clock: Clock,
         configuration: Option<Configuration>,
     ) -> Result<(Self, Recovery), StoreError> {
+        Self::recover_with(store, providers, remote, clock, configuration, engine_config())
+    }
+
+    /// [`Broker::recover`] with an engine configuration: `dibs ledger verify` and
+    /// `rebuild` keep every request (`forget_finished: false`), to compare or rewrite
+    /// the whole `requests` table.
+    pub fn recover_with(
+        store: Box<dyn Store>,
+        providers: BTreeMap<dibs_core::types::ProviderName, SimulatedProvider>,
+        remote: Option<Dispatcher>,
+        clock: Clock,
+        configuration: Option<Configuration>,
+        config: EngineConfig,
+    ) -> Result<(Self, Recovery), StoreError> {
         let mut broker = Self {
-            engine: Engine::new(ContractSet::default(), Vec::new(), engine_config()),
+            engine: Engine::new(ContractSet::default(), Vec::new(), config),
+            finished: BTreeMap::new(),
+            finished_counts: BTreeMap::new(),
+            ended_this_turn: BTreeMap::new(),
             configuration: None,
             store,
             providers,
@@ -524,6 +581,7 @@ impl Broker {
                         expected.push_back(event_body(&event));
                     }
                 }
+                broker.note_finished(false);
             }
         }
         if let Some(body) = expected.front() {
@@ -540,7 +598,7 @@ impl Broker {
             broker.configure(configuration).map_err(StoreError::Invalid)?;
             broker.store.append(&Batch { entries: vec![entry], ..Batch::default() })?;
         }
-        recovery.requests = broker.engine.requests().count();
+        recovery.requests = broker.engine.requests().count() + broker.finished.len();
         broker.replaying = false;
         Ok((broker, recovery))
     }
@@ -713,6 +771,19 @@ impl Broker {
             }
             self.execute(now, effect);
         }
+        self.note_finished(true);
+    }
+
+    /// Takes the requests the engine let go of (they ended) into `finished`; `with_views`
+    /// keeps their last views for this turn's replies and projection rows.
+    fn note_finished(&mut self, with_views: bool) {
+        for state in self.engine.take_finished() {
+            if with_views {
+                self.ended_this_turn.insert(state.request.id.clone(), view::request(&self.engine, &state));
+            }
+            *self.finished_counts.entry(state.status.as_str()).or_default() += 1;
+            self.finished.insert(state.request.id.clone(), Finished::of(&state));
+        }
     }
 
     /// Runs until a `Shutdown` command or the channel closes.
@@ -769,9 +840,14 @@ impl Broker {
                 Command::Cancel { id, reply } => {
                     // Cancelling twice changes nothing (and records nothing); a request that
                     // ended otherwise cannot be cancelled.
-                    let answer = match self.engine.request(&id).map(|r| r.status) {
+                    let status = self
+                        .engine
+                        .request(&id)
+                        .map(|r| r.status)
+                        .or_else(|| self.finished.get(&id).map(|f| f.status));
+                    let answer = match status {
                         None => Err(ApiError::new(404, format!("no request {id:?}"))),
-                        Some(dibs_core::engine::Status::Cancelled) => Ok((200, self.view(&id))),
+                        Some(dibs_core::engine::Status::Cancelled) => self.any_view(&id).map(|v| (200, v)),
                         Some(status) if status.is_final() => Err(ApiError::new(
                             409,
                             format!("{id} is {} and cannot be cancelled", status.as_str()),
@@ -784,31 +860,20 @@ impl Broker {
                     replies.push((reply, answer));
                 }
                 Command::Get { id, reply } => {
-                    let answer = match self.engine.request(&id) {
-                        None => Err(ApiError::new(404, format!("no request {id:?}"))),
-                        Some(_) => Ok((200, self.view(&id))),
-                    };
+                    let answer = self.any_view(&id).map(|v| (200, v));
                     replies.push((reply, answer));
                 }
                 Command::List { status, after, limit, reply } => {
-                    let list: Vec<RequestView> = self
-                        .engine
-                        .requests()
-                        .filter(|s| status.as_deref().is_none_or(|want| s.status.as_str() == want))
-                        .filter(|s| after.as_deref().is_none_or(|a| view::id_order(&s.request.id, a)))
-                        .take(limit.min(MAX_LIST))
-                        .map(|s| view::request(&self.engine, s))
-                        .collect();
-                    let next = (list.len() == limit.min(MAX_LIST)).then(|| list.last().map(|r| r.id.clone()));
-                    replies.push((
-                        reply,
-                        ok(200, view::RequestPage { requests: list, next_after: next.flatten() }),
-                    ));
+                    let answer = self.list(status.as_deref(), after.as_deref(), limit.min(MAX_LIST));
+                    replies.push((reply, answer));
                 }
                 Command::Stats { reply } => {
                     let mut requests: BTreeMap<String, usize> = BTreeMap::new();
                     for state in self.engine.requests() {
                         *requests.entry(state.status.as_str().to_owned()).or_default() += 1;
+                    }
+                    for (status, count) in &self.finished_counts {
+                        *requests.entry((*status).to_owned()).or_default() += count;
                     }
                     let stats = view::StatsView { requests, pending_inputs: self.due.len() };
                     replies.push((reply, ok(200, stats)));
@@ -957,6 +1022,7 @@ impl Broker {
                 Command::Read { read } => {
                     let view = ReadView {
                         engine: &self.engine,
+                        finished: &self.finished,
                         now,
                         configuration: self.configuration.as_ref(),
                         remote: self.remote.as_ref(),
@@ -1000,6 +1066,7 @@ impl Broker {
                 self.checkpoint(last.seq, last.hash, false)?;
             }
         }
+        self.ended_this_turn.clear();
         for (reply, answer) in replies {
             let _ = reply.send(answer);
         }
@@ -1128,11 +1195,11 @@ impl Broker {
 
     /// A request's row in the `requests` projection.
     fn projected(&self, id: &str) -> Option<(String, String)> {
-        let state = self.engine.request(id)?;
-        Some((
-            id.to_owned(),
-            serde_json::to_string(&view::request(&self.engine, state)).expect("views serialize"),
-        ))
+        let view = match self.engine.request(id) {
+            Some(state) => view::request(&self.engine, state),
+            None => self.ended_this_turn.get(id)?.clone(),
+        };
+        Some((id.to_owned(), serde_json::to_string(&view).expect("views serialize")))
     }
 
     /// The whole projection as the engine's state gives it.
@@ -1218,9 +1285,65 @@ impl Broker {
         }
     }
 
+    /// The view of a request the engine holds or that ended in this turn.
     fn view(&self, id: &str) -> serde_json::Value {
-        let state = self.engine.request(id).expect("checked by the caller");
-        serde_json::to_value(view::request(&self.engine, state)).expect("views serialize")
+        match self.engine.request(id) {
+            Some(state) => serde_json::to_value(view::request(&self.engine, state)),
+            None => serde_json::to_value(self.ended_this_turn.get(id).expect("checked by the caller")),
+        }
+        .expect("views serialize")
+    }
+
+    /// A request's view wherever it is: in the engine, ended in this turn, or stored.
+    fn any_view(&mut self, id: &str) -> Result<serde_json::Value, ApiError> {
+        if self.engine.request(id).is_some() || self.ended_this_turn.contains_key(id) {
+            Ok(self.view(id))
+        } else if self.finished.contains_key(id) {
+            self.stored_view(id)
+        } else {
+            Err(ApiError::new(404, format!("no request {id:?}")))
+        }
+    }
+
+    /// A page of requests in id order, open ones from the engine and ended ones from the
+    /// `requests` table.
+    fn list(&mut self, status: Option<&str>, after: Option<&str>, limit: usize) -> Reply {
+        let wanted = |id: &str, s: dibs_core::engine::Status| {
+            status.is_none_or(|want| s.as_str() == want) && after.is_none_or(|a| view::id_order(id, a))
+        };
+        let mut page: Vec<(String, bool)> = Vec::new();
+        {
+            let open = self.engine.requests().map(|s| (s.request.id.as_str(), s.status, true));
+            let ended = self.finished.iter().map(|(id, f)| (id.as_str(), f.status, false));
+            let mut open = open.filter(|(id, s, _)| wanted(id, *s)).peekable();
+            let mut ended = ended.filter(|(id, s, _)| wanted(id, *s)).peekable();
+            while page.len() < limit {
+                let next = match (open.peek(), ended.peek()) {
+                    (Some(a), Some(b)) if a.0 <= b.0 => open.next(),
+                    (Some(_), Some(_)) | (None, Some(_)) => ended.next(),
+                    (Some(_), None) => open.next(),
+                    (None, None) => None,
+                };
+                let Some((id, _, held)) = next else { break };
+                page.push((id.to_owned(), held));
+            }
+        }
+        let mut requests = Vec::with_capacity(page.len());
+        for (id, held) in &page {
+            let view = if *held { self.view(id) } else { self.any_view(id)? };
+            requests.push(view);
+        }
+        let next_after = (page.len() == limit).then(|| page.last().map(|(id, _)| id.clone())).flatten();
+        ok(200, view::RequestPage { requests, next_after })
+    }
+
+    /// The stored view of a request that ended in an earlier turn.
+    fn stored_view(&mut self, id: &str) -> Result<serde_json::Value, ApiError> {
+        match self.store.request_view(id) {
+            Ok(Some(view)) => serde_json::from_str(&view).map_err(|e| ApiError::new(500, e.to_string())),
+            Ok(None) => Err(ApiError::new(500, format!("{id} ended but has no row in the requests table"))),
+            Err(e) => Err(ApiError::new(503, e.to_string())),
+        }
     }
 
     fn submit(
@@ -1321,7 +1444,9 @@ fn request_of(input: &Input) -> Option<String> {
 }
 
 /// The engine configuration the service runs with.
-/// The live engine settles hourly: spend, commitments and triggers stay current.
+/// The live engine settles hourly: spend, commitments and triggers stay current. It
+/// forgets requests that have ended: the broker keeps a small record of each
+/// ([`Finished`]) and their views are in the `requests` table.
 pub fn engine_config() -> EngineConfig {
-    EngineConfig { settle_every_hours: 1.0, ..EngineConfig::default() }
+    EngineConfig { settle_every_hours: 1.0, forget_finished: true, ..EngineConfig::default() }
 }

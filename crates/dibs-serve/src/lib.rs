@@ -367,14 +367,22 @@ fn last_instant(store: &mut dyn Store) -> Result<Option<dibs_core::types::Timest
 /// exactly the recorded decisions (`dibs ledger verify`), then compares the
 /// stored `requests` projection with the replayed state.
 pub fn replay_check(store: Box<dyn Store>) -> Result<(Recovery, Result<usize, String>), StoreError> {
-    let (mut broker, recovery) = Broker::recover(store, BTreeMap::new(), None, broker::wall_clock(), None)?;
+    let (mut broker, recovery) = recover_everything(store)?;
     let projection = broker.check_projection();
     Ok((recovery, projection))
 }
 
 /// Recreates the `requests` projection by replaying the ledger (`dibs ledger rebuild`).
 pub fn rebuild(store: Box<dyn Store>) -> Result<(Recovery, usize), StoreError> {
-    let (mut broker, recovery) = Broker::recover(store, BTreeMap::new(), None, broker::wall_clock(), None)?;
+    let (mut broker, recovery) = recover_everything(store)?;
     let rows = broker.rebuild_projection()?;
     Ok((recovery, rows))
+}
+
+/// Replays a ledger keeping every request, ended ones too (the service forgets those):
+/// what comparing or rewriting the whole `requests` table needs. The decisions are the
+/// same either way, so this replay also checks the ones the forgetting service made.
+fn recover_everything(store: Box<dyn Store>) -> Result<(Broker, Recovery), StoreError> {
+    let config = dibs_core::engine::EngineConfig { forget_finished: false, ..broker::engine_config() };
+    Broker::recover_with(store, BTreeMap::new(), None, broker::wall_clock(), None, config)
 }

@@ -203,7 +203,10 @@ pub struct ContractsLoaded {
 /// A page of requests, in id order; `next_after` is the cursor for the next page.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RequestPage {
-    pub requests: Vec<RequestView>,
+    /// Each a [`RequestView`]: open requests' made now, ended ones' as their `requests`
+    /// row keeps it.
+    #[schema(value_type = Vec<RequestView>)]
+    pub requests: Vec<serde_json::Value>,
     pub next_after: Option<String>,
 }
 

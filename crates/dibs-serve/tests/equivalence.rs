@@ -220,7 +220,11 @@ fn run_broker(dir: &std::path::Path) -> (Vec<String>, Vec<(String, String)>) {
 /// The virtual-time runner, fed the external inputs the broker recorded, at their instants.
 fn run_virtual(inputs: &[(String, String)]) -> Vec<String> {
     let (_, set) = contracts();
-    let engine = Engine::new(set, offers(), dibs_serve::broker::engine_config());
+    // The live engine forgets requests that ended; this one keeps them: decisions must not
+    // depend on it.
+    let config =
+        dibs_core::engine::EngineConfig { forget_finished: false, ..dibs_serve::broker::engine_config() };
+    let engine = Engine::new(set, offers(), config);
     let providers = dibs_serve::simulated_providers(&offers(), HolderBehaviour::Accept, 7);
     let mut run = VirtualRun::new(engine, providers, t("2026-03-01"));
     #[derive(serde::Deserialize)]

@@ -193,6 +193,10 @@ impl Default for Scenario {
 }
 
 fn start(scenario: Scenario) -> VirtualRun {
+    start_with(scenario, EngineConfig::default())
+}
+
+fn start_with(scenario: Scenario, config: EngineConfig) -> VirtualRun {
     let mut providers = SimulatedProvider::from_catalog(&scenario.offers, SimulatedBehaviour::default());
     for (name, provider) in providers.iter_mut() {
         provider.behaviour.holder = scenario.holder;
@@ -200,7 +204,7 @@ fn start(scenario: Scenario) -> VirtualRun {
             provider.behaviour.delivery_delay_hours = *delay;
         }
     }
-    let engine = Engine::new(contracts(scenario.terms), scenario.offers, EngineConfig::default());
+    let engine = Engine::new(contracts(scenario.terms), scenario.offers, config);
     VirtualRun::new(engine, providers, t("2026-01-01"))
 }
 
@@ -672,6 +676,50 @@ fn behaviour() -> impl Strategy<Value = HolderBehaviour> {
         Just(HolderBehaviour::Silent),
         (1u32..600).prop_map(HolderBehaviour::Partial),
     ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// An engine that forgets requests once they end (as the service runs it) decides
+    /// exactly as one that keeps them, and holds only the open ones.
+    #[test]
+    fn forgetting_ended_requests_changes_no_decision(
+        holder in behaviour(),
+        capacities in prop::collection::vec(0u32..1200, 4),
+        requests in prop::collection::vec((1u32..64, prop::sample::select(vec!["training", "api", "inference"])), 1..6),
+        late in prop::option::of(0usize..4),
+        incident in prop::option::of((0usize..4, 1u32..200)),
+        cancel in prop::option::of((0usize..6, 1u32..100)),
+    ) {
+        let names = ["azure", "aws", "lambda", "gcp"];
+        let run = |forget_finished: bool| {
+            let offers: Vec<Offer> = (0..4).map(|i| offer(names[i], "r", 3.0 + i as f64, capacities[i], 4 + 10 * i as u32)).collect();
+            let mut delivery = BTreeMap::new();
+            if let Some(i) = late {
+                delivery.insert(names[i], None);
+            }
+            let scenario = Scenario { terms: Terms::default(), offers, holder, delivery };
+            let mut run = start_with(scenario, EngineConfig { forget_finished, ..EngineConfig::default() });
+            for (i, (blocks, workload)) in requests.iter().enumerate() {
+                run.schedule(t("2026-01-01").plus_hours(i as f64), Input::Submit(request(&format!("r{i}"), blocks * 8, workload)));
+            }
+            if let Some((i, hour)) = incident {
+                run.schedule(t("2026-01-01").plus_hours(f64::from(hour)), Input::IncidentOpened { id: "inc".into(), provider: p(names[i]), region: None });
+            }
+            if let Some((i, hour)) = cancel {
+                run.schedule(t("2026-01-01").plus_hours(f64::from(hour)), Input::Cancel { request: format!("r{i}") });
+            }
+            run.run_until(None);
+            run
+        };
+        let (kept, mut forgot) = (run(false), run(true));
+        prop_assert_eq!(&kept.events, &forgot.events);
+        let ended = forgot.engine.take_finished();
+        prop_assert!(ended.iter().all(|s| s.status.is_final()));
+        prop_assert!(forgot.engine.requests().all(|s| !s.status.is_final()));
+        prop_assert_eq!(ended.len() + forgot.engine.requests().count(), kept.engine.requests().count());
+    }
 }
 
 proptest! {

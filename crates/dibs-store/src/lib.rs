@@ -128,6 +128,8 @@ pub trait Store: Send {
     fn answer(&mut self, scope: &str, key: &str) -> Result<Option<IdempotentAnswer>, StoreError>;
     /// Up to `limit` rows of the `requests` projection with ids after `after`, in id order.
     fn projected_requests(&mut self, after: &str, limit: usize) -> Result<Vec<(String, String)>, StoreError>;
+    /// One request's row in the `requests` projection.
+    fn request_view(&mut self, id: &str) -> Result<Option<String>, StoreError>;
     /// Replaces the whole `requests` projection, in one transaction (`dibs ledger rebuild`).
     fn replace_projection(&mut self, rows: &[(String, String)]) -> Result<(), StoreError>;
     /// How the ledger is hashed (see [`LedgerFormat`]).

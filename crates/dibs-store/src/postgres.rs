@@ -281,6 +281,11 @@ impl Store for PostgresStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    fn request_view(&mut self, id: &str) -> Result<Option<String>, StoreError> {
+        let select = self.prepared("SELECT view FROM requests WHERE id = $1")?;
+        Ok(self.client.query_opt(&select, &[&id])?.map(|r| r.get(0)))
+    }
+
     fn replace_projection(&mut self, rows: &[(String, String)]) -> Result<(), StoreError> {
         let mut tx = self.client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])?;

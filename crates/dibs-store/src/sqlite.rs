@@ -225,6 +225,11 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn request_view(&mut self, id: &str) -> Result<Option<String>, StoreError> {
+        let mut select = self.connection.prepare_cached("SELECT view FROM requests WHERE id = ?1")?;
+        Ok(select.query_row(params![id], |r| r.get(0)).optional()?)
+    }
+
     fn replace_projection(&mut self, rows: &[(String, String)]) -> Result<(), StoreError> {
         let tx = self.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM requests", [])?;

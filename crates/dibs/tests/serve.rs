@@ -1476,3 +1476,54 @@ fn a_call_in_flight_when_the_server_dies_is_made_again_by_the_next_one() {
     assert_eq!(left, 0, "answered calls leave the outbox");
     verify_offline(&data);
 }
+
+#[test]
+fn an_ended_request_leaves_the_engine_and_is_still_served_from_the_requests_table() {
+    let data = tempfile::tempdir().unwrap();
+    let data_arg = data.path().to_str().unwrap().to_owned();
+    let mut server = Server::start(&["--data", &data_arg]);
+    let url = server.url.clone();
+    // Priced below every offer: each ends unfilled as soon as its round is decided.
+    let mut cheap = request_body(8);
+    cheap["max_price"] = json!(0.01);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = call(&url, "POST", "/requests", Some(&cheap), None);
+        assert_eq!(status, 201, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let (status, open) = call(&url, "POST", "/requests", Some(&request_body(8)), None);
+    assert_eq!(status, 201, "{open}");
+    let ended = wait_for(&url, &ids[0], |r| r["status"] == "unfilled");
+    assert!(ended["unfilled"]["reason"].as_str().is_some_and(|r| !r.is_empty()), "{ended}");
+    for id in &ids {
+        wait_for(&url, id, |r| r["status"] == "unfilled");
+    }
+    let check = |url: &str| {
+        // Shown, listed, counted and refused a cancel as before.
+        let (status, shown) = call(url, "GET", &format!("/requests/{}", ids[1]), None, None);
+        assert_eq!((status, &shown["status"]), (200, &json!("unfilled")), "{shown}");
+        let (status, page) = call(url, "GET", "/requests?status=unfilled&limit=2", None, None);
+        assert_eq!(status, 200, "{page}");
+        let listed: Vec<&str> =
+            page["requests"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(listed, [ids[0].as_str(), ids[1].as_str()], "{page}");
+        let (_, rest) = call(url, "GET", &format!("/requests?status=unfilled&after={}", ids[1]), None, None);
+        assert_eq!(rest["requests"][0]["id"], ids[2], "{rest}");
+        let (_, all) = call(url, "GET", "/requests", None, None);
+        let every: Vec<&str> =
+            all["requests"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert!(every.contains(&ids[2].as_str()) && every.contains(&open["id"].as_str().unwrap()), "{all}");
+        let (_, stats) = call(url, "GET", "/stats", None, None);
+        assert_eq!(stats["requests"]["unfilled"].as_u64(), Some(3), "{stats}");
+        let (status, body) = call(url, "POST", &format!("/requests/{}/cancel", ids[2]), None, None);
+        assert_eq!(status, 409, "{body}");
+    };
+    check(&url);
+    // After a restart the replayed engine lets them go again, and they are served the same.
+    server.kill();
+    let server = Server::start(&["--data", &data_arg]);
+    check(&server.url);
+    drop(server);
+    verify_offline(data.path());
+}

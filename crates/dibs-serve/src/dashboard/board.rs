@@ -79,6 +79,7 @@ struct Card {
     /// Providers supplying it (live allocations), comma-separated.
     providers: String,
     unfilled: Option<String>,
+    status: dibs_core::engine::Status,
 }
 
 /// What the board shows, copied out on the broker thread.
@@ -98,31 +99,68 @@ pub(super) fn id_number(id: &str) -> u64 {
     id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
+/// One request as the board filters and shows it: open (the engine holds it) or ended
+/// (the broker's record of it).
+struct Listed<'a> {
+    id: &'a str,
+    status: dibs_core::engine::Status,
+    workload: dibs_core::types::WorkloadClass,
+    accelerators: &'a [dibs_core::types::Accelerator],
+    allocations: &'a [u64],
+    gpus: u32,
+    hours: u32,
+    earliest_start: Timestamp,
+    /// Why it went unfilled, when the engine still holds it; an ended request's reason is
+    /// in its stored view (see [`fill_reasons`]).
+    unfilled: Option<&'a String>,
+}
+
 fn snapshot(view: &crate::broker::ReadView<'_>, filters: &Filters) -> Snapshot {
     let engine = view.engine;
+    let open = engine.requests().map(|state| Listed {
+        id: &state.request.id,
+        status: state.status,
+        workload: state.request.workload,
+        accelerators: &state.request.accelerators,
+        allocations: &state.allocations,
+        gpus: state.request.gpus.get(),
+        hours: state.request.duration_hours,
+        earliest_start: state.request.earliest_start,
+        unfilled: state.unfilled_reason.as_ref(),
+    });
+    let ended = view.finished.iter().map(|(id, f)| Listed {
+        id,
+        status: f.status,
+        workload: f.workload,
+        accelerators: &f.accelerators,
+        allocations: &f.allocations,
+        gpus: f.gpus,
+        hours: f.hours,
+        earliest_start: f.earliest_start,
+        unfilled: None,
+    });
     let state_filter = STATUSES.iter().position(|s| *s == filters.state);
     let mut counts = [0; STATUSES.len()];
-    let mut chosen: Vec<Vec<(u64, &dibs_core::engine::RequestState)>> = vec![Vec::new(); STATUSES.len()];
+    let mut chosen: Vec<Vec<(u64, Listed<'_>)>> = (0..STATUSES.len()).map(|_| Vec::new()).collect();
     let mut accelerators = std::collections::BTreeSet::new();
     let mut total = 0;
-    for state in engine.requests() {
+    for listed in open.chain(ended) {
         total += 1;
-        let request = &state.request;
-        for a in &request.accelerators {
+        for a in listed.accelerators {
             if !accelerators.contains(a.as_str()) {
                 accelerators.insert(a.as_str().to_owned());
             }
         }
-        if !filters.workload.is_empty() && request.workload.as_str() != filters.workload {
+        if !filters.workload.is_empty() && listed.workload.as_str() != filters.workload {
             continue;
         }
         if !filters.accelerator.is_empty()
-            && !request.accelerators.iter().any(|a| a.as_str() == filters.accelerator)
+            && !listed.accelerators.iter().any(|a| a.as_str() == filters.accelerator)
         {
             continue;
         }
         if !filters.provider.is_empty()
-            && !state
+            && !listed
                 .allocations
                 .iter()
                 .filter_map(|id| engine.allocation(*id))
@@ -130,26 +168,26 @@ fn snapshot(view: &crate::broker::ReadView<'_>, filters: &Filters) -> Snapshot {
         {
             continue;
         }
-        let column = status_index(state.status);
+        let column = status_index(listed.status);
         counts[column] += 1;
         if state_filter.is_none_or(|only| only == column) {
-            let number = id_number(&request.id);
+            let number = id_number(listed.id);
             if filters.before.is_none_or(|before| number < before) {
-                chosen[column].push((number, state));
+                chosen[column].push((number, listed));
             }
         }
     }
     let limit = if state_filter.is_some() { ROWS_PER_PAGE } else { CARDS_PER_COLUMN };
     let columns = chosen
         .into_iter()
-        .map(|mut states| {
+        .map(|mut listed| {
             // Newest first: the largest numbers, without sorting every request.
-            if states.len() > limit {
-                states.select_nth_unstable_by(limit - 1, |a, b| b.0.cmp(&a.0));
-                states.truncate(limit);
+            if listed.len() > limit {
+                listed.select_nth_unstable_by(limit - 1, |a, b| b.0.cmp(&a.0));
+                listed.truncate(limit);
             }
-            states.sort_unstable_by_key(|(number, _)| std::cmp::Reverse(*number));
-            states.into_iter().map(|(number, state)| card(engine, number, state)).collect()
+            listed.sort_unstable_by_key(|(number, _)| std::cmp::Reverse(*number));
+            listed.into_iter().map(|(number, listed)| card(engine, number, &listed)).collect()
         })
         .collect();
     Snapshot {
@@ -162,9 +200,8 @@ fn snapshot(view: &crate::broker::ReadView<'_>, filters: &Filters) -> Snapshot {
     }
 }
 
-fn card(engine: &dibs_core::engine::Engine, number: u64, state: &dibs_core::engine::RequestState) -> Card {
-    let request = &state.request;
-    let mut providers: Vec<&str> = state
+fn card(engine: &dibs_core::engine::Engine, number: u64, listed: &Listed<'_>) -> Card {
+    let mut providers: Vec<&str> = listed
         .allocations
         .iter()
         .filter_map(|id| engine.allocation(*id))
@@ -174,16 +211,53 @@ fn card(engine: &dibs_core::engine::Engine, number: u64, state: &dibs_core::engi
     providers.sort_unstable();
     providers.dedup();
     Card {
-        id: request.id.clone(),
+        id: listed.id.to_owned(),
         number,
-        gpus: request.gpus.get(),
-        accelerators: request.accelerators.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", "),
-        workload: request.workload.as_str(),
-        hours: request.duration_hours,
-        earliest_start: request.earliest_start,
+        gpus: listed.gpus,
+        accelerators: listed.accelerators.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", "),
+        workload: listed.workload.as_str(),
+        hours: listed.hours,
+        earliest_start: listed.earliest_start,
         providers: providers.join(", "),
-        unfilled: state.unfilled_reason.clone(),
+        unfilled: listed.unfilled.cloned(),
+        status: listed.status,
     }
+}
+
+/// Reads the unfilled reasons of the ended requests on show from their stored views.
+async fn fill_reasons(dashboard: &Dashboard, snapshot: &mut Snapshot) -> Result<(), PageError> {
+    let wanted: Vec<String> = snapshot
+        .columns
+        .iter()
+        .flatten()
+        .filter(|card| card.unfilled.is_none() && card.status == dibs_core::engine::Status::Unfilled)
+        .map(|card| card.id.clone())
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let reasons = super::with_store(&dashboard.app, move |store| {
+        let mut reasons = std::collections::HashMap::new();
+        for id in &wanted {
+            let reason = store
+                .request_view(id)?
+                .and_then(|view| serde_json::from_str::<serde_json::Value>(&view).ok())
+                .and_then(|view| view["unfilled"]["reason"].as_str().map(str::to_owned));
+            if let Some(reason) = reason {
+                reasons.insert(id.clone(), reason);
+            }
+        }
+        Ok(reasons)
+    })
+    .await?;
+    for card in snapshot.columns.iter_mut().flatten() {
+        if card.unfilled.is_none()
+            && let Some(reason) = reasons.get(&card.id)
+        {
+            card.unfilled = Some(reason.clone());
+        }
+    }
+    Ok(())
 }
 
 /// What the form was given, to show again beside an error.
@@ -475,10 +549,13 @@ async fn render(
     started: Instant,
 ) -> Response {
     let filters_for_read = filters.clone();
-    let snapshot = match read(&dashboard.app, move |view| snapshot(view, &filters_for_read)).await {
+    let mut snapshot = match read(&dashboard.app, move |view| snapshot(view, &filters_for_read)).await {
         Ok(snapshot) => snapshot,
         Err(e) => return e.into_response(Some(viewer)),
     };
+    if let Err(e) = fill_reasons(dashboard, &mut snapshot).await {
+        return e.into_response(Some(viewer));
+    }
     let workloads: Vec<&str> = dibs_core::types::WorkloadClass::ALL.iter().map(|w| w.as_str()).collect();
     let status = if form.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
     let body = html! {

@@ -112,7 +112,6 @@ pub(super) fn snapshot(view: &crate::broker::ReadView<'_>) -> Snapshot {
     let mut region_index: BTreeMap<&str, u16> = BTreeMap::new();
     let mut held = Vec::new();
     for a in engine.allocations() {
-        let Some(state) = engine.request(&a.request) else { continue };
         let provider = *provider_index.entry(a.plan.provider.as_str()).or_insert_with(|| {
             providers.push(a.plan.provider.to_string());
             (providers.len() - 1) as u16
@@ -130,7 +129,7 @@ pub(super) fn snapshot(view: &crate::broker::ReadView<'_>) -> Snapshot {
         held.push(Held {
             provider,
             region,
-            workload: state.request.workload,
+            workload: a.workload,
             gpus: a.plan.gpus_bought(),
             node_gpus: a.plan.gpus_per_node.get(),
             spend_per_hour: a.plan.spend_per_hour(),

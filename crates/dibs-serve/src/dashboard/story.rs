@@ -179,6 +179,12 @@ fn read_entry(entry: dibs_store::Entry) -> Read {
 }
 
 /// What the engine holds of the request now.
+/// A request as the story page finds it.
+enum Found {
+    Open(Box<Snapshot>),
+    Ended { now: Timestamp, status: &'static str, unfilled_gpus: u32, allocations: Vec<Allocation> },
+}
+
 struct Snapshot {
     now: Timestamp,
     request: Request,
@@ -537,14 +543,29 @@ pub(super) async fn page(
         Err((error, viewer)) => return error.into_response(viewer.as_ref()),
     };
     let wanted = id.clone();
-    let snapshot = read(&dashboard.app, move |view| {
-        let state = view.engine.request(&wanted)?;
-        Some(Snapshot {
+    // An open request is the engine's; an ended one is the broker's record of it, its
+    // stored view and its submission in the ledger.
+    let found = read(&dashboard.app, move |view| {
+        if let Some(state) = view.engine.request(&wanted) {
+            return Some(Found::Open(Box::new(Snapshot {
+                now: view.now,
+                request: state.request.clone(),
+                status: state.status.as_str(),
+                unfilled: state.unfilled_reason.clone().map(|reason| (state.unfilled_gpus, reason)),
+                allocations: state
+                    .allocations
+                    .iter()
+                    .filter_map(|a| view.engine.allocation(*a))
+                    .cloned()
+                    .collect(),
+            })));
+        }
+        let ended = view.finished.get(&wanted)?;
+        Some(Found::Ended {
             now: view.now,
-            request: state.request.clone(),
-            status: state.status.as_str(),
-            unfilled: state.unfilled_reason.clone().map(|reason| (state.unfilled_gpus, reason)),
-            allocations: state
+            status: ended.status.as_str(),
+            unfilled_gpus: ended.unfilled_gpus,
+            allocations: ended
                 .allocations
                 .iter()
                 .filter_map(|a| view.engine.allocation(*a))
@@ -553,15 +574,15 @@ pub(super) async fn page(
         })
     })
     .await;
-    let snapshot = match snapshot {
-        Ok(Some(snapshot)) => snapshot,
+    let found = match found {
+        Ok(Some(found)) => found,
         Ok(None) => {
             return PageError::NotFound(format!("There is no request {id:?}.")).into_response(Some(&viewer));
         }
         Err(e) => return e.into_response(Some(&viewer)),
     };
     let request = id.clone();
-    let entries = with_store(&dashboard.app, move |store| {
+    let stored = with_store(&dashboard.app, move |store| {
         let mut entries = Vec::new();
         let mut after = 0;
         while entries.len() < MAX_STORY_ENTRIES {
@@ -570,12 +591,31 @@ pub(super) async fn page(
             after = last.seq;
             entries.extend(page);
         }
-        Ok(entries)
+        Ok((entries, store.request_view(&request)?))
     })
     .await;
-    let entries = match entries {
-        Ok(entries) => entries,
+    let (entries, stored_view) = match stored {
+        Ok(stored) => stored,
         Err(e) => return e.into_response(Some(&viewer)),
+    };
+    let snapshot = match found {
+        Found::Open(snapshot) => *snapshot,
+        Found::Ended { now, status, unfilled_gpus, allocations } => {
+            let submitted = entries.iter().filter(|e| e.kind == crate::broker::INPUT_KIND).find_map(|e| {
+                match serde_json::from_str::<crate::broker::RecordedInput>(&e.body).ok()?.input {
+                    dibs_core::engine::Input::Submit(request) => Some(request),
+                    _ => None,
+                }
+            });
+            let Some(request) = submitted else {
+                return PageError::Unavailable(format!("{id}'s submission is not in the ledger"))
+                    .into_response(Some(&viewer));
+            };
+            let reason = stored_view
+                .and_then(|view| serde_json::from_str::<serde_json::Value>(&view).ok())
+                .and_then(|view| view["unfilled"]["reason"].as_str().map(str::to_owned));
+            Snapshot { now, request, status, unfilled: reason.map(|r| (unfilled_gpus, r)), allocations }
+        }
     };
     let truncated = entries.len() >= MAX_STORY_ENTRIES;
     let entries: Vec<Read> = entries.into_iter().map(read_entry).collect();
