@@ -502,6 +502,9 @@ pub struct Engine {
     /// move to `finished` when it is done.
     ending: Vec<String>,
     finished: Vec<RequestState>,
+    /// The ids of requests handed over (`forget_finished`): a submission reusing one is
+    /// refused as a duplicate, as it would be were the request still held.
+    forgotten: std::collections::HashSet<String>,
 }
 
 /// The effects of one input, in order.
@@ -527,6 +530,7 @@ impl Engine {
             open_requests: 0,
             ending: Vec::new(),
             finished: Vec::new(),
+            forgotten: std::collections::HashSet::new(),
         }
     }
 
@@ -683,6 +687,7 @@ impl Engine {
             if self.config.forget_finished
                 && let Some(state) = self.requests.remove(&id)
             {
+                self.forgotten.insert(id);
                 self.finished.push(state);
             }
         }
@@ -745,7 +750,7 @@ impl Engine {
 
     fn submit(&mut self, out: &mut Out, request: Request) {
         let id = request.id.clone();
-        if self.requests.contains_key(&id) {
+        if self.requests.contains_key(&id) || self.forgotten.contains(&id) {
             out.ledger(Some(&id), EventKind::RequestRejected { reason: "duplicate request id".into() });
             return;
         }

@@ -1412,6 +1412,17 @@ impl Broker {
         self.next_request += 1;
         let id = request.id.clone();
         self.apply(now, Input::Submit(request), entries);
+        if self.engine.request(&id).is_none() && !self.ended_this_turn.contains_key(&id) {
+            // The engine refused it (recorded in the ledger): it holds the most open requests
+            // it takes.
+            return Err(ApiError::new(
+                503,
+                format!(
+                    "dibs holds the most open requests it takes ({}); submit again when some have ended",
+                    dibs_core::engine::MAX_OPEN_REQUESTS
+                ),
+            ));
+        }
         let view = self.view(&id);
         self.remember(idempotency, 201, &view);
         Ok((201, view))

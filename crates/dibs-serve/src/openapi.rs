@@ -158,7 +158,9 @@ fn add_names(doc: &mut Value, names: &Names) {
     constrain(doc, s, "exclude_providers", items(json!(providers)));
     constrain(doc, s, "regions", items(json!(locations)));
     constrain(doc, "IncidentBody", "provider", json!({ "enum": providers }));
-    let regions: Vec<&str> = names.regions().map(|r| r.as_str()).collect();
+    // A bare region, or one qualified by its provider (the handler takes both).
+    let mut regions: Vec<String> = names.regions().map(|r| r.to_string()).collect();
+    regions.extend(names.locations().into_iter().filter(|l| !l.ends_with("/*")));
     let mut nullable_regions = json!(regions);
     nullable_regions.as_array_mut().expect("an array").push(Value::Null);
     constrain(doc, "IncidentBody", "region", json!({ "enum": nullable_regions }));

@@ -710,6 +710,8 @@ proptest! {
             if let Some((i, hour)) = cancel {
                 run.schedule(t("2026-01-01").plus_hours(f64::from(hour)), Input::Cancel { request: format!("r{i}") });
             }
+            // A late submission reusing an id: refused as a duplicate, held or ended.
+            run.schedule(t("2026-03-01"), Input::Submit(request("r0", 8, "training")));
             run.run_until(None);
             run
         };

@@ -197,10 +197,13 @@ impl Store for PostgresStore {
             if inserted.len() < batch.answers.len() {
                 let new: std::collections::HashSet<(String, String)> =
                     inserted.iter().map(|r| (r.get(0), r.get(1))).collect();
+                // A key already stored, or else one the batch holds twice.
+                let mut seen = std::collections::HashSet::new();
                 let reused = batch
                     .answers
                     .iter()
                     .find(|a| !new.contains(&(a.scope.clone(), a.key.clone())))
+                    .or_else(|| batch.answers.iter().find(|a| !seen.insert((&a.scope, &a.key))))
                     .map_or_else(String::new, |a| a.key.clone());
                 return Err(StoreError::KeyReused { key: reused });
             }

@@ -79,7 +79,8 @@ struct Card {
     /// Providers supplying it (live allocations), comma-separated.
     providers: String,
     unfilled: Option<String>,
-    status: dibs_core::engine::Status,
+    /// An ended request that went without some GPUs: its reason is in its stored view.
+    reason_stored: bool,
 }
 
 /// What the board shows, copied out on the broker thread.
@@ -113,6 +114,7 @@ struct Listed<'a> {
     /// Why it went unfilled, when the engine still holds it; an ended request's reason is
     /// in its stored view (see [`fill_reasons`]).
     unfilled: Option<&'a String>,
+    reason_stored: bool,
 }
 
 fn snapshot(view: &crate::broker::ReadView<'_>, filters: &Filters) -> Snapshot {
@@ -127,6 +129,7 @@ fn snapshot(view: &crate::broker::ReadView<'_>, filters: &Filters) -> Snapshot {
         hours: state.request.duration_hours,
         earliest_start: state.request.earliest_start,
         unfilled: state.unfilled_reason.as_ref(),
+        reason_stored: false,
     });
     let ended = view.finished.iter().map(|(id, f)| Listed {
         id,
@@ -138,6 +141,7 @@ fn snapshot(view: &crate::broker::ReadView<'_>, filters: &Filters) -> Snapshot {
         hours: f.hours,
         earliest_start: f.earliest_start,
         unfilled: None,
+        reason_stored: f.unfilled_gpus > 0,
     });
     let state_filter = STATUSES.iter().position(|s| *s == filters.state);
     let mut counts = [0; STATUSES.len()];
@@ -220,7 +224,7 @@ fn card(engine: &dibs_core::engine::Engine, number: u64, listed: &Listed<'_>) ->
         earliest_start: listed.earliest_start,
         providers: providers.join(", "),
         unfilled: listed.unfilled.cloned(),
-        status: listed.status,
+        reason_stored: listed.reason_stored,
     }
 }
 
@@ -230,7 +234,7 @@ async fn fill_reasons(dashboard: &Dashboard, snapshot: &mut Snapshot) -> Result<
         .columns
         .iter()
         .flatten()
-        .filter(|card| card.unfilled.is_none() && card.status == dibs_core::engine::Status::Unfilled)
+        .filter(|card| card.reason_stored)
         .map(|card| card.id.clone())
         .collect();
     if wanted.is_empty() {
