@@ -502,9 +502,11 @@ pub struct Engine {
     /// move to `finished` when it is done.
     ending: Vec<String>,
     finished: Vec<RequestState>,
-    /// The ids of requests handed over (`forget_finished`): a submission reusing one is
-    /// refused as a duplicate, as it would be were the request still held.
-    forgotten: std::collections::HashSet<String>,
+    /// The ids of requests handed over (`forget_finished`), as the first 8 bytes of their
+    /// SHA-256 (one flat table, no allocation per id): a submission reusing one is refused
+    /// as a duplicate, as it would be were the request still held. A new id mistaken for
+    /// an old one takes two ids of 2^32 handed over.
+    forgotten: std::collections::HashSet<u64>,
 }
 
 /// The effects of one input, in order.
@@ -687,7 +689,7 @@ impl Engine {
             if self.config.forget_finished
                 && let Some(state) = self.requests.remove(&id)
             {
-                self.forgotten.insert(id);
+                self.forgotten.insert(id_digest(&id));
                 self.finished.push(state);
             }
         }
@@ -750,7 +752,7 @@ impl Engine {
 
     fn submit(&mut self, out: &mut Out, request: Request) {
         let id = request.id.clone();
-        if self.requests.contains_key(&id) || self.forgotten.contains(&id) {
+        if self.requests.contains_key(&id) || self.forgotten.contains(&id_digest(&id)) {
             out.ledger(Some(&id), EventKind::RequestRejected { reason: "duplicate request id".into() });
             return;
         }
@@ -2114,4 +2116,12 @@ struct HolderOffer {
     /// The largest node among the holder's offers that meet the request: the one-unit
     /// tolerance of the caps.
     node_gpus: u32,
+}
+
+/// A request id as the engine remembers it once the request is handed over: the first 8
+/// bytes of its SHA-256, stable across builds and platforms.
+fn id_digest(id: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(id.as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
 }
