@@ -217,11 +217,14 @@ fn load(served: &Served, clients: usize, n: usize, limit: Duration, marks: &[usi
                         rss_at.lock().unwrap().push((count, rss_mib(pid).unwrap_or(f64::NAN)));
                     }
                     let one = Instant::now();
-                    let response = agent
+                    let mut response = agent
                         .post(format!("{url}/requests"))
                         .header("Authorization", format!("Bearer {TOKEN}"))
                         .send_json(&body)
                         .unwrap();
+                    // Read to the end: only then does the connection go back to the pool, to be
+                    // kept alive (unread, each request opened a new connection).
+                    let _ = response.body_mut().read_to_vec().unwrap();
                     mine.push(one.elapsed());
                     assert_eq!(response.status().as_u16(), 201);
                 }
