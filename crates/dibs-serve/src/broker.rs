@@ -73,8 +73,9 @@ fn ok(status: u16, body: impl Serialize) -> Reply {
     Ok((status, serde_json::to_value(body).expect("the API's types serialize")))
 }
 
-/// The request body of a submission (the id is assigned by dibs).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+/// The request body of a submission (the id is assigned by dibs). `Default` is not a valid
+/// submission (no accelerator, no GPUs): it fills the optional fields of one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
     /// Acceptable accelerators, in order of preference.
@@ -401,8 +402,6 @@ pub struct Broker {
     pub engine: Engine,
     /// Requests that have ended, by id (see [`Finished`]).
     finished: BTreeMap<String, Finished>,
-    /// How many have ended in each state.
-    finished_counts: BTreeMap<&'static str, usize>,
     /// Views of the requests that ended in this turn: its replies and its projection rows.
     ended_this_turn: BTreeMap<String, RequestView>,
     configuration: Option<Configuration>,
@@ -478,7 +477,6 @@ impl Broker {
         let mut broker = Self {
             engine: Engine::new(ContractSet::default(), Vec::new(), config),
             finished: BTreeMap::new(),
-            finished_counts: BTreeMap::new(),
             ended_this_turn: BTreeMap::new(),
             configuration: None,
             store,
@@ -781,7 +779,6 @@ impl Broker {
             if with_views {
                 self.ended_this_turn.insert(state.request.id.clone(), view::request(&self.engine, &state));
             }
-            *self.finished_counts.entry(state.status.as_str()).or_default() += 1;
             self.finished.insert(state.request.id.clone(), Finished::of(&state));
         }
     }
@@ -872,8 +869,8 @@ impl Broker {
                     for state in self.engine.requests() {
                         *requests.entry(state.status.as_str().to_owned()).or_default() += 1;
                     }
-                    for (status, count) in &self.finished_counts {
-                        *requests.entry((*status).to_owned()).or_default() += count;
+                    for ended in self.finished.values() {
+                        *requests.entry(ended.status.as_str().to_owned()).or_default() += 1;
                     }
                     let stats = view::StatsView { requests, pending_inputs: self.due.len() };
                     replies.push((reply, ok(200, stats)));

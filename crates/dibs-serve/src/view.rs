@@ -91,6 +91,12 @@ pub fn request(engine: &Engine, state: &RequestState) -> RequestView {
     }
 }
 
+/// Why a request went without GPUs, as its stored view (a `requests` row) says.
+pub fn stored_unfilled_reason(view: &str) -> Option<String> {
+    let view: serde_json::Value = serde_json::from_str(view).ok()?;
+    view["unfilled"]["reason"].as_str().map(str::to_owned)
+}
+
 pub fn allocation(a: &Allocation) -> AllocationView {
     AllocationView {
         id: a.id,

@@ -104,20 +104,9 @@ fn body(gpus: u32, hours: u32) -> SubmitBody {
     SubmitBody {
         accelerators: vec!["H100".into()],
         gpus,
-        block: None,
         duration_hours: hours,
-        earliest_start: None,
-        deliver_by: None,
-        deliver_within_hours: None,
-        regions: vec![],
-        providers: vec![],
-        exclude_providers: vec![],
         workload: "training".into(),
-        max_price: None,
-        spot: None,
-        same_region: false,
-        objective: None,
-        preference: None,
+        ..SubmitBody::default()
     }
 }
 

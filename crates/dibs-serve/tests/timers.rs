@@ -10,21 +10,11 @@ fn body() -> SubmitBody {
     SubmitBody {
         accelerators: vec!["H100".into()],
         gpus: 8,
-        block: None,
         duration_hours: 24,
-        earliest_start: None,
-        deliver_by: None,
-        regions: Vec::new(),
-        providers: Vec::new(),
-        exclude_providers: Vec::new(),
         workload: "training".into(),
-        // Below every offer: each request ends unfilled, nothing stays live.
+        // Below every offer: each request ends unfilled as soon as it is decided.
         max_price: Some(0.01),
-        spot: None,
-        same_region: false,
-        objective: None,
-        preference: None,
-        deliver_within_hours: None,
+        ..SubmitBody::default()
     }
 }
 

@@ -38,20 +38,9 @@ fn body() -> SubmitBody {
     SubmitBody {
         accelerators: vec!["H100".into()],
         gpus: 8,
-        block: None,
         duration_hours: 24,
-        earliest_start: None,
-        deliver_by: None,
-        regions: Vec::new(),
-        providers: Vec::new(),
-        exclude_providers: Vec::new(),
         workload: "training".into(),
-        max_price: None,
-        spot: None,
-        same_region: false,
-        objective: None,
-        preference: None,
-        deliver_within_hours: None,
+        ..SubmitBody::default()
     }
 }
 
@@ -175,6 +164,21 @@ fn serve(data: &std::path::Path, database: Option<(&str, &str)>) -> (Served, Dur
     (Served { child, url }, took)
 }
 
+impl Served {
+    /// `GET /v1/stats`: requests by state.
+    fn stats(&self) -> serde_json::Value {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        agent
+            .get(format!("{}/stats", self.url))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -273,18 +277,9 @@ fn over_http(n: usize, clients: usize, database: Option<(&str, &str)>) -> f64 {
     let (served, _) = serve(dir.path(), database);
     let run = load(&served, &submission(), clients, n, Duration::from_secs(600), &[]);
     // The service's simulated providers answer in 1-2 s; wait for the decisions too.
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let started = Instant::now();
     loop {
-        let stats: serde_json::Value = agent
-            .get(format!("{}/stats", served.url))
-            .header("Authorization", format!("Bearer {TOKEN}"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap();
-        if undecided(&stats) == 0 {
+        if undecided(&served.stats()) == 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -324,15 +319,7 @@ fn sustained(seconds: u64) {
     );
     // Requests still being decided when the load stopped: a backlog holds memory that the
     // requests once decided give back.
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let stats: serde_json::Value = agent
-        .get(format!("{}/stats", served.url))
-        .header("Authorization", format!("Bearer {TOKEN}"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_json()
-        .unwrap();
+    let stats = served.stats();
     println!("    undecided when the load stopped: {} ({})", undecided(&stats), stats["requests"]);
     let rss: Vec<String> = run.rss_at.iter().map(|(n, mib)| format!("{mib:.0} MiB at {n}")).collect();
     println!(

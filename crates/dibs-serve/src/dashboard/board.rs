@@ -18,7 +18,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::format::{encode, relative, status_badge, status_label, thousands};
-use super::session::{require, same_origin};
+use super::session::{require, require_posted};
 use super::{Dashboard, PageError, Section, Viewer, layout, read, respond};
 use crate::broker::{Command, SubmitBody};
 use crate::view::{STATUSES, status_index};
@@ -243,10 +243,7 @@ async fn fill_reasons(dashboard: &Dashboard, snapshot: &mut Snapshot) -> Result<
     let reasons = super::with_store(&dashboard.app, move |store| {
         let mut reasons = std::collections::HashMap::new();
         for id in &wanted {
-            let reason = store
-                .request_view(id)?
-                .and_then(|view| serde_json::from_str::<serde_json::Value>(&view).ok())
-                .and_then(|view| view["unfilled"]["reason"].as_str().map(str::to_owned));
+            let reason = store.request_view(id)?.as_deref().and_then(crate::view::stored_unfilled_reason);
             if let Some(reason) = reason {
                 reasons.insert(id.clone(), reason);
             }
@@ -600,14 +597,10 @@ pub(super) async fn submit(
     form: Result<Form<SubmitForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let started = Instant::now();
-    let viewer = match require(&dashboard, &headers, Viewer::may_change_requests) {
+    let viewer = match require_posted(&dashboard, &headers, Viewer::may_change_requests) {
         Ok(viewer) => viewer,
         Err((error, viewer)) => return error.into_response(viewer.as_ref()),
     };
-    if !same_origin(&headers) {
-        return PageError::Forbidden("This form was posted from another site.".into())
-            .into_response(Some(&viewer));
-    }
     let form = match form {
         Ok(Form(form)) => form,
         Err(e) => {

@@ -12,7 +12,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::format::{encode, hash, thousands};
-use super::session::{require, same_origin};
+use super::session::{require, require_posted};
 use super::{Dashboard, PageError, Section, Viewer, layout, respond, with_store};
 
 /// Entries one page shows.
@@ -153,14 +153,10 @@ pub(super) async fn verify(
     form: Result<axum::Form<LedgerQuery>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let started = Instant::now();
-    let viewer = match require(&dashboard, &headers, Viewer::may_audit) {
+    let viewer = match require_posted(&dashboard, &headers, Viewer::may_audit) {
         Ok(viewer) => viewer,
         Err((error, viewer)) => return error.into_response(viewer.as_ref()),
     };
-    if !same_origin(&headers) {
-        return PageError::Forbidden("This form was posted from another site.".into())
-            .into_response(Some(&viewer));
-    }
     // The whole ledger is read on a handle of its own, as the API's verify does.
     let open = dashboard.app.open.clone();
     let result =

@@ -104,6 +104,19 @@ pub(super) fn require(
     }
 }
 
+/// [`require`] for a form post: also refused when it comes from another site.
+pub(super) fn require_posted(
+    dashboard: &Dashboard,
+    headers: &HeaderMap,
+    allowed: impl FnOnce(&Viewer) -> bool,
+) -> Result<Viewer, (PageError, Option<Viewer>)> {
+    let viewer = require(dashboard, headers, allowed)?;
+    if !same_origin(headers) {
+        return Err((PageError::Forbidden("This form was posted from another site.".into()), Some(viewer)));
+    }
+    Ok(viewer)
+}
+
 /// A form posted from another origin is refused, whatever its cookie (SameSite already
 /// keeps the cookie off cross-site posts in current browsers; this keeps it off in others).
 pub(super) fn same_origin(headers: &HeaderMap) -> bool {

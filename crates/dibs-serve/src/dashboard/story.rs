@@ -23,7 +23,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::format::{hash, instant, price, relative, status_badge, thousands, usd};
-use super::session::{require, same_origin};
+use super::session::{require, require_posted};
 use super::{Dashboard, PageError, Section, Viewer, layout, read, respond, with_store};
 use crate::broker::Command;
 
@@ -611,9 +611,7 @@ pub(super) async fn page(
                 return PageError::Unavailable(format!("{id}'s submission is not in the ledger"))
                     .into_response(Some(&viewer));
             };
-            let reason = stored_view
-                .and_then(|view| serde_json::from_str::<serde_json::Value>(&view).ok())
-                .and_then(|view| view["unfilled"]["reason"].as_str().map(str::to_owned));
+            let reason = stored_view.as_deref().and_then(crate::view::stored_unfilled_reason);
             Snapshot { now, request, status, unfilled: reason.map(|r| (unfilled_gpus, r)), allocations }
         }
     };
@@ -628,14 +626,10 @@ pub(super) async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let viewer = match require(&dashboard, &headers, Viewer::may_change_requests) {
+    let viewer = match require_posted(&dashboard, &headers, Viewer::may_change_requests) {
         Ok(viewer) => viewer,
         Err((error, viewer)) => return error.into_response(viewer.as_ref()),
     };
-    if !same_origin(&headers) {
-        return PageError::Forbidden("This form was posted from another site.".into())
-            .into_response(Some(&viewer));
-    }
     let target = id.clone();
     match crate::http::ask_reply(&dashboard.app, |reply| Command::Cancel { id: target, reply }).await {
         Ok(_) => Redirect::to(&format!("/requests/{id}")).into_response(),
