@@ -132,6 +132,35 @@ impl CommitmentBooks {
         this
     }
 
+    /// Each book's running figures, for a snapshot: its key, the burn of ended allocations
+    /// folded in, and the allocations still open in it.
+    pub fn figures(&self) -> Vec<(&CommitmentKey, f64, &[u64])> {
+        self.books.iter().map(|(key, book)| (key, book.settled, book.open.as_slice())).collect()
+    }
+
+    /// Puts back figures [`CommitmentBooks::figures`] gave, into books made for the same
+    /// contracts. A book these do not have, or one left without figures, is an error.
+    pub fn restore_figures(&mut self, figures: Vec<(CommitmentKey, f64, Vec<u64>)>) -> Result<(), String> {
+        if figures.len() != self.books.len() {
+            return Err(format!(
+                "{} commitment books, the contracts have {}",
+                figures.len(),
+                self.books.len()
+            ));
+        }
+        for (key, settled, open) in figures {
+            let book = self.books.get_mut(&key).ok_or_else(|| {
+                format!(
+                    "a book for {}/{}/{}, which the contracts do not have",
+                    key.contract, key.version, key.clause
+                )
+            })?;
+            book.settled = settled;
+            book.open = open;
+        }
+        Ok(())
+    }
+
     /// A new allocation opens in the books it counts toward.
     pub fn awarded(&mut self, allocation: &Allocation, class: WorkloadClass) {
         for book in self.books.values_mut() {

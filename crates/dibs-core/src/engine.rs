@@ -53,6 +53,10 @@ use crate::types::{
     WorkloadClass,
 };
 
+mod snapshot;
+
+pub use snapshot::{EngineSnapshot, EngineSnapshotRef};
+
 /// A round re-solicits the holder at most this often under the no-better-terms rule.
 pub const MAX_RESOLICITATIONS: u32 = 2;
 /// A request is worked in at most this many rounds (initial, spillovers, failovers).
@@ -257,7 +261,7 @@ impl Ask {
 }
 
 /// Where a request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Screening,
@@ -289,7 +293,7 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AllocationState {
     Reserved,
@@ -299,7 +303,7 @@ pub enum AllocationState {
     Cancelled,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Allocation {
     pub id: u64,
     pub request: String,
@@ -318,7 +322,7 @@ pub struct Allocation {
     pub state: AllocationState,
     /// The workload class of its request: the fleet and the commitment books count by it,
     /// also after the request has ended.
-    #[serde(skip)]
+    #[serde(skip, default = "snapshot::placeholder_workload")]
     pub workload: WorkloadClass,
     /// The GPU-hours its request asked for: no request bills more (see `settlement`).
     #[serde(skip)]
@@ -326,7 +330,7 @@ pub struct Allocation {
 }
 
 /// Why a round exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Purpose {
     Initial,
@@ -345,7 +349,7 @@ impl Purpose {
 }
 
 /// The first-refusal terms that apply to a round.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct RefusalTerms {
     holder: ProviderName,
     mode: RefusalMode,
@@ -356,7 +360,7 @@ struct RefusalTerms {
 }
 
 /// The rules screening derived for a round, fixed for its life.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Screened {
     refusal: Option<RefusalTerms>,
     rules: Rules,
@@ -367,7 +371,7 @@ struct Screened {
 
 /// Where a round stands. Each variant carries exactly the data of that state; a round is
 /// `Screened` only between its screening and its first wait, inside one input's handling.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum Phase {
     /// Screened; about to solicit the holder or ask the market.
     Screened,
@@ -386,7 +390,7 @@ enum Phase {
 }
 
 /// What a round does once the holder has answered or let its window lapse.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum AfterHolder {
     /// Offer-first, first solicitation: the market has not been asked yet.
     AskMarket,
@@ -396,7 +400,7 @@ enum AfterHolder {
     Match(Vec<PlannedAllocation>),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Round {
     number: u32,
     /// GPUs this round still has to place.
@@ -441,14 +445,14 @@ const MAX_FAILURE_TEXT: usize = 300;
 /// One input drives a request through at most this many steps; more is a bug.
 const MAX_STEPS_PER_INPUT: usize = 10_000;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pending {
     purpose: Purpose,
     gpus: u32,
     hours: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RequestState {
     pub request: Request,
     pub status: Status,
@@ -464,7 +468,7 @@ pub struct RequestState {
     pending: Vec<Pending>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Incident {
     provider: ProviderName,
     region: Option<Region>,
@@ -596,6 +600,10 @@ impl Engine {
         self.largest_node = placement::largest_nodes(&published);
         self.names = Names::from_offers(&published);
         self.published = by_provider(published);
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
     }
 
     /// The names the published offers use: requests are validated against them.

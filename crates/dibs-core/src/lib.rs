@@ -11,6 +11,7 @@ pub mod contract;
 pub mod engine;
 pub mod ledger;
 pub mod names;
+mod pairs;
 pub mod placement;
 pub mod queue;
 pub mod request;

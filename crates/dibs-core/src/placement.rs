@@ -94,7 +94,7 @@ const TIE_BREAK_EPSILON: f64 = 1e-6;
 const RULE_TOLERANCE: f64 = 1e-7;
 
 /// A diversification cap that applies to this request.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cap {
     pub max_share: f64,
     pub basis: ShareBasis,
@@ -103,7 +103,7 @@ pub struct Cap {
 }
 
 /// What the buyer already holds, in the scope of the caps.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Fleet {
     /// GPUs held (bought, over-bought ones included) per provider.
     pub gpus: BTreeMap<ProviderName, f64>,
@@ -112,13 +112,14 @@ pub struct Fleet {
 
 /// Everything placement needs besides the offers: decided by the engine from
 /// the contracts in force, the policy and the request's history.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Rules {
     /// Only this provider may host the workload (an exclusivity clause), with the clause reference.
     pub exclusive_to: Option<(ProviderName, String)>,
     /// Providers that may not be used in this round, with the reason (declined, down, ...).
     pub excluded: BTreeMap<ProviderName, String>,
     /// Regions of providers that may not be used (a regional incident), with the reason.
+    #[serde(with = "crate::pairs")]
     pub excluded_regions: BTreeMap<(ProviderName, Region), String>,
     /// The buyer policy's allowed locations; empty means any.
     pub policy_regions: Vec<Location>,

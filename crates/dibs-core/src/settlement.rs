@@ -28,7 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::commitments::CommitmentStatus;
 use crate::contract::{ContractSet, Metrics, Suspension, TriggerAction};
@@ -43,12 +43,13 @@ pub fn billed_hours(allocation: &Allocation, at: Timestamp) -> f64 {
 }
 
 /// Spend accrued as of an instant.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Accruals {
     pub at: Option<Timestamp>,
     pub spend: BTreeMap<ProviderName, f64>,
     pub gpu_hours: BTreeMap<ProviderName, f64>,
     /// Per provider and workload class, for commitments that count only some classes.
+    #[serde(with = "crate::pairs")]
     pub spend_by_class: BTreeMap<(ProviderName, WorkloadClass), f64>,
     /// GPU-hours per workload class (revenue is earned on inference and api hours).
     pub gpu_hours_by_class: BTreeMap<WorkloadClass, f64>,
@@ -130,7 +131,7 @@ pub fn accrue(engine: &Engine, at: Timestamp) -> Accruals {
 /// totals once, so each settlement walks only new and still-running
 /// allocations. Instants must not go backwards. Gives the same figures as
 /// [`accrue`] and [`check_billing`] at every instant.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Accountant {
     /// Totals of settled allocations.
     settled: Accruals,
@@ -141,6 +142,7 @@ pub struct Accountant {
     /// Allocations not yet settled, by id.
     open: Vec<u64>,
     /// The previous `open`, kept to reuse its memory.
+    #[serde(skip)]
     spare: Vec<u64>,
     /// Allocations with ids below this have been seen.
     next_id: u64,
@@ -224,7 +226,7 @@ pub fn month_of(at: Timestamp) -> String {
 }
 
 /// What a revenue-share clause owes for one month.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RevenueShareStatement {
     pub contract: String,
     pub clause: String,
@@ -282,7 +284,7 @@ pub fn metrics(
 }
 
 /// A review trigger that fired, and what it did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TriggerFired {
     pub contract: String,
     pub clause: String,
@@ -365,7 +367,7 @@ pub fn check_billing(engine: &Engine, accruals: &Accruals, at: Timestamp) -> Res
 }
 
 /// What one settlement found.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Settlement {
     pub at: Option<Timestamp>,
     pub accruals: Accruals,
@@ -385,7 +387,7 @@ pub struct Settlement {
 
 /// The engine's settlement books between ticks: the incremental accountant, revenue reported
 /// per month, events declared, triggers already fired, and the latest settlement.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Settler {
     accountant: Accountant,
     revenue: RevenueSeries,

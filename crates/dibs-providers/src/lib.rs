@@ -104,6 +104,17 @@ impl Default for SimulatedBehaviour {
     }
 }
 
+/// The part of a simulated provider its answers change (see [`SimulatedProvider::state`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderState {
+    reserved: BTreeMap<String, u32>,
+    /// Allocation ids are numbers, which JSON keys are not: pairs.
+    reservations: Vec<(u64, (String, u32))>,
+    ready: Vec<(u64, Option<Timestamp>)>,
+    rng: u64,
+}
+
 /// A provider that answers from its catalog offers with finite capacity, in whole nodes.
 #[derive(Debug, Clone)]
 pub struct SimulatedProvider {
@@ -144,6 +155,25 @@ impl SimulatedProvider {
             .bytes()
             .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
         self.rng = fastrand::Rng::with_seed(seed ^ name_hash);
+    }
+
+    /// What the provider's answers so far changed (its reservations and where its random
+    /// stream stands), for a service's snapshot.
+    pub fn state(&self) -> ProviderState {
+        ProviderState {
+            reserved: self.reserved.clone(),
+            reservations: self.reservations.iter().map(|(id, r)| (*id, r.clone())).collect(),
+            ready: self.ready.iter().map(|(id, at)| (*id, *at)).collect(),
+            rng: self.rng.get_seed(),
+        }
+    }
+
+    /// Puts back a state [`SimulatedProvider::state`] gave.
+    pub fn restore(&mut self, state: ProviderState) {
+        self.reserved = state.reserved;
+        self.reservations = state.reservations.into_iter().collect();
+        self.ready = state.ready.into_iter().collect();
+        self.rng.seed(state.rng);
     }
 
     fn price_multiplier(&self, now: Timestamp) -> f64 {

@@ -34,7 +34,12 @@ use dibs_store::{Batch, IdempotentAnswer, NewEntry, Row, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::remote::{Call, CallRecord, Dispatcher};
+
+mod snapshot;
+
 use crate::view::{self, RequestView};
+pub use snapshot::SNAPSHOT_EVERY;
+use snapshot::SNAPSHOT_KIND;
 
 /// At most this many commands are decided per commit.
 pub const MAX_BATCH: usize = 512;
@@ -369,7 +374,7 @@ fn configured_entry(now: Timestamp, configuration: &Configuration) -> NewEntry {
 /// What the service keeps in memory of a request that has ended (the engine no longer
 /// holds it): enough to count, filter and list it. Its full view is its `requests` row,
 /// written in the turn it ended.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Finished {
     pub status: dibs_core::engine::Status,
     pub workload: dibs_core::types::WorkloadClass,
@@ -432,6 +437,15 @@ pub struct Broker {
     checkpointed: (u64, std::time::Instant),
     /// The queue length at which moot timers are next dropped.
     compact_at: usize,
+    /// The configuration the last start recorded (`--` flags): a restart with the same ones
+    /// records none.
+    last_start: Option<Configuration>,
+    /// The ledger's last entry.
+    head: u64,
+    /// The entry recording the last snapshot, and how many entries may follow it before
+    /// the next (0: never; see `snapshot`).
+    snapshot_at: u64,
+    snapshot_every: u64,
 }
 
 /// The shortest queue worth looking through for moot timers.
@@ -447,6 +461,13 @@ pub struct Recovery {
     pub requests: usize,
     /// Timers queued by [`Broker::take_over`].
     pub outstanding: usize,
+    /// The entry recording the snapshot the start loaded (entries up to it were not
+    /// replayed), if it loaded one.
+    pub snapshot: Option<u64>,
+    /// Why the stored snapshot was not used (the whole ledger was replayed instead).
+    pub snapshot_refused: Option<String>,
+    /// Snapshot entries the replay met and checked against the state it reached.
+    pub snapshots_checked: u64,
 }
 
 impl Broker {
@@ -495,19 +516,55 @@ impl Broker {
             signer: None,
             checkpointed: (0, std::time::Instant::now()),
             compact_at: MIN_COMPACT_AT,
+            last_start: None,
+            head: 0,
+            snapshot_at: 0,
+            snapshot_every: SNAPSHOT_EVERY,
         };
-        let mut recovery = Recovery { entries: 0, inputs: 0, configurations: 0, requests: 0, outstanding: 0 };
+        let mut recovery = Recovery {
+            entries: 0,
+            inputs: 0,
+            configurations: 0,
+            requests: 0,
+            outstanding: 0,
+            snapshot: None,
+            snapshot_refused: None,
+            snapshots_checked: 0,
+        };
         let mut expected: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-        // The configuration the last start recorded: a restart with the same
-        // flags keeps contracts loaded through the API since; new flags win.
-        let mut last_start: Option<Configuration> = None;
-        let mut after = 0;
+        // A service starts from its latest snapshot; a check (`verify`, `rebuild`) keeps
+        // every request and replays everything.
+        if config.forget_finished {
+            match broker.load_snapshot() {
+                Ok(loaded) => {
+                    recovery.snapshot = loaded;
+                    recovery.entries = broker.head;
+                }
+                Err(why) => {
+                    broker.forget_replay(config);
+                    recovery.snapshot_refused = Some(why);
+                }
+            }
+        }
+        let mut after = broker.head;
         loop {
             let page = broker.store.entries(after, dibs_store::MAX_PAGE)?;
             let Some(last) = page.last() else { break };
             after = last.seq;
             for entry in page {
                 recovery.entries += 1;
+                broker.head = entry.seq;
+                if entry.kind == SNAPSHOT_KIND {
+                    if let Some(body) = expected.front() {
+                        return Err(StoreError::Corrupt {
+                            seq: entry.seq,
+                            problem: format!("replay decides {body}, which the ledger does not record"),
+                        });
+                    }
+                    broker.check_snapshot_entry(entry.seq, &entry.body)?;
+                    recovery.snapshots_checked += 1;
+                    continue;
+                }
                 if entry.kind == CONFIGURED_KIND {
                     if let Some(body) = expected.front() {
                         return Err(StoreError::Corrupt {
@@ -521,7 +578,7 @@ impl Broker {
                             problem: format!("an unreadable configuration: {e}"),
                         })?;
                     if configuration.origin == Configuration::COMMAND_LINE {
-                        last_start = Some(configuration.clone());
+                        broker.last_start = Some(configuration.clone());
                     }
                     broker
                         .configure(configuration)
@@ -589,16 +646,36 @@ impl Broker {
             });
         }
         if let Some(configuration) = configuration
-            && !last_start.as_ref().is_some_and(|last| last.same_as(&configuration))
+            && !broker.last_start.as_ref().is_some_and(|last| last.same_as(&configuration))
         {
             let now = (broker.clock)();
             let entry = configured_entry(now, &configuration);
-            broker.configure(configuration).map_err(StoreError::Invalid)?;
-            broker.store.append(&Batch { entries: vec![entry], ..Batch::default() })?;
+            broker.configure(configuration.clone()).map_err(StoreError::Invalid)?;
+            broker.last_start = Some(configuration);
+            let stored = broker.store.append(&Batch { entries: vec![entry], ..Batch::default() })?;
+            broker.head = stored.last().map_or(broker.head, |e| e.seq);
         }
         recovery.requests = broker.engine.requests().count() + broker.finished.len();
         broker.replaying = false;
         Ok((broker, recovery))
+    }
+
+    /// A snapshot that could not be loaded may have changed part of the broker: back to
+    /// nothing replayed, to replay the whole ledger.
+    fn forget_replay(&mut self, config: EngineConfig) {
+        self.engine = Engine::new(ContractSet::default(), Vec::new(), config);
+        self.finished.clear();
+        self.configuration = None;
+        self.last_start = None;
+        self.next_request = 1;
+        self.next_incident = 1;
+        self.head = 0;
+        self.snapshot_at = 0;
+    }
+
+    /// Writes a snapshot every `entries` ledger entries (0: never), and at shutdown.
+    pub fn set_snapshot_every(&mut self, entries: u64) {
+        self.snapshot_every = entries;
     }
 
     /// From now on, signs a checkpoint of the head every so many entries or seconds, and at
@@ -807,6 +884,8 @@ impl Broker {
             let shutdown = commands_now.iter().any(|c| matches!(c, Command::Shutdown));
             self.turn(commands_now)?;
             if shutdown {
+                let now = (self.clock)();
+                self.snapshot(now, true)?;
                 let (seq, hash) = self.store.head()?;
                 self.checkpoint(seq, hash, true)?;
                 return Ok(());
@@ -1060,6 +1139,7 @@ impl Broker {
             // restart replay the ledger.
             let stored = self.store.append(&Batch { entries, answers, requests, ..rows })?;
             if let Some(last) = stored.last() {
+                self.head = last.seq;
                 self.checkpoint(last.seq, last.hash, false)?;
             }
         }
@@ -1073,7 +1153,8 @@ impl Broker {
         if let Some(remote) = &self.remote {
             remote.wake(calls);
         }
-        Ok(())
+        // After the replies: a snapshot delays the next turn, not this one's answers.
+        self.snapshot(now, false)
     }
 
     /// Drops the timers that would do nothing when they fire (see

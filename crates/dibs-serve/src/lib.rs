@@ -58,6 +58,8 @@ pub struct ServeConfig {
     pub loaded_from: LoadedFrom,
     /// Connections at once, and how long one may sit idle or take to send a body.
     pub limits: listener::Limits,
+    /// A snapshot every this many ledger entries (0: never), and at shutdown.
+    pub snapshot_every: u64,
 }
 
 /// Where the configuration came from, in words, for the start banner.
@@ -240,12 +242,19 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     let (mut broker, mut recovery) =
         Broker::recover(store, providers, remote, clock, Some(config.configuration.clone()))?;
     broker.set_time_speed(config.time_speed);
+    broker.set_snapshot_every(config.snapshot_every);
     // Heads are signed with the key beside the ledger (made now at a first start).
     broker.sign_heads(signing::HeadSigner::load_or_create(&config.data)?);
     recovery.outstanding = broker.take_over()?;
-    let Recovery { entries, inputs, requests, outstanding, .. } = recovery;
+    let Recovery { entries, inputs, requests, outstanding, snapshot, snapshot_refused, .. } = recovery;
+    let from = match (snapshot, snapshot_refused) {
+        (Some(seq), _) => format!("loaded the snapshot at entry {seq}, then "),
+        (None, Some(why)) => format!("did not use the stored snapshot ({why}); "),
+        (None, None) => String::new(),
+    };
+    let replayed = entries - snapshot.unwrap_or(0);
     let replayed = format!(
-        "replayed {entries} entries, {inputs} inputs, {requests} requests; {outstanding} timers re-armed"
+        "{from}replayed {replayed} entries, {inputs} inputs; {requests} requests; {outstanding} timers re-armed"
     );
     let (hash, new_token) = admin_token(&config).map_err(|e| format!("admin token: {e}"))?;
     let mut banner = banner::Banner {
@@ -273,7 +282,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         admin_token_from_env: config.admin_token.is_some(),
     };
 
-    std::thread::Builder::new().name("dibs-broker".into()).spawn(move || {
+    let broker_thread = std::thread::Builder::new().name("dibs-broker".into()).spawn(move || {
         if let Err(e) = broker.run(rx) {
             if let StoreError::Fenced { .. } = e {
                 // Another replica leads: this one's write was refused, as it should be.
@@ -313,7 +322,10 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             .await?;
         let _ = tx.send(broker::Command::Shutdown);
         Ok::<(), Box<dyn std::error::Error>>(())
-    })
+    })?;
+    // The broker finishes its turn, writes its snapshot and signs the head before the process ends.
+    let _ = broker_thread.join();
+    Ok(())
 }
 
 /// The server a replica runs while it waits for the lead.
@@ -364,12 +376,23 @@ fn last_instant(store: &mut dyn Store) -> Result<Option<dibs_core::types::Timest
 
 /// Replays a ledger through a fresh engine without serving, under the
 /// configurations the ledger records: checks that the recorded inputs give
-/// exactly the recorded decisions (`dibs ledger verify`), then compares the
-/// stored `requests` projection with the replayed state.
-pub fn replay_check(store: Box<dyn Store>) -> Result<(Recovery, Result<usize, String>), StoreError> {
+/// exactly the recorded decisions and every snapshot it records (`dibs ledger verify`), then
+/// compares the stored `requests` projection with the replayed state, and the stored
+/// snapshot (the entry that records it, if any) with its entry's digests.
+pub fn replay_check(store: Box<dyn Store>) -> Result<ReplayCheck, StoreError> {
     let (mut broker, recovery) = recover_everything(store)?;
     let projection = broker.check_projection();
-    Ok((recovery, projection))
+    let snapshot = broker.check_stored_snapshot();
+    Ok(ReplayCheck { recovery, projection, snapshot })
+}
+
+/// What [`replay_check`] found past the replay itself.
+pub struct ReplayCheck {
+    pub recovery: Recovery,
+    /// Requests in the projection, all matching the replay, or the first that does not.
+    pub projection: Result<usize, String>,
+    /// The entry recording the stored snapshot (none stored: `None`), or what is wrong with it.
+    pub snapshot: Result<Option<u64>, String>,
 }
 
 /// Recreates the `requests` projection by replaying the ledger (`dibs ledger rebuild`).

@@ -286,6 +286,7 @@ fn the_live_broker_and_the_virtual_run_decide_and_settle_alike() {
     // The broker's ledger verifies by replay: chain, decisions and projection.
     let mut store: Box<dyn Store> = Box::new(SqliteStore::open(&dir.path().join("ledger.db")).unwrap());
     dibs_store::verify(store.as_mut()).unwrap();
-    let (_, projection) = dibs_serve::replay_check(store).unwrap();
-    projection.unwrap();
+    let check = dibs_serve::replay_check(store).unwrap();
+    check.projection.unwrap();
+    check.snapshot.unwrap();
 }

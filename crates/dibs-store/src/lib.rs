@@ -78,6 +78,21 @@ pub struct Batch {
     /// Calls to providers this batch's decisions make, and calls answered (by key).
     pub outbox_add: Vec<Row>,
     pub outbox_done: Vec<String>,
+    /// A snapshot of the service's state, stored against this batch's last entry (the one
+    /// that records its digests) in place of any earlier snapshot.
+    pub snapshot: Option<Snapshot>,
+}
+
+/// A snapshot of the service's state as of a ledger entry: what a start loads instead of
+/// replaying the entries before it. `state` is what a replay of the ledger reaches
+/// (checked by `dibs ledger verify`); `shell` is what only the running service knows (its
+/// in-process providers, the ids it handed out), trusted through the digest its entry records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The ledger entry that records it.
+    pub seq: u64,
+    pub state: String,
+    pub shell: String,
 }
 
 /// A timer or an outgoing call: a key (what it is for), when it is due
@@ -130,6 +145,8 @@ pub trait Store: Send {
     fn projected_requests(&mut self, after: &str, limit: usize) -> Result<Vec<(String, String)>, StoreError>;
     /// One request's row in the `requests` projection.
     fn request_view(&mut self, id: &str) -> Result<Option<String>, StoreError>;
+    /// The latest snapshot, if any (its `seq` is the entry that records it).
+    fn snapshot(&mut self) -> Result<Option<Snapshot>, StoreError>;
     /// Replaces the whole `requests` projection, in one transaction (`dibs ledger rebuild`).
     fn replace_projection(&mut self, rows: &[(String, String)]) -> Result<(), StoreError>;
     /// How the ledger is hashed (see [`LedgerFormat`]).
@@ -263,6 +280,14 @@ fn hash_of(previous: &[u8; 32], seq: u64, e: &NewEntry, all_columns_from: u64) -
 }
 
 /// The entries a batch appends: its own, then one [`ACKNOWLEDGED_KIND`] entry per answer.
+/// The entry a batch's snapshot is stored against: the last of the batch's own entries.
+pub(crate) fn snapshot_seq(batch: &Batch, appended: &[Entry]) -> Result<u64, StoreError> {
+    match appended.get(batch.entries.len().wrapping_sub(1)) {
+        Some(entry) => Ok(entry.seq),
+        None => Err(StoreError::Invalid("a snapshot needs an entry to record it".into())),
+    }
+}
+
 pub(crate) fn with_acknowledgements(batch: &Batch) -> Vec<NewEntry> {
     let at = batch.entries.last().map(|e| e.at.clone()).unwrap_or_default();
     let mut entries = batch.entries.clone();

@@ -5,8 +5,8 @@
 use postgres::{Client, NoTls};
 
 use crate::{
-    Batch, Entry, IdempotentAnswer, LedgerFormat, MAX_PAGE, Row, SignedHead, Store, StoreError,
-    TOKEN_ID_LENGTH, TokenRecord, chain, migrate, to_hash, with_acknowledgements,
+    Batch, Entry, IdempotentAnswer, LedgerFormat, MAX_PAGE, Row, SignedHead, Snapshot, Store, StoreError,
+    TOKEN_ID_LENGTH, TokenRecord, chain, migrate, snapshot_seq, to_hash, with_acknowledgements,
 };
 
 /// The advisory lock key appends take (ASCII "dibsledg").
@@ -249,6 +249,14 @@ impl Store for PostgresStore {
         if !batch.outbox_done.is_empty() {
             tx.execute(&outbox_done?, &[&batch.outbox_done])?;
         }
+        if let Some(snapshot) = &batch.snapshot {
+            let seq = snapshot_seq(batch, &entries)? as i64;
+            tx.execute("DELETE FROM snapshots", &[])?;
+            tx.execute(
+                "INSERT INTO snapshots (seq, state, shell) VALUES ($1, $2, $3)",
+                &[&seq, &snapshot.state, &snapshot.shell],
+            )?;
+        }
         tx.commit()?;
         Ok(entries)
     }
@@ -282,6 +290,15 @@ impl Store for PostgresStore {
             &[&after, &(limit.min(MAX_PAGE) as i64)],
         )?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn snapshot(&mut self) -> Result<Option<Snapshot>, StoreError> {
+        let select = self.prepared("SELECT seq, state, shell FROM snapshots ORDER BY seq DESC LIMIT 1")?;
+        Ok(self.client.query_opt(&select, &[])?.map(|r| Snapshot {
+            seq: r.get::<_, i64>(0) as u64,
+            state: r.get(1),
+            shell: r.get(2),
+        }))
     }
 
     fn request_view(&mut self, id: &str) -> Result<Option<String>, StoreError> {

@@ -6,8 +6,8 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    Batch, Entry, IdempotentAnswer, LedgerFormat, MAX_PAGE, Row, SignedHead, Store, StoreError,
-    TOKEN_ID_LENGTH, TokenRecord, chain, migrate, to_hash, with_acknowledgements,
+    Batch, Entry, IdempotentAnswer, LedgerFormat, MAX_PAGE, Row, SignedHead, Snapshot, Store, StoreError,
+    TOKEN_ID_LENGTH, TokenRecord, chain, migrate, snapshot_seq, to_hash, with_acknowledgements,
 };
 
 pub struct SqliteStore {
@@ -186,6 +186,14 @@ impl Store for SqliteStore {
                 done.execute(params![key])?;
             }
         }
+        if let Some(snapshot) = &batch.snapshot {
+            let seq = snapshot_seq(batch, &entries)? as i64;
+            tx.execute("DELETE FROM snapshots", [])?;
+            tx.execute(
+                "INSERT INTO snapshots (seq, state, shell) VALUES (?1, ?2, ?3)",
+                params![seq, snapshot.state, snapshot.shell],
+            )?;
+        }
         tx.commit()?;
         Ok(entries)
     }
@@ -223,6 +231,15 @@ impl Store for SqliteStore {
         let rows =
             select.query_map(params![after, limit.min(MAX_PAGE) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn snapshot(&mut self) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self
+            .connection
+            .query_row("SELECT seq, state, shell FROM snapshots ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok(Snapshot { seq: r.get::<_, i64>(0)? as u64, state: r.get(1)?, shell: r.get(2)? })
+            })
+            .optional()?)
     }
 
     fn request_view(&mut self, id: &str) -> Result<Option<String>, StoreError> {

@@ -107,7 +107,7 @@ impl Scope {
 }
 
 /// The price per GPU-hour a first-refusal holder is offered: a term of the clause.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, serde::Deserialize)]
 #[serde(tag = "basis", rename_all = "snake_case")]
 pub enum HolderTerms {
     /// The holder's own list price: its cheapest offer that meets the request.
@@ -210,7 +210,7 @@ pub struct Commitment {
     pub counts: Vec<WorkloadClass>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ShareBasis {
     Gpus,
@@ -240,7 +240,7 @@ pub struct ReviewTrigger {
     pub action: TriggerAction,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum TriggerAction {
     FlagForReview,
@@ -292,7 +292,7 @@ pub struct TermsInForce<'a> {
 }
 
 /// A clause suspended by a review trigger's action, from an instant on.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Suspension {
     pub contract: String,
     pub clause: String,
