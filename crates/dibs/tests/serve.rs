@@ -18,6 +18,8 @@ const DIBS: &str = env!("CARGO_BIN_EXE_dibs");
 struct Server {
     child: Child,
     url: String,
+    /// What it printed (its start banner).
+    printed: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -39,15 +41,32 @@ impl Server {
             .expect("dibs serve starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let printed = Arc::new(Mutex::new(Vec::new()));
+        let lines = printed.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix("dibs serving on ") {
                     let _ = tx.send(url.trim_end_matches("/v1").to_owned());
                 }
+                lines.lock().unwrap().push(line);
             }
         });
         let url = rx.recv_timeout(Duration::from_secs(60)).expect("dibs serve prints its URL");
-        Self { child, url }
+        Self { child, url, printed }
+    }
+
+    /// The line of its banner that says how it started from the ledger.
+    fn ledger_line(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(line) =
+                self.printed.lock().unwrap().iter().find(|l| l.trim_start().starts_with("ledger:"))
+            {
+                return line.clone();
+            }
+            assert!(Instant::now() < deadline, "no ledger line in the banner");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn kill(&mut self) {
@@ -341,7 +360,8 @@ fn kill_dash_nine_loses_no_acknowledged_request() {
     let mut checked = 0;
     for cycle in 0..20 {
         let started = Instant::now();
-        let mut server = Server::start(&["--data", &data_arg]);
+        // Snapshots every few dozen entries: kills land before, during and after them.
+        let mut server = Server::start(&["--data", &data_arg, "--snapshot-every", "40"]);
         let up = started.elapsed();
         // What the last cycle acknowledged is still there after the restart
         // (earlier cycles' were checked before, and all are checked at the end).
@@ -387,6 +407,53 @@ fn kill_dash_nine_loses_no_acknowledged_request() {
     assert_eq!((status, &verified["ok"]), (200, &json!(true)), "{verified}");
     drop(server);
     verify_offline(data.path());
+}
+
+/// A start after kill -9 loads the latest snapshot, replays only what follows it, and serves
+/// every request as before; `dibs ledger verify` checks every snapshot against a replay.
+#[test]
+fn a_start_after_kill_dash_nine_loads_the_latest_snapshot_and_serves_what_it_served() {
+    let data = tempfile::tempdir().unwrap();
+    let args = ["--data", data.path().to_str().unwrap(), "--snapshot-every", "30"];
+    let server = Server::start(&args);
+    assert!(server.ledger_line().contains("replayed 0 entries"), "{}", server.ledger_line());
+    for n in 0..40 {
+        let (status, body) = call(&server.url, "POST", "/requests", Some(&streamed_body(n)), None);
+        assert_eq!(status, 201, "{body}");
+    }
+    for id in ["r-3", "r-17"] {
+        assert_eq!(call(&server.url, "POST", &format!("/requests/{id}/cancel"), None, None).0, 200);
+    }
+    let (status, incident) =
+        call(&server.url, "POST", "/incidents", Some(&json!({ "provider": "lambda" })), None);
+    assert_eq!(status, 201, "{incident}");
+    let before = all_requests(&server.url);
+    let (_, stats_before) = call(&server.url, "GET", "/stats", None, None);
+    drop(server); // SIGKILL
+
+    let server = Server::start(&args);
+    let line = server.ledger_line();
+    assert!(line.contains("loaded the snapshot at entry"), "{line}");
+    let replayed: u64 =
+        line.split("then replayed ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(replayed < 30 + 100, "{line}");
+    assert_eq!(all_requests(&server.url), before, "the requests after the start");
+    assert_eq!(call(&server.url, "GET", "/stats", None, None).1, stats_before);
+    let (_, incidents) = call(&server.url, "GET", "/incidents", None, None);
+    assert_eq!(incidents["incidents"][0]["id"], incident["id"], "{incidents}");
+    // It goes on where it was: the next id, the cancelled request stays cancelled.
+    let (status, next) = call(&server.url, "POST", "/requests", Some(&request_body(8)), None);
+    assert_eq!((status, next["id"].as_str()), (201, Some("r-41")), "{next}");
+    assert_eq!(call(&server.url, "POST", "/requests/r-3/cancel", None, None).1["status"], "cancelled");
+    drop(server);
+
+    let output = Command::new(DIBS).args(["ledger", "verify", "--data"]).arg(data.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    let checked = text.split("; ").find(|part| part.contains("snapshots match")).unwrap();
+    let checked: u64 = checked.split(' ').next().unwrap().parse().unwrap();
+    assert!(checked >= 3, "{text}");
+    assert!(text.contains("stored snapshot: ok"), "{text}");
 }
 
 #[test]

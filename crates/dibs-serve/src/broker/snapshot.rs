@@ -130,6 +130,13 @@ impl Broker {
         serde_json::to_string(&shell).expect("a snapshot serializes")
     }
 
+    /// The SHA-256 of the replayable state and of the shell's, as a snapshot taken now would
+    /// record them: brokers in the same state give the same (whether or not they keep ended
+    /// requests, for the state).
+    pub fn digests(&self) -> (String, String) {
+        (sha256_hex(&self.state_json(self.head)), sha256_hex(&self.shell_json()))
+    }
+
     /// Writes a snapshot when [`Broker::set_snapshot_every`] entries follow the last one, or
     /// (`now_anyway`, at shutdown) when any do.
     pub(super) fn snapshot(&mut self, now: Timestamp, now_anyway: bool) -> Result<(), StoreError> {
