@@ -55,7 +55,7 @@ use crate::types::{
 
 mod snapshot;
 
-pub use snapshot::{EngineSnapshot, EngineSnapshotRef};
+pub use snapshot::EngineSnapshot;
 
 /// A round re-solicits the holder at most this often under the no-better-terms rule.
 pub const MAX_RESOLICITATIONS: u32 = 2;

@@ -39,7 +39,7 @@ mod snapshot;
 
 use crate::view::{self, RequestView};
 pub use snapshot::SNAPSHOT_EVERY;
-use snapshot::SNAPSHOT_KIND;
+use snapshot::{SNAPSHOT_KIND, SNAPSHOT_TAKEN_KIND};
 
 /// At most this many commands are decided per commit.
 pub const MAX_BATCH: usize = 512;
@@ -446,6 +446,14 @@ pub struct Broker {
     /// the next (0: never; see `snapshot`).
     snapshot_at: u64,
     snapshot_every: u64,
+    /// The size of the last snapshot.
+    snapshot_bytes: u64,
+    /// Writes snapshots beside the broker (none: the broker writes them).
+    snapshot_writer: Option<snapshot::SnapshotWriter>,
+    /// Whether a replay checks every snapshot against the state it reaches (`verify`).
+    check_snapshots: bool,
+    /// While replaying: the digests of the states at the snapshots announced, by entry.
+    announced: BTreeMap<u64, String>,
 }
 
 /// The shortest queue worth looking through for moot timers.
@@ -461,13 +469,15 @@ pub struct Recovery {
     pub requests: usize,
     /// Timers queued by [`Broker::take_over`].
     pub outstanding: usize,
-    /// The entry recording the snapshot the start loaded (entries up to it were not
+    /// The entry the snapshot the start loaded is as of (entries up to it were not
     /// replayed), if it loaded one.
     pub snapshot: Option<u64>,
     /// Why the stored snapshot was not used (the whole ledger was replayed instead).
     pub snapshot_refused: Option<String>,
-    /// Snapshot entries the replay met and checked against the state it reached.
+    /// Snapshots the replay met and checked against the state it reached.
     pub snapshots_checked: u64,
+    /// Entries that announce or record snapshots (neither inputs nor decisions).
+    pub snapshot_entries: u64,
 }
 
 impl Broker {
@@ -520,6 +530,10 @@ impl Broker {
             head: 0,
             snapshot_at: 0,
             snapshot_every: SNAPSHOT_EVERY,
+            snapshot_bytes: 0,
+            snapshot_writer: None,
+            check_snapshots: !config.forget_finished,
+            announced: BTreeMap::new(),
         };
         let mut recovery = Recovery {
             entries: 0,
@@ -530,6 +544,7 @@ impl Broker {
             snapshot: None,
             snapshot_refused: None,
             snapshots_checked: 0,
+            snapshot_entries: 0,
         };
         let mut expected: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         // A service starts from its latest snapshot; a check (`verify`, `rebuild`) keeps
@@ -554,15 +569,19 @@ impl Broker {
             for entry in page {
                 recovery.entries += 1;
                 broker.head = entry.seq;
-                if entry.kind == SNAPSHOT_KIND {
+                if entry.kind == SNAPSHOT_TAKEN_KIND || entry.kind == SNAPSHOT_KIND {
                     if let Some(body) = expected.front() {
                         return Err(StoreError::Corrupt {
                             seq: entry.seq,
                             problem: format!("replay decides {body}, which the ledger does not record"),
                         });
                     }
-                    broker.check_snapshot_entry(entry.seq, &entry.body)?;
-                    recovery.snapshots_checked += 1;
+                    recovery.snapshot_entries += 1;
+                    if entry.kind == SNAPSHOT_TAKEN_KIND {
+                        broker.snapshot_announced(entry.seq, &entry.body)?;
+                    } else if broker.snapshot_recorded(entry.seq, &entry.body)? {
+                        recovery.snapshots_checked += 1;
+                    }
                     continue;
                 }
                 if entry.kind == CONFIGURED_KIND {
@@ -671,6 +690,7 @@ impl Broker {
         self.next_incident = 1;
         self.head = 0;
         self.snapshot_at = 0;
+        self.snapshot_bytes = 0;
     }
 
     /// Writes a snapshot every `entries` ledger entries (0: never), and at shutdown.
@@ -885,6 +905,7 @@ impl Broker {
             self.turn(commands_now)?;
             if shutdown {
                 let now = (self.clock)();
+                self.finish_snapshots(now)?;
                 self.snapshot(now, true)?;
                 let (seq, hash) = self.store.head()?;
                 self.checkpoint(seq, hash, true)?;
@@ -1127,6 +1148,11 @@ impl Broker {
             cascaded += 1;
         }
         self.drop_moot_timers();
+        // A snapshot the writer has finished is recorded by this turn's last entry.
+        let written = self.snapshot_written();
+        if let Some(record) = &written {
+            entries.push(Self::snapshot_entry(now, record));
+        }
         let rows = self.compact_rows();
         let calls = rows.outbox_add.len();
         if !entries.is_empty() || !answers.is_empty() || rows != Batch::default() {
@@ -1137,7 +1163,12 @@ impl Broker {
             // The commit that makes this turn's decisions durable. If it fails,
             // the engine holds decisions the ledger does not: stop, and let the
             // restart replay the ledger.
-            let stored = self.store.append(&Batch { entries, answers, requests, ..rows })?;
+            let snapshot_recorded = written.as_ref().map(|record| record.taken());
+            let stored =
+                self.store.append(&Batch { entries, answers, requests, snapshot_recorded, ..rows })?;
+            if let Some(record) = &written {
+                self.snapshot_bytes = record.bytes();
+            }
             if let Some(last) = stored.last() {
                 self.head = last.seq;
                 self.checkpoint(last.seq, last.hash, false)?;

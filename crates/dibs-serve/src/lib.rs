@@ -243,12 +243,13 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         Broker::recover(store, providers, remote, clock, Some(config.configuration.clone()))?;
     broker.set_time_speed(config.time_speed);
     broker.set_snapshot_every(config.snapshot_every);
+    broker.write_snapshots_with(open.clone())?;
     // Heads are signed with the key beside the ledger (made now at a first start).
     broker.sign_heads(signing::HeadSigner::load_or_create(&config.data)?);
     recovery.outstanding = broker.take_over()?;
     let Recovery { entries, inputs, requests, outstanding, snapshot, snapshot_refused, .. } = recovery;
     let from = match (snapshot, snapshot_refused) {
-        (Some(seq), _) => format!("loaded the snapshot at entry {seq}, then "),
+        (Some(seq), _) => format!("loaded the snapshot as of entry {seq}, then "),
         (None, Some(why)) => format!("did not use the stored snapshot ({why}); "),
         (None, None) => String::new(),
     };
@@ -391,7 +392,8 @@ pub struct ReplayCheck {
     pub recovery: Recovery,
     /// Requests in the projection, all matching the replay, or the first that does not.
     pub projection: Result<usize, String>,
-    /// The entry recording the stored snapshot (none stored: `None`), or what is wrong with it.
+    /// The entry that announced the stored snapshot (none stored: `None`), or what is wrong
+    /// with it.
     pub snapshot: Result<Option<u64>, String>,
 }
 

@@ -78,21 +78,30 @@ pub struct Batch {
     /// Calls to providers this batch's decisions make, and calls answered (by key).
     pub outbox_add: Vec<Row>,
     pub outbox_done: Vec<String>,
-    /// A snapshot of the service's state, stored against this batch's last entry (the one
-    /// that records its digests) in place of any earlier snapshot.
-    pub snapshot: Option<Snapshot>,
+    /// The snapshot announced at this entry (`snapshot_taken`), its parts all written, is
+    /// recorded by this batch's last own entry (`snapshot`): it becomes the latest.
+    pub snapshot_recorded: Option<u64>,
 }
 
 /// A snapshot of the service's state as of a ledger entry: what a start loads instead of
 /// replaying the entries before it. `state` is what a replay of the ledger reaches
 /// (checked by `dibs ledger verify`); `shell` is what only the running service knows (its
-/// in-process providers, the ids it handed out), trusted through the digest its entry records.
+/// in-process providers), trusted through the digest its `snapshot` entry records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    /// The ledger entry that records it.
+    /// The `snapshot_taken` entry that announced it: the state is as of the entry before.
+    pub taken: u64,
+    /// The `snapshot` entry that records its digests.
     pub seq: u64,
     pub state: String,
     pub shell: String,
+}
+
+/// Which part of a snapshot a chunk belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotPart {
+    State = 0,
+    Shell = 1,
 }
 
 /// A timer or an outgoing call: a key (what it is for), when it is due
@@ -145,8 +154,20 @@ pub trait Store: Send {
     fn projected_requests(&mut self, after: &str, limit: usize) -> Result<Vec<(String, String)>, StoreError>;
     /// One request's row in the `requests` projection.
     fn request_view(&mut self, id: &str) -> Result<Option<String>, StoreError>;
-    /// The latest snapshot, if any (its `seq` is the entry that records it).
+    /// The latest recorded snapshot, if any, its parts put together.
     fn snapshot(&mut self) -> Result<Option<Snapshot>, StoreError>;
+    /// Writes chunk `n` of a part of the snapshot announced at entry `taken`, in a
+    /// transaction of its own: a snapshot is written beside the broker's commits, a
+    /// megabyte at a time, not in one long transaction that would hold them up.
+    fn put_snapshot_chunk(
+        &mut self,
+        taken: u64,
+        part: SnapshotPart,
+        n: u32,
+        data: &str,
+    ) -> Result<(), StoreError>;
+    /// Deletes the chunks of every snapshot but the latest recorded, a few at a time.
+    fn drop_stale_snapshots(&mut self) -> Result<(), StoreError>;
     /// Replaces the whole `requests` projection, in one transaction (`dibs ledger rebuild`).
     fn replace_projection(&mut self, rows: &[(String, String)]) -> Result<(), StoreError>;
     /// How the ledger is hashed (see [`LedgerFormat`]).
@@ -280,13 +301,29 @@ fn hash_of(previous: &[u8; 32], seq: u64, e: &NewEntry, all_columns_from: u64) -
 }
 
 /// The entries a batch appends: its own, then one [`ACKNOWLEDGED_KIND`] entry per answer.
-/// The entry a batch's snapshot is stored against: the last of the batch's own entries.
+/// The entry that records a batch's snapshot: the last of the batch's own entries.
 pub(crate) fn snapshot_seq(batch: &Batch, appended: &[Entry]) -> Result<u64, StoreError> {
     match appended.get(batch.entries.len().wrapping_sub(1)) {
         Some(entry) => Ok(entry.seq),
         None => Err(StoreError::Invalid("a snapshot needs an entry to record it".into())),
     }
 }
+
+/// Chunks of one snapshot as read, in (part, n) order, put together.
+pub(crate) fn joined_parts(taken: u64, seq: u64, chunks: impl Iterator<Item = (i64, String)>) -> Snapshot {
+    let (mut state, mut shell) = (String::new(), String::new());
+    for (part, data) in chunks {
+        if part == SnapshotPart::State as i64 {
+            state.push_str(&data);
+        } else {
+            shell.push_str(&data);
+        }
+    }
+    Snapshot { taken, seq, state, shell }
+}
+
+/// How many stale chunks one transaction deletes.
+pub(crate) const STALE_CHUNKS_PER_DELETE: i64 = 4;
 
 pub(crate) fn with_acknowledgements(batch: &Batch) -> Vec<NewEntry> {
     let at = batch.entries.last().map(|e| e.at.clone()).unwrap_or_default();

@@ -5,8 +5,9 @@
 use postgres::{Client, NoTls};
 
 use crate::{
-    Batch, Entry, IdempotentAnswer, LedgerFormat, MAX_PAGE, Row, SignedHead, Snapshot, Store, StoreError,
-    TOKEN_ID_LENGTH, TokenRecord, chain, migrate, snapshot_seq, to_hash, with_acknowledgements,
+    Batch, Entry, IdempotentAnswer, LedgerFormat, MAX_PAGE, Row, STALE_CHUNKS_PER_DELETE, SignedHead,
+    Snapshot, SnapshotPart, Store, StoreError, TOKEN_ID_LENGTH, TokenRecord, chain, joined_parts, migrate,
+    snapshot_seq, to_hash, with_acknowledgements,
 };
 
 /// The advisory lock key appends take (ASCII "dibsledg").
@@ -249,13 +250,10 @@ impl Store for PostgresStore {
         if !batch.outbox_done.is_empty() {
             tx.execute(&outbox_done?, &[&batch.outbox_done])?;
         }
-        if let Some(snapshot) = &batch.snapshot {
+        if let Some(taken) = batch.snapshot_recorded {
             let seq = snapshot_seq(batch, &entries)? as i64;
             tx.execute("DELETE FROM snapshots", &[])?;
-            tx.execute(
-                "INSERT INTO snapshots (seq, state, shell) VALUES ($1, $2, $3)",
-                &[&seq, &snapshot.state, &snapshot.shell],
-            )?;
+            tx.execute("INSERT INTO snapshots (taken, seq) VALUES ($1, $2)", &[&(taken as i64), &seq])?;
         }
         tx.commit()?;
         Ok(entries)
@@ -293,12 +291,44 @@ impl Store for PostgresStore {
     }
 
     fn snapshot(&mut self) -> Result<Option<Snapshot>, StoreError> {
-        let select = self.prepared("SELECT seq, state, shell FROM snapshots ORDER BY seq DESC LIMIT 1")?;
-        Ok(self.client.query_opt(&select, &[])?.map(|r| Snapshot {
-            seq: r.get::<_, i64>(0) as u64,
-            state: r.get(1),
-            shell: r.get(2),
-        }))
+        let mut tx = self.client.transaction()?;
+        let Some(latest) = tx.query_opt("SELECT taken, seq FROM snapshots ORDER BY seq DESC LIMIT 1", &[])?
+        else {
+            return Ok(None);
+        };
+        let (taken, seq): (i64, i64) = (latest.get(0), latest.get(1));
+        let rows =
+            tx.query("SELECT part, data FROM snapshot_chunks WHERE taken = $1 ORDER BY part, n", &[&taken])?;
+        let chunks = rows.iter().map(|r| (i64::from(r.get::<_, i32>(0)), r.get::<_, String>(1)));
+        Ok(Some(joined_parts(taken as u64, seq as u64, chunks)))
+    }
+
+    fn put_snapshot_chunk(
+        &mut self,
+        taken: u64,
+        part: SnapshotPart,
+        n: u32,
+        data: &str,
+    ) -> Result<(), StoreError> {
+        self.client.execute(
+            "INSERT INTO snapshot_chunks (taken, part, n, data) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (taken, part, n) DO UPDATE SET data = excluded.data",
+            &[&(taken as i64), &(part as i32), &(n as i32), &data],
+        )?;
+        Ok(())
+    }
+
+    fn drop_stale_snapshots(&mut self) -> Result<(), StoreError> {
+        loop {
+            let deleted = self.client.execute(
+                "DELETE FROM snapshot_chunks WHERE (taken, part, n) IN (SELECT taken, part, n FROM snapshot_chunks
+                 WHERE taken NOT IN (SELECT taken FROM snapshots) LIMIT $1)",
+                &[&STALE_CHUNKS_PER_DELETE],
+            )?;
+            if deleted == 0 {
+                return Ok(());
+            }
+        }
     }
 
     fn request_view(&mut self, id: &str) -> Result<Option<String>, StoreError> {

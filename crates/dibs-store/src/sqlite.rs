@@ -6,8 +6,9 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    Batch, Entry, IdempotentAnswer, LedgerFormat, MAX_PAGE, Row, SignedHead, Snapshot, Store, StoreError,
-    TOKEN_ID_LENGTH, TokenRecord, chain, migrate, snapshot_seq, to_hash, with_acknowledgements,
+    Batch, Entry, IdempotentAnswer, LedgerFormat, MAX_PAGE, Row, STALE_CHUNKS_PER_DELETE, SignedHead,
+    Snapshot, SnapshotPart, Store, StoreError, TOKEN_ID_LENGTH, TokenRecord, chain, joined_parts, migrate,
+    snapshot_seq, to_hash, with_acknowledgements,
 };
 
 pub struct SqliteStore {
@@ -186,13 +187,10 @@ impl Store for SqliteStore {
                 done.execute(params![key])?;
             }
         }
-        if let Some(snapshot) = &batch.snapshot {
+        if let Some(taken) = batch.snapshot_recorded {
             let seq = snapshot_seq(batch, &entries)? as i64;
             tx.execute("DELETE FROM snapshots", [])?;
-            tx.execute(
-                "INSERT INTO snapshots (seq, state, shell) VALUES (?1, ?2, ?3)",
-                params![seq, snapshot.state, snapshot.shell],
-            )?;
+            tx.execute("INSERT INTO snapshots (taken, seq) VALUES (?1, ?2)", params![taken as i64, seq])?;
         }
         tx.commit()?;
         Ok(entries)
@@ -234,12 +232,47 @@ impl Store for SqliteStore {
     }
 
     fn snapshot(&mut self) -> Result<Option<Snapshot>, StoreError> {
-        Ok(self
-            .connection
-            .query_row("SELECT seq, state, shell FROM snapshots ORDER BY seq DESC LIMIT 1", [], |r| {
-                Ok(Snapshot { seq: r.get::<_, i64>(0)? as u64, state: r.get(1)?, shell: r.get(2)? })
+        let tx = self.connection.transaction()?;
+        let latest: Option<(i64, i64)> = tx
+            .query_row("SELECT taken, seq FROM snapshots ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
             })
-            .optional()?)
+            .optional()?;
+        let Some((taken, seq)) = latest else { return Ok(None) };
+        let mut select =
+            tx.prepare("SELECT part, data FROM snapshot_chunks WHERE taken = ?1 ORDER BY part, n")?;
+        let chunks = select
+            .query_map(params![taken], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(joined_parts(taken as u64, seq as u64, chunks.into_iter())))
+    }
+
+    fn put_snapshot_chunk(
+        &mut self,
+        taken: u64,
+        part: SnapshotPart,
+        n: u32,
+        data: &str,
+    ) -> Result<(), StoreError> {
+        self.connection.execute(
+            "INSERT INTO snapshot_chunks (taken, part, n, data) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (taken, part, n) DO UPDATE SET data = excluded.data",
+            params![taken as i64, part as i64, n, data],
+        )?;
+        Ok(())
+    }
+
+    fn drop_stale_snapshots(&mut self) -> Result<(), StoreError> {
+        loop {
+            let deleted = self.connection.execute(
+                "DELETE FROM snapshot_chunks WHERE rowid IN (SELECT rowid FROM snapshot_chunks
+                 WHERE taken NOT IN (SELECT taken FROM snapshots) LIMIT ?1)",
+                params![STALE_CHUNKS_PER_DELETE],
+            )?;
+            if deleted == 0 {
+                return Ok(());
+            }
+        }
     }
 
     fn request_view(&mut self, id: &str) -> Result<Option<String>, StoreError> {

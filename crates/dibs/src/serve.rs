@@ -272,7 +272,7 @@ pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
                  {} snapshots match the state replay reaches",
                 r.inputs,
                 r.configurations,
-                r.entries - r.inputs - r.configurations - r.snapshots_checked,
+                r.entries - r.inputs - r.configurations - r.snapshot_entries,
                 r.requests,
                 r.snapshots_checked,
             );
@@ -285,7 +285,7 @@ pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
                 }
             }
             match snapshot {
-                Ok(Some(seq)) => println!("stored snapshot: ok, the one entry {seq} records"),
+                Ok(Some(seq)) => println!("stored snapshot: ok, the one taken at entry {seq}, as recorded"),
                 Ok(None) => println!("stored snapshot: none"),
                 Err(e) => {
                     println!("stored snapshot: MISMATCH: {e} (a start replays the whole ledger instead)");

@@ -433,7 +433,7 @@ fn a_start_after_kill_dash_nine_loads_the_latest_snapshot_and_serves_what_it_ser
 
     let server = Server::start(&args);
     let line = server.ledger_line();
-    assert!(line.contains("loaded the snapshot at entry"), "{line}");
+    assert!(line.contains("loaded the snapshot as of entry"), "{line}");
     let replayed: u64 =
         line.split("then replayed ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!(replayed < 30 + 100, "{line}");
@@ -452,7 +452,7 @@ fn a_start_after_kill_dash_nine_loads_the_latest_snapshot_and_serves_what_it_ser
     assert!(output.status.success(), "{text}");
     let checked = text.split("; ").find(|part| part.contains("snapshots match")).unwrap();
     let checked: u64 = checked.split(' ').next().unwrap().parse().unwrap();
-    assert!(checked >= 3, "{text}");
+    assert!(checked >= 2, "{text}");
     assert!(text.contains("stored snapshot: ok"), "{text}");
 }
 

@@ -22,32 +22,16 @@ use crate::placement::Fleet;
 use crate::settlement::Settler;
 use crate::types::WorkloadClass;
 
-/// An allocation with what its API form leaves out.
-type StoredAllocation<A> = (A, WorkloadClass, f64);
-
-/// The engine's state, borrowed, to serialize ([`Engine::snapshot`]).
-#[derive(Serialize)]
-pub struct EngineSnapshotRef<'a> {
-    requests: Vec<&'a RequestState>,
-    ended: Vec<u64>,
-    allocations: Vec<StoredAllocation<&'a Allocation>>,
-    next_allocation: u64,
-    incidents: &'a BTreeMap<String, Incident>,
-    suspensions: &'a [Suspension],
-    commitments: Vec<(&'a CommitmentKey, f64, &'a [u64])>,
-    settler: &'a Settler,
-    settle_armed: bool,
-    live_fleet: &'a BTreeMap<WorkloadClass, Fleet>,
-    open_requests: usize,
-}
-
-/// The engine's state as read back ([`Engine::restore`]): the same fields, owned.
-#[derive(Deserialize)]
+/// The engine's state between inputs ([`Engine::snapshot`], [`Engine::restore`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineSnapshot {
+    /// Open requests, by id.
     requests: Vec<RequestState>,
+    /// The digests of the ids of ended requests, sorted.
     ended: Vec<u64>,
-    allocations: Vec<StoredAllocation<Allocation>>,
+    /// Every allocation, with what its API form leaves out (workload, GPU-hours asked).
+    allocations: Vec<(Allocation, WorkloadClass, f64)>,
     next_allocation: u64,
     incidents: BTreeMap<String, Incident>,
     suspensions: Vec<Suspension>,
@@ -64,25 +48,34 @@ pub(super) fn placeholder_workload() -> WorkloadClass {
 }
 
 impl Engine {
-    /// The engine's state between inputs, to serialize.
-    pub fn snapshot(&self) -> EngineSnapshotRef<'_> {
+    /// A copy of the engine's state between inputs, to serialize while the engine goes on.
+    pub fn snapshot(&self) -> EngineSnapshot {
         let (open, ended): (Vec<&RequestState>, Vec<&RequestState>) =
             self.requests.values().partition(|state| !state.status.is_final());
         let mut digests: Vec<u64> = self.forgotten.iter().copied().collect();
         digests.extend(ended.iter().map(|state| id_digest(&state.request.id)));
         digests.sort_unstable();
         digests.dedup();
-        EngineSnapshotRef {
-            requests: open,
+        EngineSnapshot {
+            requests: open.into_iter().cloned().collect(),
             ended: digests,
-            allocations: self.allocations.values().map(|a| (a, a.workload, a.asked_gpu_hours)).collect(),
+            allocations: self
+                .allocations
+                .values()
+                .map(|a| (a.clone(), a.workload, a.asked_gpu_hours))
+                .collect(),
             next_allocation: self.next_allocation,
-            incidents: &self.incidents,
-            suspensions: &self.suspensions,
-            commitments: self.commitments.figures(),
-            settler: &self.settler,
+            incidents: self.incidents.clone(),
+            suspensions: self.suspensions.clone(),
+            commitments: self
+                .commitments
+                .figures()
+                .into_iter()
+                .map(|(key, settled, open)| (key.clone(), settled, open.to_vec()))
+                .collect(),
+            settler: self.settler.clone(),
             settle_armed: self.settle_armed,
-            live_fleet: &self.live_fleet,
+            live_fleet: self.live_fleet.clone(),
             open_requests: self.open_requests,
         }
     }

@@ -1,46 +1,67 @@
-//! Snapshots: a start bounded regardless of the ledger's length.
+//! Snapshots: a start that replays only the end of the ledger.
 //!
-//! Every [`SNAPSHOT_EVERY`] entries, and at shutdown, the broker writes its state down: a
-//! ledger entry of kind `snapshot` records the entry it covers and the SHA-256 of two parts,
-//! and the parts themselves go to the store's `snapshots` table (the latest only), in the same
-//! transaction:
+//! Every [`SNAPSHOT_EVERY`] entries (more when the last snapshot was large), and at shutdown,
+//! the broker copies its state and announces it with a `snapshot_taken` ledger entry: the
+//! copy is the state as of the entry before. A worker thread serializes the copy and writes
+//! it to the store a megabyte at a time (each chunk its own transaction, so the broker's
+//! commits are not held up), then the broker records it with a `snapshot` entry holding the
+//! SHA-256 of its two parts; from then on it is the latest.
 //!
-//! * `state`: what a replay of the ledger up to the covered entry reaches: the engine's
+//! * `state`: what a replay of the ledger up to the announced entry reaches: the engine's
 //!   state ([`dibs_core::engine::EngineSnapshot`], canonical whether or not ended requests are
 //!   kept), the records of ended requests, the id counters and the configuration in force.
-//!   A replay checks it: whenever it meets a snapshot entry it computes the same JSON from
-//!   its own state and compares digests, so `dibs ledger verify` proves every snapshot.
+//!   `dibs ledger verify` computes it from its own replay at every `snapshot_taken` entry and
+//!   compares it with the digest the `snapshot` entry records.
 //! * `shell`: what only the running service knows: its in-process providers' reservations
 //!   and random streams (a replay without those providers cannot check it; a tampered copy
-//!   is still caught by the digest its entry records).
+//!   is still caught by its digest).
 //!
-//! A start loads the latest snapshot whose parts match their entry's digests and replays only
-//! the entries after it. One it cannot trust is not used: the start replays the whole ledger,
-//! which is what the snapshot stands for, and says why.
+//! A start loads the latest recorded snapshot whose parts match their digests and replays
+//! the entries after the one it is as of. One it cannot trust is not used: the start replays
+//! the whole ledger, which is what the snapshot stands for, and says why.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, Sender};
 
-use dibs_core::engine::{EngineSnapshot, EngineSnapshotRef};
+use dibs_core::engine::EngineSnapshot;
 use dibs_core::types::{ProviderName, Timestamp};
 use dibs_providers::ProviderState;
-use dibs_store::{Batch, NewEntry, Snapshot, StoreError};
+use dibs_store::{Batch, NewEntry, SnapshotPart, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use super::{Broker, Configuration, Finished};
+use crate::remote::OpenStore;
 
-/// The entry kind that records a snapshot (its body is a [`SnapshotRecord`]).
+/// The entry kind that announces a snapshot (its body is a [`Taken`]).
+pub(crate) const SNAPSHOT_TAKEN_KIND: &str = "snapshot_taken";
+/// The entry kind that records a snapshot written (its body is a [`SnapshotRecord`]).
 pub(crate) const SNAPSHOT_KIND: &str = "snapshot";
 
-/// By default a snapshot is written once this many entries follow the last one: a start
-/// then replays at most this many (about 0.2 s here).
+/// By default a snapshot is taken once this many entries follow the last one: a start then
+/// replays about this many at most.
 pub const SNAPSHOT_EVERY: u64 = 100_000;
 
-/// The body of a snapshot entry.
+/// About the size of a ledger entry: snapshots are spaced at least one entry per this many
+/// bytes of the last one, so writing them costs about as much as the ledger.
+const BYTES_PER_ENTRY: u64 = 256;
+
+/// A snapshot is written in chunks of about this many bytes.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// The body of a `snapshot_taken` entry.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SnapshotRecord {
-    /// The last entry the snapshot's state reflects (the one before this entry).
+struct Taken {
+    /// The last entry the state reflects (the one before this entry).
+    covers: u64,
+}
+
+/// The body of a `snapshot` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SnapshotRecord {
+    /// The `snapshot_taken` entry that announced it.
+    taken: u64,
     covers: u64,
     state_sha256: String,
     shell_sha256: String,
@@ -48,39 +69,37 @@ struct SnapshotRecord {
     bytes: u64,
 }
 
+impl SnapshotRecord {
+    pub(super) fn taken(&self) -> u64 {
+        self.taken
+    }
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
 /// The configuration the last start recorded (a restart with the same flags records none).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum LastStart<C> {
+enum LastStart {
     None,
     /// The configuration in force.
     Current,
-    Other(C),
+    Other(Configuration),
 }
 
-/// The replayable part, borrowed to write.
-#[derive(Serialize)]
-struct StateRef<'a> {
-    covers: u64,
-    engine: EngineSnapshotRef<'a>,
-    finished: Vec<(&'a str, Cow<'a, Finished>)>,
-    next_request: u64,
-    next_incident: u64,
-    configuration: Option<&'a Configuration>,
-    last_start: LastStart<&'a Configuration>,
-}
-
-/// The replayable part as read back.
-#[derive(Deserialize)]
+/// The replayable part.
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct State {
     covers: u64,
     engine: EngineSnapshot,
+    /// Ended requests' records, by id.
     finished: Vec<(String, Finished)>,
     next_request: u64,
     next_incident: u64,
     configuration: Option<Configuration>,
-    last_start: LastStart<Configuration>,
+    last_start: LastStart,
 }
 
 /// What only the running service knows.
@@ -90,109 +109,257 @@ struct Shell {
     providers: BTreeMap<ProviderName, ProviderState>,
 }
 
+/// A snapshot to write: announced at entry `taken`.
+struct Job {
+    taken: u64,
+    state: State,
+    shell: Shell,
+}
+
 fn sha256_hex(text: &str) -> String {
     use sha2::{Digest, Sha256};
     dibs_core::ledger::hex(&Sha256::digest(text.as_bytes()).into())
 }
 
+fn to_json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).expect("a snapshot serializes")
+}
+
+/// `text` in pieces of about `CHUNK_BYTES`, cut between characters.
+fn chunks(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut cut = CHUNK_BYTES.min(rest.len());
+        while !rest.is_char_boundary(cut) {
+            cut += 1;
+        }
+        let (chunk, after) = rest.split_at(cut);
+        rest = after;
+        Some(chunk)
+    })
+}
+
+/// Serializes a snapshot and writes its chunks; what its `snapshot` entry is to record.
+fn write(job: Job, store: &mut dyn Store) -> Result<SnapshotRecord, StoreError> {
+    store.drop_stale_snapshots()?;
+    let (state, shell) = (to_json(&job.state), to_json(&job.shell));
+    for (part, text) in [(SnapshotPart::State, &state), (SnapshotPart::Shell, &shell)] {
+        for (n, chunk) in chunks(text).enumerate() {
+            store.put_snapshot_chunk(job.taken, part, n as u32, chunk)?;
+        }
+    }
+    Ok(SnapshotRecord {
+        taken: job.taken,
+        covers: job.state.covers,
+        state_sha256: sha256_hex(&state),
+        shell_sha256: sha256_hex(&shell),
+        bytes: (state.len() + shell.len()) as u64,
+    })
+}
+
+/// The thread that writes snapshots beside the broker, on its own store connection.
+pub(super) struct SnapshotWriter {
+    jobs: Sender<Job>,
+    written: Receiver<Result<SnapshotRecord, String>>,
+    /// A job sent and not yet reported.
+    busy: bool,
+}
+
+impl SnapshotWriter {
+    pub(super) fn start(open: OpenStore) -> std::io::Result<Self> {
+        let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
+        let (report, written) = std::sync::mpsc::channel();
+        std::thread::Builder::new().name("dibs-snapshots".into()).spawn(move || {
+            let mut store = None;
+            for job in inbox {
+                let result = match store.as_mut() {
+                    Some(store) => Ok(store),
+                    None => open().map(|opened| store.insert(opened)),
+                }
+                .and_then(|store: &mut Box<dyn Store>| write(job, store.as_mut()))
+                .map_err(|e| e.to_string());
+                if report.send(result).is_err() {
+                    return;
+                }
+            }
+        })?;
+        Ok(Self { jobs, written, busy: false })
+    }
+}
+
 impl Broker {
-    /// The replayable state as of entry `covers`, as the JSON a snapshot holds: the same
-    /// bytes from a service that forgets ended requests and from a replay that keeps them.
-    fn state_json(&self, covers: u64) -> String {
-        let mut finished: Vec<(&str, Cow<'_, Finished>)> =
-            self.finished.iter().map(|(id, f)| (id.as_str(), Cow::Borrowed(f))).collect();
+    /// Writes snapshots on a thread of their own, opening its store with `open`; without
+    /// one, the broker writes them itself (tests, tools).
+    pub fn write_snapshots_with(&mut self, open: OpenStore) -> std::io::Result<()> {
+        self.snapshot_writer = Some(SnapshotWriter::start(open)?);
+        Ok(())
+    }
+
+    /// The replayable state as of entry `covers`: the same from a service that forgets
+    /// ended requests and from a replay that keeps them.
+    fn state(&self, covers: u64) -> State {
+        let mut finished: Vec<(String, Finished)> =
+            self.finished.iter().map(|(id, f)| (id.clone(), f.clone())).collect();
         finished.extend(
             self.engine
                 .requests()
                 .filter(|state| state.status.is_final())
-                .map(|state| (state.request.id.as_str(), Cow::Owned(Finished::of(state)))),
+                .map(|state| (state.request.id.clone(), Finished::of(state))),
         );
-        finished.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        finished.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let last_start = match (&self.last_start, &self.configuration) {
             (None, _) => LastStart::None,
             (Some(last), Some(current)) if last == current => LastStart::Current,
-            (Some(last), _) => LastStart::Other(last),
+            (Some(last), _) => LastStart::Other(last.clone()),
         };
-        let state = StateRef {
+        State {
             covers,
             engine: self.engine.snapshot(),
             finished,
             next_request: self.next_request,
             next_incident: self.next_incident,
-            configuration: self.configuration.as_ref(),
+            configuration: self.configuration.clone(),
             last_start,
-        };
-        serde_json::to_string(&state).expect("a snapshot serializes")
+        }
     }
 
-    fn shell_json(&self) -> String {
-        let shell = Shell { providers: self.providers.iter().map(|(n, p)| (n.clone(), p.state())).collect() };
-        serde_json::to_string(&shell).expect("a snapshot serializes")
+    fn shell(&self) -> Shell {
+        Shell { providers: self.providers.iter().map(|(n, p)| (n.clone(), p.state())).collect() }
     }
 
     /// The SHA-256 of the replayable state and of the shell's, as a snapshot taken now would
     /// record them: brokers in the same state give the same (whether or not they keep ended
     /// requests, for the state).
     pub fn digests(&self) -> (String, String) {
-        (sha256_hex(&self.state_json(self.head)), sha256_hex(&self.shell_json()))
+        (sha256_hex(&to_json(&self.state(self.head))), sha256_hex(&to_json(&self.shell())))
     }
 
-    /// Writes a snapshot when [`Broker::set_snapshot_every`] entries follow the last one, or
-    /// (`now_anyway`, at shutdown) when any do.
+    /// At the end of a turn: takes a snapshot when [`Broker::set_snapshot_every`] entries
+    /// follow the last one (and at least one per `BYTES_PER_ENTRY` of its size), or, at
+    /// shutdown (`now_anyway`), when any do. It is written on the writer thread if there is
+    /// one, else here.
     pub(super) fn snapshot(&mut self, now: Timestamp, now_anyway: bool) -> Result<(), StoreError> {
         let since = self.head.saturating_sub(self.snapshot_at);
-        let due = since >= self.snapshot_every || (now_anyway && since > 0);
-        if !self.engine.config().forget_finished || self.snapshot_every == 0 || !due {
+        let due = since >= self.snapshot_every.max(self.snapshot_bytes / BYTES_PER_ENTRY)
+            || (now_anyway && since > 0);
+        let busy = self.snapshot_writer.as_ref().is_some_and(|w| w.busy);
+        if !self.engine.config().forget_finished || self.snapshot_every == 0 || !due || busy {
             return Ok(());
         }
-        let state = self.state_json(self.head);
-        let shell = self.shell_json();
-        let record = SnapshotRecord {
-            covers: self.head,
-            state_sha256: sha256_hex(&state),
-            shell_sha256: sha256_hex(&shell),
-            bytes: (state.len() + shell.len()) as u64,
-        };
+        let covers = self.head;
+        let (state, shell) = (self.state(covers), self.shell());
         let entry = NewEntry {
             at: now.to_string(),
-            kind: SNAPSHOT_KIND.into(),
+            kind: SNAPSHOT_TAKEN_KIND.into(),
             request: None,
-            body: serde_json::to_string(&record).expect("a snapshot record serializes"),
+            body: to_json(&Taken { covers }),
         };
-        let snapshot = Snapshot { seq: 0, state, shell };
-        let stored = self.store.append(&Batch {
-            entries: vec![entry],
-            snapshot: Some(snapshot),
-            ..Batch::default()
-        })?;
-        if let Some(last) = stored.last() {
-            self.head = last.seq;
-            self.snapshot_at = last.seq;
+        let stored = self.store.append(&Batch { entries: vec![entry], ..Batch::default() })?;
+        let Some(taken) = stored.last().map(|e| e.seq) else { return Ok(()) };
+        self.head = taken;
+        self.snapshot_at = taken;
+        let job = Job { taken, state, shell };
+        match &mut self.snapshot_writer {
+            Some(writer) if !now_anyway => {
+                writer.busy = writer.jobs.send(job).is_ok();
+            }
+            _ => {
+                let record = write(job, self.store.as_mut())?;
+                self.record_snapshot(now, record)?;
+            }
         }
         Ok(())
     }
 
-    /// A replay meets the snapshot entry `seq`: the state it reached must be the one the
-    /// snapshot recorded.
-    pub(super) fn check_snapshot_entry(&mut self, seq: u64, body: &str) -> Result<(), StoreError> {
-        let corrupt = |problem: String| StoreError::Corrupt { seq, problem };
-        let record: SnapshotRecord =
-            serde_json::from_str(body).map_err(|e| corrupt(format!("an unreadable snapshot record: {e}")))?;
-        if record.covers + 1 != seq {
-            return Err(corrupt(format!("a snapshot of entry {}, recorded out of place", record.covers)));
+    /// A snapshot the writer has finished, if any, to record in this turn.
+    pub(super) fn snapshot_written(&mut self) -> Option<SnapshotRecord> {
+        let writer = self.snapshot_writer.as_mut()?;
+        match writer.written.try_recv() {
+            Ok(result) => {
+                writer.busy = false;
+                result
+                    .inspect_err(|e| {
+                        eprintln!("dibs: a snapshot could not be written ({e}); the next one will be")
+                    })
+                    .ok()
+            }
+            Err(_) => None,
         }
-        if sha256_hex(&self.state_json(record.covers)) != record.state_sha256 {
-            return Err(corrupt(
-                "the snapshot it records is not the state a replay of the entries before it reaches".into(),
-            ));
+    }
+
+    /// The `snapshot` entry that records a written snapshot.
+    pub(super) fn snapshot_entry(now: Timestamp, record: &SnapshotRecord) -> NewEntry {
+        NewEntry { at: now.to_string(), kind: SNAPSHOT_KIND.into(), request: None, body: to_json(record) }
+    }
+
+    /// Records a written snapshot in a batch of its own.
+    fn record_snapshot(&mut self, now: Timestamp, record: SnapshotRecord) -> Result<(), StoreError> {
+        let batch = Batch {
+            entries: vec![Self::snapshot_entry(now, &record)],
+            snapshot_recorded: Some(record.taken),
+            ..Batch::default()
+        };
+        let stored = self.store.append(&batch)?;
+        self.head = stored.last().map_or(self.head, |e| e.seq);
+        self.snapshot_bytes = record.bytes;
+        Ok(())
+    }
+
+    /// At shutdown: waits for the snapshot being written, and records it.
+    pub(super) fn finish_snapshots(&mut self, now: Timestamp) -> Result<(), StoreError> {
+        let Some(writer) = self.snapshot_writer.as_mut().filter(|w| w.busy) else { return Ok(()) };
+        writer.busy = false;
+        match writer.written.recv() {
+            Ok(Ok(record)) => self.record_snapshot(now, record),
+            Ok(Err(e)) => {
+                eprintln!("dibs: a snapshot could not be written ({e})");
+                Ok(())
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// A replay meets a `snapshot_taken` entry: when checking snapshots, the digest of the
+    /// state it reached is kept for the `snapshot` entry that records it.
+    pub(super) fn snapshot_announced(&mut self, seq: u64, body: &str) -> Result<(), StoreError> {
+        let corrupt = |problem: String| StoreError::Corrupt { seq, problem };
+        let taken: Taken = serde_json::from_str(body)
+            .map_err(|e| corrupt(format!("an unreadable snapshot announcement: {e}")))?;
+        if taken.covers + 1 != seq {
+            return Err(corrupt(format!("a snapshot of entry {}, announced out of place", taken.covers)));
+        }
+        if self.check_snapshots {
+            self.announced.insert(seq, sha256_hex(&to_json(&self.state(taken.covers))));
         }
         self.snapshot_at = seq;
         Ok(())
     }
 
-    /// Checks the stored snapshot's parts against the digests its entry records; returns the
-    /// record and the parts when they match.
-    fn trusted_snapshot(&mut self) -> Result<Option<(Snapshot, SnapshotRecord)>, String> {
+    /// A replay meets a `snapshot` entry: when checking snapshots, the state it records must
+    /// be the one the replay reached where it was announced. Returns whether it checked it.
+    pub(super) fn snapshot_recorded(&mut self, seq: u64, body: &str) -> Result<bool, StoreError> {
+        let corrupt = |problem: String| StoreError::Corrupt { seq, problem };
+        let record: SnapshotRecord =
+            serde_json::from_str(body).map_err(|e| corrupt(format!("an unreadable snapshot record: {e}")))?;
+        self.snapshot_bytes = record.bytes;
+        if !self.check_snapshots {
+            return Ok(false);
+        }
+        match self.announced.remove(&record.taken) {
+            Some(digest) if digest == record.state_sha256 => Ok(true),
+            Some(_) => Err(corrupt(format!(
+                "the snapshot announced at entry {} is not the state a replay of the entries before it reaches",
+                record.taken
+            ))),
+            None => Err(corrupt(format!("a snapshot announced at entry {}, where none was", record.taken))),
+        }
+    }
+
+    /// The latest recorded snapshot, if its parts match the digests its entry records.
+    fn trusted_snapshot(&mut self) -> Result<Option<(dibs_store::Snapshot, SnapshotRecord)>, String> {
         let Some(snapshot) = self.store.snapshot().map_err(|e| e.to_string())? else { return Ok(None) };
         let seq = snapshot.seq;
         let entry = self.store.entries(seq.saturating_sub(1), 1).map_err(|e| e.to_string())?;
@@ -201,7 +368,8 @@ impl Broker {
         };
         let record: SnapshotRecord = serde_json::from_str(&entry.body)
             .map_err(|e| format!("entry {seq}: an unreadable snapshot record: {e}"))?;
-        if sha256_hex(&snapshot.state) != record.state_sha256
+        if record.taken != snapshot.taken
+            || sha256_hex(&snapshot.state) != record.state_sha256
             || sha256_hex(&snapshot.shell) != record.shell_sha256
         {
             return Err(format!("the stored snapshot does not match the digests entry {seq} records"));
@@ -210,30 +378,29 @@ impl Broker {
     }
 
     /// `dibs ledger verify`: the stored snapshot, if any, is the one its entry records (the
-    /// replay has already checked that entry against the state it reached).
+    /// replay has already checked that entry against the state it reached). Returns the
+    /// entry that announced it.
     pub fn check_stored_snapshot(&mut self) -> Result<Option<u64>, String> {
-        Ok(self.trusted_snapshot()?.map(|(snapshot, _)| snapshot.seq))
+        Ok(self.trusted_snapshot()?.map(|(snapshot, _)| snapshot.taken))
     }
 
     /// Loads the latest snapshot into a broker that has replayed nothing: returns the entry
-    /// that records it (replay goes on after it), none when there is none, or why it cannot
-    /// be used (the broker is then as it was).
+    /// it is as of (replay goes on after it), none when there is none, or why it cannot be
+    /// used (part of the broker may have changed: see `forget_replay`).
     pub(super) fn load_snapshot(&mut self) -> Result<Option<u64>, String> {
         let Some((snapshot, record)) = self.trusted_snapshot()? else { return Ok(None) };
-        let seq = snapshot.seq;
-        let unreadable = |e: serde_json::Error| format!("the snapshot at entry {seq} is unreadable: {e}");
+        let taken = snapshot.taken;
+        let unreadable =
+            |e: serde_json::Error| format!("the snapshot taken at entry {taken} is unreadable: {e}");
         let state: State = serde_json::from_str(&snapshot.state).map_err(unreadable)?;
         let shell: Shell = serde_json::from_str(&snapshot.shell).map_err(unreadable)?;
-        if state.covers != record.covers {
-            return Err(format!(
-                "the snapshot at entry {seq} covers entry {}, its record says {}",
-                state.covers, record.covers
-            ));
+        if state.covers != record.covers || record.covers + 1 != taken {
+            return Err(format!("the snapshot taken at entry {taken} is of entry {}", state.covers));
         }
         if let Some(configuration) = state.configuration.clone() {
             self.configure(configuration).map_err(|e| format!("the snapshot's contracts: {e}"))?;
         }
-        self.engine.restore(state.engine).map_err(|e| format!("the snapshot at entry {seq}: {e}"))?;
+        self.engine.restore(state.engine).map_err(|e| format!("the snapshot taken at entry {taken}: {e}"))?;
         self.last_start = match state.last_start {
             LastStart::None => None,
             LastStart::Current => state.configuration,
@@ -248,8 +415,9 @@ impl Broker {
                 provider.restore(provider_state);
             }
         }
-        self.head = seq;
-        self.snapshot_at = seq;
-        Ok(Some(seq))
+        self.head = state.covers;
+        self.snapshot_at = taken;
+        self.snapshot_bytes = record.bytes;
+        Ok(Some(state.covers))
     }
 }

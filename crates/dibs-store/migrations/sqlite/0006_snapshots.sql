@@ -1,9 +1,16 @@
--- The latest snapshot of the service's state (see `Batch::snapshot`): `seq` is the ledger
--- entry of kind `snapshot` that records the SHA-256 of `state` and of `shell`, so a
--- start can trust it without replaying what it covers and `dibs ledger verify` can check
--- it against a replay. Only the latest is kept.
+-- Snapshots of the service's state (see `Store::snapshot`). A snapshot is announced by a
+-- `snapshot_taken` ledger entry (`taken`, its sequence number), written in parts of about a
+-- megabyte each (`snapshot_chunks`, `part` 0 the state, 1 the shell's), and recorded by a
+-- later `snapshot` entry (`seq`) that holds the SHA-256 of both parts. `snapshots` names the
+-- latest recorded one; chunks of any other are left over and deleted.
 CREATE TABLE IF NOT EXISTS snapshots (
-    seq BIGINT PRIMARY KEY,
-    state TEXT NOT NULL,
-    shell TEXT NOT NULL
+    taken BIGINT PRIMARY KEY,
+    seq BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshot_chunks (
+    taken BIGINT NOT NULL,
+    part INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (taken, part, n)
 );
