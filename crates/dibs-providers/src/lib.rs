@@ -74,6 +74,11 @@ impl HolderBehaviour {
     }
 }
 
+/// A simulated holder sells for no less than this fraction of its list price per GPU-hour:
+/// the deepest discount a provider gives a committed buyer. Offered less (terms capped by
+/// a buyer's price ceiling far below the market, say), it declines, as a real one would.
+pub const HOLDER_FLOOR: f64 = 0.5;
+
 /// Knobs of a simulated provider.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SimulatedBehaviour {
@@ -296,7 +301,8 @@ impl SimulatedProvider {
         let answer = match best {
             Some(offer) => {
                 let gpus = (limit.min(carries(&offer, block)) / block) * block;
-                if gpus == 0 {
+                let list = offer.gpu_price() * self.price_multiplier(now);
+                if gpus == 0 || solicitation.price.get() < HOLDER_FLOOR * list {
                     HolderAnswer::Decline
                 } else {
                     HolderAnswer::Accept {
@@ -402,4 +408,55 @@ pub fn call_in_process(
     let answered = provider.answer(call, now);
     let answered_at = now.plus_hours(answered.after_hours);
     call.input(answered.reply).map(|(at, input)| (at.unwrap_or(answered_at), input))
+}
+
+#[cfg(test)]
+mod tests {
+    use dibs_core::contract::RefusalMode;
+    use dibs_core::engine::{Ask, HolderAnswer, Solicitation};
+    use dibs_core::request::SpotPolicy;
+    use dibs_core::types::{Price, ProviderName, Timestamp};
+
+    use super::{HOLDER_FLOOR, HolderBehaviour, SimulatedBehaviour, SimulatedProvider};
+
+    #[test]
+    fn a_holder_that_takes_everything_still_declines_a_price_below_its_floor() {
+        let offers = dibs_core::catalog::bundled_catalog().offers;
+        let behaviour =
+            SimulatedBehaviour { holder: HolderBehaviour::Accept, ..SimulatedBehaviour::default() };
+        let mut providers = SimulatedProvider::from_catalog(&offers, behaviour);
+        let holder = providers.get_mut(&ProviderName::new("azure").unwrap()).unwrap();
+        let now = Timestamp::parse("2026-06-01T00:00:00Z").unwrap();
+        let prices: Vec<f64> = offers
+            .iter()
+            .filter(|o| o.provider.as_str() == "azure" && o.accelerator.as_str() == "H100")
+            .map(|o| o.gpu_price())
+            .collect();
+        let cheapest = prices.iter().copied().fold(f64::INFINITY, f64::min);
+        let dearest = prices.iter().copied().fold(0.0, f64::max);
+        let solicit = |holder: &mut SimulatedProvider, price: f64| {
+            let solicitation = Solicitation {
+                holder: ProviderName::new("azure").unwrap(),
+                mode: RefusalMode::OfferFirst,
+                price: Price::new(price).unwrap(),
+                ask: Ask {
+                    request: "r-1".into(),
+                    round: 1,
+                    gpus: 8,
+                    block: 8,
+                    accelerators: vec!["H100".into()],
+                    regions: Vec::new(),
+                    spot: SpotPolicy::Never,
+                    duration_hours: 24,
+                    deliver_by: None,
+                    respond_by: now.plus_hours(72.0),
+                },
+            };
+            holder.solicit(&solicitation, now).answer.unwrap()
+        };
+        assert_eq!(solicit(holder, 0.01), HolderAnswer::Decline, "H100 at $0.01/GPU-h");
+        assert_eq!(solicit(holder, HOLDER_FLOOR * cheapest * 0.99), HolderAnswer::Decline);
+        let answer = solicit(holder, HOLDER_FLOOR * dearest);
+        assert!(matches!(answer, HolderAnswer::Accept { gpus: 8, .. }), "{answer:?}");
+    }
 }
