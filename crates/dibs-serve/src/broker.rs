@@ -18,6 +18,7 @@
 //! outbox, derived from the ledger rather than kept beside it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
@@ -232,7 +233,7 @@ pub enum Command {
 pub struct ReadView<'a> {
     pub engine: &'a Engine,
     /// Requests that have ended: the engine no longer holds them.
-    pub finished: &'a BTreeMap<String, Finished>,
+    pub finished: &'a BTreeMap<Arc<str>, Arc<Finished>>,
     /// The broker's instant for this turn (a demo clock's, under `--time-speed`).
     pub now: Timestamp,
     /// What the engine runs under.
@@ -405,8 +406,9 @@ impl Finished {
 
 pub struct Broker {
     pub engine: Engine,
-    /// Requests that have ended, by id (see [`Finished`]).
-    finished: BTreeMap<String, Finished>,
+    /// Requests that have ended, by id (see [`Finished`]). Shared, never changed once
+    /// inserted: a snapshot copies the map's entries, not the records.
+    finished: BTreeMap<Arc<str>, Arc<Finished>>,
     /// Views of the requests that ended in this turn: its replies and its projection rows.
     ended_this_turn: BTreeMap<String, RequestView>,
     configuration: Option<Configuration>,
@@ -876,7 +878,7 @@ impl Broker {
             if with_views {
                 self.ended_this_turn.insert(state.request.id.clone(), view::request(&self.engine, &state));
             }
-            self.finished.insert(state.request.id.clone(), Finished::of(&state));
+            self.finished.insert(state.request.id.as_str().into(), Arc::new(Finished::of(&state)));
         }
     }
 
@@ -941,7 +943,7 @@ impl Broker {
                         .engine
                         .request(&id)
                         .map(|r| r.status)
-                        .or_else(|| self.finished.get(&id).map(|f| f.status));
+                        .or_else(|| self.finished.get(id.as_str()).map(|f| f.status));
                     let answer = match status {
                         None => Err(ApiError::new(404, format!("no request {id:?}"))),
                         Some(dibs_core::engine::Status::Cancelled) => self.any_view(&id).map(|v| (200, v)),
@@ -1423,7 +1425,7 @@ impl Broker {
         let mut page: Vec<(String, bool)> = Vec::new();
         {
             let open = self.engine.requests().map(|s| (s.request.id.as_str(), s.status, true));
-            let ended = self.finished.iter().map(|(id, f)| (id.as_str(), f.status, false));
+            let ended = self.finished.iter().map(|(id, f)| (&**id, f.status, false));
             let mut open = open.filter(|(id, s, _)| wanted(id, *s)).peekable();
             let mut ended = ended.filter(|(id, s, _)| wanted(id, *s)).peekable();
             while page.len() < limit {

@@ -21,6 +21,8 @@
 //! the whole ledger, which is what the snapshot stands for, and says why.
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 
 use dibs_core::engine::EngineSnapshot;
@@ -94,8 +96,8 @@ enum LastStart {
 struct State {
     covers: u64,
     engine: EngineSnapshot,
-    /// Ended requests' records, by id.
-    finished: Vec<(String, Finished)>,
+    /// Ended requests' records, by id (shared with the broker's map: copying them is cheap).
+    finished: Vec<(Arc<str>, Arc<Finished>)>,
     next_request: u64,
     next_incident: u64,
     configuration: Option<Configuration>,
@@ -125,38 +127,100 @@ fn to_json(value: &impl Serialize) -> String {
     serde_json::to_string(value).expect("a snapshot serializes")
 }
 
-/// `text` in pieces of about `CHUNK_BYTES`, cut between characters.
-fn chunks(text: &str) -> impl Iterator<Item = &str> {
-    let mut rest = text;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
+/// Where serialized JSON goes: hashed as it comes, and handed to the store a chunk of about
+/// `CHUNK_BYTES` at a time (cut between characters), so no copy of the whole is ever held.
+struct Chunks<'a> {
+    hasher: sha2::Sha256,
+    buffer: Vec<u8>,
+    bytes: u64,
+    /// The store, the snapshot and part the chunks belong to, and the next chunk's number.
+    sink: Option<(&'a mut dyn Store, u64, SnapshotPart, u32)>,
+    failed: Option<StoreError>,
+}
+
+impl<'a> Chunks<'a> {
+    fn new(sink: Option<(&'a mut dyn Store, u64, SnapshotPart)>) -> Self {
+        use sha2::Digest;
+        Self {
+            hasher: sha2::Sha256::new(),
+            buffer: Vec::new(),
+            bytes: 0,
+            sink: sink.map(|(store, taken, part)| (store, taken, part, 0)),
+            failed: None,
         }
-        let mut cut = CHUNK_BYTES.min(rest.len());
-        while !rest.is_char_boundary(cut) {
-            cut += 1;
+    }
+
+    /// Hands what is buffered (up to its last whole character) to the store.
+    fn put(&mut self) -> std::io::Result<()> {
+        let whole = match std::str::from_utf8(&self.buffer) {
+            Ok(text) => text.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        if whole == 0 {
+            return Ok(());
         }
-        let (chunk, after) = rest.split_at(cut);
-        rest = after;
-        Some(chunk)
-    })
+        if let Some((store, taken, part, n)) = &mut self.sink {
+            let text = std::str::from_utf8(&self.buffer[..whole]).expect("cut between characters");
+            if let Err(e) = store.put_snapshot_chunk(*taken, *part, *n, text) {
+                self.failed = Some(e);
+                return Err(std::io::Error::other("the store refused a snapshot chunk"));
+            }
+            *n += 1;
+        }
+        self.buffer.drain(..whole);
+        Ok(())
+    }
+
+    /// Serializes `value` through the chunks: its SHA-256 and size.
+    fn of(mut self, value: &impl Serialize) -> Result<(String, u64), StoreError> {
+        use sha2::Digest;
+        let written =
+            serde_json::to_writer(&mut self, value).map_err(std::io::Error::from).and_then(|()| self.put());
+        if let Err(e) = written {
+            return Err(self
+                .failed
+                .take()
+                .unwrap_or_else(|| StoreError::Invalid(format!("a snapshot: {e}"))));
+        }
+        Ok((dibs_core::ledger::hex(&self.hasher.finalize().into()), self.bytes))
+    }
+}
+
+impl Write for Chunks<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        self.hasher.update(data);
+        self.bytes += data.len() as u64;
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= CHUNK_BYTES {
+            self.put()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The SHA-256 of `value`'s JSON, as a snapshot would record it.
+fn digest_of(value: &impl Serialize) -> String {
+    Chunks::new(None).of(value).expect("hashing alone does not fail").0
 }
 
 /// Serializes a snapshot and writes its chunks; what its `snapshot` entry is to record.
 fn write(job: Job, store: &mut dyn Store) -> Result<SnapshotRecord, StoreError> {
     store.drop_stale_snapshots()?;
-    let (state, shell) = (to_json(&job.state), to_json(&job.shell));
-    for (part, text) in [(SnapshotPart::State, &state), (SnapshotPart::Shell, &shell)] {
-        for (n, chunk) in chunks(text).enumerate() {
-            store.put_snapshot_chunk(job.taken, part, n as u32, chunk)?;
-        }
-    }
+    let (state_sha256, state_bytes) =
+        Chunks::new(Some((&mut *store, job.taken, SnapshotPart::State))).of(&job.state)?;
+    let (shell_sha256, shell_bytes) =
+        Chunks::new(Some((store, job.taken, SnapshotPart::Shell))).of(&job.shell)?;
     Ok(SnapshotRecord {
         taken: job.taken,
         covers: job.state.covers,
-        state_sha256: sha256_hex(&state),
-        shell_sha256: sha256_hex(&shell),
-        bytes: (state.len() + shell.len()) as u64,
+        state_sha256,
+        shell_sha256,
+        bytes: state_bytes + shell_bytes,
     })
 }
 
@@ -201,13 +265,13 @@ impl Broker {
     /// The replayable state as of entry `covers`: the same from a service that forgets
     /// ended requests and from a replay that keeps them.
     fn state(&self, covers: u64) -> State {
-        let mut finished: Vec<(String, Finished)> =
+        let mut finished: Vec<(Arc<str>, Arc<Finished>)> =
             self.finished.iter().map(|(id, f)| (id.clone(), f.clone())).collect();
         finished.extend(
             self.engine
                 .requests()
                 .filter(|state| state.status.is_final())
-                .map(|state| (state.request.id.clone(), Finished::of(state))),
+                .map(|state| (state.request.id.as_str().into(), Arc::new(Finished::of(state)))),
         );
         finished.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let last_start = match (&self.last_start, &self.configuration) {
@@ -234,7 +298,7 @@ impl Broker {
     /// record them: brokers in the same state give the same (whether or not they keep ended
     /// requests, for the state).
     pub fn digests(&self) -> (String, String) {
-        (sha256_hex(&to_json(&self.state(self.head))), sha256_hex(&to_json(&self.shell())))
+        (digest_of(&self.state(self.head)), digest_of(&self.shell()))
     }
 
     /// At the end of a turn: takes a snapshot when [`Broker::set_snapshot_every`] entries
@@ -332,7 +396,7 @@ impl Broker {
             return Err(corrupt(format!("a snapshot of entry {}, announced out of place", taken.covers)));
         }
         if self.check_snapshots {
-            self.announced.insert(seq, sha256_hex(&to_json(&self.state(taken.covers))));
+            self.announced.insert(seq, digest_of(&self.state(taken.covers)));
         }
         self.snapshot_at = seq;
         Ok(())
@@ -419,5 +483,29 @@ impl Broker {
         self.snapshot_at = taken;
         self.snapshot_bytes = record.bytes;
         Ok(Some(state.covers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dibs_store::{SnapshotPart, SqliteStore};
+
+    use super::{Chunks, sha256_hex};
+
+    #[test]
+    fn chunks_cut_between_characters_and_hash_the_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
+        // About 3.3 MB of JSON with two- and three-byte characters.
+        let value: Vec<String> = (0..300_000).map(|i| format!("é€{i}")).collect();
+        let text = serde_json::to_string(&value).unwrap();
+        let (digest, bytes) = Chunks::new(Some((&mut store, 7, SnapshotPart::State))).of(&value).unwrap();
+        assert_eq!((digest, bytes), (sha256_hex(&text), text.len() as u64));
+        let connection = store.connection();
+        let mut select =
+            connection.prepare("SELECT data FROM snapshot_chunks WHERE taken = 7 ORDER BY n").unwrap();
+        let chunks: Vec<String> = select.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+        assert_eq!(chunks.concat(), text);
     }
 }

@@ -560,7 +560,7 @@ pub(super) async fn page(
                     .collect(),
             })));
         }
-        let ended = view.finished.get(&wanted)?;
+        let ended = view.finished.get(wanted.as_str())?;
         Some(Found::Ended {
             now: view.now,
             status: ended.status.as_str(),
