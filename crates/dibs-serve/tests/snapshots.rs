@@ -85,6 +85,16 @@ fn commands(rng: &mut fastrand::Rng, submitted: u64) -> Vec<Command> {
     out
 }
 
+/// `turns` turns of random commands, up to 4 hours apart.
+fn run(live: &mut Broker, rng: &mut fastrand::Rng, now: &AtomicI64, submitted: &mut u64, turns: usize) {
+    for _ in 0..turns {
+        now.fetch_add(rng.i64(0..4 * 3600), Ordering::SeqCst);
+        let turn = commands(rng, *submitted);
+        *submitted += turn.iter().filter(|c| matches!(c, Command::Submit { .. })).count() as u64;
+        live.turn(turn).unwrap();
+    }
+}
+
 #[test]
 fn a_start_from_the_latest_snapshot_reaches_the_state_a_whole_replay_reaches() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,12 +111,7 @@ fn a_start_from_the_latest_snapshot_reaches_the_state_a_whole_replay_reaches() {
     let mut submitted = 0;
     let mut loaded = 0;
     for crash in 0..6 {
-        for _ in 0..60 {
-            now.fetch_add(rng.i64(0..4 * 3600), Ordering::SeqCst);
-            let turn = commands(&mut rng, submitted);
-            submitted += turn.iter().filter(|c| matches!(c, Command::Submit { .. })).count() as u64;
-            live.turn(turn).unwrap();
-        }
+        run(&mut live, &mut rng, &now, &mut submitted, 60);
         let before = live.digests();
         drop(live);
         // Replaying everything, keeping every request, reaches the state the live broker had.
@@ -156,13 +161,7 @@ fn a_snapshot_that_does_not_match_its_entry_is_not_used() {
     let (mut live, _) = open(dir.path(), &now, serving);
     live.set_snapshot_every(30);
     live.take_over().unwrap();
-    let mut submitted = 0;
-    for _ in 0..80 {
-        now.fetch_add(rng.i64(0..4 * 3600), Ordering::SeqCst);
-        let turn = commands(&mut rng, submitted);
-        submitted += turn.iter().filter(|c| matches!(c, Command::Submit { .. })).count() as u64;
-        live.turn(turn).unwrap();
-    }
+    run(&mut live, &mut rng, &now, &mut 0, 80);
     let before = live.digests();
     drop(live);
     // An operator edits the stored snapshot: one open request's GPUs.

@@ -12,7 +12,8 @@
 //! 4. sustained (issue 9): 16 clients for 60 s on SQLite, each request priced to end unfilled
 //!    at once (as in the issue's load): latency p50/p99, the server's RSS
 //!    at 50k, 100k and 200k stored requests, then kill -9 and the time to serve again.
-//!    `-- sustained [SECONDS]` runs only this, `-- postgres` only the PostgreSQL runs.
+//!    `-- sustained [SECONDS]` runs only this, `-- postgres` only the PostgreSQL runs,
+//!    `-- in-process` only the in-process runs.
 //!
 //! Targets (issue 3): in-process >= 10,000/s, HTTP >= 2,000/s; (issue 9) p99 < 50 ms,
 //! RSS within 20% from 50k to 200k requests, a start under 1 s at 1 M ledger entries.
@@ -89,6 +90,13 @@ fn in_process(n: usize) -> (f64, u64) {
     };
     let (mut broker, _) =
         Broker::recover(Box::new(store), providers, None, broker::wall_clock(), Some(configuration)).unwrap();
+    // Snapshots are written beside the broker, as `dibs serve` does.
+    let path = dir.path().join("ledger.db");
+    broker
+        .write_snapshots_with(Arc::new(move || {
+            Ok(Box::new(SqliteStore::open(&path)?) as Box<dyn dibs_store::Store>)
+        }))
+        .unwrap();
     broker.take_over().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || broker.run(rx).unwrap());
@@ -406,6 +414,12 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "postgres") {
         on_postgres();
+        return;
+    }
+    if args.iter().any(|a| a == "in-process") {
+        for n in [2_000, 10_000] {
+            println!("in-process: {n} requests decided and committed: {:.0}/s", in_process(n).0);
+        }
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "sustained") {
