@@ -75,9 +75,11 @@ impl HolderBehaviour {
 }
 
 /// A simulated holder sells for no less than this fraction of its list price per GPU-hour:
-/// the deepest discount a provider gives a committed buyer. Offered less (terms capped by
-/// a buyer's price ceiling far below the market, say), it declines, as a real one would.
-pub const HOLDER_FLOOR: f64 = 0.5;
+/// about the deepest discount a hyperscaler gives a committed buyer (on-demand list prices of
+/// H100 run near $12/GPU-h, three-year commitments and negotiated rates near $2.5-3), so it
+/// matches a neocloud's market price but not $0.01 (terms capped by a buyer's price ceiling
+/// far below any market): offered less, it declines, as a real one would.
+pub const HOLDER_FLOOR: f64 = 0.2;
 
 /// Knobs of a simulated provider.
 #[derive(Debug, Clone, Copy, PartialEq)]
