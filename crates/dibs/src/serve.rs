@@ -63,10 +63,11 @@ pub struct ServeArgs {
     /// must arrive within it (a slow or stalled client cannot hold a connection).
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     idle_timeout_seconds: u64,
-    /// Write a snapshot of the service's state to the ledger every N entries, and at
-    /// shutdown: a start loads the latest and replays only the entries after it, so it
-    /// takes about as long whatever the ledger's length. `dibs ledger verify` checks every
-    /// snapshot against a replay. 0: never (every start replays the whole ledger).
+    /// Take a snapshot of the service's state every N ledger entries (more apart when the
+    /// last one was large), and at shutdown: a start loads the latest and replays only the
+    /// entries after it, not the whole ledger. Snapshots are kept beside the ledger, which
+    /// records each one's SHA-256; `dibs ledger verify` checks every one against a replay.
+    /// 0: never (every start replays the whole ledger).
     #[arg(long, default_value_t = dibs_serve::broker::SNAPSHOT_EVERY, value_name = "N")]
     snapshot_every: u64,
 }
