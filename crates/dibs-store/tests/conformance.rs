@@ -423,6 +423,43 @@ fn the_requests_projection_is_written_with_its_batch_and_can_be_replaced(backend
     assert_eq!(backend.open().projected_requests("", 10).unwrap(), rows(&[("r-9", "n")]));
 }
 
+/// A snapshot is written in chunks, beside the ledger; it becomes the latest only when the
+/// batch holding the entry that records it commits, and the chunks of any other are dropped.
+fn snapshots_are_written_in_chunks_and_recorded_with_their_entry(backend: &dyn Backend) {
+    use dibs_store::SnapshotPart::{Shell, State};
+    let mut store = backend.open();
+    store.append(&batch(0..3)).unwrap();
+    assert_eq!(store.snapshot().unwrap(), None);
+    // Written, not yet recorded: not the latest.
+    for (n, chunk) in ["{\"a\":", "\"é\"}"].into_iter().enumerate() {
+        store.put_snapshot_chunk(3, State, n as u32, chunk).unwrap();
+    }
+    store.put_snapshot_chunk(3, Shell, 0, "{}").unwrap();
+    assert_eq!(store.snapshot().unwrap(), None);
+    let recorded = Batch { entries: vec![entry(3)], snapshot_recorded: Some(3), ..Batch::default() };
+    store.append(&recorded).unwrap();
+    let latest = store.snapshot().unwrap().unwrap();
+    assert_eq!(
+        (latest.taken, latest.seq, latest.state.as_str(), latest.shell.as_str()),
+        (3, 4, "{\"a\":\"é\"}", "{}")
+    );
+    // A later one, written and recorded, replaces it; the earlier one's chunks go.
+    store.put_snapshot_chunk(5, State, 0, "{\"b\":1}").unwrap();
+    store.put_snapshot_chunk(5, Shell, 0, "{}").unwrap();
+    store
+        .append(&Batch { entries: vec![entry(4), entry(5)], snapshot_recorded: Some(5), ..Batch::default() })
+        .unwrap();
+    store.drop_stale_snapshots().unwrap();
+    let latest = backend.open().snapshot().unwrap().unwrap();
+    assert_eq!((latest.taken, latest.seq, latest.state.as_str()), (5, 6, "{\"b\":1}"));
+    store.put_snapshot_chunk(9, State, 0, "left over").unwrap();
+    store.drop_stale_snapshots().unwrap();
+    assert_eq!(store.snapshot().unwrap().unwrap().state, "{\"b\":1}");
+    // The left-over chunk is gone: recording its snapshot now finds nothing of it.
+    store.append(&Batch { entries: vec![entry(6)], snapshot_recorded: Some(9), ..Batch::default() }).unwrap();
+    assert_eq!(store.snapshot().unwrap().unwrap().state, "");
+}
+
 fn row(key: &str, due: i64) -> Row {
     Row { key: key.into(), due, body: format!("{{\"key\":\"{key}\"}}") }
 }
@@ -608,4 +645,5 @@ conformance!(
     verify_finds_a_cut_tail_or_a_rewrite_under_a_checkpoint,
     an_unversioned_database_is_migrated_on_open,
     a_newer_schema_is_refused,
+    snapshots_are_written_in_chunks_and_recorded_with_their_entry,
 );
