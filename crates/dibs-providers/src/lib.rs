@@ -116,9 +116,8 @@ impl Default for SimulatedBehaviour {
 #[serde(deny_unknown_fields)]
 pub struct ProviderState {
     reserved: BTreeMap<String, u32>,
-    /// Allocation ids are numbers, which JSON keys are not: pairs.
-    reservations: Vec<(u64, (String, u32))>,
-    ready: Vec<(u64, Option<Timestamp>)>,
+    reservations: BTreeMap<u64, (String, u32)>,
+    ready: BTreeMap<u64, Option<Timestamp>>,
     rng: u64,
 }
 
@@ -169,8 +168,8 @@ impl SimulatedProvider {
     pub fn state(&self) -> ProviderState {
         ProviderState {
             reserved: self.reserved.clone(),
-            reservations: self.reservations.iter().map(|(id, r)| (*id, r.clone())).collect(),
-            ready: self.ready.iter().map(|(id, at)| (*id, *at)).collect(),
+            reservations: self.reservations.clone(),
+            ready: self.ready.clone(),
             rng: self.rng.get_seed(),
         }
     }
@@ -178,8 +177,8 @@ impl SimulatedProvider {
     /// Puts back a state [`SimulatedProvider::state`] gave.
     pub fn restore(&mut self, state: ProviderState) {
         self.reserved = state.reserved;
-        self.reservations = state.reservations.into_iter().collect();
-        self.ready = state.ready.into_iter().collect();
+        self.reservations = state.reservations;
+        self.ready = state.ready;
         self.rng.seed(state.rng);
     }
 

@@ -452,8 +452,6 @@ pub struct Broker {
     snapshot_bytes: u64,
     /// Writes snapshots beside the broker (none: the broker writes them).
     snapshot_writer: Option<snapshot::SnapshotWriter>,
-    /// Whether a replay checks every snapshot against the state it reaches (`verify`).
-    check_snapshots: bool,
     /// While replaying: the digests of the states at the snapshots announced, by entry.
     announced: BTreeMap<u64, String>,
 }
@@ -534,7 +532,6 @@ impl Broker {
             snapshot_every: SNAPSHOT_EVERY,
             snapshot_bytes: 0,
             snapshot_writer: None,
-            check_snapshots: !config.forget_finished,
             announced: BTreeMap::new(),
         };
         let mut recovery = Recovery {
@@ -1165,11 +1162,11 @@ impl Broker {
             // The commit that makes this turn's decisions durable. If it fails,
             // the engine holds decisions the ledger does not: stop, and let the
             // restart replay the ledger.
-            let snapshot_recorded = written.as_ref().map(|record| record.taken());
+            let snapshot_recorded = written.as_ref().map(|record| record.taken);
             let stored =
                 self.store.append(&Batch { entries, answers, requests, snapshot_recorded, ..rows })?;
             if let Some(record) = &written {
-                self.snapshot_bytes = record.bytes();
+                self.snapshot_bytes = record.bytes;
             }
             if let Some(last) = stored.last() {
                 self.head = last.seq;

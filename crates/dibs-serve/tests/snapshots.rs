@@ -102,9 +102,8 @@ fn a_start_from_the_latest_snapshot_reaches_the_state_a_whole_replay_reaches() {
     let mut rng = fastrand::Rng::with_seed(20261202);
     let serving = EngineConfig { forget_finished: true, ..broker::engine_config() };
     let keeping = EngineConfig { forget_finished: false, ..serving };
-    let path = dir.path().join("ledger.db");
-    let writer: dibs_serve::remote::OpenStore =
-        Arc::new(move || Ok(Box::new(SqliteStore::open(&path)?) as Box<dyn dibs_store::Store>));
+    let data = dir.path().to_owned();
+    let writer: dibs_serve::remote::OpenStore = Arc::new(move || dibs_serve::open_store(&data, None, ""));
     let (mut live, _) = open(dir.path(), &now, serving);
     live.set_snapshot_every(40);
     live.take_over().unwrap();

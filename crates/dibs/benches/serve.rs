@@ -91,12 +91,8 @@ fn in_process(n: usize) -> (f64, u64) {
     let (mut broker, _) =
         Broker::recover(Box::new(store), providers, None, broker::wall_clock(), Some(configuration)).unwrap();
     // Snapshots are written beside the broker, as `dibs serve` does.
-    let path = dir.path().join("ledger.db");
-    broker
-        .write_snapshots_with(Arc::new(move || {
-            Ok(Box::new(SqliteStore::open(&path)?) as Box<dyn dibs_store::Store>)
-        }))
-        .unwrap();
+    let data = dir.path().to_owned();
+    broker.write_snapshots_with(Arc::new(move || dibs_serve::open_store(&data, None, ""))).unwrap();
     broker.take_over().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || broker.run(rx).unwrap());

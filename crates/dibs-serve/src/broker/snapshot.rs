@@ -63,21 +63,12 @@ struct Taken {
 #[serde(deny_unknown_fields)]
 pub(super) struct SnapshotRecord {
     /// The `snapshot_taken` entry that announced it.
-    taken: u64,
+    pub(super) taken: u64,
     covers: u64,
     state_sha256: String,
     shell_sha256: String,
     /// The size of both parts.
-    bytes: u64,
-}
-
-impl SnapshotRecord {
-    pub(super) fn taken(&self) -> u64 {
-        self.taken
-    }
-    pub(super) fn bytes(&self) -> u64 {
-        self.bytes
-    }
+    pub(super) bytes: u64,
 }
 
 /// The configuration the last start recorded (a restart with the same flags records none).
@@ -386,6 +377,13 @@ impl Broker {
         }
     }
 
+    /// Whether a replay checks every snapshot against the state it reaches: a replay that
+    /// keeps every request (`verify`, `rebuild`) does; a service's start trusts the ledger's
+    /// digests and does not spend the time.
+    fn checks_snapshots(&self) -> bool {
+        !self.engine.config().forget_finished
+    }
+
     /// A replay meets a `snapshot_taken` entry: when checking snapshots, the digest of the
     /// state it reached is kept for the `snapshot` entry that records it.
     pub(super) fn snapshot_announced(&mut self, seq: u64, body: &str) -> Result<(), StoreError> {
@@ -395,7 +393,7 @@ impl Broker {
         if taken.covers + 1 != seq {
             return Err(corrupt(format!("a snapshot of entry {}, announced out of place", taken.covers)));
         }
-        if self.check_snapshots {
+        if self.checks_snapshots() {
             self.announced.insert(seq, digest_of(&self.state(taken.covers)));
         }
         self.snapshot_at = seq;
@@ -409,7 +407,7 @@ impl Broker {
         let record: SnapshotRecord =
             serde_json::from_str(body).map_err(|e| corrupt(format!("an unreadable snapshot record: {e}")))?;
         self.snapshot_bytes = record.bytes;
-        if !self.check_snapshots {
+        if !self.checks_snapshots() {
             return Ok(false);
         }
         match self.announced.remove(&record.taken) {
