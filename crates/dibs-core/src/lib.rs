@@ -5,6 +5,7 @@
 //! source; time arrives in inputs and effects leave as data.
 
 pub mod accelerators;
+pub mod allocation;
 pub mod catalog;
 pub mod commitments;
 pub mod contract;

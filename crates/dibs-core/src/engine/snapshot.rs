@@ -42,11 +42,6 @@ pub struct EngineSnapshot {
     open_requests: usize,
 }
 
-/// What a deserialized allocation holds until its stored workload class is put back.
-pub(super) fn placeholder_workload() -> WorkloadClass {
-    WorkloadClass::Training
-}
-
 impl Engine {
     /// A copy of the engine's state between inputs, to serialize while the engine goes on.
     pub fn snapshot(&self) -> EngineSnapshot {

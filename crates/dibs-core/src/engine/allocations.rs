@@ -1,0 +1,167 @@
+//! Allocations: awards become allocations; they become ready, run, are released, or are
+//! cancelled by failover (an incident) or the buyer; the fleet's running totals follow.
+
+use super::*;
+
+/// Adds (`sign` 1) or removes (`sign` -1) an allocation's GPUs (bought, whole nodes) and spend rate.
+pub(super) fn add_to_fleet(fleet: &mut Fleet, plan: &PlannedAllocation, sign: f64) {
+    let gpus = f64::from(plan.gpus_bought());
+    *fleet.gpus.entry(plan.provider.clone()).or_default() += sign * gpus;
+    *fleet.spend_per_hour.entry(plan.provider.clone()).or_default() += sign * plan.spend_per_hour();
+    if fleet.gpus.get(&plan.provider).is_some_and(|g| *g <= 0.0) {
+        fleet.gpus.remove(&plan.provider);
+        fleet.spend_per_hour.remove(&plan.provider);
+    }
+}
+
+impl Engine {
+    pub(super) fn award(&mut self, out: &mut Out, id: &str, plans: Vec<PlannedAllocation>, via: &str) {
+        let state = self.requests.get_mut(id).expect("request exists");
+        let round = state.round.as_ref().expect("round running");
+        let mut records = Vec::new();
+        for plan in plans {
+            let allocation = self.next_allocation;
+            self.next_allocation += 1;
+            let promised = out.now.plus_hours(f64::from(plan.lead_time_hours));
+            records.push(AllocationRecord {
+                id: allocation,
+                via: via.to_owned(),
+                plan: plan.clone(),
+                promised,
+            });
+            out.effects.push(Effect::Reserve { allocation, plan: plan.clone(), promised });
+            out.effects.push(Effect::SetTimer {
+                at: promised.plus_hours(self.config.delivery_grace_hours),
+                timer: Timer::DeliveryDue { allocation },
+            });
+            state.allocations.push(allocation);
+            add_to_fleet(self.live_fleet.entry(state.request.workload).or_default(), &plan, 1.0);
+            self.allocations.insert(
+                allocation,
+                Allocation {
+                    id: allocation,
+                    request: id.to_owned(),
+                    round: round.number,
+                    via: via.to_owned(),
+                    plan,
+                    hours: round.hours,
+                    awarded_at: out.now,
+                    promised,
+                    ready_at: None,
+                    ends_at: None,
+                    ended_at: None,
+                    state: AllocationState::Reserved,
+                    workload: state.request.workload,
+                    asked_gpu_hours: f64::from(state.request.gpus.get())
+                        * f64::from(state.request.duration_hours),
+                },
+            );
+            self.commitments.awarded(&self.allocations[&allocation], state.request.workload);
+        }
+        if !records.is_empty() {
+            out.ledger(Some(id), EventKind::Awarded { round: round.number, allocations: records });
+        }
+    }
+
+    /// Removes an allocation that stopped being live (released or cancelled) from the fleet.
+    /// An allocation stopped being live (released or cancelled): it leaves the fleet, and its
+    /// final bill is folded into the commitment books.
+    pub(super) fn leave_fleet(&mut self, allocation: u64) {
+        let Some(a) = self.allocations.get(&allocation) else { return };
+        add_to_fleet(self.live_fleet.entry(a.workload).or_default(), &a.plan, -1.0);
+        self.commitments.ended(a, a.workload);
+    }
+
+    pub(super) fn allocation_ready(&mut self, out: &mut Out, allocation: u64) {
+        let Some(a) = self.allocations.get(&allocation) else { return };
+        if a.state != AllocationState::Reserved {
+            return;
+        }
+        // Capacity delivered before the request's earliest start is held for it, and its hours
+        // run (and bill) from that start.
+        let start = self.requests.get(&a.request).map_or(out.now, |r| out.now.max(r.request.earliest_start));
+        let Some(a) = self.allocations.get_mut(&allocation) else { return };
+        a.state = AllocationState::Active;
+        a.ready_at = Some(start);
+        let ends_at = start.plus_hours(f64::from(a.hours));
+        a.ends_at = Some(ends_at);
+        let request = a.request.clone();
+        out.ledger(Some(&request), EventKind::AllocationReady { allocation });
+        out.effects.push(Effect::SetTimer { at: ends_at, timer: Timer::Release { allocation } });
+        self.settle_status(out, &request);
+    }
+
+    pub(super) fn incident_opened(
+        &mut self,
+        out: &mut Out,
+        id: String,
+        provider: ProviderName,
+        region: Option<Region>,
+    ) {
+        out.ledger(
+            None,
+            EventKind::IncidentOpened { id: id.clone(), provider: provider.clone(), region: region.clone() },
+        );
+        self.incidents.insert(id.clone(), Incident { provider: provider.clone(), region: region.clone() });
+        let affected: Vec<u64> = self
+            .allocations
+            .values()
+            .filter(|a| {
+                matches!(a.state, AllocationState::Reserved | AllocationState::Active)
+                    && a.plan.provider == provider
+                    && region.as_ref().is_none_or(|r| r == &a.plan.region)
+            })
+            .map(|a| a.id)
+            .collect();
+        for allocation in affected {
+            let a = self.allocations.get_mut(&allocation).expect("exists");
+            // Whole hours left, rounded down, so the replacement never bills an hour twice.
+            let remaining = match a.ends_at {
+                Some(ends) => (ends.hours_since(out.now).floor().max(0.0) as u32).min(a.hours),
+                None => a.hours,
+            };
+            a.state = AllocationState::Cancelled;
+            a.ended_at = Some(out.now);
+            let (request, gpus) = (a.request.clone(), a.plan.gpus);
+            self.leave_fleet(allocation);
+            out.ledger(
+                Some(&request),
+                EventKind::Failover { allocation, incident: id.clone(), gpus, remaining_hours: remaining },
+            );
+            out.effects.push(Effect::Cancel {
+                allocation,
+                provider: provider.clone(),
+                why: format!("incident {id}"),
+            });
+            self.requeue(out, &request, Purpose::Failover, gpus, remaining);
+            self.settle_status(out, &request);
+        }
+    }
+
+    pub(super) fn cancel(&mut self, out: &mut Out, id: &str) {
+        let Some(state) = self.requests.get_mut(id) else { return };
+        if state.status.is_final() {
+            return;
+        }
+        state.status = Status::Cancelled;
+        state.round = None;
+        state.pending.clear();
+        self.open_requests -= 1;
+        self.ending.push(id.to_owned());
+        let allocations = state.allocations.clone();
+        out.ledger(Some(id), EventKind::RequestCancelled {});
+        for allocation in allocations {
+            let a = self.allocations.get_mut(&allocation).expect("exists");
+            if matches!(a.state, AllocationState::Reserved | AllocationState::Active) {
+                a.state = AllocationState::Cancelled;
+                a.ended_at = Some(out.now);
+                out.effects.push(Effect::Cancel {
+                    allocation,
+                    provider: a.plan.provider.clone(),
+                    why: "request cancelled".into(),
+                });
+                self.leave_fleet(allocation);
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Timers: the holder's window, the quote deadline, delivery (spillover), release and the
+//! settlement tick, and whether a timer would still do anything.
+
+use super::round::{Phase, Step};
+use super::*;
+
+impl Engine {
+    /// Whether `timer` would do anything if it fired now. A timer whose moment has passed
+    /// (the holder answered, every quote is in, the allocation is no longer waiting) does
+    /// nothing when it fires, so a shell may drop it instead of keeping it until then.
+    pub fn timer_matters(&self, timer: &Timer) -> bool {
+        let round_of = |request: &str, number: u32| {
+            self.requests.get(request).and_then(|s| s.round.as_ref()).filter(|r| r.number == number)
+        };
+        let allocation_in = |allocation: &u64, state: AllocationState| {
+            self.allocations.get(allocation).is_some_and(|a| a.state == state)
+        };
+        match timer {
+            Timer::HolderWindow { request, round, solicitation } => round_of(request, *round).is_some_and(
+                |r| matches!(r.phase, Phase::Holder { solicitation: s, .. } if s == *solicitation),
+            ),
+            Timer::QuoteDeadline { request, round } => round_of(request, *round).is_some_and(
+                |r| matches!(&r.phase, Phase::Quotes { asked, answered, .. } if answered != asked),
+            ),
+            Timer::DeliveryDue { allocation } => allocation_in(allocation, AllocationState::Reserved),
+            Timer::Release { allocation } => allocation_in(allocation, AllocationState::Active),
+            Timer::Settle => true,
+        }
+    }
+
+    pub(super) fn timer(&mut self, out: &mut Out, timer: Timer) {
+        if !self.timer_matters(&timer) {
+            return;
+        }
+        match timer {
+            Timer::HolderWindow { request, round, .. } => {
+                let Some(current) = self.requests.get(&request).and_then(|s| s.round.as_ref()) else {
+                    return;
+                };
+                let holder = current.screened.refusal.as_ref().expect("first refusal").holder.clone();
+                out.ledger(Some(&request), EventKind::HolderLapsed { round, holder });
+                self.drive(out, &request, Step::HolderPassed);
+            }
+            Timer::QuoteDeadline { request, .. } => {
+                let Some(current) = self.requests.get(&request).and_then(|s| s.round.as_ref()) else {
+                    return;
+                };
+                let Phase::Quotes { asked, answered, .. } = &current.phase else { return };
+                let late: Vec<ProviderName> = asked.difference(answered).cloned().collect();
+                if let Some(current) = self.requests.get_mut(&request).and_then(|s| s.round.as_mut()) {
+                    for provider in late {
+                        current
+                            .silent
+                            .entry(provider)
+                            .or_insert_with(|| "it did not answer by the deadline".into());
+                    }
+                }
+                self.drive(out, &request, Step::Decide);
+            }
+            Timer::DeliveryDue { allocation } => {
+                let Some(a) = self.allocations.get(&allocation) else { return };
+                let (request, gpus, hours, promised, provider) =
+                    (a.request.clone(), a.plan.gpus, a.hours, a.promised, a.plan.provider.clone());
+                let a = self.allocations.get_mut(&allocation).expect("exists");
+                a.state = AllocationState::Cancelled;
+                a.ended_at = Some(out.now);
+                if let Some(state) = self.requests.get_mut(&request) {
+                    state
+                        .failed_providers
+                        .insert(provider.clone(), format!("did not deliver allocation {allocation} on time"));
+                }
+                self.leave_fleet(allocation);
+                out.ledger(Some(&request), EventKind::Spillover { allocation, gpus, promised });
+                out.effects.push(Effect::Cancel {
+                    allocation,
+                    provider,
+                    why: "not ready by its promised time plus grace".into(),
+                });
+                self.requeue(out, &request, Purpose::Spillover, gpus, hours);
+            }
+            Timer::Settle => self.settle(out),
+            Timer::Release { allocation } => {
+                let Some(a) = self.allocations.get_mut(&allocation) else { return };
+                a.state = AllocationState::Released;
+                a.ended_at = Some(out.now);
+                let request = a.request.clone();
+                let gpu_hours = f64::from(a.plan.gpus_bought()) * f64::from(a.hours);
+                let spend = a.plan.spend_per_hour() * f64::from(a.hours);
+                let provider = a.plan.provider.clone();
+                out.ledger(Some(&request), EventKind::AllocationReleased { allocation, gpu_hours, spend });
+                out.effects.push(Effect::Release { allocation, provider });
+                self.leave_fleet(allocation);
+                self.settle_status(out, &request);
+            }
+        }
+    }
+}
