@@ -1,10 +1,15 @@
 //! An allocation: one provider's part of an award, from reserved to released. A leaf: the
 //! engine, settlement and the commitment books all read it, and it reads none of them.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::placement::PlannedAllocation;
 use crate::types::{Timestamp, WorkloadClass};
+
+/// Every allocation, by id (ids only grow).
+pub type Allocations = BTreeMap<u64, Allocation>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -23,8 +23,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::allocation::{Allocation, AllocationState};
 use crate::contract::{Commitment, ContractSet};
-use crate::engine::{Allocation, AllocationState};
 use crate::types::{ProviderName, Timestamp, WorkloadClass};
 
 /// Identifies a commitment: the contract, version and clause it is written in.

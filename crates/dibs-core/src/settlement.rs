@@ -30,9 +30,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::allocation::{Allocation, Allocations};
 use crate::commitments::CommitmentStatus;
 use crate::contract::{ContractSet, Metrics, Suspension, TriggerAction};
-use crate::engine::{Allocation, Engine};
 use crate::types::{ProviderName, Timestamp, WorkloadClass};
 
 /// Hours an allocation has billed as of `at`.
@@ -117,9 +117,9 @@ fn settled(allocation: &Allocation, hours: f64, at: Timestamp) -> bool {
 }
 
 /// Spend accrued by every allocation as of `at`, in one pass over all of them.
-pub fn accrue(engine: &Engine, at: Timestamp) -> Accruals {
+pub fn accrue(allocations: &Allocations, at: Timestamp) -> Accruals {
     let mut accruals = Accruals { at: Some(at), ..Accruals::default() };
-    for allocation in engine.allocations() {
+    for allocation in allocations.values() {
         let hours = billed_hours(allocation, at);
         accruals.add(allocation, allocation.workload, hours, running(allocation, hours, at));
     }
@@ -152,10 +152,10 @@ pub struct Accountant {
 impl Accountant {
     /// Accruals as of `at`, and the billing invariants checked for every
     /// request an open or newly settled allocation belongs to.
-    pub fn settle(&mut self, engine: &Engine, at: Timestamp) -> (Accruals, Result<(), String>) {
+    pub fn settle(&mut self, allocations: &Allocations, at: Timestamp) -> (Accruals, Result<(), String>) {
         debug_assert!(self.last.is_none_or(|last| last <= at), "settlement instants go forwards");
         self.last = Some(at);
-        for allocation in engine.allocations_from(self.next_id) {
+        for allocation in allocations.range(self.next_id..).map(|(_, a)| a) {
             self.open.push(allocation.id);
             self.next_id = allocation.id + 1;
         }
@@ -171,7 +171,7 @@ impl Accountant {
         let open = std::mem::replace(&mut self.open, std::mem::take(&mut self.spare));
         self.open.clear();
         for &id in &open {
-            let Some(allocation) = engine.allocation(id) else { continue };
+            let Some(allocation) = allocations.get(&id) else { continue };
             let class = allocation.workload;
             let hours = billed_hours(allocation, at);
             if hours > f64::from(allocation.hours) + 1e-9 && violation.is_none() {
@@ -340,10 +340,10 @@ pub fn evaluate_triggers(
 /// than it was awarded, no request bills more GPU-hours than it asked for
 /// (no GPU-hour billed twice across failovers), and per-provider spend sums
 /// to the total of the allocations. Returns the first violation.
-pub fn check_billing(engine: &Engine, accruals: &Accruals, at: Timestamp) -> Result<(), String> {
+pub fn check_billing(allocations: &Allocations, accruals: &Accruals, at: Timestamp) -> Result<(), String> {
     let mut per_request: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
     let mut total = 0.0;
-    for allocation in engine.allocations() {
+    for allocation in allocations.values() {
         let hours = billed_hours(allocation, at);
         if hours > f64::from(allocation.hours) + 1e-9 {
             return Err(format!("allocation {} billed {hours} h of {}", allocation.id, allocation.hours));
@@ -434,8 +434,8 @@ impl Settler {
 
     /// The metrics a trigger condition would read if the engine settled at `at` (a preview:
     /// nothing is recorded), and the accruals they come from.
-    pub fn metrics_at(&self, engine: &Engine, at: Timestamp) -> (Metrics, Accruals) {
-        let accruals = accrue(engine, at);
+    pub fn metrics_at(&self, allocations: &Allocations, at: Timestamp) -> (Metrics, Accruals) {
+        let accruals = accrue(allocations, at);
         let days = self.started.map_or(0.0, |started| at.hours_since(started).max(0.0) / 24.0);
         (metrics(&accruals, self.cumulative_revenue, days, &self.declared), accruals)
     }
@@ -444,17 +444,18 @@ impl Settler {
     /// go backwards (the engine's settlement timer guarantees it).
     pub fn settle(
         &mut self,
-        engine: &Engine,
+        allocations: &Allocations,
+        contracts: &ContractSet,
         commitments: Vec<CommitmentStatus>,
         suspended: &[Suspension],
         at: Timestamp,
     ) -> &Settlement {
         let started = *self.started.get_or_insert(at);
-        let (accruals, billing) = self.accountant.settle(engine, at);
+        let (accruals, billing) = self.accountant.settle(allocations, at);
         let days = at.hours_since(started) / 24.0;
         let metrics = metrics(&accruals, self.cumulative_revenue, days, &self.declared);
         let (fired, suspensions, trigger_errors) =
-            evaluate_triggers(engine.contracts(), at, suspended, &metrics, &self.fired);
+            evaluate_triggers(contracts, at, suspended, &metrics, &self.fired);
         for f in &fired {
             self.fired.insert((f.contract.clone(), f.clause.clone()));
         }
@@ -462,7 +463,7 @@ impl Settler {
             at: Some(at),
             accruals,
             commitments,
-            revenue_share: self.statements(engine.contracts()),
+            revenue_share: self.statements(contracts),
             cumulative_revenue: self.cumulative_revenue,
             triggers_fired: fired,
             suspensions,

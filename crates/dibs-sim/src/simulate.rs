@@ -398,11 +398,11 @@ pub fn run_variant(scenario: &Scenario, variant: &Variant, progress: &mut dyn Fn
 
     // The end of the run: a full recount, checked against the engine's incremental figures.
     let end = tick;
-    let accruals = settlement::accrue(&run.engine, end);
+    let accruals = settlement::accrue(run.engine.allocation_book(), end);
     if invariant_violation.is_none() {
         let incremental = run.engine.settlement().accruals.total_spend();
         let recount = accruals.total_spend();
-        if let Err(violation) = settlement::check_billing(&run.engine, &accruals, end) {
+        if let Err(violation) = settlement::check_billing(run.engine.allocation_book(), &accruals, end) {
             invariant_violation = Some(format!("at {end}: {violation}"));
         } else if (incremental - recount).abs() > 1e-6 * recount.max(1.0) {
             invariant_violation = Some(format!(

@@ -97,13 +97,13 @@ fn spend_accrues_per_allocation_hour_from_ready_to_release() {
     for (hours, expected) in
         [(0.0, 0.0), (50.0, 64.0 * 2.0 * 50.0), (100.0, 64.0 * 2.0 * 100.0), (500.0, 64.0 * 2.0 * 100.0)]
     {
-        let accruals = settlement::accrue(&run.engine, ready.plus_hours(hours));
+        let accruals = settlement::accrue(run.engine.allocation_book(), ready.plus_hours(hours));
         assert!(
             close(accruals.total_spend(), expected),
             "at +{hours} h: {} vs {expected}",
             accruals.total_spend()
         );
-        settlement::check_billing(&run.engine, &accruals, ready.plus_hours(hours)).unwrap();
+        settlement::check_billing(run.engine.allocation_book(), &accruals, ready.plus_hours(hours)).unwrap();
     }
 }
 
@@ -118,8 +118,8 @@ fn a_failover_bills_the_failed_hours_and_the_replacement_without_double_counting
     );
     run.run_until(None);
     let end = t("2026-02-01");
-    let accruals = settlement::accrue(&run.engine, end);
-    settlement::check_billing(&run.engine, &accruals, end).unwrap();
+    let accruals = settlement::accrue(run.engine.allocation_book(), end);
+    settlement::check_billing(run.engine.allocation_book(), &accruals, end).unwrap();
     // lambda ran from +4.25 h to +24 h; aws takes floor(100 - 19.75) = 80 h.
     assert!(close(accruals.spend[&p("lambda")], 64.0 * 2.0 * 19.75));
     assert!(close(accruals.spend[&p("aws")], 64.0 * 6.0 * 80.0));

@@ -62,7 +62,7 @@ mod settle;
 mod snapshot;
 mod timers;
 
-pub use crate::allocation::{Allocation, AllocationState};
+pub use crate::allocation::{Allocation, AllocationState, Allocations};
 pub use snapshot::EngineSnapshot;
 
 use round::{Pending, Phase, Round, Step};
@@ -365,7 +365,7 @@ pub struct Engine {
     /// The names the published offers use: what a request may name.
     names: Names,
     requests: BTreeMap<String, RequestState>,
-    allocations: BTreeMap<u64, Allocation>,
+    allocations: Allocations,
     next_allocation: u64,
     incidents: BTreeMap<String, Incident>,
     suspensions: Vec<Suspension>,
@@ -442,6 +442,11 @@ impl Engine {
     /// Allocations with an id at or above `first`, in id order (ids only grow).
     pub fn allocations_from(&self, first: u64) -> impl Iterator<Item = &Allocation> {
         self.allocations.range(first..).map(|(_, a)| a)
+    }
+
+    /// Every allocation by id: what settlement reads.
+    pub fn allocation_book(&self) -> &Allocations {
+        &self.allocations
     }
 
     /// The round of `request` waiting for `provider`'s answer as first-refusal holder, if any.

@@ -21,7 +21,8 @@ impl Engine {
         let commitments = self.commitment_statuses(out.now);
         let suspended = self.suspensions.clone();
         let mut settler = std::mem::take(&mut self.settler);
-        let settlement = settler.settle(self, commitments, &suspended, out.now).clone();
+        let settlement =
+            settler.settle(&self.allocations, &self.contracts, commitments, &suspended, out.now).clone();
         self.settler = settler;
         out.ledger(None, EventKind::Settled(crate::ledger::SettledFigures::of(&settlement)));
         for fired in &settlement.triggers_fired {

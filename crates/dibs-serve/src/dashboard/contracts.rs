@@ -47,7 +47,7 @@ struct Snapshot {
 
 fn snapshot(view: &crate::broker::ReadView<'_>) -> Snapshot {
     let engine = view.engine;
-    let (metrics, accruals) = engine.settler().metrics_at(engine, view.now);
+    let (metrics, accruals) = engine.settler().metrics_at(engine.allocation_book(), view.now);
     let contracts = engine.contracts().clone();
     let commitments = engine.commitment_statuses(view.now);
     let fleet = (!commitments.is_empty()).then(|| fleet::snapshot(view));
