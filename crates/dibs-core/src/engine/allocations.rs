@@ -1,6 +1,7 @@
 //! Allocations: awards become allocations; they become ready, run, are released, or are
 //! cancelled by failover (an incident) or the buyer; the fleet's running totals follow.
 
+use super::round::Round;
 use super::*;
 
 /// Adds (`sign` 1) or removes (`sign` -1) an allocation's GPUs (bought, whole nodes) and spend rate.
@@ -15,9 +16,15 @@ pub(super) fn add_to_fleet(fleet: &mut Fleet, plan: &PlannedAllocation, sign: f6
 }
 
 impl Engine {
-    pub(super) fn award(&mut self, out: &mut Out, id: &str, plans: Vec<PlannedAllocation>, via: &str) {
-        let state = self.requests.get_mut(id).expect("request exists");
-        let round = state.round.as_ref().expect("round running");
+    pub(super) fn award(
+        &mut self,
+        out: &mut Out,
+        state: &mut RequestState,
+        round: &Round,
+        plans: Vec<PlannedAllocation>,
+        via: &str,
+    ) {
+        let id = state.request.id.as_str();
         let mut records = Vec::new();
         for plan in plans {
             let allocation = self.next_allocation;
@@ -88,7 +95,7 @@ impl Engine {
         let request = a.request.clone();
         out.ledger(Some(&request), EventKind::AllocationReady { allocation });
         out.effects.push(Effect::SetTimer { at: ends_at, timer: Timer::Release { allocation } });
-        self.settle_status(out, &request);
+        self.with_request(&request, |engine, state| engine.settle_status(out, state));
     }
 
     pub(super) fn incident_opened(
@@ -134,7 +141,7 @@ impl Engine {
                 why: format!("incident {id}"),
             });
             self.requeue(out, &request, Purpose::Failover, gpus, remaining);
-            self.settle_status(out, &request);
+            self.with_request(&request, |engine, state| engine.settle_status(out, state));
         }
     }
 

@@ -1,7 +1,7 @@
 //! First refusal: what the holder is offered and on what terms, its answer, what it takes,
 //! and how much room the buyer's caps leave it.
 
-use super::round::{AfterHolder, Phase, Step};
+use super::round::{AfterHolder, HolderAsked, Phase, Round, Step};
 use super::screen::RefusalTerms;
 use super::*;
 use crate::contract::HolderTerms;
@@ -178,26 +178,23 @@ impl Engine {
         (placement.infeasible.is_none() && gpu_hours > 0.0).then(|| placement.list_cost / gpu_hours)
     }
 
-    /// Puts `offered` to the holder and waits for its answer; `then` says what follows it.
+    /// Puts `offered` to the holder; the round waits for its answer, and `then` says what
+    /// follows it.
     pub(super) fn solicit(
         &mut self,
         out: &mut Out,
-        id: &str,
+        state: &mut RequestState,
+        mut round: Box<Round>,
         refusal: &RefusalTerms,
         offered: Offered,
         then: AfterHolder,
-    ) {
+    ) -> Step {
         let Offered { gpus, price, basis } = offered;
         let respond_by = out.now.plus_hours(f64::from(refusal.window_hours));
-        let state = self.requests.get_mut(id).expect("request exists");
         state.status = Status::FirstRefusal;
-        let request = state.request.clone();
-        let round = state.round.as_mut().expect("round running");
         round.solicitations += 1;
-        round.phase =
-            Phase::Holder { solicitation: round.solicitations, respond_by, offered_gpus: gpus, price, then };
-        let (number, solicitation, hours, round_gpus) =
-            (round.number, round.solicitations, round.hours, round.gpus);
+        let (number, solicitation) = (round.number, round.solicitations);
+        let id = &state.request.id;
         out.ledger(
             Some(id),
             EventKind::Solicited {
@@ -205,7 +202,7 @@ impl Engine {
                 holder: refusal.holder.clone(),
                 mode: refusal.mode.as_str().into(),
                 gpus,
-                of_gpus: round_gpus,
+                of_gpus: round.gpus,
                 price,
                 terms: basis,
                 respond_by,
@@ -215,51 +212,56 @@ impl Engine {
             holder: refusal.holder.clone(),
             mode: refusal.mode,
             price,
-            ask: Ask::new(id, number, &request, gpus, hours, respond_by),
+            ask: Ask::new(id, number, &state.request, gpus, round.hours, respond_by),
         }));
         out.effects.push(Effect::SetTimer {
             at: respond_by,
-            timer: Timer::HolderWindow { request: id.to_owned(), round: number, solicitation },
+            timer: Timer::HolderWindow { request: id.clone(), round: number, solicitation },
         });
+        Step::Await(round, Phase::Holder { solicitation, respond_by, offered_gpus: gpus, price, then })
     }
 
     /// The holder's answer: it takes all, part or nothing of what it was offered.
     pub(super) fn holder_answer(
         &mut self,
         out: &mut Out,
-        id: &str,
+        state: &mut RequestState,
+        round: Box<Round>,
+        phase: Phase,
         round_number: u32,
         answer: HolderAnswer,
     ) -> Step {
-        let Some(state) = self.requests.get(id) else { return Step::Wait };
-        let Some(round) = state.round.as_ref() else { return Step::Wait };
-        let Some(refusal) = round.screened.refusal.clone() else { return Step::Wait };
-        let offered_gpus = match &round.phase {
-            Phase::Holder { respond_by, offered_gpus, .. }
-                if out.now <= *respond_by && round.number == round_number =>
+        let Some(refusal) = round.screened.refusal.clone() else { return Step::Await(round, phase) };
+        let id = state.request.id.clone();
+        let (offered_gpus, asked) = match phase {
+            Phase::Holder { respond_by, offered_gpus, price, then, .. }
+                if out.now <= respond_by && round.number == round_number =>
             {
-                *offered_gpus
+                (offered_gpus, HolderAsked { holder: refusal.holder.clone(), price, then })
             }
-            _ => {
+            phase => {
                 out.ledger(
-                    Some(id),
+                    Some(&id),
                     EventKind::LateAnswerIgnored { round: round_number, from: refusal.holder },
                 );
-                return Step::Wait;
+                return Step::Await(round, phase);
             }
+        };
+        let answered = |out: &mut Out, outcome: String, gpus: u32| {
+            out.ledger(
+                Some(&id),
+                EventKind::HolderAnswered {
+                    round: round_number,
+                    holder: refusal.holder.clone(),
+                    outcome,
+                    gpus,
+                },
+            )
         };
         match answer {
             HolderAnswer::Decline => {
-                out.ledger(
-                    Some(id),
-                    EventKind::HolderAnswered {
-                        round: round_number,
-                        holder: refusal.holder.clone(),
-                        outcome: "declined".into(),
-                        gpus: 0,
-                    },
-                );
-                Step::HolderPassed
+                answered(out, "declined".into(), 0);
+                Step::HolderPassed(round, asked)
             }
             HolderAnswer::Accept {
                 gpus,
@@ -270,16 +272,8 @@ impl Engine {
                 lead_time_hours,
             } => {
                 if !state.request.accelerators.contains(&accelerator) {
-                    out.ledger(
-                        Some(id),
-                        EventKind::HolderAnswered {
-                            round: round_number,
-                            holder: refusal.holder.clone(),
-                            outcome: format!("invalid: accelerator {accelerator} not requested"),
-                            gpus: 0,
-                        },
-                    );
-                    return Step::HolderPassed;
+                    answered(out, format!("invalid: accelerator {accelerator} not requested"), 0);
+                    return Step::HolderPassed(round, asked);
                 }
                 let block = state.request.block.get();
                 let taken = (gpus.min(offered_gpus) / block) * block;
@@ -290,41 +284,52 @@ impl Engine {
                 } else {
                     "accepted_part"
                 };
-                out.ledger(
-                    Some(id),
-                    EventKind::HolderAnswered {
-                        round: round_number,
-                        holder: refusal.holder.clone(),
-                        outcome: outcome.into(),
-                        gpus: taken,
-                    },
-                );
+                answered(out, outcome.into(), taken);
                 if taken == 0 {
-                    return Step::HolderPassed;
+                    return Step::HolderPassed(round, asked);
                 }
-                Step::HolderTakes(Taken {
-                    gpus: taken,
-                    region,
-                    accelerator,
-                    instance_type,
-                    gpus_per_node,
-                    lead_time_hours,
-                })
+                let taken =
+                    Taken { gpus: taken, region, accelerator, instance_type, gpus_per_node, lead_time_hours };
+                Step::HolderTakes(round, asked, taken)
             }
         }
     }
 
+    /// The holder's window closed with no answer: a decline.
+    pub(super) fn holder_lapsed(
+        &mut self,
+        out: &mut Out,
+        state: &mut RequestState,
+        round: Box<Round>,
+        phase: Phase,
+        round_number: u32,
+    ) -> Step {
+        match (phase, round.screened.refusal.as_ref()) {
+            (Phase::Holder { price, then, .. }, Some(refusal)) => {
+                let holder = refusal.holder.clone();
+                out.ledger(
+                    Some(&state.request.id),
+                    EventKind::HolderLapsed { round: round_number, holder: holder.clone() },
+                );
+                Step::HolderPassed(round, HolderAsked { holder, price, then })
+            }
+            (phase, _) => Step::Await(round, phase),
+        }
+    }
+
     /// The holder takes `gpus` of the round on the solicited terms.
-    pub(super) fn holder_takes(&mut self, out: &mut Out, id: &str, taken: Taken) -> Step {
+    pub(super) fn holder_takes(
+        &mut self,
+        out: &mut Out,
+        state: &mut RequestState,
+        mut round: Box<Round>,
+        asked: HolderAsked,
+        taken: Taken,
+    ) -> Step {
         let Taken { gpus, region, accelerator, instance_type, gpus_per_node, lead_time_hours } = taken;
-        let state = &self.requests[id];
-        let round = state.round.as_ref().expect("round running");
-        let holder = round.screened.refusal.as_ref().expect("first refusal").holder.clone();
+        let HolderAsked { holder, price, then } = asked;
         // The holder takes the terms it was offered: the buyer's (offer-first) or the market's (match),
         // per GPU-hour, in whole nodes of its instance type.
-        let Phase::Holder { price, then, .. } = round.phase.clone() else {
-            unreachable!("an answer is taken only while the holder is asked")
-        };
         debug_assert!(state.request.accelerators.contains(&accelerator));
         let block = state.request.block.get();
         let g = gpus_per_node.get();
@@ -344,9 +349,7 @@ impl Engine {
             lead_time_hours,
             kind: OfferKind::OnDemand,
         };
-        self.award(out, id, vec![plan], "first_refusal");
-        let state = self.requests.get_mut(id).expect("request exists");
-        let round = state.round.as_mut().expect("round running");
+        self.award(out, state, &round, vec![plan], "first_refusal");
         round.gpus -= gpus;
         round.screened.rules.excluded.insert(holder, "took its part in first refusal".into());
         if round.gpus > 0 && !matches!(then, AfterHolder::Match(_)) {
@@ -354,32 +357,33 @@ impl Engine {
             round.declined_price = Some(round.declined_price.map_or(price.get(), |d| d.max(price.get())));
         }
         match then {
-            _ if round.gpus == 0 => Step::FinishRound,
+            _ if round.gpus == 0 => Step::Finish,
             // Match mode or a re-solicitation: the quotes are in hand; place the rest.
-            AfterHolder::Match(_) | AfterHolder::Decide => Step::Decide,
-            AfterHolder::AskMarket => Step::AskMarket,
+            AfterHolder::Match(_) | AfterHolder::Decide => Step::Decide(round),
+            AfterHolder::AskMarket => Step::AskMarket(round),
         }
     }
 
     /// The holder declined or let the window lapse.
-    pub(super) fn holder_passed(&mut self, out: &mut Out, id: &str) -> Step {
-        let state = self.requests.get_mut(id).expect("request exists");
-        let round = state.round.as_mut().expect("round running");
-        let holder = round.screened.refusal.as_ref().expect("first refusal").holder.clone();
-        let Phase::Holder { price, then, .. } = std::mem::replace(&mut round.phase, Phase::Screened) else {
-            unreachable!("the holder passes only while it is asked")
-        };
+    pub(super) fn holder_passed(
+        &mut self,
+        out: &mut Out,
+        state: &mut RequestState,
+        mut round: Box<Round>,
+        asked: HolderAsked,
+    ) -> Step {
+        let HolderAsked { holder, price, then } = asked;
         round.declined_price = Some(round.declined_price.map_or(price.get(), |d| d.max(price.get())));
         round.screened.rules.excluded.insert(holder, "declined in first refusal".into());
         match then {
             // Match mode: the market award the holder was shown stands.
             AfterHolder::Match(plan) => {
-                self.award(out, id, plan, "market");
-                Step::FinishRound
+                self.award(out, state, &round, plan, "market");
+                Step::Finish
             }
             // A no-better-terms re-solicitation: the quotes are in hand.
-            AfterHolder::Decide => Step::Decide,
-            AfterHolder::AskMarket => Step::AskMarket,
+            AfterHolder::Decide => Step::Decide(round),
+            AfterHolder::AskMarket => Step::AskMarket(round),
         }
     }
 }

@@ -4,17 +4,16 @@
 use std::collections::BTreeSet;
 
 use super::first_refusal::{Offered, first_offer_room, holder_room};
-use super::round::{AfterHolder, Phase, Step};
+use super::round::{AfterHolder, Phase, Round, Step, round_request};
 use super::screen::remaining_min_providers;
 use super::*;
 use crate::contract::{NoBetterTerms, RefusalMode};
 
 impl Engine {
-    pub(super) fn ask_market(&mut self, out: &mut Out, id: &str) -> Step {
-        let Some(round_request) = self.round_request(id) else { return Step::Wait };
-        let state = self.requests.get_mut(id).expect("request exists");
+    /// Asks every provider that may win for quotes; the round waits for them until the
+    /// deadline.
+    pub(super) fn ask_market(&mut self, out: &mut Out, state: &mut RequestState, round: Box<Round>) -> Step {
         state.status = Status::Market;
-        let round = state.round.as_mut().expect("round running");
         let rules = &round.screened.rules;
         let holder_waits = round
             .screened
@@ -37,53 +36,49 @@ impl Engine {
                 (None, false) => "every provider is excluded (declined, down or already used)".to_owned(),
                 (None, true) => "no provider publishes any offer".to_owned(),
             };
-            return Step::Unfilled(reason);
+            return Step::Unfilled(round, reason);
         }
         let respond_by = out.now.plus_hours(self.config.quote_window_hours);
-        round.phase = Phase::Quotes { respond_by, asked: providers.clone(), answered: BTreeSet::new() };
+        let phase = Phase::Quotes { respond_by, asked: providers.clone(), answered: BTreeSet::new() };
         let providers: Vec<ProviderName> = providers.into_iter().collect();
+        let id = &state.request.id;
         out.ledger(
             Some(id),
             EventKind::QuotesRequested { round: number, providers: providers.clone(), respond_by },
         );
-        let ask = Ask::new(
-            id,
-            number,
-            &round_request,
-            round_request.gpus.get(),
-            round_request.duration_hours,
-            respond_by,
-        );
+        let ask = Ask::new(id, number, &state.request, round.gpus, round.hours, respond_by);
         out.effects.push(Effect::RequestQuotes { providers, ask });
         out.effects.push(Effect::SetTimer {
             at: respond_by,
-            timer: Timer::QuoteDeadline { request: id.to_owned(), round: number },
+            timer: Timer::QuoteDeadline { request: id.clone(), round: number },
         });
-        Step::Wait
+        Step::Await(round, phase)
     }
 
     /// One provider's quotes; the round is decided when the last one asked has answered.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn quotes(
         &mut self,
         out: &mut Out,
-        id: &str,
+        state: &mut RequestState,
+        mut round: Box<Round>,
+        phase: Phase,
         round_number: u32,
         provider: ProviderName,
         mut offers: Vec<Offer>,
     ) -> Step {
-        let Some(state) = self.requests.get_mut(id) else { return Step::Wait };
-        let Some(round) = state.round.as_mut() else { return Step::Wait };
-        let Phase::Quotes { respond_by, asked, answered } = &mut round.phase else {
+        let id = &state.request.id;
+        let Phase::Quotes { respond_by, asked, mut answered } = phase else {
             out.ledger(Some(id), EventKind::LateAnswerIgnored { round: round_number, from: provider });
-            return Step::Wait;
+            return Step::Await(round, phase);
         };
         if round.number != round_number
-            || out.now > *respond_by
+            || out.now > respond_by
             || !asked.contains(&provider)
             || answered.contains(&provider)
         {
             out.ledger(Some(id), EventKind::LateAnswerIgnored { round: round_number, from: provider });
-            return Step::Wait;
+            return Step::Await(round, Phase::Quotes { respond_by, asked, answered });
         }
         // A provider speaks only for itself, of things that exist, and within bounds.
         let quoted = offers.len();
@@ -99,50 +94,54 @@ impl Engine {
             },
         );
         answered.insert(provider);
-        let all_in = answered == asked;
         round.quotes.extend(offers);
-        if all_in { Step::Decide } else { Step::Wait }
+        if answered == asked {
+            Step::Decide(round)
+        } else {
+            Step::Await(round, Phase::Quotes { respond_by, asked, answered })
+        }
     }
 
     /// A provider's quote call failed for good: it quoted nothing, and the round records why.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn quote_failed(
         &mut self,
         out: &mut Out,
-        id: &str,
+        state: &mut RequestState,
+        mut round: Box<Round>,
+        phase: Phase,
         round_number: u32,
         provider: ProviderName,
         error: String,
     ) -> Step {
-        let waiting = self.requests.get(id).and_then(|s| s.round.as_ref()).is_some_and(|round| {
-            round.number == round_number
-                && matches!(&round.phase, Phase::Quotes { asked, answered, .. }
-                    if asked.contains(&provider) && !answered.contains(&provider))
-        });
+        let waiting = round.number == round_number
+            && matches!(&phase, Phase::Quotes { asked, answered, .. }
+                if asked.contains(&provider) && !answered.contains(&provider));
         if waiting {
             let error: String = error.chars().take(MAX_FAILURE_TEXT).collect();
             out.ledger(
-                Some(id),
+                Some(&state.request.id),
                 EventKind::QuoteFailed {
                     round: round_number,
                     provider: provider.clone(),
                     error: error.clone(),
                 },
             );
-            if let Some(round) = self.requests.get_mut(id).and_then(|s| s.round.as_mut()) {
-                round.silent.insert(provider.clone(), format!("its call failed: {error}"));
-            }
+            round.silent.insert(provider.clone(), format!("its call failed: {error}"));
         }
-        self.quotes(out, id, round_number, provider, Vec::new())
+        self.quotes(out, state, round, phase, round_number, provider, Vec::new())
     }
 
     /// Places the round's GPUs over the quotes in hand, then awards, goes back
     /// to the holder (match mode, or the no-better-terms rule), or gives up.
-    pub(super) fn decide(&mut self, out: &mut Out, id: &str) -> Step {
-        let Some(round_request) = self.round_request(id) else { return Step::Wait };
+    pub(super) fn decide(&mut self, out: &mut Out, state: &mut RequestState, mut round: Box<Round>) -> Step {
+        let round_request = round_request(state, &round);
+        let id = state.request.id.clone();
+        let id = id.as_str();
         // The fleet, and the providers this request already uses, moved since screening if the
         // holder took part of this round.
         let fleet = self.fleet(round_request.workload);
-        let in_use = self.providers_in_use(id);
+        let in_use = self.providers_in_use(state);
         let node_gpus = round_request
             .accelerators
             .iter()
@@ -150,8 +149,6 @@ impl Engine {
             .copied()
             .max()
             .unwrap_or(round_request.block.get());
-        let state = self.requests.get_mut(id).expect("request exists");
-        let round = state.round.as_mut().expect("round running");
         if !round.screened.rules.caps.is_empty() {
             round.screened.rules.fleet = fleet;
         }
@@ -166,8 +163,6 @@ impl Engine {
         // At most two placements: the second when the no-better-terms rule cannot go back to a
         // holder the caps leave no room, and holds the market to the declined terms instead.
         for _ in 0..2 {
-            let state = self.requests.get_mut(id).expect("request exists");
-            let round = state.round.as_mut().expect("round running");
             let placement = placement::place(
                 Demand { request: &round_request, gpus: round.gpus, now: out.now },
                 &quotes,
@@ -187,7 +182,7 @@ impl Engine {
                 },
             );
             if let Some(reason) = placement.infeasible {
-                return Step::Unfilled(reason);
+                return Step::Unfilled(round, reason);
             }
             let max_price =
                 placement.allocations.iter().map(PlannedAllocation::price_per_gpu_hour).fold(0.0, f64::max);
@@ -204,8 +199,8 @@ impl Engine {
                         );
                         let basis = format!("the market's winning terms, ${max_price:.4}/GPU-h, to match");
                         let offered = Offered { gpus, price: Price::new(max_price).expect("valid"), basis };
-                        self.solicit(out, id, &refusal, offered, AfterHolder::Match(placement.allocations));
-                        return Step::Wait;
+                        let then = AfterHolder::Match(placement.allocations);
+                        return self.solicit(out, state, round, &refusal, offered, then);
                     }
                     // Offer-first: the no-better-terms rule.
                     RefusalMode::OfferFirst => {
@@ -239,14 +234,14 @@ impl Engine {
                                      (no-better-terms)"
                                 );
                                 let price = Price::new(max_price).expect("valid");
-                                self.solicit(
+                                return self.solicit(
                                     out,
-                                    id,
+                                    state,
+                                    round,
                                     &refusal,
                                     Offered { gpus: room, price, basis },
                                     AfterHolder::Decide,
                                 );
-                                return Step::Wait;
                             }
                             // The caps leave the holder no room for more, or the contract keeps the
                             // market's terms from it: the market may not have better terms than
@@ -292,11 +287,11 @@ impl Engine {
                     RefusalMode::Match => {}
                 }
             }
-            self.award(out, id, placement.allocations, "market");
-            return Step::FinishRound;
+            self.award(out, state, &round, placement.allocations, "market");
+            return Step::Finish;
         }
         // Not reached: the second placement holds the market to the declined terms, so it
         // cannot break the no-better-terms rule again. Unfilled rather than a panic.
-        Step::Unfilled("no award within the no-better-terms rule".to_owned())
+        Step::Unfilled(round, "no award within the no-better-terms rule".to_owned())
     }
 }

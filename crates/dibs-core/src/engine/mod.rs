@@ -65,7 +65,7 @@ mod timers;
 pub use crate::allocation::{Allocation, AllocationState, Allocations};
 pub use snapshot::EngineSnapshot;
 
-use round::{Pending, Phase, Round, Step};
+use round::{Pending, Phase, RoundInput, Running, Step};
 use screen::commitment_key;
 
 /// A round re-solicits the holder at most this often under the no-better-terms rule.
@@ -341,7 +341,7 @@ pub struct RequestState {
     rounds_started: u32,
     /// Boxed: a request waits most of its life, and ends, with no round running, and an
     /// unboxed round would make every request as large as one.
-    round: Option<Box<Round>>,
+    round: Option<Box<Running>>,
     pending: Vec<Pending>,
 }
 
@@ -451,19 +451,19 @@ impl Engine {
 
     /// The round of `request` waiting for `provider`'s answer as first-refusal holder, if any.
     pub fn awaiting_holder(&self, request: &str, provider: &ProviderName) -> Option<u32> {
-        let round = self.requests.get(request)?.round.as_ref()?;
+        let Running { round, phase } = self.requests.get(request)?.round.as_deref()?;
         let holder = &round.screened.refusal.as_ref()?.holder;
-        (matches!(round.phase, Phase::Holder { .. }) && holder == provider).then_some(round.number)
+        (matches!(phase, Phase::Holder { .. }) && holder == provider).then_some(round.number)
     }
 
     /// The round of `request` waiting for `provider`'s quotes, if any.
     pub fn awaiting_quotes(&self, request: &str, provider: &ProviderName) -> Option<u32> {
-        let round = self.requests.get(request)?.round.as_ref()?;
-        match &round.phase {
+        let Running { round, phase } = self.requests.get(request)?.round.as_deref()?;
+        match phase {
             Phase::Quotes { asked, answered, .. } => {
                 (asked.contains(provider) && !answered.contains(provider)).then_some(round.number)
             }
-            Phase::Screened | Phase::Holder { .. } => None,
+            Phase::Holder { .. } => None,
         }
     }
 
@@ -541,17 +541,16 @@ impl Engine {
         match input {
             Input::Submit(request) => self.submit(&mut out, request),
             Input::HolderAnswer { request, round, answer } => {
-                let step = self.holder_answer(&mut out, &request, round, answer);
-                self.drive(&mut out, &request, step);
+                self.drive(&mut out, &request, Step::Input(RoundInput::HolderAnswer { round, answer }))
             }
             Input::Quotes { request, round, provider, offers } => {
-                let step = self.quotes(&mut out, &request, round, provider, offers);
-                self.drive(&mut out, &request, step);
+                self.drive(&mut out, &request, Step::Input(RoundInput::Quotes { round, provider, offers }))
             }
-            Input::QuoteFailed { request, round, provider, error } => {
-                let step = self.quote_failed(&mut out, &request, round, provider, error);
-                self.drive(&mut out, &request, step);
-            }
+            Input::QuoteFailed { request, round, provider, error } => self.drive(
+                &mut out,
+                &request,
+                Step::Input(RoundInput::QuoteFailed { round, provider, error }),
+            ),
             Input::Timer(timer) => self.timer(&mut out, timer),
             Input::AllocationReady { allocation } => self.allocation_ready(&mut out, allocation),
             Input::IncidentOpened { id, provider, region } => {

@@ -10,12 +10,11 @@ use super::first_refusal::{Offered, Taken, first_offer_room};
 use super::screen::Screened;
 use super::*;
 
-/// Where a round stands. Each variant carries exactly the data of that state; a round is
-/// `Screened` only between its screening and its first wait, inside one input's handling.
+/// What a running round waits for. Each variant carries exactly the data of that wait; a
+/// round between two waits (being screened, decided, or told the holder's answer) has no
+/// phase: it travels in a [`Step`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) enum Phase {
-    /// Screened; about to solicit the holder or ask the market.
-    Screened,
     /// Waiting for the holder's answer to solicitation number `solicitation`.
     Holder {
         solicitation: u32,
@@ -41,14 +40,23 @@ pub(super) enum AfterHolder {
     Match(Vec<PlannedAllocation>),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What the holder was asked in the solicitation it answered (or let lapse).
+#[derive(Debug)]
+pub(super) struct HolderAsked {
+    pub(super) holder: ProviderName,
+    /// Per GPU-hour.
+    pub(super) price: Price,
+    pub(super) then: AfterHolder,
+}
+
+/// A round's own data, fixed at its screening or gathered while it runs.
+#[derive(Debug, Clone)]
 pub(super) struct Round {
     pub(super) number: u32,
     /// GPUs this round still has to place.
     pub(super) gpus: u32,
     pub(super) hours: u32,
     pub(super) screened: Screened,
-    pub(super) phase: Phase,
     /// Every quote received in this round.
     pub(super) quotes: Vec<Offer>,
     /// The highest price the holder declined in this round.
@@ -59,24 +67,103 @@ pub(super) struct Round {
     pub(super) silent: BTreeMap<ProviderName, String>,
 }
 
-/// What the engine does next for one request. Each transition returns the next step and
-/// [`Engine::drive`] runs them until the request waits for an input: no transition calls
-/// back into the one that called it.
+/// A round waiting for an input: what a request holds between inputs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(into = "StoredRound", from = "StoredRound")]
+pub(super) struct Running {
+    pub(super) round: Box<Round>,
+    pub(super) phase: Phase,
+}
+
+/// A running round as snapshots write it: one object, its fields in the order snapshots
+/// have always had (their bytes are hashed into the ledger).
+#[derive(Serialize, Deserialize)]
+struct StoredRound {
+    number: u32,
+    gpus: u32,
+    hours: u32,
+    screened: Screened,
+    phase: Phase,
+    quotes: Vec<Offer>,
+    declined_price: Option<f64>,
+    solicitations: u32,
+    silent: BTreeMap<ProviderName, String>,
+}
+
+impl From<Running> for StoredRound {
+    fn from(Running { round, phase }: Running) -> Self {
+        let Round { number, gpus, hours, screened, quotes, declined_price, solicitations, silent } = *round;
+        Self { number, gpus, hours, screened, phase, quotes, declined_price, solicitations, silent }
+    }
+}
+
+impl From<StoredRound> for Running {
+    fn from(stored: StoredRound) -> Self {
+        let StoredRound {
+            number,
+            gpus,
+            hours,
+            screened,
+            phase,
+            quotes,
+            declined_price,
+            solicitations,
+            silent,
+        } = stored;
+        let round = Round { number, gpus, hours, screened, quotes, declined_price, solicitations, silent };
+        Self { round: Box::new(round), phase }
+    }
+}
+
+/// An input for a request's running round.
+#[derive(Debug)]
+pub(super) enum RoundInput {
+    HolderAnswer {
+        round: u32,
+        answer: HolderAnswer,
+    },
+    Quotes {
+        round: u32,
+        provider: ProviderName,
+        offers: Vec<Offer>,
+    },
+    QuoteFailed {
+        round: u32,
+        provider: ProviderName,
+        error: String,
+    },
+    /// The holder's window closed with no answer (the timer checked it still waits).
+    HolderLapsed {
+        round: u32,
+    },
+    /// The quote deadline passed with quotes missing (the timer checked it).
+    QuoteDeadline,
+}
+
+/// What the engine does next for one request: each transition takes the round by value (in
+/// its step) and returns the next step, and [`Engine::drive`] runs them until the request
+/// waits for an input. No transition calls back into the one that called it, and none looks
+/// its request or its round up again.
 #[derive(Debug)]
 pub(super) enum Step {
+    /// An input for the running round: [`Engine::drive`] hands it the round it holds.
+    Input(RoundInput),
     /// Start the next queued round, if none runs.
     NextRound,
     /// Solicit the holder (offer-first) or ask the market.
-    BeginRound,
-    AskMarket,
+    Begin(Box<Round>),
+    AskMarket(Box<Round>),
     /// Place the round over the quotes in hand.
-    Decide,
-    HolderTakes(Taken),
+    Decide(Box<Round>),
+    HolderTakes(Box<Round>, HolderAsked, Taken),
     /// The holder declined or let its window lapse.
-    HolderPassed,
-    Unfilled(String),
-    FinishRound,
-    /// Waiting for an input.
+    HolderPassed(Box<Round>, HolderAsked),
+    Unfilled(Box<Round>, String),
+    /// The round is over (awarded or unfilled).
+    Finish,
+    /// The round waits for an input.
+    Await(Box<Round>, Phase),
+    /// Nothing to do until an input comes.
     Wait,
 }
 
@@ -88,30 +175,94 @@ pub(super) struct Pending {
 }
 
 impl Engine {
-    /// Runs a request's steps until it waits for an input.
-    pub(super) fn drive(&mut self, out: &mut Out, id: &str, mut step: Step) {
-        for _ in 0..MAX_STEPS_PER_INPUT {
-            step = match step {
-                Step::Wait => return,
-                Step::NextRound => self.next_round(out, id),
-                Step::BeginRound => self.begin_round(out, id),
-                Step::AskMarket => self.ask_market(out, id),
-                Step::Decide => self.decide(out, id),
-                Step::HolderTakes(taken) => self.holder_takes(out, id, taken),
-                Step::HolderPassed => self.holder_passed(out, id),
-                Step::Unfilled(reason) => self.unfilled(out, id, reason),
-                Step::FinishRound => self.finish_round(out, id),
-            };
+    /// Runs a request's steps until it waits for an input. The request is out of the map
+    /// while its steps run: each transition gets it, and the round in its step, by hand.
+    pub(super) fn drive(&mut self, out: &mut Out, id: &str, step: Step) {
+        self.with_request(id, |engine, state| {
+            let mut step = step;
+            for _ in 0..MAX_STEPS_PER_INPUT {
+                step = match step {
+                    Step::Wait => return,
+                    Step::Await(round, phase) => {
+                        state.round = Some(Box::new(Running { round, phase }));
+                        return;
+                    }
+                    Step::Input(input) => match state.round.take() {
+                        Some(running) => engine.round_input(out, state, *running, input),
+                        // No round runs: there is nothing for the input to move.
+                        None => Step::Wait,
+                    },
+                    Step::NextRound => engine.next_round(out, state),
+                    Step::Begin(round) => engine.begin_round(out, state, round),
+                    Step::AskMarket(round) => engine.ask_market(out, state, round),
+                    Step::Decide(round) => engine.decide(out, state, round),
+                    Step::HolderTakes(round, asked, taken) => {
+                        engine.holder_takes(out, state, round, asked, taken)
+                    }
+                    Step::HolderPassed(round, asked) => engine.holder_passed(out, state, round, asked),
+                    Step::Unfilled(round, reason) => engine.unfilled(out, state, round, reason),
+                    Step::Finish => engine.finish_round(out, state),
+                };
+            }
+            debug_assert!(
+                false,
+                "request {} did not come to a wait within {MAX_STEPS_PER_INPUT} steps",
+                state.request.id
+            );
+        });
+    }
+
+    /// Runs `f` on a request taken out of the map, and puts it back; nothing if it is unknown.
+    pub(super) fn with_request(&mut self, id: &str, f: impl FnOnce(&mut Self, &mut RequestState)) {
+        let Some((id, mut state)) = self.requests.remove_entry(id) else { return };
+        f(self, &mut state);
+        self.requests.insert(id, state);
+    }
+
+    /// An input for the running round.
+    fn round_input(
+        &mut self,
+        out: &mut Out,
+        state: &mut RequestState,
+        running: Running,
+        input: RoundInput,
+    ) -> Step {
+        let Running { round, phase } = running;
+        match input {
+            RoundInput::HolderAnswer { round: number, answer } => {
+                self.holder_answer(out, state, round, phase, number, answer)
+            }
+            RoundInput::Quotes { round: number, provider, offers } => {
+                self.quotes(out, state, round, phase, number, provider, offers)
+            }
+            RoundInput::QuoteFailed { round: number, provider, error } => {
+                self.quote_failed(out, state, round, phase, number, provider, error)
+            }
+            RoundInput::HolderLapsed { round: number } => {
+                self.holder_lapsed(out, state, round, phase, number)
+            }
+            RoundInput::QuoteDeadline => match phase {
+                Phase::Quotes { asked, answered, .. } => {
+                    let mut round = round;
+                    for provider in asked.difference(&answered) {
+                        round
+                            .silent
+                            .entry(provider.clone())
+                            .or_insert_with(|| "it did not answer by the deadline".into());
+                    }
+                    Step::Decide(round)
+                }
+                phase => Step::Await(round, phase),
+            },
         }
-        debug_assert!(false, "request {id} did not come to a wait within {MAX_STEPS_PER_INPUT} steps");
     }
 
     /// Starts the next queued round of a request, if none is running.
-    pub(super) fn next_round(&mut self, out: &mut Out, id: &str) -> Step {
-        let Some(state) = self.requests.get_mut(id) else { return Step::Wait };
+    pub(super) fn next_round(&mut self, out: &mut Out, state: &mut RequestState) -> Step {
         if state.round.is_some() || state.pending.is_empty() || state.status == Status::Cancelled {
             return Step::Wait;
         }
+        let id = state.request.id.clone();
         if state.rounds_started >= MAX_ROUNDS_PER_REQUEST {
             // Out of rounds: everything still queued is unfilled, or the request would wait
             // for rounds that never start.
@@ -120,7 +271,7 @@ impl Engine {
                 state.unfilled_gpus += pending.gpus;
                 state.unfilled_reason = Some(reason.clone());
                 out.ledger(
-                    Some(id),
+                    Some(&id),
                     EventKind::Unfilled {
                         round: state.rounds_started,
                         gpus: pending.gpus,
@@ -129,20 +280,19 @@ impl Engine {
                     },
                 );
             }
-            self.settle_status(out, id);
+            self.settle_status(out, state);
             return Step::Wait;
         }
         let pending = state.pending.remove(0);
         state.rounds_started += 1;
         let number = state.rounds_started;
-        let screened = self.screen(id, pending.purpose, out.now);
-        let state = self.requests.get_mut(id).expect("request exists");
+        let screened = self.screen(state, pending.purpose, out.now);
         let refusal_text = screened
             .refusal
             .as_ref()
             .map(|r| format!("{} held by {} ({})", r.mode.as_str(), r.holder, r.reference));
         out.ledger(
-            Some(id),
+            Some(&id),
             EventKind::Screened {
                 round: number,
                 purpose: pending.purpose.as_str().into(),
@@ -164,26 +314,22 @@ impl Engine {
                     .collect(),
             },
         );
-        let round = Round {
+        Step::Begin(Box::new(Round {
             number,
             gpus: pending.gpus,
             hours: pending.hours,
             screened,
-            phase: Phase::Screened,
             quotes: Vec::new(),
             declined_price: None,
             solicitations: 0,
             silent: BTreeMap::new(),
-        };
-        state.round = Some(Box::new(round));
-        Step::BeginRound
+        }))
     }
 
-    pub(super) fn begin_round(&mut self, out: &mut Out, id: &str) -> Step {
-        let Some(round_request) = self.round_request(id) else { return Step::Wait };
-        let round = self.requests[id].round.as_ref().expect("round running");
+    pub(super) fn begin_round(&mut self, out: &mut Out, state: &mut RequestState, round: Box<Round>) -> Step {
+        let round_request = round_request(state, &round);
         if let Some(why) = placement::min_providers_unmet(&round_request, round.gpus, &round.screened.rules) {
-            return Step::Unfilled(why);
+            return Step::Unfilled(round, why);
         }
         match round.screened.refusal.clone() {
             Some(refusal) if refusal.mode == RefusalMode::OfferFirst => {
@@ -196,31 +342,33 @@ impl Engine {
                             offer.node_gpus,
                         );
                         let offered = Offered { gpus: room, price: offer.price, basis: offer.basis };
-                        self.solicit(out, id, &refusal, offered, AfterHolder::AskMarket);
-                        Step::Wait
+                        self.solicit(out, state, round, &refusal, offered, AfterHolder::AskMarket)
                     }
                     Err(evidence) => {
-                        let number = round.number;
                         out.ledger(
-                            Some(id),
+                            Some(&state.request.id),
                             EventKind::FirstRefusalSkipped {
-                                round: number,
+                                round: round.number,
                                 holder: refusal.holder.clone(),
                                 evidence,
                             },
                         );
-                        Step::AskMarket
+                        Step::AskMarket(round)
                     }
                 }
             }
             // In match mode the market goes first; the holder is shown the winning terms later.
-            _ => Step::AskMarket,
+            _ => Step::AskMarket(round),
         }
     }
 
-    pub(super) fn unfilled(&mut self, out: &mut Out, id: &str, mut reason: String) -> Step {
-        let state = self.requests.get_mut(id).expect("request exists");
-        let round = state.round.as_ref().expect("round running");
+    pub(super) fn unfilled(
+        &mut self,
+        out: &mut Out,
+        state: &mut RequestState,
+        round: Box<Round>,
+        mut reason: String,
+    ) -> Step {
         // Say who gave no quote and why; the exclusive holder first, by that name.
         let exclusive = round.screened.rules.exclusive_to.as_ref().map(|(holder, _)| holder);
         for (provider, why) in &round.silent {
@@ -233,23 +381,20 @@ impl Engine {
         state.unfilled_gpus += round.gpus;
         state.unfilled_reason = Some(reason.clone());
         out.ledger(
-            Some(id),
+            Some(&state.request.id),
             EventKind::Unfilled { round: round.number, gpus: round.gpus, hours: round.hours, reason },
         );
-        Step::FinishRound
+        Step::Finish
     }
 
-    pub(super) fn finish_round(&mut self, out: &mut Out, id: &str) -> Step {
-        if let Some(state) = self.requests.get_mut(id) {
-            state.round = None;
-        }
-        self.settle_status(out, id);
+    pub(super) fn finish_round(&mut self, out: &mut Out, state: &mut RequestState) -> Step {
+        state.round = None;
+        self.settle_status(out, state);
         Step::NextRound
     }
 
     /// Derives the request's status from its allocations once no round runs.
-    pub(super) fn settle_status(&mut self, out: &mut Out, id: &str) {
-        let Some(state) = self.requests.get(id) else { return };
+    pub(super) fn settle_status(&mut self, out: &mut Out, state: &mut RequestState) {
         if state.round.is_some() || state.status == Status::Cancelled {
             return;
         }
@@ -273,11 +418,11 @@ impl Engine {
         } else {
             Status::Provisioning
         };
-        let state = self.requests.get_mut(id).expect("request exists");
         state.status = status;
+        let id = &state.request.id;
         if status.is_final() && !previous.is_final() {
             self.open_requests -= 1;
-            self.ending.push(id.to_owned());
+            self.ending.push(id.clone());
         }
         if status != previous {
             match status {
@@ -297,4 +442,13 @@ impl Engine {
             self.drive(out, id, Step::NextRound);
         }
     }
+}
+
+/// The request as a round sees it: the round's GPUs and hours.
+pub(super) fn round_request(state: &RequestState, round: &Round) -> Request {
+    let mut request = state.request.clone();
+    // A round always has GPUs to place: a round whose GPUs are all placed finishes.
+    request.gpus = GpuCount::new(round.gpus).unwrap_or(request.gpus);
+    request.duration_hours = round.hours;
+    request
 }

@@ -52,8 +52,8 @@ pub(super) struct Screened {
 
 impl Engine {
     /// Derives the rules for a round from the contracts and policy in force now.
-    pub(super) fn screen(&self, id: &str, purpose: Purpose, now: Timestamp) -> Screened {
-        let request = &self.requests[id].request;
+    pub(super) fn screen(&self, state: &RequestState, purpose: Purpose, now: Timestamp) -> Screened {
+        let request = &state.request;
         let terms = self.contracts.in_force(now, &self.suspensions);
         let policy = &self.contracts.policy;
         let mut rules = Rules {
@@ -146,7 +146,7 @@ impl Engine {
             }
         }
         // Providers that failed this request before are not asked again.
-        for (provider, why) in &self.requests[id].failed_providers {
+        for (provider, why) in &state.failed_providers {
             rules.excluded.insert(provider.clone(), why.clone());
         }
         // Providers that are down may not be used.
@@ -190,13 +190,12 @@ impl Engine {
             rules.excluded.remove(&r.holder);
         }
         let min_providers = rules.min_providers.clone();
-        rules.min_providers = remaining_min_providers(&min_providers, &self.providers_in_use(id));
+        rules.min_providers = remaining_min_providers(&min_providers, &self.providers_in_use(state));
         Screened { refusal, rules, min_providers }
     }
 
     /// The providers of the request's live (reserved or active) allocations.
-    pub(super) fn providers_in_use(&self, id: &str) -> BTreeSet<ProviderName> {
-        let Some(state) = self.requests.get(id) else { return BTreeSet::new() };
+    pub(super) fn providers_in_use(&self, state: &RequestState) -> BTreeSet<ProviderName> {
         state
             .allocations
             .iter()
@@ -216,15 +215,5 @@ impl Engine {
             .iter()
             .find(|(_, i)| &i.provider == provider && (i.region.is_none() || i.region.as_ref() == region))
             .map(|(id, _)| id.as_str())
-    }
-
-    /// The request as this round sees it: the round's GPUs and hours.
-    pub(super) fn round_request(&self, id: &str) -> Option<Request> {
-        let state = self.requests.get(id)?;
-        let round = state.round.as_ref()?;
-        let mut request = state.request.clone();
-        request.gpus = GpuCount::new(round.gpus).ok()?;
-        request.duration_hours = round.hours;
-        Some(request)
     }
 }

@@ -1,7 +1,7 @@
 //! Timers: the holder's window, the quote deadline, delivery (spillover), release and the
 //! settlement tick, and whether a timer would still do anything.
 
-use super::round::{Phase, Step};
+use super::round::{Phase, RoundInput, Step};
 use super::*;
 
 impl Engine {
@@ -10,7 +10,7 @@ impl Engine {
     /// nothing when it fires, so a shell may drop it instead of keeping it until then.
     pub fn timer_matters(&self, timer: &Timer) -> bool {
         let round_of = |request: &str, number: u32| {
-            self.requests.get(request).and_then(|s| s.round.as_ref()).filter(|r| r.number == number)
+            self.requests.get(request).and_then(|s| s.round.as_ref()).filter(|r| r.round.number == number)
         };
         let allocation_in = |allocation: &u64, state: AllocationState| {
             self.allocations.get(allocation).is_some_and(|a| a.state == state)
@@ -34,28 +34,10 @@ impl Engine {
         }
         match timer {
             Timer::HolderWindow { request, round, .. } => {
-                let Some(current) = self.requests.get(&request).and_then(|s| s.round.as_ref()) else {
-                    return;
-                };
-                let holder = current.screened.refusal.as_ref().expect("first refusal").holder.clone();
-                out.ledger(Some(&request), EventKind::HolderLapsed { round, holder });
-                self.drive(out, &request, Step::HolderPassed);
+                self.drive(out, &request, Step::Input(RoundInput::HolderLapsed { round }));
             }
             Timer::QuoteDeadline { request, .. } => {
-                let Some(current) = self.requests.get(&request).and_then(|s| s.round.as_ref()) else {
-                    return;
-                };
-                let Phase::Quotes { asked, answered, .. } = &current.phase else { return };
-                let late: Vec<ProviderName> = asked.difference(answered).cloned().collect();
-                if let Some(current) = self.requests.get_mut(&request).and_then(|s| s.round.as_mut()) {
-                    for provider in late {
-                        current
-                            .silent
-                            .entry(provider)
-                            .or_insert_with(|| "it did not answer by the deadline".into());
-                    }
-                }
-                self.drive(out, &request, Step::Decide);
+                self.drive(out, &request, Step::Input(RoundInput::QuoteDeadline));
             }
             Timer::DeliveryDue { allocation } => {
                 let Some(a) = self.allocations.get(&allocation) else { return };
@@ -90,7 +72,7 @@ impl Engine {
                 out.ledger(Some(&request), EventKind::AllocationReleased { allocation, gpu_hours, spend });
                 out.effects.push(Effect::Release { allocation, provider });
                 self.leave_fleet(allocation);
-                self.settle_status(out, &request);
+                self.with_request(&request, |engine, state| engine.settle_status(out, state));
             }
         }
     }
