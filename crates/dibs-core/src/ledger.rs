@@ -5,14 +5,19 @@
 //! canonical JSON) so that any edit to history is detectable, and so that
 //! two runs that made the same decisions end on the same head.
 
-use serde::Serialize;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::contract::RefusalMode;
 use crate::placement::{PlannedAllocation, SolverPath, Verdict};
 use crate::types::{Price, ProviderName, Region, Timestamp};
 
-/// One ledger entry's content. `kind` names the step of the lifecycle.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One ledger entry's content. `kind` names the step of the lifecycle. Entries read back
+/// into the same types that wrote them: the story page, a provider's sealed view and the
+/// reports read these, never a copy of their format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub at: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -21,7 +26,7 @@ pub struct Event {
     pub kind: EventKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
     RequestSubmitted {
@@ -35,7 +40,7 @@ pub enum EventKind {
     },
     Screened {
         round: u32,
-        purpose: String,
+        purpose: Purpose,
         gpus: u32,
         /// `contract@version` of every contract version in force.
         versions: Vec<String>,
@@ -52,7 +57,7 @@ pub enum EventKind {
     Solicited {
         round: u32,
         holder: ProviderName,
-        mode: String,
+        mode: RefusalMode,
         /// GPUs offered, of the round's `of_gpus` (fewer when the buyer's caps limit the holder).
         gpus: u32,
         of_gpus: u32,
@@ -65,7 +70,7 @@ pub enum EventKind {
     HolderAnswered {
         round: u32,
         holder: ProviderName,
-        outcome: String,
+        outcome: HolderOutcome,
         gpus: u32,
     },
     HolderLapsed {
@@ -176,9 +181,75 @@ pub enum EventKind {
     },
 }
 
+/// Why a round exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    Initial,
+    Spillover,
+    Failover,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Initial => "initial",
+            Self::Spillover => "spillover",
+            Self::Failover => "failover",
+        }
+    }
+}
+
+impl fmt::Display for Purpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a first-refusal holder answered a solicitation. Written as one string (`declined`,
+/// `accepted`, `accepted_part`, or `invalid: WHY`), as the ledger always has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
+pub enum HolderOutcome {
+    Declined,
+    Accepted,
+    /// It took part of what it was offered.
+    AcceptedPart,
+    /// Its answer could not be taken (why); counted as a decline.
+    Invalid(String),
+}
+
+impl fmt::Display for HolderOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Declined => f.write_str("declined"),
+            Self::Accepted => f.write_str("accepted"),
+            Self::AcceptedPart => f.write_str("accepted_part"),
+            Self::Invalid(why) => write!(f, "invalid: {why}"),
+        }
+    }
+}
+
+impl From<HolderOutcome> for String {
+    fn from(outcome: HolderOutcome) -> Self {
+        outcome.to_string()
+    }
+}
+
+impl From<String> for HolderOutcome {
+    fn from(text: String) -> Self {
+        match text.as_str() {
+            "declined" => Self::Declined,
+            "accepted" => Self::Accepted,
+            "accepted_part" => Self::AcceptedPart,
+            other => Self::Invalid(other.strip_prefix("invalid: ").unwrap_or(other).to_owned()),
+        }
+    }
+}
+
 /// What a settlement records: spend, commitments, revenue share, and a billing invariant that
 /// failed, if one did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SettledFigures {
     pub spend_total: f64,
     pub spend_by_provider: std::collections::BTreeMap<ProviderName, f64>,
@@ -241,7 +312,7 @@ impl EventKind {
 }
 
 /// An allocation as the ledger records it at award time.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AllocationRecord {
     pub id: u64,
     pub via: String,

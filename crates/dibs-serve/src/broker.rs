@@ -858,7 +858,7 @@ impl Broker {
             if let Effect::Ledger(event) = effect {
                 entries.push(NewEntry {
                     at: event.at.to_string(),
-                    kind: kind_of(event),
+                    kind: event.kind.name().to_owned(),
                     request: event.request.clone(),
                     body: event_body(event),
                 });
@@ -1539,13 +1539,6 @@ impl Broker {
 
 fn event_body(event: &Event) -> String {
     serde_json::to_string(event).expect("ledger events serialize")
-}
-
-fn kind_of(event: &Event) -> String {
-    serde_json::to_value(&event.kind)
-        .ok()
-        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| "event".into())
 }
 
 fn request_of(input: &Input) -> Option<String> {

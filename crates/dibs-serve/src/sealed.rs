@@ -2,15 +2,14 @@
 //!
 //! A provider sees the solicitations sent to it, the quote requests that name it (not who
 //! else was asked), its own quotes, and its own allocations; never a competitor's offer,
-//! price or award. Each entry it may see is read into a typed record of the ledger's format
-//! and rebuilt as a [`SealedEvent`], whose fields are listed here one by one: a field the
-//! ledger gains is not shown until it is added below, and a field the ledger renames makes
-//! the entry unreadable here, so it is left out rather than shown whole.
+//! price or award. Each entry it may see is read back into the ledger's own types (`Event`,
+//! the broker's `RecordedInput`) and rebuilt as a [`SealedEvent`], whose fields are listed
+//! here one by one: a field the ledger gains is not shown until it is added below.
 
 use dibs_core::engine::Input;
-use dibs_core::placement::PlannedAllocation;
-use dibs_core::types::{Offer, Timestamp};
-use serde::{Deserialize, Serialize};
+use dibs_core::ledger::{Event, EventKind};
+use dibs_core::types::Offer;
+use serde::Serialize;
 
 use crate::broker::{INPUT_KIND, RecordedInput};
 
@@ -90,81 +89,41 @@ pub struct SealedAllocation {
     pub promised: String,
 }
 
-// The ledger's format, for the entries a provider may see: only the fields read here.
-
-#[derive(Deserialize)]
-struct Solicited {
-    request: String,
-    round: u32,
-    holder: String,
-    mode: String,
-    gpus: u32,
-    of_gpus: u32,
-    price: f64,
-    terms: String,
-    respond_by: Timestamp,
-}
-
-#[derive(Deserialize)]
-struct QuotesRequested {
-    request: String,
-    round: u32,
-    providers: Vec<String>,
-    respond_by: Timestamp,
-}
-
-#[derive(Deserialize)]
-struct Awarded {
-    request: String,
-    round: u32,
-    allocations: Vec<Awarded1>,
-}
-
-#[derive(Deserialize)]
-struct Awarded1 {
-    id: u64,
-    #[serde(flatten)]
-    plan: PlannedAllocation,
-    promised: Timestamp,
-}
-
 /// What `provider` may see of a ledger entry: `None` when nothing.
 pub fn provider_view(entry: &dibs_store::Entry, provider: &str) -> Option<ProviderEvent> {
-    let body = match entry.kind.as_str() {
-        "solicited" => {
-            let s: Solicited = serde_json::from_str(&entry.body).ok()?;
-            (s.holder == provider).then(|| SealedEvent::Solicited {
-                request: s.request,
-                round: s.round,
-                mode: s.mode,
-                gpus: s.gpus,
-                of_gpus: s.of_gpus,
-                price: s.price,
-                terms: s.terms,
-                respond_by: s.respond_by.to_string(),
-            })?
-        }
-        "quotes_requested" => {
-            let q: QuotesRequested = serde_json::from_str(&entry.body).ok()?;
-            q.providers.iter().any(|p| p == provider).then(|| SealedEvent::QuotesRequested {
-                request: q.request,
-                round: q.round,
-                respond_by: q.respond_by.to_string(),
-            })?
-        }
-        INPUT_KIND => {
-            let recorded: RecordedInput = serde_json::from_str(&entry.body).ok()?;
-            match recorded.input {
-                Input::Quotes { request, round, provider: from, offers } if from.as_str() == provider => {
-                    SealedEvent::Quoted { request, round, offers }
-                }
-                _ => return None,
+    if entry.kind == INPUT_KIND {
+        let recorded: RecordedInput = serde_json::from_str(&entry.body).ok()?;
+        return match recorded.input {
+            Input::Quotes { request, round, provider: from, offers } if from.as_str() == provider => {
+                Some(sealed(entry, SealedEvent::Quoted { request, round, offers }))
+            }
+            _ => None,
+        };
+    }
+    let event: Event = serde_json::from_str(&entry.body).ok()?;
+    let request = event.request.unwrap_or_default();
+    let body = match event.kind {
+        EventKind::Solicited { round, holder, mode, gpus, of_gpus, price, terms, respond_by }
+            if holder.as_str() == provider =>
+        {
+            SealedEvent::Solicited {
+                request,
+                round,
+                mode: mode.to_string(),
+                gpus,
+                of_gpus,
+                price: price.get(),
+                terms,
+                respond_by: respond_by.to_string(),
             }
         }
-        "awarded" => {
-            let a: Awarded = serde_json::from_str(&entry.body).ok()?;
-            let allocations: Vec<SealedAllocation> = a
-                .allocations
+        EventKind::QuotesRequested { round, providers, respond_by }
+            if providers.iter().any(|p| p.as_str() == provider) =>
+        {
+            SealedEvent::QuotesRequested { request, round, respond_by: respond_by.to_string() }
+        }
+        EventKind::Awarded { round, allocations } => {
+            let allocations: Vec<SealedAllocation> = allocations
                 .into_iter()
                 .filter(|x| x.plan.provider.as_str() == provider)
                 .map(|x| SealedAllocation {
@@ -182,9 +141,13 @@ pub fn provider_view(entry: &dibs_store::Entry, provider: &str) -> Option<Provid
             if allocations.is_empty() {
                 return None;
             }
-            SealedEvent::Awarded { request: a.request, round: a.round, allocations }
+            SealedEvent::Awarded { request, round, allocations }
         }
         _ => return None,
     };
-    Some(ProviderEvent { seq: entry.seq, at: entry.at.clone(), kind: body.kind(), body })
+    Some(sealed(entry, body))
+}
+
+fn sealed(entry: &dibs_store::Entry, body: SealedEvent) -> ProviderEvent {
+    ProviderEvent { seq: entry.seq, at: entry.at.clone(), kind: body.kind(), body }
 }

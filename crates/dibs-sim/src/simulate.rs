@@ -16,7 +16,7 @@ use std::time::Instant;
 use dibs_core::commitments::CommitmentStatus;
 use dibs_core::contract::{ClauseKind, ContractSet, RefusalMode};
 use dibs_core::engine::{Engine, EngineConfig, Input};
-use dibs_core::ledger::EventKind;
+use dibs_core::ledger::{EventKind, HolderOutcome};
 use dibs_core::names::Names;
 use dibs_core::placement::SolverConfig;
 use dibs_core::request::RequestSpec;
@@ -470,10 +470,10 @@ impl Tally {
                     self.active.insert(request.to_owned(), event.at);
                 }
                 EventKind::Solicited { .. } => fr.solicited += 1,
-                EventKind::HolderAnswered { outcome, .. } => match outcome.as_str() {
-                    "accepted" => fr.accepted += 1,
-                    "accepted_part" => fr.accepted_part += 1,
-                    _ => fr.declined += 1,
+                EventKind::HolderAnswered { outcome, .. } => match outcome {
+                    HolderOutcome::Accepted => fr.accepted += 1,
+                    HolderOutcome::AcceptedPart => fr.accepted_part += 1,
+                    HolderOutcome::Declined | HolderOutcome::Invalid(_) => fr.declined += 1,
                 },
                 EventKind::HolderLapsed { .. } => fr.lapsed += 1,
                 EventKind::FirstRefusalSkipped { .. } => fr.skipped += 1,

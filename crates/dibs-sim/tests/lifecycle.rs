@@ -208,8 +208,20 @@ fn start_with(scenario: Scenario, config: EngineConfig) -> VirtualRun {
     VirtualRun::new(engine, providers, t("2026-01-01"))
 }
 
+/// Every event reads back from its JSON into the same value, and writes the same JSON again:
+/// the ledger's readers (the story page, the sealed view, reports) use the types that wrote it.
+fn assert_events_read_back(events: &[Event]) {
+    for event in events {
+        let json = serde_json::to_string(event).unwrap();
+        let read: Event = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+        assert_eq!(&read, event, "{json}");
+        assert_eq!(serde_json::to_string(&read).unwrap(), json);
+    }
+}
+
 /// One line per ledger event (kind and the facts that matter), then the allocations.
 fn render(run: &VirtualRun) -> String {
+    assert_events_read_back(&run.events);
     let origin = t("2026-01-01");
     let mut lines = Vec::new();
     // Settlement ticks are the engine's bookkeeping, not the request's lifecycle.
@@ -757,6 +769,7 @@ proptest! {
             run.schedule(t("2026-01-01").plus_hours(f64::from(hour)), Input::IncidentOpened { id: "inc".into(), provider: p(names[i]), region: None });
         }
         run.run_until(None);
+        assert_events_read_back(&run.events);
 
         let engine = &run.engine;
         // Never over-awarded: live plus released GPUs of a request never exceed its GPUs.

@@ -223,7 +223,7 @@ impl Report {
                 EventKind::RequestActive {} => hours_to_capacity = Some(event.at.hours_since(submitted)),
                 EventKind::HolderAnswered { holder, outcome, gpus, .. } => {
                     first_refusal.holder = Some(holder.to_string());
-                    first_refusal.outcome = outcome.clone();
+                    first_refusal.outcome = outcome.to_string();
                     first_refusal.gpus += gpus;
                 }
                 EventKind::HolderLapsed { holder, .. } => {

@@ -143,6 +143,12 @@ pub enum RefusalMode {
     Match,
 }
 
+impl std::fmt::Display for RefusalMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl RefusalMode {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -215,6 +221,17 @@ pub struct Commitment {
 pub enum ShareBasis {
     Gpus,
     Spend,
+}
+
+impl ShareBasis {
+    /// The basis as a screening entry of the ledger names it in its caps (`40% by Gpus
+    /// (...)`). Frozen: that text is hashed into every ledger written so far.
+    pub fn ledger_name(self) -> &'static str {
+        match self {
+            Self::Gpus => "Gpus",
+            Self::Spend => "Spend",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

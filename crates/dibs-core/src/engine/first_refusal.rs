@@ -200,7 +200,7 @@ impl Engine {
             EventKind::Solicited {
                 round: number,
                 holder: refusal.holder.clone(),
-                mode: refusal.mode.as_str().into(),
+                mode: refusal.mode,
                 gpus,
                 of_gpus: round.gpus,
                 price,
@@ -247,7 +247,7 @@ impl Engine {
                 return Step::Await(round, phase);
             }
         };
-        let answered = |out: &mut Out, outcome: String, gpus: u32| {
+        let answered = |out: &mut Out, outcome: HolderOutcome, gpus: u32| {
             out.ledger(
                 Some(&id),
                 EventKind::HolderAnswered {
@@ -260,7 +260,7 @@ impl Engine {
         };
         match answer {
             HolderAnswer::Decline => {
-                answered(out, "declined".into(), 0);
+                answered(out, HolderOutcome::Declined, 0);
                 Step::HolderPassed(round, asked)
             }
             HolderAnswer::Accept {
@@ -272,19 +272,23 @@ impl Engine {
                 lead_time_hours,
             } => {
                 if !state.request.accelerators.contains(&accelerator) {
-                    answered(out, format!("invalid: accelerator {accelerator} not requested"), 0);
+                    answered(
+                        out,
+                        HolderOutcome::Invalid(format!("accelerator {accelerator} not requested")),
+                        0,
+                    );
                     return Step::HolderPassed(round, asked);
                 }
                 let block = state.request.block.get();
                 let taken = (gpus.min(offered_gpus) / block) * block;
                 let outcome = if taken == 0 {
-                    "declined"
+                    HolderOutcome::Declined
                 } else if taken == offered_gpus {
-                    "accepted"
+                    HolderOutcome::Accepted
                 } else {
-                    "accepted_part"
+                    HolderOutcome::AcceptedPart
                 };
-                answered(out, outcome.into(), taken);
+                answered(out, outcome, taken);
                 if taken == 0 {
                     return Step::HolderPassed(round, asked);
                 }

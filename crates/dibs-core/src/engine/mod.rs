@@ -63,6 +63,7 @@ mod snapshot;
 mod timers;
 
 pub use crate::allocation::{Allocation, AllocationState, Allocations};
+pub use crate::ledger::{HolderOutcome, Purpose};
 pub use snapshot::EngineSnapshot;
 
 use round::{Pending, Phase, RoundInput, Running, Step};
@@ -301,25 +302,6 @@ impl Status {
 
     pub fn is_final(self) -> bool {
         matches!(self, Self::Released | Self::Unfilled | Self::Cancelled)
-    }
-}
-
-/// Why a round exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Purpose {
-    Initial,
-    Spillover,
-    Failover,
-}
-
-impl Purpose {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Initial => "initial",
-            Self::Spillover => "spillover",
-            Self::Failover => "failover",
-        }
     }
 }
 

@@ -295,7 +295,7 @@ impl Engine {
             Some(&id),
             EventKind::Screened {
                 round: number,
-                purpose: pending.purpose.as_str().into(),
+                purpose: pending.purpose,
                 gpus: pending.gpus,
                 versions: self
                     .contracts
@@ -310,7 +310,9 @@ impl Engine {
                     .rules
                     .caps
                     .iter()
-                    .map(|c| format!("{:.0}% by {:?} ({})", c.max_share * 100.0, c.basis, c.source))
+                    .map(|c| {
+                        format!("{:.0}% by {} ({})", c.max_share * 100.0, c.basis.ledger_name(), c.source)
+                    })
                     .collect(),
             },
         );

@@ -4,9 +4,9 @@
 //! its allocations with their states and times, spillovers and failovers, and the ledger
 //! entries with their hashes.
 //!
-//! The ledger entries are read back into this module's own structs: the page reads what
-//! was recorded, so it tells the story as decided even after the engine's types change
-//! (an entry this page does not know is listed among the entries, not dropped).
+//! The ledger entries are read back into the ledger's own types (`dibs_core::ledger::Event`,
+//! the broker's `RecordedInput`), the ones that wrote them: the page reads what was recorded
+//! (an entry this page cannot read is listed among the entries, not dropped).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,147 +15,25 @@ use std::time::Instant;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use dibs_core::engine::{Allocation, HolderAnswer};
-use dibs_core::placement::{Outcome, SolverPath, Verdict};
+use dibs_core::engine::{Allocation, HolderAnswer, Input};
+use dibs_core::ledger::{Event, EventKind};
+use dibs_core::placement::{Outcome, Verdict};
 use dibs_core::request::Request;
 use dibs_core::types::{Offer, Timestamp};
 use maud::{Markup, html};
-use serde::Deserialize;
 
 use super::format::{hash, instant, price, relative, status_badge, thousands, usd};
 use super::session::{require, require_posted};
 use super::{Dashboard, PageError, Section, Viewer, layout, read, respond, with_store};
-use crate::broker::Command;
+use crate::broker::{Command, INPUT_KIND, RecordedInput};
 
 /// A story reads at most this many ledger entries about one request.
 pub const MAX_STORY_ENTRIES: usize = 20_000;
 
-/// A ledger decision about a request, as this page reads it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum Decision {
-    RequestRejected {
-        reason: String,
-    },
-    Screened {
-        round: u32,
-        purpose: String,
-        gpus: u32,
-        versions: Vec<String>,
-        exclusive_to: Option<String>,
-        first_refusal: Option<String>,
-        caps: Vec<String>,
-    },
-    FirstRefusalSkipped {
-        round: u32,
-        holder: String,
-        evidence: Vec<String>,
-    },
-    Solicited {
-        round: u32,
-        holder: String,
-        mode: String,
-        gpus: u32,
-        of_gpus: u32,
-        price: f64,
-        terms: String,
-        respond_by: Timestamp,
-    },
-    HolderAnswered {
-        round: u32,
-        holder: String,
-        outcome: String,
-        gpus: u32,
-    },
-    HolderLapsed {
-        round: u32,
-        holder: String,
-    },
-    NoBetterTerms {
-        round: u32,
-        holder: String,
-        declined_price: f64,
-        market_price: f64,
-    },
-    QuotesRequested {
-        round: u32,
-        providers: Vec<String>,
-        respond_by: Timestamp,
-    },
-    QuoteReceived {
-        provider: String,
-        offers: usize,
-    },
-    LateAnswerIgnored {
-        round: u32,
-        from: String,
-    },
-    Placed {
-        round: u32,
-        solver: SolverPath,
-        list_cost: f64,
-        effective_cost: f64,
-        notes: Vec<String>,
-        verdicts: Vec<Verdict>,
-    },
-    Awarded {
-        round: u32,
-        allocations: Vec<AwardedAllocation>,
-    },
-    Unfilled {
-        round: u32,
-        gpus: u32,
-        hours: u32,
-        reason: String,
-    },
-    AllocationReady {
-        allocation: u64,
-    },
-    RequestActive {},
-    Spillover {
-        allocation: u64,
-        gpus: u32,
-        promised: Timestamp,
-    },
-    Failover {
-        allocation: u64,
-        incident: String,
-        gpus: u32,
-        remaining_hours: u32,
-    },
-    AllocationReleased {
-        allocation: u64,
-        gpu_hours: f64,
-        spend: f64,
-    },
-    RequestReleased {},
-    RequestCancelled {},
-    RequestSubmitted {},
-    #[serde(other)]
-    Other,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct AwardedAllocation {
-    provider: String,
-    gpus: u32,
-}
-
-/// An input about a request, as this page reads it: the quotes and the holder's answer.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "input", rename_all = "snake_case")]
+/// An input about a request that this page shows: the quotes and the holder's answer.
 enum Recorded {
-    Quotes {
-        round: u32,
-        provider: String,
-        offers: Vec<Offer>,
-    },
-    HolderAnswer {
-        round: u32,
-        answer: HolderAnswer,
-    },
-    #[serde(other)]
-    Other,
+    Quotes { round: u32, provider: String, offers: Vec<Offer> },
+    HolderAnswer { round: u32, answer: HolderAnswer },
 }
 
 /// One ledger entry, read.
@@ -164,16 +42,26 @@ struct Read {
     at: Timestamp,
     kind: String,
     hash: String,
-    decision: Option<Decision>,
+    decision: Option<EventKind>,
     input: Option<Recorded>,
 }
 
 fn read_entry(entry: dibs_store::Entry) -> Read {
     let at = Timestamp::parse(&entry.at).unwrap_or_default();
-    let (decision, input) = if entry.kind == "input" {
-        (None, serde_json::from_str(&entry.body).ok())
+    // Entries read back into the types that wrote them; one this page cannot read (from a
+    // later version) is still listed among the entries.
+    let (decision, input) = if entry.kind == INPUT_KIND {
+        let recorded = serde_json::from_str::<RecordedInput>(&entry.body).ok();
+        let input = recorded.and_then(|r| match r.input {
+            Input::Quotes { round, provider, offers, .. } => {
+                Some(Recorded::Quotes { round, provider: provider.to_string(), offers })
+            }
+            Input::HolderAnswer { round, answer, .. } => Some(Recorded::HolderAnswer { round, answer }),
+            _ => None,
+        });
+        (None, input)
     } else {
-        (serde_json::from_str(&entry.body).ok(), None)
+        (serde_json::from_str::<Event>(&entry.body).ok().map(|event| event.kind), None)
     };
     Read { seq: entry.seq, at, kind: entry.kind, hash: dibs_core::ledger::hex(&entry.hash), decision, input }
 }
@@ -196,13 +84,13 @@ struct Snapshot {
 /// Everything the ledger says about one round.
 #[derive(Default)]
 struct Round<'a> {
-    screened: Option<(&'a Read, &'a Decision)>,
-    refusal: Vec<(&'a Read, &'a Decision)>,
+    screened: Option<(&'a Read, &'a EventKind)>,
+    refusal: Vec<(&'a Read, &'a EventKind)>,
     holder_answers: Vec<(&'a Read, &'a HolderAnswer)>,
-    quotes_requested: Option<(&'a Read, &'a Decision)>,
+    quotes_requested: Option<(&'a Read, &'a EventKind)>,
     quotes: Vec<(&'a Read, &'a str, &'a [Offer])>,
-    placed: Option<(&'a Read, &'a Decision)>,
-    outcome: Vec<(&'a Read, &'a Decision)>,
+    placed: Option<(&'a Read, &'a EventKind)>,
+    outcome: Vec<(&'a Read, &'a EventKind)>,
 }
 
 fn rounds(entries: &[Read]) -> BTreeMap<u32, Round<'_>> {
@@ -216,25 +104,25 @@ fn rounds(entries: &[Read]) -> BTreeMap<u32, Round<'_>> {
         }
         let Some(decision) = &entry.decision else { continue };
         match decision {
-            Decision::Screened { round, .. } => {
+            EventKind::Screened { round, .. } => {
                 rounds.entry(*round).or_default().screened = Some((entry, decision))
             }
-            Decision::FirstRefusalSkipped { round, .. }
-            | Decision::Solicited { round, .. }
-            | Decision::HolderAnswered { round, .. }
-            | Decision::HolderLapsed { round, .. }
-            | Decision::NoBetterTerms { round, .. } => {
+            EventKind::FirstRefusalSkipped { round, .. }
+            | EventKind::Solicited { round, .. }
+            | EventKind::HolderAnswered { round, .. }
+            | EventKind::HolderLapsed { round, .. }
+            | EventKind::NoBetterTerms { round, .. } => {
                 rounds.entry(*round).or_default().refusal.push((entry, decision))
             }
-            Decision::QuotesRequested { round, .. } => {
+            EventKind::QuotesRequested { round, .. } => {
                 rounds.entry(*round).or_default().quotes_requested = Some((entry, decision))
             }
-            Decision::Placed { round, .. } => {
+            EventKind::Placed { round, .. } => {
                 rounds.entry(*round).or_default().placed = Some((entry, decision))
             }
-            Decision::Awarded { round, .. }
-            | Decision::Unfilled { round, .. }
-            | Decision::LateAnswerIgnored { round, .. } => {
+            EventKind::Awarded { round, .. }
+            | EventKind::Unfilled { round, .. }
+            | EventKind::LateAnswerIgnored { round, .. } => {
                 rounds.entry(*round).or_default().outcome.push((entry, decision))
             }
             _ => {}
@@ -244,60 +132,60 @@ fn rounds(entries: &[Read]) -> BTreeMap<u32, Round<'_>> {
 }
 
 /// One line of the story for a decision, or `None` for the inputs and the unknown.
-fn line(decision: &Decision, now: Timestamp) -> Option<Markup> {
+fn line(decision: &EventKind, now: Timestamp) -> Option<Markup> {
     let text = match decision {
-        Decision::RequestSubmitted {} => html! { "Submitted." },
-        Decision::RequestRejected { reason } => html! { "Rejected: " (reason) },
-        Decision::Screened { round, purpose, gpus, .. } => {
+        EventKind::RequestSubmitted { .. } => html! { "Submitted." },
+        EventKind::RequestRejected { reason } => html! { "Rejected: " (reason) },
+        EventKind::Screened { round, purpose, gpus, .. } => {
             html! { "Round " (round) " (" (purpose) ") screened for " (gpus) " GPUs." }
         }
-        Decision::FirstRefusalSkipped { holder, .. } => {
+        EventKind::FirstRefusalSkipped { holder, .. } => {
             html! { "First refusal skipped: " (holder) " cannot meet the hard requirements." }
         }
-        Decision::Solicited { holder, gpus, of_gpus, price: p, respond_by, .. } => html! {
-            "Solicited " strong { (holder) } " for " (gpus) " of " (of_gpus) " GPUs at " (price(*p)) "/GPU-h; answer by "
+        EventKind::Solicited { holder, gpus, of_gpus, price: p, respond_by, .. } => html! {
+            "Solicited " strong { (holder) } " for " (gpus) " of " (of_gpus) " GPUs at " (price(p.get())) "/GPU-h; answer by "
             (instant(*respond_by)) " (" (relative(*respond_by, now)) ")."
         },
-        Decision::HolderAnswered { holder, outcome, gpus, .. } => {
+        EventKind::HolderAnswered { holder, outcome, gpus, .. } => {
             html! { (holder) " answered: " strong { (outcome) } " (" (gpus) " GPUs)." }
         }
-        Decision::HolderLapsed { holder, .. } => {
+        EventKind::HolderLapsed { holder, .. } => {
             html! { (holder) " did not answer in its window: a decline." }
         }
-        Decision::NoBetterTerms { holder, declined_price, market_price, .. } => html! {
+        EventKind::NoBetterTerms { holder, declined_price, market_price, .. } => html! {
             "No better terms: the market's " (price(*market_price)) " is above the " (price(*declined_price)) " " (holder) " declined; back to " (holder) "."
         },
-        Decision::QuotesRequested { providers, respond_by, .. } => html! {
+        EventKind::QuotesRequested { providers, respond_by, .. } => html! {
             "Quotes asked of " (providers.len()) " providers by " (instant(*respond_by)) "."
         },
-        Decision::QuoteReceived { provider, offers, .. } => {
+        EventKind::QuoteReceived { provider, offers, .. } => {
             html! { (provider) " quoted " (offers) " offers." }
         }
-        Decision::LateAnswerIgnored { from, .. } => html! { "A late answer from " (from) " was ignored." },
-        Decision::Placed { solver, effective_cost, .. } => {
+        EventKind::LateAnswerIgnored { from, .. } => html! { "A late answer from " (from) " was ignored." },
+        EventKind::Placed { solver, effective_cost, .. } => {
             html! { "Placed by " (solver.to_string()) "; effective cost " (usd(*effective_cost)) "/h." }
         }
-        Decision::Awarded { allocations, .. } => html! {
-            "Awarded " (allocations.iter().map(|a| a.gpus).sum::<u32>()) " GPUs from "
-            (allocations.iter().map(|a| a.provider.as_str()).collect::<Vec<_>>().join(", ")) "."
+        EventKind::Awarded { allocations, .. } => html! {
+            "Awarded " (allocations.iter().map(|a| a.plan.gpus).sum::<u32>()) " GPUs from "
+            (allocations.iter().map(|a| a.plan.provider.as_str()).collect::<Vec<_>>().join(", ")) "."
         },
-        Decision::Unfilled { gpus, hours, reason, .. } => {
+        EventKind::Unfilled { gpus, hours, reason, .. } => {
             html! { "Unfilled: " (gpus) " GPUs for " (hours) " h. " (reason) }
         }
-        Decision::AllocationReady { allocation } => html! { "Allocation " (allocation) " ready." },
-        Decision::RequestActive {} => html! { strong { "Active" } ": all capacity is ready." },
-        Decision::Spillover { allocation, gpus, promised } => html! {
+        EventKind::AllocationReady { allocation } => html! { "Allocation " (allocation) " ready." },
+        EventKind::RequestActive {} => html! { strong { "Active" } ": all capacity is ready." },
+        EventKind::Spillover { allocation, gpus, promised } => html! {
             "Spillover: allocation " (allocation) " was not ready by " (instant(*promised)) " and its grace; " (gpus) " GPUs back to the market."
         },
-        Decision::Failover { allocation, incident, gpus, remaining_hours } => html! {
+        EventKind::Failover { allocation, incident, gpus, remaining_hours } => html! {
             "Failover: allocation " (allocation) " hit by " (incident) "; " (gpus) " GPUs for the " (remaining_hours) " h left back to the market."
         },
-        Decision::AllocationReleased { allocation, gpu_hours, spend } => html! {
+        EventKind::AllocationReleased { allocation, gpu_hours, spend } => html! {
             "Allocation " (allocation) " released after " (thousands(gpu_hours.round() as u64)) " GPU-hours; it cost " (usd(*spend)) "."
         },
-        Decision::RequestReleased {} => html! { "Released." },
-        Decision::RequestCancelled {} => html! { "Cancelled." },
-        Decision::Other => return None,
+        EventKind::RequestReleased {} => html! { "Released." },
+        EventKind::RequestCancelled {} => html! { "Cancelled." },
+        _ => return None,
     };
     Some(text)
 }
@@ -332,13 +220,13 @@ fn summary(snapshot: &Snapshot) -> Markup {
 
 fn round_section(number: u32, round: &Round<'_>, now: Timestamp) -> Markup {
     let heading = match round.screened.map(|(_, d)| d) {
-        Some(Decision::Screened { purpose, gpus, .. }) => format!("Round {number}: {purpose}, {gpus} GPUs"),
+        Some(EventKind::Screened { purpose, gpus, .. }) => format!("Round {number}: {purpose}, {gpus} GPUs"),
         _ => format!("Round {number}"),
     };
     html! {
         section.round aria-labelledby={ "round-" (number) } {
             h2 id={ "round-" (number) } { (heading) }
-            @if let Some((entry, Decision::Screened { versions, exclusive_to, first_refusal, caps, .. })) = round.screened {
+            @if let Some((entry, EventKind::Screened { versions, exclusive_to, first_refusal, caps, .. })) = round.screened {
                 h3 { "Screening" }
                 dl.summary-list {
                     dt { "When" } dd { (instant(entry.at)) }
@@ -355,11 +243,11 @@ fn round_section(number: u32, round: &Round<'_>, now: Timestamp) -> Markup {
                         li {
                             (instant(entry.at)) ": "
                             @match decision {
-                                Decision::Solicited { holder, mode, gpus, of_gpus, price: p, terms, respond_by, .. } => {
+                                EventKind::Solicited { holder, mode, gpus, of_gpus, price: p, terms, respond_by, .. } => {
                                     "solicited " strong { (holder) } " (" (mode) ") for " (gpus) " of " (of_gpus) " GPUs at "
-                                    (price(*p)) "/GPU-h, " (terms) ". Deadline: " strong { (instant(*respond_by)) } " (" (relative(*respond_by, now)) ")."
+                                    (price(p.get())) "/GPU-h, " (terms) ". Deadline: " strong { (instant(*respond_by)) } " (" (relative(*respond_by, now)) ")."
                                 }
-                                Decision::FirstRefusalSkipped { holder, evidence, .. } => {
+                                EventKind::FirstRefusalSkipped { holder, evidence, .. } => {
                                     "skipped " (holder) ": it cannot meet the hard requirements."
                                     ul { @for line in evidence { li { (line) } } }
                                 }
@@ -380,10 +268,10 @@ fn round_section(number: u32, round: &Round<'_>, now: Timestamp) -> Markup {
                     }
                 }
             }
-            @if let Some((entry, Decision::QuotesRequested { providers, respond_by, .. })) = round.quotes_requested {
+            @if let Some((entry, EventKind::QuotesRequested { providers, respond_by, .. })) = round.quotes_requested {
                 h3 { "Quotes" }
                 p {
-                    "Asked " (providers.join(", ")) " at " (instant(entry.at)) "; deadline " (instant(*respond_by)) "."
+                    "Asked " (providers.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")) " at " (instant(entry.at)) "; deadline " (instant(*respond_by)) "."
                 }
                 @if !round.quotes.is_empty() {
                     table {
@@ -401,7 +289,7 @@ fn round_section(number: u32, round: &Round<'_>, now: Timestamp) -> Markup {
                     }
                 }
             }
-            @if let Some((entry, Decision::Placed { solver, list_cost, effective_cost, notes, verdicts, .. })) = round.placed {
+            @if let Some((entry, EventKind::Placed { solver, list_cost, effective_cost, notes, verdicts, .. })) = round.placed {
                 h3 { "Award" }
                 p {
                     "Decided at " (instant(entry.at)) " by " (solver.to_string()) ": list cost " (usd(*list_cost))
@@ -479,10 +367,10 @@ fn allocations(snapshot: &Snapshot) -> Markup {
 fn story(snapshot: &Snapshot, entries: &[Read], viewer: &Viewer, truncated: bool) -> Markup {
     let id = &snapshot.request.id;
     let rounds = rounds(entries);
-    let moves: Vec<(&Read, &Decision)> = entries
+    let moves: Vec<(&Read, &EventKind)> = entries
         .iter()
         .filter_map(|e| e.decision.as_ref().map(|d| (e, d)))
-        .filter(|(_, d)| matches!(d, Decision::Spillover { .. } | Decision::Failover { .. }))
+        .filter(|(_, d)| matches!(d, EventKind::Spillover { .. } | EventKind::Failover { .. }))
         .collect();
     html! {
         h1 { "Request " (id) " " (status_badge(snapshot.status)) }
