@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::broker::{ApiError, Command, Reply, SubmitBody};
+use crate::clock::unix_now;
 use crate::view::RequestView;
 
 /// Request bodies larger than this are refused.
@@ -53,10 +54,6 @@ impl KnownToken {
     fn valid_at(&self, now: i64) -> bool {
         !self.revoked && self.expires_at.is_none_or(|until| now < until)
     }
-}
-
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 impl AppState {

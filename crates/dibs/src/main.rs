@@ -9,7 +9,7 @@ mod simulate;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use dibs_core::catalog::{self, Catalog};
 use dibs_core::contract::{self, ContractSet};
@@ -157,11 +157,7 @@ fn main() -> ExitCode {
 pub fn instant(at: Option<&str>) -> Result<Timestamp> {
     match at {
         Some(text) => Timestamp::parse(text).map_err(|e| anyhow::anyhow!("--at: {e}")),
-        None => {
-            let now =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).context("system clock")?;
-            Ok(Timestamp::from_unix(now.as_secs() as i64))
-        }
+        None => Ok(dibs_serve::clock::wall_now()),
     }
 }
 

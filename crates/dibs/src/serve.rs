@@ -240,11 +240,7 @@ pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
     if let LedgerCommand::Head { .. } = command {
         let signer = dibs_serve::signing::HeadSigner::load(&data).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (seq, hash) = store.head().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let at = dibs_core::types::Timestamp::from_unix(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
-        );
+        let at = dibs_serve::clock::wall_now();
         let head = dibs_serve::signing::HeadView::from(&signer.sign(seq, hash, at.to_string()));
         println!("{}", serde_json::to_string_pretty(&head)?);
         return Ok(ExitCode::SUCCESS);
