@@ -367,8 +367,7 @@ async fn authenticate(
 /// has neither expired nor been revoked. Blocks on the store: call it off the async runtime.
 pub(crate) fn role_of(state: &AppState, hash: &[u8; 32]) -> Result<Role, ApiError> {
     // Compare every byte, whatever the first difference.
-    let differs = hash.iter().zip(state.admin_token_hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    if differs == 0 {
+    if bool::from(subtle::ConstantTimeEq::ct_eq(&hash[..], &state.admin_token_hash[..])) {
         return Ok(Role::Admin);
     }
     let cached = state.roles.lock().ok().and_then(|r| r.get(hash).cloned());
@@ -1023,7 +1022,7 @@ async fn revoke_token(
 pub fn new_token() -> Result<String, getrandom::Error> {
     let mut secret = [0u8; 24];
     getrandom::fill(&mut secret)?;
-    Ok(std::iter::once("dibs_".to_owned()).chain(secret.iter().map(|b| format!("{b:02x}"))).collect())
+    Ok(format!("dibs_{}", hex::encode(secret)))
 }
 
 #[derive(Deserialize)]

@@ -153,10 +153,7 @@ fn admin_token(config: &ServeConfig) -> std::io::Result<([u8; 32], Option<String
     }
     let path = config.data.join(ADMIN_TOKEN_FILE);
     if let Ok(text) = std::fs::read_to_string(&path) {
-        let bytes: Vec<u8> = (0..text.trim().len() / 2)
-            .filter_map(|i| u8::from_str_radix(text.trim().get(2 * i..2 * i + 2)?, 16).ok())
-            .collect();
-        if let Ok(hash) = <[u8; 32]>::try_from(bytes.as_slice()) {
+        if let Ok(hash) = <[u8; 32] as hex::FromHex>::from_hex(text.trim()) {
             return Ok((hash, None));
         }
         return Err(std::io::Error::other(format!(

@@ -10,9 +10,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use dibs_core::ledger::hex;
 use dibs_store::{SignedHead, head_message};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use hex::FromHex;
 use serde::{Deserialize, Serialize};
 
 /// The key's file in the data folder: its 32-byte secret, hex.
@@ -33,15 +33,14 @@ impl HeadSigner {
         let path = data.join(KEY_FILE);
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let bytes = from_hex(text.trim())
-                    .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                    .ok_or_else(|| format!("{}: not a 32-byte key in hex", path.display()))?;
+                let bytes = <[u8; 32]>::from_hex(text.trim())
+                    .map_err(|_| format!("{}: not a 32-byte key in hex", path.display()))?;
                 Ok(Self { key: SigningKey::from_bytes(&bytes) })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut secret = [0u8; 32];
                 getrandom::fill(&mut secret).map_err(|e| format!("a new ledger key: {e}"))?;
-                write_private(&path, &hex(&secret)).map_err(|e| format!("{}: {e}", path.display()))?;
+                write_private(&path, &hex::encode(secret)).map_err(|e| format!("{}: {e}", path.display()))?;
                 Ok(Self { key: SigningKey::from_bytes(&secret) })
             }
             Err(e) => Err(format!("{}: {e}", path.display())),
@@ -106,10 +105,10 @@ impl From<&SignedHead> for HeadView {
     fn from(h: &SignedHead) -> Self {
         Self {
             seq: h.seq,
-            hash: hex(&h.hash),
+            hash: hex::encode(h.hash),
             at: h.at.clone(),
-            public_key: bytes_hex(&h.public_key),
-            signature: bytes_hex(&h.signature),
+            public_key: hex::encode(&h.public_key),
+            signature: hex::encode(&h.signature),
         }
     }
 }
@@ -117,28 +116,15 @@ impl From<&SignedHead> for HeadView {
 impl HeadView {
     /// The head, if its fields are well formed (the signature is checked by [`check`]).
     pub fn to_signed(&self) -> Result<SignedHead, String> {
-        let hash = from_hex(&self.hash)
-            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-            .ok_or("hash: not 32 bytes of hex")?;
+        let hash = <[u8; 32]>::from_hex(&self.hash).map_err(|_| "hash: not 32 bytes of hex")?;
         Ok(SignedHead {
             seq: self.seq,
             hash,
             at: self.at.clone(),
-            public_key: from_hex(&self.public_key).ok_or("public_key: not hex")?,
-            signature: from_hex(&self.signature).ok_or("signature: not hex")?,
+            public_key: hex::decode(&self.public_key).map_err(|_| "public_key: not hex")?,
+            signature: hex::decode(&self.signature).map_err(|_| "signature: not hex")?,
         })
     }
-}
-
-fn bytes_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len() / 2).map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()).collect()
 }
 
 /// Writes `text` to a new file only its owner can read.
