@@ -163,20 +163,7 @@ pub fn instant(at: Option<&str>) -> Result<Timestamp> {
 
 /// Loads contracts from files and directories (in sorted order within a directory).
 pub fn load_contracts(paths: &[PathBuf]) -> Result<ContractSet, contract::ContractError> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-                .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
-            found.retain(|p| p.extension().is_some_and(|e| e == "toml"));
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(path.clone());
-        }
-    }
-    contract::load_contract_files(&files)
+    contract::load_contract_files(&contract::contract_paths(paths)?)
 }
 
 fn contract_check(files: &[PathBuf], at: Option<&str>, catalog: &CatalogArgs) -> Result<ExitCode> {
