@@ -76,6 +76,9 @@ pub struct LoadedFrom {
 /// The exit status of a replica that lost the lead (its lock session went, or another
 /// replica's epoch refused its write).
 pub const EXIT_LOST_LEAD: i32 = 75;
+/// The exit status of a service whose ledger could not be written (sysexits' EX_SOFTWARE):
+/// the engine may hold decisions the ledger does not, so it stops and a restart replays.
+pub const EXIT_LEDGER_UNWRITABLE: i32 = 70;
 
 /// The file in the data folder that holds the admin token's SHA-256 (hex).
 pub const ADMIN_TOKEN_FILE: &str = "admin-token.sha256";
@@ -289,7 +292,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             }
             // The engine may hold decisions the ledger does not: stop; a restart replays the ledger.
             eprintln!("dibs: the ledger could not be written ({e}); stopping");
-            std::process::exit(70);
+            std::process::exit(EXIT_LEDGER_UNWRITABLE);
         }
     })?;
     let state = Arc::new(http::AppState {

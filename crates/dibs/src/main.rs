@@ -1,6 +1,7 @@
 //! The dibs command line. Thin glue: parsing arguments, reading files,
 //! printing. Every decision is made in `dibs-core`.
 
+mod exit;
 mod place;
 mod request_args;
 mod serve;
@@ -14,6 +15,8 @@ use clap::{Args, Parser, Subcommand};
 use dibs_core::catalog::{self, Catalog};
 use dibs_core::contract::{self, ContractSet};
 use dibs_core::types::Timestamp;
+
+use crate::exit::Exit;
 
 // A simulation allocates and frees an event per engine step; mimalloc
 // halves the time the system allocator takes for that.
@@ -145,10 +148,10 @@ fn main() -> ExitCode {
         Command::Catalog(CatalogCommand::Check { catalog, summary }) => catalog_check(&catalog, summary),
     };
     match result {
-        Ok(code) => code,
+        Ok(exit) => exit.into(),
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(2)
+            Exit::for_error(&error).into()
         }
     }
 }
@@ -166,18 +169,18 @@ pub fn load_contracts(paths: &[PathBuf]) -> Result<ContractSet, contract::Contra
     contract::load_contract_files(&contract::contract_paths(paths)?)
 }
 
-fn contract_check(files: &[PathBuf], at: Option<&str>, catalog: &CatalogArgs) -> Result<ExitCode> {
+fn contract_check(files: &[PathBuf], at: Option<&str>, catalog: &CatalogArgs) -> Result<Exit> {
     let at = instant(at)?;
     match load_contracts(files) {
         Ok(set) => {
             print!("{}", contract::describe_in_force(&set, at));
             let catalog = load_catalogs(catalog)?;
             warn_unknown_names(&set, &catalog);
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Success)
         }
         Err(error) => {
             eprintln!("{error}");
-            Ok(ExitCode::FAILURE)
+            Ok(Exit::Invalid)
         }
     }
 }
@@ -199,7 +202,7 @@ pub fn load_catalogs(args: &CatalogArgs) -> Result<Catalog> {
     Ok(catalog)
 }
 
-fn catalog_check(args: &CatalogArgs, summary: bool) -> Result<ExitCode> {
+fn catalog_check(args: &CatalogArgs, summary: bool) -> Result<Exit> {
     let started = std::time::Instant::now();
     let catalog = load_catalogs(args)?;
     let elapsed = started.elapsed();
@@ -222,5 +225,5 @@ fn catalog_check(args: &CatalogArgs, summary: bool) -> Result<ExitCode> {
         }
     }
     println!("\n{} offers in {:.0?}", catalog.offers.len(), elapsed);
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }

@@ -1,7 +1,6 @@
 //! `dibs place`: one request, run to completion in virtual time.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use std::collections::BTreeSet;
 
@@ -16,6 +15,8 @@ use dibs_core::types::{Offer, Timestamp};
 use dibs_providers::{HolderBehaviour, SimulatedBehaviour, SimulatedProvider};
 use dibs_sim::VirtualRun;
 use serde::Serialize;
+
+use crate::exit::Exit;
 
 #[derive(Args)]
 pub struct PlaceArgs {
@@ -38,7 +39,7 @@ pub struct PlaceArgs {
     json: bool,
 }
 
-pub fn run(args: PlaceArgs) -> Result<ExitCode> {
+pub fn run(args: PlaceArgs) -> Result<Exit> {
     let at = crate::instant(args.at.as_deref())?;
     let holder = HolderBehaviour::parse(&args.holder).map_err(|e| anyhow::anyhow!("--holder: {e}"))?;
     let contracts = if args.contracts.is_empty() {
@@ -70,7 +71,7 @@ pub fn run(args: PlaceArgs) -> Result<ExitCode> {
     } else {
         print!("{}", report.human(&request, at));
     }
-    Ok(if report.status == "awarded" { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if report.status == "awarded" { Exit::Success } else { Exit::Unfilled })
 }
 
 /// The `--json` output; its own struct so the engine's types can change without changing it.
