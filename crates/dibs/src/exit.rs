@@ -32,7 +32,13 @@ pub enum Exit {
 impl Exit {
     /// The status for an error that ended a command.
     pub fn for_error(error: &anyhow::Error) -> Self {
-        if error.downcast_ref::<Unreachable>().is_some() { Self::Unavailable } else { Self::BadInput }
+        if error.downcast_ref::<Unreachable>().is_some() {
+            Self::Unavailable
+        } else if error.downcast_ref::<dibs_core::contract::ContractError>().is_some() {
+            Self::Invalid
+        } else {
+            Self::BadInput
+        }
     }
 }
 

@@ -45,7 +45,8 @@ pub fn run(args: PlaceArgs) -> Result<Exit> {
     let contracts = if args.contracts.is_empty() {
         dibs_core::contract::builtin_contracts("default").context("the embedded default contract set")?
     } else {
-        crate::load_contracts(&args.contracts).map_err(|e| anyhow::anyhow!("{e}"))?
+        // Kept as a ContractError, so that invalid contract files exit `Exit::Invalid`.
+        crate::load_contracts(&args.contracts)?
     };
     let catalog = crate::load_catalogs(&args.catalog)?;
     crate::warn_unknown_names(&contracts, &catalog);
