@@ -536,7 +536,7 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/v1/requests", tag = "requests", params(("status" = Option<String>, Query, description = "screening, first_refusal, market, provisioning, active, released, unfilled, cancelled"), ("after" = Option<String>, Query, description = "Request id to list after"), ("limit" = Option<usize>, Query, description = "1 to 500, default 100")), responses((status = 200, body = crate::view::RequestPage), (status = 400, body = ApiError)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/requests", tag = "requests", params(("status" = Option<String>, Query, description = crate::view::STATUSES.join(", ")), ("after" = Option<String>, Query, description = "Request id to list after"), ("limit" = Option<usize>, Query, description = "1 to 500, default 100")), responses((status = 200, body = crate::view::RequestPage), (status = 400, body = ApiError)), security(("bearer" = [])))]
 async fn list(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -374,9 +374,8 @@ pub enum RequestCommand {
     },
     /// List requests, oldest first, a page at a time.
     List {
-        /// Only requests in this state: screening, first_refusal, market, provisioning,
-        /// active, released, unfilled or cancelled.
-        #[arg(long)]
+        // The states are the server's own list, so the help cannot fall behind it.
+        #[arg(long, help = format!("Only requests in this state: {}", dibs_serve::view::statuses_in_words()))]
         status: Option<String>,
         /// List after this request id (the next page; list prints it when there is one).
         #[arg(long)]

@@ -115,6 +115,13 @@ mod tests {
     }
 
     #[test]
+    fn every_status_has_a_label() {
+        for status in crate::view::STATUSES {
+            assert_ne!(status_label(status), "Unknown", "{status}");
+        }
+    }
+
+    #[test]
     fn instants_read_relative_to_now() {
         let now = Timestamp::from_unix(1_000_000);
         check(
