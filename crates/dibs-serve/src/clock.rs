@@ -42,12 +42,17 @@ pub struct ClockInfo {
     pub ahead_seconds: i64,
 }
 
+/// A `--time-speed` that is not from 1 to [`MAX_TIME_SPEED`].
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("{0} must be from 1 (real time) to {MAX_TIME_SPEED}")]
+pub struct SpeedOutOfRange(pub f64);
+
 /// Checks a `--time-speed`: at least 1 (real time), at most [`MAX_TIME_SPEED`].
-pub fn check_speed(speed: f64) -> Result<f64, String> {
+pub fn check_speed(speed: f64) -> Result<f64, SpeedOutOfRange> {
     if speed.is_finite() && (1.0..=MAX_TIME_SPEED).contains(&speed) {
         Ok(speed)
     } else {
-        Err(format!("{speed} must be from 1 (real time) to {MAX_TIME_SPEED}"))
+        Err(SpeedOutOfRange(speed))
     }
 }
 

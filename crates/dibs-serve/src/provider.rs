@@ -18,6 +18,7 @@ use dibs_providers::protocol::{AllocationBody, Call, Provider, ReserveBody};
 use dibs_providers::{HolderBehaviour, SimulatedBehaviour, SimulatedProvider};
 use serde_json::json;
 
+use crate::ServeError;
 use crate::clock::wall_now;
 
 /// Behaviour and fault knobs of a standalone provider.
@@ -133,14 +134,15 @@ pub fn serve_provider(
     offers: Vec<Offer>,
     listen: &str,
     knobs: Knobs,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Result<(), ServeError> {
     if !offers.iter().any(|o| o.provider == name) {
-        return Err(format!("--name {name}: the catalog has no offers from {name}").into());
+        return Err(ServeError::NoOffers(name));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
-        let listener =
-            tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("--listen {listen}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(ServeError::unusable(format_args!("--listen {listen}")))?;
         println!("provider {name} serving on http://{}", listener.local_addr()?);
         use std::io::Write;
         let _ = std::io::stdout().flush();

@@ -310,7 +310,7 @@ fn check_heads(
 ) -> std::result::Result<(), String> {
     let ours = dibs_serve::signing::HeadSigner::load(data).ok().map(|s| s.public_key().to_vec());
     for head in &verified.checkpoints {
-        dibs_serve::signing::check(head)?;
+        dibs_serve::signing::check(head).map_err(|e| e.to_string())?;
         if ours.as_ref().is_some_and(|key| *key != head.public_key) && data.join("ledger.db").is_file() {
             return Err(format!(
                 "the checkpoint at entry {} is signed by a key other than {}'s",
