@@ -268,17 +268,7 @@ pub enum ProviderReply {
     Quotes { offers: Vec<Offer> },
 }
 
-/// Where the broker's clock comes from: the wall clock, or a test's.
-pub type Clock = Box<dyn FnMut() -> Timestamp + Send>;
-
-pub fn wall_clock() -> Clock {
-    Box::new(|| {
-        let seconds = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        Timestamp::from_unix(seconds)
-    })
-}
+pub use crate::clock::{Clock, wall_clock};
 
 /// Identifies a timer or an outgoing call: the key of its row.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]

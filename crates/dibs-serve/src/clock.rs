@@ -28,8 +28,6 @@ use std::time::Instant;
 
 use dibs_core::types::Timestamp;
 
-use crate::broker::{Clock, wall_clock};
-
 /// The fastest a demo clock may run: one real second is then at most a virtual day.
 pub const MAX_TIME_SPEED: f64 = 86_400.0;
 
@@ -44,20 +42,38 @@ pub struct ClockInfo {
     pub ahead_seconds: i64,
 }
 
+/// A `--time-speed` that is not from 1 to [`MAX_TIME_SPEED`].
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("{0} must be from 1 (real time) to {MAX_TIME_SPEED}")]
+pub struct SpeedOutOfRange(pub f64);
+
 /// Checks a `--time-speed`: at least 1 (real time), at most [`MAX_TIME_SPEED`].
-pub fn check_speed(speed: f64) -> Result<f64, String> {
+pub fn check_speed(speed: f64) -> Result<f64, SpeedOutOfRange> {
     if speed.is_finite() && (1.0..=MAX_TIME_SPEED).contains(&speed) {
         Ok(speed)
     } else {
-        Err(format!("{speed} must be from 1 (real time) to {MAX_TIME_SPEED}"))
+        Err(SpeedOutOfRange(speed))
     }
+}
+
+/// Where the broker's clock comes from: the wall clock, or a test's.
+pub type Clock = Box<dyn FnMut() -> Timestamp + Send>;
+
+/// The wall clock as a [`Clock`].
+pub fn wall_clock() -> Clock {
+    Box::new(wall_now)
+}
+
+/// The wall clock's instant in whole seconds since the Unix epoch (0 for a clock set before
+/// it). Every reading of the wall clock outside `dibs-core` comes through here, so the shells
+/// agree on what "now" means.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The wall clock's instant, in whole seconds.
 pub fn wall_now() -> Timestamp {
-    let seconds =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    Timestamp::from_unix(seconds)
+    Timestamp::from_unix(unix_now())
 }
 
 /// The clock a service runs on: `speed` times the wall clock, starting at the later of now

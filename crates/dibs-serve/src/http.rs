@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::broker::{ApiError, Command, Reply, SubmitBody};
+use crate::clock::unix_now;
 use crate::view::RequestView;
 
 /// Request bodies larger than this are refused.
@@ -53,10 +54,6 @@ impl KnownToken {
     fn valid_at(&self, now: i64) -> bool {
         !self.revoked && self.expires_at.is_none_or(|until| now < until)
     }
-}
-
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 impl AppState {
@@ -370,8 +367,7 @@ async fn authenticate(
 /// has neither expired nor been revoked. Blocks on the store: call it off the async runtime.
 pub(crate) fn role_of(state: &AppState, hash: &[u8; 32]) -> Result<Role, ApiError> {
     // Compare every byte, whatever the first difference.
-    let differs = hash.iter().zip(state.admin_token_hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    if differs == 0 {
+    if bool::from(subtle::ConstantTimeEq::ct_eq(&hash[..], &state.admin_token_hash[..])) {
         return Ok(Role::Admin);
     }
     let cached = state.roles.lock().ok().and_then(|r| r.get(hash).cloned());
@@ -540,7 +536,7 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/v1/requests", tag = "requests", params(("status" = Option<String>, Query, description = "screening, first_refusal, market, provisioning, active, released, unfilled, cancelled"), ("after" = Option<String>, Query, description = "Request id to list after"), ("limit" = Option<usize>, Query, description = "1 to 500, default 100")), responses((status = 200, body = crate::view::RequestPage), (status = 400, body = ApiError)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/requests", tag = "requests", params(("status" = Option<String>, Query, description = crate::view::STATUSES.join(", ")), ("after" = Option<String>, Query, description = "Request id to list after"), ("limit" = Option<usize>, Query, description = "1 to 500, default 100")), responses((status = 200, body = crate::view::RequestPage), (status = 400, body = ApiError)), security(("bearer" = [])))]
 async fn list(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -1026,7 +1022,7 @@ async fn revoke_token(
 pub fn new_token() -> Result<String, getrandom::Error> {
     let mut secret = [0u8; 24];
     getrandom::fill(&mut secret)?;
-    Ok(std::iter::once("dibs_".to_owned()).chain(secret.iter().map(|b| format!("{b:02x}"))).collect())
+    Ok(format!("dibs_{}", hex::encode(secret)))
 }
 
 #[derive(Deserialize)]

@@ -76,6 +76,9 @@ pub struct LoadedFrom {
 /// The exit status of a replica that lost the lead (its lock session went, or another
 /// replica's epoch refused its write).
 pub const EXIT_LOST_LEAD: i32 = 75;
+/// The exit status of a service whose ledger could not be written (sysexits' EX_SOFTWARE):
+/// the engine may hold decisions the ledger does not, so it stops and a restart replays.
+pub const EXIT_LEDGER_UNWRITABLE: i32 = 70;
 
 /// The file in the data folder that holds the admin token's SHA-256 (hex).
 pub const ADMIN_TOKEN_FILE: &str = "admin-token.sha256";
@@ -153,10 +156,7 @@ fn admin_token(config: &ServeConfig) -> std::io::Result<([u8; 32], Option<String
     }
     let path = config.data.join(ADMIN_TOKEN_FILE);
     if let Ok(text) = std::fs::read_to_string(&path) {
-        let bytes: Vec<u8> = (0..text.trim().len() / 2)
-            .filter_map(|i| u8::from_str_radix(text.trim().get(2 * i..2 * i + 2)?, 16).ok())
-            .collect();
-        if let Ok(hash) = <[u8; 32]>::try_from(bytes.as_slice()) {
+        if let Ok(hash) = <[u8; 32] as hex::FromHex>::from_hex(text.trim()) {
             return Ok((hash, None));
         }
         return Err(std::io::Error::other(format!(
@@ -170,15 +170,44 @@ fn admin_token(config: &ServeConfig) -> std::io::Result<([u8; 32], Option<String
     Ok((hash, Some(token)))
 }
 
+/// Why `dibs serve` or `dibs provider serve` could not start, or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Something the configuration names could not be used; `what` names it as the command
+    /// line does (`--data dibs-data`, `--listen 127.0.0.1:7878`, a file, `admin token`).
+    #[error("{what}: {error}")]
+    Unusable { what: String, error: std::io::Error },
+    /// Another `dibs serve` holds the data folder (SQLite: one process per ledger).
+    #[error("--data {}: another dibs serve is using it", data.display())]
+    DataInUse { data: PathBuf },
+    /// `dibs provider serve --name` names a provider the catalog has no offers from.
+    #[error("--name {0}: the catalog has no offers from {0}")]
+    NoOffers(dibs_core::types::ProviderName),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] signing::KeyError),
+}
+
+impl ServeError {
+    /// Maps an I/O error on what `what` names to [`ServeError::Unusable`].
+    pub(crate) fn unusable(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Self {
+        move |error| Self::Unusable { what: what.to_string(), error }
+    }
+}
+
 /// Starts the service and serves until Ctrl-C. Prints the URL (and the admin
 /// token when it was made now) once it is listening.
-pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
-    std::fs::create_dir_all(&config.data).map_err(|e| format!("--data {}: {e}", config.data.display()))?;
+pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&config.data)
+        .map_err(ServeError::unusable(format_args!("--data {}", config.data.display())))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     // The port is open from the start: a standby answers health (its role) and readiness
     // (503), so a load balancer can tell a standby from a dead replica.
     let socket = std::net::TcpListener::bind(&config.listen)
-        .map_err(|e| format!("--listen {}: {e}", config.listen))?;
+        .map_err(ServeError::unusable(format_args!("--listen {}", config.listen)))?;
     socket.set_nonblocking(true)?;
     let standing_by = standby_server(&runtime, socket.try_clone()?, config.limits)?;
     // On a shared database one replica runs the engine; the others wait
@@ -206,9 +235,9 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     };
     // On SQLite, one process per data folder: a second would run a second engine on one ledger.
     let lock_path = config.data.join("serve.lock");
-    let lock = std::fs::File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    let lock = std::fs::File::create(&lock_path).map_err(ServeError::unusable(lock_path.display()))?;
     if config.database.is_none() && lock.try_lock().is_err() {
-        return Err(format!("--data {}: another dibs serve is using it", config.data.display()).into());
+        return Err(ServeError::DataInUse { data: config.data.clone() });
     }
     let mut store = open_store(&config.data, config.database.as_deref(), &config.schema)?;
     // Holding the lead: from now on a write by any replica that led before is refused.
@@ -257,7 +286,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     let replayed = format!(
         "{from}replayed {replayed} entries, {inputs} inputs; {requests} requests; {outstanding} timers re-armed"
     );
-    let (hash, new_token) = admin_token(&config).map_err(|e| format!("admin token: {e}"))?;
+    let (hash, new_token) = admin_token(&config).map_err(ServeError::unusable("admin token"))?;
     let mut banner = banner::Banner {
         base_url: String::new(),
         storage: match &config.database {
@@ -292,7 +321,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             }
             // The engine may hold decisions the ledger does not: stop; a restart replays the ledger.
             eprintln!("dibs: the ledger could not be written ({e}); stopping");
-            std::process::exit(70);
+            std::process::exit(EXIT_LEDGER_UNWRITABLE);
         }
     })?;
     let state = Arc::new(http::AppState {
@@ -322,7 +351,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             })
             .await?;
         let _ = tx.send(broker::Command::Shutdown);
-        Ok::<(), Box<dyn std::error::Error>>(())
+        Ok::<(), ServeError>(())
     })?;
     // The broker finishes its turn, writes its snapshot and signs the head before the process ends.
     let _ = broker_thread.join();

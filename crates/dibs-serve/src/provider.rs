@@ -13,10 +13,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use dibs_core::engine::{Ask, Solicitation};
-use dibs_core::types::{Offer, ProviderName, Timestamp};
+use dibs_core::types::{Offer, ProviderName};
 use dibs_providers::protocol::{AllocationBody, Call, Provider, ReserveBody};
 use dibs_providers::{HolderBehaviour, SimulatedBehaviour, SimulatedProvider};
 use serde_json::json;
+
+use crate::ServeError;
+use crate::clock::wall_now;
 
 /// Behaviour and fault knobs of a standalone provider.
 #[derive(Debug, Clone)]
@@ -71,12 +74,6 @@ pub fn router(name: ProviderName, offers: Vec<Offer>, knobs: Knobs) -> Router {
         .with_state(state)
 }
 
-fn now() -> Timestamp {
-    let seconds =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    Timestamp::from_unix(seconds)
-}
-
 /// Applies the fault knobs: `Some(response)` when this call fails.
 async fn fault(state: &ProviderState) -> Option<Response> {
     if state.knobs.down {
@@ -103,7 +100,8 @@ async fn answer(state: &ProviderState, call: Call) -> Response {
     if let Some(failed) = fault(state).await {
         return failed;
     }
-    let answered = state.provider.lock().expect("no panics while holding the provider").answer(&call, now());
+    let answered =
+        state.provider.lock().expect("no panics while holding the provider").answer(&call, wall_now());
     Json(answered.reply.to_json()).into_response()
 }
 
@@ -136,14 +134,15 @@ pub fn serve_provider(
     offers: Vec<Offer>,
     listen: &str,
     knobs: Knobs,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Result<(), ServeError> {
     if !offers.iter().any(|o| o.provider == name) {
-        return Err(format!("--name {name}: the catalog has no offers from {name}").into());
+        return Err(ServeError::NoOffers(name));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
-        let listener =
-            tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("--listen {listen}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(ServeError::unusable(format_args!("--listen {listen}")))?;
         println!("provider {name} serving on http://{}", listener.local_addr()?);
         use std::io::Write;
         let _ = std::io::stdout().flush();

@@ -28,6 +28,8 @@ pub use dibs_providers::Call;
 use dibs_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::unix_now;
+
 /// An outbox row's content: the call, and when it was decided.
 #[derive(Serialize, Deserialize)]
 pub struct CallRecord {
@@ -186,10 +188,6 @@ impl Dispatcher {
             let _ = self.wake.send(());
         }
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// One worker thread's share of the dispatcher.

@@ -7,12 +7,12 @@
 //! later with `dibs ledger verify --head FILE`: a ledger truncated or rewritten together
 //! with its checkpoints still fails that check.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dibs_core::ledger::hex;
 use dibs_store::{SignedHead, head_message};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use hex::FromHex;
 use serde::{Deserialize, Serialize};
 
 /// The key's file in the data folder: its 32-byte secret, hex.
@@ -22,6 +22,38 @@ pub const CHECKPOINT_ENTRIES: u64 = 1000;
 /// ...and every this long while entries are written.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// The ledger key could not be read or made.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key file holds something other than a 32-byte key in hex.
+    #[error("{}: not a 32-byte key in hex", path.display())]
+    NotAKey { path: PathBuf },
+    /// The data folder has no key (nothing was ever signed there).
+    #[error("{}: no {KEY_FILE} (a dibs serve with this data folder makes one)", data.display())]
+    Missing { data: PathBuf },
+    /// The system gave no random bytes for a new key.
+    #[error("a new ledger key: {0}")]
+    Random(getrandom::Error),
+    /// The key file could not be read or written.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
+}
+
+/// A signed head is not well formed, or not signed by the key it names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// A field of a head kept as JSON is not the hex it should be; the text names the field
+    /// and what it should be ("hash: not 32 bytes of hex").
+    #[error("{0}")]
+    NotHex(&'static str),
+    #[error("the head at entry {0} has no valid public key")]
+    NoPublicKey(u64),
+    #[error("the head at entry {0} has no valid signature")]
+    NoSignature(u64),
+    #[error("the head at entry {0} is not signed by the key it names")]
+    WrongKey(u64),
+}
+
 /// The key that signs this service's heads.
 pub struct HeadSigner {
     key: SigningKey,
@@ -29,32 +61,29 @@ pub struct HeadSigner {
 
 impl HeadSigner {
     /// The key in `data`, made now if there is none.
-    pub fn load_or_create(data: &Path) -> Result<Self, String> {
+    pub fn load_or_create(data: &Path) -> Result<Self, KeyError> {
         let path = data.join(KEY_FILE);
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let bytes = from_hex(text.trim())
-                    .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                    .ok_or_else(|| format!("{}: not a 32-byte key in hex", path.display()))?;
+                let bytes = <[u8; 32]>::from_hex(text.trim()).map_err(|_| KeyError::NotAKey { path })?;
                 Ok(Self { key: SigningKey::from_bytes(&bytes) })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut secret = [0u8; 32];
-                getrandom::fill(&mut secret).map_err(|e| format!("a new ledger key: {e}"))?;
-                write_private(&path, &hex(&secret)).map_err(|e| format!("{}: {e}", path.display()))?;
+                getrandom::fill(&mut secret).map_err(KeyError::Random)?;
+                if let Err(error) = write_private(&path, &hex::encode(secret)) {
+                    return Err(KeyError::Io { path, error });
+                }
                 Ok(Self { key: SigningKey::from_bytes(&secret) })
             }
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(error) => Err(KeyError::Io { path, error }),
         }
     }
 
     /// The key in `data`; an error when there is none (nothing was ever signed there).
-    pub fn load(data: &Path) -> Result<Self, String> {
+    pub fn load(data: &Path) -> Result<Self, KeyError> {
         if !data.join(KEY_FILE).is_file() {
-            return Err(format!(
-                "{}: no {KEY_FILE} (a dibs serve with this data folder makes one)",
-                data.display()
-            ));
+            return Err(KeyError::Missing { data: data.to_path_buf() });
         }
         Self::load_or_create(data)
     }
@@ -77,15 +106,13 @@ impl HeadSigner {
 }
 
 /// Whether `head`'s signature is good under its own public key.
-pub fn check(head: &SignedHead) -> Result<(), String> {
+pub fn check(head: &SignedHead) -> Result<(), HeadError> {
     let key = <[u8; 32]>::try_from(head.public_key.as_slice())
         .ok()
         .and_then(|k| VerifyingKey::from_bytes(&k).ok())
-        .ok_or_else(|| format!("the head at entry {} has no valid public key", head.seq))?;
-    let signature = Signature::from_slice(&head.signature)
-        .map_err(|_| format!("the head at entry {} has no valid signature", head.seq))?;
-    key.verify(&head_message(head.seq, &head.hash), &signature)
-        .map_err(|_| format!("the head at entry {} is not signed by the key it names", head.seq))
+        .ok_or(HeadError::NoPublicKey(head.seq))?;
+    let signature = Signature::from_slice(&head.signature).map_err(|_| HeadError::NoSignature(head.seq))?;
+    key.verify(&head_message(head.seq, &head.hash), &signature).map_err(|_| HeadError::WrongKey(head.seq))
 }
 
 /// A signed head as JSON: what `dibs ledger head` prints and `GET /v1/ledger/head` answers.
@@ -106,39 +133,27 @@ impl From<&SignedHead> for HeadView {
     fn from(h: &SignedHead) -> Self {
         Self {
             seq: h.seq,
-            hash: hex(&h.hash),
+            hash: hex::encode(h.hash),
             at: h.at.clone(),
-            public_key: bytes_hex(&h.public_key),
-            signature: bytes_hex(&h.signature),
+            public_key: hex::encode(&h.public_key),
+            signature: hex::encode(&h.signature),
         }
     }
 }
 
 impl HeadView {
     /// The head, if its fields are well formed (the signature is checked by [`check`]).
-    pub fn to_signed(&self) -> Result<SignedHead, String> {
-        let hash = from_hex(&self.hash)
-            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-            .ok_or("hash: not 32 bytes of hex")?;
+    pub fn to_signed(&self) -> Result<SignedHead, HeadError> {
+        let not_hex = |what| move |_| HeadError::NotHex(what);
+        let hash = <[u8; 32]>::from_hex(&self.hash).map_err(not_hex("hash: not 32 bytes of hex"))?;
         Ok(SignedHead {
             seq: self.seq,
             hash,
             at: self.at.clone(),
-            public_key: from_hex(&self.public_key).ok_or("public_key: not hex")?,
-            signature: from_hex(&self.signature).ok_or("signature: not hex")?,
+            public_key: hex::decode(&self.public_key).map_err(not_hex("public_key: not hex"))?,
+            signature: hex::decode(&self.signature).map_err(not_hex("signature: not hex"))?,
         })
     }
-}
-
-fn bytes_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len() / 2).map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()).collect()
 }
 
 /// Writes `text` to a new file only its owner can read.

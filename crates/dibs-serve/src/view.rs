@@ -53,6 +53,12 @@ pub struct UnfilledView {
 pub const STATUSES: [&str; 8] =
     ["screening", "first_refusal", "market", "provisioning", "active", "released", "unfilled", "cancelled"];
 
+/// The statuses as a sentence lists them: "screening, first_refusal, ... unfilled or cancelled".
+pub fn statuses_in_words() -> String {
+    let (last, others) = STATUSES.split_last().expect("there are statuses");
+    format!("{} or {last}", others.join(", "))
+}
+
 /// A status's place in [`STATUSES`]. The match has no wildcard, so a new status does not
 /// compile until it has a place.
 pub fn status_index(status: Status) -> usize {

@@ -44,6 +44,8 @@ use std::collections::BTreeMap;
 
 use dibs_core::types::{ProviderName, Region, Timestamp};
 
+use crate::csv_input::{CsvError, Table};
+
 /// No incident list is longer than this.
 pub const MAX_INCIDENTS: usize = 100_000;
 
@@ -80,14 +82,8 @@ pub struct Incident {
 /// An incident history could not be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum IncidentError {
-    #[error("{file}: missing column {column:?} (header: {header})")]
-    MissingColumn { file: String, column: &'static str, header: String },
-    #[error("{file}:{line}: {column} {value:?} is not {expected}")]
-    BadValue { file: String, line: u64, column: &'static str, value: String, expected: &'static str },
-    #[error("{file}:{line}: {message}")]
-    Malformed { file: String, line: u64, message: String },
-    #[error("{file}: {message}")]
-    TooLarge { file: String, message: String },
+    #[error(transparent)]
+    Csv(#[from] CsvError),
     #[error("minimum severity {0:?} is not one of low, medium, high")]
     Severity(String),
     #[error("horizon of {0} hours must be a finite number, not negative")]
@@ -145,71 +141,26 @@ pub fn replay_incidents(
     if !(horizon_hours.is_finite() && horizon_hours >= 0.0) {
         return Err(IncidentError::Horizon(horizon_hours));
     }
-    let file = || source.to_owned();
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
-    let header = reader
-        .headers()
-        .map_err(|e| IncidentError::Malformed { file: file(), line: 1, message: e.to_string() })?
-        .clone();
     const COLUMNS: [&str; 6] = ["id", "begin_utc", "end_utc", "severity", "products", "locations"];
-    let mut index = [0; COLUMNS.len()];
-    for (slot, name) in index.iter_mut().zip(COLUMNS) {
-        *slot = header.iter().position(|h| h.trim() == name).ok_or_else(|| IncidentError::MissingColumn {
-            file: file(),
-            column: name,
-            header: header.iter().collect::<Vec<_>>().join(","),
-        })?;
-    }
+    let mut table = Table::open(source, text, COLUMNS, MAX_HISTORY_ROWS)?;
 
     // Kept incidents as in the history, keyed by (begin, id), whatever the file's order.
     let mut kept: BTreeMap<(Timestamp, String), (Timestamp, Option<Region>)> = BTreeMap::new();
-    let mut record = csv::StringRecord::new();
-    let mut rows = 0;
-    loop {
-        let more = reader.read_record(&mut record).map_err(|e| IncidentError::Malformed {
-            file: file(),
-            line: e.position().map_or(0, csv::Position::line),
-            message: e.to_string(),
-        })?;
-        if !more {
-            break;
-        }
-        rows += 1;
-        if rows > MAX_HISTORY_ROWS {
-            return Err(IncidentError::TooLarge {
-                file: file(),
-                message: format!("more than {MAX_HISTORY_ROWS} rows"),
-            });
-        }
-        let line = record.position().map_or(0, csv::Position::line);
-        let mut fields = [""; COLUMNS.len()];
-        for ((field, &at), name) in fields.iter_mut().zip(&index).zip(COLUMNS) {
-            *field = record.get(at).map(str::trim).ok_or_else(|| IncidentError::Malformed {
-                file: file(),
-                line,
-                message: format!("column {name:?} is missing from this row"),
-            })?;
-        }
-        let [id, begin, end, severity, products, locations] = fields;
-        let bad = |column: &'static str, value: &str, expected: &'static str| IncidentError::BadValue {
-            file: file(),
-            line,
-            column,
-            value: value.to_owned(),
-            expected,
-        };
+    table.for_each(|line, [id, begin, end, severity, products, locations]| {
+        let bad = |column, value, expected| CsvError::bad_value(source, line, column, value, expected);
         let rank = severity_rank(severity).ok_or_else(|| bad("severity", severity, "low, medium or high"))?;
         if rank < minimum || !is_gpu_relevant(products) {
-            continue;
+            return Ok::<_, IncidentError>(());
         }
         let begin_at = Timestamp::parse(begin).map_err(|_| bad("begin_utc", begin, "an RFC 3339 time"))?;
         let end_at = Timestamp::parse(end).map_err(|_| bad("end_utc", end, "an RFC 3339 time"))?;
         if end_at <= begin_at || begin_at < history_from {
-            continue;
+            return Ok(());
         }
         let region = if provider.as_str() == "gcp" { single_region(locations) } else { None };
         kept.insert((begin_at, id.to_owned()), (end_at, region));
-    }
+        Ok(())
+    })?;
 
     // `history_from` itself lands at `start`, so the severity filter never moves the calendar.
     let shift = start.unix() - history_from.unix();

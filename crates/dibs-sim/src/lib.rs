@@ -7,6 +7,7 @@
 //! pure function of its inputs. `dibs place` runs one request through it;
 //! `dibs simulate` will replay whole traces.
 
+pub mod csv_input;
 pub mod incidents;
 pub mod prices;
 pub mod simulate;

@@ -27,6 +27,8 @@ use std::collections::BTreeMap;
 
 use dibs_core::types::{ProviderName, Timestamp};
 
+use crate::csv_input::{CsvError, Table};
+
 /// A history longer than this is refused rather than read.
 pub const MAX_HISTORY_ROWS: usize = 1_000_000;
 
@@ -67,14 +69,8 @@ impl PricePath {
 /// A price history could not be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PriceError {
-    #[error("{file}: missing column {column:?} (header: {header})")]
-    MissingColumn { file: String, column: &'static str, header: String },
-    #[error("{file}:{line}: {column} {value:?} is not {expected}")]
-    BadValue { file: String, line: u64, column: &'static str, value: String, expected: &'static str },
-    #[error("{file}:{line}: {message}")]
-    Malformed { file: String, line: u64, message: String },
-    #[error("{file}: more than {MAX_HISTORY_ROWS} rows")]
-    TooManyRows { file: String },
+    #[error(transparent)]
+    Csv(#[from] CsvError),
     #[error("{file}: no priced {family:?} rows on or after {from}")]
     NoRows { file: String, family: String, from: Timestamp },
     #[error("time scale {0} must be a positive finite number")]
@@ -129,75 +125,33 @@ pub fn replay_price_history(
     if !(time_scale.is_finite() && time_scale > 0.0) {
         return Err(PriceError::TimeScale(time_scale));
     }
-    let file = || source.to_owned();
     let family = accelerator_family.trim().to_ascii_lowercase();
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
-    let header = reader
-        .headers()
-        .map_err(|e| PriceError::Malformed { file: file(), line: 1, message: e.to_string() })?
-        .clone();
     const COLUMNS: [&str; 4] = ["snapshot_date", "provider", "gpu_type", "per_gpu_usd_h"];
-    let mut index = [0; COLUMNS.len()];
-    for (slot, name) in index.iter_mut().zip(COLUMNS) {
-        *slot = header.iter().position(|h| h.trim() == name).ok_or_else(|| PriceError::MissingColumn {
-            file: file(),
-            column: name,
-            header: header.iter().collect::<Vec<_>>().join(","),
-        })?;
-    }
+    let mut table = Table::open(source, text, COLUMNS, MAX_HISTORY_ROWS)?;
 
     // Per provider, per snapshot date: the per-GPU prices listed.
     let mut prices: BTreeMap<ProviderName, BTreeMap<Timestamp, Vec<f64>>> = BTreeMap::new();
-    let mut record = csv::StringRecord::new();
-    let mut rows = 0;
-    loop {
-        let more = reader.read_record(&mut record).map_err(|e| PriceError::Malformed {
-            file: file(),
-            line: e.position().map_or(0, csv::Position::line),
-            message: e.to_string(),
-        })?;
-        if !more {
-            break;
-        }
-        rows += 1;
-        if rows > MAX_HISTORY_ROWS {
-            return Err(PriceError::TooManyRows { file: file() });
-        }
-        let line = record.position().map_or(0, csv::Position::line);
-        let mut fields = [""; COLUMNS.len()];
-        for ((field, &at), name) in fields.iter_mut().zip(&index).zip(COLUMNS) {
-            *field = record.get(at).map(str::trim).ok_or_else(|| PriceError::Malformed {
-                file: file(),
-                line,
-                message: format!("column {name:?} is missing from this row"),
-            })?;
-        }
-        let [date, provider, gpu_type, price] = fields;
+    table.for_each(|line, [date, provider, gpu_type, price]| {
         if price.is_empty() || !gpu_type.to_ascii_lowercase().contains(&family) {
-            continue;
+            return Ok::<_, PriceError>(());
         }
-        let bad = |column: &'static str, value: &str, expected: &'static str| PriceError::BadValue {
-            file: file(),
-            line,
-            column,
-            value: value.to_owned(),
-            expected,
-        };
+        let bad = |column, value, expected| CsvError::bad_value(source, line, column, value, expected);
         let snapshot =
             Timestamp::parse(date).map_err(|_| bad("snapshot_date", date, "a date (YYYY-MM-DD)"))?;
         let usd = match price.parse::<f64>() {
             Ok(usd) if usd.is_finite() && usd > 0.0 => usd,
-            _ => return Err(bad("per_gpu_usd_h", price, "a positive price")),
+            _ => return Err(bad("per_gpu_usd_h", price, "a positive price").into()),
         };
         let name = provider_name(provider).ok_or_else(|| bad("provider", provider, "a provider name"))?;
         if snapshot >= history_from {
             prices.entry(name).or_default().entry(snapshot).or_default().push(usd);
         }
-    }
+        Ok(())
+    })?;
 
     let Some(first_snapshot) = prices.values().filter_map(|dates| dates.keys().next()).min().copied() else {
         return Err(PriceError::NoRows {
-            file: file(),
+            file: source.to_owned(),
             family: accelerator_family.to_owned(),
             from: history_from,
         });

@@ -70,6 +70,8 @@ use std::path::Path;
 
 use dibs_core::types::{GpuCount, Timestamp, WorkloadClass};
 
+use crate::csv_input::{CsvError, Table};
+
 /// A trace longer than this is refused rather than read.
 pub const MAX_ROWS: usize = 10_000_000;
 
@@ -181,16 +183,8 @@ impl TraceOptions {
 /// line and column at fault when there is one.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TraceError {
-    #[error("{file}: cannot read: {message}")]
-    Read { file: String, message: String },
-    #[error("{file}: missing column {column:?} (header: {header})")]
-    MissingColumn { file: String, column: &'static str, header: String },
-    #[error("{file}:{line}: {column} {value:?} is not {expected}")]
-    BadValue { file: String, line: u64, column: &'static str, value: String, expected: &'static str },
-    #[error("{file}:{line}: {message}")]
-    Malformed { file: String, line: u64, message: String },
-    #[error("{file}: more than {MAX_ROWS} rows")]
-    TooManyRows { file: String },
+    #[error(transparent)]
+    Csv(#[from] CsvError),
     #[error("{file}: {message}")]
     TooLarge { file: String, message: String },
     #[error(
@@ -202,89 +196,14 @@ pub enum TraceError {
     Options(String),
 }
 
-/// The most columns a reader looks up.
-const MAX_COLUMNS: usize = 4;
-
-/// A CSV reader over `text` with the named columns located in its header.
-struct Table<'a> {
-    file: &'a str,
-    reader: csv::Reader<&'a [u8]>,
-    columns: Vec<usize>,
-    names: &'static [&'static str],
+fn parse_integer(file: &str, line: u64, column: &'static str, value: &str) -> Result<i64, CsvError> {
+    value.parse::<i64>().map_err(|_| CsvError::bad_value(file, line, column, value, "a whole number"))
 }
 
-impl<'a> Table<'a> {
-    fn open(file: &'a str, text: &'a str, names: &'static [&'static str]) -> Result<Self, TraceError> {
-        assert!(names.len() <= MAX_COLUMNS, "a trace reader looks up at most {MAX_COLUMNS} columns");
-        let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
-        let header = reader.headers().map_err(|e| csv_error(file, &e))?.clone();
-        let columns = names
-            .iter()
-            .map(|&name| {
-                header.iter().position(|h| h.trim() == name).ok_or_else(|| TraceError::MissingColumn {
-                    file: file.to_owned(),
-                    column: name,
-                    header: header.iter().collect::<Vec<_>>().join(","),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { file, reader, columns, names })
-    }
-
-    /// Calls `row` with each data row (line number and the named fields, in
-    /// `names` order), at most `MAX_ROWS` of them; returns the count.
-    fn for_each(
-        &mut self,
-        mut row: impl FnMut(u64, &[&str]) -> Result<(), TraceError>,
-    ) -> Result<usize, TraceError> {
-        let mut record = csv::StringRecord::new();
-        let mut count = 0;
-        while self.reader.read_record(&mut record).map_err(|e| csv_error(self.file, &e))? {
-            count += 1;
-            if count > MAX_ROWS {
-                return Err(TraceError::TooManyRows { file: self.file.to_owned() });
-            }
-            let line = record.position().map_or(0, csv::Position::line);
-            let mut fields = [""; MAX_COLUMNS];
-            for ((field, &index), &name) in fields.iter_mut().zip(&self.columns).zip(self.names) {
-                match record.get(index) {
-                    Some(value) => *field = value.trim(),
-                    None => {
-                        return Err(TraceError::Malformed {
-                            file: self.file.to_owned(),
-                            line,
-                            message: format!("column {name:?} is missing from this row"),
-                        });
-                    }
-                }
-            }
-            row(line, &fields[..self.columns.len()])?;
-        }
-        Ok(count)
-    }
-}
-
-fn csv_error(file: &str, error: &csv::Error) -> TraceError {
-    match error.position() {
-        Some(position) => {
-            TraceError::Malformed { file: file.to_owned(), line: position.line(), message: error.to_string() }
-        }
-        None => TraceError::Read { file: file.to_owned(), message: error.to_string() },
-    }
-}
-
-fn bad_value(file: &str, line: u64, column: &'static str, value: &str, expected: &'static str) -> TraceError {
-    TraceError::BadValue { file: file.to_owned(), line, column, value: value.to_owned(), expected }
-}
-
-fn parse_integer(file: &str, line: u64, column: &'static str, value: &str) -> Result<i64, TraceError> {
-    value.parse::<i64>().map_err(|_| bad_value(file, line, column, value, "a whole number"))
-}
-
-fn parse_number(file: &str, line: u64, column: &'static str, value: &str) -> Result<f64, TraceError> {
+fn parse_number(file: &str, line: u64, column: &'static str, value: &str) -> Result<f64, CsvError> {
     match value.parse::<f64>() {
         Ok(number) if number.is_finite() => Ok(number),
-        _ => Err(bad_value(file, line, column, value, "a finite number")),
+        _ => Err(CsvError::bad_value(file, line, column, value, "a finite number")),
     }
 }
 
@@ -368,8 +287,8 @@ fn peak_concurrent_gpus(jobs: &[Job]) -> u64 {
 /// Reads a training trace (`id,submit_time_s,gpus,duration_s[,node_split]`).
 pub fn read_training_trace(source: &str, text: &str, options: &TraceOptions) -> Result<Demand, TraceError> {
     options.check()?;
-    const COLUMNS: &[&str] = &["id", "submit_time_s", "gpus", "duration_s"];
-    let mut table = Table::open(source, text, COLUMNS)?;
+    const COLUMNS: [&str; 4] = ["id", "submit_time_s", "gpus", "duration_s"];
+    let mut table = Table::open(source, text, COLUMNS, MAX_ROWS)?;
     let mut jobs = Vec::new();
     let mut rows_skipped = 0;
     let rows_read = table.for_each(|line, fields| {
@@ -378,7 +297,7 @@ pub fn read_training_trace(source: &str, text: &str, options: &TraceOptions) -> 
         let duration = parse_number(source, line, "duration_s", fields[3])?;
         if submit < 0.0 || gpus <= 0 || gpus > i64::from(GpuCount::MAX) || duration <= 0.0 {
             rows_skipped += 1;
-            return Ok(());
+            return Ok::<_, TraceError>(());
         }
         let start = scaled_seconds(submit, options.time_scale);
         let end = scaled_seconds(submit + duration, options.time_scale).max(start.saturating_add(1));
@@ -453,8 +372,8 @@ pub fn read_training_trace(source: &str, text: &str, options: &TraceOptions) -> 
 /// Reads an LLM request trace (`timestamp_s,context_tokens,generated_tokens[,...]`).
 pub fn read_llm_trace(source: &str, text: &str, options: &TraceOptions) -> Result<Demand, TraceError> {
     options.check()?;
-    const COLUMNS: &[&str] = &["timestamp_s", "context_tokens", "generated_tokens"];
-    let mut table = Table::open(source, text, COLUMNS)?;
+    const COLUMNS: [&str; 3] = ["timestamp_s", "context_tokens", "generated_tokens"];
+    let mut table = Table::open(source, text, COLUMNS, MAX_ROWS)?;
     let mut tokens_per_bucket: BTreeMap<i64, u64> = BTreeMap::new();
     let mut rows_skipped = 0;
     let rows_read = table.for_each(|line, fields| {
@@ -463,7 +382,7 @@ pub fn read_llm_trace(source: &str, text: &str, options: &TraceOptions) -> Resul
         let generated = parse_integer(source, line, "generated_tokens", fields[2])?;
         if timestamp < 0.0 || context < 0 || generated < 0 {
             rows_skipped += 1;
-            return Ok(());
+            return Ok::<_, TraceError>(());
         }
         let bucket = (timestamp * options.time_scale / BUCKET_SECONDS as f64).floor() as i64;
         let tokens = tokens_per_bucket.entry(bucket).or_default();
@@ -511,7 +430,7 @@ pub fn read_llm_trace(source: &str, text: &str, options: &TraceOptions) -> Resul
 pub fn read_trace_file(path: &Path, options: &TraceOptions) -> Result<Demand, TraceError> {
     let file =
         path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let read_error = |e: std::io::Error| TraceError::Read { file: file.clone(), message: e.to_string() };
+    let read_error = |e: std::io::Error| CsvError::Read { file: file.clone(), message: e.to_string() };
     let size = std::fs::metadata(path).map_err(read_error)?.len();
     if size > MAX_FILE_BYTES {
         return Err(TraceError::TooLarge {

@@ -1,6 +1,7 @@
 //! The dibs command line. Thin glue: parsing arguments, reading files,
 //! printing. Every decision is made in `dibs-core`.
 
+mod exit;
 mod place;
 mod request_args;
 mod serve;
@@ -9,11 +10,13 @@ mod simulate;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use dibs_core::catalog::{self, Catalog};
 use dibs_core::contract::{self, ContractSet};
 use dibs_core::types::Timestamp;
+
+use crate::exit::Exit;
 
 // A simulation allocates and frees an event per engine step; mimalloc
 // halves the time the system allocator takes for that.
@@ -145,10 +148,10 @@ fn main() -> ExitCode {
         Command::Catalog(CatalogCommand::Check { catalog, summary }) => catalog_check(&catalog, summary),
     };
     match result {
-        Ok(code) => code,
+        Ok(exit) => exit.into(),
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(2)
+            Exit::for_error(&error).into()
         }
     }
 }
@@ -157,44 +160,27 @@ fn main() -> ExitCode {
 pub fn instant(at: Option<&str>) -> Result<Timestamp> {
     match at {
         Some(text) => Timestamp::parse(text).map_err(|e| anyhow::anyhow!("--at: {e}")),
-        None => {
-            let now =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).context("system clock")?;
-            Ok(Timestamp::from_unix(now.as_secs() as i64))
-        }
+        None => Ok(dibs_serve::clock::wall_now()),
     }
 }
 
 /// Loads contracts from files and directories (in sorted order within a directory).
 pub fn load_contracts(paths: &[PathBuf]) -> Result<ContractSet, contract::ContractError> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-                .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
-            found.retain(|p| p.extension().is_some_and(|e| e == "toml"));
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(path.clone());
-        }
-    }
-    contract::load_contract_files(&files)
+    contract::load_contract_files(&contract::contract_paths(paths)?)
 }
 
-fn contract_check(files: &[PathBuf], at: Option<&str>, catalog: &CatalogArgs) -> Result<ExitCode> {
+fn contract_check(files: &[PathBuf], at: Option<&str>, catalog: &CatalogArgs) -> Result<Exit> {
     let at = instant(at)?;
     match load_contracts(files) {
         Ok(set) => {
             print!("{}", contract::describe_in_force(&set, at));
             let catalog = load_catalogs(catalog)?;
             warn_unknown_names(&set, &catalog);
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Success)
         }
         Err(error) => {
             eprintln!("{error}");
-            Ok(ExitCode::FAILURE)
+            Ok(Exit::Invalid)
         }
     }
 }
@@ -216,7 +202,7 @@ pub fn load_catalogs(args: &CatalogArgs) -> Result<Catalog> {
     Ok(catalog)
 }
 
-fn catalog_check(args: &CatalogArgs, summary: bool) -> Result<ExitCode> {
+fn catalog_check(args: &CatalogArgs, summary: bool) -> Result<Exit> {
     let started = std::time::Instant::now();
     let catalog = load_catalogs(args)?;
     let elapsed = started.elapsed();
@@ -239,5 +225,5 @@ fn catalog_check(args: &CatalogArgs, summary: bool) -> Result<ExitCode> {
         }
     }
     println!("\n{} offers in {:.0?}", catalog.offers.len(), elapsed);
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }

@@ -1,7 +1,6 @@
 //! `dibs place`: one request, run to completion in virtual time.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use std::collections::BTreeSet;
 
@@ -16,6 +15,8 @@ use dibs_core::types::{Offer, Timestamp};
 use dibs_providers::{HolderBehaviour, SimulatedBehaviour, SimulatedProvider};
 use dibs_sim::VirtualRun;
 use serde::Serialize;
+
+use crate::exit::Exit;
 
 #[derive(Args)]
 pub struct PlaceArgs {
@@ -38,13 +39,14 @@ pub struct PlaceArgs {
     json: bool,
 }
 
-pub fn run(args: PlaceArgs) -> Result<ExitCode> {
+pub fn run(args: PlaceArgs) -> Result<Exit> {
     let at = crate::instant(args.at.as_deref())?;
     let holder = HolderBehaviour::parse(&args.holder).map_err(|e| anyhow::anyhow!("--holder: {e}"))?;
     let contracts = if args.contracts.is_empty() {
         dibs_core::contract::builtin_contracts("default").context("the embedded default contract set")?
     } else {
-        crate::load_contracts(&args.contracts).map_err(|e| anyhow::anyhow!("{e}"))?
+        // Kept as a ContractError, so that invalid contract files exit `Exit::Invalid`.
+        crate::load_contracts(&args.contracts)?
     };
     let catalog = crate::load_catalogs(&args.catalog)?;
     crate::warn_unknown_names(&contracts, &catalog);
@@ -70,7 +72,7 @@ pub fn run(args: PlaceArgs) -> Result<ExitCode> {
     } else {
         print!("{}", report.human(&request, at));
     }
-    Ok(if report.status == "awarded" { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if report.status == "awarded" { Exit::Success } else { Exit::Unfilled })
 }
 
 /// The `--json` output; its own struct so the engine's types can change without changing it.

@@ -2,7 +2,6 @@
 //! the commands that talk to it.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -12,6 +11,8 @@ use std::collections::BTreeMap;
 
 use dibs_core::types::ProviderName;
 use dibs_providers::HolderBehaviour;
+
+use crate::exit::{Exit, Unreachable};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -88,7 +89,7 @@ fn parse_remotes(specs: &[String]) -> Result<BTreeMap<ProviderName, String>> {
     Ok(remotes)
 }
 
-pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+pub fn serve(args: ServeArgs) -> Result<Exit> {
     let holder = HolderBehaviour::parse(&args.holder).map_err(|e| anyhow::anyhow!("--holder: {e}"))?;
     let contract_texts = if args.contracts.is_empty() {
         contract::builtin_contract_texts("default").context("the embedded default contract set")?
@@ -160,7 +161,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         snapshot_every: args.snapshot_every,
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// Paths as a short comma-separated list.
@@ -220,7 +221,7 @@ pub enum LedgerCommand {
     },
 }
 
-pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
+pub fn ledger(command: LedgerCommand) -> Result<Exit> {
     let (LedgerCommand::Verify { data, database, database_schema, .. }
     | LedgerCommand::Head { data, database, database_schema }
     | LedgerCommand::Rebuild { data, database, database_schema }) = &command;
@@ -235,19 +236,15 @@ pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("the hash chain is broken, so no rebuild: {e}"))?;
         let (recovery, rows) = dibs_serve::rebuild(store).map_err(|e| anyhow::anyhow!("{e}"))?;
         println!("rebuilt the requests projection: {rows} requests from {} ledger entries", recovery.entries);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
     if let LedgerCommand::Head { .. } = command {
         let signer = dibs_serve::signing::HeadSigner::load(&data).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (seq, hash) = store.head().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let at = dibs_core::types::Timestamp::from_unix(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
-        );
+        let at = dibs_serve::clock::wall_now();
         let head = dibs_serve::signing::HeadView::from(&signer.sign(seq, hash, at.to_string()));
         println!("{}", serde_json::to_string_pretty(&head)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
     let verified = match dibs_store::verify(store.as_mut()) {
         Ok(v) => {
@@ -259,12 +256,12 @@ pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
         }
         Err(e) => {
             println!("hash chain: BROKEN: {e}");
-            return Ok(ExitCode::from(1));
+            return Ok(Exit::Invalid);
         }
     };
     if let Err(problem) = check_heads(&data, store.as_mut(), &verified, &command) {
         println!("signed heads: BROKEN: {problem}");
-        return Ok(ExitCode::from(1));
+        return Ok(Exit::Invalid);
     }
     match dibs_serve::replay_check(store) {
         Ok(dibs_serve::ReplayCheck { recovery: r, projection, snapshot }) => {
@@ -277,12 +274,12 @@ pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
                 r.requests,
                 r.snapshots_checked,
             );
-            let mut code = ExitCode::SUCCESS;
+            let mut code = Exit::Success;
             match projection {
                 Ok(rows) => println!("projection: ok, {rows} requests match the replay"),
                 Err(e) => {
                     println!("projection: MISMATCH: {e} (dibs ledger rebuild recreates it)");
-                    code = ExitCode::from(1);
+                    code = Exit::Invalid;
                 }
             }
             match snapshot {
@@ -290,14 +287,14 @@ pub fn ledger(command: LedgerCommand) -> Result<ExitCode> {
                 Ok(None) => println!("stored snapshot: none"),
                 Err(e) => {
                     println!("stored snapshot: MISMATCH: {e} (a start replays the whole ledger instead)");
-                    code = ExitCode::from(1);
+                    code = Exit::Invalid;
                 }
             }
             Ok(code)
         }
         Err(e) => {
             println!("replay: MISMATCH: {e}");
-            Ok(ExitCode::from(1))
+            Ok(Exit::Invalid)
         }
     }
 }
@@ -313,7 +310,7 @@ fn check_heads(
 ) -> std::result::Result<(), String> {
     let ours = dibs_serve::signing::HeadSigner::load(data).ok().map(|s| s.public_key().to_vec());
     for head in &verified.checkpoints {
-        dibs_serve::signing::check(head)?;
+        dibs_serve::signing::check(head).map_err(|e| e.to_string())?;
         if ours.as_ref().is_some_and(|key| *key != head.public_key) && data.join("ledger.db").is_file() {
             return Err(format!(
                 "the checkpoint at entry {} is signed by a key other than {}'s",
@@ -377,9 +374,8 @@ pub enum RequestCommand {
     },
     /// List requests, oldest first, a page at a time.
     List {
-        /// Only requests in this state: screening, first_refusal, market, provisioning,
-        /// active, released, unfilled or cancelled.
-        #[arg(long)]
+        // The states are the server's own list, so the help cannot fall behind it.
+        #[arg(long, help = format!("Only requests in this state: {}", dibs_serve::view::statuses_in_words()))]
         status: Option<String>,
         /// List after this request id (the next page; list prints it when there is one).
         #[arg(long)]
@@ -494,7 +490,19 @@ fn call(
         ("POST", None) => agent.post(&url).header("Authorization", &auth).send_empty(),
         _ => agent.get(&url).header("Authorization", &auth).call(),
     }
-    .with_context(|| format!("{method} {url}"))?;
+    .map_err(|error| {
+        let what = format!("{method} {url}");
+        // The server was not there, or did not answer in time: not the caller's input.
+        let unreachable = matches!(
+            error,
+            ureq::Error::Io(_)
+                | ureq::Error::Timeout(_)
+                | ureq::Error::HostNotFound
+                | ureq::Error::ConnectionFailed
+        );
+        let error = anyhow::Error::new(error);
+        if unreachable { error.context(Unreachable(what)) } else { error.context(what) }
+    })?;
     let status = response.status().as_u16();
     let body = response.body_mut().read_to_string().unwrap_or_default();
     Ok(Answer { status, body })
@@ -504,13 +512,13 @@ fn base_url(server: &ServerArgs) -> String {
     server.server.trim_end_matches('/').trim_end_matches("/v1").to_owned()
 }
 
-/// Prints an answer: the JSON as is with --json, else through `table`. An error exits 2,
-/// naming the field at fault.
+/// Prints an answer: the JSON as is with --json, else through `table`. An error answer
+/// exits [`Exit::BadInput`], naming the field at fault.
 fn print_answer<T: serde::de::DeserializeOwned>(
     server: &ServerArgs,
     answer: Answer,
     table: impl FnOnce(T) -> String,
-) -> Result<ExitCode> {
+) -> Result<Exit> {
     let pretty = || {
         serde_json::from_str::<serde_json::Value>(&answer.body)
             .ok()
@@ -529,16 +537,16 @@ fn print_answer<T: serde::de::DeserializeOwned>(
                 Err(_) => eprintln!("error: HTTP {}: {}", answer.status, answer.body.trim()),
             }
         }
-        return Ok(ExitCode::from(2));
+        return Ok(Exit::BadInput);
     }
     if server.json {
         println!("{}", pretty());
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
     let value: T =
         serde_json::from_str(&answer.body).context("the server's answer is not what this dibs expects")?;
     print!("{}", table(value));
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// Rows as aligned columns under a header.
@@ -633,7 +641,7 @@ fn request_table(r: &RequestOut, dashboard: &str) -> String {
     out
 }
 
-pub fn request(command: RequestCommand) -> Result<ExitCode> {
+pub fn request(command: RequestCommand) -> Result<Exit> {
     match command {
         RequestCommand::Submit { request, idempotency_key, server } => {
             let answer = call(&server, "POST", "/requests", Some((request.body(), idempotency_key)))?;
@@ -742,7 +750,7 @@ fn token_line(t: &TokenRow) -> String {
     format!("{:<16}  {:<22}  made {}  {state}", t.id, t.role, t.created_at)
 }
 
-pub fn token(command: TokenCommand) -> Result<ExitCode> {
+pub fn token(command: TokenCommand) -> Result<Exit> {
     match command {
         TokenCommand::Reset { data } => {
             if dibs_serve::data_folder_in_use(&data) {
@@ -762,7 +770,7 @@ pub fn token(command: TokenCommand) -> Result<ExitCode> {
                     "note: DIBS_ADMIN_TOKEN is set here; a server started with it uses that token instead"
                 );
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Success)
         }
         TokenCommand::Create { role, expires_in_hours, server } => {
             let mut body = serde_json::json!({ "role": role });
@@ -832,7 +840,7 @@ pub struct ProviderServeArgs {
     seed: u64,
 }
 
-pub fn provider(command: ProviderCommand) -> Result<ExitCode> {
+pub fn provider(command: ProviderCommand) -> Result<Exit> {
     let ProviderCommand::Serve(args) = command;
     let name = ProviderName::new(&args.name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
     let holder_text = args.accept_rate.map_or(args.holder.clone(), |p| format!("rate:{p}"));
@@ -851,5 +859,5 @@ pub fn provider(command: ProviderCommand) -> Result<ExitCode> {
     };
     dibs_serve::provider::serve_provider(name, catalog.offers, &args.listen, knobs)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }

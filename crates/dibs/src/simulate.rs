@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -17,6 +16,8 @@ use dibs_sim::prices::{self, PricePath};
 use dibs_sim::simulate::{self, Scenario, VariantReport};
 use dibs_sim::trace::{self, TraceOptions};
 use serde::Serialize;
+
+use crate::exit::Exit;
 
 #[derive(Args)]
 pub struct SimulateArgs {
@@ -105,7 +106,7 @@ pub struct SimulateArgs {
     settle_every_hours: f64,
 }
 
-pub fn run(args: SimulateArgs) -> Result<ExitCode> {
+pub fn run(args: SimulateArgs) -> Result<Exit> {
     let start = Timestamp::parse(&args.start).map_err(|e| anyhow::anyhow!("--start: {e}"))?;
     let history_from =
         Timestamp::parse(&args.history_from).map_err(|e| anyhow::anyhow!("--history-from: {e}"))?;
@@ -299,10 +300,10 @@ pub fn run(args: SimulateArgs) -> Result<ExitCode> {
                 "invariant violated in variant {:?}: {violation}\nreproduce with --seed {}",
                 report.name, args.seed
             );
-            return Ok(ExitCode::from(4));
+            return Ok(Exit::InvariantBroken);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// The `--json` object.

@@ -125,6 +125,26 @@ fn the_credit_and_the_minimum_of_providers_give_the_optimal_award() {
 }
 
 #[test]
+fn invalid_contract_files_exit_1_as_the_readme_says() {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("broken.toml"), "[contract]\nid = 5\n").unwrap();
+    let Some((code, _, stderr)) = place(&[
+        "--accelerator",
+        "H100",
+        "--gpus",
+        "8",
+        "--hours",
+        "1",
+        "--contracts",
+        folder.path().to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains("broken.toml:2:6: "), "{stderr}");
+}
+
+#[test]
 fn unknown_names_are_refused_with_the_known_ones() {
     let Some((code, _, stderr)) = place(&["--accelerator", "H101", "--gpus", "8", "--hours", "1"]) else {
         return;

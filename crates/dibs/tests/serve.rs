@@ -1506,6 +1506,24 @@ fn the_request_commands_talk_to_a_running_server() {
 }
 
 #[test]
+fn a_server_that_cannot_be_reached_is_not_bad_input() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = format!("http://127.0.0.1:{port}");
+    for command in [&["request", "list"][..], &["token", "list"]] {
+        let output = Command::new(DIBS)
+            .args(command)
+            .args(["--server", &server])
+            .env("DIBS_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(69), "{command:?}: {said}");
+        assert!(said.starts_with(&format!("error: GET {server}/v1/")), "{said}");
+    }
+}
+
+#[test]
 fn a_call_in_flight_when_the_server_dies_is_made_again_by_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = catalog_of(dir.path(), &["azure", "lambda", "nebius", "aws"]);

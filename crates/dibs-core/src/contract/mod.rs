@@ -13,8 +13,8 @@ pub use condition::{Condition, ConditionError, Metrics};
 pub use describe::describe_in_force;
 pub use parse::{
     ContractError, ContractSetBuilder, SourceLocation, builtin_contract_texts, builtin_contracts,
-    contract_set_from_texts, load_contract_dir, load_contract_files, parse_contract, parse_policy,
-    read_contract_texts,
+    contract_paths, contract_set_from_texts, load_contract_dir, load_contract_files, parse_contract,
+    parse_policy, read_contract_texts,
 };
 
 use serde::Serialize;

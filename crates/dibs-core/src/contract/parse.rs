@@ -245,6 +245,27 @@ pub fn load_contract_files(paths: &[PathBuf]) -> Result<ContractSet, ContractErr
 
 /// Loads every `*.toml` file in `dir`, in sorted order.
 pub fn load_contract_dir(dir: &Path) -> Result<ContractSet, ContractError> {
+    load_contract_files(&toml_files_in(dir)?)
+}
+
+/// The contract files `paths` name, in the order given: a file as it is, a directory as its
+/// `*.toml` files in sorted order. Every command that takes contract files or folders walks
+/// them here, so they agree on which files count, and a folder that cannot be read is an
+/// error rather than an empty contract set.
+pub fn contract_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ContractError> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            files.extend(toml_files_in(path)?);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// The `*.toml` files directly in `dir`, sorted.
+fn toml_files_in(dir: &Path) -> Result<Vec<PathBuf>, ContractError> {
     let unreadable = |e: std::io::Error| ContractError {
         location: SourceLocation::file(dir.display().to_string()),
         message: format!("cannot read the directory: {e}"),
@@ -257,7 +278,7 @@ pub fn load_contract_dir(dir: &Path) -> Result<ContractSet, ContractError> {
         }
     }
     paths.sort();
-    load_contract_files(&paths)
+    Ok(paths)
 }
 
 /// The example contract sets embedded in the binary: `"historical"` (the
@@ -283,27 +304,7 @@ pub fn contract_set_from_texts(files: &[(String, String)]) -> Result<ContractSet
 
 /// Reads contract files (or folders of `*.toml`) into (file name, contents) pairs.
 pub fn read_contract_texts(paths: &[PathBuf]) -> Result<Vec<(String, String)>, ContractError> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let unreadable = |e: std::io::Error| ContractError {
-                location: SourceLocation::file(path.display().to_string()),
-                message: format!("cannot read the directory: {e}"),
-            };
-            let mut found = Vec::new();
-            for entry in std::fs::read_dir(path).map_err(unreadable)? {
-                let p = entry.map_err(unreadable)?.path();
-                if p.is_file() && p.extension().is_some_and(|e| e == "toml") {
-                    found.push(p);
-                }
-            }
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(path.clone());
-        }
-    }
-    files
+    contract_paths(paths)?
         .iter()
         .map(|path| {
             let name = path.display().to_string();
@@ -1754,6 +1755,26 @@ emergency_release = false
 
     fn examples_dir(set: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/contracts").join(set)
+    }
+
+    #[test]
+    fn a_file_names_itself_and_a_folder_its_toml_files_in_sorted_order() {
+        let lone = examples_dir("default").join("policy.toml");
+        let paths = contract_paths(&[lone, examples_dir("historical")]).unwrap();
+        let names: Vec<_> = paths.iter().map(|p| p.file_name().unwrap().to_string_lossy()).collect();
+        assert_eq!(
+            names,
+            [
+                "policy.toml",
+                "aws.toml",
+                "azure.toml",
+                "gcp.toml",
+                "lambda.toml",
+                "nebius.toml",
+                "oci.toml",
+                "policy.toml"
+            ]
+        );
     }
 
     #[test]

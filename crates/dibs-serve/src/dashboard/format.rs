@@ -2,6 +2,7 @@
 
 use dibs_core::types::Timestamp;
 use maud::{Markup, html};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// A status as people say it, for column heads and badges. `provisioning` reads
 /// "awarded": the award is made and the capacity is on its way.
@@ -87,14 +88,13 @@ pub fn hash(hex: &str) -> Markup {
     html! { code.hash title=(hex) { (hex.get(..12).unwrap_or(hex)) "…" } }
 }
 
+/// What a query value keeps as it is: RFC 3986's unreserved characters. Everything else is
+/// percent-encoded.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
 /// Percent-encodes a query value (names here are ASCII words, but a filter is user input).
 pub fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    utf8_percent_encode(text, QUERY_VALUE).to_string()
 }
 
 #[cfg(test)]
@@ -115,11 +115,26 @@ mod tests {
     }
 
     #[test]
+    fn every_status_has_a_label() {
+        for status in crate::view::STATUSES {
+            assert_ne!(status_label(status), "Unknown", "{status}");
+        }
+    }
+
+    #[test]
     fn instants_read_relative_to_now() {
         let now = Timestamp::from_unix(1_000_000);
         check(
             [30, -600, 3 * 3600, -3 * 86_400].map(|s| relative(now.plus_seconds(s), now)).to_vec(),
             &["in 30 s", "10 min ago", "in 3 h", "3.0 days ago"],
+        );
+    }
+
+    #[test]
+    fn a_query_value_keeps_unreserved_characters_and_encodes_the_rest_in_capitals() {
+        check(
+            ["gpu-req_1.a~b", "a b&c=d/e", "é"].map(encode).to_vec(),
+            &["gpu-req_1.a~b", "a%20b%26c%3Dd%2Fe", "%C3%A9"],
         );
     }
 }
