@@ -335,11 +335,7 @@ pub fn next_hash(previous: &[u8; 32], index: u64, body: &[u8]) -> [u8; 32] {
 
 /// Lowercase hex of a hash.
 pub fn hex(hash: &[u8; 32]) -> String {
-    use std::fmt::Write;
-    hash.iter().fold(String::with_capacity(64), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    hex::encode(hash)
 }
 
 /// A SHA-256 hash chain over events.
