@@ -119,6 +119,11 @@ fn dibs_core_modules_import_in_no_circle() {
 }
 
 #[test]
+fn dibs_serve_modules_import_in_no_circle() {
+    check("dibs-serve");
+}
+
+#[test]
 fn the_checker_sees_a_circle_and_groups() {
     let refs = crate_references(
         "use crate::{engine::Engine, ledger};\n// crate::commented\nlet x = crate::types::Price;",

@@ -23,10 +23,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use dibs_core::contract::{self, ContractSet};
-use dibs_core::engine::{Effect, Engine, EngineConfig, HolderAnswer, Input, MAX_QUOTES_PER_ANSWER, Timer};
+use dibs_core::engine::{Effect, Engine, EngineConfig, Input, Timer};
 use dibs_core::ledger::Event;
 use dibs_core::queue::TimeQueue;
-use dibs_core::request::RequestSpec;
 use dibs_core::types::Offer;
 use dibs_core::types::Timestamp;
 use dibs_providers::protocol::calls_for;
@@ -36,7 +35,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::remote::{Call, CallRecord, Dispatcher};
 
+mod commands;
 mod snapshot;
+
+use commands::Held;
+pub use commands::{
+    BrokerError, Command, Delivery, MAX_HOURS_AHEAD, ProviderReply, ReadView, Replier, SubmitBody,
+};
 
 use crate::view::{self, RequestView};
 pub use snapshot::SNAPSHOT_EVERY;
@@ -48,225 +53,6 @@ pub const MAX_BATCH: usize = 512;
 const MAX_CASCADE: usize = 100_000;
 /// At most this many requests one list returns.
 pub const MAX_LIST: usize = 500;
-
-/// An error a client sees: an HTTP status, and the field at fault if any.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct ApiError {
-    #[serde(skip)]
-    pub status: u16,
-    pub error: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-}
-
-impl ApiError {
-    pub fn new(status: u16, error: impl Into<String>) -> Self {
-        Self { status, error: error.into(), field: None }
-    }
-    pub fn field(status: u16, field: &str, error: impl Into<String>) -> Self {
-        Self { status, error: error.into(), field: Some(field.to_owned()) }
-    }
-}
-
-/// A reply: status and JSON body.
-pub type Reply = Result<(u16, serde_json::Value), ApiError>;
-
-/// How far ahead a request may be placed: two years.
-pub const MAX_HOURS_AHEAD: f64 = 2.0 * 365.0 * 24.0;
-
-/// A reply with `body`, one of the API's own types (`view.rs`), as its JSON.
-fn ok(status: u16, body: impl Serialize) -> Reply {
-    Ok((status, serde_json::to_value(body).expect("the API's types serialize")))
-}
-
-/// The request body of a submission (the id is assigned by dibs). `Default` is not a valid
-/// submission (no accelerator, no GPUs): it fills the optional fields of one.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitBody {
-    /// Acceptable accelerators, in order of preference.
-    pub accelerators: Vec<String>,
-    pub gpus: u32,
-    /// GPUs that must sit together: in one node when a node of the accelerator holds them,
-    /// else a gang of whole nodes of one offer. Default 8 when `gpus` is a multiple of 8, else 1.
-    #[serde(default)]
-    pub block: Option<u32>,
-    pub duration_hours: u32,
-    /// RFC 3339; default: now.
-    #[serde(default)]
-    pub earliest_start: Option<String>,
-    #[serde(default)]
-    pub deliver_by: Option<String>,
-    /// Provider-qualified locations (`aws/us-east-1`, `gcp/*`); a bare region only when one
-    /// provider uses the name. Empty: anywhere.
-    #[serde(default)]
-    pub regions: Vec<String>,
-    /// Acceptable providers, in order of preference. Empty: any.
-    #[serde(default)]
-    pub providers: Vec<String>,
-    #[serde(default)]
-    pub exclude_providers: Vec<String>,
-    pub workload: String,
-    /// USD per GPU-hour, all-in.
-    #[serde(default)]
-    pub max_price: Option<f64>,
-    /// `never` (default), `allow` or `only`.
-    #[serde(default)]
-    pub spot: Option<String>,
-    /// All nodes identical and in one region.
-    #[serde(default)]
-    pub same_region: bool,
-    /// `cost` (default) or `time`.
-    #[serde(default)]
-    pub objective: Option<String>,
-    /// `any` (default), `fallback` or `premium:P`.
-    #[serde(default)]
-    pub preference: Option<String>,
-    /// All capacity ready within this many hours of the service's now: `deliver_by` reckoned
-    /// by the server's clock, which a client's clock may not agree with (a demo clock runs
-    /// ahead of it). Give this or `deliver_by`, not both.
-    #[serde(default)]
-    pub deliver_within_hours: Option<u32>,
-}
-
-/// What the HTTP side asks of the broker.
-pub enum Command {
-    Submit {
-        body: Box<SubmitBody>,
-        /// (scope, key, digest of the body) when the client sent an Idempotency-Key.
-        idempotency: Option<(String, String, String)>,
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    Cancel {
-        id: String,
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    Get {
-        id: String,
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    List {
-        status: Option<String>,
-        after: Option<String>,
-        limit: usize,
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    /// A provider's answer, from a worker calling it over HTTP; due at `at`
-    /// (`None`: now); `call` is the outbox row it answers.
-    Input {
-        at: Option<Timestamp>,
-        input: Box<Input>,
-        call: Option<String>,
-    },
-    /// Report an incident on a provider (or one of its regions).
-    OpenIncident {
-        provider: String,
-        region: Option<String>,
-        idempotency: Option<(String, String, String)>,
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    ResolveIncident {
-        id: String,
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    /// Revenue earned, reported to dibs (for revenue share and review triggers).
-    ReportRevenue {
-        amount: f64,
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    /// An event declared for review-trigger conditions.
-    DeclareEvent {
-        name: String,
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    /// The latest settlement.
-    Settlement {
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    Incidents {
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    /// Allocations in id order after `after`, of one provider if given.
-    Allocations {
-        provider: Option<String>,
-        after: u64,
-        limit: usize,
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    /// A provider answering over the API (the pull side of the provider
-    /// protocol): its answer to a solicitation, or its quotes.
-    ProviderAnswer {
-        provider: String,
-        request: String,
-        answer: ProviderReply,
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    /// Load a contract set (file name, contents): it applies from now on.
-    LoadContracts {
-        files: Vec<(String, String)>,
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    /// The contracts the engine runs under; with `id`, one of them with its clauses.
-    Contracts {
-        id: Option<String>,
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    /// The providers requests may ask, how each is reached, and its open incidents.
-    Providers {
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    /// How many requests are in each status.
-    Stats {
-        reply: tokio::sync::oneshot::Sender<Reply>,
-    },
-    /// A look at the engine's state that decides nothing (the dashboard's pages): `read` runs
-    /// on the broker thread during a turn, and what it returns is called once that turn has
-    /// committed, so a page shows only what is durable.
-    Read {
-        read: Box<dyn FnOnce(&ReadView<'_>) -> Delivery + Send>,
-    },
-    /// Stop after the current turn.
-    Shutdown,
-}
-
-/// What a [`Command::Read`] sees.
-pub struct ReadView<'a> {
-    pub engine: &'a Engine,
-    /// Requests that have ended: the engine no longer holds them.
-    pub finished: &'a BTreeMap<Arc<str>, Arc<Finished>>,
-    /// The broker's instant for this turn (a demo clock's, under `--time-speed`).
-    pub now: Timestamp,
-    /// What the engine runs under.
-    pub configuration: Option<&'a Configuration>,
-    remote: Option<&'a Dispatcher>,
-}
-
-impl ReadView<'_> {
-    /// How a provider is reached: `in-process`, `pull`, or its URL.
-    pub fn reached(&self, provider: &dibs_core::types::ProviderName) -> String {
-        reached(self.remote, provider)
-    }
-}
-
-/// Hands a read's answer over once the turn that computed it has committed.
-pub type Delivery = Box<dyn FnOnce() + Send>;
-
-fn reached(remote: Option<&Dispatcher>, provider: &dibs_core::types::ProviderName) -> String {
-    match remote.and_then(|r| r.url(provider)) {
-        Some(url) if url == crate::remote::PULL => "pull".to_owned(),
-        Some(url) => url.to_owned(),
-        None => "in-process".to_owned(),
-    }
-}
-
-/// What a provider sends through the API.
-#[derive(Debug, Clone)]
-pub enum ProviderReply {
-    /// To a solicitation: `{"answer": "decline"}` or `{"answer": "accept", ...}`.
-    Holder(HolderAnswer),
-    /// To a quote request: `{"offers": [...]}`.
-    Quotes { offers: Vec<Offer> },
-}
 
 pub use crate::clock::{Clock, wall_clock};
 
@@ -908,235 +694,45 @@ impl Broker {
         self.due.next_at()
     }
 
-    /// One turn: due inputs and commands, one commit, then replies and provider calls.
+    /// One turn: the inputs due now, the commands, what they made due at once (the
+    /// cascade), one commit, then the answers and the provider calls.
     pub fn turn(&mut self, commands: Vec<Command>) -> Result<(), StoreError> {
         let now = (self.clock)();
         let mut entries = Vec::new();
         while let Some((_, input)) = self.due.pop_due(now) {
             self.apply(now, input, &mut entries);
         }
-        let mut replies = Vec::new();
-        let mut deliveries: Vec<Delivery> = Vec::new();
+        let mut held = Held::default();
         for command in commands {
-            match command {
-                Command::Submit { body, idempotency, reply } => {
-                    let answer = self.submit(now, *body, idempotency, &mut entries);
-                    replies.push((reply, answer));
-                }
-                Command::Cancel { id, reply } => {
-                    // Cancelling twice changes nothing (and records nothing); a request that
-                    // ended otherwise cannot be cancelled.
-                    let status = self
-                        .engine
-                        .request(&id)
-                        .map(|r| r.status)
-                        .or_else(|| self.finished.get(id.as_str()).map(|f| f.status));
-                    let answer = match status {
-                        None => Err(ApiError::new(404, format!("no request {id:?}"))),
-                        Some(dibs_core::engine::Status::Cancelled) => self.any_view(&id).map(|v| (200, v)),
-                        Some(status) if status.is_final() => Err(ApiError::new(
-                            409,
-                            format!("{id} is {} and cannot be cancelled", status.as_str()),
-                        )),
-                        Some(_) => {
-                            self.apply(now, Input::Cancel { request: id.clone() }, &mut entries);
-                            Ok((200, self.view(&id)))
-                        }
-                    };
-                    replies.push((reply, answer));
-                }
-                Command::Get { id, reply } => {
-                    let answer = self.any_view(&id).map(|v| (200, v));
-                    replies.push((reply, answer));
-                }
-                Command::List { status, after, limit, reply } => {
-                    let answer = self.list(status.as_deref(), after.as_deref(), limit.min(MAX_LIST));
-                    replies.push((reply, answer));
-                }
-                Command::Stats { reply } => {
-                    let mut requests: BTreeMap<String, usize> = BTreeMap::new();
-                    for state in self.engine.requests() {
-                        *requests.entry(state.status.as_str().to_owned()).or_default() += 1;
-                    }
-                    for ended in self.finished.values() {
-                        *requests.entry(ended.status.as_str().to_owned()).or_default() += 1;
-                    }
-                    let stats = view::StatsView { requests, pending_inputs: self.due.len() };
-                    replies.push((reply, ok(200, stats)));
-                }
-                Command::OpenIncident { provider, region, idempotency, reply } => {
-                    let answer = match self.first_answer(&idempotency) {
-                        Ok(Some(first)) => Ok(first),
-                        Err(e) => Err(e),
-                        Ok(None) => self.open_incident(now, provider, region, &mut entries).inspect(
-                            |(status, value)| {
-                                self.remember(idempotency, *status, value);
-                            },
-                        ),
-                    };
-                    replies.push((reply, answer));
-                }
-                Command::ResolveIncident { id, reply } => {
-                    // Resolving twice changes nothing (and records nothing), as cancelling does.
-                    let issued = id
-                        .strip_prefix("inc-")
-                        .and_then(|n| n.parse::<u64>().ok())
-                        .is_some_and(|n| n >= 1 && n < self.next_incident && id == format!("inc-{n}"));
-                    let answer = if self.engine.open_incidents().any(|(open, ..)| open == id) {
-                        self.apply(now, Input::IncidentResolved { id: id.clone() }, &mut entries);
-                        ok(200, view::IncidentResolvedView { id, resolved: true })
-                    } else if issued {
-                        ok(200, view::IncidentResolvedView { id, resolved: true })
-                    } else {
-                        Err(ApiError::new(404, format!("no incident {id:?}")))
-                    };
-                    replies.push((reply, answer));
-                }
-                Command::ReportRevenue { amount, reply } => {
-                    self.apply(now, Input::RevenueReported { amount }, &mut entries);
-                    let body = crate::view::RevenueReportedView {
-                        amount,
-                        month: dibs_core::settlement::month_of(now),
-                    };
-                    replies.push((reply, ok(201, body)));
-                }
-                Command::DeclareEvent { name, reply } => {
-                    self.apply(now, Input::EventDeclared { name: name.clone() }, &mut entries);
-                    let body = crate::view::EventDeclaredView { name, at: now.to_string() };
-                    replies.push((reply, ok(201, body)));
-                }
-                Command::Settlement { reply } => {
-                    replies.push((reply, ok(200, crate::view::settlement(&self.engine))));
-                }
-                Command::Incidents { reply } => {
-                    let incidents = self
-                        .engine
-                        .open_incidents()
-                        .map(|(id, provider, region)| view::IncidentView {
-                            id: id.to_owned(),
-                            provider: provider.to_string(),
-                            region: region.map(|r| r.to_string()),
-                        })
-                        .collect();
-                    replies.push((reply, ok(200, view::IncidentList { incidents })));
-                }
-                Command::Allocations { provider, after, limit, reply } => {
-                    let list: Vec<view::AllocationView> = self
-                        .engine
-                        .allocations_from(after + 1)
-                        .filter(|a| provider.as_deref().is_none_or(|p| a.plan.provider.as_str() == p))
-                        .take(limit.min(MAX_LIST))
-                        .map(view::allocation)
-                        .collect();
-                    let next =
-                        (list.len() == limit.min(MAX_LIST)).then(|| list.last().map(|a| a.id)).flatten();
-                    replies
-                        .push((reply, ok(200, view::AllocationPage { allocations: list, next_after: next })));
-                }
-                Command::ProviderAnswer { provider, request, answer, reply } => {
-                    let answer = self.provider_answer(now, &provider, request, answer, &mut entries);
-                    replies.push((reply, answer));
-                }
-                Command::LoadContracts { files, reply } => {
-                    let offers = self.configuration.as_ref().map(|c| c.offers.clone()).unwrap_or_default();
-                    let time_speed = self.configuration.as_ref().and_then(|c| c.time_speed);
-                    let configuration = Configuration {
-                        contracts: files,
-                        offers,
-                        origin: Configuration::API.into(),
-                        time_speed,
-                    };
-                    let entry = configured_entry(now, &configuration);
-                    // Parsing changes nothing when the files are wrong.
-                    let answer = match self.configure(configuration) {
-                        Err(e) => Err(ApiError::field(422, "files", e)),
-                        Ok(()) => {
-                            entries.push(entry);
-                            let loaded =
-                                self.engine.contracts().contracts.iter().map(|c| c.id.clone()).collect();
-                            ok(200, view::ContractsLoaded { loaded, from: now.to_string() })
-                        }
-                    };
-                    replies.push((reply, answer));
-                }
-                Command::Contracts { id, reply } => {
-                    let contracts = &self.engine.contracts().contracts;
-                    let answer = match id {
-                        None => {
-                            let contracts = contracts.iter().map(|c| view::contract(c, false)).collect();
-                            ok(200, view::ContractList { contracts })
-                        }
-                        Some(id) => match contracts.iter().find(|c| c.id == id) {
-                            Some(c) => ok(200, view::contract(c, true)),
-                            None => Err(ApiError::new(404, format!("no contract {id:?}"))),
-                        },
-                    };
-                    replies.push((reply, answer));
-                }
-                Command::Providers { reply } => {
-                    let list: Vec<_> = self
-                        .engine
-                        .published_providers()
-                        .map(|name| {
-                            let reached = reached(self.remote.as_ref(), name);
-                            let open_incidents = self
-                                .engine
-                                .open_incidents()
-                                .filter(|(_, p, _)| *p == name)
-                                .map(|(id, ..)| id.to_owned())
-                                .collect();
-                            view::ProviderView {
-                                name: name.to_string(),
-                                reached,
-                                open_incidents,
-                                healthy: None,
-                            }
-                        })
-                        .collect();
-                    replies.push((reply, ok(200, view::ProviderList { providers: list })));
-                }
-                Command::Input { at, input, call } => {
-                    // The answered call leaves the outbox with this turn's commit.
-                    if let Some(call) = call {
-                        self.rows.outbox_done.push(call);
-                    }
-                    match at {
-                        Some(at) if at > now => self.schedule(at, *input),
-                        _ => self.apply(now, *input, &mut entries),
-                    }
-                }
-                Command::Read { read } => {
-                    let view = ReadView {
-                        engine: &self.engine,
-                        finished: &self.finished,
-                        now,
-                        configuration: self.configuration.as_ref(),
-                        remote: self.remote.as_ref(),
-                    };
-                    // A read only borrows the engine, so a panic in one (a page's bug) leaves
-                    // nothing half-changed: it is dropped, its page says the broker did not
-                    // answer, and the broker goes on.
-                    if let Ok(delivery) =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&view)))
-                    {
-                        deliveries.push(delivery);
-                    }
-                }
-                Command::Shutdown => {}
-            }
+            self.command(now, command, &mut entries, &mut held);
         }
-        let answers = std::mem::take(&mut self.turn_answers);
-        // Inputs the turn made due by now (an in-process provider's immediate
-        // answer, a timer already past) are handled in the same turn, so they
-        // need no timer row at all.
+        self.cascade(now, &mut entries);
+        self.drop_moot_timers();
+        let calls = self.commit(now, entries)?;
+        held.send();
+        if let Some(remote) = &self.remote {
+            remote.wake(calls);
+        }
+        // After the answers: a snapshot delays the next turn, not this one's answers.
+        self.snapshot(now, false)
+    }
+
+    /// Inputs the turn made due by now (an in-process provider's immediate answer, a timer
+    /// already past) are handled in the same turn, so they need no timer row at all.
+    fn cascade(&mut self, now: Timestamp, entries: &mut Vec<NewEntry>) {
         let mut cascaded = 0;
         while cascaded < MAX_CASCADE
             && let Some((_, input)) = self.due.pop_due(now)
         {
-            self.apply(now, input, &mut entries);
+            self.apply(now, input, entries);
             cascaded += 1;
         }
-        self.drop_moot_timers();
+    }
+
+    /// Commits the turn: its entries, idempotency answers, projection rows, timer and outbox
+    /// rows, in one transaction. Returns how many provider calls it queued.
+    fn commit(&mut self, now: Timestamp, mut entries: Vec<NewEntry>) -> Result<usize, StoreError> {
+        let answers = std::mem::take(&mut self.turn_answers);
         // A snapshot the writer has finished is recorded by this turn's last entry.
         let written = self.snapshot_written();
         if let Some(record) = &written {
@@ -1164,17 +760,7 @@ impl Broker {
             }
         }
         self.ended_this_turn.clear();
-        for (reply, answer) in replies {
-            let _ = reply.send(answer);
-        }
-        for deliver in deliveries {
-            deliver();
-        }
-        if let Some(remote) = &self.remote {
-            remote.wake(calls);
-        }
-        // After the replies: a snapshot delays the next turn, not this one's answers.
-        self.snapshot(now, false)
+        Ok(calls)
     }
 
     /// Drops the timers that would do nothing when they fire (see
@@ -1197,98 +783,6 @@ impl Broker {
             }
         }
         self.compact_at = (2 * self.due.len()).max(MIN_COMPACT_AT);
-    }
-
-    fn provider_answer(
-        &mut self,
-        now: Timestamp,
-        provider: &str,
-        request: String,
-        answer: ProviderReply,
-        entries: &mut Vec<NewEntry>,
-    ) -> Reply {
-        let name =
-            dibs_core::types::ProviderName::new(provider).map_err(|e| ApiError::new(403, e.to_string()))?;
-        // Only a provider that calls in answers here; the others answer the calls dibs makes
-        // to them (in process, or over HTTP), and an answer from anyone else is a spoof.
-        if self.remote.as_ref().and_then(|r| r.url(&name)) != Some(crate::remote::PULL) {
-            return Err(ApiError::new(
-                403,
-                format!(
-                    "{name} is not a pull provider: dibs calls it, and only its answers to those calls count"
-                ),
-            ));
-        }
-        let input = match answer {
-            ProviderReply::Holder(answer) => {
-                let round = self.engine.awaiting_holder(&request, &name).ok_or_else(|| {
-                    ApiError::new(409, format!("{request} is not waiting for {name}'s first-refusal answer"))
-                })?;
-                Input::HolderAnswer { request: request.clone(), round, answer }
-            }
-            ProviderReply::Quotes { mut offers } => {
-                let round = self.engine.awaiting_quotes(&request, &name).ok_or_else(|| {
-                    ApiError::new(409, format!("{request} is not waiting for quotes from {name}"))
-                })?;
-                if offers.len() > MAX_QUOTES_PER_ANSWER {
-                    return Err(ApiError::field(
-                        422,
-                        "offers",
-                        format!("at most {MAX_QUOTES_PER_ANSWER} offers per answer"),
-                    ));
-                }
-                for (i, offer) in offers.iter().enumerate() {
-                    if let Err(problem) = self.engine.names().check_quoted(&name, offer) {
-                        let field = format!("offers[{i}].{}", problem.field);
-                        return Err(ApiError::field(422, &field, problem.message));
-                    }
-                }
-                offers.iter_mut().for_each(|o| o.valid_until = o.valid_until.or(Some(now.plus_hours(24.0))));
-                Input::Quotes { request: request.clone(), round, provider: name, offers }
-            }
-        };
-        self.apply(now, input, entries);
-        ok(200, view::AnswerTaken { request, accepted: true })
-    }
-
-    fn open_incident(
-        &mut self,
-        now: Timestamp,
-        provider: String,
-        region: Option<String>,
-        entries: &mut Vec<NewEntry>,
-    ) -> Reply {
-        let provider = dibs_core::types::ProviderName::new(&provider)
-            .map_err(|e| ApiError::field(422, "provider", e.to_string()))?;
-        if !self.engine.publishes(&provider) {
-            return Err(ApiError::field(422, "provider", format!("{provider} publishes no offers here")));
-        }
-        let region = region
-            .map(|r| {
-                // A region of that provider's, as `aws/us-east-1` or `us-east-1`.
-                let text = if r.contains('/') { r } else { format!("{provider}/{r}") };
-                match self.engine.names().location(&text) {
-                    Ok(location) if location.provider == provider => location.region.ok_or_else(|| {
-                        ApiError::field(422, "region", "name one region, or leave it out for all of them")
-                    }),
-                    Ok(location) => Err(ApiError::field(
-                        422,
-                        "region",
-                        format!("{text} is {}'s, not {provider}'s", location.provider),
-                    )),
-                    Err(e) => Err(ApiError::field(422, "region", e)),
-                }
-            })
-            .transpose()?;
-        let id = format!("inc-{}", self.next_incident);
-        self.next_incident += 1;
-        let input =
-            Input::IncidentOpened { id: id.clone(), provider: provider.clone(), region: region.clone() };
-        self.apply(now, input, entries);
-        ok(
-            201,
-            view::IncidentView { id, provider: provider.to_string(), region: region.map(|r| r.to_string()) },
-        )
     }
 
     /// A request's row in the `requests` projection.
@@ -1340,190 +834,6 @@ impl Broker {
         let rows = self.projection();
         self.store.replace_projection(&rows)?;
         Ok(rows.len())
-    }
-
-    /// The first answer to a create made before with the same Idempotency-Key
-    /// (scope, key, body digest), if any; an error if the body differs.
-    fn first_answer(
-        &mut self,
-        idempotency: &Option<(String, String, String)>,
-    ) -> Result<Option<(u16, serde_json::Value)>, ApiError> {
-        let Some((scope, key, digest)) = idempotency else { return Ok(None) };
-        let earlier = match self.turn_answers.iter().find(|a| &a.scope == scope && &a.key == key) {
-            Some(answer) => Some(answer.clone()),
-            None => self.store.answer(scope, key).map_err(|e| ApiError::new(503, e.to_string()))?,
-        };
-        let Some(answer) = earlier else { return Ok(None) };
-        if &answer.request_digest != digest {
-            return Err(ApiError::field(
-                422,
-                "Idempotency-Key",
-                format!("key {key:?} was used with a different request body"),
-            ));
-        }
-        let value = serde_json::from_str(&answer.response).unwrap_or(serde_json::Value::Null);
-        Ok(Some((answer.status, value)))
-    }
-
-    /// Keeps a create's answer under its Idempotency-Key, committed with the turn.
-    fn remember(
-        &mut self,
-        idempotency: Option<(String, String, String)>,
-        status: u16,
-        value: &serde_json::Value,
-    ) {
-        if let Some((scope, key, digest)) = idempotency {
-            self.turn_answers.push(IdempotentAnswer {
-                scope,
-                key,
-                request_digest: digest,
-                status,
-                response: value.to_string(),
-            });
-        }
-    }
-
-    /// The view of a request the engine holds or that ended in this turn.
-    fn view(&self, id: &str) -> serde_json::Value {
-        match self.engine.request(id) {
-            Some(state) => serde_json::to_value(view::request(&self.engine, state)),
-            None => serde_json::to_value(self.ended_this_turn.get(id).expect("checked by the caller")),
-        }
-        .expect("views serialize")
-    }
-
-    /// A request's view wherever it is: in the engine, ended in this turn, or stored.
-    fn any_view(&mut self, id: &str) -> Result<serde_json::Value, ApiError> {
-        if self.engine.request(id).is_some() || self.ended_this_turn.contains_key(id) {
-            Ok(self.view(id))
-        } else if self.finished.contains_key(id) {
-            self.stored_view(id)
-        } else {
-            Err(ApiError::new(404, format!("no request {id:?}")))
-        }
-    }
-
-    /// A page of requests in id order, open ones from the engine and ended ones from the
-    /// `requests` table.
-    fn list(&mut self, status: Option<&str>, after: Option<&str>, limit: usize) -> Reply {
-        let wanted = |id: &str, s: dibs_core::engine::Status| {
-            status.is_none_or(|want| s.as_str() == want) && after.is_none_or(|a| view::id_order(id, a))
-        };
-        let mut page: Vec<(String, bool)> = Vec::new();
-        {
-            let open = self.engine.requests().map(|s| (s.request.id.as_str(), s.status, true));
-            let ended = self.finished.iter().map(|(id, f)| (&**id, f.status, false));
-            let mut open = open.filter(|(id, s, _)| wanted(id, *s)).peekable();
-            let mut ended = ended.filter(|(id, s, _)| wanted(id, *s)).peekable();
-            while page.len() < limit {
-                let next = match (open.peek(), ended.peek()) {
-                    (Some(a), Some(b)) if a.0 <= b.0 => open.next(),
-                    (Some(_), Some(_)) | (None, Some(_)) => ended.next(),
-                    (Some(_), None) => open.next(),
-                    (None, None) => None,
-                };
-                let Some((id, _, held)) = next else { break };
-                page.push((id.to_owned(), held));
-            }
-        }
-        let mut requests = Vec::with_capacity(page.len());
-        for (id, held) in &page {
-            let view = if *held { self.view(id) } else { self.any_view(id)? };
-            requests.push(view);
-        }
-        let next_after = (page.len() == limit).then(|| page.last().map(|(id, _)| id.clone())).flatten();
-        ok(200, view::RequestPage { requests, next_after })
-    }
-
-    /// The stored view of a request that ended in an earlier turn.
-    fn stored_view(&mut self, id: &str) -> Result<serde_json::Value, ApiError> {
-        match self.store.request_view(id) {
-            Ok(Some(view)) => serde_json::from_str(&view).map_err(|e| ApiError::new(500, e.to_string())),
-            Ok(None) => Err(ApiError::new(500, format!("{id} ended but has no row in the requests table"))),
-            Err(e) => Err(ApiError::new(503, e.to_string())),
-        }
-    }
-
-    fn submit(
-        &mut self,
-        now: Timestamp,
-        body: SubmitBody,
-        idempotency: Option<(String, String, String)>,
-        entries: &mut Vec<NewEntry>,
-    ) -> Reply {
-        if let Some(first) = self.first_answer(&idempotency)? {
-            return Ok(first);
-        }
-        // Instants within a year before now (a start in the past means now) and
-        // MAX_HOURS_AHEAD after it: a date of 0000 or 9999 is a typo, not a plan.
-        let (earliest, latest) = (now.plus_hours(-24.0 * 365.0), now.plus_hours(MAX_HOURS_AHEAD));
-        let instant = |field: &str, text: &Option<String>| -> Result<Option<Timestamp>, ApiError> {
-            let Some(text) = text.as_deref() else { return Ok(None) };
-            let at = Timestamp::parse(text).map_err(|e| ApiError::field(422, field, e.to_string()))?;
-            if at < earliest || at > latest {
-                return Err(ApiError::field(
-                    422,
-                    field,
-                    format!("{at} is not between {earliest} and {latest} (a year back, two years ahead)"),
-                ));
-            }
-            Ok(Some(at))
-        };
-        if body.deliver_within_hours.is_some_and(|h| f64::from(h) > MAX_HOURS_AHEAD) {
-            return Err(ApiError::field(
-                422,
-                "deliver_within_hours",
-                format!("at most {MAX_HOURS_AHEAD} hours"),
-            ));
-        }
-        let spec = RequestSpec {
-            id: format!("r-{}", self.next_request),
-            accelerators: body.accelerators,
-            gpus: body.gpus,
-            // Whole 8-GPU nodes unless the request says otherwise or cannot be.
-            block: body.block.or(Some(if body.gpus.is_multiple_of(8) { 8 } else { 1 })),
-            duration_hours: body.duration_hours,
-            earliest_start: instant("earliest_start", &body.earliest_start)?.unwrap_or(now).max(now),
-            deliver_by: match (instant("deliver_by", &body.deliver_by)?, body.deliver_within_hours) {
-                (Some(_), Some(_)) => {
-                    return Err(ApiError::field(
-                        422,
-                        "deliver_within_hours",
-                        "give deliver_by or deliver_within_hours, not both",
-                    ));
-                }
-                (by, within) => by.or(within.map(|hours| now.plus_hours(f64::from(hours)))),
-            },
-            // A region list in one string splits around region names that hold commas.
-            regions: body.regions.iter().flat_map(|r| self.engine.names().split_locations(r)).collect(),
-            providers: body.providers,
-            exclude_providers: body.exclude_providers,
-            workload: body.workload,
-            max_price: body.max_price,
-            spot: body.spot,
-            same_region: body.same_region,
-            objective: body.objective,
-            preference: body.preference,
-        };
-        let request =
-            spec.validate(self.engine.names()).map_err(|e| ApiError::field(422, e.field, e.to_string()))?;
-        self.next_request += 1;
-        let id = request.id.clone();
-        self.apply(now, Input::Submit(request), entries);
-        if self.engine.request(&id).is_none() && !self.ended_this_turn.contains_key(&id) {
-            // The engine refused it (recorded in the ledger): it holds the most open requests
-            // it takes.
-            return Err(ApiError::new(
-                503,
-                format!(
-                    "dibs holds the most open requests it takes ({}); submit again when some have ended",
-                    dibs_core::engine::MAX_OPEN_REQUESTS
-                ),
-            ));
-        }
-        let view = self.view(&id);
-        self.remember(idempotency, 201, &view);
-        Ok((201, view))
     }
 }
 

@@ -1,113 +1,34 @@
-//! The HTTP API under `/v1`: thin handlers that authenticate, parse, and
-//! hand a command to the broker thread; the broker answers after commit.
+//! The HTTP API under `/v1`: thin handlers that take their caller (`app::Caller`, which
+//! authenticates), parse, and hand a command to the broker thread; the broker answers after
+//! commit, with its own types or a `BrokerError` that `app.rs` maps to HTTP.
 
-use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use dibs_store::{MAX_PAGE, Store, StoreError};
+use dibs_store::MAX_PAGE;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::broker::{ApiError, Command, Reply, SubmitBody};
+use crate::app::{
+    AdminOnly, ApiError, AppState, Auditors, Caller, MAX_BODY_BYTES, MAX_KEY_LEN, Providers, Readers,
+    Requesters, Role, ask, new_token, token_hash,
+};
+use crate::broker::{Command, SubmitBody};
 use crate::clock::unix_now;
 use crate::view::RequestView;
 
-/// Request bodies larger than this are refused.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// Idempotency keys longer than this are refused.
-pub const MAX_KEY_LEN: usize = 200;
-
-pub struct AppState {
-    pub commands: Mutex<Sender<Command>>,
-    /// A second handle on the store, for ledger reads that need not wait for the broker.
-    pub reader: Mutex<Box<dyn Store>>,
-    /// A third, for tokens: a long ledger read does not hold up authentication.
-    pub tokens: Mutex<Box<dyn Store>>,
-    /// Opens another handle: for `verify` (which reads the whole ledger on a handle of its
-    /// own) and to replace a handle whose connection broke.
-    pub open: crate::remote::OpenStore,
-    /// SHA-256 of the admin token.
-    pub admin_token_hash: [u8; 32],
-    /// Signs the heads the API hands out.
-    pub signer: crate::signing::HeadSigner,
-    /// A request body must arrive within this.
-    pub body_timeout: std::time::Duration,
-    /// Tokens looked up so far, by hash.
-    pub roles: Mutex<std::collections::HashMap<[u8; 32], KnownToken>>,
-}
-
-/// A token looked up: its role, and until when it may be used.
-#[derive(Debug, Clone)]
-pub struct KnownToken {
-    pub role: Role,
-    pub expires_at: Option<i64>,
-    pub revoked: bool,
-}
-
-impl KnownToken {
-    fn valid_at(&self, now: i64) -> bool {
-        !self.revoked && self.expires_at.is_none_or(|until| now < until)
-    }
-}
-
-impl AppState {
-    /// Runs `work` on a store handle in a blocking thread (never on the async runtime). A
-    /// handle whose work failed is replaced by a new one and the work tried once more, so a
-    /// dropped database connection heals at the next call.
-    pub async fn with<T: Send + 'static>(
-        self: &Arc<Self>,
-        handle: fn(&AppState) -> &Mutex<Box<dyn Store>>,
-        work: impl Fn(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let state = self.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut store = handle(&state).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            match work(store.as_mut()) {
-                Ok(value) => Ok(value),
-                Err(first) => {
-                    *store = (state.open)().map_err(|e| format!("{first}; reconnecting: {e}"))?;
-                    work(store.as_mut()).map_err(|e| e.to_string())
-                }
-            }
-        })
-        .await;
-        match done {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(message)) => Err(ApiError::new(503, message)),
-            Err(e) => Err(ApiError::new(500, e.to_string())),
-        }
-    }
-
-    /// Runs `work` on the reader handle (see [`AppState::with`]).
-    pub async fn read<T: Send + 'static>(
-        self: &Arc<Self>,
-        work: impl Fn(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        self.with(|s| &s.reader, work).await
-    }
-
-    /// Whether the token with this hash (hex) may still be used, as far as this process
-    /// knows: a dashboard session ends when its token is revoked or expires.
-    pub fn still_valid(&self, scope: &str) -> bool {
-        if scope == dibs_core::ledger::hex(&self.admin_token_hash) {
-            return true;
-        }
-        let Ok(known) = self.roles.lock() else { return false };
-        known.iter().any(|(hash, token)| dibs_core::ledger::hex(hash) == scope && token.valid_at(unix_now()))
-    }
-}
-
-pub fn router(state: Arc<AppState>) -> Router {
+/// The API's routes under `/v1`, with its body checks: every error a client sees is JSON.
+/// `lib.rs` adds the OpenAPI document and the dashboard beside them.
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/ready", get(ready))
-        .route("/v1/openapi.json", get(openapi))
         .route("/v1/requests", post(submit).get(list))
         .route("/v1/requests/{id}", get(show))
         .route("/v1/requests/{id}/cancel", post(cancel))
@@ -128,18 +49,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ledger", get(ledger))
         .route("/v1/ledger/verify", get(verify))
         .route("/v1/ledger/head", get(ledger_head))
-        .fallback(|| async { error(ApiError::new(404, "no such endpoint")) })
+        .fallback(|| async { ApiError::new(404, "no such endpoint") })
+}
+
+/// The layers every `/v1` route has: the body limit, JSON bodies only, JSON errors.
+pub fn with_api_layers(routes: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
+    routes
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(json_bodies_only))
         .layer(axum::middleware::map_response(json_errors))
-        .with_state(state.clone())
-        .merge(crate::dashboard::router(state.clone()))
-        .layer(axum::middleware::from_fn_with_state(state, bodies_in_time))
 }
 
 /// Reads a request's body before any handler does, within `body_timeout`: a client that
 /// sends its headers and then a trickle gets a 408 and loses the connection's slot.
-async fn bodies_in_time(
+pub async fn bodies_in_time(
     State(state): State<Arc<AppState>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -151,15 +74,17 @@ async fn bodies_in_time(
         }
         // Over the limit, or the connection broke off (it sat idle past the bound, or closed).
         Ok(Err(e)) if e.to_string().contains("length limit") => {
-            error(ApiError::field(413, "body", format!("at most {MAX_BODY_BYTES} bytes")))
+            ApiError::field(413, "body", format!("at most {MAX_BODY_BYTES} bytes")).into_response()
         }
-        Ok(Err(_)) | Err(_) => error(ApiError::field(408, "body", "the body did not arrive in time")),
+        Ok(Err(_)) | Err(_) => {
+            ApiError::field(408, "body", "the body did not arrive in time").into_response()
+        }
     }
 }
 
 /// A request with a body must say it is JSON (`Content-Type: application/json`, with or
 /// without a charset): anything else is a 415, before any handler reads it.
-async fn json_bodies_only(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+pub async fn json_bodies_only(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let has_body = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -173,14 +98,14 @@ async fn json_bodies_only(request: axum::extract::Request, next: axum::middlewar
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     if has_body && !json {
-        return error(ApiError::field(415, "Content-Type", "send the body as application/json"));
+        return ApiError::field(415, "Content-Type", "send the body as application/json").into_response();
     }
     next.run(request).await
 }
 
 /// Errors the framework answers itself (a body over the limit, a wrong
 /// method) come as plain text; every error a client sees is JSON.
-async fn json_errors(response: Response) -> Response {
+pub async fn json_errors(response: Response) -> Response {
     let is_json = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
@@ -198,37 +123,6 @@ async fn json_errors(response: Response) -> Response {
     (status, Json(ApiError { status: status.as_u16(), error: message, field })).into_response()
 }
 
-/// `value` as JSON text with every object's keys in order and no white space.
-fn canonical_json(value: &serde_json::Value, out: &mut String) {
-    match value {
-        serde_json::Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&serde_json::Value::String(key.clone()).to_string());
-                out.push(':');
-                canonical_json(&map[key], out);
-            }
-            out.push('}');
-        }
-        serde_json::Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical_json(item, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
-}
-
 /// The Idempotency-Key of a create, scoped to the caller and the endpoint,
 /// with a digest of the body (a repeat must send the same body).
 fn idempotency_of(
@@ -242,11 +136,9 @@ fn idempotency_of(
             if !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| b.is_ascii_graphic()) =>
         {
             // The same JSON re-indented or with its keys reordered is the same body.
-            let canonical = serde_json::from_slice::<serde_json::Value>(body).map(|v| {
-                let mut text = String::new();
-                canonical_json(&v, &mut text);
-                text.into_bytes()
-            });
+            // serde_json's maps keep their keys in order, so its compact text is canonical.
+            let canonical = serde_json::from_slice::<serde_json::Value>(body)
+                .map(|v| serde_json::to_vec(&v).expect("a JSON value serializes"));
             let digest = dibs_core::ledger::hex(&Sha256::digest(canonical.as_deref().unwrap_or(body)).into());
             Ok(Some((scope.to_owned(), key.to_owned(), digest)))
         }
@@ -256,177 +148,6 @@ fn idempotency_of(
             format!("must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
         )),
     }
-}
-
-fn error(e: ApiError) -> Response {
-    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(e)).into_response()
-}
-
-fn reply(r: Reply) -> Response {
-    match r {
-        Ok((status, body)) => {
-            (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), Json(body)).into_response()
-        }
-        Err(e) => error(e),
-    }
-}
-
-pub fn token_hash(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-/// What a token may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Role {
-    /// Everything, including tokens and incidents.
-    Admin,
-    /// Submit, cancel and read requests and allocations.
-    Requester,
-    /// Read everything, change nothing.
-    Auditor,
-    /// See only what was sent to this provider.
-    Provider(String),
-}
-
-impl Role {
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "admin" => Some(Self::Admin),
-            "requester" => Some(Self::Requester),
-            "auditor" => Some(Self::Auditor),
-            _ => text
-                .strip_prefix("provider:")
-                .filter(|name| dibs_core::types::ProviderName::new(name).is_ok())
-                .map(|name| Self::Provider(name.to_owned())),
-        }
-    }
-
-    pub fn name(&self) -> String {
-        match self {
-            Self::Admin => "admin".into(),
-            Self::Requester => "requester".into(),
-            Self::Auditor => "auditor".into(),
-            Self::Provider(name) => format!("provider:{name}"),
-        }
-    }
-}
-
-/// Which roles an endpoint admits.
-#[derive(Clone, Copy)]
-enum Access {
-    /// Admin only.
-    Admin,
-    /// Admin and requesters: changes to requests.
-    Request,
-    /// Admin, requesters and auditors: reading requests and allocations.
-    Read,
-    /// Admin and auditors: the ledger.
-    Audit,
-    /// Providers only: their own view.
-    Provider,
-}
-
-struct Caller {
-    role: Role,
-    /// Idempotency keys are scoped to the token.
-    scope: String,
-}
-
-/// Who is calling, if they may call this endpoint.
-async fn authenticate(
-    state: &Arc<AppState>,
-    headers: &HeaderMap,
-    access: Access,
-) -> Result<Caller, ApiError> {
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::field(401, "Authorization", "expected 'Authorization: Bearer TOKEN'"))?;
-    let hash = token_hash(token.trim());
-    let app = state.clone();
-    let role = tokio::task::spawn_blocking(move || role_of(&app, &hash))
-        .await
-        .map_err(|e| ApiError::new(500, e.to_string()))??;
-    let allowed = match (access, &role) {
-        (_, Role::Admin) => !matches!(access, Access::Provider),
-        (Access::Request, Role::Requester) => true,
-        (Access::Read, Role::Requester | Role::Auditor) => true,
-        (Access::Audit, Role::Auditor) => true,
-        (Access::Provider, Role::Provider(_)) => true,
-        _ => false,
-    };
-    if !allowed {
-        return Err(ApiError::new(403, format!("the {} token may not do this", role.name())));
-    }
-    Ok(Caller { role, scope: dibs_core::ledger::hex(&hash) })
-}
-
-/// The role of the token whose SHA-256 is `hash`: the admin's, or one the admin made that
-/// has neither expired nor been revoked. Blocks on the store: call it off the async runtime.
-pub(crate) fn role_of(state: &AppState, hash: &[u8; 32]) -> Result<Role, ApiError> {
-    // Compare every byte, whatever the first difference.
-    if bool::from(subtle::ConstantTimeEq::ct_eq(&hash[..], &state.admin_token_hash[..])) {
-        return Ok(Role::Admin);
-    }
-    let cached = state.roles.lock().ok().and_then(|r| r.get(hash).cloned());
-    let known = match cached {
-        Some(known) => known,
-        None => {
-            let hex = dibs_core::ledger::hex(hash);
-            let mut store = state.tokens.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let found = match store.token(&hex) {
-                Ok(found) => found,
-                // A broken connection heals at the next call.
-                Err(_) => {
-                    *store = (state.open)().map_err(|e| ApiError::new(503, format!("token store: {e}")))?;
-                    store.token(&hex).map_err(|e| ApiError::new(503, format!("token store: {e}")))?
-                }
-            };
-            let record = found.ok_or_else(|| ApiError::field(401, "Authorization", "unknown token"))?;
-            let role = Role::parse(&record.role)
-                .ok_or_else(|| ApiError::field(401, "Authorization", "a token with an unknown role"))?;
-            let known =
-                KnownToken { role, expires_at: record.expires_at, revoked: record.revoked_at.is_some() };
-            if let Ok(mut roles) = state.roles.lock() {
-                roles.insert(*hash, known.clone());
-            }
-            known
-        }
-    };
-    if known.revoked {
-        return Err(ApiError::field(401, "Authorization", "this token was revoked"));
-    }
-    if !known.valid_at(unix_now()) {
-        let until = known.expires_at.map(|t| dibs_core::types::Timestamp::from_unix(t).to_string());
-        return Err(ApiError::field(
-            401,
-            "Authorization",
-            format!("this token expired at {}", until.unwrap_or_default()),
-        ));
-    }
-    Ok(known.role)
-}
-
-async fn ask(
-    state: &AppState,
-    make: impl FnOnce(tokio::sync::oneshot::Sender<Reply>) -> Command,
-) -> Response {
-    reply(ask_reply(state, make).await)
-}
-
-/// Sends a command to the broker and waits for its answer.
-pub(crate) async fn ask_reply(
-    state: &AppState,
-    make: impl FnOnce(tokio::sync::oneshot::Sender<Reply>) -> Command,
-) -> Reply {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let sent = state.commands.lock().map(|c| c.send(make(tx)).is_ok()).unwrap_or(false);
-    if !sent {
-        return Err(ApiError::new(503, "the broker has stopped"));
-    }
-    rx.await.unwrap_or_else(|_| Err(ApiError::new(503, "the broker stopped before answering")))
 }
 
 /// `GET /v1/health` and `GET /v1/ready`.
@@ -440,14 +161,14 @@ pub struct HealthView {
 
 /// Liveness: the process answers. A standby answers too, saying so.
 #[utoipa::path(get, path = "/v1/health", tag = "service", responses((status = 200, description = "The process is up; `role` says whether it leads", body = HealthView)))]
-async fn health() -> Response {
-    Json(HealthView { status: "ok", role: "leader" }).into_response()
+async fn health() -> Json<HealthView> {
+    Json(HealthView { status: "ok", role: "leader" })
 }
 
 /// Readiness: this replica serves the API. A standby answers 503.
 #[utoipa::path(get, path = "/v1/ready", tag = "service", responses((status = 200, body = HealthView), (status = 503, description = "A standby", body = HealthView)))]
-async fn ready() -> Response {
-    Json(HealthView { status: "ok", role: "leader" }).into_response()
+async fn ready() -> Json<HealthView> {
+    Json(HealthView { status: "ok", role: "leader" })
 }
 
 /// What a replica waiting for the lead serves: health (200, `standby`), readiness (503), and
@@ -461,7 +182,7 @@ pub fn standby_router() -> Router {
             get(move || async move { (StatusCode::SERVICE_UNAVAILABLE, standby()).into_response() }),
         )
         .fallback(|| async {
-            error(ApiError::new(503, "this replica is a standby: another one leads; try again shortly"))
+            ApiError::new(503, "this replica is a standby: another one leads; try again shortly")
         })
 }
 
@@ -475,7 +196,7 @@ pub struct LedgerEntryView {
     pub request: Option<String>,
     /// The entry as recorded (the engine's input or decision, in the ledger's format).
     #[schema(value_type = Object)]
-    pub body: serde_json::Value,
+    pub body: Box<serde_json::value::RawValue>,
     /// Its hash in the chain, hex.
     pub hash: String,
 }
@@ -511,21 +232,46 @@ pub struct TokenCreated {
     pub expires_at: Option<String>,
 }
 
+/// A query string, or a 400 that says what is wrong with it.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(query)) => Ok(Self(query)),
+            Err(e) => Err(ApiError::new(400, format!("query: {}", e.body_text()))),
+        }
+    }
+}
+
+/// A page size: `limit` if given (1 to `max`), else 100.
+fn page_limit(limit: Option<usize>, max: usize) -> Result<usize, ApiError> {
+    match limit.unwrap_or(100) {
+        0 => Err(ApiError::field(400, "limit", format!("must be 1 to {max}"))),
+        limit if limit > max => Err(ApiError::field(400, "limit", format!("must be 1 to {max}"))),
+        limit => Ok(limit),
+    }
+}
+
+type Created<T> = (StatusCode, Json<T>);
+
+fn created<T>(body: T) -> Created<T> {
+    (StatusCode::CREATED, Json(body))
+}
+
 #[utoipa::path(post, path = "/v1/requests", tag = "requests", request_body = SubmitBody, params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key and body get the first answer")), responses((status = 201, description = "Accepted and durably ledgered", body = RequestView), (status = 422, description = "A field is wrong", body = ApiError)), security(("bearer" = [])))]
-async fn submit(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let scope = match authenticate(&state, &headers, Access::Request).await {
-        Ok(caller) => caller.scope,
-        Err(e) => return error(e),
-    };
-    let parsed: SubmitBody = match parse_body(&body) {
-        Ok(b) => b,
-        Err(e) => return error(e),
-    };
-    let idempotency = match idempotency_of(&headers, &format!("{scope}:requests"), &body) {
-        Ok(i) => i,
-        Err(e) => return error(e),
-    };
-    ask(&state, |reply| Command::Submit { body: Box::new(parsed), idempotency, reply }).await
+async fn submit(
+    State(state): State<Arc<AppState>>,
+    caller: Caller<Requesters>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Created<RequestView>, ApiError> {
+    let parsed: SubmitBody = parse_body(&body)?;
+    let idempotency = idempotency_of(&headers, &format!("{}:requests", caller.scope), &body)?;
+    let view = ask(&state, |reply| Command::Submit { body: Box::new(parsed), idempotency, reply }).await?;
+    Ok(created(view))
 }
 
 #[derive(Deserialize)]
@@ -539,55 +285,44 @@ struct ListQuery {
 #[utoipa::path(get, path = "/v1/requests", tag = "requests", params(("status" = Option<String>, Query, description = crate::view::STATUSES.join(", ")), ("after" = Option<String>, Query, description = "Request id to list after"), ("limit" = Option<usize>, Query, description = "1 to 500, default 100")), responses((status = 200, body = crate::view::RequestPage), (status = 400, body = ApiError)), security(("bearer" = [])))]
 async fn list(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
-        return error(e);
-    }
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return error(ApiError::new(400, format!("query: {}", e.body_text()))),
-    };
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > crate::broker::MAX_LIST {
-        return error(ApiError::field(400, "limit", format!("must be 1 to {}", crate::broker::MAX_LIST)));
-    }
+    _: Caller<Readers>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<crate::view::RequestPage>, ApiError> {
+    let limit = page_limit(q.limit, crate::broker::MAX_LIST)?;
     if let Some(status) = q.status.as_deref()
         && !crate::view::STATUSES.contains(&status)
     {
         let known = crate::view::STATUSES.join(", ");
-        return error(ApiError::field(
-            400,
-            "status",
-            format!("no status {status:?}; expected one of {known}"),
-        ));
+        return Err(ApiError::field(400, "status", format!("no status {status:?}; expected one of {known}")));
     }
-    ask(&state, |reply| Command::List { status: q.status, after: q.after, limit, reply }).await
+    let page = ask(&state, |reply| Command::List { status: q.status, after: q.after, limit, reply }).await?;
+    Ok(Json(page))
 }
 
 #[utoipa::path(get, path = "/v1/requests/{id}", tag = "requests", params(("id" = String, Path)), responses((status = 200, description = "The request", body = RequestView), (status = 404, body = ApiError)), security(("bearer" = [])))]
-async fn show(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
-        return error(e);
-    }
-    ask(&state, |reply| Command::Get { id, reply }).await
+async fn show(
+    State(state): State<Arc<AppState>>,
+    _: Caller<Readers>,
+    Path(id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
+    Ok(Json(ask(&state, |reply| Command::Get { id, reply }).await?))
 }
 
 #[utoipa::path(post, path = "/v1/requests/{id}/cancel", tag = "requests", params(("id" = String, Path)), responses((status = 200, description = "Cancelled (its allocations are released), or already cancelled", body = RequestView), (status = 404, body = ApiError), (status = 409, description = "The request ended otherwise (released or unfilled)", body = ApiError)), security(("bearer" = [])))]
-async fn cancel(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Request).await {
-        return error(e);
-    }
-    ask(&state, |reply| Command::Cancel { id, reply }).await
+async fn cancel(
+    State(state): State<Arc<AppState>>,
+    _: Caller<Requesters>,
+    Path(id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
+    Ok(Json(ask(&state, |reply| Command::Cancel { id, reply }).await?))
 }
 
 #[utoipa::path(get, path = "/v1/stats", tag = "service", responses((status = 200, body = crate::view::StatsView)), security(("bearer" = [])))]
-async fn stats(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
-        return error(e);
-    }
-    ask(&state, |reply| Command::Stats { reply }).await
+async fn stats(
+    State(state): State<Arc<AppState>>,
+    _: Caller<Readers>,
+) -> Result<Json<crate::view::StatsView>, ApiError> {
+    Ok(Json(ask(&state, |reply| Command::Stats { reply }).await?))
 }
 
 #[derive(Deserialize)]
@@ -600,82 +335,59 @@ struct LedgerQuery {
 #[utoipa::path(get, path = "/v1/ledger", tag = "ledger", params(("after" = Option<u64>, Query, description = "Sequence number to page after"), ("limit" = Option<usize>, Query, description = "1 to 1000, default 100")), responses((status = 200, body = LedgerPage), (status = 400, body = ApiError)), security(("bearer" = [])))]
 async fn ledger(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    query: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Audit).await {
-        return error(e);
-    }
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return error(ApiError::new(400, format!("query: {}", e.body_text()))),
-    };
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_PAGE {
-        return error(ApiError::field(400, "limit", format!("must be 1 to {MAX_PAGE}")));
-    }
-    let after = match sequence_after(q.after) {
-        Ok(after) => after,
-        Err(e) => return error(e),
-    };
-    match state.read(move |reader| reader.entries(after, limit)).await {
-        Ok(entries) => {
-            let next = (entries.len() == limit).then(|| entries.last().map(|e| e.seq)).flatten();
-            let entries = entries
-                .into_iter()
-                .map(|e| LedgerEntryView {
-                    seq: e.seq,
-                    at: e.at,
-                    kind: e.kind,
-                    request: e.request,
-                    hash: dibs_core::ledger::hex(&e.hash),
-                    body: serde_json::from_str(&e.body).unwrap_or(serde_json::Value::String(e.body)),
-                })
-                .collect();
-            Json(LedgerPage { entries, next_after: next }).into_response()
-        }
-        Err(e) => error(e),
-    }
+    _: Caller<Auditors>,
+    ApiQuery(q): ApiQuery<LedgerQuery>,
+) -> Result<Json<LedgerPage>, ApiError> {
+    let limit = page_limit(q.limit, MAX_PAGE)?;
+    let after = sequence_after(q.after)?;
+    let entries = state.read(move |reader| reader.entries(after, limit)).await?;
+    let next_after = (entries.len() == limit).then(|| entries.last().map(|e| e.seq)).flatten();
+    let entries = entries
+        .into_iter()
+        .map(|e| LedgerEntryView {
+            seq: e.seq,
+            at: e.at,
+            kind: e.kind,
+            request: e.request,
+            hash: dibs_core::ledger::hex(&e.hash),
+            // The entry as recorded; a body that is not JSON (tampering) is shown as a string.
+            body: serde_json::value::RawValue::from_string(e.body.clone())
+                .unwrap_or_else(|_| serde_json::value::to_raw_value(&e.body).expect("a string is JSON")),
+        })
+        .collect();
+    Ok(Json(LedgerPage { entries, next_after }))
 }
 
 #[utoipa::path(get, path = "/v1/ledger/verify", tag = "ledger", responses((status = 200, description = "The chain is intact", body = VerifyView), (status = 409, description = "`ok: false` and the first bad entry", body = VerifyView)), security(("bearer" = [])))]
-async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Audit).await {
-        return error(e);
-    }
+async fn verify(State(state): State<Arc<AppState>>, _: Caller<Auditors>) -> Result<Response, ApiError> {
     // The whole ledger is read on a handle of its own: the API's other reads do not wait.
     let open = state.open.clone();
     let result =
         tokio::task::spawn_blocking(move || open().and_then(|mut store| dibs_store::verify(store.as_mut())))
-            .await;
-    match result {
-        Ok(Ok(v)) => Json(VerifyView { ok: true, entries: Some(v.entries), head: Some(v.head), error: None })
+            .await
+            .map_err(|e| ApiError::new(500, e.to_string()))?;
+    Ok(match result {
+        Ok(v) => Json(VerifyView { ok: true, entries: Some(v.entries), head: Some(v.head), error: None })
             .into_response(),
-        Ok(Err(e)) => {
+        Err(e) => {
             let failed = VerifyView { ok: false, entries: None, head: None, error: Some(e.to_string()) };
             (StatusCode::CONFLICT, Json(failed)).into_response()
         }
-        Err(e) => error(ApiError::new(500, e.to_string())),
-    }
+    })
 }
 
 /// The ledger's head now, signed: a counterparty keeps it, and `dibs ledger verify --head`
 /// later shows the ledger still holds that entry with that hash.
 #[utoipa::path(get, path = "/v1/ledger/head", tag = "ledger", responses((status = 200, body = crate::signing::HeadView), (status = 401, body = ApiError), (status = 403, body = ApiError)), security(("bearer" = [])))]
-async fn ledger_head(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Audit).await {
-        return error(e);
-    }
-    match state.read(|reader| reader.head()).await {
-        Ok((seq, hash)) => {
-            let at = dibs_core::types::Timestamp::from_unix(unix_now()).to_string();
-            Json(crate::signing::HeadView::from(&state.signer.sign(seq, hash, at))).into_response()
-        }
-        Err(e) => error(e),
-    }
+async fn ledger_head(
+    State(state): State<Arc<AppState>>,
+    _: Caller<Auditors>,
+) -> Result<Json<crate::signing::HeadView>, ApiError> {
+    let (seq, hash) = state.read(|reader| reader.head()).await?;
+    let at = dibs_core::types::Timestamp::from_unix(unix_now()).to_string();
+    Ok(Json(crate::signing::HeadView::from(&state.signer.sign(seq, hash, at))))
 }
 
-/// Parses a JSON body, naming the field at fault.
 /// An `after` query parameter: a sequence number, which the ledger keeps as a signed
 /// 64-bit integer (the document's `int64`); larger is a 400, not an empty page.
 fn sequence_after(after: Option<u64>) -> Result<u64, ApiError> {
@@ -718,25 +430,14 @@ struct AllocationsQuery {
 #[utoipa::path(get, path = "/v1/allocations", tag = "requests", params(("provider" = Option<String>, Query), ("after" = Option<u64>, Query), ("limit" = Option<usize>, Query)), responses((status = 200, body = crate::view::AllocationPage), (status = 400, body = ApiError)), security(("bearer" = [])))]
 async fn allocations(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    query: Result<Query<AllocationsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
-        return error(e);
-    }
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return error(ApiError::new(400, format!("query: {}", e.body_text()))),
-    };
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > crate::broker::MAX_LIST {
-        return error(ApiError::field(400, "limit", format!("must be 1 to {}", crate::broker::MAX_LIST)));
-    }
-    let after = match sequence_after(q.after) {
-        Ok(after) => after,
-        Err(e) => return error(e),
-    };
-    ask(&state, |reply| Command::Allocations { provider: q.provider, after, limit, reply }).await
+    _: Caller<Readers>,
+    ApiQuery(q): ApiQuery<AllocationsQuery>,
+) -> Result<Json<crate::view::AllocationPage>, ApiError> {
+    let limit = page_limit(q.limit, crate::broker::MAX_LIST)?;
+    let after = sequence_after(q.after)?;
+    let page =
+        ask(&state, |reply| Command::Allocations { provider: q.provider, after, limit, reply }).await?;
+    Ok(Json(page))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -748,46 +449,39 @@ struct IncidentBody {
 }
 
 #[utoipa::path(post, path = "/v1/incidents", tag = "incidents", request_body = IncidentBody, params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key and body get the first answer")), responses((status = 201, description = "Allocations there fail over", body = crate::view::IncidentView), (status = 422, body = ApiError)), security(("bearer" = [])))]
-async fn open_incident(State(state): State<Arc<AppState>>, headers: HeaderMap, bytes: Bytes) -> Response {
-    let scope = match authenticate(&state, &headers, Access::Admin).await {
-        Ok(caller) => caller.scope,
-        Err(e) => return error(e),
-    };
-    let body: IncidentBody = match parse_body(&bytes) {
-        Ok(b) => b,
-        Err(e) => return error(e),
-    };
-    let idempotency = match idempotency_of(&headers, &format!("{scope}:incidents"), &bytes) {
-        Ok(i) => i,
-        Err(e) => return error(e),
-    };
-    ask(&state, |reply| Command::OpenIncident {
+async fn open_incident(
+    State(state): State<Arc<AppState>>,
+    caller: Caller<AdminOnly>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Created<crate::view::IncidentView>, ApiError> {
+    let body: IncidentBody = parse_body(&bytes)?;
+    let idempotency = idempotency_of(&headers, &format!("{}:incidents", caller.scope), &bytes)?;
+    let incident = ask(&state, |reply| Command::OpenIncident {
         provider: body.provider,
         region: body.region,
         idempotency,
         reply,
     })
-    .await
+    .await?;
+    Ok(created(incident))
 }
 
 #[utoipa::path(post, path = "/v1/incidents/{id}/resolve", tag = "incidents", params(("id" = String, Path)), responses((status = 200, description = "Resolved (or resolved already)", body = crate::view::IncidentResolvedView), (status = 404, body = ApiError)), security(("bearer" = [])))]
 async fn resolve_incident(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Caller<AdminOnly>,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Admin).await {
-        return error(e);
-    }
-    ask(&state, |reply| Command::ResolveIncident { id, reply }).await
+) -> Result<Json<crate::view::IncidentResolvedView>, ApiError> {
+    Ok(Json(ask(&state, |reply| Command::ResolveIncident { id, reply }).await?))
 }
 
 #[utoipa::path(get, path = "/v1/incidents", tag = "incidents", responses((status = 200, body = crate::view::IncidentList)), security(("bearer" = [])))]
-async fn incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
-        return error(e);
-    }
-    ask(&state, |reply| Command::Incidents { reply }).await
+async fn incidents(
+    State(state): State<Arc<AppState>>,
+    _: Caller<Readers>,
+) -> Result<Json<crate::view::IncidentList>, ApiError> {
+    Ok(Json(ask(&state, |reply| Command::Incidents { reply }).await?))
 }
 
 /// Revenue is at most this much per report; larger numbers are typos.
@@ -804,22 +498,20 @@ struct RevenueBody {
 }
 
 #[utoipa::path(post, path = "/v1/revenue", tag = "settlement", request_body = RevenueBody, responses((status = 201, body = crate::view::RevenueReportedView), (status = 422, body = ApiError)), security(("bearer" = [])))]
-async fn report_revenue(State(state): State<Arc<AppState>>, headers: HeaderMap, bytes: Bytes) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Admin).await {
-        return error(e);
-    }
-    let body: RevenueBody = match parse_body(&bytes) {
-        Ok(b) => b,
-        Err(e) => return error(e),
-    };
+async fn report_revenue(
+    State(state): State<Arc<AppState>>,
+    _: Caller<AdminOnly>,
+    bytes: Bytes,
+) -> Result<Created<crate::view::RevenueReportedView>, ApiError> {
+    let body: RevenueBody = parse_body(&bytes)?;
     if !(body.amount.is_finite() && (0.0..=MAX_REVENUE_PER_REPORT).contains(&body.amount)) {
-        return error(ApiError::field(
+        return Err(ApiError::field(
             422,
             "amount",
             format!("must be between 0 and {MAX_REVENUE_PER_REPORT} USD"),
         ));
     }
-    ask(&state, |reply| Command::ReportRevenue { amount: body.amount, reply }).await
+    Ok(created(ask(&state, |reply| Command::ReportRevenue { amount: body.amount, reply }).await?))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -831,33 +523,31 @@ struct EventBody {
 }
 
 #[utoipa::path(post, path = "/v1/events", tag = "settlement", request_body = EventBody, responses((status = 201, body = crate::view::EventDeclaredView), (status = 422, body = ApiError)), security(("bearer" = [])))]
-async fn declare_event(State(state): State<Arc<AppState>>, headers: HeaderMap, bytes: Bytes) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Admin).await {
-        return error(e);
-    }
-    let body: EventBody = match parse_body(&bytes) {
-        Ok(b) => b,
-        Err(e) => return error(e),
-    };
+async fn declare_event(
+    State(state): State<Arc<AppState>>,
+    _: Caller<AdminOnly>,
+    bytes: Bytes,
+) -> Result<Created<crate::view::EventDeclaredView>, ApiError> {
+    let body: EventBody = parse_body(&bytes)?;
     let valid = !body.name.is_empty()
         && body.name.chars().count() <= MAX_EVENT_NAME_CHARS
         && body.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if !valid {
-        return error(ApiError::field(
+        return Err(ApiError::field(
             422,
             "name",
             format!("must be 1 to {MAX_EVENT_NAME_CHARS} ASCII letters, digits, '_', '-' or '.'"),
         ));
     }
-    ask(&state, |reply| Command::DeclareEvent { name: body.name, reply }).await
+    Ok(created(ask(&state, |reply| Command::DeclareEvent { name: body.name, reply }).await?))
 }
 
 #[utoipa::path(get, path = "/v1/settlement", tag = "settlement", responses((status = 200, body = crate::view::SettlementView)), security(("bearer" = [])))]
-async fn settlement(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
-        return error(e);
-    }
-    ask(&state, |reply| Command::Settlement { reply }).await
+async fn settlement(
+    State(state): State<Arc<AppState>>,
+    _: Caller<Readers>,
+) -> Result<Json<crate::view::SettlementView>, ApiError> {
+    Ok(Json(ask(&state, |reply| Command::Settlement { reply }).await?))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -903,27 +593,19 @@ pub struct TokenList {
 }
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = TokenBody, responses((status = 201, description = "The token is shown once", body = TokenCreated), (status = 422, body = ApiError)), security(("bearer" = [])))]
-async fn create_token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Admin).await {
-        return error(e);
-    }
-    let body: TokenBody = match parse_body(&body) {
-        Ok(b) => b,
-        Err(e) => return error(e),
-    };
-    let Some(role) = Role::parse(&body.role) else {
-        return error(ApiError::field(422, "role", "expected admin, requester, auditor or provider:NAME"));
-    };
+async fn create_token(
+    State(state): State<Arc<AppState>>,
+    _: Caller<AdminOnly>,
+    body: Bytes,
+) -> Result<Created<TokenCreated>, ApiError> {
+    let body: TokenBody = parse_body(&body)?;
+    let role = Role::parse(&body.role)
+        .ok_or_else(|| ApiError::field(422, "role", "expected admin, requester, auditor or provider:NAME"))?;
     if let Role::Provider(name) = &role {
-        let known = match ask_reply(&state, |reply| Command::Providers { reply }).await {
-            Ok((_, list)) => list["providers"]
-                .as_array()
-                .map(|ps| ps.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect::<Vec<_>>())
-                .unwrap_or_default(),
-            Err(e) => return error(e),
-        };
+        let known = ask(&state, |reply| Command::Providers { reply }).await?;
+        let known: Vec<String> = known.providers.into_iter().map(|p| p.name).collect();
         if !known.iter().any(|k| k == name) {
-            return error(ApiError::field(
+            return Err(ApiError::field(
                 422,
                 "role",
                 format!("no provider {name:?} publishes offers here; known: {}", known.join(", ")),
@@ -937,17 +619,14 @@ async fn create_token(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
             Some(now + (hours * 3600.0).ceil() as i64)
         }
         Some(_) => {
-            return error(ApiError::field(
+            return Err(ApiError::field(
                 422,
                 "expires_in_hours",
                 format!("must be above 0 and at most {MAX_TOKEN_HOURS}"),
             ));
         }
     };
-    let token = match new_token() {
-        Ok(t) => t,
-        Err(e) => return error(ApiError::new(500, e.to_string())),
-    };
+    let token = new_token().map_err(|e| ApiError::new(500, e.to_string()))?;
     let hash = dibs_core::ledger::hex(&token_hash(&token));
     let name = role.name();
     let stored = state
@@ -958,29 +637,19 @@ async fn create_token(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
                 store.token(&hash)
             },
         )
-        .await;
-    match stored {
-        Ok(Some(record)) => {
-            let view = TokenView::from(record);
-            let created = TokenCreated { token, id: view.id, role: view.role, expires_at: view.expires_at };
-            (StatusCode::CREATED, Json(created)).into_response()
-        }
-        Ok(None) => error(ApiError::new(503, "the token was not stored")),
-        Err(e) => error(e),
-    }
+        .await?;
+    let record = stored.ok_or_else(|| ApiError::new(503, "the token was not stored"))?;
+    let view = TokenView::from(record);
+    Ok(created(TokenCreated { token, id: view.id, role: view.role, expires_at: view.expires_at }))
 }
 
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, body = TokenList)), security(("bearer" = [])))]
-async fn list_tokens(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Admin).await {
-        return error(e);
-    }
-    match state.with(|s| &s.tokens, |store| store.tokens()).await {
-        Ok(tokens) => {
-            Json(TokenList { tokens: tokens.into_iter().map(TokenView::from).collect() }).into_response()
-        }
-        Err(e) => error(e),
-    }
+async fn list_tokens(
+    State(state): State<Arc<AppState>>,
+    _: Caller<AdminOnly>,
+) -> Result<Json<TokenList>, ApiError> {
+    let tokens = state.with(|s| &s.tokens, |store| store.tokens()).await?;
+    Ok(Json(TokenList { tokens: tokens.into_iter().map(TokenView::from).collect() }))
 }
 
 /// Revokes a token at once: it is refused from the next call on, and a dashboard session
@@ -988,15 +657,12 @@ async fn list_tokens(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
 #[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "tokens", params(("id" = String, Path, description = "The token's id (16 hex digits)")), responses((status = 200, body = TokenView), (status = 404, body = ApiError)), security(("bearer" = [])))]
 async fn revoke_token(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Caller<AdminOnly>,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Admin).await {
-        return error(e);
-    }
+) -> Result<Json<TokenView>, ApiError> {
     let now = unix_now();
     let wanted = id.clone();
-    let revoked = state
+    let (_, record) = state
         .with(
             |s| &s.tokens,
             move |store| {
@@ -1005,24 +671,12 @@ async fn revoke_token(
                 Ok((revoked, record))
             },
         )
-        .await;
-    match revoked {
-        Ok((_, Some(record))) => {
-            if let Ok(mut roles) = state.roles.lock() {
-                roles.retain(|hash, _| !dibs_core::ledger::hex(hash).starts_with(&record.id));
-            }
-            Json(TokenView::from(record)).into_response()
-        }
-        Ok((_, None)) => error(ApiError::new(404, format!("no token {id:?}"))),
-        Err(e) => error(e),
+        .await?;
+    let record = record.ok_or_else(|| ApiError::new(404, format!("no token {id:?}")))?;
+    if let Ok(mut roles) = state.roles.lock() {
+        roles.retain(|hash, _| !dibs_core::ledger::hex(hash).starts_with(&record.id));
     }
-}
-
-/// A new random token: "dibs_" and 48 hex digits.
-pub fn new_token() -> Result<String, getrandom::Error> {
-    let mut secret = [0u8; 24];
-    getrandom::fill(&mut secret)?;
-    Ok(format!("dibs_{}", hex::encode(secret)))
+    Ok(Json(TokenView::from(record)))
 }
 
 #[derive(Deserialize)]
@@ -1036,73 +690,47 @@ struct EventsQuery {
 #[utoipa::path(get, path = "/v1/provider/events", tag = "providers", params(("after" = Option<u64>, Query, description = "Ledger sequence number to scan after")), responses((status = 200, description = "What was sent to the calling provider", body = crate::sealed::ProviderEventPage)), security(("bearer" = [])))]
 async fn provider_events(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let caller = match authenticate(&state, &headers, Access::Provider).await {
-        Ok(c) => c,
-        Err(e) => return error(e),
-    };
-    let Role::Provider(name) = caller.role else { return error(ApiError::new(403, "providers only")) };
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return error(ApiError::new(400, format!("query: {}", e.body_text()))),
-    };
-    let after = match sequence_after(q.after) {
-        Ok(after) => after,
-        Err(e) => return error(e),
-    };
-    match state.read(move |reader| reader.entries(after, MAX_PAGE)).await {
-        Ok(entries) => {
-            let next = (entries.len() == MAX_PAGE).then(|| entries.last().map(|e| e.seq)).flatten();
-            let events = entries.iter().filter_map(|e| crate::sealed::provider_view(e, &name)).collect();
-            Json(crate::sealed::ProviderEventPage { events, next_after: next }).into_response()
-        }
-        Err(e) => error(e),
-    }
+    caller: Caller<Providers>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Result<Json<crate::sealed::ProviderEventPage>, ApiError> {
+    let name = caller.provider()?.to_owned();
+    let after = sequence_after(q.after)?;
+    let entries = state.read(move |reader| reader.entries(after, MAX_PAGE)).await?;
+    let next_after = (entries.len() == MAX_PAGE).then(|| entries.last().map(|e| e.seq)).flatten();
+    let events = entries.iter().filter_map(|e| crate::sealed::provider_view(e, &name)).collect();
+    Ok(Json(crate::sealed::ProviderEventPage { events, next_after }))
 }
 
 /// A provider answers a solicitation or a quote request sent to it.
 #[utoipa::path(post, path = "/v1/provider/requests/{id}/answer", tag = "providers", params(("id" = String, Path)), request_body(content = Object, description = "`{\"answer\": \"decline\"}`, `{\"answer\": \"accept\", \"gpus\", \"region\", \"accelerator\", \"lead_time_hours\"}` or `{\"offers\": [Offer]}`"), responses((status = 200, body = crate::view::AnswerTaken), (status = 403, description = "Not a pull provider", body = ApiError), (status = 409, description = "The request is not waiting for this provider", body = ApiError), (status = 422, body = ApiError)), security(("bearer" = [])))]
 async fn provider_answer(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller<Providers>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Response {
-    let caller = match authenticate(&state, &headers, Access::Provider).await {
-        Ok(c) => c,
-        Err(e) => return error(e),
-    };
-    let Role::Provider(provider) = caller.role else { return error(ApiError::new(403, "providers only")) };
+) -> Result<Json<crate::view::AnswerTaken>, ApiError> {
+    let provider = caller.provider()?.to_owned();
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct QuotesBody {
         offers: Vec<dibs_core::types::Offer>,
     }
-    let value: serde_json::Value = match parse_body(&body) {
-        Ok(v) => v,
-        Err(e) => return error(e),
-    };
-    let parsed = if value.get("offers").is_some() {
+    let value: serde_json::Value = parse_body(&body)?;
+    let answer = if value.get("offers").is_some() {
         serde_json::from_value::<QuotesBody>(value)
             .map(|q| crate::broker::ProviderReply::Quotes { offers: q.offers })
-            .map_err(|e| ApiError::field(422, "offers", format!("request body: {e}")))
+            .map_err(|e| ApiError::field(422, "offers", format!("request body: {e}")))?
     } else if value.get("answer").is_some() {
         serde_json::from_value(value)
             .map(crate::broker::ProviderReply::Holder)
-            .map_err(|e| ApiError::field(422, "answer", format!("request body: {e}")))
+            .map_err(|e| ApiError::field(422, "answer", format!("request body: {e}")))?
     } else {
-        Err(ApiError::new(
+        return Err(ApiError::new(
             422,
             r#"expected {"answer": "decline"}, {"answer": "accept", ...} or {"offers": [...]}"#,
-        ))
+        ));
     };
-    let answer = match parsed {
-        Ok(a) => a,
-        Err(e) => return error(e),
-    };
-    ask(&state, |reply| Command::ProviderAnswer { provider, request: id, answer, reply }).await
+    Ok(Json(ask(&state, |reply| Command::ProviderAnswer { provider, request: id, answer, reply }).await?))
 }
 
 /// The OpenAPI document, generated from the handlers' annotations and the
@@ -1132,77 +760,41 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The document with the names the engine knows now (see [`crate::openapi`]).
-async fn openapi(State(state): State<Arc<AppState>>) -> Response {
-    let names = read_engine(&state, |view| view.engine.names().clone()).await;
-    Json(crate::openapi::document(names.as_ref())).into_response()
-}
-
-/// Reads from the engine on the broker thread (see [`Command::Read`]); `None` when
-/// the broker has stopped.
-pub(crate) async fn read_engine<T: Send + 'static>(
-    app: &AppState,
-    read: impl FnOnce(&crate::broker::ReadView<'_>) -> T + Send + 'static,
-) -> Option<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let command = Command::Read {
-        read: Box::new(move |view| {
-            let value = read(view);
-            Box::new(move || {
-                let _ = tx.send(value);
-            })
-        }),
-    };
-    let sent = app.commands.lock().map(|c| c.send(command).is_ok()).unwrap_or(false);
-    if !sent {
-        return None;
-    }
-    rx.await.ok()
-}
-
 #[utoipa::path(get, path = "/v1/contracts", tag = "contracts", responses((status = 200, body = crate::view::ContractList)), security(("bearer" = [])))]
-async fn contracts(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
-        return error(e);
-    }
-    ask(&state, |reply| Command::Contracts { id: None, reply }).await
+async fn contracts(
+    State(state): State<Arc<AppState>>,
+    _: Caller<Readers>,
+) -> Result<Json<crate::view::ContractList>, ApiError> {
+    Ok(Json(ask(&state, |reply| Command::Contracts { reply }).await?))
 }
 
 #[utoipa::path(get, path = "/v1/contracts/{id}", tag = "contracts", params(("id" = String, Path)), responses((status = 200, description = "The contract, each version with its clauses and their terms", body = crate::view::ContractView), (status = 404, body = ApiError)), security(("bearer" = [])))]
 async fn contract(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Caller<Readers>,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
-        return error(e);
-    }
-    ask(&state, |reply| Command::Contracts { id: Some(id), reply }).await
+) -> Result<Json<crate::view::ContractView>, ApiError> {
+    Ok(Json(ask(&state, |reply| Command::Contract { id, reply }).await?))
 }
 
 #[utoipa::path(get, path = "/v1/providers", tag = "providers", responses((status = 200, body = crate::view::ProviderList)), security(("bearer" = [])))]
-async fn providers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Read).await {
-        return error(e);
-    }
-    let (status, mut body) = match ask_reply(&state, |reply| Command::Providers { reply }).await {
-        Ok(answer) => answer,
-        Err(e) => return error(e),
-    };
+async fn providers(
+    State(state): State<Arc<AppState>>,
+    _: Caller<Readers>,
+) -> Result<Json<crate::view::ProviderList>, ApiError> {
+    let mut list = ask(&state, |reply| Command::Providers { reply }).await?;
     // Ask each provider reached over HTTP for its health, side by side, briefly.
     let mut probes = Vec::new();
-    if let Some(list) = body["providers"].as_array() {
-        for (i, provider) in list.iter().enumerate() {
-            if let Some(url) = provider["reached"].as_str().filter(|u| u.starts_with("http")) {
-                let url = format!("{url}/health");
-                probes.push((i, tokio::task::spawn_blocking(move || crate::remote::healthy(&url))));
-            }
+    for (i, provider) in list.providers.iter().enumerate() {
+        if provider.reached.starts_with("http") {
+            let url = format!("{}/health", provider.reached);
+            probes.push((i, tokio::task::spawn_blocking(move || crate::remote::healthy(&url))));
         }
     }
     for (i, probe) in probes {
-        body["providers"][i]["healthy"] = serde_json::Value::Bool(probe.await.unwrap_or(false));
+        list.providers[i].healthy = Some(probe.await.unwrap_or(false));
     }
-    reply(Ok((status, body)))
+    Ok(Json(list))
 }
 
 /// A contract set to load: every contract file and the policy file.
@@ -1225,17 +817,15 @@ struct ContractFile {
 pub const MAX_CONTRACT_FILES: usize = 64;
 
 #[utoipa::path(post, path = "/v1/contracts", tag = "contracts", request_body = ContractFiles, responses((status = 200, description = "The set replaces the one in force from now on, and the ledger records it", body = crate::view::ContractsLoaded), (status = 422, description = "A file is wrong; the error names file:line:column and nothing changed", body = ApiError)), security(("bearer" = [])))]
-async fn load_contracts(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(e) = authenticate(&state, &headers, Access::Admin).await {
-        return error(e);
-    }
-    let body: ContractFiles = match parse_body(&body) {
-        Ok(b) => b,
-        Err(e) => return error(e),
-    };
+async fn load_contracts(
+    State(state): State<Arc<AppState>>,
+    _: Caller<AdminOnly>,
+    body: Bytes,
+) -> Result<Json<crate::view::ContractsLoaded>, ApiError> {
+    let body: ContractFiles = parse_body(&body)?;
     if body.files.is_empty() || body.files.len() > MAX_CONTRACT_FILES {
-        return error(ApiError::field(422, "files", format!("expected 1 to {MAX_CONTRACT_FILES} files")));
+        return Err(ApiError::field(422, "files", format!("expected 1 to {MAX_CONTRACT_FILES} files")));
     }
     let files = body.files.into_iter().map(|f| (f.name, f.text)).collect();
-    ask(&state, |reply| Command::LoadContracts { files, reply }).await
+    Ok(Json(ask(&state, |reply| Command::LoadContracts { files, reply }).await?))
 }

@@ -5,6 +5,7 @@
 //! source of truth. [`broker`] is the shell that feeds the engine and
 //! commits; [`http`] is the JSON API in front of it.
 
+pub mod app;
 pub mod banner;
 pub mod broker;
 pub mod clock;
@@ -83,13 +84,23 @@ pub const EXIT_LEDGER_UNWRITABLE: i32 = 70;
 /// The file in the data folder that holds the admin token's SHA-256 (hex).
 pub const ADMIN_TOKEN_FILE: &str = "admin-token.sha256";
 
+/// The whole service: the API under `/v1` and its OpenAPI document, and the dashboard,
+/// every request's body read within the body timeout first.
+pub fn router(state: Arc<app::AppState>) -> axum::Router {
+    let api = http::routes().route("/v1/openapi.json", axum::routing::get(openapi::serve));
+    http::with_api_layers(api)
+        .with_state(state.clone())
+        .merge(dashboard::router(state.clone()))
+        .layer(axum::middleware::from_fn_with_state(state, http::bodies_in_time))
+}
+
 /// Makes a new admin token and keeps its hash in `data` (replacing any before), for
 /// `dibs token reset`; returns the token, which is shown once. A running server keeps the
 /// hash it read at start: the new token works from the next start.
 pub fn reset_admin_token(data: &std::path::Path) -> std::io::Result<String> {
     std::fs::create_dir_all(data)?;
-    let token = http::new_token().map_err(|e| std::io::Error::other(e.to_string()))?;
-    write_admin_token_hash(data, &http::token_hash(&token))?;
+    let token = app::new_token().map_err(|e| std::io::Error::other(e.to_string()))?;
+    write_admin_token_hash(data, &app::token_hash(&token))?;
     Ok(token)
 }
 
@@ -152,7 +163,7 @@ pub fn simulated_providers_with(
 /// (the caller prints it once).
 fn admin_token(config: &ServeConfig) -> std::io::Result<([u8; 32], Option<String>)> {
     if let Some(token) = &config.admin_token {
-        return Ok((http::token_hash(token), None));
+        return Ok((app::token_hash(token), None));
     }
     let path = config.data.join(ADMIN_TOKEN_FILE);
     if let Ok(text) = std::fs::read_to_string(&path) {
@@ -164,8 +175,8 @@ fn admin_token(config: &ServeConfig) -> std::io::Result<([u8; 32], Option<String
             path.display()
         )));
     }
-    let token = http::new_token().map_err(|e| std::io::Error::other(e.to_string()))?;
-    let hash = http::token_hash(&token);
+    let token = app::new_token().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let hash = app::token_hash(&token);
     write_admin_token_hash(&config.data, &hash)?;
     Ok((hash, Some(token)))
 }
@@ -249,7 +260,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let offers = &config.configuration.offers;
     let mut providers = simulated_providers(offers, config.holder, config.seed);
     providers.retain(|name, _| !config.remote_providers.contains_key(name));
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::sync_channel(app::MAX_QUEUED_COMMANDS);
     let open: remote::OpenStore = {
         let (data, database, schema) = (config.data.clone(), config.database.clone(), config.schema.clone());
         Arc::new(move || open_store(&data, database.as_deref(), &schema))
@@ -324,8 +335,8 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
             std::process::exit(EXIT_LEDGER_UNWRITABLE);
         }
     })?;
-    let state = Arc::new(http::AppState {
-        commands: Mutex::new(tx.clone()),
+    let state = Arc::new(app::AppState {
+        commands: tx.clone(),
         reader: Mutex::new(reader),
         tokens: Mutex::new(open()?),
         signer: signing::HeadSigner::load(&config.data)?,
@@ -345,7 +356,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         let listener = listener::GuardedListener::new(listener, config.limits);
-        axum::serve(listener, http::router(state))
+        axum::serve(listener, router(state))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
             })

@@ -20,8 +20,17 @@ use dibs_core::request::{MAX_DURATION_HOURS, MAX_REQUEST_LIST_LEN};
 use dibs_core::types::{GpuCount, Price, WorkloadClass};
 use serde_json::{Value, json};
 
+use crate::app::{AppState, MAX_KEY_LEN, read_engine};
 use crate::broker::{MAX_HOURS_AHEAD, MAX_LIST};
-use crate::http::{MAX_CONTRACT_FILES, MAX_EVENT_NAME_CHARS, MAX_KEY_LEN};
+use crate::http::{MAX_CONTRACT_FILES, MAX_EVENT_NAME_CHARS};
+
+/// `GET /v1/openapi.json`: the document with the names the engine knows now.
+pub async fn serve(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<AppState>>,
+) -> axum::Json<Value> {
+    let names = read_engine(&state, |view| view.engine.names().clone()).await;
+    axum::Json(document(names.as_ref()))
+}
 
 /// The document, completed; `names` (the engine's, when it answered) adds the enums.
 pub fn document(names: Option<&Names>) -> Value {

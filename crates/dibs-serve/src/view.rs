@@ -2,12 +2,13 @@
 //! can change without changing the API.
 
 use dibs_core::engine::{Allocation, Engine, RequestState, Status};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RequestView {
     pub id: String,
-    pub status: &'static str,
+    #[schema(value_type = String)]
+    pub status: Status,
     pub accelerators: Vec<String>,
     pub gpus: u32,
     pub duration_hours: u32,
@@ -18,7 +19,7 @@ pub struct RequestView {
     pub unfilled: Option<UnfilledView>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AllocationView {
     pub id: u64,
     pub request: String,
@@ -42,7 +43,7 @@ pub struct AllocationView {
     pub ready_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UnfilledView {
     pub gpus: u32,
     pub reason: String,
@@ -78,7 +79,7 @@ pub fn request(engine: &Engine, state: &RequestState) -> RequestView {
     let r = &state.request;
     RequestView {
         id: r.id.clone(),
-        status: state.status.as_str(),
+        status: state.status,
         accelerators: r.accelerators.iter().map(ToString::to_string).collect(),
         gpus: r.gpus.get(),
         duration_hours: r.duration_hours,
@@ -99,8 +100,8 @@ pub fn request(engine: &Engine, state: &RequestState) -> RequestView {
 
 /// Why a request went without GPUs, as its stored view (a `requests` row) says.
 pub fn stored_unfilled_reason(view: &str) -> Option<String> {
-    let view: serde_json::Value = serde_json::from_str(view).ok()?;
-    view["unfilled"]["reason"].as_str().map(str::to_owned)
+    let view: RequestView = serde_json::from_str(view).ok()?;
+    view.unfilled.map(|u| u.reason)
 }
 
 pub fn allocation(a: &Allocation) -> AllocationView {
@@ -218,7 +219,7 @@ pub struct RequestPage {
     /// Each a [`RequestView`]: open requests' made now, ended ones' as their `requests`
     /// row keeps it.
     #[schema(value_type = Vec<RequestView>)]
-    pub requests: Vec<serde_json::Value>,
+    pub requests: Vec<RequestView>,
     pub next_after: Option<String>,
 }
 
@@ -238,7 +239,7 @@ pub struct StatsView {
     pub pending_inputs: usize,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IncidentView {
     pub id: String,
     pub provider: String,

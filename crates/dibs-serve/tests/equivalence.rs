@@ -165,11 +165,13 @@ fn run_broker(dir: &std::path::Path) -> (Vec<String>, Vec<(String, String)>) {
             (_, Some(s)) => (s, steps.next().map(|(_, step)| step)),
         };
         clock.store(at.unix(), Ordering::SeqCst);
-        let (reply, _) = tokio::sync::oneshot::channel();
+        fn reply<T>() -> dibs_serve::broker::Replier<T> {
+            tokio::sync::oneshot::channel().0
+        }
         let commands = match command {
             None => vec![],
             Some(Step::Submit(gpus, hours)) => {
-                vec![Command::Submit { body: Box::new(body(gpus, hours)), idempotency: None, reply }]
+                vec![Command::Submit { body: Box::new(body(gpus, hours)), idempotency: None, reply: reply() }]
             }
             Some(Step::Incident(provider)) => {
                 incident_id = Some("inc-1".to_owned());
@@ -177,12 +179,14 @@ fn run_broker(dir: &std::path::Path) -> (Vec<String>, Vec<(String, String)>) {
                     provider: provider.into(),
                     region: None,
                     idempotency: None,
-                    reply,
+                    reply: reply(),
                 }]
             }
-            Some(Step::Resolve) => vec![Command::ResolveIncident { id: incident_id.clone().unwrap(), reply }],
-            Some(Step::Revenue(amount)) => vec![Command::ReportRevenue { amount, reply }],
-            Some(Step::Declare(name)) => vec![Command::DeclareEvent { name: name.into(), reply }],
+            Some(Step::Resolve) => {
+                vec![Command::ResolveIncident { id: incident_id.clone().unwrap(), reply: reply() }]
+            }
+            Some(Step::Revenue(amount)) => vec![Command::ReportRevenue { amount, reply: reply() }],
+            Some(Step::Declare(name)) => vec![Command::DeclareEvent { name: name.into(), reply: reply() }],
         };
         broker.turn(commands).unwrap();
     }

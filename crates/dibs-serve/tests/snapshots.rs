@@ -52,7 +52,9 @@ fn open(dir: &std::path::Path, now: &Arc<AtomicI64>, config: EngineConfig) -> (B
 
 /// One turn of random commands (replies are not read).
 fn commands(rng: &mut fastrand::Rng, submitted: u64) -> Vec<Command> {
-    let reply = || tokio::sync::oneshot::channel().0;
+    fn reply<T>() -> broker::Replier<T> {
+        tokio::sync::oneshot::channel().0
+    }
     let mut out = Vec::new();
     for _ in 0..rng.usize(0..4) {
         let command = match rng.u32(0..20) {

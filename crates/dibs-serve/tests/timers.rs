@@ -18,13 +18,13 @@ fn body() -> SubmitBody {
     }
 }
 
-fn ask(
+fn ask<T: serde::Serialize>(
     tx: &std::sync::mpsc::Sender<Command>,
-    command: impl FnOnce(tokio::sync::oneshot::Sender<broker::Reply>) -> Command,
+    command: impl FnOnce(broker::Replier<T>) -> Command,
 ) -> serde_json::Value {
     let (reply, wait) = tokio::sync::oneshot::channel();
     tx.send(command(reply)).unwrap();
-    wait.blocking_recv().unwrap().unwrap().1
+    serde_json::to_value(wait.blocking_recv().unwrap().unwrap()).unwrap()
 }
 
 #[test]

@@ -375,7 +375,7 @@ fn submit_form(form: &SubmitForm, error: Option<&FieldError>, workloads: &[&str]
     let beside = |field: &str| error.filter(|e| e.field.as_deref() == Some(field)).map(|e| e.message.clone());
     let above = error.filter(|e| e.field.as_deref().is_none_or(|f| !FORM_FIELDS.contains(&f)));
     let key = if form.idempotency_key.is_empty() {
-        crate::http::new_token().unwrap_or_default()
+        crate::app::new_token().unwrap_or_default()
     } else {
         form.idempotency_key.clone()
     };
@@ -629,17 +629,11 @@ pub(super) async fn submit(
         let digest = dibs_core::ledger::hex(&sha2::Sha256::digest(&digest).into());
         (format!("{}:dashboard-requests", viewer.scope), form.idempotency_key.clone(), digest)
     });
-    let answer = crate::http::ask_reply(&dashboard.app, |reply| Command::Submit {
-        body: Box::new(body),
-        idempotency,
-        reply,
-    })
-    .await;
+    let answer =
+        crate::app::ask(&dashboard.app, |reply| Command::Submit { body: Box::new(body), idempotency, reply })
+            .await;
     match answer {
-        Ok((_, view)) => {
-            let id = view.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-            Redirect::to(&format!("/requests?submitted={}", encode(&id))).into_response()
-        }
+        Ok(view) => Redirect::to(&format!("/requests?submitted={}", encode(&view.id))).into_response(),
         Err(e) => {
             let error = FieldError { field: e.field.clone(), message: e.error.clone() };
             render(&dashboard, &viewer, Filters::default(), Some((form, error)), started).await

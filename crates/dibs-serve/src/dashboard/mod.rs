@@ -44,13 +44,13 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
+use crate::app::{AppState, Role};
 use crate::broker::ReadView;
-use crate::http::{AppState, Role};
 
 pub use session::{MAX_SESSIONS, SESSION_COOKIE, SESSION_HOURS};
 
 /// Form bodies larger than this are refused (the API's limit).
-const MAX_FORM_BYTES: usize = crate::http::MAX_BODY_BYTES;
+const MAX_FORM_BYTES: usize = crate::app::MAX_BODY_BYTES;
 
 /// What the dashboard's handlers share: the API's state, and the sessions.
 pub struct Dashboard {
@@ -227,7 +227,7 @@ async fn read<T: Send + 'static>(
     app: &AppState,
     snapshot: impl FnOnce(&ReadView<'_>) -> T + Send + 'static,
 ) -> Result<T, PageError> {
-    crate::http::read_engine(app, snapshot)
+    crate::app::read_engine(app, snapshot)
         .await
         .ok_or_else(|| PageError::Unavailable("the broker has stopped or did not answer".into()))
 }

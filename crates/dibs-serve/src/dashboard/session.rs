@@ -19,7 +19,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::{Dashboard, PageError, Section, Viewer, layout, respond};
-use crate::http::{Role, new_token, role_of, token_hash};
+use crate::app::{Role, new_token, role_of, token_hash};
 
 /// The cookie that holds the session id.
 pub const SESSION_COOKIE: &str = "dibs_session";

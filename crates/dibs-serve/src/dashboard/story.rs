@@ -519,7 +519,7 @@ pub(super) async fn cancel(
         Err((error, viewer)) => return error.into_response(viewer.as_ref()),
     };
     let target = id.clone();
-    match crate::http::ask_reply(&dashboard.app, |reply| Command::Cancel { id: target, reply }).await {
+    match crate::app::ask(&dashboard.app, |reply| Command::Cancel { id: target, reply }).await {
         Ok(_) => Redirect::to(&format!("/requests/{id}")).into_response(),
         Err(e) => PageError::NotFound(e.error).into_response(Some(&viewer)),
     }
