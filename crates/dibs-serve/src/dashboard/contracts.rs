@@ -24,7 +24,7 @@ use maud::{Markup, html};
 
 use super::format::{instant, price, usd};
 use super::session::require;
-use super::{Dashboard, Section, Viewer, charts, fleet, layout, read, respond, trusted};
+use super::{Dashboard, Section, Viewer, charts, drawn, fleet, layout, read, respond, trusted};
 
 /// The timeline shows at most this many years after today.
 const TIMELINE_YEARS_AHEAD: i64 = 12;
@@ -440,6 +440,34 @@ fn revenue_share(snapshot: &Snapshot) -> Markup {
     }
 }
 
+/// The page's body (the burn-down charts are drawn here).
+fn body(snapshot: &Snapshot) -> Markup {
+    html! {
+        h1 { "Contracts" }
+        p { "As of " (instant(snapshot.now)) "." }
+        section aria-labelledby="timeline" {
+            h2 #timeline { "Versions over time" }
+            (timeline(&snapshot.contracts, snapshot.now))
+        }
+        section aria-labelledby="in-force" {
+            h2 #in-force { "Clauses in force today" }
+            (in_force(snapshot))
+        }
+        section aria-labelledby="review" {
+            h2 #review { "Review triggers" }
+            (triggers(snapshot))
+        }
+        section aria-labelledby="commitments-title" {
+            h2 #commitments-title { "Commitments" }
+            (commitments(snapshot))
+        }
+        section aria-labelledby="revenue" {
+            h2 #revenue { "Revenue share" }
+            (revenue_share(snapshot))
+        }
+    }
+}
+
 pub(super) async fn page(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
     let started = Instant::now();
     let viewer = match require(&dashboard, &headers, Viewer::may_read) {
@@ -450,29 +478,9 @@ pub(super) async fn page(State(dashboard): State<Arc<Dashboard>>, headers: Heade
         Ok(snapshot) => snapshot,
         Err(e) => return e.into_response(Some(&viewer)),
     };
-    let body = html! {
-        h1 { "Contracts" }
-        p { "As of " (instant(snapshot.now)) "." }
-        section aria-labelledby="timeline" {
-            h2 #timeline { "Versions over time" }
-            (timeline(&snapshot.contracts, snapshot.now))
-        }
-        section aria-labelledby="in-force" {
-            h2 #in-force { "Clauses in force today" }
-            (in_force(&snapshot))
-        }
-        section aria-labelledby="review" {
-            h2 #review { "Review triggers" }
-            (triggers(&snapshot))
-        }
-        section aria-labelledby="commitments-title" {
-            h2 #commitments-title { "Commitments" }
-            (commitments(&snapshot))
-        }
-        section aria-labelledby="revenue" {
-            h2 #revenue { "Revenue share" }
-            (revenue_share(&snapshot))
-        }
+    let body = match drawn(move || body(&snapshot)).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(Some(&viewer)),
     };
     respond(started, StatusCode::OK, layout(Some(&viewer), "Contracts", Section::Contracts, body))
 }

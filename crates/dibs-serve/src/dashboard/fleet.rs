@@ -21,7 +21,7 @@ use maud::{Markup, html};
 
 use super::format::{instant, thousands, usd};
 use super::session::require;
-use super::{Dashboard, Section, Viewer, charts, layout, read, respond};
+use super::{Dashboard, Section, Viewer, charts, drawn, layout, read, respond};
 
 /// Points per series on the charts.
 pub const SAMPLES: usize = 96;
@@ -375,6 +375,33 @@ fn providers(snapshot: &Snapshot) -> Markup {
     }
 }
 
+/// The page's body: the charts (drawn here), the table, the caps and the providers.
+fn body(snapshot: &Snapshot) -> Markup {
+    let from = snapshot.held.iter().map(|h| h.awarded_at).min().map(|first| {
+        let earliest = snapshot.now.plus_hours(-MAX_WINDOW_HOURS);
+        first.min(snapshot.now.plus_hours(-MIN_WINDOW_HOURS)).max(earliest)
+    });
+    let gpu_cap = snapshot.caps.iter().find(|c| c.basis == ShareBasis::Gpus);
+    html! {
+        h1 { "Fleet" }
+        p {
+            "As of " (instant(snapshot.now))
+            @if let Some(speed) = snapshot.time_speed { " on a demo clock running " (speed) "× the wall clock" }
+            "."
+        }
+        @match from {
+            None => p { "No capacity has been awarded yet." },
+            Some(from) => {
+                (charts::inline(&gpu_chart(snapshot, gpu_cap, from), "gpus-chart"))
+                (charts::inline(&spend_chart(snapshot, from), "spend-chart"))
+            }
+        }
+        (table(snapshot))
+        (caps(snapshot))
+        (providers(snapshot))
+    }
+}
+
 pub(super) async fn page(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
     let started = Instant::now();
     let viewer = match require(&dashboard, &headers, Viewer::may_read) {
@@ -385,28 +412,9 @@ pub(super) async fn page(State(dashboard): State<Arc<Dashboard>>, headers: Heade
         Ok(snapshot) => snapshot,
         Err(e) => return e.into_response(Some(&viewer)),
     };
-    let from = snapshot.held.iter().map(|h| h.awarded_at).min().map(|first| {
-        let earliest = snapshot.now.plus_hours(-MAX_WINDOW_HOURS);
-        first.min(snapshot.now.plus_hours(-MIN_WINDOW_HOURS)).max(earliest)
-    });
-    let gpu_cap = snapshot.caps.iter().find(|c| c.basis == ShareBasis::Gpus);
-    let body = html! {
-        h1 { "Fleet" }
-        p {
-            "As of " (instant(snapshot.now))
-            @if let Some(speed) = snapshot.time_speed { " on a demo clock running " (speed) "× the wall clock" }
-            "."
-        }
-        @match from {
-            None => p { "No capacity has been awarded yet." },
-            Some(from) => {
-                (charts::inline(&gpu_chart(&snapshot, gpu_cap, from), "gpus-chart"))
-                (charts::inline(&spend_chart(&snapshot, from), "spend-chart"))
-            }
-        }
-        (table(&snapshot))
-        (caps(&snapshot))
-        (providers(&snapshot))
+    let body = match drawn(move || body(&snapshot)).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(Some(&viewer)),
     };
     respond(started, StatusCode::OK, layout(Some(&viewer), "Fleet", Section::Fleet, body))
 }

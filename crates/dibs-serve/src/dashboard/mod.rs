@@ -232,6 +232,14 @@ async fn read<T: Send + 'static>(
         .ok_or_else(|| PageError::Unavailable("the broker has stopped or did not answer".into()))
 }
 
+/// Draws a page's body on a blocking thread: charts are drawn by plotters and take
+/// milliseconds, which the async threads serving every other request should not spend.
+async fn drawn(draw: impl FnOnce() -> Markup + Send + 'static) -> Result<Markup, PageError> {
+    tokio::task::spawn_blocking(draw)
+        .await
+        .map_err(|e| PageError::Unavailable(format!("the page could not be drawn: {e}")))
+}
+
 /// Runs `work` on the store's second handle, off the async threads.
 async fn with_store<T: Send + 'static>(
     app: &Arc<AppState>,
