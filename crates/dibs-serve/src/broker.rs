@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use dibs_core::contract::{self, ContractSet};
+use dibs_core::contract;
 use dibs_core::engine::{Effect, Engine, EngineConfig, Input, Timer};
 use dibs_core::ledger::Event;
 use dibs_core::queue::TimeQueue;
@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::remote::{Call, CallRecord, Dispatcher};
 
 mod commands;
+mod replay;
 mod snapshot;
 
 use commands::Held;
@@ -45,7 +46,6 @@ pub use commands::{
 
 use crate::view::{self, RequestView};
 pub use snapshot::SNAPSHOT_EVERY;
-use snapshot::{SNAPSHOT_KIND, SNAPSHOT_TAKEN_KIND};
 
 /// At most this many commands are decided per commit.
 pub const MAX_BATCH: usize = 512;
@@ -198,9 +198,6 @@ pub struct Broker {
     turn_answers: Vec<IdempotentAnswer>,
     /// Providers reached over HTTP.
     remote: Option<Dispatcher>,
-    /// While replaying, effects rebuild the in-process providers' state but
-    /// schedule nothing: what is due comes from the timer rows.
-    replaying: bool,
     /// Timer and outbox rows this turn adds and removes, committed with its entries.
     rows: Batch,
     /// Keys of the timer rows in the store.
@@ -257,217 +254,6 @@ pub struct Recovery {
 }
 
 impl Broker {
-    /// Rebuilds the engine from the store's ledger and re-arms what is outstanding.
-    /// Replays the ledger, then, when `configuration` differs from the one
-    /// the ledger last recorded, records it and runs under it from now on.
-    pub fn recover(
-        store: Box<dyn Store>,
-        providers: BTreeMap<dibs_core::types::ProviderName, SimulatedProvider>,
-        remote: Option<Dispatcher>,
-        clock: Clock,
-        configuration: Option<Configuration>,
-    ) -> Result<(Self, Recovery), StoreError> {
-        Self::recover_with(store, providers, remote, clock, configuration, engine_config())
-    }
-
-    /// [`Broker::recover`] with an engine configuration: `dibs ledger verify` and
-    /// `rebuild` keep every request (`forget_finished: false`), to compare or rewrite
-    /// the whole `requests` table.
-    pub fn recover_with(
-        store: Box<dyn Store>,
-        providers: BTreeMap<dibs_core::types::ProviderName, SimulatedProvider>,
-        remote: Option<Dispatcher>,
-        clock: Clock,
-        configuration: Option<Configuration>,
-        config: EngineConfig,
-    ) -> Result<(Self, Recovery), StoreError> {
-        let mut broker = Self {
-            engine: Engine::new(ContractSet::default(), Vec::new(), config),
-            finished: BTreeMap::new(),
-            ended_this_turn: BTreeMap::new(),
-            configuration: None,
-            store,
-            providers,
-            due: TimeQueue::default(),
-            clock,
-            next_request: 1,
-            next_incident: 1,
-            turn_answers: Vec::new(),
-            remote,
-            replaying: true,
-            rows: Batch::default(),
-            persisted: std::collections::HashSet::new(),
-            timer_ops: Vec::new(),
-            time_speed: 1.0,
-            signer: None,
-            checkpointed: (0, std::time::Instant::now()),
-            compact_at: MIN_COMPACT_AT,
-            last_start: None,
-            head: 0,
-            snapshot_at: 0,
-            snapshot_every: SNAPSHOT_EVERY,
-            snapshot_bytes: 0,
-            snapshot_writer: None,
-            announced: BTreeMap::new(),
-        };
-        let mut recovery = Recovery {
-            entries: 0,
-            inputs: 0,
-            configurations: 0,
-            requests: 0,
-            outstanding: 0,
-            snapshot: None,
-            snapshot_refused: None,
-            snapshots_checked: 0,
-            snapshot_entries: 0,
-        };
-        let mut expected: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-        // A service starts from its latest snapshot; a check (`verify`, `rebuild`) keeps
-        // every request and replays everything.
-        if config.forget_finished {
-            match broker.load_snapshot() {
-                Ok(loaded) => {
-                    recovery.snapshot = loaded;
-                    recovery.entries = broker.head;
-                }
-                Err(why) => {
-                    broker.forget_replay(config);
-                    recovery.snapshot_refused = Some(why);
-                }
-            }
-        }
-        let mut after = broker.head;
-        loop {
-            let page = broker.store.entries(after, dibs_store::MAX_PAGE)?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            for entry in page {
-                recovery.entries += 1;
-                broker.head = entry.seq;
-                if entry.kind == SNAPSHOT_TAKEN_KIND || entry.kind == SNAPSHOT_KIND {
-                    if let Some(body) = expected.front() {
-                        return Err(StoreError::Corrupt {
-                            seq: entry.seq,
-                            problem: format!("replay decides {body}, which the ledger does not record"),
-                        });
-                    }
-                    recovery.snapshot_entries += 1;
-                    if entry.kind == SNAPSHOT_TAKEN_KIND {
-                        broker.snapshot_announced(entry.seq, &entry.body)?;
-                    } else if broker.snapshot_recorded(entry.seq, &entry.body)? {
-                        recovery.snapshots_checked += 1;
-                    }
-                    continue;
-                }
-                if entry.kind == CONFIGURED_KIND {
-                    if let Some(body) = expected.front() {
-                        return Err(StoreError::Corrupt {
-                            seq: entry.seq,
-                            problem: format!("replay decides {body}, which the ledger does not record"),
-                        });
-                    }
-                    let configuration: Configuration =
-                        serde_json::from_str(&entry.body).map_err(|e| StoreError::Corrupt {
-                            seq: entry.seq,
-                            problem: format!("an unreadable configuration: {e}"),
-                        })?;
-                    if configuration.origin == Configuration::COMMAND_LINE {
-                        broker.last_start = Some(configuration.clone());
-                    }
-                    broker
-                        .configure(configuration)
-                        .map_err(|e| StoreError::Corrupt { seq: entry.seq, problem: e })?;
-                    recovery.configurations += 1;
-                    continue;
-                }
-                if entry.kind == dibs_store::ACKNOWLEDGED_KIND {
-                    // The store's record of an idempotency answer: checked by `verify`.
-                    continue;
-                }
-                if entry.kind != INPUT_KIND {
-                    // A decision: it must be the next one the replayed engine made.
-                    match expected.pop_front() {
-                        Some(body) if body == entry.body => continue,
-                        Some(body) => {
-                            return Err(StoreError::Corrupt {
-                                seq: entry.seq,
-                                problem: format!(
-                                    "the ledger records {} but replaying its inputs decides {body}",
-                                    entry.body
-                                ),
-                            });
-                        }
-                        None => {
-                            return Err(StoreError::Corrupt {
-                                seq: entry.seq,
-                                problem: "a decision no recorded input explains".into(),
-                            });
-                        }
-                    }
-                }
-                if let Some(body) = expected.front() {
-                    return Err(StoreError::Corrupt {
-                        seq: entry.seq,
-                        problem: format!("replay decides {body}, which the ledger does not record"),
-                    });
-                }
-                let recorded: RecordedInput = serde_json::from_str(&entry.body).map_err(|e| {
-                    StoreError::Corrupt { seq: entry.seq, problem: format!("an unreadable input: {e}") }
-                })?;
-                recovery.inputs += 1;
-                if let Input::Submit(request) = &recorded.input {
-                    broker.note_request_id(&request.id);
-                }
-                if let Input::IncidentOpened { id, .. } = &recorded.input
-                    && let Some(n) = id.strip_prefix("inc-").and_then(|n| n.parse::<u64>().ok())
-                {
-                    broker.next_incident = broker.next_incident.max(n + 1);
-                }
-                let effects = broker.engine.handle(recorded.at, recorded.input);
-                for effect in effects {
-                    broker.execute(recorded.at, &effect);
-                    if let Effect::Ledger(event) = effect {
-                        expected.push_back(event_body(&event));
-                    }
-                }
-                broker.note_finished(false);
-            }
-        }
-        if let Some(body) = expected.front() {
-            return Err(StoreError::Corrupt {
-                seq: recovery.entries + 1,
-                problem: format!("replay decides {body}, which the ledger does not record"),
-            });
-        }
-        if let Some(configuration) = configuration
-            && !broker.last_start.as_ref().is_some_and(|last| last.same_as(&configuration))
-        {
-            let now = (broker.clock)();
-            let entry = configured_entry(now, &configuration);
-            broker.configure(configuration.clone()).map_err(StoreError::Invalid)?;
-            broker.last_start = Some(configuration);
-            let stored = broker.store.append(&Batch { entries: vec![entry], ..Batch::default() })?;
-            broker.head = stored.last().map_or(broker.head, |e| e.seq);
-        }
-        recovery.requests = broker.engine.requests().count() + broker.finished.len();
-        broker.replaying = false;
-        Ok((broker, recovery))
-    }
-
-    /// A snapshot that could not be loaded may have changed part of the broker: back to
-    /// nothing replayed, to replay the whole ledger.
-    fn forget_replay(&mut self, config: EngineConfig) {
-        self.engine = Engine::new(ContractSet::default(), Vec::new(), config);
-        self.finished.clear();
-        self.configuration = None;
-        self.last_start = None;
-        self.next_request = 1;
-        self.next_incident = 1;
-        self.head = 0;
-        self.snapshot_at = 0;
-        self.snapshot_bytes = 0;
-    }
-
     /// Writes a snapshot every `entries` ledger entries (0: never), and at shutdown.
     pub fn set_snapshot_every(&mut self, entries: u64) {
         self.snapshot_every = entries;
@@ -558,12 +344,9 @@ impl Broker {
         rows
     }
 
-    /// Queues an input due at an instant, and (outside replay) records it as
-    /// a timer row in this turn's commit.
+    /// Queues an input due at an instant, and records it as a timer row in this turn's
+    /// commit.
     fn schedule(&mut self, at: Timestamp, input: Input) {
-        if self.replaying {
-            return;
-        }
         if let Some(key) = key_of(&input) {
             let body = serde_json::to_string(&input).expect("inputs serialize");
             let key = due_key(&key);
@@ -575,7 +358,7 @@ impl Broker {
     /// Carries out one effect, before the turn commits: the in-process
     /// providers answer (their answers become timer rows), calls to remote
     /// providers become outbox rows for the workers to make after the commit.
-    /// While replaying, only the in-process providers' state is rebuilt.
+    /// (A replay only rebuilds the in-process providers' state: `replay.rs`.)
     fn execute(&mut self, now: Timestamp, effect: &Effect) {
         if let Effect::SetTimer { at, timer } = effect {
             self.schedule(*at, Input::Timer(timer.clone()));
@@ -601,9 +384,6 @@ impl Broker {
                 }
                 continue;
             }
-            if self.replaying {
-                continue;
-            }
             let key = match call_key(&call) {
                 Some(key) => due_key(&key),
                 None => format!("{}:{}", call.path(), call.allocation().unwrap_or(0)),
@@ -616,9 +396,7 @@ impl Broker {
     /// Feeds one input to the engine: records it, and the decisions it
     /// causes, in `entries`, and carries out its effects.
     fn apply(&mut self, now: Timestamp, input: Input, entries: &mut Vec<NewEntry>) {
-        if let Some(key) = key_of(&input)
-            && !self.replaying
-        {
+        if let Some(key) = key_of(&input) {
             // If it was waiting as a timer row, it is no longer waiting.
             self.timer_ops.push((due_key(&key), None));
         }
