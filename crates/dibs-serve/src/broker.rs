@@ -217,16 +217,8 @@ pub struct Broker {
     last_start: Option<Configuration>,
     /// The ledger's last entry.
     head: u64,
-    /// The entry recording the last snapshot, and how many entries may follow it before
-    /// the next (0: never; see `snapshot`).
-    snapshot_at: u64,
-    snapshot_every: u64,
-    /// The size of the last snapshot.
-    snapshot_bytes: u64,
-    /// Writes snapshots beside the broker (none: the broker writes them).
-    snapshot_writer: Option<snapshot::SnapshotWriter>,
-    /// While replaying: the digests of the states at the snapshots announced, by entry.
-    announced: BTreeMap<u64, String>,
+    /// When snapshots are taken, who writes them, and what a replay met of them.
+    snapshots: snapshot::Snapshots,
 }
 
 /// The shortest queue worth looking through for moot timers.
@@ -256,7 +248,7 @@ pub struct Recovery {
 impl Broker {
     /// Writes a snapshot every `entries` ledger entries (0: never), and at shutdown.
     pub fn set_snapshot_every(&mut self, entries: u64) {
-        self.snapshot_every = entries;
+        self.snapshots.every = entries;
     }
 
     /// From now on, signs a checkpoint of the head every so many entries or seconds, and at
@@ -530,7 +522,7 @@ impl Broker {
             let stored =
                 self.store.append(&Batch { entries, answers, requests, snapshot_recorded, ..rows })?;
             if let Some(record) = &written {
-                self.snapshot_bytes = record.bytes;
+                self.snapshots.bytes = record.bytes;
             }
             if let Some(last) = stored.last() {
                 self.head = last.seq;

@@ -92,11 +92,7 @@ impl Broker {
             compact_at: MIN_COMPACT_AT,
             last_start: None,
             head: 0,
-            snapshot_at: 0,
-            snapshot_every: SNAPSHOT_EVERY,
-            snapshot_bytes: 0,
-            snapshot_writer: None,
-            announced: BTreeMap::new(),
+            snapshots: snapshot::Snapshots::default(),
         };
         let mut recovery = Recovery {
             entries: 0,
@@ -215,8 +211,8 @@ impl Broker {
         self.next_request = 1;
         self.next_incident = 1;
         self.head = 0;
-        self.snapshot_at = 0;
-        self.snapshot_bytes = 0;
+        self.snapshots.at = 0;
+        self.snapshots.bytes = 0;
     }
 
     /// A replayed effect: the in-process providers answer calls as they did (their state is

@@ -102,6 +102,26 @@ struct Shell {
     providers: BTreeMap<ProviderName, ProviderState>,
 }
 
+/// When snapshots are taken, who writes them, and what a replay met of them.
+pub(super) struct Snapshots {
+    /// The entry recording the last snapshot.
+    pub(super) at: u64,
+    /// How many entries may follow it before the next (0: never).
+    pub(super) every: u64,
+    /// The size of the last snapshot.
+    pub(super) bytes: u64,
+    /// Writes snapshots beside the broker (none: the broker writes them).
+    pub(super) writer: Option<SnapshotWriter>,
+    /// While replaying: the digests of the states at the snapshots announced, by entry.
+    pub(super) announced: BTreeMap<u64, String>,
+}
+
+impl Default for Snapshots {
+    fn default() -> Self {
+        Self { at: 0, every: SNAPSHOT_EVERY, bytes: 0, writer: None, announced: BTreeMap::new() }
+    }
+}
+
 /// A snapshot to write: announced at entry `taken`.
 struct Job {
     taken: u64,
@@ -249,7 +269,7 @@ impl Broker {
     /// Writes snapshots on a thread of their own, opening its store with `open`; without
     /// one, the broker writes them itself (tests, tools).
     pub fn write_snapshots_with(&mut self, open: OpenStore) -> std::io::Result<()> {
-        self.snapshot_writer = Some(SnapshotWriter::start(open)?);
+        self.snapshots.writer = Some(SnapshotWriter::start(open)?);
         Ok(())
     }
 
@@ -297,11 +317,11 @@ impl Broker {
     /// shutdown (`now_anyway`), when any do. It is written on the writer thread if there is
     /// one, else here.
     pub(super) fn snapshot(&mut self, now: Timestamp, now_anyway: bool) -> Result<(), StoreError> {
-        let since = self.head.saturating_sub(self.snapshot_at);
-        let due = since >= self.snapshot_every.max(self.snapshot_bytes / BYTES_PER_ENTRY)
+        let since = self.head.saturating_sub(self.snapshots.at);
+        let due = since >= self.snapshots.every.max(self.snapshots.bytes / BYTES_PER_ENTRY)
             || (now_anyway && since > 0);
-        let busy = self.snapshot_writer.as_ref().is_some_and(|w| w.busy);
-        if !self.engine.config().forget_finished || self.snapshot_every == 0 || !due || busy {
+        let busy = self.snapshots.writer.as_ref().is_some_and(|w| w.busy);
+        if !self.engine.config().forget_finished || self.snapshots.every == 0 || !due || busy {
             return Ok(());
         }
         let covers = self.head;
@@ -315,9 +335,9 @@ impl Broker {
         let stored = self.store.append(&Batch { entries: vec![entry], ..Batch::default() })?;
         let Some(taken) = stored.last().map(|e| e.seq) else { return Ok(()) };
         self.head = taken;
-        self.snapshot_at = taken;
+        self.snapshots.at = taken;
         let job = Job { taken, state, shell };
-        match &mut self.snapshot_writer {
+        match &mut self.snapshots.writer {
             Some(writer) if !now_anyway => {
                 writer.busy = writer.jobs.send(job).is_ok();
             }
@@ -331,7 +351,7 @@ impl Broker {
 
     /// A snapshot the writer has finished, if any, to record in this turn.
     pub(super) fn snapshot_written(&mut self) -> Option<SnapshotRecord> {
-        let writer = self.snapshot_writer.as_mut()?;
+        let writer = self.snapshots.writer.as_mut()?;
         match writer.written.try_recv() {
             Ok(result) => {
                 writer.busy = false;
@@ -359,13 +379,13 @@ impl Broker {
         };
         let stored = self.store.append(&batch)?;
         self.head = stored.last().map_or(self.head, |e| e.seq);
-        self.snapshot_bytes = record.bytes;
+        self.snapshots.bytes = record.bytes;
         Ok(())
     }
 
     /// At shutdown: waits for the snapshot being written, and records it.
     pub(super) fn finish_snapshots(&mut self, now: Timestamp) -> Result<(), StoreError> {
-        let Some(writer) = self.snapshot_writer.as_mut().filter(|w| w.busy) else { return Ok(()) };
+        let Some(writer) = self.snapshots.writer.as_mut().filter(|w| w.busy) else { return Ok(()) };
         writer.busy = false;
         match writer.written.recv() {
             Ok(Ok(record)) => self.record_snapshot(now, record),
@@ -394,9 +414,9 @@ impl Broker {
             return Err(corrupt(format!("a snapshot of entry {}, announced out of place", taken.covers)));
         }
         if self.checks_snapshots() {
-            self.announced.insert(seq, digest_of(&self.state(taken.covers)));
+            self.snapshots.announced.insert(seq, digest_of(&self.state(taken.covers)));
         }
-        self.snapshot_at = seq;
+        self.snapshots.at = seq;
         Ok(())
     }
 
@@ -406,11 +426,11 @@ impl Broker {
         let corrupt = |problem: String| StoreError::Corrupt { seq, problem };
         let record: SnapshotRecord =
             serde_json::from_str(body).map_err(|e| corrupt(format!("an unreadable snapshot record: {e}")))?;
-        self.snapshot_bytes = record.bytes;
+        self.snapshots.bytes = record.bytes;
         if !self.checks_snapshots() {
             return Ok(false);
         }
-        match self.announced.remove(&record.taken) {
+        match self.snapshots.announced.remove(&record.taken) {
             Some(digest) if digest == record.state_sha256 => Ok(true),
             Some(_) => Err(corrupt(format!(
                 "the snapshot announced at entry {} is not the state a replay of the entries before it reaches",
@@ -478,8 +498,8 @@ impl Broker {
             }
         }
         self.head = state.covers;
-        self.snapshot_at = taken;
-        self.snapshot_bytes = record.bytes;
+        self.snapshots.at = taken;
+        self.snapshots.bytes = record.bytes;
         Ok(Some(state.covers))
     }
 }
