@@ -49,9 +49,9 @@ pub struct CommitmentStatus {
 
 /// The spend of `allocation` billed within `[from, to)` as of `at`.
 pub fn billed_within(allocation: &Allocation, from: Timestamp, to: Timestamp, at: Timestamp) -> f64 {
-    let Some(ready) = allocation.ready_at else { return 0.0 };
+    let Some(ready) = allocation.ready_at() else { return 0.0 };
     let awarded_end = ready.plus_hours(f64::from(allocation.hours));
-    let end = allocation.ended_at.unwrap_or(awarded_end).min(awarded_end).min(at).min(to);
+    let end = allocation.ended_at().unwrap_or(awarded_end).min(awarded_end).min(at).min(to);
     let start = ready.max(from);
     if end <= start { 0.0 } else { end.hours_since(start) * allocation.plan.spend_per_hour() }
 }
@@ -59,14 +59,11 @@ pub fn billed_within(allocation: &Allocation, from: Timestamp, to: Timestamp, at
 /// What a live allocation will still bill within `[from, to)` after `at`.
 pub fn projected_within(allocation: &Allocation, from: Timestamp, to: Timestamp, at: Timestamp) -> f64 {
     let (start, end) = match allocation.state {
-        AllocationState::Active => {
-            let Some(ready) = allocation.ready_at else { return 0.0 };
-            (ready, ready.plus_hours(f64::from(allocation.hours)))
-        }
+        AllocationState::Active(run) => (run.ready_at, run.ready_at.plus_hours(f64::from(allocation.hours))),
         AllocationState::Reserved => {
             (allocation.promised, allocation.promised.plus_hours(f64::from(allocation.hours)))
         }
-        AllocationState::Released | AllocationState::Cancelled => return 0.0,
+        AllocationState::Released { .. } | AllocationState::Cancelled { .. } => return 0.0,
     };
     let start = start.max(at).max(from);
     let end = end.min(to);
@@ -97,7 +94,7 @@ pub struct CommitmentBooks {
 }
 
 fn ended(allocation: &Allocation) -> bool {
-    matches!(allocation.state, AllocationState::Released | AllocationState::Cancelled)
+    !allocation.state.is_live()
 }
 
 impl CommitmentBooks {

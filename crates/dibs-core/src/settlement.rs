@@ -37,8 +37,8 @@ use crate::types::{ProviderName, Timestamp, WorkloadClass};
 
 /// Hours an allocation has billed as of `at`.
 pub fn billed_hours(allocation: &Allocation, at: Timestamp) -> f64 {
-    let Some(ready) = allocation.ready_at else { return 0.0 };
-    let end = allocation.ended_at.unwrap_or(at).min(at);
+    let Some(ready) = allocation.ready_at() else { return 0.0 };
+    let end = allocation.ended_at().unwrap_or(at).min(at);
     end.hours_since(ready).clamp(0.0, f64::from(allocation.hours))
 }
 
@@ -105,15 +105,15 @@ fn add_to(totals: &mut BTreeMap<ProviderName, f64>, provider: &ProviderName, amo
 
 /// Whether an allocation is billing at `at`, given the hours it has billed.
 fn running(allocation: &Allocation, hours: f64, at: Timestamp) -> bool {
-    allocation.ready_at.is_some_and(|r| r <= at)
-        && allocation.ended_at.is_none_or(|e| e > at)
+    allocation.ready_at().is_some_and(|r| r <= at)
+        && allocation.ended_at().is_none_or(|e| e > at)
         && hours < f64::from(allocation.hours)
 }
 
 /// Whether an allocation's bill is final as of `at`: it ended, or it has
 /// billed every hour it was awarded. Nothing after `at` can change it.
 fn settled(allocation: &Allocation, hours: f64, at: Timestamp) -> bool {
-    allocation.ended_at.is_some_and(|e| e <= at) || hours >= f64::from(allocation.hours)
+    allocation.ended_at().is_some_and(|e| e <= at) || hours >= f64::from(allocation.hours)
 }
 
 /// Spend accrued by every allocation as of `at`, in one pass over all of them.

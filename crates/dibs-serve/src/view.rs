@@ -119,12 +119,9 @@ pub fn allocation(a: &Allocation) -> AllocationView {
         price_per_node_hour: a.plan.node_price.get(),
         price_per_gpu_hour: a.plan.price_per_gpu_hour(),
         via: a.via.clone(),
-        state: serde_json::to_value(a.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        state: a.state.stage().as_str().to_owned(),
         promised: a.promised.to_string(),
-        ready_at: a.ready_at.map(|t| t.to_string()),
+        ready_at: a.ready_at().map(|t| t.to_string()),
     }
 }
 

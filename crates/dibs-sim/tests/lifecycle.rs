@@ -510,7 +510,7 @@ fn capacity_for_a_later_start_runs_and_bills_from_that_start() {
     let allocations: Vec<_> = engine.allocations().collect();
     assert!(!allocations.is_empty(), "{}", render(&run));
     for a in allocations {
-        assert_eq!(a.ready_at, Some(t("2026-02-01")), "held until the start: {a:?}");
+        assert_eq!(a.ready_at(), Some(t("2026-02-01")), "held until the start: {a:?}");
         assert_eq!(dibs_core::settlement::billed_hours(a, t("2026-01-31")), 0.0, "nothing billed before it");
     }
 }
@@ -776,7 +776,7 @@ proptest! {
         for state in engine.requests() {
             let placed: u32 = state.allocations.iter()
                 .map(|a| engine.allocation(*a).unwrap())
-                .filter(|a| a.state != AllocationState::Cancelled)
+                .filter(|a| !matches!(a.state, AllocationState::Cancelled { .. }))
                 .map(|a| a.plan.gpus).sum();
             prop_assert!(placed <= state.request.gpus.get(), "{} placed {placed} of {}", state.request.id, state.request.gpus);
             prop_assert!(state.status.is_final() || state.status == Status::Active || state.status == Status::Provisioning,
@@ -784,7 +784,7 @@ proptest! {
             // Not stuck: a request that is not final holds a live allocation (one that will be
             // ready, or released, by a timer).
             let live = state.allocations.iter().any(|a| {
-                matches!(engine.allocation(*a).unwrap().state, AllocationState::Reserved | AllocationState::Active)
+                engine.allocation(*a).unwrap().state.is_live()
             });
             prop_assert!(state.status.is_final() || live, "{} {:?} with nothing live", state.request.id, state.status);
         }
@@ -842,7 +842,7 @@ proptest! {
                     // The fleet is shared by requests of one class; the cap holds against the fleet at award time,
                     // so one request may hold more than its share only when others hold less. A cap binds to
                     // whole nodes: a provider may exceed its share by less than one node (8 GPUs here).
-                    let fleet: u32 = engine.allocations().filter(|a| a.state != AllocationState::Cancelled)
+                    let fleet: u32 = engine.allocations().filter(|a| !matches!(a.state, AllocationState::Cancelled { .. }))
                         .filter(|a| engine.request(&a.request).unwrap().request.workload == state.request.workload)
                         .map(|a| a.plan.gpus_bought()).sum();
                     prop_assert!(f64::from(*gpus) <= share * f64::from(fleet) + 8.0 + 1e-6 || state.request.workload == WorkloadClass::Api,

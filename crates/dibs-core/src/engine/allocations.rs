@@ -3,6 +3,7 @@
 
 use super::round::Round;
 use super::*;
+use crate::allocation::Run;
 
 /// Adds (`sign` 1) or removes (`sign` -1) an allocation's GPUs (bought, whole nodes) and spend rate.
 pub(super) fn add_to_fleet(fleet: &mut Fleet, plan: &PlannedAllocation, sign: f64) {
@@ -54,9 +55,6 @@ impl Engine {
                     hours: round.hours,
                     awarded_at: out.now,
                     promised,
-                    ready_at: None,
-                    ends_at: None,
-                    ended_at: None,
                     state: AllocationState::Reserved,
                     workload: state.request.workload,
                     asked_gpu_hours: f64::from(state.request.gpus.get())
@@ -88,10 +86,8 @@ impl Engine {
         // run (and bill) from that start.
         let start = self.requests.get(&a.request).map_or(out.now, |r| out.now.max(r.request.earliest_start));
         let Some(a) = self.allocations.get_mut(&allocation) else { return };
-        a.state = AllocationState::Active;
-        a.ready_at = Some(start);
         let ends_at = start.plus_hours(f64::from(a.hours));
-        a.ends_at = Some(ends_at);
+        a.state = AllocationState::Active(Run { ready_at: start, ends_at });
         let request = a.request.clone();
         out.ledger(Some(&request), EventKind::AllocationReady { allocation });
         out.effects.push(Effect::SetTimer { at: ends_at, timer: Timer::Release { allocation } });
@@ -114,7 +110,7 @@ impl Engine {
             .allocations
             .values()
             .filter(|a| {
-                matches!(a.state, AllocationState::Reserved | AllocationState::Active)
+                a.state.is_live()
                     && a.plan.provider == provider
                     && region.as_ref().is_none_or(|r| r == &a.plan.region)
             })
@@ -123,12 +119,11 @@ impl Engine {
         for allocation in affected {
             let a = self.allocations.get_mut(&allocation).expect("exists");
             // Whole hours left, rounded down, so the replacement never bills an hour twice.
-            let remaining = match a.ends_at {
+            let remaining = match a.ends_at() {
                 Some(ends) => (ends.hours_since(out.now).floor().max(0.0) as u32).min(a.hours),
                 None => a.hours,
             };
-            a.state = AllocationState::Cancelled;
-            a.ended_at = Some(out.now);
+            a.state = AllocationState::Cancelled { run: a.state.run(), ended_at: out.now };
             let (request, gpus) = (a.request.clone(), a.plan.gpus);
             self.leave_fleet(allocation);
             out.ledger(
@@ -159,9 +154,8 @@ impl Engine {
         out.ledger(Some(id), EventKind::RequestCancelled {});
         for allocation in allocations {
             let a = self.allocations.get_mut(&allocation).expect("exists");
-            if matches!(a.state, AllocationState::Reserved | AllocationState::Active) {
-                a.state = AllocationState::Cancelled;
-                a.ended_at = Some(out.now);
+            if a.state.is_live() {
+                a.state = AllocationState::Cancelled { run: a.state.run(), ended_at: out.now };
                 out.effects.push(Effect::Cancel {
                     allocation,
                     provider: a.plan.provider.clone(),

@@ -62,7 +62,7 @@ mod settle;
 mod snapshot;
 mod timers;
 
-pub use crate::allocation::{Allocation, AllocationState, Allocations};
+pub use crate::allocation::{Allocation, AllocationState, Allocations, Run, Stage};
 pub use crate::ledger::{HolderOutcome, Purpose};
 pub use snapshot::EngineSnapshot;
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::first_refusal::{Offered, Taken, first_offer_room};
 use super::screen::Screened;
 use super::*;
+use crate::allocation::Stage;
 
 /// What a running round waits for. Each variant carries exactly the data of that wait; a
 /// round between two waits (being screened, decided, or told the holder's answer) has no
@@ -400,22 +401,19 @@ impl Engine {
         if state.round.is_some() || state.status == Status::Cancelled {
             return;
         }
-        let states: Vec<AllocationState> =
-            state.allocations.iter().map(|a| self.allocations[a].state).collect();
-        let live = states
-            .iter()
-            .filter(|s| matches!(s, AllocationState::Reserved | AllocationState::Active))
-            .count();
+        let states: Vec<Stage> =
+            state.allocations.iter().map(|a| self.allocations[a].state.stage()).collect();
+        let live = states.iter().filter(|s| matches!(s, Stage::Reserved | Stage::Active)).count();
         let previous = state.status;
         let status = if live == 0 {
-            if states.contains(&AllocationState::Released) {
+            if states.contains(&Stage::Released) {
                 Status::Released
             } else if state.pending.is_empty() {
                 Status::Unfilled
             } else {
                 previous
             }
-        } else if states.iter().all(|s| *s != AllocationState::Reserved) {
+        } else if states.iter().all(|s| *s != Stage::Reserved) {
             Status::Active
         } else {
             Status::Provisioning

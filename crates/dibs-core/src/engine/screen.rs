@@ -200,7 +200,7 @@ impl Engine {
             .allocations
             .iter()
             .filter_map(|a| self.allocations.get(a))
-            .filter(|a| matches!(a.state, AllocationState::Reserved | AllocationState::Active))
+            .filter(|a| a.state.is_live())
             .map(|a| a.plan.provider.clone())
             .collect()
     }

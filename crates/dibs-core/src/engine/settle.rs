@@ -49,10 +49,7 @@ impl Engine {
                 self.suspensions.push(suspension);
             }
         }
-        let live = self
-            .allocations
-            .values()
-            .any(|a| matches!(a.state, AllocationState::Reserved | AllocationState::Active));
+        let live = self.allocations.values().any(|a| a.state.is_live());
         if self.open_requests > 0 || live {
             self.arm_settlement(out);
         }

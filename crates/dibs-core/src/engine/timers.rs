@@ -3,6 +3,7 @@
 
 use super::round::{Phase, RoundInput, Step};
 use super::*;
+use crate::allocation::Stage;
 
 impl Engine {
     /// Whether `timer` would do anything if it fired now. A timer whose moment has passed
@@ -12,8 +13,8 @@ impl Engine {
         let round_of = |request: &str, number: u32| {
             self.requests.get(request).and_then(|s| s.round.as_ref()).filter(|r| r.round.number == number)
         };
-        let allocation_in = |allocation: &u64, state: AllocationState| {
-            self.allocations.get(allocation).is_some_and(|a| a.state == state)
+        let allocation_in = |allocation: &u64, stage: Stage| {
+            self.allocations.get(allocation).is_some_and(|a| a.state.stage() == stage)
         };
         match timer {
             Timer::HolderWindow { request, round, solicitation } => round_of(request, *round).is_some_and(
@@ -22,8 +23,8 @@ impl Engine {
             Timer::QuoteDeadline { request, round } => round_of(request, *round).is_some_and(
                 |r| matches!(&r.phase, Phase::Quotes { asked, answered, .. } if answered != asked),
             ),
-            Timer::DeliveryDue { allocation } => allocation_in(allocation, AllocationState::Reserved),
-            Timer::Release { allocation } => allocation_in(allocation, AllocationState::Active),
+            Timer::DeliveryDue { allocation } => allocation_in(allocation, Stage::Reserved),
+            Timer::Release { allocation } => allocation_in(allocation, Stage::Active),
             Timer::Settle => true,
         }
     }
@@ -44,8 +45,7 @@ impl Engine {
                 let (request, gpus, hours, promised, provider) =
                     (a.request.clone(), a.plan.gpus, a.hours, a.promised, a.plan.provider.clone());
                 let a = self.allocations.get_mut(&allocation).expect("exists");
-                a.state = AllocationState::Cancelled;
-                a.ended_at = Some(out.now);
+                a.state = AllocationState::Cancelled { run: None, ended_at: out.now };
                 if let Some(state) = self.requests.get_mut(&request) {
                     state
                         .failed_providers
@@ -63,8 +63,9 @@ impl Engine {
             Timer::Settle => self.settle(out),
             Timer::Release { allocation } => {
                 let Some(a) = self.allocations.get_mut(&allocation) else { return };
-                a.state = AllocationState::Released;
-                a.ended_at = Some(out.now);
+                // Only an active allocation is released (`timer_matters`): it has run.
+                let Some(run) = a.state.run() else { return };
+                a.state = AllocationState::Released { run, ended_at: out.now };
                 let request = a.request.clone();
                 let gpu_hours = f64::from(a.plan.gpus_bought()) * f64::from(a.hours);
                 let spend = a.plan.spend_per_hour() * f64::from(a.hours);

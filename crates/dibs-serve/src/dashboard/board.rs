@@ -209,7 +209,7 @@ fn card(engine: &dibs_core::engine::Engine, number: u64, listed: &Listed<'_>) ->
         .allocations
         .iter()
         .filter_map(|id| engine.allocation(*id))
-        .filter(|a| !matches!(a.state, dibs_core::engine::AllocationState::Cancelled))
+        .filter(|a| !matches!(a.state, dibs_core::engine::AllocationState::Cancelled { .. }))
         .map(|a| a.plan.provider.as_str())
         .collect();
     providers.sort_unstable();

@@ -120,11 +120,10 @@ pub(super) fn snapshot(view: &crate::broker::ReadView<'_>) -> Snapshot {
             regions.push(a.plan.region.to_string());
             (regions.len() - 1) as u16
         });
-        let ended_at =
-            a.ended_at.filter(|_| matches!(a.state, AllocationState::Released | AllocationState::Cancelled));
-        let bills_until = a.ready_at.map(|ready| {
+        let ended_at = a.ended_at();
+        let bills_until = a.ready_at().map(|ready| {
             let contracted = ready.plus_hours(f64::from(a.hours));
-            a.ended_at.map_or(contracted, |end| end.min(contracted))
+            a.ended_at().map_or(contracted, |end| end.min(contracted))
         });
         held.push(Held {
             provider,
@@ -134,10 +133,10 @@ pub(super) fn snapshot(view: &crate::broker::ReadView<'_>) -> Snapshot {
             node_gpus: a.plan.gpus_per_node.get(),
             spend_per_hour: a.plan.spend_per_hour(),
             awarded_at: a.awarded_at,
-            ready_at: a.ready_at,
+            ready_at: a.ready_at(),
             bills_until,
             ended_at,
-            active: matches!(a.state, AllocationState::Active),
+            active: matches!(a.state, AllocationState::Active(_)),
         });
     }
     let terms = engine.contracts().in_force(view.now, &[]);

@@ -127,7 +127,7 @@ pub(super) async fn page(
                                 td { (a.id) } td { (a.request) } td { (a.plan.region) } td { (a.plan.instance_type) }
                                 td.number { (a.plan.nodes) } td.number { (price(a.plan.node_price.get())) }
                                 td { (format!("{:?}", a.state).to_lowercase()) } td { (instant(a.promised)) }
-                                td { @match a.ready_at { Some(at) => (instant(at)), None => "not yet" } }
+                                td { @match a.ready_at() { Some(at) => (instant(at)), None => "not yet" } }
                             }
                         }
                     }

@@ -353,8 +353,8 @@ fn allocations(snapshot: &Snapshot) -> Markup {
                                 td { span class={ "badge alloc-" (format!("{:?}", a.state).to_lowercase()) } { (format!("{:?}", a.state).to_lowercase()) } }
                                 td { (instant(a.awarded_at)) }
                                 td { (instant(a.promised)) }
-                                td { @match a.ready_at { Some(at) => (instant(at)), None => "not yet" } }
-                                td { @match (a.ended_at, a.ends_at) { (Some(at), _) => { "ended " (instant(at)) }, (None, Some(at)) => { "ends " (instant(at)) }, _ => "–" } }
+                                td { @match a.ready_at() { Some(at) => (instant(at)), None => "not yet" } }
+                                td { @match (a.ended_at(), a.ends_at()) { (Some(at), _) => { "ended " (instant(at)) }, (None, Some(at)) => { "ends " (instant(at)) }, _ => "–" } }
                             }
                         }
                     }
