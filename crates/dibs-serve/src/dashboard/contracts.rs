@@ -9,10 +9,9 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use dibs_core::commitments::CommitmentStatus;
 use dibs_core::contract::Metrics;
@@ -23,8 +22,7 @@ use dibs_core::types::Timestamp;
 use maud::{Markup, html};
 
 use super::format::{instant, price, usd};
-use super::session::require;
-use super::{Dashboard, Section, Viewer, charts, drawn, fleet, layout, read, respond, trusted};
+use super::{Dashboard, Section, charts, drawn_page, fleet, trusted};
 
 /// The timeline shows at most this many years after today.
 const TIMELINE_YEARS_AHEAD: i64 = 12;
@@ -469,18 +467,5 @@ fn body(snapshot: &Snapshot) -> Markup {
 }
 
 pub(super) async fn page(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
-    let started = Instant::now();
-    let viewer = match require(&dashboard, &headers, Viewer::may_read) {
-        Ok(viewer) => viewer,
-        Err((error, viewer)) => return error.into_response(viewer.as_ref()),
-    };
-    let snapshot = match read(&dashboard.app, snapshot).await {
-        Ok(snapshot) => snapshot,
-        Err(e) => return e.into_response(Some(&viewer)),
-    };
-    let body = match drawn(move || body(&snapshot)).await {
-        Ok(body) => body,
-        Err(e) => return e.into_response(Some(&viewer)),
-    };
-    respond(started, StatusCode::OK, layout(Some(&viewer), "Contracts", Section::Contracts, body))
+    drawn_page(&dashboard, &headers, ("Contracts", Section::Contracts), snapshot, body).await
 }

@@ -9,10 +9,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use dibs_core::contract::ShareBasis;
 use dibs_core::engine::AllocationState;
@@ -20,8 +19,7 @@ use dibs_core::types::{Timestamp, WorkloadClass};
 use maud::{Markup, html};
 
 use super::format::{instant, thousands, usd};
-use super::session::require;
-use super::{Dashboard, Section, Viewer, charts, drawn, layout, read, respond};
+use super::{Dashboard, Section, charts, drawn_page};
 
 /// Points per series on the charts.
 pub const SAMPLES: usize = 96;
@@ -402,18 +400,5 @@ fn body(snapshot: &Snapshot) -> Markup {
 }
 
 pub(super) async fn page(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
-    let started = Instant::now();
-    let viewer = match require(&dashboard, &headers, Viewer::may_read) {
-        Ok(viewer) => viewer,
-        Err((error, viewer)) => return error.into_response(viewer.as_ref()),
-    };
-    let snapshot = match read(&dashboard.app, snapshot).await {
-        Ok(snapshot) => snapshot,
-        Err(e) => return e.into_response(Some(&viewer)),
-    };
-    let body = match drawn(move || body(&snapshot)).await {
-        Ok(body) => body,
-        Err(e) => return e.into_response(Some(&viewer)),
-    };
-    respond(started, StatusCode::OK, layout(Some(&viewer), "Fleet", Section::Fleet, body))
+    drawn_page(&dashboard, &headers, ("Fleet", Section::Fleet), snapshot, body).await
 }

@@ -232,12 +232,32 @@ async fn read<T: Send + 'static>(
         .ok_or_else(|| PageError::Unavailable("the broker has stopped or did not answer".into()))
 }
 
-/// Draws a page's body on a blocking thread: charts are drawn by plotters and take
-/// milliseconds, which the async threads serving every other request should not spend.
-async fn drawn(draw: impl FnOnce() -> Markup + Send + 'static) -> Result<Markup, PageError> {
-    tokio::task::spawn_blocking(draw)
-        .await
-        .map_err(|e| PageError::Unavailable(format!("the page could not be drawn: {e}")))
+/// A page any reader may see, drawn from one read of the engine: `snapshot` runs on the
+/// broker thread, `body` on a blocking thread (charts are drawn by plotters and take
+/// milliseconds, which the async threads serving every other request should not spend).
+async fn drawn_page<S: Send + 'static>(
+    dashboard: &Dashboard,
+    headers: &HeaderMap,
+    (title, section): (&str, Section),
+    snapshot: fn(&ReadView<'_>) -> S,
+    body: fn(&S) -> Markup,
+) -> Response {
+    let started = Instant::now();
+    let viewer = match session::require(dashboard, headers, Viewer::may_read) {
+        Ok(viewer) => viewer,
+        Err((error, viewer)) => return error.into_response(viewer.as_ref()),
+    };
+    let snapshot = match read(&dashboard.app, snapshot).await {
+        Ok(snapshot) => snapshot,
+        Err(e) => return e.into_response(Some(&viewer)),
+    };
+    let drawn = tokio::task::spawn_blocking(move || body(&snapshot)).await;
+    match drawn {
+        Ok(body) => respond(started, StatusCode::OK, layout(Some(&viewer), title, section, body)),
+        Err(e) => {
+            PageError::Unavailable(format!("the page could not be drawn: {e}")).into_response(Some(&viewer))
+        }
+    }
 }
 
 /// Runs `work` on the store's second handle, off the async threads.
