@@ -1,7 +1,7 @@
 //! First refusal: what the holder is offered and on what terms, its answer, what it takes,
 //! and how much room the buyer's caps leave it.
 
-use super::round::{AfterHolder, HolderAsked, Phase, Round, Step};
+use super::round::{AfterHolder, HolderAsked, Phase, Round, Running, Step};
 use super::screen::RefusalTerms;
 use super::*;
 use crate::contract::HolderTerms;
@@ -226,11 +226,11 @@ impl Engine {
         &mut self,
         out: &mut Out,
         state: &mut RequestState,
-        round: Box<Round>,
-        phase: Phase,
+        running: Running,
         round_number: u32,
         answer: HolderAnswer,
     ) -> Step {
+        let Running { round, phase } = running;
         let Some(refusal) = round.screened.refusal.clone() else { return Step::Await(round, phase) };
         let id = state.request.id.clone();
         let (offered_gpus, asked) = match phase {
@@ -304,10 +304,10 @@ impl Engine {
         &mut self,
         out: &mut Out,
         state: &mut RequestState,
-        round: Box<Round>,
-        phase: Phase,
+        running: Running,
         round_number: u32,
     ) -> Step {
+        let Running { round, phase } = running;
         match (phase, round.screened.refusal.as_ref()) {
             (Phase::Holder { price, then, .. }, Some(refusal)) => {
                 let holder = refusal.holder.clone();

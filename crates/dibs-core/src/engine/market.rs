@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::first_refusal::{Offered, first_offer_room, holder_room};
-use super::round::{AfterHolder, Phase, Round, Step, round_request};
+use super::round::{AfterHolder, Phase, Round, Running, Step, round_request};
 use super::screen::remaining_min_providers;
 use super::*;
 use crate::contract::{NoBetterTerms, RefusalMode};
@@ -56,17 +56,16 @@ impl Engine {
     }
 
     /// One provider's quotes; the round is decided when the last one asked has answered.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn quotes(
         &mut self,
         out: &mut Out,
         state: &mut RequestState,
-        mut round: Box<Round>,
-        phase: Phase,
+        running: Running,
         round_number: u32,
         provider: ProviderName,
         mut offers: Vec<Offer>,
     ) -> Step {
+        let Running { mut round, phase } = running;
         let id = &state.request.id;
         let Phase::Quotes { respond_by, asked, mut answered } = phase else {
             out.ledger(Some(id), EventKind::LateAnswerIgnored { round: round_number, from: provider });
@@ -103,17 +102,16 @@ impl Engine {
     }
 
     /// A provider's quote call failed for good: it quoted nothing, and the round records why.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn quote_failed(
         &mut self,
         out: &mut Out,
         state: &mut RequestState,
-        mut round: Box<Round>,
-        phase: Phase,
+        running: Running,
         round_number: u32,
         provider: ProviderName,
         error: String,
     ) -> Step {
+        let Running { mut round, phase } = running;
         let waiting = round.number == round_number
             && matches!(&phase, Phase::Quotes { asked, answered, .. }
                 if asked.contains(&provider) && !answered.contains(&provider));
@@ -129,7 +127,7 @@ impl Engine {
             );
             round.silent.insert(provider.clone(), format!("its call failed: {error}"));
         }
-        self.quotes(out, state, round, phase, round_number, provider, Vec::new())
+        self.quotes(out, state, Running { round, phase }, round_number, provider, Vec::new())
     }
 
     /// Places the round's GPUs over the quotes in hand, then awards, goes back

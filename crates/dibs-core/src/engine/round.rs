@@ -228,23 +228,19 @@ impl Engine {
         running: Running,
         input: RoundInput,
     ) -> Step {
-        let Running { round, phase } = running;
         match input {
-            RoundInput::HolderAnswer { round: number, answer } => {
-                self.holder_answer(out, state, round, phase, number, answer)
+            RoundInput::HolderAnswer { round, answer } => {
+                self.holder_answer(out, state, running, round, answer)
             }
-            RoundInput::Quotes { round: number, provider, offers } => {
-                self.quotes(out, state, round, phase, number, provider, offers)
+            RoundInput::Quotes { round, provider, offers } => {
+                self.quotes(out, state, running, round, provider, offers)
             }
-            RoundInput::QuoteFailed { round: number, provider, error } => {
-                self.quote_failed(out, state, round, phase, number, provider, error)
+            RoundInput::QuoteFailed { round, provider, error } => {
+                self.quote_failed(out, state, running, round, provider, error)
             }
-            RoundInput::HolderLapsed { round: number } => {
-                self.holder_lapsed(out, state, round, phase, number)
-            }
-            RoundInput::QuoteDeadline => match phase {
-                Phase::Quotes { asked, answered, .. } => {
-                    let mut round = round;
+            RoundInput::HolderLapsed { round } => self.holder_lapsed(out, state, running, round),
+            RoundInput::QuoteDeadline => match running {
+                Running { mut round, phase: Phase::Quotes { asked, answered, .. } } => {
                     for provider in asked.difference(&answered) {
                         round
                             .silent
@@ -253,7 +249,7 @@ impl Engine {
                     }
                     Step::Decide(round)
                 }
-                phase => Step::Await(round, phase),
+                Running { round, phase } => Step::Await(round, phase),
             },
         }
     }
