@@ -1,6 +1,8 @@
-//! Modules import in no circle (ARCHITECTURE.md, "Invariants"): within `dibs-core` and
-//! within `dibs-serve`, the top-level modules form a graph without cycles, so a leaf
-//! (`allocation`, `ledger`, `app`) can be read and changed without the modules that use it.
+//! The code's shape, as ARCHITECTURE.md's invariants state it. Modules import in no
+//! circle: within `dibs-core` and within `dibs-serve`, the top-level modules form a graph
+//! without cycles, so a leaf (`allocation`, `ledger`, `app`) can be read and changed
+//! without the modules that use it. The engine is a folder of files a newcomer can read
+//! whole, and the broker answers with types, never loose JSON.
 //!
 //! The graph is read from the source text: a file under `src/NAME.rs` or `src/NAME/` belongs
 //! to module `NAME`, and it depends on every `crate::OTHER` it names (also inside
@@ -139,4 +141,48 @@ fn the_checker_sees_a_circle_and_groups() {
     let acyclic: BTreeMap<String, BTreeSet<String>> =
         [("a".to_owned(), ["b".to_owned()].into()), ("b".to_owned(), BTreeSet::new())].into();
     assert_eq!(find_cycle(&acyclic), None);
+}
+
+/// The files of a folder under a crate's `src`, with their text.
+fn sources(crate_folder: &str, folder: &str) -> Vec<(PathBuf, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(crate_folder).join("src").join(folder);
+    let mut files = Vec::new();
+    rust_files(&dir, &mut files);
+    files.sort();
+    files.into_iter().map(|f| (f.clone(), std::fs::read_to_string(&f).expect("readable"))).collect()
+}
+
+/// The most lines an engine file may have: one concern a newcomer reads whole.
+const MAX_ENGINE_FILE_LINES: usize = 700;
+
+#[test]
+fn the_engine_is_a_folder_of_files_read_whole() {
+    let files = sources("dibs-core", "engine");
+    assert!(files.len() >= 8, "the engine's concerns each have a file: {files:?}");
+    for (path, text) in &files {
+        let lines = text.lines().count();
+        assert!(
+            lines <= MAX_ENGINE_FILE_LINES,
+            "{} has {lines} lines (at most {MAX_ENGINE_FILE_LINES})",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn the_broker_answers_with_types_not_loose_json() {
+    let mut files = sources("dibs-serve", "broker");
+    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dibs-serve/src/broker.rs");
+    files.push((top.clone(), std::fs::read_to_string(&top).expect("readable")));
+    for (path, text) in &files {
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            assert!(
+                !code.contains("serde_json::Value") && !code.contains("json!("),
+                "{}:{}: the broker's answers are types (view.rs), not JSON values: {line}",
+                path.display(),
+                n + 1
+            );
+        }
+    }
 }

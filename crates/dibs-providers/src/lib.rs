@@ -388,8 +388,8 @@ fn carries(offer: &Offer, block: u32) -> u32 {
 /// returns the inputs it will cause, each with the instant it is due: a
 /// holder's answer, quotes, an allocation becoming ready, a timer firing.
 /// Ledger entries are the caller's to record.
-pub fn carry_out(
-    providers: &mut BTreeMap<ProviderName, SimulatedProvider>,
+pub fn carry_out<P: Provider>(
+    providers: &mut BTreeMap<ProviderName, P>,
     now: Timestamp,
     effect: &dibs_core::engine::Effect,
 ) -> Vec<(Timestamp, dibs_core::engine::Input)> {
@@ -399,9 +399,10 @@ pub fn carry_out(
     protocol::calls_for(effect).iter().filter_map(|call| call_in_process(providers, call, now)).collect()
 }
 
-/// Makes one call to an in-process provider: the input its answer causes, and when.
-pub fn call_in_process(
-    providers: &mut BTreeMap<ProviderName, SimulatedProvider>,
+/// Makes one call to an in-process provider (any [`Provider`]: the simulated one today):
+/// the input its answer causes, and when.
+pub fn call_in_process<P: Provider>(
+    providers: &mut BTreeMap<ProviderName, P>,
     call: &Call,
     now: Timestamp,
 ) -> Option<(Timestamp, dibs_core::engine::Input)> {
