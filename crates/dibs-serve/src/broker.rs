@@ -131,6 +131,17 @@ impl Configuration {
     pub const COMMAND_LINE: &str = "command-line";
     pub const API: &str = "api";
 
+    /// What a start runs under: these contract files and offers, at real time.
+    pub fn at_start(contracts: Vec<(String, String)>, offers: Vec<Offer>) -> Self {
+        Self { contracts, offers, origin: Self::COMMAND_LINE.into(), time_speed: None }
+    }
+
+    /// The embedded default: the built-in `default` contracts and the bundled price table.
+    pub fn builtin_default() -> Self {
+        let contracts = contract::builtin_contract_texts("default").expect("the built-in contracts load");
+        Self::at_start(contracts, dibs_core::catalog::bundled_catalog().offers)
+    }
+
     /// The same contracts, offers and clock speed, wherever they came from.
     fn same_as(&self, other: &Configuration) -> bool {
         self.contracts == other.contracts

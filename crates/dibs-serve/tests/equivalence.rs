@@ -139,12 +139,7 @@ fn run_broker(dir: &std::path::Path) -> (Vec<String>, Vec<(String, String)>) {
     let clock = Arc::new(AtomicI64::new(t("2026-03-01").unix()));
     let reading = clock.clone();
     let providers = dibs_serve::simulated_providers(&offers(), HolderBehaviour::Accept, 7);
-    let configuration = Configuration {
-        contracts: texts,
-        offers: offers(),
-        origin: Configuration::COMMAND_LINE.into(),
-        time_speed: None,
-    };
+    let configuration = Configuration::at_start(texts, offers());
     let (mut broker, _) = Broker::recover(
         Box::new(store),
         providers,

@@ -13,7 +13,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use dibs_core::contract;
 use dibs_core::engine::EngineConfig;
 use dibs_core::types::Timestamp;
 use dibs_providers::{HolderBehaviour, SimulatedBehaviour};
@@ -21,12 +20,7 @@ use dibs_serve::broker::{self, Broker, Command, SubmitBody};
 use dibs_store::SqliteStore;
 
 fn configuration() -> broker::Configuration {
-    broker::Configuration {
-        contracts: contract::builtin_contract_texts("default").unwrap(),
-        offers: dibs_core::catalog::bundled_catalog().offers,
-        origin: broker::Configuration::COMMAND_LINE.into(),
-        time_speed: None,
-    }
+    broker::Configuration::builtin_default()
 }
 
 fn providers() -> std::collections::BTreeMap<dibs_core::types::ProviderName, dibs_providers::SimulatedProvider>

@@ -41,12 +41,8 @@ fn timers_of_requests_decided_early_are_dropped_with_their_rows() {
     };
     let providers = dibs_serve::simulated_providers_with(&offers, behaviour, 7);
     let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
-    let configuration = broker::Configuration {
-        contracts: contract::builtin_contract_texts("default").unwrap(),
-        offers,
-        origin: broker::Configuration::COMMAND_LINE.into(),
-        time_speed: None,
-    };
+    let configuration =
+        broker::Configuration::at_start(contract::builtin_contract_texts("default").unwrap(), offers);
     let (mut broker, _) =
         Broker::recover(Box::new(store), providers, None, broker::wall_clock(), Some(configuration)).unwrap();
     broker.take_over().unwrap();

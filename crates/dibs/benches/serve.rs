@@ -82,12 +82,7 @@ fn in_process(n: usize) -> (f64, u64) {
     };
     let providers = dibs_serve::simulated_providers_with(&offers, behaviour, 1);
     let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
-    let configuration = broker::Configuration {
-        contracts,
-        offers,
-        origin: broker::Configuration::COMMAND_LINE.into(),
-        time_speed: None,
-    };
+    let configuration = broker::Configuration::at_start(contracts, offers);
     let (mut broker, _) =
         Broker::recover(Box::new(store), providers, None, broker::wall_clock(), Some(configuration)).unwrap();
     // Snapshots are written beside the broker, as `dibs serve` does.

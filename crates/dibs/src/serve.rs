@@ -143,10 +143,8 @@ pub fn serve(args: ServeArgs) -> Result<Exit> {
         database: args.database,
         schema: args.database_schema,
         configuration: dibs_serve::broker::Configuration {
-            contracts: contract_texts,
-            offers: catalog.offers,
-            origin: dibs_serve::broker::Configuration::COMMAND_LINE.into(),
             time_speed: (time_speed != 1.0).then_some(time_speed),
+            ..dibs_serve::broker::Configuration::at_start(contract_texts, catalog.offers)
         },
         holder,
         remote_providers,
