@@ -12,7 +12,8 @@ use sha2::{Digest, Sha256};
 
 use crate::contract::RefusalMode;
 use crate::placement::{PlannedAllocation, SolverPath, Verdict};
-use crate::types::{Price, ProviderName, Region, Timestamp};
+use crate::request::SpotPolicy;
+use crate::types::{Location, Price, ProviderName, Region, Timestamp};
 
 /// One ledger entry's content. `kind` names the step of the lifecycle. Entries read back
 /// into the same types that wrote them: the story page, a provider's sealed view and the
@@ -66,6 +67,10 @@ pub enum EventKind {
         /// How the price was arrived at, by the clause's terms.
         terms: String,
         respond_by: Timestamp,
+        /// What the holder is asked for, as the solicitation it is sent says (entries from
+        /// before it was recorded have none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wanted: Option<Wanted>,
     },
     HolderAnswered {
         round: u32,
@@ -87,6 +92,10 @@ pub enum EventKind {
         round: u32,
         providers: Vec<ProviderName>,
         respond_by: Timestamp,
+        /// What the providers are asked to quote for, as the call each is sent says (entries
+        /// from before it was recorded have none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wanted: Option<Wanted>,
     },
     QuoteReceived {
         round: u32,
@@ -179,6 +188,21 @@ pub enum EventKind {
         clause: String,
         from: Timestamp,
     },
+}
+
+/// The capacity a solicitation or a quote request asks for, as the ledger records it: what
+/// the providers asked were told (a provider's sealed view shows it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Wanted {
+    pub gpus: u32,
+    /// GPUs that must sit together.
+    pub block: u32,
+    pub accelerators: Vec<String>,
+    /// Where the capacity may be; empty means anywhere.
+    pub regions: Vec<Location>,
+    pub spot: SpotPolicy,
+    pub duration_hours: u32,
+    pub deliver_by: Option<Timestamp>,
 }
 
 /// Why a round exists.

@@ -693,6 +693,26 @@ pub fn explain_unquoted<'a>(
         .collect()
 }
 
+/// Whether any of a provider's published `offers` could meet the request: its hard
+/// requirements (accelerator, spot policy, the request's providers and regions, the policy's
+/// regions, deliver-by, node size) and the round's exclusions and exclusivity. A provider none
+/// of whose offers could is not asked for quotes, so the buyer's demand does not reach a cloud
+/// it ruled out. Neither price nor free capacity is judged here: a quote says what the
+/// provider sells now, at what price.
+pub fn could_quote(demand: Demand<'_>, offers: &[Offer], rules: &Rules) -> bool {
+    let largest = LargestNodes::new(demand.request, offers, &rules.largest_node);
+    offers.iter().any(|offer| match filter(demand, offer, rules, &largest) {
+        None => true,
+        Some(rejection) => matches!(
+            rejection,
+            Rejection::AboveCeiling { .. }
+                | Rejection::AboveDeclinedTerms { .. }
+                | Rejection::TooFewNodes { .. }
+                | Rejection::Expired { .. }
+        ),
+    })
+}
+
 /// When the minimum-provider rule cannot be met whatever the offers: one offer asked for
 /// (`same_region`), or fewer blocks than providers. Says what would make it possible.
 pub fn min_providers_unmet(request: &Request, gpus: u32, rules: &Rules) -> Option<String> {

@@ -7,7 +7,7 @@
 //! here one by one: a field the ledger gains is not shown until it is added below.
 
 use dibs_core::engine::Input;
-use dibs_core::ledger::{Event, EventKind};
+use dibs_core::ledger::{Event, EventKind, Wanted};
 use dibs_core::types::Offer;
 use serde::Serialize;
 
@@ -49,9 +49,19 @@ pub enum SealedEvent {
         /// How the price was arrived at, by the clause's terms.
         terms: String,
         respond_by: String,
+        /// What it is asked for: accelerators, block, regions, spot, hours, deliver-by.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        wanted: Option<SealedWanted>,
     },
     /// This provider is asked for quotes (who else was asked is not shown).
-    QuotesRequested { request: String, round: u32, respond_by: String },
+    QuotesRequested {
+        request: String,
+        round: u32,
+        respond_by: String,
+        /// What to quote for: accelerators, GPUs, block, regions, spot, hours, deliver-by.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        wanted: Option<SealedWanted>,
+    },
     /// The quotes this provider gave.
     Quoted {
         request: String,
@@ -70,6 +80,36 @@ impl SealedEvent {
             SealedEvent::QuotesRequested { .. } => "quotes_requested",
             SealedEvent::Quoted { .. } => "quoted",
             SealedEvent::Awarded { .. } => "awarded",
+        }
+    }
+}
+
+/// The capacity a provider is asked for, as its feed shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SealedWanted {
+    pub gpus: u32,
+    /// GPUs that must sit together (in one node, or a gang of whole nodes of one offer).
+    pub block: u32,
+    /// Acceptable accelerators, in order of preference.
+    pub accelerators: Vec<String>,
+    /// Where the capacity may be (`aws/us-east-1`, `gcp/*`); empty: anywhere.
+    pub regions: Vec<String>,
+    /// `never`, `allow` or `only`.
+    pub spot: String,
+    pub duration_hours: u32,
+    pub deliver_by: Option<String>,
+}
+
+impl From<Wanted> for SealedWanted {
+    fn from(w: Wanted) -> Self {
+        Self {
+            gpus: w.gpus,
+            block: w.block,
+            accelerators: w.accelerators,
+            regions: w.regions.iter().map(ToString::to_string).collect(),
+            spot: w.spot.as_str().to_owned(),
+            duration_hours: w.duration_hours,
+            deliver_by: w.deliver_by.map(|t| t.to_string()),
         }
     }
 }
@@ -103,7 +143,7 @@ pub fn provider_view(entry: &dibs_store::Entry, provider: &str) -> Option<Provid
     let event: Event = serde_json::from_str(&entry.body).ok()?;
     let request = event.request.unwrap_or_default();
     let body = match event.kind {
-        EventKind::Solicited { round, holder, mode, gpus, of_gpus, price, terms, respond_by }
+        EventKind::Solicited { round, holder, mode, gpus, of_gpus, price, terms, respond_by, wanted }
             if holder.as_str() == provider =>
         {
             SealedEvent::Solicited {
@@ -115,12 +155,14 @@ pub fn provider_view(entry: &dibs_store::Entry, provider: &str) -> Option<Provid
                 price: price.get(),
                 terms,
                 respond_by: respond_by.to_string(),
+                wanted: wanted.map(SealedWanted::from),
             }
         }
-        EventKind::QuotesRequested { round, providers, respond_by }
+        EventKind::QuotesRequested { round, providers, respond_by, wanted }
             if providers.iter().any(|p| p.as_str() == provider) =>
         {
-            SealedEvent::QuotesRequested { request, round, respond_by: respond_by.to_string() }
+            let wanted = wanted.map(SealedWanted::from);
+            SealedEvent::QuotesRequested { request, round, respond_by: respond_by.to_string(), wanted }
         }
         EventKind::Awarded { round, allocations } => {
             let allocations: Vec<SealedAllocation> = allocations

@@ -363,10 +363,64 @@ fn the_holder_is_skipped_only_with_evidence_that_it_cannot_meet_the_request() {
         0.0h request_submitted
         0.0h screened
         0.0h first_refusal_skipped azure/eastus/H100/on-demand: a node of 4 GPU(s) cannot hold a block of 8 GPUs (nodes of 8 GPUs of this accelerator exist)
-        0.0h quotes_requested aws,azure,gcp,lambda
+        0.0h quotes_requested aws,gcp,lambda
         0.2h awarded lambda:256@2.99/market
         4.2h allocation_ready
         4.2h request_active",
+    );
+}
+
+#[test]
+fn only_providers_that_could_meet_the_request_are_asked_for_quotes() {
+    let asked = |r: Request| {
+        let mut run = start(Scenario::default());
+        submit_and_run(&mut run, r, "2026-01-03");
+        let rendered = render(&run);
+        let line = rendered.lines().find(|l| l.contains("quotes_requested")).unwrap();
+        line.split("quotes_requested ").nth(1).unwrap().to_owned()
+    };
+    let narrowed = |spec: RequestSpec| spec.validate(&Names::from_offers(&market())).unwrap();
+    let base = || RequestSpec {
+        id: "r1".into(),
+        accelerators: vec!["H100".into()],
+        gpus: 64,
+        block: Some(8),
+        duration_hours: 100,
+        earliest_start: t("2026-01-01"),
+        workload: "training".into(),
+        ..RequestSpec::default()
+    };
+    // Nothing narrows it: every provider but the holder, which declined, is asked.
+    assert_eq!(asked(narrowed(base())), "aws,gcp,lambda");
+    // Two providers named: only those two hear of it.
+    let two = RequestSpec { providers: vec!["lambda".into(), "gcp".into()], ..base() };
+    assert_eq!(asked(narrowed(two)), "gcp,lambda");
+    // Regions: lambda's us-east-1 and all of gcp.
+    let regions = RequestSpec { regions: vec!["lambda/us-east-1".into(), "gcp/*".into()], ..base() };
+    assert_eq!(asked(narrowed(regions)), "gcp,lambda");
+    // A provider excluded by the request is not asked.
+    let excluded = RequestSpec { exclude_providers: vec!["aws".into()], ..base() };
+    assert_eq!(asked(narrowed(excluded)), "gcp,lambda");
+}
+
+#[test]
+fn a_request_no_provider_could_meet_is_unfilled_without_asking_anyone() {
+    let mut offers = market();
+    // Every offer is of 4-GPU nodes but azure's, and the request wants 8-GPU blocks outside azure.
+    for offer in offers.iter_mut().skip(1) {
+        offer.gpus_per_node = GpuCount::new(4).unwrap();
+        offer.node_price = NodePrice::new(offer.gpu_price() * 4.0).unwrap();
+    }
+    let mut run = start(Scenario { offers, ..Scenario::default() });
+    let mut r = request("r1", 64, "training");
+    r.exclude_providers = vec![p("azure")];
+    submit_and_run(&mut run, r, "2026-01-03");
+    let rendered = render(&run);
+    assert!(!rendered.contains("quotes_requested"), "{rendered}");
+    let unfilled = rendered.lines().find(|l| l.contains("unfilled")).unwrap();
+    assert!(
+        unfilled.contains("no provider was asked for quotes") && unfilled.contains("4 GPU(s)"),
+        "{unfilled}"
     );
 }
 

@@ -1230,7 +1230,14 @@ fn a_pull_provider_reads_its_feed_and_answers_through_the_api() {
 
     // lambda is not the holder: its answer to the solicitation is refused.
     let decline = json!({ "answer": "decline" });
-    feed_event(url, &azure, "solicited", &id);
+    let solicited = feed_event(url, &azure, "solicited", &id);
+    // The holder is told what it is asked for, as a provider called over HTTP is.
+    let wanted = &solicited["body"]["wanted"];
+    assert_eq!(
+        (wanted["accelerators"][0].as_str(), wanted["block"].as_u64()),
+        (Some("H100"), Some(8)),
+        "{solicited}"
+    );
     let (status, body) = call_as(url, &lambda, "POST", &answer_path, Some(&decline));
     assert_eq!(status, 409, "{body}");
     let (status, body) = call_as(url, &azure, "POST", &answer_path, Some(&json!({ "answer": "maybe" })));
@@ -1241,6 +1248,17 @@ fn a_pull_provider_reads_its_feed_and_answers_through_the_api() {
     // The market round asks lambda; it answers with its own offer (an offer of another provider is refused).
     let asked = feed_event(url, &lambda, "quotes_requested", &id);
     assert!(asked["body"].get("providers").is_none(), "a provider is not told who else was asked: {asked}");
+    // It is told what to quote for: the GPUs, their accelerator, for how long, where.
+    let wanted = &asked["body"]["wanted"];
+    assert_eq!(
+        (wanted["gpus"].as_u64(), wanted["accelerators"][0].as_str(), wanted["spot"].as_str()),
+        (Some(256), Some("H100"), Some("never")),
+        "{asked}"
+    );
+    assert!(
+        wanted["duration_hours"].as_u64().is_some_and(|h| h > 0) && wanted["regions"].is_array(),
+        "{asked}"
+    );
     let offer = |provider: &str| {
         json!({
             "id": format!("{provider}/us-east-1/x/on-demand"), "provider": provider, "region": "us-east-1",

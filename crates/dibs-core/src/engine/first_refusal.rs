@@ -195,6 +195,7 @@ impl Engine {
         round.solicitations += 1;
         let (number, solicitation) = (round.number, round.solicitations);
         let id = &state.request.id;
+        let ask = Ask::new(id, number, &state.request, gpus, round.hours, respond_by);
         out.ledger(
             Some(id),
             EventKind::Solicited {
@@ -206,13 +207,14 @@ impl Engine {
                 price,
                 terms: basis,
                 respond_by,
+                wanted: Some(ask.wanted()),
             },
         );
         out.effects.push(Effect::Solicit(Solicitation {
             holder: refusal.holder.clone(),
             mode: refusal.mode,
             price,
-            ask: Ask::new(id, number, &state.request, gpus, round.hours, respond_by),
+            ask,
         }));
         out.effects.push(Effect::SetTimer {
             at: respond_by,

@@ -27,7 +27,23 @@ impl Engine {
                 && rules.exclusive_to.as_ref().is_none_or(|(holder, _)| holder == p)
                 && holder_waits.as_ref() != Some(p)
         });
+        // Only a provider one of whose offers could meet the request hears of it.
+        let round_request = round_request(state, &round);
+        let demand = Demand { request: &round_request, gpus: round.gpus, now: out.now };
+        let eligible = providers.clone();
+        providers.retain(|p| {
+            self.published.get(p).is_some_and(|offers| placement::could_quote(demand, offers, rules))
+        });
         let number = round.number;
+        if providers.is_empty() && !eligible.is_empty() {
+            // Say why, offer by offer, as a placement over everything they publish would.
+            let offers: Vec<Offer> =
+                eligible.iter().flat_map(|p| self.published[p].iter().cloned()).collect();
+            let placement = placement::place(demand, &offers, rules, self.config.solver);
+            let reason =
+                placement.infeasible.unwrap_or_else(|| "no provider can meet the request".to_owned());
+            return Step::Unfilled(round, format!("no provider was asked for quotes: {reason}"));
+        }
         if providers.is_empty() {
             let reason = match (&rules.exclusive_to, rules.excluded.is_empty()) {
                 (Some((holder, clause)), _) => {
@@ -42,11 +58,16 @@ impl Engine {
         let phase = Phase::Quotes { respond_by, asked: providers.clone(), answered: BTreeSet::new() };
         let providers: Vec<ProviderName> = providers.into_iter().collect();
         let id = &state.request.id;
+        let ask = Ask::new(id, number, &state.request, round.gpus, round.hours, respond_by);
         out.ledger(
             Some(id),
-            EventKind::QuotesRequested { round: number, providers: providers.clone(), respond_by },
+            EventKind::QuotesRequested {
+                round: number,
+                providers: providers.clone(),
+                respond_by,
+                wanted: Some(ask.wanted()),
+            },
         );
-        let ask = Ask::new(id, number, &state.request, round.gpus, round.hours, respond_by);
         out.effects.push(Effect::RequestQuotes { providers, ask });
         out.effects.push(Effect::SetTimer {
             at: respond_by,

@@ -256,6 +256,19 @@ pub enum Effect {
 }
 
 impl Ask {
+    /// What it asks for, as the ledger records it.
+    fn wanted(&self) -> crate::ledger::Wanted {
+        crate::ledger::Wanted {
+            gpus: self.gpus,
+            block: self.block,
+            accelerators: self.accelerators.clone(),
+            regions: self.regions.clone(),
+            spot: self.spot,
+            duration_hours: self.duration_hours,
+            deliver_by: self.deliver_by,
+        }
+    }
+
     fn new(id: &str, round: u32, request: &Request, gpus: u32, hours: u32, respond_by: Timestamp) -> Self {
         Self {
             request: id.to_owned(),
