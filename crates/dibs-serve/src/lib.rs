@@ -117,6 +117,19 @@ pub fn data_folder_in_use(data: &std::path::Path) -> bool {
     lock.try_lock().is_err()
 }
 
+/// Whether a `dibs serve` runs on this ledger now: one holds the data folder (SQLite), or
+/// leads the schema (PostgreSQL). A command that rewrites what the server writes refuses then.
+pub fn ledger_in_use(
+    data: &std::path::Path,
+    database: Option<&str>,
+    schema: &str,
+) -> Result<bool, StoreError> {
+    match database {
+        None => Ok(data_folder_in_use(data)),
+        Some(url) => PostgresStore::led(url, schema),
+    }
+}
+
 /// Opens the configured store (a new handle each call).
 pub fn open_store(
     data: &std::path::Path,

@@ -510,6 +510,19 @@ fn leader_key(schema: &str) -> i64 {
 }
 
 impl PostgresStore {
+    /// Whether a replica leads `schema` now: another session holds its advisory lock.
+    pub fn led(url: &str, schema: &str) -> Result<bool, StoreError> {
+        let mut client = postgres::Client::connect(url, NoTls)?;
+        let key = leader_key(schema);
+        let row = client.query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+             AND d.datname = current_database() AND ((l.classid::bigint << 32) | l.objid::bigint) = $1)",
+            &[&key],
+        )?;
+        Ok(row.get::<_, bool>(0))
+    }
+
     /// Blocks until this process leads `schema`; calls `waiting` once if it must wait. Once
     /// it leads, a thread watches the lock's session and calls `lost` the moment it is gone
     /// (the session was terminated, the connection dropped): the lock went with it, and

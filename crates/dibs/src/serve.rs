@@ -230,6 +230,17 @@ pub fn ledger(command: LedgerCommand) -> Result<Exit> {
     let mut store = dibs_serve::open_store(&data, database.as_deref(), &database_schema)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if let LedgerCommand::Rebuild { .. } = command {
+        if dibs_serve::ledger_in_use(&data, database.as_deref(), &database_schema)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            bail!(
+                "{}: a dibs serve is running on this ledger; stop it first (it writes the requests table too)",
+                database.as_ref().map_or_else(
+                    || format!("--data {}", data.display()),
+                    |_| format!("--database-schema {database_schema}")
+                )
+            );
+        }
         dibs_store::verify(store.as_mut())
             .map_err(|e| anyhow::anyhow!("the hash chain is broken, so no rebuild: {e}"))?;
         let (recovery, rows) = dibs_serve::rebuild(store).map_err(|e| anyhow::anyhow!("{e}"))?;

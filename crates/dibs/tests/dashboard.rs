@@ -194,6 +194,10 @@ fn the_start_banner_says_what_was_loaded_where_to_look_and_what_to_try() {
     let refused = Command::new(DIBS).args(["token", "reset", "--data"]).arg(data.path()).output().unwrap();
     assert!(!refused.status.success(), "reset refuses while a server holds the folder");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("stop it first"));
+    // So does a rebuild of the requests table, which the server writes too.
+    let refused = Command::new(DIBS).args(["ledger", "rebuild", "--data"]).arg(data.path()).output().unwrap();
+    assert!(!refused.status.success(), "rebuild refuses while a server holds the folder");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("stop it first"), "{refused:?}");
 }
 
 #[test]
