@@ -170,7 +170,8 @@ fn paths(list: &[PathBuf]) -> String {
 #[derive(Subcommand)]
 pub enum LedgerCommand {
     /// Recreate the state tables (the requests projection) by replaying the
-    /// ledger. Stop the server first: it writes the projection too.
+    /// ledger. Stop the server first: it writes the projection too (a rebuild refuses
+    /// while one runs on the ledger).
     Rebuild {
         /// Data folder holding the SQLite ledger.
         #[arg(long, default_value = "dibs-data")]
@@ -478,9 +479,11 @@ fn call(
     path: &str,
     body: Option<(serde_json::Value, Option<String>)>,
 ) -> Result<Answer> {
-    let token = std::env::var("DIBS_TOKEN").context(
-        "DIBS_TOKEN: set it to the token `dibs serve` printed (lost it? `dibs token reset --help`)",
-    )?;
+    // An empty or blank token is as good as none: say so rather than send it for a 401.
+    let token =
+        std::env::var("DIBS_TOKEN").ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).context(
+            "DIBS_TOKEN: set it to the token `dibs serve` printed (lost it? `dibs token reset --help`)",
+        )?;
     let url = format!("{}/v1{path}", base_url(server));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -852,8 +855,11 @@ pub struct ProviderServeArgs {
 pub fn provider(command: ProviderCommand) -> Result<Exit> {
     let ProviderCommand::Serve(args) = command;
     let name = ProviderName::new(&args.name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
-    let holder_text = args.accept_rate.map_or(args.holder.clone(), |p| format!("rate:{p}"));
-    let holder = HolderBehaviour::parse(&holder_text).map_err(|e| anyhow::anyhow!("--holder: {e}"))?;
+    let holder = match args.accept_rate {
+        Some(p) if !(0.0..=1.0).contains(&p) => bail!("--accept-rate: {p} must be between 0 and 1"),
+        Some(p) => HolderBehaviour::AcceptRate(p),
+        None => HolderBehaviour::parse(&args.holder).map_err(|e| anyhow::anyhow!("--holder: {e}"))?,
+    };
     if !(0.0..=1.0).contains(&args.error_rate) {
         bail!("--error-rate: {} must be between 0 and 1", args.error_rate);
     }

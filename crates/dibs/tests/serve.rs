@@ -1491,6 +1491,14 @@ fn the_request_commands_talk_to_a_running_server() {
     );
     let missing = dibs(&["request", "show", "r-999"]);
     assert_eq!(missing.status.code(), Some(2));
+    // An empty token is no token: the command says to set it, not what the server's 401 says.
+    let empty = Command::new(DIBS)
+        .args(["request", "list", "--server", &server.url])
+        .env("DIBS_TOKEN", " ")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&empty.stderr);
+    assert!(!empty.status.success() && said.contains("DIBS_TOKEN: set it"), "{said}");
     // An unknown state is an error naming the states, not an empty list.
     let bogus = dibs(&["request", "list", "--status", "bogus"]);
     assert_eq!(bogus.status.code(), Some(2));
@@ -1629,4 +1637,14 @@ fn an_ended_request_leaves_the_engine_and_is_still_served_from_the_requests_tabl
     check(&server.url);
     drop(server);
     verify_offline(data.path());
+}
+
+#[test]
+fn a_provider_flag_out_of_range_is_named_as_given() {
+    let out = Command::new(DIBS)
+        .args(["provider", "serve", "--name", "lambda", "--accept-rate", "2"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("--accept-rate: 2 must be between 0 and 1"), "{said}");
 }
