@@ -31,6 +31,9 @@ pub struct Banner {
     pub new_admin_token: Option<String>,
     /// Whether the admin token comes from `DIBS_ADMIN_TOKEN`.
     pub admin_token_from_env: bool,
+    /// What to type to run dibs: `dibs` when the running program is the one on PATH, else
+    /// its path (`target/release/dibs` after `cargo run --release`).
+    pub program: String,
 }
 
 /// One line per contract in force at `at` (its version and clauses), then the policy's rules.
@@ -136,7 +139,17 @@ impl fmt::Display for Banner {
                 "  admin token: the one printed at first start (lost it? `dibs token reset --help`)"
             )?,
         }
-        writeln!(f, "  try:        dibs request submit --gpus 64 --hours 24 --server {}", self.base_url)?;
+        writeln!(
+            f,
+            "  try:        {} request submit --gpus 64 --hours 24 --server {}",
+            self.program, self.base_url
+        )?;
+        if self.program != "dibs" {
+            writeln!(
+                f,
+                "              (dibs is not on your PATH; `cargo install --path crates/dibs` puts it there)"
+            )?;
+        }
         writeln!(f, "              then open {}/ and log in with the admin token", self.base_url)
     }
 }

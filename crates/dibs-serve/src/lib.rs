@@ -117,6 +117,20 @@ pub fn data_folder_in_use(data: &std::path::Path) -> bool {
     lock.try_lock().is_err()
 }
 
+/// What a user types to run this program: `dibs` when the running program is on PATH,
+/// else its path (relative to the current folder when it is below it).
+fn program_name() -> String {
+    let Ok(exe) = std::env::current_exe() else { return "dibs".into() };
+    let on_path = exe.parent().is_some_and(|dir| {
+        std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|p| p == dir))
+    });
+    if on_path {
+        return "dibs".into();
+    }
+    let relative = std::env::current_dir().ok().and_then(|cwd| exe.strip_prefix(cwd).ok().map(PathBuf::from));
+    relative.unwrap_or(exe).display().to_string()
+}
+
 /// Whether a `dibs serve` runs on this ledger now: one holds the data folder (SQLite), or
 /// leads the schema (PostgreSQL). A command that rewrites what the server writes refuses then.
 pub fn ledger_in_use(
@@ -312,6 +326,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     );
     let (hash, new_token) = admin_token(&config).map_err(ServeError::unusable("admin token"))?;
     let mut banner = banner::Banner {
+        program: program_name(),
         base_url: String::new(),
         storage: match &config.database {
             Some(_) => format!("PostgreSQL, schema {}", config.schema),

@@ -31,7 +31,8 @@ pub struct PlaceArgs {
     /// The instant of the request (YYYY-MM-DD or RFC 3339); decides which contract versions apply. Default: now.
     #[arg(long)]
     at: Option<String>,
-    /// How the first-refusal holder answers: accept, decline, silent, or partial:N.
+    /// How the first-refusal holder answers: accept, decline, silent, partial:N (takes N GPUs)
+    /// or rate:P (accepts with probability P, seeded).
     #[arg(long, default_value = "decline")]
     holder: String,
     /// Print one JSON object instead of the human report.
@@ -117,7 +118,7 @@ struct Award {
 struct AllocationOut {
     provider: String,
     region: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The availability zone the offer was priced in; null when the catalog names none.
     zone: Option<String>,
     instance_type: String,
     accelerator: String,
