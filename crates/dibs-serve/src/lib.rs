@@ -316,7 +316,10 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     recovery.outstanding = broker.take_over()?;
     let Recovery { entries, inputs, requests, outstanding, snapshot, snapshot_refused, .. } = recovery;
     let from = match (snapshot, snapshot_refused) {
-        (Some(seq), _) => format!("loaded the snapshot as of entry {seq}, then "),
+        // Said as `dibs ledger verify` says it: by the entry that announced it.
+        (Some(seq), _) => {
+            format!("loaded the snapshot taken at entry {} (the state after entry {seq}), then ", seq + 1)
+        }
         (None, Some(why)) => format!("did not use the stored snapshot ({why}); "),
         (None, None) => String::new(),
     };

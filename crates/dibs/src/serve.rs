@@ -293,7 +293,10 @@ pub fn ledger(command: LedgerCommand) -> Result<Exit> {
                 }
             }
             match snapshot {
-                Ok(Some(seq)) => println!("stored snapshot: ok, the one taken at entry {seq}, as recorded"),
+                Ok(Some(seq)) => println!(
+                    "stored snapshot: ok, the one taken at entry {seq} (the state after entry {}), as recorded",
+                    seq.saturating_sub(1)
+                ),
                 Ok(None) => println!("stored snapshot: none"),
                 Err(e) => {
                     println!("stored snapshot: MISMATCH: {e} (a start replays the whole ledger instead)");

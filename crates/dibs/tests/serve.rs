@@ -433,7 +433,7 @@ fn a_start_after_kill_dash_nine_loads_the_latest_snapshot_and_serves_what_it_ser
 
     let server = Server::start(&args);
     let line = server.ledger_line();
-    assert!(line.contains("loaded the snapshot as of entry"), "{line}");
+    assert!(line.contains("loaded the snapshot taken at entry"), "{line}");
     let replayed: u64 =
         line.split("then replayed ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!(replayed < 30 + 100, "{line}");
@@ -454,6 +454,20 @@ fn a_start_after_kill_dash_nine_loads_the_latest_snapshot_and_serves_what_it_ser
     let checked: u64 = checked.split(' ').next().unwrap().parse().unwrap();
     assert!(checked >= 2, "{text}");
     assert!(text.contains("stored snapshot: ok"), "{text}");
+    // The start and verify name a snapshot alike: the entry that took it, and the state after
+    // the entry before.
+    let entries = |text: &str, after: &str| -> (u64, u64) {
+        let rest = text.split(after).nth(1).unwrap();
+        let taken = rest.split(' ').next().unwrap().parse().unwrap();
+        let covers =
+            rest.split("(the state after entry ").nth(1).unwrap().split(')').next().unwrap().parse().unwrap();
+        (taken, covers)
+    };
+    for (taken, covers) in
+        [entries(&line, "snapshot taken at entry "), entries(&text, "the one taken at entry ")]
+    {
+        assert_eq!(taken, covers + 1, "{line}\n{text}");
+    }
 }
 
 #[test]
