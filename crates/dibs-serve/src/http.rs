@@ -153,9 +153,10 @@ fn idempotency_of(
 /// `GET /v1/health` and `GET /v1/ready`.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct HealthView {
-    /// `ok` on the replica that serves; `standby` on one waiting to take over.
+    /// `ok` on the replica that serves; `standby` on one waiting to take over; `starting`
+    /// while a replica that leads replays its ledger.
     pub status: &'static str,
-    /// `leader` (it runs the engine) or `standby`.
+    /// `leader` (it runs the engine), `standby`, or `starting`.
     pub role: &'static str,
 }
 
@@ -172,18 +173,27 @@ async fn ready() -> Json<HealthView> {
 }
 
 /// What a replica waiting for the lead serves: health (200, `standby`), readiness (503), and
-/// a 503 naming its role for everything else.
-pub fn standby_router() -> Router {
-    let standby = || Json(HealthView { status: "standby", role: "standby" });
+/// a 503 naming its role for everything else. Until `another_leads` is set (this replica
+/// found the lead taken), it is starting, not a standby: it leads, or will, and replays its
+/// ledger.
+pub fn standby_router(another_leads: Arc<std::sync::atomic::AtomicBool>) -> Router {
+    let waiting = move || {
+        if another_leads.load(std::sync::atomic::Ordering::SeqCst) {
+            let role = HealthView { status: "standby", role: "standby" };
+            (role, "this replica is a standby: another one leads; try again shortly")
+        } else {
+            let role = HealthView { status: "starting", role: "starting" };
+            (role, "dibs is starting: it is replaying its ledger; try again shortly")
+        }
+    };
+    let (health, ready, rest) = (waiting.clone(), waiting.clone(), waiting);
     Router::new()
-        .route("/v1/health", get(move || async move { standby().into_response() }))
+        .route("/v1/health", get(move || async move { Json(health().0).into_response() }))
         .route(
             "/v1/ready",
-            get(move || async move { (StatusCode::SERVICE_UNAVAILABLE, standby()).into_response() }),
+            get(move || async move { (StatusCode::SERVICE_UNAVAILABLE, Json(ready().0)).into_response() }),
         )
-        .fallback(|| async {
-            ApiError::new(503, "this replica is a standby: another one leads; try again shortly")
-        })
+        .fallback(move || async move { ApiError::new(503, rest().1) })
 }
 
 /// One ledger entry as the API serves it.
@@ -828,4 +838,39 @@ async fn load_contracts(
     }
     let files = body.files.into_iter().map(|f| (f.name, f.text)).collect();
     Ok(Json(ask(&state, |reply| Command::LoadContracts { files, reply }).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn get(router: Router, path: &str) -> (u16, String) {
+        let request = axum::http::Request::get(path).body(Body::empty()).unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_replica_replaying_its_ledger_says_starting_and_a_standby_says_standby() {
+        let another_leads = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let router = || standby_router(another_leads.clone());
+        assert_eq!(
+            get(router(), "/v1/health").await,
+            (200, r#"{"status":"starting","role":"starting"}"#.into())
+        );
+        let (status, body) = get(router(), "/").await;
+        assert_eq!((status, body.contains("starting") && !body.contains("standby")), (503, true), "{body}");
+        another_leads.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            get(router(), "/v1/ready").await,
+            (503, r#"{"status":"standby","role":"standby"}"#.into())
+        );
+        let (status, body) = get(router(), "/requests").await;
+        assert_eq!((status, body.contains("another one leads")), (503, true), "{body}");
+    }
 }

@@ -247,7 +247,8 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let socket = std::net::TcpListener::bind(&config.listen)
         .map_err(ServeError::unusable(format_args!("--listen {}", config.listen)))?;
     socket.set_nonblocking(true)?;
-    let standing_by = standby_server(&runtime, socket.try_clone()?, config.limits)?;
+    let another_leads = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let standing_by = standby_server(&runtime, socket.try_clone()?, config.limits, another_leads.clone())?;
     // On a shared database one replica runs the engine; the others wait
     // here, and the first to get the lock after the leader dies takes over
     // by replaying the ledger.
@@ -256,6 +257,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
             url,
             &config.schema,
             || {
+                another_leads.store(true, std::sync::atomic::Ordering::SeqCst);
                 eprintln!(
                     "dibs: standby on http://{}: another replica leads schema {:?}; waiting to take over",
                     socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -419,6 +421,7 @@ fn standby_server(
     runtime: &tokio::runtime::Runtime,
     socket: std::net::TcpListener,
     limits: listener::Limits,
+    another_leads: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::io::Result<StandingBy> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = {
@@ -427,7 +430,7 @@ fn standby_server(
     };
     let done = runtime.spawn(async move {
         let listener = listener::GuardedListener::new(listener, limits);
-        let _ = axum::serve(listener, http::standby_router())
+        let _ = axum::serve(listener, http::standby_router(another_leads))
             .with_graceful_shutdown(async {
                 let _ = stopped.await;
             })

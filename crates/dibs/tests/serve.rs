@@ -688,8 +688,15 @@ fn a_leader_whose_lock_session_is_terminated_stops_and_the_standby_takes_over_al
     let standby_url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let health = loop {
+        // It says `starting` until it has found the lead taken (a moment after its port opens).
         match agent().get(format!("{standby_url}/v1/health")).call() {
-            Ok(mut r) => break r.body_mut().read_json::<Value>().unwrap(),
+            Ok(mut r) => {
+                let health = r.body_mut().read_json::<Value>().unwrap();
+                if health["role"] != "starting" || Instant::now() >= deadline {
+                    break health;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => panic!("the standby's port never opened: {e}"),
         }
