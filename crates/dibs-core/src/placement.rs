@@ -738,18 +738,60 @@ pub fn min_providers_unmet(request: &Request, gpus: u32, rules: &Rules) -> Optio
 
 /// `12 x accelerator H100 was not requested; 3 x region ... (e.g. ...)`: each filter that
 /// rejected offers, most first, with one example of its message.
+/// The filters' rejections by kind, most common first, each with the example nearest to
+/// passing (the cheapest offer above a ceiling, the earliest too late, the largest node too
+/// small): what would have to change is what a reader needs.
 fn summarize_rejections(verdicts: &[Option<Rejection>]) -> String {
     let mut kinds: Vec<(usize, &Rejection)> = Vec::new();
     for rejection in verdicts.iter().flatten() {
         let kind = std::mem::discriminant(rejection);
         match kinds.iter_mut().find(|(_, example)| std::mem::discriminant(*example) == kind) {
-            Some((count, _)) => *count += 1,
+            Some((count, example)) => {
+                *count += 1;
+                if nearer(rejection, example) {
+                    *example = rejection;
+                }
+            }
             None => kinds.push((1, rejection)),
         }
     }
     kinds.sort_by_key(|(count, _)| std::cmp::Reverse(*count));
-    let parts: Vec<String> = kinds.iter().map(|(count, example)| format!("{count} x {example}")).collect();
+    let parts: Vec<String> = kinds
+        .iter()
+        .map(|(count, example)| match count {
+            2.. if has_nearest(example) => {
+                format!("{count} offers, the nearest to passing: {example}")
+            }
+            _ => format!("{count} x {example}"),
+        })
+        .collect();
     parts.join("; ")
+}
+
+/// Whether rejections of this kind have one nearest to passing (see [`nearer`]).
+fn has_nearest(rejection: &Rejection) -> bool {
+    use Rejection::*;
+    matches!(
+        rejection,
+        AboveCeiling { .. }
+            | AboveDeclinedTerms { .. }
+            | TooLate { .. }
+            | TooFewNodes { .. }
+            | NodeTooSmall { .. }
+    )
+}
+
+/// Whether `candidate` is nearer to passing than `example`, a rejection of the same kind.
+fn nearer(candidate: &Rejection, example: &Rejection) -> bool {
+    use Rejection::*;
+    match (candidate, example) {
+        (AboveCeiling { price: a, .. }, AboveCeiling { price: b, .. })
+        | (AboveDeclinedTerms { price: a, .. }, AboveDeclinedTerms { price: b, .. }) => a < b,
+        (TooLate { ready_at: a, .. }, TooLate { ready_at: b, .. }) => a < b,
+        (TooFewNodes { available: a, .. }, TooFewNodes { available: b, .. })
+        | (NodeTooSmall { gpus_per_node: a, .. }, NodeTooSmall { gpus_per_node: b, .. }) => a > b,
+        _ => false,
+    }
 }
 
 fn describe_preference(preference: Preference) -> String {

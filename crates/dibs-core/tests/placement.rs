@@ -592,6 +592,23 @@ fn not_enough_capacity_is_infeasible_with_the_numbers() {
 }
 
 #[test]
+fn when_every_offer_is_above_the_ceiling_the_reason_quotes_the_cheapest() {
+    let offers = [
+        offer("aws", "us-east-1", "H100", 6.88, 64, 24),
+        offer("lambda", "us-east-1", "H100", 2.95, 64, 4),
+        offer("gcp", "us-central1", "H100", 11.06, 64, 24),
+    ];
+    let rules = Rules { price_ceiling: Some(Price::new(2.5).unwrap()), ..Rules::default() };
+    let placement = run(&request(8, 8), &offers, &rules);
+    assert_eq!(
+        placement.infeasible.as_deref(),
+        Some(
+            "no offer passed the filters: 3 offers, the nearest to passing: price $2.9500/GPU-h above the ceiling $2.5000"
+        )
+    );
+}
+
+#[test]
 fn when_nothing_passes_the_filters_the_reason_names_them() {
     let offers =
         [offer("aws", "us-east-1", "A100", 3.0, 64, 24), offer("lambda", "us-west-1", "A100", 1.0, 64, 24)];
