@@ -258,6 +258,29 @@ fn pages_answer_by_role_and_a_provider_sees_only_its_own_view() {
     assert!(story.contains("Ledger entries") && !story.contains("Cancel r-1"), "an auditor changes nothing");
     let (status, missing) = page(url, Some(&admin), "/requests/r-999");
     assert!(status == 404 && missing.contains("r-999"), "{status} {missing}");
+    // The holder declined: its deadline is no longer counted down, and the cost is a total.
+    let (_, story) = page(url, Some(&admin), "/requests/r-1");
+    assert!(story.contains("(answered "), "the answered solicitation says when: {story}");
+    assert!(
+        story.contains("in total over the round&#39;s hours")
+            || story.contains("in total over the round's hours"),
+        "{story}"
+    );
+    // A request nothing could fill says no award, not an award of $0, and no allocation.
+    let (status, unfilled) = api(
+        url,
+        "POST",
+        "/requests",
+        Some(
+            &json!({ "accelerators": ["H100"], "gpus": 8, "duration_hours": 10, "workload": "training", "max_price": 0.01 }),
+        ),
+    );
+    assert_eq!(status, 201, "{unfilled}");
+    let id = unfilled["id"].as_str().unwrap().to_owned();
+    wait_for_request(url, &id, |r| r["status"] == "unfilled");
+    let (_, story) = page(url, Some(&admin), &format!("/requests/{id}"));
+    assert!(story.contains("no award") && !story.contains("$0.00"), "{story}");
+    assert!(story.contains("None: no capacity was awarded."), "{story}");
     // Pages say how long they took.
     let response = agent().get(format!("{url}/requests")).header("Cookie", &admin).call().unwrap();
     let timing = response.headers().get("server-timing").unwrap().to_str().unwrap();

@@ -131,8 +131,24 @@ fn rounds(entries: &[Read]) -> BTreeMap<u32, Round<'_>> {
     rounds
 }
 
+/// Whether a placement awarded anything.
+fn awarded_any(verdicts: &[Verdict]) -> bool {
+    verdicts.iter().any(|v| matches!(v.outcome, Outcome::Awarded { .. }))
+}
+
+/// When the holder answered (or let its window lapse) after the solicitation at entry `seq`.
+fn answered_after(refusal: &[(&Read, &EventKind)], seq: u64) -> Option<Timestamp> {
+    refusal
+        .iter()
+        .find(|(entry, decision)| {
+            entry.seq > seq
+                && matches!(decision, EventKind::HolderAnswered { .. } | EventKind::HolderLapsed { .. })
+        })
+        .map(|(entry, _)| entry.at)
+}
+
 /// One line of the story for a decision, or `None` for the inputs and the unknown.
-fn line(decision: &EventKind, now: Timestamp) -> Option<Markup> {
+fn line(decision: &EventKind) -> Option<Markup> {
     let text = match decision {
         EventKind::RequestSubmitted { .. } => html! { "Submitted." },
         EventKind::RequestRejected { reason } => html! { "Rejected: " (reason) },
@@ -144,7 +160,7 @@ fn line(decision: &EventKind, now: Timestamp) -> Option<Markup> {
         }
         EventKind::Solicited { holder, gpus, of_gpus, price: p, respond_by, .. } => html! {
             "Solicited " strong { (holder) } " for " (gpus) " of " (of_gpus) " GPUs at " (price(p.get())) "/GPU-h; answer by "
-            (instant(*respond_by)) " (" (relative(*respond_by, now)) ")."
+            (instant(*respond_by)) "."
         },
         EventKind::HolderAnswered { holder, outcome, gpus, .. } => {
             html! { (holder) " answered: " strong { (outcome) } " (" (gpus) " GPUs)." }
@@ -162,8 +178,12 @@ fn line(decision: &EventKind, now: Timestamp) -> Option<Markup> {
             html! { (provider) " quoted " (offers) " offers." }
         }
         EventKind::LateAnswerIgnored { from, .. } => html! { "A late answer from " (from) " was ignored." },
-        EventKind::Placed { solver, effective_cost, .. } => {
-            html! { "Placed by " (solver.to_string()) "; effective cost " (usd(*effective_cost)) "/h." }
+        EventKind::Placed { solver, effective_cost, verdicts, .. } => {
+            if awarded_any(verdicts) {
+                html! { "Placed by " (solver.to_string()) "; effective cost " (usd(*effective_cost)) " in total." }
+            } else {
+                html! { "Placed by " (solver.to_string()) ": no award (the reason follows)." }
+            }
         }
         EventKind::Awarded { allocations, .. } => html! {
             "Awarded " (allocations.iter().map(|a| a.plan.gpus).sum::<u32>()) " GPUs from "
@@ -245,13 +265,17 @@ fn round_section(number: u32, round: &Round<'_>, now: Timestamp) -> Markup {
                             @match decision {
                                 EventKind::Solicited { holder, mode, gpus, of_gpus, price: p, terms, respond_by, .. } => {
                                     "solicited " strong { (holder) } " (" (mode) ") for " (gpus) " of " (of_gpus) " GPUs at "
-                                    (price(p.get())) "/GPU-h, " (terms) ". Deadline: " strong { (instant(*respond_by)) } " (" (relative(*respond_by, now)) ")."
+                                    (price(p.get())) "/GPU-h, " (terms) ". Deadline: " strong { (instant(*respond_by)) }
+                                    @match answered_after(&round.refusal, entry.seq) {
+                                        Some(at) => { " (answered " (instant(at)) ")." }
+                                        None => { " (" (relative(*respond_by, now)) ")." }
+                                    }
                                 }
                                 EventKind::FirstRefusalSkipped { holder, evidence, .. } => {
                                     "skipped " (holder) ": it cannot meet the hard requirements."
                                     ul { @for line in evidence { li { (line) } } }
                                 }
-                                decision => { @if let Some(text) = line(decision, now) { (text) } }
+                                decision => { @if let Some(text) = line(decision) { (text) } }
                             }
                         }
                     }
@@ -292,8 +316,12 @@ fn round_section(number: u32, round: &Round<'_>, now: Timestamp) -> Markup {
             @if let Some((entry, EventKind::Placed { solver, list_cost, effective_cost, notes, verdicts, .. })) = round.placed {
                 h3 { "Award" }
                 p {
-                    "Decided at " (instant(entry.at)) " by " (solver.to_string()) ": list cost " (usd(*list_cost))
-                    "/h, effective " (usd(*effective_cost)) "/h."
+                    @if awarded_any(verdicts) {
+                        "Decided at " (instant(entry.at)) " by " (solver.to_string()) ": list cost " (usd(*list_cost))
+                        ", effective " (usd(*effective_cost)) ", in total over the round's hours."
+                    } @else {
+                        "Decided at " (instant(entry.at)) " by " (solver.to_string()) ": no award."
+                    }
                 }
                 @if !notes.is_empty() { ul { @for note in notes { li { (note) } } } }
                 @let (won, lost): (Vec<&Verdict>, Vec<&Verdict>) = verdicts.iter().partition(|v| matches!(v.outcome, Outcome::Awarded { .. }));
@@ -321,7 +349,7 @@ fn round_section(number: u32, round: &Round<'_>, now: Timestamp) -> Markup {
                 }
             }
             @for (entry, decision) in &round.outcome {
-                p { (instant(entry.at)) ": " @if let Some(text) = line(decision, now) { (text) } }
+                p { (instant(entry.at)) ": " @if let Some(text) = line(decision) { (text) } }
             }
         }
     }
@@ -384,7 +412,7 @@ fn story(snapshot: &Snapshot, entries: &[Read], viewer: &Viewer, truncated: bool
             h2 #story { "Story" }
             ol.timeline {
                 @for entry in entries {
-                    @if let Some(text) = entry.decision.as_ref().and_then(|d| line(d, snapshot.now)) {
+                    @if let Some(text) = entry.decision.as_ref().and_then(|d| line(d)) {
                         li { span.when { (instant(entry.at)) } " " (text) }
                     }
                 }
@@ -397,10 +425,12 @@ fn story(snapshot: &Snapshot, entries: &[Read], viewer: &Viewer, truncated: bool
         (allocations(snapshot))
         section aria-labelledby="moves" {
             h2 #moves { "Spillovers and failovers" }
-            @if moves.is_empty() {
+            @if moves.is_empty() && snapshot.allocations.is_empty() {
+                p { "None: no capacity was awarded." }
+            } @else if moves.is_empty() {
                 p { "None: every allocation was delivered on time and no incident hit it." }
             } @else {
-                ul { @for (entry, decision) in &moves { li { (instant(entry.at)) ": " @if let Some(text) = line(decision, snapshot.now) { (text) } } } }
+                ul { @for (entry, decision) in &moves { li { (instant(entry.at)) ": " @if let Some(text) = line(decision) { (text) } } } }
             }
         }
         @if viewer.may_audit() {
