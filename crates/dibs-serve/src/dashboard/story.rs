@@ -412,7 +412,7 @@ fn story(snapshot: &Snapshot, entries: &[Read], viewer: &Viewer, truncated: bool
             h2 #story { "Story" }
             ol.timeline {
                 @for entry in entries {
-                    @if let Some(text) = entry.decision.as_ref().and_then(|d| line(d)) {
+                    @if let Some(text) = entry.decision.as_ref().and_then(line) {
                         li { span.when { (instant(entry.at)) } " " (text) }
                     }
                 }
