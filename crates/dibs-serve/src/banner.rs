@@ -26,6 +26,8 @@ pub struct Banner {
     pub holder: String,
     /// Where the catalog came from, and how many offers it gave.
     pub catalog: String,
+    /// Catalog providers with no contract on file that may win market awards.
+    pub uncontracted: Vec<dibs_core::types::ProviderName>,
     pub clock: ClockInfo,
     /// The admin token when it was made at this start (shown once), else `None`.
     pub new_admin_token: Option<String>,
@@ -69,19 +71,23 @@ pub fn in_force_lines(set: &ContractSet, at: Timestamp) -> Vec<String> {
         lines.push(format!("{}@{}: {clauses}", contract.id, version.id));
     }
     let policy = &set.policy;
-    let mut rules: Vec<String> = policy
-        .diversification
-        .iter()
-        .map(|d| {
-            let basis = if d.basis == dibs_core::contract::ShareBasis::Gpus { "GPUs" } else { "spend" };
-            let scope = if d.scope.workloads.is_empty() {
-                "every workload".to_owned()
-            } else {
-                d.scope.workloads.iter().map(|w| w.as_str()).collect::<Vec<_>>().join(", ")
-            };
-            format!("at most {:.0}% of {scope} {basis} per provider", d.max_share * 100.0)
-        })
-        .collect();
+    let mut rules: Vec<String> = Vec::new();
+    for d in &policy.diversification {
+        let basis = if d.basis == dibs_core::contract::ShareBasis::Gpus { "GPUs" } else { "spend" };
+        let scope = if d.scope.workloads.is_empty() {
+            "every workload".to_owned()
+        } else {
+            d.scope.workloads.iter().map(|w| w.as_str()).collect::<Vec<_>>().join(", ")
+        };
+        if d.max_share < 1.0 {
+            rules.push(format!("at most {:.0}% of {scope} {basis} per provider", d.max_share * 100.0));
+        }
+        // A minimum of providers makes a request smaller than that many blocks unfillable:
+        // say it up front.
+        for (class, k) in &d.min_providers {
+            rules.push(format!("at least {k} providers per {} request", class.as_str()));
+        }
+    }
     if !policy.price_ceilings.is_empty() {
         rules.push(format!("price ceilings for {} accelerators", policy.price_ceilings.len()));
     }
@@ -108,6 +114,9 @@ impl fmt::Display for Banner {
         }
         writeln!(f, "  providers:  {providers}; the in-process holder answers {}", self.holder)?;
         writeln!(f, "  catalog:    {}", self.catalog)?;
+        if !self.uncontracted.is_empty() {
+            writeln!(f, "  warning:    {}", dibs_core::contract::uncontracted_warning(&self.uncontracted))?;
+        }
         if self.clock.speed == 1.0 {
             write!(f, "  clock:      real time")?;
         } else {
@@ -190,7 +199,7 @@ mod tests {
                 "lambda-msa@msa-2024: no clauses",
                 "nebius-msa@msa-2024: no clauses",
                 "oci-msa@msa-2024: no clauses",
-                "policy: at most 40% of training GPUs per provider, price ceilings for 5 accelerators",
+                "policy: at most 40% of training GPUs per provider, at least 2 providers per inference request, price ceilings for 5 accelerators",
             ],
         );
     }

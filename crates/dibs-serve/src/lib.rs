@@ -351,6 +351,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
             .collect(),
         holder: config.loaded_from.holder.clone(),
         catalog: config.loaded_from.catalog.clone(),
+        uncontracted: broker.engine.contracts().uncontracted(broker.engine.names()),
         clock: clock_info,
         new_admin_token: new_token,
         admin_token_from_env: config.admin_token.is_some(),

@@ -193,6 +193,14 @@ pub fn warn_unknown_names(set: &ContractSet, catalog: &Catalog) {
     }
 }
 
+/// Warns of catalog providers with no contract on file (`dibs serve` says it on its banner).
+pub fn warn_uncontracted(set: &ContractSet, catalog: &Catalog) {
+    let uncontracted = set.uncontracted(&dibs_core::names::Names::from_offers(&catalog.offers));
+    if !uncontracted.is_empty() {
+        eprintln!("warning: {}", dibs_core::contract::uncontracted_warning(&uncontracted));
+    }
+}
+
 /// Loads the catalogs and the supply the flags name (the bundled tables by default).
 pub fn load_catalogs(args: &CatalogArgs) -> Result<Catalog> {
     let catalog = catalog::load_catalog(&args.catalog, args.supply.as_deref())?;

@@ -51,6 +51,7 @@ pub fn run(args: PlaceArgs) -> Result<Exit> {
     };
     let catalog = crate::load_catalogs(&args.catalog)?;
     crate::warn_unknown_names(&contracts, &catalog);
+    crate::warn_uncontracted(&contracts, &catalog);
     let names = Names::from_offers(&catalog.offers);
     let request =
         args.request.spec("place-1", at, &names).validate(&names).map_err(crate::request_args::flag_error)?;

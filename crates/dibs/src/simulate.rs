@@ -165,6 +165,7 @@ pub fn run(args: SimulateArgs) -> Result<Exit> {
     }
     let catalog = crate::load_catalogs(&args.catalog)?;
     crate::warn_unknown_names(&contracts, &catalog);
+    crate::warn_uncontracted(&contracts, &catalog);
     let names = dibs_core::names::Names::from_offers(&catalog.offers);
     for accelerator in &args.accelerator {
         names.accelerator(accelerator).map_err(|e| anyhow::anyhow!("--accelerator: {e}"))?;

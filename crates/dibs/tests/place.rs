@@ -159,3 +159,15 @@ fn unknown_names_are_refused_with_the_known_ones() {
     assert_eq!(code, 2);
     assert!(stderr.contains("--providers: unknown provider \"azrue\"; known: aws, azure, gcp"), "{stderr}");
 }
+
+#[test]
+fn providers_with_no_contract_on_file_are_named_before_they_win() {
+    let Some((_, _, stderr)) = place(&["--accelerator", "H100", "--gpus", "8", "--hours", "10"]) else {
+        return;
+    };
+    // The default contracts cover aws, azure, gcp, lambda, nebius and oci; the shared
+    // catalogs sell more.
+    let warning =
+        stderr.lines().find(|l| l.contains("no contract on file with")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(warning.contains("mithril") && warning.contains("vast") && !warning.contains("aws"), "{warning}");
+}

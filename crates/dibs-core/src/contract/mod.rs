@@ -323,6 +323,15 @@ impl Contract {
     }
 }
 
+/// What to say of providers with no contract on file ([`ContractSet::uncontracted`]).
+pub fn uncontracted_warning(providers: &[ProviderName]) -> String {
+    let names: Vec<&str> = providers.iter().map(|p| p.as_str()).collect();
+    format!(
+        "no contract on file with {}: they may win market awards on list terms (the policy's excluded_providers keeps them out)",
+        names.join(", ")
+    )
+}
+
 impl ContractSet {
     /// The clauses in force at `at`, leaving out those suspended by then.
     pub fn in_force(&self, at: Timestamp, suspended: &[Suspension]) -> TermsInForce<'_> {
@@ -359,6 +368,20 @@ impl ContractSet {
 }
 
 impl ContractSet {
+    /// Providers that publish offers but have no contract on file, and that the buyer's
+    /// policy does not keep out of the market: they may win market awards on list terms,
+    /// under no commitment, exclusivity or revenue-share clause.
+    pub fn uncontracted(&self, names: &crate::names::Names) -> Vec<ProviderName> {
+        let policy = &self.policy;
+        names
+            .providers()
+            .filter(|p| !self.contracts.iter().any(|c| &c.counterparty == *p))
+            .filter(|p| !policy.excluded_providers.contains(p))
+            .filter(|p| policy.allowed_providers.is_empty() || policy.allowed_providers.contains(p))
+            .cloned()
+            .collect()
+    }
+
     /// Names in the contracts and the policy that no offer uses: a holder or committed provider
     /// with no offers (its first refusal would always be skipped, its exclusive workloads never
     /// placed), accelerators and regions that do not exist. Each line names the file and clause.
