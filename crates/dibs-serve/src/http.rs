@@ -413,10 +413,14 @@ fn sequence_after(after: Option<u64>) -> Result<u64, ApiError> {
 /// (`gpus`, `files[0].name`, an unknown field's own name), or of a field that is missing.
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut json = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut json).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = inner.to_string();
+        // Text that is not JSON at all is the body's fault, not a field's.
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::field(422, "body", format!("request body is not JSON: {message}"));
+        }
         // A missing field is named in the message; the path reaches its parent.
         let named = message.starts_with("missing field").then(|| message.split('`').nth(1)).flatten();
         let field = match (named, path.as_str()) {
@@ -426,7 +430,11 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
             (None, path) => Some(path.to_owned()),
         };
         ApiError { status: 422, error: format!("request body: {message}"), field }
-    })
+    })?;
+    // One JSON value and nothing after it: `{..}xx` or `{..}{..}` is not a body.
+    json.end()
+        .map_err(|e| ApiError::field(422, "body", format!("request body: after the JSON value: {e}")))?;
+    Ok(value)
 }
 
 #[derive(Deserialize)]
@@ -853,6 +861,26 @@ mod tests {
         let status = response.status().as_u16();
         let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[test]
+    fn a_body_is_one_json_value_and_its_errors_name_the_field() {
+        let field = |body: &str| parse_body::<SubmitBody>(body.as_bytes()).err().map(|e| (e.field, e.error));
+        let good = r#"{"accelerators": ["H100"], "gpus": 8, "duration_hours": 1, "workload": "training"}"#;
+        assert_eq!(field(good), None);
+        for trailing in [format!("{good}xx"), format!("{good}{good}")] {
+            let (named, error) = field(&trailing).unwrap();
+            assert_eq!(named.as_deref(), Some("body"), "{trailing}: {error}");
+            assert!(error.contains("trailing characters"), "{error}");
+        }
+        for broken in ["{", "{'gpus': 8}", "not json", ""] {
+            let (named, error) = field(broken).unwrap();
+            assert_eq!(named.as_deref(), Some("body"), "{broken:?}: {error}");
+        }
+        let (named, _) =
+            field(r#"{"accelerators": ["H100"], "gpus": "8", "duration_hours": 1, "workload": "training"}"#)
+                .unwrap();
+        assert_eq!(named.as_deref(), Some("gpus"));
     }
 
     #[tokio::test]
