@@ -339,6 +339,9 @@ fn contract_files(name: &str) -> Value {
     json!({ "files": files })
 }
 
+/// A phone's width in CSS pixels (an iPhone 12 to 15).
+const PHONE_WIDTH: i64 = 390;
+
 /// A headless chromium driven over WebDriver; the driver and the browser end when dropped.
 struct Browser {
     driver: Child,
@@ -500,22 +503,29 @@ impl Browser {
         }
     }
 
-    /// Writes the whole page (up to [`MAX_SCREENSHOT_HEIGHT`]) to `target/screenshots/NAME.png`.
+    /// Writes the whole page (up to [`MAX_SCREENSHOT_HEIGHT`]) to `target/screenshots/NAME.png`
+    /// at a desktop's width and to `NAME-390.png` at a phone's, and checks that at neither is
+    /// the page wider than the window (tables and charts scroll or reflow inside it).
     fn screenshot(&self, name: &str) -> PathBuf {
-        let height = self.call(
-            "POST",
-            "/execute/sync",
-            json!({ "script": "return document.documentElement.scrollHeight", "args": [] }),
-        );
-        let height = height.as_i64().unwrap_or(1000).clamp(600, MAX_SCREENSHOT_HEIGHT);
-        self.call("POST", "/window/rect", json!({ "width": 1400, "height": height }));
-        let png = self.call("GET", "/screenshot", Value::Null);
-        let bytes = base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap()).unwrap();
-        assert!(bytes.starts_with(b"\x89PNG"), "a PNG");
-        let path = self.screenshots.join(format!("{name}.png"));
-        std::fs::write(&path, bytes).unwrap();
+        let script = |script: &str| self.call("POST", "/execute/sync", json!({ "script": script, "args": [] }));
+        let mut first = None;
+        for (width, suffix) in [(1400, ""), (PHONE_WIDTH, "-390")] {
+            self.call("POST", "/window/rect", json!({ "width": width, "height": 1000 }));
+            let widths = script("return [document.documentElement.scrollWidth, window.innerWidth]");
+            let (page, window) = (widths[0].as_i64().unwrap(), widths[1].as_i64().unwrap());
+            assert!(page <= window, "{name} at {width} px: the page is {page} px wide in a {window} px window");
+            let height = script("return document.documentElement.scrollHeight");
+            let height = height.as_i64().unwrap_or(1000).clamp(600, MAX_SCREENSHOT_HEIGHT);
+            self.call("POST", "/window/rect", json!({ "width": width, "height": height }));
+            let png = self.call("GET", "/screenshot", Value::Null);
+            let bytes = base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap()).unwrap();
+            assert!(bytes.starts_with(b"\x89PNG"), "a PNG");
+            let path = self.screenshots.join(format!("{name}{suffix}.png"));
+            std::fs::write(&path, bytes).unwrap();
+            first.get_or_insert(path);
+        }
         self.call("POST", "/window/rect", json!({ "width": 1400, "height": 1000 }));
-        path
+        first.expect("a screenshot")
     }
 }
 

@@ -281,7 +281,7 @@ fn table(snapshot: &Snapshot) -> Markup {
     let total_gpus: u64 = rows.values().map(|r| r.0).sum();
     html! {
         table #by-region {
-            caption { "By provider and region, now" }
+            caption { "By provider and region, now (every workload; the chart above counts the workloads its cap covers)" }
             thead { tr {
                 th scope="col" { "Provider" } th scope="col" { "Region" } th scope="col" { "GPUs held" }
                 th scope="col" { "Share" } th scope="col" { "Spend per hour (active)" } th scope="col" { "Spend billed" }
