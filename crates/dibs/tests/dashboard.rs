@@ -507,13 +507,17 @@ impl Browser {
     /// at a desktop's width and to `NAME-390.png` at a phone's, and checks that at neither is
     /// the page wider than the window (tables and charts scroll or reflow inside it).
     fn screenshot(&self, name: &str) -> PathBuf {
-        let script = |script: &str| self.call("POST", "/execute/sync", json!({ "script": script, "args": [] }));
+        let script =
+            |script: &str| self.call("POST", "/execute/sync", json!({ "script": script, "args": [] }));
         let mut first = None;
         for (width, suffix) in [(1400, ""), (PHONE_WIDTH, "-390")] {
             self.call("POST", "/window/rect", json!({ "width": width, "height": 1000 }));
             let widths = script("return [document.documentElement.scrollWidth, window.innerWidth]");
             let (page, window) = (widths[0].as_i64().unwrap(), widths[1].as_i64().unwrap());
-            assert!(page <= window, "{name} at {width} px: the page is {page} px wide in a {window} px window");
+            assert!(
+                page <= window,
+                "{name} at {width} px: the page is {page} px wide in a {window} px window"
+            );
             let height = script("return document.documentElement.scrollHeight");
             let height = height.as_i64().unwrap_or(1000).clamp(600, MAX_SCREENSHOT_HEIGHT);
             self.call("POST", "/window/rect", json!({ "width": width, "height": height }));
@@ -584,6 +588,13 @@ fn in_a_browser_log_in_submit_watch_the_board_read_the_story_and_stay_in_your_la
         browser.text("#col-provisioning").starts_with("Awarded"),
         "{}",
         browser.text("#col-provisioning")
+    );
+    // With a request on the board, the board comes first and the form is folded away.
+    assert_eq!(browser.count("details.submit-panel:not([open])"), 1, "the form folds once there is a board");
+    let card = browser.text("li[data-request=r-1]");
+    assert!(
+        card.contains("/h") && card.contains("all ready") && card.contains("start:"),
+        "cost, readiness, age: {card}"
     );
     shots.push(browser.screenshot("03-requests-board"));
 

@@ -17,7 +17,7 @@ use dibs_core::types::Timestamp;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::format::{encode, relative, status_badge, status_label, thousands};
+use super::format::{encode, relative, status_badge, status_label, thousands, usd};
 use super::session::{require, require_posted};
 use super::{Dashboard, PageError, Section, Viewer, layout, read, respond};
 use crate::broker::{Command, SubmitBody};
@@ -78,6 +78,10 @@ struct Card {
     earliest_start: Timestamp,
     /// Providers supplying it (live allocations), comma-separated.
     providers: String,
+    /// What its live allocations cost per hour, all-in.
+    cost_per_hour: f64,
+    /// When all its live capacity is (or is promised to be) ready.
+    ready: Option<Timestamp>,
     unfilled: Option<String>,
     /// An ended request that went without some GPUs: its reason is in its stored view.
     reason_stored: bool,
@@ -205,13 +209,15 @@ fn snapshot(view: &crate::broker::ReadView<'_>, filters: &Filters) -> Snapshot {
 }
 
 fn card(engine: &dibs_core::engine::Engine, number: u64, listed: &Listed<'_>) -> Card {
-    let mut providers: Vec<&str> = listed
-        .allocations
-        .iter()
-        .filter_map(|id| engine.allocation(*id))
-        .filter(|a| !matches!(a.state, dibs_core::engine::AllocationState::Cancelled { .. }))
-        .map(|a| a.plan.provider.as_str())
-        .collect();
+    let held = || {
+        listed
+            .allocations
+            .iter()
+            .filter_map(|id| engine.allocation(*id))
+            .filter(|a| !matches!(a.state, dibs_core::engine::AllocationState::Cancelled { .. }))
+    };
+    let live = || held().filter(|a| a.state.is_live());
+    let mut providers: Vec<&str> = held().map(|a| a.plan.provider.as_str()).collect();
     providers.sort_unstable();
     providers.dedup();
     Card {
@@ -223,6 +229,8 @@ fn card(engine: &dibs_core::engine::Engine, number: u64, listed: &Listed<'_>) ->
         hours: listed.hours,
         earliest_start: listed.earliest_start,
         providers: providers.join(", "),
+        cost_per_hour: live().map(|a| a.plan.spend_per_hour()).sum(),
+        ready: live().map(|a| a.ready_at().unwrap_or(a.promised)).max(),
         unfilled: listed.unfilled.cloned(),
         reason_stored: listed.reason_stored,
     }
@@ -503,6 +511,10 @@ fn board(snapshot: &Snapshot, filters: &Filters) -> Markup {
                                             a href={ "/requests/" (card.id) } { strong { (card.id) } }
                                             " " (card.gpus) " × " (card.accelerators) ", " (card.hours) " h, " (card.workload)
                                             @if !card.providers.is_empty() { br; span.muted { "from " (card.providers) } }
+                                            @if card.cost_per_hour > 0.0 {
+                                                br; span.muted { (usd(card.cost_per_hour)) "/h" @if let Some(ready) = card.ready { ", all ready " (relative(ready, snapshot.now)) } }
+                                            }
+                                            br; span.muted { "start: " (relative(card.earliest_start, snapshot.now)) }
                                             @if let Some(reason) = &card.unfilled { br; span.muted { (reason) } }
                                         }
                                     }
@@ -565,9 +577,14 @@ async fn render(
             p.notice role="status" { "Submitted " a href={ "/requests/" (id) } { (id) } "; it moves across the board as it is decided." }
         }
         @if viewer.may_change_requests() {
-            @match &form {
-                Some((values, error)) => (submit_form(values, Some(error), &workloads)),
-                None => (submit_form(&SubmitForm::default(), None, &workloads)),
+            // The board comes first once there is one: the form folds away, open when it has
+            // something to say (an error) or nothing is on the board yet.
+            details.submit-panel open[form.is_some() || snapshot.total == 0] {
+                summary { "Submit a request" }
+                @match &form {
+                    Some((values, error)) => (submit_form(values, Some(error), &workloads)),
+                    None => (submit_form(&SubmitForm::default(), None, &workloads)),
+                }
             }
         }
         (board(&snapshot, &filters))
