@@ -734,14 +734,15 @@ async fn provider_answer(
         offers: Vec<dibs_core::types::Offer>,
     }
     let value: serde_json::Value = parse_body(&body)?;
+    // Parsed again as what it says it is, so an error names the field by its path
+    // (`offers[2].gpus_per_node`).
     let answer = if value.get("offers").is_some() {
-        serde_json::from_value::<QuotesBody>(value)
-            .map(|q| crate::broker::ProviderReply::Quotes { offers: q.offers })
-            .map_err(|e| ApiError::field(422, "offers", format!("request body: {e}")))?
+        crate::broker::ProviderReply::Quotes { offers: parse_body::<QuotesBody>(&body)?.offers }
     } else if value.get("answer").is_some() {
-        serde_json::from_value(value)
-            .map(crate::broker::ProviderReply::Holder)
-            .map_err(|e| ApiError::field(422, "answer", format!("request body: {e}")))?
+        crate::broker::ProviderReply::Holder(parse_body(&body).map_err(|mut e| {
+            e.field.get_or_insert_with(|| "answer".to_owned());
+            e
+        })?)
     } else {
         return Err(ApiError::new(
             422,

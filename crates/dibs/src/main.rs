@@ -109,6 +109,7 @@ enum CatalogCommand {
     ///
     /// The most specific matching rule wins, the later one on a tie; an offer
     /// no rule matches has no capacity and is left out.
+    #[command(verbatim_doc_comment)]
     Check {
         #[command(flatten)]
         catalog: CatalogArgs,

@@ -171,3 +171,23 @@ fn providers_with_no_contract_on_file_are_named_before_they_win() {
         stderr.lines().find(|l| l.contains("no contract on file with")).unwrap_or_else(|| panic!("{stderr}"));
     assert!(warning.contains("mithril") && warning.contains("vast") && !warning.contains("aws"), "{warning}");
 }
+
+#[test]
+fn a_bad_supply_file_is_said_once_and_the_help_keeps_its_example_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let supply = dir.path().join("supply.toml");
+    std::fs::write(&supply, "[[supply]]\nprovider = \"aws\"\nnodes = \"x\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dibs"))
+        .args(["catalog", "check", "--supply"])
+        .arg(&supply)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert_eq!(said.matches("invalid type").count(), 1, "said once: {said}");
+    assert!(said.contains("supply.toml:3:9"), "{said}");
+    let help =
+        Command::new(env!("CARGO_BIN_EXE_dibs")).args(["catalog", "check", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("\n  [[supply]]\n  provider = \"aws\""), "the example keeps its lines:\n{help}");
+}

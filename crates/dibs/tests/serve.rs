@@ -1302,7 +1302,7 @@ fn a_pull_provider_reads_its_feed_and_answers_through_the_api() {
         ("accelerator", json!("H101"), "offers[1].accelerator"),
         ("nodes_available", json!(100_000), "offers[1].nodes_available"),
         ("lead_time_hours", json!(100_000), "offers[1].lead_time_hours"),
-        ("gpus_per_node", json!(0), "offers"),
+        ("gpus_per_node", json!(0), "offers[1].gpus_per_node"),
     ] {
         let (status, body) = call_as(url, &lambda, "POST", &answer_path, Some(&bad(field, value)));
         assert_eq!(status, 422, "{field}: {body}");

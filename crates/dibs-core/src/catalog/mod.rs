@@ -313,7 +313,8 @@ pub enum CatalogError {
     Unreadable { file: String, message: String },
     #[error("{file}: no catalog files (`*_vms.csv` or `<provider>/vms.csv`) in this directory")]
     NoCatalogFiles { file: String },
-    #[error("{0}")]
+    /// Said once: the supply file's own error already names its file, line and column.
+    #[error(transparent)]
     Supply(#[from] crate::contract::ContractError),
 }
 
