@@ -651,6 +651,16 @@ fn in_a_browser_log_in_submit_watch_the_board_read_the_story_and_stay_in_your_la
         browser.text("#verify-result")
     );
     assert!(browser.text("table.ledger caption").contains("about r-1"), "the search is kept");
+    // Every row says what it records, inputs too, with instants as every other page writes them.
+    let ledger = browser.text("table.ledger");
+    assert!(
+        ledger.contains("Submitted: 256 GPUs for 100 h (training).") && ledger.contains("quoted"),
+        "{ledger}"
+    );
+    assert!(
+        !ledger.contains("T0") && !ledger.contains("T1") && !ledger.contains("T2"),
+        "one date format: {ledger}"
+    );
     shots.push(browser.screenshot("07-ledger"));
 
     // A provider logs in to its own view, and no other.

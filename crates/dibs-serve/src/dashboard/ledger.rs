@@ -11,7 +11,7 @@ use dibs_store::Entry;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::format::{encode, hash, thousands};
+use super::format::{encode, hash, instant, thousands};
 use super::session::{require, require_posted};
 use super::{Dashboard, PageError, Section, Viewer, layout, respond, with_store};
 
@@ -65,6 +65,57 @@ async fn page_of(dashboard: &Dashboard, query: &LedgerQuery) -> Result<Page, Pag
     .await
 }
 
+/// One line saying what an entry records: a decision as the story says it, an input by what
+/// came in, a configuration or a snapshot by its kind.
+fn summary(entry: &Entry) -> Markup {
+    use dibs_core::engine::{HolderAnswer, Input, Timer};
+    if entry.kind == crate::broker::INPUT_KIND {
+        let Ok(recorded) = serde_json::from_str::<crate::broker::RecordedInput>(&entry.body) else {
+            return html! { "an input this version cannot read" };
+        };
+        return match recorded.input {
+            Input::Submit(r) => {
+                html! { "Submitted: " (r.gpus.get()) " GPUs for " (r.duration_hours) " h (" (r.workload.as_str()) ")." }
+            }
+            Input::HolderAnswer { answer: HolderAnswer::Decline, .. } => {
+                html! { "The holder's answer: decline." }
+            }
+            Input::HolderAnswer { answer: HolderAnswer::Accept { gpus, .. }, .. } => {
+                html! { "The holder's answer: accept " (gpus) " GPUs." }
+            }
+            Input::Quotes { provider, offers, .. } => {
+                html! { (provider) " quoted " (offers.len()) " offers." }
+            }
+            Input::QuoteFailed { provider, error, .. } => {
+                html! { (provider) "'s quote call failed: " (error) }
+            }
+            Input::Timer(Timer::HolderWindow { .. }) => html! { "The holder's window closed." },
+            Input::Timer(Timer::QuoteDeadline { .. }) => html! { "The quote deadline passed." },
+            Input::Timer(Timer::DeliveryDue { allocation }) => {
+                html! { "Allocation " (allocation) " came due." }
+            }
+            Input::Timer(Timer::Release { allocation }) => {
+                html! { "Allocation " (allocation) " ran its hours." }
+            }
+            Input::Timer(Timer::Settle) => html! { "Settlement tick." },
+            Input::AllocationReady { allocation } => html! { "Allocation " (allocation) " is ready." },
+            Input::IncidentOpened { id, provider, region } => {
+                html! { "Incident " (id) " opened on " (provider) @if let Some(r) = region { "/" (r) } "." }
+            }
+            Input::IncidentResolved { id } => html! { "Incident " (id) " resolved." },
+            Input::Cancel { .. } => html! { "Cancel asked." },
+            Input::RevenueReported { amount } => {
+                html! { "Revenue reported: " (super::format::usd(amount)) "." }
+            }
+            Input::EventDeclared { name } => html! { "Event declared: " (name) "." },
+        };
+    }
+    match serde_json::from_str::<dibs_core::ledger::Event>(&entry.body) {
+        Ok(event) => super::story::line(&event.kind).unwrap_or_else(|| html! { (entry.kind) }),
+        Err(_) => html! { (entry.kind.replace('_', " ")) },
+    }
+}
+
 fn body_text(body: &str) -> String {
     let pretty = serde_json::from_str::<serde_json::Value>(body)
         .ok()
@@ -107,14 +158,16 @@ fn render(query: &LedgerQuery, page: &Page, verified: Option<Result<String, Stri
             caption {
                 @if query.request.is_empty() { "Newest first" } @else { "Entries about " (query.request) ", oldest first" }
             }
-            thead { tr { th scope="col" { "Seq" } th scope="col" { "At" } th scope="col" { "Kind" } th scope="col" { "Request" } th scope="col" { "Hash" } th scope="col" { "Body" } } }
+            thead { tr { th scope="col" { "Seq" } th scope="col" { "At" } th scope="col" { "Kind" } th scope="col" { "What" } th scope="col" { "Request" } th scope="col" { "Hash" } th scope="col" { "Body" } } }
             tbody {
                 @for entry in &page.entries {
                     tr {
-                        td.number { (entry.seq) } td { (entry.at) } td { (entry.kind) }
+                        td.number { (entry.seq) }
+                        td { @match dibs_core::types::Timestamp::parse(&entry.at) { Ok(at) => (instant(at)), Err(_) => (entry.at) } }
+                        td { (entry.kind) } td.reason { (summary(entry)) }
                         td { @if let Some(request) = &entry.request { a href={ "/requests/" (request) } { (request) } } }
                         td { (hash(&dibs_core::ledger::hex(&entry.hash))) }
-                        td { details { summary { "body" } pre { (body_text(&entry.body)) } } }
+                        td { details { summary { "body" } pre title="as recorded and hashed; instants in Unix seconds" { (body_text(&entry.body)) } } }
                     }
                 }
             }

@@ -148,7 +148,7 @@ fn answered_after(refusal: &[(&Read, &EventKind)], seq: u64) -> Option<Timestamp
 }
 
 /// One line of the story for a decision, or `None` for the inputs and the unknown.
-fn line(decision: &EventKind) -> Option<Markup> {
+pub(super) fn line(decision: &EventKind) -> Option<Markup> {
     let text = match decision {
         EventKind::RequestSubmitted { .. } => html! { "Submitted." },
         EventKind::RequestRejected { reason } => html! { "Rejected: " (reason) },
