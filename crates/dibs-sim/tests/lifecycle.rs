@@ -425,6 +425,27 @@ fn a_request_no_provider_could_meet_is_unfilled_without_asking_anyone() {
 }
 
 #[test]
+fn a_policy_can_keep_providers_with_no_contract_out_of_the_market() {
+    // Only azure (the holder) has a contract here; aws, lambda and gcp have none.
+    let run_under = |exclude: bool| {
+        let mut set = contracts(Terms::default());
+        set.policy.exclude_uncontracted = exclude;
+        let mut providers = SimulatedProvider::from_catalog(&market(), SimulatedBehaviour::default());
+        for provider in providers.values_mut() {
+            provider.behaviour.holder = HolderBehaviour::Decline;
+        }
+        let engine = Engine::new(set, market(), EngineConfig::default());
+        let mut run = VirtualRun::new(engine, providers, t("2026-01-01"));
+        submit_and_run(&mut run, request("r1", 64, "training"), "2026-01-03");
+        render(&run)
+    };
+    let allowed = run_under(false);
+    assert!(allowed.contains("awarded lambda"), "{allowed}");
+    let excluded = run_under(true);
+    assert!(!excluded.contains("quotes_requested") && excluded.contains("unfilled"), "{excluded}");
+}
+
+#[test]
 fn no_better_terms_sends_a_pricier_market_award_back_to_the_holder() {
     // Only gcp, pricier than the holder's 6.98, can fill the request.
     let offers = vec![offer("azure", "eastus", 6.98, 2048, 48), offer("gcp", "us-central1", 11.06, 1024, 24)];

@@ -274,6 +274,9 @@ pub struct Policy {
     pub allowed_providers: Vec<ProviderName>,
     /// Providers the market may never award to (same reservation).
     pub excluded_providers: Vec<ProviderName>,
+    /// Whether a provider with no contract on file is kept out of the market (`uncontracted =
+    /// "exclude"`); by default (`"allow"`) it may win market awards on list terms.
+    pub exclude_uncontracted: bool,
     pub price_ceilings: Vec<(Accelerator, Price)>,
     pub diversification: Vec<Diversification>,
     pub source: Option<String>,
@@ -327,7 +330,7 @@ impl Contract {
 pub fn uncontracted_warning(providers: &[ProviderName]) -> String {
     let names: Vec<&str> = providers.iter().map(|p| p.as_str()).collect();
     format!(
-        "no contract on file with {}: they may win market awards on list terms (the policy's excluded_providers keeps them out)",
+        "no contract on file with {}: they may win market awards on list terms (the policy's uncontracted = \"exclude\" keeps them out)",
         names.join(", ")
     )
 }
@@ -373,6 +376,9 @@ impl ContractSet {
     /// under no commitment, exclusivity or revenue-share clause.
     pub fn uncontracted(&self, names: &crate::names::Names) -> Vec<ProviderName> {
         let policy = &self.policy;
+        if policy.exclude_uncontracted {
+            return Vec::new();
+        }
         names
             .providers()
             .filter(|p| !self.contracts.iter().any(|c| &c.counterparty == *p))

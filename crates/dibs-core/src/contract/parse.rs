@@ -75,6 +75,7 @@
 //! allowed_regions = ["azure/eastus", "aws/*"]  # provider-qualified; empty or absent = any
 //! allowed_providers = []                      # empty or absent = any
 //! excluded_providers = ["vast"]               # never in a market award
+//! uncontracted = "allow"                      # or "exclude": providers with no contract on file
 //!
 //! [[policy.price_ceiling]]
 //! accelerator = "H100"
@@ -209,6 +210,13 @@ pub fn parse_policy(source_name: &str, text: &str) -> Result<Policy, ContractErr
             .find(|v| v.get_ref() == both.as_str())
             .map_or(0..0, |v| v.span());
         return Err(source.error(at, format!("provider {:?} is both allowed and excluded", both.as_str())));
+    }
+    if let Some(uncontracted) = &raw_policy.uncontracted {
+        policy.exclude_uncontracted = source.value(uncontracted, |text| match text.as_str() {
+            "allow" => Ok(false),
+            "exclude" => Ok(true),
+            other => Err(InvalidValue(format!("uncontracted {other:?} is not \"allow\" or \"exclude\""))),
+        })?;
     }
     for ceiling in &raw_policy.price_ceiling {
         let ceiling = ceiling.get_ref();
@@ -1277,6 +1285,8 @@ struct RawPolicy {
     #[serde(default)]
     excluded_providers: Vec<Spanned<String>>,
     #[serde(default)]
+    uncontracted: Option<Spanned<String>>,
+    #[serde(default)]
     price_ceiling: Vec<Spanned<RawPriceCeiling>>,
     #[serde(default)]
     diversification: Vec<Spanned<RawDiversification>>,
@@ -1727,6 +1737,14 @@ emergency_release = false
             "p.toml:2:1: unknown field `regions`",
         );
         check_rendered(rendered(&text.replace("0.4", "2.0")), "p.toml:9:13: max_share 2 is out of range");
+        // Providers with no contract on file: allowed unless the policy says exclude.
+        assert!(!policy.exclude_uncontracted);
+        let excluding = text.replace("[policy]\n", "[policy]\nuncontracted = \"exclude\"\n");
+        assert!(parse_policy("p.toml", &excluding).unwrap().exclude_uncontracted);
+        check_rendered(
+            rendered(&text.replace("[policy]\n", "[policy]\nuncontracted = \"never\"\n")),
+            "p.toml:2:16: uncontracted \"never\" is not \"allow\" or \"exclude\"",
+        );
         // A file whose top table is [policy] is the policy whatever its name.
         let set = set_of(&[("buyer.toml", text)]).unwrap();
         assert_eq!(set.policy.source.as_deref(), Some("buyer.toml"));

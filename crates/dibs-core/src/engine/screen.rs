@@ -145,6 +145,18 @@ impl Engine {
                     .insert(provider.clone(), "not among the providers the buyer's policy allows".into());
             }
         }
+        // Providers with no contract on file, when the policy keeps them out.
+        if policy.exclude_uncontracted {
+            for provider in self
+                .published
+                .keys()
+                .filter(|p| !self.contracts.contracts.iter().any(|c| &c.counterparty == *p))
+            {
+                rules.excluded.entry(provider.clone()).or_insert_with(|| {
+                    "no contract on file (the buyer's policy: uncontracted = \"exclude\")".into()
+                });
+            }
+        }
         // Providers that failed this request before are not asked again.
         for (provider, why) in &state.failed_providers {
             rules.excluded.insert(provider.clone(), why.clone());
