@@ -286,6 +286,18 @@ fn pages_answer_by_role_and_a_provider_sees_only_its_own_view() {
     let timing = response.headers().get("server-timing").unwrap().to_str().unwrap();
     assert!(timing.starts_with("render;dur="), "{timing}");
 
+    // A page before the first entry is empty, not a wrap-around to a full page.
+    let (status, empty) = page(url, Some(&admin), "/ledger?before=0");
+    assert!(status == 200 && empty.contains("No entries."), "{status} {empty}");
+    // Another site's post cannot log anyone out: no expired cookie, the session lives on.
+    let forged = agent()
+        .post(format!("{url}/logout"))
+        .header("Cookie", &admin)
+        .header("Origin", "http://evil.example")
+        .send_empty()
+        .unwrap();
+    assert!(forged.headers().get("set-cookie").is_none(), "a cross-site logout clears no cookie");
+    assert_eq!(page(url, Some(&admin), "/requests").0, 200, "the session survives a cross-site logout");
     // Logging out ends the session.
     let out = agent().post(format!("{url}/logout")).header("Cookie", &admin).send_empty().unwrap();
     assert_eq!(out.status().as_u16(), 303);

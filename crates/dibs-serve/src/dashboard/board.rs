@@ -352,6 +352,14 @@ fn body_of(form: &SubmitForm) -> Result<SubmitBody, FieldError> {
     let required = |field: &str, value: Option<u32>| {
         value.ok_or_else(|| FieldError { field: Some(field.to_owned()), message: "required".into() })
     };
+    // The form's key is held to the API's rule for Idempotency-Key.
+    let key = &form.idempotency_key;
+    if key.len() > crate::app::MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(FieldError {
+            field: Some("idempotency_key".into()),
+            message: format!("must be 1 to {} visible ASCII characters", crate::app::MAX_KEY_LEN),
+        });
+    }
     Ok(SubmitBody {
         accelerators: list(&form.accelerators),
         gpus: required("gpus", number("gpus", &form.gpus, "a whole number of GPUs")?)?,
@@ -703,6 +711,11 @@ mod tests {
             SubmitForm { max_price: "cheap".into(), ..form("8", "1") },
             Err(("max_price", "\"cheap\" is not a price in USD per GPU-hour")),
         );
+        // The form's idempotency key is held to the API's rule.
+        let long = SubmitForm { idempotency_key: "k".repeat(60_000), ..form("8", "1") };
+        check(long, Err(("idempotency_key", "must be 1 to 200 visible ASCII characters")));
+        let spaced = SubmitForm { idempotency_key: "a key".into(), ..form("8", "1") };
+        check(spaced, Err(("idempotency_key", "must be 1 to 200 visible ASCII characters")));
     }
 
     #[test]

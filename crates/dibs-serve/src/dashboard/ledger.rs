@@ -55,7 +55,8 @@ async fn page_of(dashboard: &Dashboard, query: &LedgerQuery) -> Result<Page, Pag
                 .flatten();
             return Ok(Page { length, entries, next });
         }
-        let end = before.unwrap_or(length + 1).min(length + 1);
+        // `before` counts from 1: before=0 (or 1) is the empty page before the first entry.
+        let end = before.unwrap_or(length + 1).clamp(1, length + 1);
         let start = end.saturating_sub(ENTRIES_PER_PAGE as u64 + 1);
         let mut entries = store.entries(start, (end - 1 - start) as usize)?;
         entries.reverse();

@@ -97,7 +97,8 @@ pub(super) async fn page(
     let provider = name.clone();
     let scanned = with_store(&dashboard.app, move |store| {
         let (length, _) = store.head()?;
-        let end = before.unwrap_or(length + 1).min(length + 1);
+        // `before` counts from 1: before=0 (or 1) is the empty page before the first entry.
+        let end = before.unwrap_or(length + 1).clamp(1, length + 1);
         let start = end.saturating_sub(ENTRIES_SCANNED as u64 + 1);
         let entries = store.entries(start, (end - 1 - start) as usize)?;
         let mut events: Vec<ProviderEvent> =

@@ -203,10 +203,12 @@ pub(super) async fn login(
 }
 
 pub(super) async fn logout(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
-    if same_origin(&headers) {
-        dashboard.sessions.end(&headers);
-    }
     let mut response = Redirect::to("/login").into_response();
+    // A post from another site logs no one out: neither the session nor the cookie ends.
+    if !same_origin(&headers) {
+        return response;
+    }
+    dashboard.sessions.end(&headers);
     let expired = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
     if let Ok(value) = HeaderValue::from_str(&expired) {
         response.headers_mut().insert(header::SET_COOKIE, value);
