@@ -68,6 +68,17 @@ pub async fn bodies_in_time(
     next: axum::middleware::Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
+    // A body said to be over the limit is refused before a byte of it is read, and the
+    // connection with it: no client holds a socket by promising 2^63 bytes.
+    let declared = parts.headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+    if declared.and_then(|v| v.trim().parse::<u64>().ok()).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        let mut refused =
+            ApiError::field(413, "body", format!("at most {MAX_BODY_BYTES} bytes")).into_response();
+        refused
+            .headers_mut()
+            .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        return refused;
+    }
     match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
         Ok(Ok(bytes)) => {
             next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await

@@ -259,6 +259,26 @@ fn a_request_goes_through_first_refusal_and_market_to_an_award_over_http() {
     huge["workload"] = json!("x".repeat(100_000));
     let (status, body) = call(url, "POST", "/requests", Some(&huge), None);
     assert_eq!((status, body["field"].as_str()), (413, Some("body")), "{body}");
+    // A body promised larger than the limit is refused at once, before any of it arrives.
+    {
+        use std::io::{Read, Write};
+        let address = url.trim_start_matches("http://");
+        let mut socket = std::net::TcpStream::connect(address).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head = format!(
+            "POST /v1/requests HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: 9223372036854775807\r\n\r\n{{"
+        );
+        socket.write_all(head.as_bytes()).unwrap();
+        let started = Instant::now();
+        let mut answer = String::new();
+        let _ = socket.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "answered and closed at once, not at the body timeout"
+        );
+    }
     let mut wrong = agent()
         .post(format!("{url}/v1/ledger"))
         .header("Authorization", format!("Bearer {TOKEN}"))
