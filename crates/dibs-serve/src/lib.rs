@@ -380,6 +380,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         roles: Mutex::new(std::collections::HashMap::new()),
     });
 
+    let kept = state.clone();
     runtime.block_on(async move {
         // The standby's server stops taking connections; this one takes over the socket.
         standing_by.stop().await;
@@ -390,17 +391,40 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         let listener = listener::GuardedListener::new(listener, config.limits);
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        axum::serve(listener, router(state)).with_graceful_shutdown(stop_signal()).await?;
         let _ = tx.send(broker::Command::Shutdown);
         Ok::<(), ServeError>(())
     })?;
     // The broker finishes its turn, writes its snapshot and signs the head before the process ends.
     let _ = broker_thread.join();
+    // The API's store handles (a PostgreSQL client runs a runtime of its own) are dropped
+    // here, outside the async runtime: dropped inside it, the client panics.
+    drop(runtime);
+    drop(kept);
     Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what systemd and Kubernetes send): both drain,
+/// write the shutdown snapshot and signed head, and exit 0.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// The server a replica runs while it waits for the lead.

@@ -1689,3 +1689,64 @@ fn a_provider_flag_out_of_range_is_named_as_given() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && said.contains("--accept-rate: 2 must be between 0 and 1"), "{said}");
 }
+
+#[test]
+fn sigint_and_sigterm_drain_write_the_snapshot_and_the_signed_head_and_exit_0_on_both_backends() {
+    let database = std::env::var("DIBS_TEST_POSTGRES_URL").ok();
+    if database.is_none() {
+        eprintln!("DIBS_TEST_POSTGRES_URL is not set: the signals are tried on SQLite only");
+    }
+    for backend in ["sqlite", "postgres"] {
+        for signal in ["INT", "TERM"] {
+            let data = tempfile::tempdir().unwrap();
+            let mut args = vec!["--data".to_owned(), data.path().display().to_string()];
+            let schema = format!("dibs_signal_{}_{}", std::process::id(), signal.to_lowercase());
+            if backend == "postgres" {
+                let Some(url) = &database else { continue };
+                let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+                client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+                args.extend([
+                    "--database".to_owned(),
+                    url.clone(),
+                    "--database-schema".to_owned(),
+                    schema.clone(),
+                ]);
+            }
+            let mut server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            let (status, submitted) = call(&server.url, "POST", "/requests", Some(&request_body(8)), None);
+            assert_eq!(status, 201, "{submitted}");
+            let pid = server.child.id().to_string();
+            assert!(Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap().success());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let exit = loop {
+                if let Some(exit) = server.child.try_wait().unwrap() {
+                    break exit;
+                }
+                assert!(Instant::now() < deadline, "{backend}, SIG{signal}: still running");
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            assert!(exit.success(), "{backend}, SIG{signal}: {exit:?}");
+            let mut verify = Command::new(DIBS);
+            verify.args(["ledger", "verify", "--data"]).arg(data.path());
+            if backend == "postgres" {
+                verify.args(["--database", database.as_deref().unwrap(), "--database-schema", &schema]);
+            }
+            let output = verify.output().unwrap();
+            let text = String::from_utf8_lossy(&output.stdout);
+            assert!(output.status.success(), "{backend}, SIG{signal}: {text}");
+            assert!(
+                text.contains("stored snapshot: ok"),
+                "{backend}, SIG{signal}: the shutdown snapshot: {text}"
+            );
+            assert!(
+                !text.contains("signed heads: ok, 0 checkpoints"),
+                "{backend}, SIG{signal}: the signed head: {text}"
+            );
+            if backend == "postgres" {
+                let mut client =
+                    postgres::Client::connect(database.as_deref().unwrap(), postgres::NoTls).unwrap();
+                client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+            }
+        }
+    }
+}
