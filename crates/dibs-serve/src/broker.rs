@@ -285,8 +285,8 @@ impl Broker {
     }
 
     /// Takes over from the last leader: what was due when it stopped (its
-    /// timer rows) is queued, and its calls in the outbox are released to this
-    /// leader's workers. Returns how many timers were queued. Only a leader
+    /// timer rows, less those that would do nothing now) is queued, and its calls in the
+    /// outbox are released to this leader's workers. Returns how many timers were queued. Only a leader
     /// about to serve does this; a read-only check must not.
     pub fn take_over(&mut self) -> Result<usize, StoreError> {
         for row in self.store.timers()? {
@@ -294,8 +294,16 @@ impl Broker {
                 seq: 0,
                 problem: format!("timer {}: an unreadable input: {e}", row.key),
             })?;
+            self.persisted.insert(row.key.clone());
+            // A timer that would do nothing when it fires (its request decided, its
+            // allocation no longer waiting) is not re-armed: its row goes with the first commit.
+            if let Input::Timer(timer) = &input
+                && !self.engine.timer_matters(timer)
+            {
+                self.timer_ops.push((row.key, None));
+                continue;
+            }
             self.due.push(Timestamp::from_unix(row.due), input);
-            self.persisted.insert(row.key);
         }
         self.store.release_calls()?;
         Ok(self.due.len())

@@ -67,4 +67,17 @@ fn timers_of_requests_decided_early_are_dropped_with_their_rows() {
     let rows = store.timers().unwrap().len() as u64;
     assert!(rows <= pending, "{rows} timer rows for {pending} pending inputs");
     dibs_store::verify(&mut store).unwrap();
+
+    // A restart re-arms none of the moot timers the rows still hold (every request ended:
+    // only the settlement tick matters), and its first commit drops their rows.
+    let providers =
+        dibs_serve::simulated_providers_with(&dibs_core::catalog::bundled_catalog().offers, behaviour, 7);
+    let (mut broker, _) =
+        Broker::recover(Box::new(store), providers, None, broker::wall_clock(), None).unwrap();
+    let armed = broker.take_over().unwrap();
+    assert!(armed <= 1, "{armed} timers re-armed for {n} requests that all ended ({rows} rows)");
+    broker.turn(Vec::new()).unwrap();
+    drop(broker);
+    let mut store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
+    assert!(store.timers().unwrap().len() <= 1, "the moot rows are gone");
 }
