@@ -211,6 +211,13 @@ impl Names {
                 format!("offer {:?} is {}'s, not {provider}'s", offer.id, offer.provider),
             );
         }
+        // Offer ids are the provider's own namespace: no quote under a competitor's id.
+        if !offer.id.strip_prefix(provider.as_str()).is_some_and(|rest| rest.starts_with('/')) {
+            return problem(
+                "id",
+                format!("offer id {:?} is not {provider}'s: it must start with \"{provider}/\"", offer.id),
+            );
+        }
         if !self.has_accelerator(&offer.accelerator) {
             let known = listing(self.accelerators.iter());
             return problem(

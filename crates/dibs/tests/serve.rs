@@ -1283,6 +1283,25 @@ fn a_pull_provider_reads_its_feed_and_answers_through_the_api() {
     assert_eq!(status, 409, "{body}");
     let (status, body) = call_as(url, &azure, "POST", &answer_path, Some(&json!({ "answer": "maybe" })));
     assert_eq!(status, 422, "{body}");
+    // An acceptance passes the checks a quoted offer does and fits what was offered (256 GPUs
+    // in blocks of 8); each refused names its field, and nothing is taken.
+    let accept = |field: &str, value: Value| {
+        let mut answer = json!({ "answer": "accept", "gpus": 64, "region": "eastus", "accelerator": "H100",
+            "instance_type": "Standard_ND96isr_H100_v5", "gpus_per_node": 8, "lead_time_hours": 24 });
+        answer[field] = value;
+        answer
+    };
+    for (field, value, named) in [
+        ("region", json!("us-east-1"), "region"),
+        ("region", json!("mars-1"), "region"),
+        ("gpus_per_node", json!(3), "gpus_per_node"),
+        ("gpus", json!(4096), "gpus"),
+        ("gpus", json!(12), "gpus"),
+        ("lead_time_hours", json!(4_294_967_295u64), "lead_time_hours"),
+    ] {
+        let (status, body) = call_as(url, &azure, "POST", &answer_path, Some(&accept(field, value.clone())));
+        assert_eq!((status, body["field"].as_str()), (422, Some(named)), "{field} = {value}: {body}");
+    }
     let (status, body) = call_as(url, &azure, "POST", &answer_path, Some(&decline));
     assert_eq!(status, 200, "{body}");
 
@@ -1310,6 +1329,11 @@ fn a_pull_provider_reads_its_feed_and_answers_through_the_api() {
     let (status, body) =
         call_as(url, &lambda, "POST", &answer_path, Some(&json!({ "offers": [offer("aws")] })));
     assert_eq!((status, body["field"].as_str()), (422, Some("offers[0].provider")), "{body}");
+    // Nor under a competitor's offer id.
+    let mut borrowed = offer("lambda");
+    borrowed["id"] = json!("aws/us-east-1/p5.48xlarge/on-demand");
+    let (status, body) = call_as(url, &lambda, "POST", &answer_path, Some(&json!({ "offers": [borrowed] })));
+    assert_eq!((status, body["field"].as_str()), (422, Some("offers[0].id")), "{body}");
     // Offers that could not be bought are refused, naming the field; nothing is recorded.
     let bad = |field: &str, value: Value| {
         let mut bad = offer("lambda");

@@ -451,6 +451,26 @@ impl Engine {
         (matches!(phase, Phase::Holder { .. }) && holder == provider).then_some(round.number)
     }
 
+    /// What `provider`, as the holder, was offered in the solicitation `request` waits on:
+    /// the GPUs and the block they come in.
+    pub fn holder_offered(&self, request: &str, provider: &ProviderName) -> Option<(u32, u32)> {
+        let state = self.requests.get(request)?;
+        let Running { round, phase } = state.round.as_deref()?;
+        let holder = &round.screened.refusal.as_ref()?.holder;
+        match phase {
+            Phase::Holder { offered_gpus, .. } if holder == provider => {
+                Some((*offered_gpus, state.request.block.get()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The largest node of `accelerator` the published offers sell (a block up to this
+    /// size must sit in one node).
+    pub fn largest_node(&self, accelerator: &Accelerator) -> Option<u32> {
+        self.largest_node.get(accelerator).copied()
+    }
+
     /// The round of `request` waiting for `provider`'s quotes, if any.
     pub fn awaiting_quotes(&self, request: &str, provider: &ProviderName) -> Option<u32> {
         let Running { round, phase } = self.requests.get(request)?.round.as_deref()?;

@@ -515,6 +515,7 @@ impl Broker {
                         "{request} is not waiting for {name}'s first-refusal answer"
                     ))
                 })?;
+                self.check_holder_answer(&request, &name, &answer)?;
                 Input::HolderAnswer { request: request.clone(), round, answer }
             }
             ProviderReply::Quotes { mut offers } => {
@@ -539,6 +540,65 @@ impl Broker {
         };
         self.apply(now, input, entries);
         Ok(view::AnswerTaken { request, accepted: true })
+    }
+
+    /// A holder's acceptance passes the checks a quoted offer does (its own region, a known
+    /// accelerator, bounded nodes and lead time) and fits what it was offered: no more GPUs,
+    /// whole blocks, nodes that can hold the block.
+    fn check_holder_answer(
+        &self,
+        request: &str,
+        holder: &ProviderName,
+        answer: &HolderAnswer,
+    ) -> Result<(), BrokerError> {
+        let HolderAnswer::Accept { gpus, region, accelerator, instance_type, gpus_per_node, lead_time_hours } =
+            answer
+        else {
+            return Ok(());
+        };
+        let (offered, block) = self.engine.holder_offered(request, holder).ok_or_else(|| {
+            BrokerError::Conflict(format!("{request} is not waiting for {holder}'s answer"))
+        })?;
+        // As an offer, so the one check quoted offers pass applies (node price and capacity are
+        // the solicitation's and the answer's own).
+        let per_node = gpus_per_node.get();
+        let offer = Offer {
+            id: format!("{holder}/{region}/{instance_type}/first-refusal"),
+            provider: holder.clone(),
+            region: region.clone(),
+            zone: None,
+            instance_type: instance_type.clone(),
+            accelerator: accelerator.clone(),
+            gpus_per_node: *gpus_per_node,
+            nodes_available: gpus.div_ceil(per_node),
+            node_price: dibs_core::types::NodePrice::new(1.0).expect("a positive price"),
+            lead_time_hours: *lead_time_hours,
+            kind: dibs_core::types::OfferKind::OnDemand,
+            valid_until: None,
+        };
+        if let Err(problem) = self.engine.names().check_quoted(holder, &offer) {
+            let field = if problem.field == "nodes_available" { "gpus" } else { problem.field };
+            return Err(BrokerError::invalid(field, problem.message));
+        }
+        if instance_type.trim().is_empty() || instance_type.len() > 200 {
+            return Err(BrokerError::invalid("instance_type", "1 to 200 characters"));
+        }
+        if *gpus > offered {
+            return Err(BrokerError::invalid("gpus", format!("{gpus} GPUs; it was offered {offered}")));
+        }
+        if gpus % block != 0 {
+            return Err(BrokerError::invalid("gpus", format!("{gpus} GPUs is not whole blocks of {block}")));
+        }
+        let largest = self.engine.largest_node(accelerator).unwrap_or(per_node);
+        if per_node < block && block <= largest {
+            return Err(BrokerError::invalid(
+                "gpus_per_node",
+                format!(
+                    "a node of {per_node} GPUs cannot hold a block of {block} (nodes of {largest} exist)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn open_incident(
