@@ -458,7 +458,14 @@ fn a_start_after_kill_dash_nine_loads_the_latest_snapshot_and_serves_what_it_ser
         line.split("then replayed ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!(replayed < 30 + 100, "{line}");
     assert_eq!(all_requests(&server.url), before, "the requests after the start");
-    assert_eq!(call(&server.url, "GET", "/stats", None, None).1, stats_before);
+    // The same requests in the same states; of the pending inputs, the start re-arms only
+    // those that would still do something (a moot timer is dropped, not re-armed).
+    let stats_after = call(&server.url, "GET", "/stats", None, None).1;
+    assert_eq!(stats_after["requests"], stats_before["requests"]);
+    assert!(
+        stats_after["pending_inputs"].as_u64() <= stats_before["pending_inputs"].as_u64(),
+        "{stats_after}"
+    );
     let (_, incidents) = call(&server.url, "GET", "/incidents", None, None);
     assert_eq!(incidents["incidents"][0]["id"], incident["id"], "{incidents}");
     // It goes on where it was: the next id, the cancelled request stays cancelled.
