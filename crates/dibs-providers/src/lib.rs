@@ -210,12 +210,12 @@ impl SimulatedProvider {
     fn matching(&self, ask: &Ask) -> Vec<Offer> {
         self.offers
             .iter()
-            .filter(|o| ask.accelerators.iter().any(|a| a == o.accelerator.as_str()))
+            .filter(|o| ask.wanted.accelerators.iter().any(|a| a == o.accelerator.as_str()))
             .filter(|o| {
-                ask.regions.is_empty()
-                    || ask.regions.iter().any(|l: &Location| l.contains(&o.provider, &o.region))
+                ask.wanted.regions.is_empty()
+                    || ask.wanted.regions.iter().any(|l: &Location| l.contains(&o.provider, &o.region))
             })
-            .filter(|o| match ask.spot {
+            .filter(|o| match ask.wanted.spot {
                 SpotPolicy::Never => o.kind != OfferKind::Spot,
                 SpotPolicy::Allow => true,
                 SpotPolicy::Only => o.kind == OfferKind::Spot,
@@ -268,11 +268,11 @@ impl SimulatedProvider {
             HolderBehaviour::Decline => {
                 return HolderReply { answer: Some(HolderAnswer::Decline), after_hours };
             }
-            HolderBehaviour::Accept => solicitation.ask.gpus,
-            HolderBehaviour::Partial(n) => n.min(solicitation.ask.gpus),
+            HolderBehaviour::Accept => solicitation.ask.wanted.gpus,
+            HolderBehaviour::Partial(n) => n.min(solicitation.ask.wanted.gpus),
             HolderBehaviour::AcceptRate(rate) => {
                 if self.rng.f64() < rate {
-                    solicitation.ask.gpus
+                    solicitation.ask.wanted.gpus
                 } else {
                     return HolderReply { answer: Some(HolderAnswer::Decline), after_hours };
                 }
@@ -281,7 +281,7 @@ impl SimulatedProvider {
         // Supply from the offer that can carry the most of the request and meets the deadline;
         // nodes that hold a whole block come before gangs of smaller nodes.
         let answer_at = now.plus_hours(after_hours);
-        let block = solicitation.ask.block.max(1);
+        let block = solicitation.ask.wanted.block.max(1);
         let best = self
             .matching(&solicitation.ask)
             .into_iter()
@@ -289,6 +289,7 @@ impl SimulatedProvider {
             .filter(|o| {
                 solicitation
                     .ask
+                    .wanted
                     .deliver_by
                     .is_none_or(|by| answer_at.plus_hours(f64::from(o.lead_time_hours)) <= by)
             })
@@ -416,6 +417,7 @@ pub fn call_in_process<P: Provider>(
 mod tests {
     use dibs_core::contract::RefusalMode;
     use dibs_core::engine::{Ask, HolderAnswer, Solicitation};
+    use dibs_core::ledger::Wanted;
     use dibs_core::request::SpotPolicy;
     use dibs_core::types::{Price, ProviderName, Timestamp};
 
@@ -444,13 +446,15 @@ mod tests {
                 ask: Ask {
                     request: "r-1".into(),
                     round: 1,
-                    gpus: 8,
-                    block: 8,
-                    accelerators: vec!["H100".into()],
-                    regions: Vec::new(),
-                    spot: SpotPolicy::Never,
-                    duration_hours: 24,
-                    deliver_by: None,
+                    wanted: Wanted {
+                        gpus: 8,
+                        block: 8,
+                        accelerators: vec!["H100".into()],
+                        regions: Vec::new(),
+                        spot: SpotPolicy::Never,
+                        duration_hours: 24,
+                        deliver_by: None,
+                    },
                     respond_by: now.plus_hours(72.0),
                 },
             };

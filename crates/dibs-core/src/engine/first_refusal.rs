@@ -207,7 +207,7 @@ impl Engine {
                 price,
                 terms: basis,
                 respond_by,
-                wanted: Some(ask.wanted()),
+                wanted: Some(ask.wanted.clone()),
             },
         );
         out.effects.push(Effect::Solicit(Solicitation {

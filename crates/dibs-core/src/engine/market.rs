@@ -65,7 +65,7 @@ impl Engine {
                 round: number,
                 providers: providers.clone(),
                 respond_by,
-                wanted: Some(ask.wanted()),
+                wanted: Some(ask.wanted.clone()),
             },
         );
         out.effects.push(Effect::RequestQuotes { providers, ask });

@@ -43,14 +43,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::commitments::{CommitmentBooks, CommitmentStatus};
 use crate::contract::{ContractSet, RefusalMode, ShareBasis, Suspension};
-use crate::ledger::{AllocationRecord, Event, EventKind};
+use crate::ledger::{AllocationRecord, Event, EventKind, Wanted};
 use crate::names::Names;
 use crate::placement::{self, Cap, Demand, Fleet, PlannedAllocation, Rules, SolverConfig};
-use crate::request::{Request, SpotPolicy};
+use crate::request::Request;
 use crate::settlement::Settler;
 use crate::types::{
-    Accelerator, GpuCount, Location, NodePrice, Offer, OfferKind, Price, ProviderName, Region, Timestamp,
-    WorkloadClass,
+    Accelerator, GpuCount, NodePrice, Offer, OfferKind, Price, ProviderName, Region, Timestamp, WorkloadClass,
 };
 
 mod allocations;
@@ -213,15 +212,9 @@ pub struct Solicitation {
 pub struct Ask {
     pub request: String,
     pub round: u32,
-    pub gpus: u32,
-    /// GPUs that must sit together (see `Request::block`).
-    pub block: u32,
-    pub accelerators: Vec<String>,
-    /// Where the capacity may be; empty means anywhere. A provider reads its own locations.
-    pub regions: Vec<Location>,
-    pub spot: SpotPolicy,
-    pub duration_hours: u32,
-    pub deliver_by: Option<Timestamp>,
+    /// What is asked for, as the ledger records it too (one JSON object with the rest).
+    #[serde(flatten)]
+    pub wanted: Wanted,
     pub respond_by: Timestamp,
 }
 
@@ -256,23 +249,8 @@ pub enum Effect {
 }
 
 impl Ask {
-    /// What it asks for, as the ledger records it.
-    fn wanted(&self) -> crate::ledger::Wanted {
-        crate::ledger::Wanted {
-            gpus: self.gpus,
-            block: self.block,
-            accelerators: self.accelerators.clone(),
-            regions: self.regions.clone(),
-            spot: self.spot,
-            duration_hours: self.duration_hours,
-            deliver_by: self.deliver_by,
-        }
-    }
-
     fn new(id: &str, round: u32, request: &Request, gpus: u32, hours: u32, respond_by: Timestamp) -> Self {
-        Self {
-            request: id.to_owned(),
-            round,
+        let wanted = Wanted {
             gpus,
             block: request.block.get(),
             accelerators: request.accelerators.iter().map(|a| a.to_string()).collect(),
@@ -280,8 +258,8 @@ impl Ask {
             spot: request.spot,
             duration_hours: hours,
             deliver_by: request.deliver_by,
-            respond_by,
-        }
+        };
+        Self { request: id.to_owned(), round, wanted, respond_by }
     }
 }
 
