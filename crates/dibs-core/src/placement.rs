@@ -700,7 +700,9 @@ pub fn explain_unquoted<'a>(
 /// it ruled out. Neither price nor free capacity is judged here: a quote says what the
 /// provider sells now, at what price.
 pub fn could_quote(demand: Demand<'_>, offers: &[Offer], rules: &Rules) -> bool {
-    let largest = LargestNodes::new(demand.request, offers, &rules.largest_node);
+    // The market's largest nodes (`rules.largest_node`, from every published offer) decide
+    // which nodes are too small, as in a placement: no pass over the offers to find them.
+    let largest = LargestNodes::new(demand.request, &[], &rules.largest_node);
     offers.iter().any(|offer| match filter(demand, offer, rules, &largest) {
         None => true,
         Some(rejection) => matches!(

@@ -28,8 +28,9 @@ impl Engine {
                 && holder_waits.as_ref() != Some(p)
         });
         // Only a provider one of whose offers could meet the request hears of it.
-        let round_request = round_request(state, &round);
-        let demand = Demand { request: &round_request, gpus: round.gpus, now: out.now };
+        // The filters read the request's own terms (its GPUs and hours are the round's, here
+        // in `gpus`), so the request itself will do: no copy of it per round.
+        let demand = Demand { request: &state.request, gpus: round.gpus, now: out.now };
         let eligible = providers.clone();
         providers.retain(|p| {
             self.published.get(p).is_some_and(|offers| placement::could_quote(demand, offers, rules))
