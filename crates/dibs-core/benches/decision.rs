@@ -74,7 +74,7 @@ fn report(name: &str, runs: usize, (p50, p95): (Duration, Duration), baseline: D
 /// The same offers, with a ceiling of zero so every offer fails a filter and nothing is optimized.
 fn baseline(request: &Request, offers: &[Offer]) -> Duration {
     let rules = Rules { price_ceiling: Some(Price::new(0.0).unwrap()), ..Rules::default() };
-    let demand = Demand { request, gpus: request.gpus.get(), now: request.earliest_start };
+    let demand = Demand { request, gpus: request.gpus.get(), now: request.earliest_start, joining: &[] };
     time(50, || {
         black_box(place(demand, offers, &rules, SolverConfig::default()));
     })
@@ -143,7 +143,7 @@ fn shared_catalog_decisions() {
         let request = request("H100", gpus, offers);
         let rules =
             Rules { caps, min_providers: min_providers.map(|k| (k, "bench".to_owned())), ..Rules::default() };
-        let demand = Demand { request: &request, gpus, now: request.earliest_start };
+        let demand = Demand { request: &request, gpus, now: request.earliest_start, joining: &[] };
         let result = place(demand, offers, &rules, SolverConfig::default());
         let base = baseline(&request, offers);
         let runs = 200;
@@ -204,6 +204,7 @@ fn synthetic_offers(count: usize, tied: bool) -> Vec<Offer> {
                 lead_time_hours: if tied { 24 } else { (random.next() % 72) as u32 },
                 kind: OfferKind::OnDemand,
                 valid_until: None,
+                bills_from_delivery: true,
             }
         })
         .collect()
@@ -224,7 +225,7 @@ fn split_award_over_1000_offers() {
             min_providers: min_providers.map(|k| (k, "bench".to_owned())),
             ..Rules::default()
         };
-        let demand = Demand { request: &request, gpus, now: request.earliest_start };
+        let demand = Demand { request: &request, gpus, now: request.earliest_start, joining: &[] };
         let result = place(demand, &offers, &rules, SolverConfig::default());
         let base = baseline(&request, &offers);
         let runs = 20;

@@ -1,9 +1,13 @@
 //! An allocation: one provider's part of an award, from reserved to released. A leaf: the
 //! engine, settlement and the commitment books all read it, and it reads none of them.
 //!
-//! Its state carries the instants that state has: a reserved allocation has none, an active
-//! one its run (ready at, due to end at), an ended one its run (if it had started) and when
-//! it ended. No state can hold an instant it does not have.
+//! Its state carries the instants that state has: a reserved allocation has none, a held one
+//! when it was delivered, an active one its run (billed from, ready at, due to end at), an
+//! ended one its run (if it had started) and when it ended. No state can hold an instant it
+//! does not have.
+//!
+//! A request's parts start together: a part delivered before the others is **held** until
+//! the last is ready, and its nodes bill while held when its provider bills from delivery.
 
 use std::collections::BTreeMap;
 
@@ -16,11 +20,25 @@ use crate::types::{Timestamp, WorkloadClass};
 pub type Allocations = BTreeMap<u64, Allocation>;
 
 /// When an allocation's capacity ran: from `ready_at` (its request's start, if later than
-/// delivery) for its hours, until `ends_at`.
+/// delivery) for its hours, until `ends_at`; billed from `billed_from` (its delivery, when
+/// it was held for the request's other parts and bills from delivery; else `ready_at`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Run {
+    pub billed_from: Timestamp,
     pub ready_at: Timestamp,
     pub ends_at: Timestamp,
+}
+
+impl Run {
+    /// A run billed from its start.
+    pub fn from_start(ready_at: Timestamp, ends_at: Timestamp) -> Self {
+        Self { billed_from: ready_at, ready_at, ends_at }
+    }
+
+    /// Hours billed before its hours started: held, idle.
+    pub fn held_hours(&self) -> f64 {
+        self.ready_at.hours_since(self.billed_from).max(0.0)
+    }
 }
 
 /// Where an allocation stands, with the instants of that state.
@@ -28,6 +46,9 @@ pub struct Run {
 pub enum AllocationState {
     /// Awarded; its nodes are not ready yet.
     Reserved,
+    /// Delivered and waiting for the request's other parts; billed from `billed_from` if
+    /// its provider bills from delivery (`None`: it bills from the start).
+    Held { delivered_at: Timestamp, billed_from: Option<Timestamp> },
     /// Ready and running its hours.
     Active(Run),
     /// It ran its hours and the provider has its nodes back.
@@ -42,6 +63,7 @@ pub enum AllocationState {
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     Reserved,
+    Held,
     Active,
     Released,
     Cancelled,
@@ -51,6 +73,7 @@ impl Stage {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Reserved => "reserved",
+            Self::Held => "held",
             Self::Active => "active",
             Self::Released => "released",
             Self::Cancelled => "cancelled",
@@ -62,30 +85,42 @@ impl AllocationState {
     pub fn stage(&self) -> Stage {
         match self {
             Self::Reserved => Stage::Reserved,
+            Self::Held { .. } => Stage::Held,
             Self::Active(_) => Stage::Active,
             Self::Released { .. } => Stage::Released,
             Self::Cancelled { .. } => Stage::Cancelled,
         }
     }
 
-    /// Reserved or active: it holds capacity (the fleet, caps and failover count it).
+    /// Reserved, held or active: it holds capacity (the fleet, caps and failover count it).
     pub fn is_live(&self) -> bool {
-        matches!(self, Self::Reserved | Self::Active(_))
+        matches!(self, Self::Reserved | Self::Held { .. } | Self::Active(_))
     }
 
-    /// Its run, if it became ready.
+    /// Its run, if it started.
     pub fn run(&self) -> Option<Run> {
         match *self {
-            Self::Reserved => None,
+            Self::Reserved | Self::Held { .. } => None,
             Self::Active(run) | Self::Released { run, .. } => Some(run),
             Self::Cancelled { run, .. } => run,
+        }
+    }
+
+    /// Its run when it is cancelled at `at`: the one it had, or, for a part held and billed
+    /// since delivery, a run of no hours that billed its held ones.
+    pub fn ended_run(&self, at: Timestamp) -> Option<Run> {
+        match *self {
+            Self::Held { billed_from: Some(billed_from), .. } => {
+                Some(Run { billed_from, ready_at: at.max(billed_from), ends_at: at.max(billed_from) })
+            }
+            _ => self.run(),
         }
     }
 
     /// When it ended (released or cancelled), if it has.
     pub fn ended_at(&self) -> Option<Timestamp> {
         match *self {
-            Self::Reserved | Self::Active(_) => None,
+            Self::Reserved | Self::Held { .. } | Self::Active(_) => None,
             Self::Released { ended_at, .. } | Self::Cancelled { ended_at, .. } => Some(ended_at),
         }
     }
@@ -112,9 +147,26 @@ pub struct Allocation {
 }
 
 impl Allocation {
-    /// When it became ready, if it did.
+    /// When its hours started (or start), if they did.
     pub fn ready_at(&self) -> Option<Timestamp> {
         self.state.run().map(|run| run.ready_at)
+    }
+
+    /// When its provider delivered it: held since then, or its run's start.
+    pub fn delivered_at(&self) -> Option<Timestamp> {
+        match self.state {
+            AllocationState::Held { delivered_at, .. } => Some(delivered_at),
+            _ => self.ready_at(),
+        }
+    }
+
+    /// When it starts billing, if it has: from delivery while held (if it bills from
+    /// delivery), else from its run's `billed_from`.
+    pub fn billed_from(&self) -> Option<Timestamp> {
+        match self.state {
+            AllocationState::Held { billed_from, .. } => billed_from,
+            _ => self.state.run().map(|run| run.billed_from),
+        }
     }
 
     /// When it is (or was) due to end: ready time plus its hours.
@@ -144,6 +196,12 @@ struct StoredAllocation {
     ready_at: Option<Timestamp>,
     ends_at: Option<Timestamp>,
     ended_at: Option<Timestamp>,
+    /// When it was delivered, if it was held before its run (written only then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delivered_at: Option<Timestamp>,
+    /// When it started billing, if before its run (held hours billed; written only then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    billed_from: Option<Timestamp>,
     state: Stage,
     #[serde(skip, default = "placeholder_workload")]
     workload: WorkloadClass,
@@ -154,7 +212,13 @@ struct StoredAllocation {
 impl From<Allocation> for StoredAllocation {
     fn from(a: Allocation) -> Self {
         let run = a.state.run();
+        let (delivered_at, billed_from) = match a.state {
+            AllocationState::Held { delivered_at, billed_from } => (Some(delivered_at), billed_from),
+            _ => (None, run.map(|r| r.billed_from).filter(|b| run.is_some_and(|r| r.ready_at != *b))),
+        };
         Self {
+            delivered_at,
+            billed_from,
             ready_at: run.map(|r| r.ready_at),
             ends_at: run.map(|r| r.ends_at),
             ended_at: a.state.ended_at(),
@@ -176,6 +240,7 @@ impl From<Allocation> for StoredAllocation {
 impl From<StoredAllocation> for Allocation {
     fn from(s: StoredAllocation) -> Self {
         let run = s.ready_at.map(|ready_at| Run {
+            billed_from: s.billed_from.unwrap_or(ready_at),
             ready_at,
             ends_at: s.ends_at.unwrap_or_else(|| ready_at.plus_hours(f64::from(s.hours))),
         });
@@ -184,6 +249,10 @@ impl From<StoredAllocation> for Allocation {
         let ended_at = s.ended_at.unwrap_or(s.awarded_at);
         let state = match (s.state, run) {
             (Stage::Reserved, _) => AllocationState::Reserved,
+            (Stage::Held, _) => AllocationState::Held {
+                delivered_at: s.delivered_at.unwrap_or(s.awarded_at),
+                billed_from: s.billed_from,
+            },
             (Stage::Active, Some(run)) => AllocationState::Active(run),
             (Stage::Active, None) => AllocationState::Reserved,
             (Stage::Released, Some(run)) => AllocationState::Released { run, ended_at },

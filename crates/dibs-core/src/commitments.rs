@@ -6,12 +6,13 @@
 //!
 //! * **burned** = the spend of the provider's counted allocations billed within the period up
 //!   to `at`: each allocation bills its whole nodes at their all-in price
-//!   (`PlannedAllocation::spend_per_hour`) from ready until it ended, or its awarded hours ran
-//!   out, or `at`; that interval is cut at the period's boundaries, so spend before the
+//!   (`PlannedAllocation::spend_per_hour`) from when it started billing (delivery, for a part
+//!   held for its request's other parts) until it ended, or its awarded hours ran out, or
+//!   `at`; that interval is cut at the period's boundaries, so spend before the
 //!   period started or after it ended never counts.
-//! * **projected** = what the live allocations (reserved or active) will still bill within the
-//!   period: an active one until its end, a reserved one for its hours from its promised ready
-//!   time; both cut at the period's end.
+//! * **projected** = what the live allocations (reserved, held or active) will still bill
+//!   within the period: an active one until its end, a held one for its hours from now, a
+//!   reserved one for its hours from its promised ready time; all cut at the period's end.
 //! * **projected shortfall** = `max(0, amount - burned - projected)`: what the buyer will owe for
 //!   capacity it did not use if nothing changes. Spend inside it costs the buyer nothing extra.
 //!
@@ -49,10 +50,14 @@ pub struct CommitmentStatus {
 
 /// The spend of `allocation` billed within `[from, to)` as of `at`.
 pub fn billed_within(allocation: &Allocation, from: Timestamp, to: Timestamp, at: Timestamp) -> f64 {
-    let Some(ready) = allocation.ready_at() else { return 0.0 };
-    let awarded_end = ready.plus_hours(f64::from(allocation.hours));
+    let Some(billed_from) = allocation.billed_from() else { return 0.0 };
+    let awarded_end = match allocation.state.run() {
+        Some(run) => run.ready_at.plus_hours(f64::from(allocation.hours)),
+        // Held: billing, its hours not yet started.
+        None => at,
+    };
     let end = allocation.ended_at().unwrap_or(awarded_end).min(awarded_end).min(at).min(to);
-    let start = ready.max(from);
+    let start = billed_from.max(from);
     if end <= start { 0.0 } else { end.hours_since(start) * allocation.plan.spend_per_hour() }
 }
 
@@ -63,6 +68,7 @@ pub fn projected_within(allocation: &Allocation, from: Timestamp, to: Timestamp,
         AllocationState::Reserved => {
             (allocation.promised, allocation.promised.plus_hours(f64::from(allocation.hours)))
         }
+        AllocationState::Held { .. } => (at, at.plus_hours(f64::from(allocation.hours))),
         AllocationState::Released { .. } | AllocationState::Cancelled { .. } => return 0.0,
     };
     let start = start.max(at).max(from);

@@ -136,6 +136,12 @@ pub enum EventKind {
     AllocationReady {
         allocation: u64,
     },
+    /// The request's held parts start together: nothing more is coming and every part is
+    /// delivered. Their hours run from `starts_at`.
+    PartsStarted {
+        allocations: Vec<u64>,
+        starts_at: Timestamp,
+    },
     RequestActive {},
     Spillover {
         allocation: u64,
@@ -318,6 +324,7 @@ impl EventKind {
             Self::Awarded { .. } => "awarded",
             Self::Unfilled { .. } => "unfilled",
             Self::AllocationReady { .. } => "allocation_ready",
+            Self::PartsStarted { .. } => "parts_started",
             Self::RequestActive { .. } => "request_active",
             Self::Spillover { .. } => "spillover",
             Self::IncidentOpened { .. } => "incident_opened",

@@ -287,6 +287,7 @@ mod tests {
             lead_time_hours: 1,
             kind: OfferKind::OnDemand,
             valid_until: None,
+            bills_from_delivery: true,
         }
     }
 

@@ -158,32 +158,108 @@ pub struct Demand<'a> {
     pub request: &'a Request,
     pub gpus: u32,
     pub now: Timestamp,
+    /// The request's parts already awarded and not yet running: the new parts start with
+    /// them (empty for a request whose parts may run apart).
+    pub joining: &'a [Joining],
+}
+
+impl<'a> Demand<'a> {
+    /// The whole of `request`, placed at `now`, with nothing awarded before.
+    pub fn whole(request: &'a Request, now: Timestamp) -> Self {
+        Self { request, gpus: request.gpus.get(), now, joining: &[] }
+    }
+}
+
+/// A part of a request awarded in an earlier round and not yet running: it is held until
+/// the request's GPUs start together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Joining {
+    /// When it is ready (or promised to be).
+    pub ready_at: Timestamp,
+    /// What it bills per hour while it waits (zero when it bills from a start date).
+    pub held_spend_per_hour: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum Rejection {
-    Accelerator { offered: String },
+    Accelerator {
+        offered: String,
+    },
     Spot,
     NotSpot,
-    ProviderNotRequested { provider: String },
-    ProviderExcludedByRequest { provider: String },
-    Exclusive { holder: String, clause: String },
-    Excluded { why: String },
-    RegionNotRequested { region: String },
-    RegionNotAllowedByPolicy { region: String },
-    Expired { valid_until: Timestamp },
-    TooLate { ready_at: Timestamp, deliver_by: Timestamp },
-    AboveCeiling { price: f64, ceiling: f64 },
-    AboveDeclinedTerms { price: f64, declined: f64 },
-    NodeTooSmall { gpus_per_node: u32, block: u32, largest: u32 },
-    TooFewNodes { available: u32, needed: u32, block: u32 },
-    AtCap { cap: String },
-    LaterChoice { place: usize, filled_at: usize },
-    Slower { ready_at: Timestamp, award_ready_at: Timestamp },
-    NotTheSingleOffer { chosen: String },
-    TooSmallAlone { holds: u32, needed: u32 },
-    Costlier { effective_price: f64, marginal_price: f64 },
+    ProviderNotRequested {
+        provider: String,
+    },
+    ProviderExcludedByRequest {
+        provider: String,
+    },
+    Exclusive {
+        holder: String,
+        clause: String,
+    },
+    Excluded {
+        why: String,
+    },
+    RegionNotRequested {
+        region: String,
+    },
+    RegionNotAllowedByPolicy {
+        region: String,
+    },
+    Expired {
+        valid_until: Timestamp,
+    },
+    TooLate {
+        ready_at: Timestamp,
+        deliver_by: Timestamp,
+    },
+    AboveCeiling {
+        price: f64,
+        ceiling: f64,
+    },
+    AboveDeclinedTerms {
+        price: f64,
+        declined: f64,
+    },
+    NodeTooSmall {
+        gpus_per_node: u32,
+        block: u32,
+        largest: u32,
+    },
+    TooFewNodes {
+        available: u32,
+        needed: u32,
+        block: u32,
+    },
+    AtCap {
+        cap: String,
+    },
+    LaterChoice {
+        place: usize,
+        filled_at: usize,
+    },
+    Slower {
+        ready_at: Timestamp,
+        award_ready_at: Timestamp,
+    },
+    /// Cheaper per GPU-hour, but the award's other parts would be held (and billed) until
+    /// it is ready, which costs more than it saves.
+    HeldTooLong {
+        ready_at: Timestamp,
+        award_ready_at: Timestamp,
+    },
+    NotTheSingleOffer {
+        chosen: String,
+    },
+    TooSmallAlone {
+        holds: u32,
+        needed: u32,
+    },
+    Costlier {
+        effective_price: f64,
+        marginal_price: f64,
+    },
     LostTieBreak,
     NotInOptimum,
     NoFeasibleAward,
@@ -271,6 +347,11 @@ impl fmt::Display for Rejection {
             Self::Slower { ready_at, award_ready_at } => {
                 write!(f, "ready at {ready_at}, later than the award's {award_ready_at} (objective: time)")
             }
+            Self::HeldTooLong { ready_at, award_ready_at } => write!(
+                f,
+                "ready at {ready_at}, later than the award's {award_ready_at}: the parts start together, and \
+                 holding the faster ones (billed) until then costs more than it saves"
+            ),
             Self::TooSmallAlone { holds, needed } => write!(
                 f,
                 "holds {holds} of the {needed} GPUs alone, and the request takes all its nodes from one offer (same region)"
@@ -331,6 +412,24 @@ pub struct PlannedAllocation {
     pub node_price: NodePrice,
     pub lead_time_hours: u32,
     pub kind: OfferKind,
+    /// Whether the nodes bill from delivery (see [`Offer::bills_from_delivery`]).
+    #[serde(
+        default = "crate::types::bills_from_delivery_default",
+        skip_serializing_if = "crate::types::is_true"
+    )]
+    pub bills_from_delivery: bool,
+    /// Hours the nodes are expected to wait, delivered and billed, for the award's slowest
+    /// part before the request's GPUs start together (as planned at the award).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_hours: u32,
+}
+
+fn is_zero_cost(cost: &f64) -> bool {
+    *cost == 0.0
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl PlannedAllocation {
@@ -429,8 +528,11 @@ pub struct Placement {
     pub infeasible: Option<String>,
     pub verdicts: Vec<Verdict>,
     pub solver: SolverPath,
-    /// List-price cost of the award over the request's duration, USD.
+    /// List-price cost of the award over the request's duration, held hours included, USD.
     pub list_cost: f64,
+    /// What the award's faster parts bill while held for its slowest, USD (in `list_cost`).
+    #[serde(skip_serializing_if = "is_zero_cost")]
+    pub held_cost: f64,
     /// Cost net of commitment credits, USD.
     pub effective_cost: f64,
     /// GPUs bought beyond those asked (whole nodes), and what they cost over the duration.
@@ -473,6 +575,7 @@ struct GroupKey {
     blocks_per_unit: u32,
     gpus_per_node: u32,
     lead_time_hours: u32,
+    bills_from_delivery: bool,
     place: usize,
     /// Under `same_region`, every offer is its own group: its nodes may not be spread.
     offer: Option<usize>,
@@ -491,6 +594,8 @@ struct Group {
     /// GPUs bought per unit.
     unit_gpus: u32,
     lead_time_hours: u32,
+    /// Whether its nodes bill while they are held for the award's slowest part.
+    bills_from_delivery: bool,
     /// Place in the request's order of preference (0 is the first choice).
     place: usize,
     /// The objective's weight on list spend: the preference factor.
@@ -568,6 +673,8 @@ pub fn place(demand: Demand<'_>, offers: &[Offer], rules: &Rules, config: Solver
                 node_price: offer.node_price,
                 lead_time_hours: offer.lead_time_hours,
                 kind: offer.kind,
+                bills_from_delivery: offer.bills_from_delivery,
+                held_hours: problem.held_hours(group, result.hold).round() as u32,
             });
         }
     }
@@ -588,15 +695,19 @@ pub fn place(demand: Demand<'_>, offers: &[Offer], rules: &Rules, config: Solver
     allocations.sort_by(|a, b| a.provider.cmp(&b.provider).then_with(|| a.offer_id.cmp(&b.offer_id)));
 
     let infeasible = result.infeasible.clone();
-    let list_cost: f64 = allocations.iter().map(|a| a.spend_per_hour() * hours).sum();
+    let held_cost: f64 = allocations.iter().map(|a| a.spend_per_hour() * f64::from(a.held_hours)).sum();
+    let list_cost: f64 = allocations.iter().map(|a| a.spend_per_hour() * hours).sum::<f64>() + held_cost;
     let overbought_gpus: u32 = allocations.iter().map(PlannedAllocation::gpus_overbought).sum();
     let overbought_cost: f64 =
         allocations.iter().map(|a| f64::from(a.gpus_overbought()) * a.price_per_gpu_hour() * hours).sum();
     let mut notes = Vec::new();
     let mut effective_cost = list_cost;
     for (provider, credit) in &rules.credits {
-        let spend: f64 =
-            allocations.iter().filter(|a| &a.provider == provider).map(|a| a.spend_per_hour() * hours).sum();
+        let spend: f64 = allocations
+            .iter()
+            .filter(|a| &a.provider == provider)
+            .map(|a| a.spend_per_hour() * (hours + f64::from(a.held_hours)))
+            .sum();
         if spend > 0.0 && *credit > 0.0 {
             let covered = spend.min(*credit);
             effective_cost -= covered;
@@ -605,6 +716,18 @@ pub fn place(demand: Demand<'_>, offers: &[Offer], rules: &Rules, config: Solver
                  shortfall (${credit:.0}) that the buyer pays anyway, so it costs nothing extra"
             ));
         }
+    }
+    if held_cost > 0.0 && infeasible.is_none() {
+        let held: Vec<String> = allocations
+            .iter()
+            .filter(|a| a.held_hours > 0)
+            .map(|a| format!("{} {} h", a.offer_id, a.held_hours))
+            .collect();
+        notes.push(format!(
+            "the parts start together: faster parts are held, billed, until the slowest is ready ({}; \
+             ${held_cost:.0}, in the cost)",
+            held.join(", ")
+        ));
     }
     if overbought_gpus > 0 && infeasible.is_none() {
         notes.push(format!(
@@ -656,6 +779,7 @@ pub fn place(demand: Demand<'_>, offers: &[Offer], rules: &Rules, config: Solver
     let awarded = infeasible.is_none();
     Placement {
         list_cost: if awarded { list_cost } else { 0.0 },
+        held_cost: if awarded { held_cost } else { 0.0 },
         effective_cost: if awarded { effective_cost } else { 0.0 },
         overbought_gpus: if awarded { overbought_gpus } else { 0 },
         overbought_cost: if awarded { overbought_cost } else { 0.0 },
@@ -676,7 +800,7 @@ pub fn explain_unquoted<'a>(
     now: Timestamp,
 ) -> Vec<(&'a Offer, String)> {
     let largest = LargestNodes::new(request, offers, &BTreeMap::new());
-    let demand = Demand { request, gpus: request.gpus.get(), now };
+    let demand = Demand::whole(request, now);
     let rules = Rules::default();
     offers
         .iter()
@@ -876,6 +1000,7 @@ fn merge(
             blocks_per_unit: candidate.shape.blocks_per_unit,
             gpus_per_node: offer.gpus_per_node.get(),
             lead_time_hours: offer.lead_time_hours,
+            bills_from_delivery: offer.bills_from_delivery,
             place,
             offer: request.same_region.then_some(candidate.offer),
         };
@@ -895,6 +1020,7 @@ fn merge(
                     unit_spend,
                     unit_gpus: candidate.shape.nodes_per_unit * offer.gpus_per_node.get(),
                     lead_time_hours: offer.lead_time_hours,
+                    bills_from_delivery: offer.bills_from_delivery,
                     place,
                     factor: request.preference.price_factor(place),
                     rank: 0,
@@ -1008,6 +1134,9 @@ struct Solved {
     level: Option<usize>,
     /// Under `Objective::Time`: the longest lead time the award may use.
     lead_limit: Option<u32>,
+    /// When the parts start together: the lead time of the award's slowest part, until which
+    /// faster parts are held.
+    hold: Option<u32>,
     /// Under `same_region`: the chosen offer.
     single: Option<usize>,
 }
@@ -1082,10 +1211,12 @@ impl<'a> Problem<'a> {
 
     fn with_fallback_weight(mut self) -> Self {
         if self.demand.request.preference == Preference::Fallback {
+            let slowest = self.groups.iter().map(|g| g.lead_time_hours).max();
+            let hold = self.holds().then_some(slowest).flatten();
             let most = self
                 .groups
                 .iter()
-                .map(|g| self.unit_cost(g) / f64::from(g.shape.blocks_per_unit))
+                .map(|g| self.unit_cost(g, hold) / f64::from(g.shape.blocks_per_unit))
                 .fold(0.0, f64::max);
             self.fallback_weight = 2.0 * most + 1.0;
         }
@@ -1104,22 +1235,84 @@ impl<'a> Problem<'a> {
         self.rules.min_providers.as_ref().map_or(1, |(k, _)| *k as usize)
     }
 
-    /// The objective's cost of one unit of a group, before the tie-break.
-    fn unit_cost(&self, g: &Group) -> f64 {
-        if self.credit(g.provider) > 0.0 { 0.0 } else { g.unit_spend * self.hours() * g.factor }
+    /// Whether the award's parts start together (faster parts held for the slowest).
+    fn holds(&self) -> bool {
+        !self.demand.request.apart
+    }
+
+    /// When the request's GPUs start if the award's slowest part has lead time `last`: not
+    /// before the earliest start, the last new part's delivery, or a part awarded before.
+    fn start_with(&self, last: u32) -> Timestamp {
+        let demand = self.demand;
+        let start = demand.now.plus_hours(f64::from(last)).max(demand.request.earliest_start);
+        demand.joining.iter().fold(start, |start, j| start.max(j.ready_at))
+    }
+
+    /// Hours one unit of `g` waits, delivered and billed, for a start whose slowest part has
+    /// lead time `hold` (none when the parts run apart or its nodes bill from a start date).
+    /// Delivery before the request's earliest start is not billed: that is a start date too.
+    fn held_hours(&self, g: &Group, hold: Option<u32>) -> f64 {
+        let Some(last) = hold.filter(|_| g.bills_from_delivery) else { return 0.0 };
+        let ready =
+            self.demand.now.plus_hours(f64::from(g.lead_time_hours)).max(self.demand.request.earliest_start);
+        self.start_with(last).hours_since(ready).max(0.0)
+    }
+
+    /// What the parts awarded before bill while they wait for a start whose slowest new part
+    /// has lead time `last`.
+    fn joining_cost(&self, last: u32) -> f64 {
+        let start = self.start_with(last);
+        let earliest = self.demand.request.earliest_start;
+        self.demand
+            .joining
+            .iter()
+            .map(|j| j.held_spend_per_hour * start.hours_since(j.ready_at.max(earliest)).max(0.0))
+            .sum()
+    }
+
+    /// The hours one unit of `g` bills: the request's, and those it is held.
+    fn billed_hours(&self, g: &Group, hold: Option<u32>) -> f64 {
+        self.hours() + self.held_hours(g, hold)
+    }
+
+    /// The objective's cost of one unit of a group, held hours included, before the tie-break.
+    fn unit_cost(&self, g: &Group, hold: Option<u32>) -> f64 {
+        if self.credit(g.provider) > 0.0 { 0.0 } else { g.unit_spend * self.billed_hours(g, hold) * g.factor }
     }
 
     /// What a unit costs in the objective: its cost, plus, under the fallback rule, a penalty
     /// per block for each place down the order of preference that outweighs any saving, so
     /// the award takes from earlier choices as much as the rules let it.
-    fn objective_cost(&self, g: &Group) -> f64 {
-        self.unit_cost(g) + self.fallback_weight * g.place as f64 * f64::from(g.shape.blocks_per_unit)
+    fn objective_cost(&self, g: &Group, hold: Option<u32>) -> f64 {
+        self.unit_cost(g, hold) + self.fallback_weight * g.place as f64 * f64::from(g.shape.blocks_per_unit)
     }
 
-    /// The effective price per GPU-hour carried of a group (zero under a credit).
-    fn effective_price(&self, g: &Group) -> f64 {
+    /// The effective price per GPU-hour carried of a group, held hours included (zero under
+    /// a credit).
+    fn effective_price(&self, g: &Group, hold: Option<u32>) -> f64 {
         let block = self.demand.request.block.get();
-        self.unit_cost(g) / (self.hours() * f64::from(g.shape.blocks_per_unit * block))
+        self.unit_cost(g, hold) / (self.hours() * f64::from(g.shape.blocks_per_unit * block))
+    }
+
+    /// What an award costs the objective: its units with their held hours (the slowest
+    /// part's lead time decides them), the credited providers' spend beyond their credit,
+    /// and what the parts awarded before bill while they wait.
+    fn award_cost(&self, units: &[u32]) -> f64 {
+        let last =
+            self.groups.iter().zip(units).filter(|(_, u)| **u > 0).map(|(g, _)| g.lead_time_hours).max();
+        let hold = self.holds().then_some(last).flatten();
+        let mut cost = hold.map_or(0.0, |last| self.joining_cost(last));
+        let mut credited = vec![0.0f64; self.providers.len()];
+        for (g, &u) in self.groups.iter().zip(units) {
+            cost += f64::from(u) * self.objective_cost(g, hold);
+            if self.credit(g.provider) > 0.0 {
+                credited[g.provider] += f64::from(u) * g.unit_spend * self.billed_hours(g, hold);
+            }
+        }
+        for (p, spend) in credited.iter().enumerate() {
+            cost += (spend - self.credit(p)).max(0.0);
+        }
+        cost
     }
 
     /// Checks units against every rule; `Some(why)` names the first one broken.
@@ -1180,6 +1373,7 @@ impl<'a> Problem<'a> {
             infeasible: Some(why),
             level: None,
             lead_limit: None,
+            hold: None,
             single: None,
         };
         if self.groups.is_empty() {
@@ -1197,40 +1391,84 @@ impl<'a> Problem<'a> {
         if request.same_region {
             return self.single_offer(candidates);
         }
-        let leads: Vec<Option<u32>> = match request.objective {
-            Objective::Time => {
-                let mut leads: Vec<u32> = self.groups.iter().map(|g| g.lead_time_hours).collect();
-                leads.sort_unstable();
-                leads.dedup();
-                leads.into_iter().map(Some).collect()
+        let mut leads: Vec<u32> = self.groups.iter().map(|g| g.lead_time_hours).collect();
+        leads.sort_unstable();
+        leads.dedup();
+        // The lead time of the award's slowest part, tried in turn: under `Objective::Time`
+        // the first that fills wins; under cost, when the parts start together, each decides
+        // how long the faster parts are held (and billed), so the cheapest over all of them
+        // wins. Held hours are linear in the units once the slowest lead time is fixed.
+        let limits: Vec<Option<u32>> = match request.objective {
+            Objective::Time => leads.iter().copied().map(Some).collect(),
+            Objective::Cost if self.holds() => {
+                // One part alone is never held: when the cheapest offer fills the request
+                // exactly, no split can cost less, held hours or not.
+                if self.demand.joining.is_empty()
+                    && let Some(units) = self.fast_path(&|_| true, None)
+                {
+                    let hold =
+                        self.groups.iter().zip(&units).find(|(_, u)| **u > 0).map(|(g, _)| g.lead_time_hours);
+                    return Solved {
+                        units,
+                        path: SolverPath::SingleOffer,
+                        infeasible: None,
+                        level: None,
+                        lead_limit: None,
+                        hold,
+                        single: None,
+                    };
+                }
+                leads.iter().copied().map(Some).collect()
             }
             Objective::Cost => vec![None],
         };
         let mut solves = 0;
         let mut branch_nodes = 0;
         let mut last_failure: Option<Failure> = None;
-        for &lead_limit in &leads {
-            let allowed = |g: &Group| lead_limit.is_none_or(|t| g.lead_time_hours <= t);
+        let mut best: Option<(f64, Vec<u32>, SolverPath, Option<u32>)> = None;
+        for &limit in &limits {
+            let allowed = |g: &Group| limit.is_none_or(|t| g.lead_time_hours <= t);
             if !self.may_fill(&allowed) {
                 continue;
             }
-            let attempt = self.solve_once(config, &allowed, &mut solves, &mut branch_nodes);
-            match attempt {
-                Ok((units, path)) => {
-                    // Under the fallback rule, the furthest place down the list the award uses.
-                    let level = (request.preference == Preference::Fallback).then(|| {
-                        self.groups
-                            .iter()
-                            .zip(&units)
-                            .filter(|(_, u)| **u > 0)
-                            .map(|(g, _)| g.place)
-                            .max()
-                            .unwrap_or(0)
-                    });
-                    return Solved { units, path, infeasible: None, level, lead_limit, single: None };
+            let hold = if self.holds() { limit.or(leads.last().copied()) } else { None };
+            let attempt = self.solve_once(config, &allowed, hold, &mut solves, &mut branch_nodes);
+            let (units, path) = match attempt {
+                Ok(found) => found,
+                Err(failure) => {
+                    last_failure = Some(failure);
+                    continue;
                 }
-                Err(failure) => last_failure = Some(failure),
+            };
+            if request.objective == Objective::Time {
+                best = Some((0.0, units, path, limit));
+                break;
             }
+            let cost = self.award_cost(&units);
+            if best.as_ref().is_none_or(|(least, ..)| cost < *least - RULE_TOLERANCE * (1.0 + least.abs())) {
+                best = Some((cost, units, path, limit));
+            }
+        }
+        if let Some((_, units, mut path, limit)) = best {
+            // The path says how much work all the solves took, not only the winning one.
+            if let SolverPath::Milp { solves: s, branch_nodes: b, .. } = &mut path {
+                (*s, *b) = (solves, branch_nodes);
+            }
+            // Under the fallback rule, the furthest place down the list the award uses.
+            let level = (request.preference == Preference::Fallback).then(|| {
+                self.groups
+                    .iter()
+                    .zip(&units)
+                    .filter(|(_, u)| **u > 0)
+                    .map(|(g, _)| g.place)
+                    .max()
+                    .unwrap_or(0)
+            });
+            let last =
+                self.groups.iter().zip(&units).filter(|(_, u)| **u > 0).map(|(g, _)| g.lead_time_hours).max();
+            let lead_limit = if request.objective == Objective::Time { limit } else { None };
+            let hold = self.holds().then_some(last).flatten();
+            return Solved { units, path, infeasible: None, level, lead_limit, hold, single: None };
         }
         let failure = last_failure.unwrap_or(Failure {
             path: SolverPath::Milp {
@@ -1265,10 +1503,11 @@ impl<'a> Problem<'a> {
         &self,
         config: SolverConfig,
         allowed: &dyn Fn(&Group) -> bool,
+        hold: Option<u32>,
         solves: &mut usize,
         branch_nodes: &mut u64,
     ) -> Result<(Vec<u32>, SolverPath), Failure> {
-        if let Some(units) = self.fast_path(allowed) {
+        if let Some(units) = self.fast_path(allowed, hold) {
             return Ok((units, SolverPath::SingleOffer));
         }
         let variables = self.groups.iter().filter(|g| allowed(g)).count();
@@ -1276,7 +1515,7 @@ impl<'a> Problem<'a> {
             return self.fallback(allowed, format!("{variables} variables exceed the solver bound"));
         }
         *solves += 1;
-        match self.milp(config, allowed) {
+        match self.milp(config, allowed, hold) {
             MilpResult::Solved { units, nodes, optimality } => {
                 *branch_nodes += nodes;
                 match self.violation(&units, allowed) {
@@ -1316,7 +1555,7 @@ impl<'a> Problem<'a> {
     }
 
     /// The cheapest allowed group alone fills the request exactly, and nothing else matters.
-    fn fast_path(&self, allowed: &dyn Fn(&Group) -> bool) -> Option<Vec<u32>> {
+    fn fast_path(&self, allowed: &dyn Fn(&Group) -> bool, hold: Option<u32>) -> Option<Vec<u32>> {
         let rules_matter = !self.spend_caps.is_empty()
             || (0..self.providers.len()).any(|p| self.credit(p) > 0.0)
             || self.min_providers() > 1
@@ -1326,7 +1565,9 @@ impl<'a> Problem<'a> {
         }
         let (index, cheapest) =
             self.groups.iter().enumerate().filter(|(_, g)| allowed(g)).min_by(|(_, a), (_, b)| {
-                self.effective_price(a).total_cmp(&self.effective_price(b)).then(a.rank.cmp(&b.rank))
+                self.effective_price(a, hold)
+                    .total_cmp(&self.effective_price(b, hold))
+                    .then(a.rank.cmp(&b.rank))
             })?;
         let per_unit = cheapest.shape.blocks_per_unit;
         let exact = self.blocks_needed.is_multiple_of(per_unit);
@@ -1342,8 +1583,7 @@ impl<'a> Problem<'a> {
         })
     }
 
-    fn milp(&self, config: SolverConfig, allowed: &dyn Fn(&Group) -> bool) -> MilpResult {
-        let hours = self.hours();
+    fn milp(&self, config: SolverConfig, allowed: &dyn Fn(&Group) -> bool, hold: Option<u32>) -> MilpResult {
         let mut lp = LpProblem::new(OptimizationDirection::Minimize);
         let vars: Vec<Option<Variable>> = self
             .groups
@@ -1352,7 +1592,7 @@ impl<'a> Problem<'a> {
                 allowed(g).then(|| {
                     let tie = TIE_BREAK_EPSILON * (g.rank + 1) as f64;
                     lp.add_integer_var(
-                        self.objective_cost(g) + tie,
+                        self.objective_cost(g, hold) + tie,
                         (0, i32::try_from(g.units).unwrap_or(i32::MAX)),
                     )
                 })
@@ -1378,7 +1618,8 @@ impl<'a> Problem<'a> {
             f64::from(self.blocks_needed) - 1.0 + f64::from(max_blocks) * self.min_providers() as f64,
         );
         let gpus = |g: &Group| f64::from(g.unit_gpus);
-        let spend = |g: &Group| g.unit_spend;
+        // What a unit bills over the request, held hours included (against a credit).
+        let billed = |g: &Group| g.unit_spend * self.billed_hours(g, hold);
         let fleet_spend: f64 = self.rules.fleet.spend_per_hour.values().sum();
         let mut used_flags = Vec::new();
         for (p, provider) in self.providers.iter().enumerate() {
@@ -1428,10 +1669,9 @@ impl<'a> Problem<'a> {
             }
             let credit = self.credit(p);
             if credit > 0.0 {
-                // excess >= hours * spend_p - credit, i.e. hours * spend_p - excess <= credit.
+                // excess >= billed_p - credit, i.e. billed_p - excess <= credit.
                 let excess = lp.add_var(1.0, (0.0, f64::INFINITY));
-                let mut row: Vec<(Variable, f64)> =
-                    terms(&spend, Some(p)).into_iter().map(|(v, c)| (v, c * hours)).collect();
+                let mut row: Vec<(Variable, f64)> = terms(&billed, Some(p));
                 row.push((excess, -1.0));
                 lp.add_constraint(row.as_slice(), ComparisonOp::Le, credit);
             }
@@ -1548,7 +1788,7 @@ impl<'a> Problem<'a> {
             compared += 1;
             let lead = if request.objective == Objective::Time { group.lead_time_hours } else { 0 };
             let place = if request.preference == Preference::Fallback { group.place } else { 0 };
-            let key = (lead, place, self.unit_cost(group) * f64::from(units), group.rank);
+            let key = (lead, place, self.unit_cost(group, None) * f64::from(units), group.rank);
             let better = best.as_ref().is_none_or(|(_, _, k)| {
                 key.0
                     .cmp(&k.0)
@@ -1572,6 +1812,7 @@ impl<'a> Problem<'a> {
                     infeasible: None,
                     level: None,
                     lead_limit: None,
+                    hold: None,
                     single: Some(offer),
                 }
             }
@@ -1585,6 +1826,7 @@ impl<'a> Problem<'a> {
                 )),
                 level: None,
                 lead_limit: None,
+                hold: None,
                 single: None,
             },
         }
@@ -1704,7 +1946,8 @@ impl<'a> Problem<'a> {
             .collect();
         let chosen: Vec<&Group> =
             self.groups.iter().zip(&solved.units).filter(|(_, u)| **u > 0).map(|(g, _)| g).collect();
-        let marginal = chosen.iter().map(|g| self.effective_price(g)).fold(0.0, f64::max);
+        let price = |g: &Group| self.effective_price(g, solved.hold);
+        let marginal = chosen.iter().map(|g| price(g)).fold(0.0, f64::max);
         let award_lead = chosen.iter().map(|g| g.lead_time_hours).max().unwrap_or(0);
         let start = self.demand.now.max(request.earliest_start);
         for candidate in candidates {
@@ -1724,11 +1967,8 @@ impl<'a> Problem<'a> {
                         let holds = candidate.units * candidate.shape.blocks_per_unit * request.block.get();
                         if holds < self.demand.gpus {
                             Rejection::TooSmallAlone { holds, needed: self.demand.gpus }
-                        } else if self.effective_price(group) > marginal + 1e-9 {
-                            Rejection::Costlier {
-                                effective_price: self.effective_price(group),
-                                marginal_price: marginal,
-                            }
+                        } else if price(group) > marginal + 1e-9 {
+                            Rejection::Costlier { effective_price: price(group), marginal_price: marginal }
                         } else {
                             Rejection::NotTheSingleOffer { chosen: self.offers[single].id.clone() }
                         }
@@ -1748,12 +1988,16 @@ impl<'a> Problem<'a> {
                             > room + self.tolerance_gpus[group.provider] + RULE_TOLERANCE
                     {
                         Rejection::AtCap { cap: self.gpu_cap_source.clone().unwrap_or_default() }
-                    } else if self.effective_price(group) > marginal + 1e-9 {
-                        Rejection::Costlier {
-                            effective_price: self.effective_price(group),
-                            marginal_price: marginal,
+                    } else if price(group) > marginal + 1e-9 {
+                        Rejection::Costlier { effective_price: price(group), marginal_price: marginal }
+                    } else if let Some(last) = solved.hold
+                        && offer.lead_time_hours > last
+                    {
+                        Rejection::HeldTooLong {
+                            ready_at: start.plus_hours(f64::from(offer.lead_time_hours)),
+                            award_ready_at: start.plus_hours(f64::from(award_lead)),
                         }
-                    } else if (self.effective_price(group) - marginal).abs() <= 1e-9 {
+                    } else if (price(group) - marginal).abs() <= 1e-9 {
                         Rejection::LostTieBreak
                     } else {
                         Rejection::NotInOptimum

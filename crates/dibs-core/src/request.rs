@@ -178,6 +178,11 @@ pub struct Request {
     pub objective: Objective,
     #[serde(default)]
     pub preference: Preference,
+    /// The parts of a split award may run apart, each its hours from its own ready time.
+    /// Only a `batch` workload may say so: a training gang or a serving fleet needs its GPUs
+    /// at the same time, so by default every part waits (held) until the last is ready.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub apart: bool,
 }
 
 impl Request {
@@ -213,6 +218,8 @@ pub struct RequestSpec {
     pub objective: Option<String>,
     /// `any` (the default), `fallback` or `premium:P`.
     pub preference: Option<String>,
+    /// Parts may run apart (`batch` only).
+    pub apart: bool,
 }
 
 /// A request field failed its check; `field` names it as the client wrote it.
@@ -301,6 +308,15 @@ impl RequestSpec {
             self.objective.as_deref().map(|s| in_field("objective", Objective::parse(s))).transpose()?;
         let preference =
             self.preference.as_deref().map(|s| in_field("preference", Preference::parse(s))).transpose()?;
+        if self.apart && workload != WorkloadClass::Batch {
+            return Err(field_error(
+                "apart",
+                format!(
+                    "only a batch workload may run its parts apart; a {workload} request's GPUs start \
+                     together (a split award's parts are held until the last is ready)"
+                ),
+            ));
+        }
         Ok(Request {
             id: self.id,
             accelerators,
@@ -318,6 +334,7 @@ impl RequestSpec {
             same_region: self.same_region,
             objective: objective.unwrap_or_default(),
             preference: preference.unwrap_or_default(),
+            apart: self.apart,
         })
     }
 }

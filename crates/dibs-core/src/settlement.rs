@@ -10,8 +10,10 @@
 //! * **Accrual.** An allocation bills its whole nodes at their all-in price
 //!   (`PlannedAllocation::spend_per_hour`) per hour from the moment it was
 //!   ready until it ended (released or cancelled), or until the "as of"
-//!   instant, and never past its contracted hours. An allocation that never
-//!   became ready bills nothing. GPU-hours billed count every GPU of the nodes,
+//!   instant, and never past its contracted hours. A part held for its request's other
+//!   parts bills from delivery too, when its provider bills from delivery: its held hours
+//!   come before its contracted hours. An allocation that was never delivered bills
+//!   nothing. GPU-hours billed count every GPU of the nodes,
 //!   over-bought ones included; the invariant that no request is billed more
 //!   than it asked for counts the GPUs it carries for the request.
 //! * **Commitments.** The one formula is in [`crate::commitments`]: burned within the
@@ -35,8 +37,26 @@ use crate::commitments::CommitmentStatus;
 use crate::contract::{ContractSet, Metrics, Suspension, TriggerAction};
 use crate::types::{ProviderName, Timestamp, WorkloadClass};
 
-/// Hours an allocation has billed as of `at`.
+/// Hours an allocation has billed as of `at`: its held hours, then its run's.
 pub fn billed_hours(allocation: &Allocation, at: Timestamp) -> f64 {
+    let Some(from) = allocation.billed_from() else { return 0.0 };
+    let end = allocation.ended_at().unwrap_or(at).min(at);
+    end.hours_since(from).clamp(0.0, most_hours(allocation))
+}
+
+/// The most hours an allocation can bill: its contracted hours, and those it was held
+/// (unbounded until its run starts: reserved or held), none if it ended without a run.
+fn most_hours(allocation: &Allocation) -> f64 {
+    match allocation.state.run() {
+        Some(run) => run.held_hours() + f64::from(allocation.hours),
+        None if allocation.ended_at().is_some() => 0.0,
+        None => f64::INFINITY,
+    }
+}
+
+/// Hours of its run an allocation has billed as of `at`: what it carried for its request
+/// (held hours carry nothing), at most its contracted hours.
+pub fn run_hours(allocation: &Allocation, at: Timestamp) -> f64 {
     let Some(ready) = allocation.ready_at() else { return 0.0 };
     let end = allocation.ended_at().unwrap_or(at).min(at);
     end.hours_since(ready).clamp(0.0, f64::from(allocation.hours))
@@ -105,15 +125,15 @@ fn add_to(totals: &mut BTreeMap<ProviderName, f64>, provider: &ProviderName, amo
 
 /// Whether an allocation is billing at `at`, given the hours it has billed.
 fn running(allocation: &Allocation, hours: f64, at: Timestamp) -> bool {
-    allocation.ready_at().is_some_and(|r| r <= at)
+    allocation.billed_from().is_some_and(|r| r <= at)
         && allocation.ended_at().is_none_or(|e| e > at)
-        && hours < f64::from(allocation.hours)
+        && hours < most_hours(allocation)
 }
 
 /// Whether an allocation's bill is final as of `at`: it ended, or it has
-/// billed every hour it was awarded. Nothing after `at` can change it.
+/// billed every hour it can. Nothing after `at` can change it.
 fn settled(allocation: &Allocation, hours: f64, at: Timestamp) -> bool {
-    allocation.ended_at().is_some_and(|e| e <= at) || hours >= f64::from(allocation.hours)
+    allocation.ended_at().is_some_and(|e| e <= at) || hours >= most_hours(allocation)
 }
 
 /// Spend accrued by every allocation as of `at`, in one pass over all of them.
@@ -174,12 +194,13 @@ impl Accountant {
             let Some(allocation) = allocations.get(&id) else { continue };
             let class = allocation.workload;
             let hours = billed_hours(allocation, at);
-            if hours > f64::from(allocation.hours) + 1e-9 && violation.is_none() {
+            if hours > most_hours(allocation) + 1e-9 && violation.is_none() {
                 violation =
                     Some(format!("allocation {} billed {hours} h of {}", allocation.id, allocation.hours));
             }
-            // The request's GPU-hours carried (not over-bought ones), for the invariant below.
-            let gpu_hours = hours * f64::from(allocation.plan.gpus);
+            // The request's GPU-hours carried (not over-bought ones, not held ones), for the
+            // invariant below.
+            let gpu_hours = run_hours(allocation, at) * f64::from(allocation.plan.gpus);
             let spend = hours * allocation.plan.spend_per_hour();
             total += spend;
             // GPU-hours of this request's open allocations; settled ones are in `settled_by_request`.
@@ -345,11 +366,11 @@ pub fn check_billing(allocations: &Allocations, accruals: &Accruals, at: Timesta
     let mut total = 0.0;
     for allocation in allocations.values() {
         let hours = billed_hours(allocation, at);
-        if hours > f64::from(allocation.hours) + 1e-9 {
+        if hours > most_hours(allocation) + 1e-9 {
             return Err(format!("allocation {} billed {hours} h of {}", allocation.id, allocation.hours));
         }
         per_request.entry(&allocation.request).or_insert((0.0, allocation.asked_gpu_hours)).0 +=
-            hours * f64::from(allocation.plan.gpus);
+            run_hours(allocation, at) * f64::from(allocation.plan.gpus);
         total += hours * allocation.plan.spend_per_hour();
     }
     for (request, (gpu_hours, asked)) in per_request {

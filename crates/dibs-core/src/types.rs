@@ -404,6 +404,22 @@ pub struct Offer {
     pub lead_time_hours: u32,
     pub kind: OfferKind,
     pub valid_until: Option<Timestamp>,
+    /// Whether the provider bills its nodes from delivery (the default: once a node is
+    /// running it costs money, used or not) or from a start date the buyer names. A split
+    /// award's parts start together; a part ready before the others is held, and billed
+    /// for its idle hours only when it bills from delivery.
+    #[serde(default = "bills_from_delivery_default", skip_serializing_if = "crate::types::is_true")]
+    pub bills_from_delivery: bool,
+}
+
+/// Providers bill from delivery unless an offer says otherwise.
+pub fn bills_from_delivery_default() -> bool {
+    true
+}
+
+/// For `skip_serializing_if`: a field that is true by default is written only when false.
+pub fn is_true(value: &bool) -> bool {
+    *value
 }
 
 impl Offer {

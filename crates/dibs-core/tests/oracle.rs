@@ -57,6 +57,7 @@ fn request(accelerator: &str, gpus: u32, block: u32, hours: u32) -> Request {
         same_region: false,
         objective: Objective::Cost,
         preference: Preference::Any,
+        apart: false,
     }
 }
 
@@ -72,6 +73,7 @@ fn problem_json(instance: &Instance) -> Value {
             json!({
                 "id": o.id, "provider": o.provider.as_str(), "accelerator": o.accelerator.as_str(),
                 "gpus_per_node": o.gpus_per_node.get(), "nodes": o.nodes_available, "node_price": o.node_price.get(),
+                "lead": o.lead_time_hours, "bills_from_delivery": o.bills_from_delivery,
             })
         })
         .collect();
@@ -95,6 +97,7 @@ fn problem_json(instance: &Instance) -> Value {
         "credits": names(&instance.rules.credits),
         "fleet": { "gpus": names(&instance.rules.fleet.gpus), "spend_per_hour": names(&instance.rules.fleet.spend_per_hour) },
         "min_providers": instance.rules.min_providers.as_ref().map_or(1, |(k, _)| *k),
+        "together": !request.apart,
     })
 }
 
@@ -140,9 +143,10 @@ fn generated(seed: u64) -> Instance {
                 gpus_per_node: GpuCount::new(gpus_per_node).unwrap(),
                 nodes_available: random.below(40) as u32,
                 node_price: NodePrice::new(gpu_price * f64::from(gpus_per_node)).unwrap(),
-                lead_time_hours: 4,
+                lead_time_hours: [0u32, 4, 4, 12, 24, 72][random.below(6) as usize],
                 kind: OfferKind::OnDemand,
                 valid_until: None,
+                bills_from_delivery: random.below(4) != 0,
             }
         })
         .collect();
@@ -268,6 +272,7 @@ fn placement_matches_an_independent_milp() {
                 request: &instance.request,
                 gpus: instance.request.gpus.get(),
                 now: instance.request.earliest_start,
+                joining: &[],
             },
             &instance.offers,
             &instance.rules,

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use dibs_core::contract::ShareBasis;
 use dibs_core::placement::{
-    Cap, Demand, Optimality, Outcome, Placement, Rules, SolverConfig, SolverPath, place,
+    Cap, Demand, Optimality, Outcome, Placement, Rejection, Rules, SolverConfig, SolverPath, place,
 };
 use dibs_core::request::{Objective, Preference, Request, SpotPolicy};
 use dibs_core::types::{
@@ -43,6 +43,7 @@ fn node_offer(
         lead_time_hours: lead,
         kind: OfferKind::OnDemand,
         valid_until: None,
+        bills_from_delivery: true,
     }
 }
 
@@ -71,6 +72,7 @@ fn request(gpus: u32, block: u32) -> Request {
         same_region: false,
         objective: Objective::Cost,
         preference: Preference::Any,
+        apart: false,
     }
 }
 
@@ -83,7 +85,12 @@ fn gpu_cap(share: f64) -> Cap {
 }
 
 fn run(request: &Request, offers: &[Offer], rules: &Rules) -> Placement {
-    place(Demand { request, gpus: request.gpus.get(), now: at() }, offers, rules, SolverConfig::default())
+    place(
+        Demand { request, gpus: request.gpus.get(), now: at(), joining: &[] },
+        offers,
+        rules,
+        SolverConfig::default(),
+    )
 }
 
 /// Renders the award and every verdict as text, one line each.
@@ -173,7 +180,13 @@ lambda/us-east-1/H100/on-demand: awarded 256 in 32 nodes",
         "{:?}",
         placement.solver
     );
-    assert!((placement.list_cost - (256.0 * 6.88 + 256.0 * 2.99) * 100.0).abs() < 1e-6);
+    // The parts start together: lambda's nodes (ready in 4 h) are held, billed, until aws's
+    // (ready in 24 h), 20 hours.
+    assert_eq!(placement.allocations.iter().map(|a| a.held_hours).collect::<Vec<_>>(), [0, 20]);
+    assert!((placement.held_cost - 256.0 * 2.99 * 20.0).abs() < 1e-6, "{}", placement.held_cost);
+    assert!(
+        (placement.list_cost - ((256.0 * 6.88 + 256.0 * 2.99) * 100.0 + 256.0 * 2.99 * 20.0)).abs() < 1e-6
+    );
 }
 
 /// Issue 10: an 8-GPU block needs a node that holds 8 GPUs. Eight 1-GPU VMs are cheaper per GPU
@@ -333,7 +346,12 @@ fn a_credited_provider_ninth_by_list_price_is_still_found_under_a_minimum_of_pro
     request.duration_hours = 720;
     let placement = run(&request, &offers, &rules);
     assert_eq!(award_line(&placement), "award: azure:63x8=504@12.29 p0:1x8=8@1");
-    assert!((placement.effective_cost - 8.0 * 1.0 * 720.0).abs() < 1e-6, "{}", placement.effective_cost);
+    // p0's node (ready in 4 h) is held, billed, until azure's (72 h): 68 hours more.
+    assert!(
+        (placement.effective_cost - 8.0 * 1.0 * (720.0 + 68.0)).abs() < 1e-6,
+        "{}",
+        placement.effective_cost
+    );
     assert_eq!(placement.solver.optimality(), Optimality::Proven);
 }
 
@@ -357,8 +375,9 @@ fn a_commitment_shortfall_makes_the_committed_provider_cheaper_and_says_so() {
 
 #[test]
 fn a_small_commitment_credit_is_used_up_first_then_the_market() {
+    // Both ready as soon: no part is held for the other (see the held-hours tests).
     let offers = [
-        offer("azure", "eastus", "H100", 6.98, 1024, 48),
+        offer("azure", "eastus", "H100", 6.98, 1024, 4),
         offer("lambda", "us-east-1", "H100", 2.99, 1024, 4),
     ];
     // Enough credit for exactly 2 nodes of 8 GPUs for 100 hours at 6.98.
@@ -642,7 +661,7 @@ fn the_fallback_never_breaks_a_rule() {
     };
     let request = request(100, 4);
     let placement = place(
-        Demand { request: &request, gpus: 100, now: at() },
+        Demand { request: &request, gpus: 100, now: at(), joining: &[] },
         &offers,
         &rules,
         SolverConfig { node_limit: 0 },
@@ -826,4 +845,62 @@ proptest! {
             }
         }
     }
+}
+
+/// The parts of a split award start together, so a part ready before the slowest is held,
+/// billed, until then: the optimizer weighs a cheap slow part against a dear fast one. Over
+/// 24 hours the idle hours are dear and one fast offer wins; over 720 hours they are cheap
+/// against the run and the cheap split wins; a request whose parts may run apart, or a fast
+/// part that bills from a start date, holds nothing.
+#[test]
+fn held_hours_are_in_the_cost_and_change_the_award_when_they_are_dear() {
+    let offers = [
+        offer("slow", "r", "H100", 2.00, 32, 72),
+        offer("quick", "r", "H100", 2.50, 64, 0),
+        offer("mid", "r", "H100", 2.20, 32, 12),
+    ];
+    let mut day = request(64, 8);
+    day.duration_hours = 24;
+    // Split slow + mid: 32 x 2.00 x 24 + 32 x 2.20 x (24 + 60 held) = 1,536 + 5,913.6 = 7,449.6;
+    // quick alone: 64 x 2.50 x 24 = 3,840; quick + mid: 32 x 2.20 x 24 + 32 x 2.50 x (24 + 12)
+    // = 4,569.6. Quick alone wins.
+    let placement = run(&day, &offers, &Rules::default());
+    assert_eq!(award_line(&placement), "award: quick:8x8=64@2.5");
+    assert!((placement.list_cost - 3840.0).abs() < 1e-6, "{}", placement.list_cost);
+    assert_eq!(placement.held_cost, 0.0);
+    let slow = placement.verdicts.iter().find(|v| v.offer_id.starts_with("slow")).unwrap();
+    assert!(
+        matches!(slow.outcome, Outcome::Rejected(Rejection::HeldTooLong { .. })),
+        "the cheaper, slower offer loses to what holding for it costs: {:?}",
+        slow.outcome
+    );
+
+    // Over 720 hours: slow + mid = 46,080 + 32 x 2.20 x 780 = 100,992 < quick alone 115,200.
+    let mut month = day.clone();
+    month.duration_hours = 720;
+    let placement = run(&month, &offers, &Rules::default());
+    assert_eq!(award_line(&placement), "award: mid:4x8=32@2.2 slow:4x8=32@2");
+    assert!((placement.held_cost - 32.0 * 2.20 * 60.0).abs() < 1e-6, "{}", placement.held_cost);
+    assert!((placement.list_cost - 100_992.0).abs() < 1e-6, "{}", placement.list_cost);
+    assert!(
+        placement.notes.iter().any(|n| n.contains("held") && n.contains("mid/r/H100/on-demand 60 h")),
+        "{:?}",
+        placement.notes
+    );
+
+    // Parts that may run apart are never held: the cheapest GPU-hours win over 24 hours too.
+    let mut apart = day.clone();
+    apart.apart = true;
+    apart.workload = WorkloadClass::Batch;
+    let placement = run(&apart, &offers, &Rules::default());
+    assert_eq!(award_line(&placement), "award: mid:4x8=32@2.2 slow:4x8=32@2");
+    assert!((placement.list_cost - (1536.0 + 1689.6)).abs() < 1e-6, "{}", placement.list_cost);
+
+    // A fast part whose provider bills from a start date is not billed while it waits.
+    let mut scheduled = offers.clone();
+    scheduled[2].bills_from_delivery = false;
+    let placement = run(&day, &scheduled, &Rules::default());
+    assert_eq!(award_line(&placement), "award: mid:4x8=32@2.2 slow:4x8=32@2");
+    assert_eq!(placement.held_cost, 0.0);
+    assert!(!placement.allocations.iter().any(|a| a.bills_from_delivery && a.held_hours > 0));
 }

@@ -1,7 +1,8 @@
 //! What the API shows of a request. Its own structs, so the engine's types
 //! can change without changing the API.
 
-use dibs_core::engine::{Allocation, Engine, RequestState, Status};
+use dibs_core::engine::{Allocation, AllocationState, Engine, RequestState, Status};
+use dibs_core::types::Timestamp;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -14,6 +15,23 @@ pub struct RequestView {
     pub duration_hours: u32,
     pub workload: String,
     pub earliest_start: String,
+    /// Whether its parts may run apart (`batch` only); by default they start together.
+    #[serde(default)]
+    pub apart: bool,
+    /// When all of its GPUs are (or are promised to be) ready: its parts start together
+    /// then. None before an award, and for a request that got nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_ready_at: Option<String>,
+    /// GPUs of the request awarded (live or ended), and those running now.
+    #[serde(default)]
+    pub gpus_awarded: u32,
+    #[serde(default)]
+    pub gpus_running: u32,
+    /// USD, total over the request: what its allocations bill or will bill, their whole
+    /// nodes for their hours and the hours a part is held for the others (as planned until
+    /// it started, as billed after).
+    #[serde(default)]
+    pub committed_cost: f64,
     pub allocations: Vec<AllocationView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unfilled: Option<UnfilledView>,
@@ -39,8 +57,23 @@ pub struct AllocationView {
     pub via: String,
     pub state: String,
     pub promised: String,
+    /// When the provider delivered it (it may then be held for the request's other parts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+    /// When its hours started: the request's parts start together.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready_at: Option<String>,
+    /// Hours it is held and billed, delivered before its hours start, while the request's
+    /// other parts are readied (as planned until it started). None when its provider bills
+    /// from a start date.
+    #[serde(default)]
+    pub held_hours: f64,
+    /// Whether its provider bills from delivery (else from the start date dibs names).
+    #[serde(default = "dibs_core::types::bills_from_delivery_default")]
+    pub bills_from_delivery: bool,
+    /// USD, total: its nodes for its hours, and its held hours when billed.
+    #[serde(default)]
+    pub cost: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -77,6 +110,7 @@ pub fn status_index(status: Status) -> usize {
 
 pub fn request(engine: &Engine, state: &RequestState) -> RequestView {
     let r = &state.request;
+    let parts: Vec<&Allocation> = state.allocations.iter().filter_map(|id| engine.allocation(*id)).collect();
     RequestView {
         id: r.id.clone(),
         status: state.status,
@@ -85,12 +119,16 @@ pub fn request(engine: &Engine, state: &RequestState) -> RequestView {
         duration_hours: r.duration_hours,
         workload: r.workload.as_str().to_owned(),
         earliest_start: r.earliest_start.to_string(),
-        allocations: state
-            .allocations
+        apart: r.apart,
+        all_ready_at: all_ready_at(&parts).map(|t| t.to_string()),
+        gpus_awarded: parts.iter().filter(|a| !cancelled_unrun(a)).map(|a| a.plan.gpus).sum(),
+        gpus_running: parts
             .iter()
-            .filter_map(|id| engine.allocation(*id))
-            .map(allocation)
-            .collect(),
+            .filter(|a| matches!(a.state, AllocationState::Active(_)))
+            .map(|a| a.plan.gpus)
+            .sum(),
+        committed_cost: committed_cost(&parts),
+        allocations: parts.iter().map(|a| allocation(a)).collect(),
         unfilled: state
             .unfilled_reason
             .as_ref()
@@ -121,7 +159,55 @@ pub fn allocation(a: &Allocation) -> AllocationView {
         via: a.via.clone(),
         state: a.state.stage().as_str().to_owned(),
         promised: a.promised.to_string(),
-        ready_at: a.ready_at().map(|t| t.to_string()),
+        delivered_at: a.delivered_at().filter(|_| !cancelled_unrun(a)).map(|t| t.to_string()),
+        ready_at: a.ready_at().filter(|_| !cancelled_unrun(a)).map(|t| t.to_string()),
+        held_hours: held_hours(a),
+        bills_from_delivery: a.plan.bills_from_delivery,
+        cost: cost(a),
+    }
+}
+
+/// Cancelled before its hours started (a held part's bill is a run of no hours).
+pub fn cancelled_unrun(a: &Allocation) -> bool {
+    matches!(a.state, AllocationState::Cancelled { run, .. } if run.is_none_or(|r| r.ends_at == r.ready_at))
+}
+
+/// When a part is (or is promised to be) ready for its request's start: none if it was
+/// cancelled before it started.
+pub fn all_ready(a: &Allocation) -> Option<Timestamp> {
+    match a.state {
+        AllocationState::Reserved => Some(a.promised),
+        AllocationState::Held { delivered_at, .. } => Some(delivered_at),
+        _ if cancelled_unrun(a) => None,
+        _ => a.ready_at(),
+    }
+}
+
+/// Hours a part is held before its hours start: as planned until it starts, as it was after.
+pub fn held_hours(a: &Allocation) -> f64 {
+    match a.state.run() {
+        Some(run) => run.held_hours(),
+        None => f64::from(a.plan.held_hours),
+    }
+}
+
+/// What a request's parts bill in all, USD.
+pub fn committed_cost(parts: &[&Allocation]) -> f64 {
+    parts.iter().map(|a| cost(a)).sum()
+}
+
+/// When all of a request's GPUs are (or are promised to be) ready.
+pub fn all_ready_at(parts: &[&Allocation]) -> Option<Timestamp> {
+    parts.iter().filter_map(|a| all_ready(a)).max()
+}
+
+/// What a part bills in all, USD: as billed once it ended, as it will bill while it is live
+/// (its hours, and its held hours when its provider bills from delivery).
+pub fn cost(a: &Allocation) -> f64 {
+    let spend = a.plan.spend_per_hour();
+    match a.state.ended_at() {
+        Some(ended) => spend * dibs_core::settlement::billed_hours(a, ended),
+        None => spend * (f64::from(a.hours) + held_hours(a)),
     }
 }
 

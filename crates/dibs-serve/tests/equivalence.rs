@@ -83,6 +83,7 @@ fn offer(provider: &str, region: &str, gpu_price: f64, nodes: u32, lead: u32) ->
         lead_time_hours: lead,
         kind: OfferKind::OnDemand,
         valid_until: None,
+        bills_from_delivery: true,
     }
 }
 

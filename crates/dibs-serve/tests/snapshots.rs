@@ -118,10 +118,12 @@ fn a_start_from_the_latest_snapshot_reaches_the_state_a_whole_replay_reaches() {
         let (from_snapshot, recovery) = open(dir.path(), &now, serving);
         assert_eq!(recovery.snapshot_refused, None, "crash {crash}");
         if let Some(seq) = recovery.snapshot {
-            // Written in the turn, a snapshot is at most 40 entries and a turn old; written
+            // Written in the turn, a snapshot is at most 40 entries and a turn old (a turn of
+            // up to 4 hours writes up to ~300 entries: submissions, awards, parts started,
+            // releases, settlements); written
             // beside it, one is recorded only once written (and none is begun meanwhile).
             let written_in_turn = crash % 2 == 0;
-            assert!(!written_in_turn || recovery.entries - seq <= 40 + 200, "crash {crash}: {recovery:?}");
+            assert!(!written_in_turn || recovery.entries - seq <= 40 + 300, "crash {crash}: {recovery:?}");
             loaded += 1;
         }
         assert_eq!(

@@ -43,6 +43,7 @@ fn offer(provider: &str, region: &str, price: f64, gpus: u32, lead: u32) -> Offe
         lead_time_hours: lead,
         kind: OfferKind::OnDemand,
         valid_until: None,
+        bills_from_delivery: true,
     }
 }
 
@@ -287,6 +288,7 @@ fn holder_accepts_everything_in_first_refusal() {
         4.0h holder_answered accepted 512
         4.0h awarded azure:512@6.98/first_refusal
        52.0h allocation_ready
+       52.0h parts_started
        52.0h request_active",
     );
 }
@@ -308,6 +310,7 @@ fn holder_takes_part_and_the_market_gets_the_rest_without_the_holder() {
         8.2h allocation_ready
        28.2h allocation_ready
        52.0h allocation_ready
+       52.0h parts_started
        52.0h request_active",
     );
 }
@@ -327,6 +330,7 @@ fn holder_declines_and_the_market_is_asked_only_after() {
         4.2h awarded aws:256@6.88/market lambda:256@2.99/market
         8.2h allocation_ready
        28.2h allocation_ready
+       28.2h parts_started
        28.2h request_active",
     );
 }
@@ -345,6 +349,7 @@ fn a_silent_holder_lapses_at_the_end_of_its_window() {
        72.0h quotes_requested aws,gcp,lambda
        72.2h awarded lambda:256@2.99/market
        76.2h allocation_ready
+       76.2h parts_started
        76.2h request_active",
     );
 }
@@ -366,6 +371,7 @@ fn the_holder_is_skipped_only_with_evidence_that_it_cannot_meet_the_request() {
         0.0h quotes_requested aws,gcp,lambda
         0.2h awarded lambda:256@2.99/market
         4.2h allocation_ready
+        4.2h parts_started
         4.2h request_active",
     );
 }
@@ -464,6 +470,7 @@ fn no_better_terms_sends_a_pricier_market_award_back_to_the_holder() {
         8.2h holder_answered declined 0
         8.2h awarded gcp:256@11.06/market
        32.2h allocation_ready
+       32.2h parts_started
        32.2h request_active",
     );
     // What the holder was shown the second time: the market's price and the GPUs, not who
@@ -501,6 +508,7 @@ fn match_mode_asks_the_market_first_then_lets_the_holder_match() {
         4.2h holder_answered accepted 256
         4.2h awarded azure:256@2.99/first_refusal
        52.2h allocation_ready
+       52.2h parts_started
        52.2h request_active",
     );
 }
@@ -520,6 +528,7 @@ fn match_mode_declined_keeps_the_market_award() {
         4.2h holder_answered declined 0
         4.2h awarded lambda:256@2.99/market
         8.2h allocation_ready
+        8.2h parts_started
         8.2h request_active",
     );
 }
@@ -536,6 +545,7 @@ fn api_work_is_exclusive_to_the_holder() {
         0.0h quotes_requested azure
         0.2h awarded azure:64@6.98/market
        48.2h allocation_ready
+       48.2h parts_started
        48.2h request_active",
     );
 }
@@ -590,6 +600,71 @@ fn capacity_for_a_later_start_runs_and_bills_from_that_start() {
     }
 }
 
+/// Issue 17: a split training award whose parts have different lead times (lambda ready in
+/// 4 h, aws in 24 h) starts together when the last part is ready; lambda's nodes are held
+/// for 20 h and billed for them (lambda bills from delivery), so its bill is 120 h of 256
+/// GPUs, aws's 100 h; both end together.
+#[test]
+fn a_split_award_starts_together_and_bills_the_held_hours() {
+    let mut run = start(Scenario::default());
+    submit_and_run(&mut run, request("r1", 512, "training"), "2026-01-10");
+    let find = |provider: &str| {
+        run.engine.allocations().find(|a| a.plan.provider.as_str() == provider).cloned().unwrap()
+    };
+    let (lambda, aws) = (find("lambda"), find("aws"));
+    let (lambda_run, aws_run) = (lambda.state.run().unwrap(), aws.state.run().unwrap());
+    assert_eq!(lambda_run.ready_at, aws_run.ready_at, "the parts start together");
+    assert_eq!(lambda_run.ends_at, aws_run.ends_at, "and end together");
+    // Asked at 4.0 h after the holder declined, awarded at 4.2 h: lambda delivered 4 h later,
+    // aws 24 h later.
+    assert_eq!(aws_run.ready_at.hours_since(lambda_run.billed_from), 20.0);
+    assert_eq!(aws_run.billed_from, aws_run.ready_at, "the slowest part is never held");
+    let released = |allocation: u64| {
+        run.events
+            .iter()
+            .find_map(|e| match &e.kind {
+                EventKind::AllocationReleased { allocation: a, spend, gpu_hours } if *a == allocation => {
+                    Some((*spend, *gpu_hours))
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    let (lambda_spend, lambda_gpu_hours) = released(lambda.id);
+    let (aws_spend, _) = released(aws.id);
+    assert!((lambda_spend - 256.0 * 2.99 * 120.0).abs() < 1e-6, "{lambda_spend}");
+    assert!((lambda_gpu_hours - 256.0 * 120.0).abs() < 1e-6, "{lambda_gpu_hours}");
+    assert!((aws_spend - 256.0 * 6.88 * 100.0).abs() < 1e-6, "{aws_spend}");
+    assert_eq!(lambda.plan.held_hours, 20, "the award planned the 20 held hours");
+    // The request is active only once every part runs, and the ledger says when they started.
+    let story = render(&run);
+    assert!(story.contains("28.2h parts_started\n 28.2h request_active"), "{story}");
+    assert_eq!(
+        dibs_core::settlement::check_billing(
+            run.engine.allocation_book(),
+            &dibs_core::settlement::accrue(run.engine.allocation_book(), t("2026-01-10")),
+            t("2026-01-10")
+        ),
+        Ok(())
+    );
+}
+
+/// A batch request may run its parts apart: each runs its hours from its own delivery and
+/// nothing is held.
+#[test]
+fn a_batch_request_that_runs_apart_is_never_held() {
+    let mut run = start(Scenario::default());
+    let mut batch = request("r1", 512, "batch");
+    batch.apart = true;
+    submit_and_run(&mut run, batch, "2026-01-10");
+    let runs: Vec<_> =
+        run.engine.allocations().map(|a| (a.plan.provider.to_string(), a.state.run().unwrap())).collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_ne!(runs[0].1.ready_at, runs[1].1.ready_at, "{runs:?}");
+    assert!(runs.iter().all(|(_, r)| r.billed_from == r.ready_at), "{runs:?}");
+    assert!(!render(&run).contains("parts_started"));
+}
+
 #[test]
 fn a_commitment_shortfall_steers_the_market_to_the_committed_provider() {
     let terms = Terms { mode: None, commitment: Some(250e9), ..Terms::default() };
@@ -619,6 +694,7 @@ fn a_cap_splits_the_market_award_and_limits_what_the_holder_is_offered() {
         8.2h allocation_ready
        28.2h allocation_ready
        52.0h allocation_ready
+       52.0h parts_started
        52.0h request_active",
     );
 }
@@ -644,6 +720,7 @@ fn a_late_allocation_spills_over_to_the_market_with_first_refusal_again() {
        14.2h quotes_requested aws,gcp
        14.5h awarded aws:256@6.88/market
        38.5h allocation_ready
+       38.5h parts_started
        38.5h request_active",
     );
 }

@@ -37,6 +37,7 @@ fn offer(provider: &str, price: f64, gpus: u32, lead: u32) -> Offer {
         lead_time_hours: lead,
         kind: OfferKind::OnDemand,
         valid_until: None,
+        bills_from_delivery: true,
     }
 }
 

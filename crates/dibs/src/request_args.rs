@@ -47,6 +47,11 @@ pub struct RequestArgs {
     /// All nodes identical and in one region: one offer supplies the whole request.
     #[arg(long)]
     pub same_region: bool,
+    /// A split award's parts may run apart, each its hours from its own ready time (batch
+    /// only). Without it the request's GPUs start together: a part ready before the others
+    /// is held (billed, when its provider bills from delivery) until the last is ready.
+    #[arg(long)]
+    pub apart: bool,
     /// What to minimize: cost (effective cost) or time (when all capacity is ready, then cost).
     #[arg(long, default_value = "cost")]
     pub objective: String,
@@ -82,6 +87,7 @@ impl RequestArgs {
             max_price: self.max_price,
             spot: Some(self.spot.clone()),
             same_region: self.same_region,
+            apart: self.apart,
             objective: Some(self.objective.clone()),
             preference: Some(self.prefer.clone()),
         }
@@ -102,6 +108,7 @@ impl RequestArgs {
             "preference": self.prefer,
             "spot": self.spot,
             "same_region": self.same_region,
+            "apart": self.apart,
             "objective": self.objective,
             "max_price": self.max_price,
             "deliver_within_hours": self.deliver_within,

@@ -114,6 +114,7 @@ impl PricedOffer {
             lead_time_hours,
             kind: self.kind,
             valid_until: None,
+            bills_from_delivery: true,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Allocations: awards become allocations; they become ready, run, are released, or are
-//! cancelled by failover (an incident) or the buyer; the fleet's running totals follow.
+//! Allocations: awards become allocations; they are delivered, held until the request's
+//! other parts are (its GPUs start together), run, are released, or are cancelled by
+//! failover (an incident) or the buyer; the fleet's running totals follow.
 
 use super::round::Round;
 use super::*;
@@ -77,21 +78,66 @@ impl Engine {
         self.commitments.ended(a, a.workload);
     }
 
+    /// A provider delivered an allocation. Capacity delivered before the request's earliest
+    /// start waits for it, and its hours run (and bill) from that start. A part of a request
+    /// whose parts start together is held until the last is ready ([`Engine::start_parts`]);
+    /// a part of a request that runs apart starts at once.
     pub(super) fn allocation_ready(&mut self, out: &mut Out, allocation: u64) {
         let Some(a) = self.allocations.get(&allocation) else { return };
         if a.state != AllocationState::Reserved {
             return;
         }
-        // Capacity delivered before the request's earliest start is held for it, and its hours
-        // run (and bill) from that start.
-        let start = self.requests.get(&a.request).map_or(out.now, |r| out.now.max(r.request.earliest_start));
+        let (earliest, apart) = self
+            .requests
+            .get(&a.request)
+            .map_or((out.now, true), |r| (r.request.earliest_start, r.request.apart));
+        let start = out.now.max(earliest);
         let Some(a) = self.allocations.get_mut(&allocation) else { return };
-        let ends_at = start.plus_hours(f64::from(a.hours));
-        a.state = AllocationState::Active(Run { ready_at: start, ends_at });
         let request = a.request.clone();
+        if apart {
+            let ends_at = start.plus_hours(f64::from(a.hours));
+            a.state = AllocationState::Active(Run::from_start(start, ends_at));
+            out.effects.push(Effect::SetTimer { at: ends_at, timer: Timer::Release { allocation } });
+        } else {
+            let billed_from = a.plan.bills_from_delivery.then_some(start);
+            a.state = AllocationState::Held { delivered_at: out.now, billed_from };
+        }
         out.ledger(Some(&request), EventKind::AllocationReady { allocation });
-        out.effects.push(Effect::SetTimer { at: ends_at, timer: Timer::Release { allocation } });
         self.with_request(&request, |engine, state| engine.settle_status(out, state));
+    }
+
+    /// Starts a request's held parts together, once nothing more is coming: no round is
+    /// open and no part is still reserved. Their hours run from now (or the request's
+    /// earliest start) for the same duration; a part held since its delivery has billed
+    /// from then.
+    pub(super) fn start_parts(&mut self, out: &mut Out, state: &RequestState) {
+        if state.round.is_some() || state.request.apart {
+            return;
+        }
+        let mut held = Vec::new();
+        for id in &state.allocations {
+            match self.allocations[id].state {
+                AllocationState::Reserved => return,
+                AllocationState::Held { .. } => held.push(*id),
+                _ => {}
+            }
+        }
+        if held.is_empty() {
+            return;
+        }
+        let start = out.now.max(state.request.earliest_start);
+        for &allocation in &held {
+            let a = self.allocations.get_mut(&allocation).expect("a part of the request");
+            let AllocationState::Held { billed_from, .. } = a.state else { continue };
+            let ends_at = start.plus_hours(f64::from(a.hours));
+            a.state = AllocationState::Active(Run {
+                billed_from: billed_from.unwrap_or(start),
+                ready_at: start,
+                ends_at,
+            });
+            out.effects.push(Effect::SetTimer { at: ends_at, timer: Timer::Release { allocation } });
+        }
+        out.ledger(Some(&state.request.id), EventKind::PartsStarted { allocations: held, starts_at: start });
     }
 
     pub(super) fn incident_opened(
@@ -123,7 +169,7 @@ impl Engine {
                 Some(ends) => (ends.hours_since(out.now).floor().max(0.0) as u32).min(a.hours),
                 None => a.hours,
             };
-            a.state = AllocationState::Cancelled { run: a.state.run(), ended_at: out.now };
+            a.state = AllocationState::Cancelled { run: a.state.ended_run(out.now), ended_at: out.now };
             let (request, gpus) = (a.request.clone(), a.plan.gpus);
             self.leave_fleet(allocation);
             out.ledger(
@@ -155,7 +201,7 @@ impl Engine {
         for allocation in allocations {
             let a = self.allocations.get_mut(&allocation).expect("exists");
             if a.state.is_live() {
-                a.state = AllocationState::Cancelled { run: a.state.run(), ended_at: out.now };
+                a.state = AllocationState::Cancelled { run: a.state.ended_run(out.now), ended_at: out.now };
                 out.effects.push(Effect::Cancel {
                     allocation,
                     provider: a.plan.provider.clone(),

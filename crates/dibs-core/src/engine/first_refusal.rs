@@ -97,7 +97,7 @@ impl Engine {
         let hard = self.hard_rules(rules);
         let mut one_block = request.clone();
         one_block.gpus = request.block;
-        let demand = Demand { request: &one_block, gpus: one_block.gpus.get(), now };
+        let demand = Demand::whole(&one_block, now);
         let check = placement::place(demand, holder_offers, &hard, self.config.solver);
         let mut evidence = Vec::new();
         let mut best: Option<f64> = None;
@@ -172,7 +172,7 @@ impl Engine {
             .filter(|(provider, _)| *provider != holder)
             .flat_map(|(_, offers)| offers.iter().cloned())
             .collect();
-        let demand = Demand { request, gpus: request.gpus.get(), now };
+        let demand = Demand::whole(request, now);
         let placement = placement::place(demand, &market, hard, self.config.solver);
         let gpu_hours = f64::from(request.gpus.get()) * f64::from(request.duration_hours);
         (placement.infeasible.is_none() && gpu_hours > 0.0).then(|| placement.list_cost / gpu_hours)
@@ -354,6 +354,8 @@ impl Engine {
             node_price: NodePrice::from_gpu_price(price, gpus_per_node),
             lead_time_hours,
             kind: OfferKind::OnDemand,
+            bills_from_delivery: true,
+            held_hours: 0,
         };
         self.award(out, state, &round, vec![plan], "first_refusal");
         round.gpus -= gpus;

@@ -30,7 +30,7 @@ impl Engine {
         // Only a provider one of whose offers could meet the request hears of it.
         // The filters read the request's own terms (its GPUs and hours are the round's, here
         // in `gpus`), so the request itself will do: no copy of it per round.
-        let demand = Demand { request: &state.request, gpus: round.gpus, now: out.now };
+        let demand = Demand { request: &state.request, gpus: round.gpus, now: out.now, joining: &[] };
         let eligible = providers.clone();
         providers.retain(|p| {
             self.published.get(p).is_some_and(|offers| placement::could_quote(demand, offers, rules))
@@ -152,6 +152,24 @@ impl Engine {
         self.quotes(out, state, Running { round, phase }, round_number, provider, Vec::new())
     }
 
+    /// The request's parts awarded before and not yet started, which the round's award
+    /// starts with (none when its parts run apart).
+    fn joining(&self, state: &RequestState) -> Vec<Joining> {
+        if state.request.apart {
+            return Vec::new();
+        }
+        let part = |a: &Allocation| {
+            let ready_at = match a.state {
+                AllocationState::Reserved => a.promised,
+                AllocationState::Held { delivered_at, .. } => delivered_at,
+                _ => return None,
+            };
+            let held_spend_per_hour = if a.plan.bills_from_delivery { a.plan.spend_per_hour() } else { 0.0 };
+            Some(Joining { ready_at, held_spend_per_hour })
+        };
+        state.allocations.iter().filter_map(|id| part(&self.allocations[id])).collect()
+    }
+
     /// Places the round's GPUs over the quotes in hand, then awards, goes back
     /// to the holder (match mode, or the no-better-terms rule), or gives up.
     pub(super) fn decide(&mut self, out: &mut Out, state: &mut RequestState, mut round: Box<Round>) -> Step {
@@ -180,11 +198,12 @@ impl Engine {
         }
         let mut quotes = round.quotes.clone();
         quotes.sort_by(|a, b| a.id.cmp(&b.id));
+        let joining = self.joining(state);
         // At most two placements: the second when the no-better-terms rule cannot go back to a
         // holder the caps leave no room, and holds the market to the declined terms instead.
         for _ in 0..2 {
             let placement = placement::place(
-                Demand { request: &round_request, gpus: round.gpus, now: out.now },
+                Demand { request: &round_request, gpus: round.gpus, now: out.now, joining: &joining },
                 &quotes,
                 &round.screened.rules,
                 self.config.solver,

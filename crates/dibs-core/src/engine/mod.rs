@@ -45,7 +45,7 @@ use crate::commitments::{CommitmentBooks, CommitmentStatus};
 use crate::contract::{ContractSet, RefusalMode, ShareBasis, Suspension};
 use crate::ledger::{AllocationRecord, Event, EventKind, Wanted};
 use crate::names::Names;
-use crate::placement::{self, Cap, Demand, Fleet, PlannedAllocation, Rules, SolverConfig};
+use crate::placement::{self, Cap, Demand, Fleet, Joining, PlannedAllocation, Rules, SolverConfig};
 use crate::request::Request;
 use crate::settlement::Settler;
 use crate::types::{

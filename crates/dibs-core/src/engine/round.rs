@@ -397,9 +397,11 @@ impl Engine {
         if state.round.is_some() || state.status == Status::Cancelled {
             return;
         }
+        self.start_parts(out, state);
         let states: Vec<Stage> =
             state.allocations.iter().map(|a| self.allocations[a].state.stage()).collect();
-        let live = states.iter().filter(|s| matches!(s, Stage::Reserved | Stage::Active)).count();
+        let live =
+            states.iter().filter(|s| matches!(s, Stage::Reserved | Stage::Held | Stage::Active)).count();
         let previous = state.status;
         let status = if live == 0 {
             if states.contains(&Stage::Released) {
@@ -409,7 +411,7 @@ impl Engine {
             } else {
                 previous
             }
-        } else if states.iter().all(|s| *s != Stage::Reserved) {
+        } else if states.iter().all(|s| !matches!(s, Stage::Reserved | Stage::Held)) {
             Status::Active
         } else {
             Status::Provisioning

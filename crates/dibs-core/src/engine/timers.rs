@@ -67,8 +67,10 @@ impl Engine {
                 let Some(run) = a.state.run() else { return };
                 a.state = AllocationState::Released { run, ended_at: out.now };
                 let request = a.request.clone();
-                let gpu_hours = f64::from(a.plan.gpus_bought()) * f64::from(a.hours);
-                let spend = a.plan.spend_per_hour() * f64::from(a.hours);
+                // Its bill: its hours, and the hours it was held for its request's other parts.
+                let billed = f64::from(a.hours) + run.held_hours();
+                let gpu_hours = f64::from(a.plan.gpus_bought()) * billed;
+                let spend = a.plan.spend_per_hour() * billed;
                 let provider = a.plan.provider.clone();
                 out.ledger(Some(&request), EventKind::AllocationReleased { allocation, gpu_hours, spend });
                 out.effects.push(Effect::Release { allocation, provider });

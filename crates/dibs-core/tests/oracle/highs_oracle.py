@@ -17,7 +17,11 @@ formulation as well as the solver:
   elsewhere to dilute a share;
 * a commitment credit: excess_p >= hours * spend_p - credit_p, costing excess_p instead;
 * at least k providers: binary y_p <= units of p, sum y_p >= k; and at least k blocks asked
-  (a minimum of providers never makes the buyer buy redundant blocks it did not ask for).
+  (a minimum of providers never makes the buyer buy redundant blocks it did not ask for);
+* when the parts start together (`together`): a binary z_L per lead time L says which is
+  the award's slowest; an offer's units are split by L, w_oL <= units_o * z_L for L >= its
+  lead time, and a unit of o under L bills (L - lead_o) held hours more when o bills from
+  delivery (dibs instead enumerates L and solves a model per L).
 """
 import json
 import math
@@ -61,12 +65,30 @@ def solve(problem):
     h.setOptionValue("mip_abs_gap", 1e-6)
     inf = highspy.kHighsInf
     providers = sorted({o["provider"] for o, _, _, _ in eligible})
-    u = []
-    for o, npu, bpu, units in eligible:
-        cost = 0.0 if credits.get(o["provider"], 0) > 0 else o["node_price"] * npu * hours
-        u.append(h.addIntegral(lb=0, ub=units, obj=cost) if hasattr(h, "addIntegral") else None)
-    if u[0] is None:
+    if not hasattr(h, "addIntegral"):
         raise SystemExit("highspy too old: no addIntegral")
+    together = problem.get("together", False)
+    leads = sorted({o.get("lead", 0) for o, _, _, _ in eligible}) if together else [None]
+    z = {lead: h.addBinary(obj=0.0) for lead in leads} if together else {}
+    if together:
+        h.addConstr(sum(z.values()) == 1)
+    u = []
+    billed = []  # per offer: node-hours billed per node, as an expression over its split units
+    for o, npu, bpu, units in eligible:
+        credited = credits.get(o["provider"], 0) > 0
+        parts = []
+        for lead in leads:
+            own = o.get("lead", 0)
+            if lead is not None and lead < own:
+                continue
+            held = (lead - own) if lead is not None and o.get("bills_from_delivery", True) else 0
+            cost = 0.0 if credited else o["node_price"] * npu * (hours + held)
+            w = h.addIntegral(lb=0, ub=units, obj=cost)
+            if lead is not None:
+                h.addConstr(w <= units * z[lead])
+            parts.append((w, hours + held))
+        u.append(sum(w for w, _ in parts))
+        billed.append(sum(w * hrs for w, hrs in parts))
     blocks = sum(bpu * v for (o, npu, bpu, units), v in zip(eligible, u))
     h.addConstr(blocks >= needed)
     h.addConstr(blocks <= needed - 1 + max(e[2] for e in eligible) * k)
@@ -97,7 +119,8 @@ def solve(problem):
         credit = credits.get(p, 0)
         if credit > 0:
             excess = h.addVariable(lb=0, ub=inf, obj=1.0)
-            h.addConstr(hours * spend - excess <= credit)
+            spend_billed = sum(e[0]["node_price"] * e[1] * b for e, b in zip(eligible, billed) if e[0]["provider"] == p)
+            h.addConstr(spend_billed - excess <= credit)
         if k > 1:
             y = h.addBinary(obj=0.0)
             h.addConstr(y <= sum(v for e, v in mine))

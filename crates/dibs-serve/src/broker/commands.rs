@@ -94,6 +94,10 @@ pub struct SubmitBody {
     /// All nodes identical and in one region.
     #[serde(default)]
     pub same_region: bool,
+    /// The parts of a split award may run apart, each from its own ready time (`batch`
+    /// only; by default a request's GPUs start together).
+    #[serde(default)]
+    pub apart: bool,
     /// `cost` (default) or `time`.
     #[serde(default)]
     pub objective: Option<String>,
@@ -575,6 +579,7 @@ impl Broker {
             lead_time_hours: *lead_time_hours,
             kind: dibs_core::types::OfferKind::OnDemand,
             valid_until: None,
+            bills_from_delivery: true,
         };
         if let Err(problem) = self.engine.names().check_quoted(holder, &offer) {
             let field = if problem.field == "nodes_available" { "gpus" } else { problem.field };
@@ -794,6 +799,7 @@ impl Broker {
             max_price: body.max_price,
             spot: body.spot,
             same_region: body.same_region,
+            apart: body.apart,
             objective: body.objective,
             preference: body.preference,
         };

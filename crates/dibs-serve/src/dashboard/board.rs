@@ -230,7 +230,7 @@ fn card(engine: &dibs_core::engine::Engine, number: u64, listed: &Listed<'_>) ->
         earliest_start: listed.earliest_start,
         providers: providers.join(", "),
         cost_per_hour: live().map(|a| a.plan.spend_per_hour()).sum(),
-        ready: live().map(|a| a.ready_at().unwrap_or(a.promised)).max(),
+        ready: live().filter_map(crate::view::all_ready).max(),
         unfilled: listed.unfilled.cloned(),
         reason_stored: listed.reason_stored,
     }
@@ -300,6 +300,8 @@ pub(super) struct SubmitForm {
     preference: String,
     #[serde(default)]
     same_region: Option<String>,
+    #[serde(default)]
+    apart: Option<String>,
     /// Made when the form was drawn: posting the same form twice submits once.
     #[serde(default)]
     idempotency_key: String,
@@ -377,6 +379,7 @@ fn body_of(form: &SubmitForm) -> Result<SubmitBody, FieldError> {
         max_price: number("max_price", &form.max_price, "a price in USD per GPU-hour")?,
         spot: optional(&form.spot),
         same_region: form.same_region.is_some(),
+        apart: form.apart.is_some(),
         objective: optional(&form.objective),
         preference: optional(&form.preference),
         deliver_within_hours: number(
@@ -459,6 +462,10 @@ fn submit_form(form: &SubmitForm, error: Option<&FieldError>, workloads: &[&str]
                 div.field.check {
                     input #same_region name="same_region" type="checkbox" value="on" checked[form.same_region.is_some()];
                     label for="same_region" { "All nodes identical, in one region" }
+                }
+                div.field.check {
+                    input #apart name="apart" type="checkbox" value="on" checked[form.apart.is_some()];
+                    label for="apart" { "Parts may run apart (batch only)" }
                 }
             }
             button type="submit" { "Submit" }
@@ -702,7 +709,7 @@ mod tests {
             form("64", "24"),
             Ok(r#"{"accelerators":["H100","A100-80GB"],"gpus":64,"block":null,"duration_hours":24,
                 "earliest_start":null,"deliver_by":null,"regions":[],"providers":[],"exclude_providers":[],
-                "workload":"training","max_price":null,"spot":null,"same_region":false,"objective":null,
+                "workload":"training","max_price":null,"spot":null,"same_region":false,"apart":false,"objective":null,
                 "preference":null,"deliver_within_hours":null}"#),
         );
         check(form("lots", "24"), Err(("gpus", "\"lots\" is not a whole number of GPUs")));

@@ -26,6 +26,7 @@ use super::format::{hash, instant, price, relative, status_badge, thousands, usd
 use super::session::{require, require_posted};
 use super::{Dashboard, PageError, Section, Viewer, layout, read, respond, with_store};
 use crate::broker::{Command, INPUT_KIND, RecordedInput};
+use crate::view;
 
 /// A story reads at most this many ledger entries about one request.
 pub const MAX_STORY_ENTRIES: usize = 20_000;
@@ -192,7 +193,11 @@ pub(super) fn line(decision: &EventKind) -> Option<Markup> {
         EventKind::Unfilled { gpus, hours, reason, .. } => {
             html! { "Unfilled: " (gpus) " GPUs for " (hours) " h. " (reason) }
         }
-        EventKind::AllocationReady { allocation } => html! { "Allocation " (allocation) " ready." },
+        EventKind::AllocationReady { allocation } => html! { "Allocation " (allocation) " delivered." },
+        EventKind::PartsStarted { allocations, starts_at } => html! {
+            "Allocations " (allocations.iter().map(u64::to_string).collect::<Vec<_>>().join(", "))
+            " start together at " (instant(*starts_at)) ": every part is delivered."
+        },
         EventKind::RequestActive {} => html! { strong { "Active" } ": all capacity is ready." },
         EventKind::Spillover { allocation, gpus, promised } => html! {
             "Spillover: allocation " (allocation) " was not ready by " (instant(*promised)) " and its grace; " (gpus) " GPUs back to the market."
@@ -212,6 +217,12 @@ pub(super) fn line(decision: &EventKind) -> Option<Markup> {
 
 fn summary(snapshot: &Snapshot) -> Markup {
     let r = &snapshot.request;
+    let parts: Vec<&Allocation> = snapshot.allocations.iter().collect();
+    let running: u32 = parts
+        .iter()
+        .filter(|a| matches!(a.state, dibs_core::engine::AllocationState::Active(_)))
+        .map(|a| a.plan.gpus)
+        .sum();
     let join =
         |items: Vec<String>, empty: &str| if items.is_empty() { empty.to_owned() } else { items.join(", ") };
     html! {
@@ -230,7 +241,14 @@ fn summary(snapshot: &Snapshot) -> Markup {
             }
             dt { "Price ceiling" } dd { @match r.max_price { Some(p) => { (price(p.get())) "/GPU-h" }, None => "the policy's" } }
             dt { "Spot" } dd { (r.spot.as_str()) }
-            dt { "Objective" } dd { (r.objective.as_str()) @if r.same_region { ", all nodes in one region" } }
+            dt { "Objective" } dd { (r.objective.as_str()) @if r.same_region { ", all nodes in one region" } @if r.apart { ", parts may run apart" } @else { ", parts start together" } }
+            @if let Some(at) = view::all_ready_at(&parts) {
+                dt { "All GPUs ready" } dd { (instant(at)) @if !r.apart && parts.len() > 1 { " (the parts start together)" } }
+            }
+            @if !parts.is_empty() {
+                dt { "Running" } dd { (running) " of " (r.gpus.get()) " GPUs" }
+                dt { "Committed cost" } dd { (usd(view::committed_cost(&parts))) " total, held hours included" }
+            }
             @if let Some((gpus, reason)) = &snapshot.unfilled {
                 dt { "Unfilled" } dd { (gpus) " GPUs: " (reason) }
             }
@@ -366,7 +384,8 @@ fn allocations(snapshot: &Snapshot) -> Markup {
                     thead { tr {
                         th scope="col" { "Id" } th scope="col" { "Provider" } th scope="col" { "Where" } th scope="col" { "Instance type" }
                         th scope="col" { "Nodes × GPUs" } th scope="col" { "GPUs carried" } th scope="col" { "$/node-h" } th scope="col" { "Via" }
-                        th scope="col" { "State" } th scope="col" { "Awarded" } th scope="col" { "Promised" } th scope="col" { "Ready" } th scope="col" { "Ends / ended" }
+                        th scope="col" { "State" } th scope="col" { "Awarded" } th scope="col" { "Promised" } th scope="col" { "Delivered" }
+                        th scope="col" { "Held (billed)" } th scope="col" { "Starts" } th scope="col" { "Ends / ended" } th scope="col" { "Cost, total" }
                     } }
                     tbody {
                         @for a in &snapshot.allocations {
@@ -378,11 +397,14 @@ fn allocations(snapshot: &Snapshot) -> Markup {
                                 td.number { (a.plan.gpus) }
                                 td.number { (price(a.plan.node_price.get())) }
                                 td { (a.via) }
-                                td { span class={ "badge alloc-" (format!("{:?}", a.state).to_lowercase()) } { (format!("{:?}", a.state).to_lowercase()) } }
+                                td { span class={ "badge alloc-" (a.state.stage().as_str()) } { (a.state.stage().as_str()) } }
                                 td { (instant(a.awarded_at)) }
                                 td { (instant(a.promised)) }
-                                td { @match a.ready_at() { Some(at) => (instant(at)), None => "not yet" } }
+                                td { @match a.delivered_at().filter(|_| !view::cancelled_unrun(a)) { Some(at) => (instant(at)), None => "not yet" } }
+                                td.number { (format!("{:.1}", view::held_hours(a))) " h" }
+                                td { @match a.ready_at().filter(|_| !view::cancelled_unrun(a)) { Some(at) => (instant(at)), None => "not yet" } }
                                 td { @match (a.ended_at(), a.ends_at()) { (Some(at), _) => { "ended " (instant(at)) }, (None, Some(at)) => { "ends " (instant(at)) }, _ => "–" } }
+                                td.number { (usd(view::cost(a))) }
                             }
                         }
                     }
