@@ -1,0 +1,116 @@
+"""A third-party EC2 for dibs's tests: moto's server on loopback, with what moto lacks.
+
+moto (https://github.com/getmoto/moto) answers the EC2 Query API offline, but it never runs
+out of capacity and checks no signature unless told to. This harness starts moto in process
+on a free port and lets the test that spawned it arrange both, one command a line on stdin:
+
+    ice ZONE...   RunInstances in these zones fails with moto's own EC2ClientError
+                  InsufficientInstanceCapacity (no zones: none fails); answers "ok"
+    calls         answers a JSON object: RunInstances calls so far by zone (dry runs,
+                  which moto answers before launching, are not counted)
+    auth          creates an IAM user with an access key and a policy that allows
+                  everything, then switches signature checks on; answers a JSON object
+                  with "access_key_id" and "secret_access_key"
+    quit          stops (so does the end of stdin)
+
+The first line on stdout is a JSON object with "endpoint" (http://127.0.0.1:PORT).
+Instance types are validated (MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION), so a type moto
+does not know is refused as real EC2 would.
+"""
+
+import json
+import logging
+import os
+import sys
+import threading
+
+os.environ["MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION"] = "true"
+
+import boto3  # noqa: E402  (moto reads its settings at import)
+from moto import settings  # noqa: E402
+from moto.core.authorization import ActionAuthenticatorMixin  # noqa: E402
+from moto.ec2.exceptions import EC2ClientError  # noqa: E402
+from moto.ec2.models.instances import InstanceBackend  # noqa: E402
+from moto.server import ThreadedMotoServer  # noqa: E402
+
+ICE_MESSAGE = (
+    "We currently do not have sufficient capacity in the Availability Zone you requested "
+    "({zone}). Our system will be working on provisioning additional capacity."
+)
+
+lock = threading.Lock()
+ice_zones: set[str] = set()
+calls_by_zone: dict[str, int] = {}
+
+moto_run_instances = InstanceBackend.run_instances
+
+
+def run_instances_with_capacity(self, *args, **kwargs):
+    """moto's RunInstances, failing with InsufficientInstanceCapacity in the named zones."""
+    zone = kwargs.get("placement") or ""
+    with lock:
+        calls_by_zone[zone] = calls_by_zone.get(zone, 0) + 1
+        out_of_capacity = zone in ice_zones
+    if out_of_capacity:
+        raise EC2ClientError("InsufficientInstanceCapacity", ICE_MESSAGE.format(zone=zone))
+    return moto_run_instances(self, *args, **kwargs)
+
+
+InstanceBackend.run_instances = run_instances_with_capacity
+
+
+def switch_auth_on(endpoint: str) -> dict:
+    """An IAM user allowed everything, its access key, and signatures checked from now on."""
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="harness",
+        aws_secret_access_key="harness",
+    )
+    iam.create_user(UserName="dibs")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+    }
+    iam.put_user_policy(UserName="dibs", PolicyName="all", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="dibs")["AccessKey"]
+    # Every request from now on is authenticated. moto runs in this process, so the harness
+    # sets what moto's POST /moto-api/reset-auth would (that call answers 500 here).
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+    ActionAuthenticatorMixin.request_count = 0
+    return {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+
+
+def main() -> None:
+    # One line per request on stderr would drown a failing test's output.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    print(json.dumps({"endpoint": endpoint}), flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        command, arguments = words[0], words[1:]
+        if command == "ice":
+            with lock:
+                ice_zones.clear()
+                ice_zones.update(arguments)
+            print("ok", flush=True)
+        elif command == "calls":
+            with lock:
+                print(json.dumps(calls_by_zone), flush=True)
+        elif command == "auth":
+            print(json.dumps(switch_auth_on(endpoint)), flush=True)
+        elif command == "quit":
+            break
+        else:
+            print(json.dumps({"error": f"unknown command {command!r}"}), flush=True)
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()
