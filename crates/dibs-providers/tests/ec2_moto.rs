@@ -83,13 +83,24 @@ impl Moto {
         serde_json::from_str(&self.command("calls")).expect("calls are a JSON object")
     }
 
-    /// Switches signature checks on; the credentials of a user allowed everything.
-    fn switch_auth_on(&mut self) -> Credentials {
+    /// The next `calls` RunInstances calls answer RequestLimitExceeded.
+    fn throttle(&mut self, calls: u32) {
+        assert_eq!(self.command(&format!("throttle {calls}")), "ok");
+    }
+
+    /// Creates a launch template holding an image id; its id.
+    fn launch_template(&mut self, name: &str) -> String {
+        self.command(&format!("template {name}"))
+    }
+
+    /// Switches signature checks on; the credentials of a user allowed everything, and of
+    /// one allowed only `ec2:Describe*`.
+    fn switch_auth_on(&mut self) -> (Credentials, Credentials) {
         let keys: serde_json::Value = serde_json::from_str(&self.command("auth")).expect("keys are JSON");
-        Credentials::new(
-            keys["access_key_id"].as_str().expect("a key id"),
-            keys["secret_access_key"].as_str().expect("a secret"),
-            None,
+        let key = |name: &str| keys[name].as_str().expect("a key or secret").to_owned();
+        (
+            Credentials::new(&key("access_key_id"), &key("secret_access_key"), None),
+            Credentials::new(&key("describe_only_key_id"), &key("describe_only_secret"), None),
         )
     }
 
@@ -292,7 +303,7 @@ fn terminating_an_allocation_leaves_none_of_its_instances_running() {
 #[test]
 fn a_wrong_secret_is_a_credential_error_naming_the_key() {
     let Some(mut moto) = Moto::start() else { return };
-    let credentials = moto.switch_auth_on();
+    let (credentials, describe_only) = moto.switch_auth_on();
     let ec2 = moto.ec2_with(credentials.clone());
     assert_eq!(ec2.zones(REGION).unwrap().len(), 6, "the right secret is accepted");
 
@@ -310,6 +321,19 @@ fn a_wrong_secret_is_a_credential_error_naming_the_key() {
     let launched = wrong.launch(&spec(9, &["us-east-1a", "us-east-1b"]));
     assert!(matches!(launched, Err(LaunchError::Credentials(_))), "{launched:?}");
     assert_eq!(moto.run_calls(), BTreeMap::new());
+
+    // A key that may describe but not launch: the permission is named, not "no capacity".
+    let key_id = describe_only.access_key_id().to_owned();
+    let cannot_launch = moto.ec2_with(describe_only).launch(&spec(10, &["us-east-1a", "us-east-1b"]));
+    assert_eq!(
+        describe(&cannot_launch),
+        format!(
+            "error: EC2 refused dibs's credentials: EC2 RunInstances in us-east-1 answered HTTP 403 \
+             AccessDenied: User: arn:aws:iam::123456789012:user/dibs-describe-only is not authorized \
+             to perform: ec2:RunInstances (access key {key_id} is not allowed ec2:RunInstances; grant \
+             it in IAM)"
+        )
+    );
 }
 
 #[test]
@@ -321,4 +345,44 @@ fn a_dry_run_succeeds_and_launches_nothing() {
     assert!(ec2.instances_of(REGION, 4).unwrap().is_empty());
     assert!(ec2.tagged_by_dibs(REGION).unwrap().is_empty());
     assert_eq!(moto.run_calls(), BTreeMap::new(), "moto answers a dry run before launching");
+}
+
+#[test]
+fn throttled_launches_are_retried_and_launch_once() {
+    let Some(mut moto) = Moto::start() else { return };
+    let ec2 = moto.ec2();
+    moto.throttle(2);
+    let launched = ec2.launch(&spec(11, &["us-east-1a", "us-east-1b"]));
+    assert_eq!(describe(&launched), "launched 2 in us-east-1a after []");
+    assert_eq!(moto.run_calls(), BTreeMap::from([("us-east-1a".to_owned(), 3)]), "two refusals, one launch");
+    assert_eq!(ec2.instances_of(REGION, 11).unwrap().len(), 2);
+}
+
+#[test]
+fn the_operators_launch_template_and_spot_are_what_is_launched() {
+    let Some(mut moto) = Moto::start() else { return };
+    let ec2 = moto.ec2();
+    moto.launch_template("dibs-gpu");
+    let from_template = LaunchSpec {
+        source: LaunchSource::Template { name: "dibs-gpu".to_owned(), version: None },
+        market: Market::Spot { max_price: None },
+        ..spec(12, &["us-east-1f"])
+    };
+    assert_eq!(describe(&ec2.launch(&from_template)), "launched 2 in us-east-1f after []");
+    let instances = ec2.instances_of(REGION, 12).unwrap();
+    assert!(instances.iter().all(|i| i.spot && i.instance_type == P5), "{instances:?}");
+
+    let missing = LaunchSpec {
+        source: LaunchSource::Template { name: "no-such-template".to_owned(), version: None },
+        ..spec(13, &["us-east-1a", "us-east-1b"])
+    };
+    let launched = ec2.launch(&missing);
+    assert_eq!(
+        describe(&launched),
+        "error: launching p5.48xlarge failed: EC2 RunInstances in us-east-1 answered HTTP 400 \
+         InvalidLaunchTemplateName.NotFoundException: At least one of the launch templates specified \
+         in the request does not exist.",
+        "a configuration error stops at the first zone"
+    );
+    assert_eq!(moto.run_calls().get("us-east-1b"), None);
 }

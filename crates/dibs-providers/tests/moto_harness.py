@@ -6,11 +6,16 @@ on a free port and lets the test that spawned it arrange both, one command a lin
 
     ice ZONE...   RunInstances in these zones fails with moto's own EC2ClientError
                   InsufficientInstanceCapacity (no zones: none fails); answers "ok"
+    throttle N    the next N RunInstances calls fail with RequestLimitExceeded (what EC2
+                  answers a client that calls too fast); answers "ok"
     calls         answers a JSON object: RunInstances calls so far by zone (dry runs,
                   which moto answers before launching, are not counted)
-    auth          creates an IAM user with an access key and a policy that allows
-                  everything, then switches signature checks on; answers a JSON object
-                  with "access_key_id" and "secret_access_key"
+    template NAME creates a launch template NAME (an image id and nothing else, as an
+                  operator's template would hold); answers its id
+    auth          creates two IAM users with access keys, one allowed everything and one
+                  allowed only ec2:Describe*, then switches signature checks on; answers a
+                  JSON object with "access_key_id" and "secret_access_key" of the first,
+                  "describe_only_key_id" and "describe_only_secret" of the second
     quit          stops (so does the end of stdin)
 
 The first line on stdout is a JSON object with "endpoint" (http://127.0.0.1:PORT).
@@ -40,6 +45,7 @@ ICE_MESSAGE = (
 
 lock = threading.Lock()
 ice_zones: set[str] = set()
+throttled_calls_left = 0
 calls_by_zone: dict[str, int] = {}
 
 moto_run_instances = InstanceBackend.run_instances
@@ -47,10 +53,15 @@ moto_run_instances = InstanceBackend.run_instances
 
 def run_instances_with_capacity(self, *args, **kwargs):
     """moto's RunInstances, failing with InsufficientInstanceCapacity in the named zones."""
+    global throttled_calls_left
     zone = kwargs.get("placement") or ""
     with lock:
         calls_by_zone[zone] = calls_by_zone.get(zone, 0) + 1
         out_of_capacity = zone in ice_zones
+        throttled = throttled_calls_left > 0
+        throttled_calls_left = max(0, throttled_calls_left - 1)
+    if throttled:
+        raise EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
     if out_of_capacity:
         raise EC2ClientError("InsufficientInstanceCapacity", ICE_MESSAGE.format(zone=zone))
     return moto_run_instances(self, *args, **kwargs)
@@ -59,27 +70,55 @@ def run_instances_with_capacity(self, *args, **kwargs):
 InstanceBackend.run_instances = run_instances_with_capacity
 
 
-def switch_auth_on(endpoint: str) -> dict:
-    """An IAM user allowed everything, its access key, and signatures checked from now on."""
-    iam = boto3.client(
-        "iam",
+def throttle(calls: int) -> None:
+    global throttled_calls_left
+    with lock:
+        throttled_calls_left = calls
+
+
+def client(service: str, endpoint: str):
+    return boto3.client(
+        service,
         endpoint_url=endpoint,
         region_name="us-east-1",
         aws_access_key_id="harness",
         aws_secret_access_key="harness",
     )
-    iam.create_user(UserName="dibs")
+
+
+def user_with_key(iam, name: str, actions: str) -> dict:
+    """An IAM user allowed `actions` on everything, and its new access key."""
+    iam.create_user(UserName=name)
     policy = {
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+        "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}],
     }
-    iam.put_user_policy(UserName="dibs", PolicyName="all", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName="dibs")["AccessKey"]
+    iam.put_user_policy(UserName=name, PolicyName="dibs-test", PolicyDocument=json.dumps(policy))
+    return iam.create_access_key(UserName=name)["AccessKey"]
+
+
+def switch_auth_on(endpoint: str) -> dict:
+    """Two users' keys, and signatures and permissions checked from now on."""
+    iam = client("iam", endpoint)
+    full = user_with_key(iam, "dibs", "*")
+    describe_only = user_with_key(iam, "dibs-describe-only", "ec2:Describe*")
     # Every request from now on is authenticated. moto runs in this process, so the harness
     # sets what moto's POST /moto-api/reset-auth would (that call answers 500 here).
     settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
     ActionAuthenticatorMixin.request_count = 0
-    return {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+    return {
+        "access_key_id": full["AccessKeyId"],
+        "secret_access_key": full["SecretAccessKey"],
+        "describe_only_key_id": describe_only["AccessKeyId"],
+        "describe_only_secret": describe_only["SecretAccessKey"],
+    }
+
+
+def create_launch_template(endpoint: str, name: str) -> str:
+    ec2 = client("ec2", endpoint)
+    data = {"ImageId": "ami-12345678"}
+    template = ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData=data)
+    return template["LaunchTemplate"]["LaunchTemplateId"]
 
 
 def main() -> None:
@@ -100,6 +139,11 @@ def main() -> None:
                 ice_zones.clear()
                 ice_zones.update(arguments)
             print("ok", flush=True)
+        elif command == "throttle":
+            throttle(int(arguments[0]))
+            print("ok", flush=True)
+        elif command == "template":
+            print(create_launch_template(endpoint, arguments[0]), flush=True)
         elif command == "calls":
             with lock:
                 print(json.dumps(calls_by_zone), flush=True)

@@ -69,6 +69,8 @@ pub struct Instance {
     /// Why the instance is in its state (`Server.InsufficientInstanceCapacity`, a spot
     /// interruption), when EC2 says.
     pub state_reason: Option<String>,
+    /// A spot instance, which EC2 may take back.
+    pub spot: bool,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -89,6 +91,7 @@ impl From<wire::InstanceInfo> for Instance {
             zone: info.placement.and_then(|p| p.availability_zone).filter(|zone| !zone.is_empty()),
             state: InstanceState::parse(&info.instance_state.name),
             state_reason,
+            spot: info.instance_lifecycle.as_deref() == Some("spot"),
             tags,
         }
     }

@@ -52,9 +52,11 @@ const ZONE_CAPACITY_CODES: [&str; 10] = [
 const REGION_QUOTA_CODES: [&str; 4] =
     ["InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded", "ResourceLimitExceeded"];
 
-const AUTH_CODES: [&str; 10] = [
+const AUTH_CODES: [&str; 11] = [
     "AuthFailure",
     "UnauthorizedOperation",
+    // moto's (and IAM's) word for a missing permission; EC2 says UnauthorizedOperation.
+    "AccessDenied",
     "InvalidClientTokenId",
     "SignatureDoesNotMatch",
     "IncompleteSignature",
@@ -186,7 +188,7 @@ pub fn credential_hint(code: &str, action: &str, access_key_id: &str) -> String 
         "ExpiredToken" | "RequestExpired" => {
             format!("the credentials of access key {access_key_id} have expired, or the clock is off")
         }
-        "UnauthorizedOperation" => {
+        "UnauthorizedOperation" | "AccessDenied" => {
             format!("access key {access_key_id} is not allowed ec2:{action}; grant it in IAM")
         }
         "OptInRequired" | "Blocked" => {
@@ -227,6 +229,7 @@ mod tests {
             ("InstanceLimitExceeded", 400, ErrorClass::RegionQuota),
             ("AuthFailure", 401, ErrorClass::Auth),
             ("UnauthorizedOperation", 403, ErrorClass::Auth),
+            ("AccessDenied", 403, ErrorClass::Auth),
             ("SomethingNew", 403, ErrorClass::Auth),
             ("RequestLimitExceeded", 503, ErrorClass::Throttling),
             ("SomethingNew", 502, ErrorClass::Throttling),

@@ -197,7 +197,8 @@ pub struct InstanceInfo {
     pub instance_state: InstanceStateInfo,
     pub placement: Option<PlacementInfo>,
     pub state_reason: Option<StateReasonInfo>,
-    pub launch_time: Option<String>,
+    /// `spot` for a spot instance; absent for on-demand.
+    pub instance_lifecycle: Option<String>,
     #[serde(default)]
     pub tag_set: Items<TagInfo>,
 }
