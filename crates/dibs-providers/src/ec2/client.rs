@@ -233,3 +233,28 @@ fn excerpt(body: &str) -> String {
     let excerpt: String = body.chars().take(EXCERPT_CHARS).collect();
     if excerpt.len() < body.len() { format!("{excerpt}...") } else { excerpt }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ec2::Credentials;
+
+    #[test]
+    fn a_region_that_is_not_a_region_name_reaches_no_host() {
+        let config =
+            Ec2Config::new("us-east-1", Some("http://127.0.0.1:9"), Credentials::new("a", "b", None))
+                .unwrap();
+        let error = Client::new(config)
+            .call::<crate::ec2::wire::DescribeAvailabilityZonesResponse>(
+                "evil.example.com/x",
+                "DescribeAvailabilityZones",
+                &Params::new(),
+                Retry::Always,
+            )
+            .unwrap_err();
+        assert_eq!(
+            error,
+            Ec2Error::BadRegion { action: "DescribeAvailabilityZones", region: "evil.example.com/x".into() }
+        );
+    }
+}

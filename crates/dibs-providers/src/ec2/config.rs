@@ -75,6 +75,11 @@ pub enum ConfigError {
     BadEndpoint { name: &'static str, value: String },
     #[error("{name} is {value:?}: a region is lowercase letters, digits and '-', like us-east-1")]
     BadRegion { name: &'static str, value: String },
+    #[error(
+        "{endpoint} needs HTTPS, which this build lacks (dibs-providers' feature `tls`); only an \
+         http:// endpoint (AWS_ENDPOINT_URL_EC2) can be reached"
+    )]
+    NoTls { endpoint: String },
 }
 
 impl Ec2Config {
@@ -122,6 +127,7 @@ impl Ec2Config {
             .find_map(|name| get(name).map(|value| (name, value)))
             .map(|(name, value)| checked_endpoint(name, &value))
             .transpose()?;
+        checked_tls(&default_region, endpoint_override.as_deref())?;
         Ok(Self {
             default_region,
             endpoint_override,
@@ -149,6 +155,17 @@ pub(crate) fn checked_region(name: &'static str, value: &str) -> Result<String, 
     if valid { Ok(value.to_owned()) } else { Err(ConfigError::BadRegion { name, value: value.to_owned() }) }
 }
 
+/// AWS's own endpoints are HTTPS only: a build without TLS can reach only an `http://`
+/// override, and says so when it is built rather than at its first call.
+fn checked_tls(region: &str, endpoint_override: Option<&str>) -> Result<(), ConfigError> {
+    let endpoint =
+        endpoint_override.map_or_else(|| format!("https://ec2.{region}.amazonaws.com/"), str::to_owned);
+    if endpoint.starts_with("https://") && !cfg!(feature = "tls") {
+        return Err(ConfigError::NoTls { endpoint });
+    }
+    Ok(())
+}
+
 fn checked_endpoint(name: &'static str, value: &str) -> Result<String, ConfigError> {
     let value = value.trim();
     let rest = value.strip_prefix("https://").or_else(|| value.strip_prefix("http://"));
@@ -174,29 +191,30 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_variables_the_aws_cli_reads() {
-        let config = from(&[
+    fn reads_the_variables_the_aws_cli_reads_and_keeps_secrets_out_of_debug() {
+        let local = from(&[
             ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
             ("AWS_SECRET_ACCESS_KEY", "very-secret"),
             ("AWS_SESSION_TOKEN", "session-secret"),
-            ("AWS_REGION", "us-west-2"),
-        ])
-        .unwrap();
-        assert_eq!(config.default_region, "us-west-2");
-        assert_eq!(config.endpoint("eu-north-1"), "https://ec2.eu-north-1.amazonaws.com/");
-        let debug = format!("{config:?}");
-        assert!(debug.contains("AKIDEXAMPLE"), "{debug}");
-        assert!(!debug.contains("very-secret") && !debug.contains("session-secret"), "{debug}");
-
-        let local = from(&[
-            ("AWS_ACCESS_KEY_ID", "a"),
-            ("AWS_SECRET_ACCESS_KEY", "b"),
             ("AWS_DEFAULT_REGION", "us-east-1"),
             ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
             ("AWS_ENDPOINT_URL_EC2", "http://127.0.0.1:5000"),
         ])
         .unwrap();
+        assert_eq!(local.default_region, "us-east-1");
         assert_eq!(local.endpoint("us-west-2"), "http://127.0.0.1:5000/");
+        let debug = format!("{local:?}");
+        assert!(debug.contains("AKIDEXAMPLE"), "{debug}");
+        assert!(!debug.contains("very-secret") && !debug.contains("session-secret"), "{debug}");
+
+        let aws =
+            from(&[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b"), ("AWS_REGION", "us-west-2")]);
+        if cfg!(feature = "tls") {
+            assert_eq!(aws.unwrap().endpoint("eu-north-1"), "https://ec2.eu-north-1.amazonaws.com/");
+        } else {
+            let error = aws.unwrap_err().to_string();
+            assert!(error.starts_with("https://ec2.us-west-2.amazonaws.com/ needs HTTPS"), "{error}");
+        }
     }
 
     #[test]
