@@ -4,7 +4,8 @@
 //! `RunInstances` and the ledger's record of it, the next launch finds them instead of
 //! launching twice. The client token alone does not protect: a server may not honour it
 //! (moto does not), and it is only kept for some hours. Then it tries the zones in the
-//! caller's order, skipping the zones remembered to have failed for the instance type: a
+//! caller's order, skipping the zones remembered to have failed for the instance type in
+//! the same market: a
 //! zone out of capacity is remembered and the next one tried; a region quota ends the
 //! launch (every zone would answer the same); a credential error ends it at once (it is
 //! the operator's to fix, never "no capacity"); any other error ends it too.
@@ -17,7 +18,7 @@ use std::time::Instant;
 use super::api::{Instance, LaunchSource, Market, RunRequest};
 use super::client::Client;
 use super::error::{Ec2Error, ErrorClass};
-use super::zones::ZoneMemory;
+use super::zones::{Pool, ZoneMemory};
 
 /// The tag naming the request an instance serves.
 pub const TAG_REQUEST: &str = "dibs:request";
@@ -68,6 +69,13 @@ pub struct LaunchSpec {
     pub dry_run: bool,
 }
 
+impl LaunchSpec {
+    fn pool<'a>(&'a self, zone: &'a str) -> Pool<'a> {
+        let spot = matches!(self.market, Market::Spot { .. });
+        Pool { instance_type: &self.instance_type, spot, zone }
+    }
+}
+
 /// A zone passed over, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZoneFailure {
@@ -90,6 +98,7 @@ impl fmt::Display for ZoneFailure {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Launched {
     /// The allocation's instances already exist (an earlier launch): nothing was launched.
+    /// They may be fewer than asked for, when some have ended since; the caller decides.
     Found(Vec<Instance>),
     /// Launched in `zone`, after the zones in `passed` answered no capacity.
     Launched { zone: String, instances: Vec<Instance>, passed: Vec<ZoneFailure> },
@@ -180,12 +189,7 @@ pub fn launch(
         if class == ErrorClass::RegionQuota {
             break;
         }
-        memory.lock().unwrap_or_else(PoisonError::into_inner).remember(
-            &spec.instance_type,
-            zone,
-            &failure.code,
-            now,
-        );
+        memory.lock().unwrap_or_else(PoisonError::into_inner).remember(spec.pool(zone), &failure.code, now);
     }
     Err(LaunchError::NoCapacity {
         region: spec.region.clone(),
@@ -212,7 +216,7 @@ fn remembered_failure(
     now: Instant,
 ) -> Option<ZoneFailure> {
     let memory = memory.lock().unwrap_or_else(PoisonError::into_inner);
-    let failed = memory.failed(&spec.instance_type, zone, now)?;
+    let failed = memory.failed(spec.pool(zone), now)?;
     Some(ZoneFailure {
         zone: zone.to_owned(),
         code: failed.code.clone(),

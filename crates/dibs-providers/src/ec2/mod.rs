@@ -44,7 +44,7 @@ pub use error::{Ec2Error, ErrorClass, classify};
 pub use launch::{
     LaunchError, LaunchSpec, Launched, Owner, TAG_ALLOCATION, TAG_ENTRY, TAG_REQUEST, ZoneFailure,
 };
-pub use zones::{FailedZone, ZONE_MEMORY, ZoneMemory};
+pub use zones::{FailedZone, Pool, ZONE_MEMORY, ZoneMemory};
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
