@@ -386,3 +386,58 @@ fn the_operators_launch_template_and_spot_are_what_is_launched() {
     );
     assert_eq!(moto.run_calls().get("us-east-1b"), None);
 }
+
+/// Every GPU moto's EC2 knows, in dibs's names: EC2 names a GPU by model and gives its
+/// memory apart, and dibs's alias table and memory rule make the canonical name. The names
+/// that stay outside SkyPilot's canonical list are the gaps a catalog must agree on.
+#[test]
+fn every_gpu_moto_knows_has_a_dibs_name() {
+    let Some(moto) = Moto::start() else { return };
+    let types = moto.ec2().gpu_instance_types(REGION, &[]).unwrap();
+    let mut names: Vec<String> = types
+        .iter()
+        .map(|t| format!("{} {} GiB -> {}", t.gpu_name, t.gpu_memory_mib.unwrap_or(0) / 1024, t.accelerator))
+        .collect();
+    names.sort();
+    names.dedup();
+    let by_type = |instance_type: &str| {
+        types
+            .iter()
+            .find(|t| t.instance_type == instance_type)
+            .map(|t| format!("{} x {}", t.gpus_per_node, t.accelerator))
+    };
+    let cases = [
+        ("p4d.24xlarge", "8 x A100"),
+        ("p4de.24xlarge", "8 x A100-80GB"),
+        ("p5.48xlarge", "8 x H100"),
+        ("p5e.48xlarge", "8 x H200"),
+        ("p6-b200.48xlarge", "8 x B200"),
+        ("g5.xlarge", "1 x A10G"),
+        ("g6.xlarge", "1 x L4"),
+        ("g6e.xlarge", "1 x L40S"),
+        ("g4dn.xlarge", "1 x T4"),
+        ("p3dn.24xlarge", "8 x V100-32GB"),
+    ];
+    for (instance_type, expected) in cases {
+        assert_eq!(by_type(instance_type).as_deref(), Some(expected), "{instance_type} in {names:#?}");
+    }
+    // B300 and the RTX PRO cards are not (yet) in SkyPilot's canonical list: they keep
+    // EC2's spelling until dibs-core's alias table names them.
+    let expected = [
+        "A100 40 GiB -> A100",
+        "A100 80 GiB -> A100-80GB",
+        "A10G 22 GiB -> A10G",
+        "B200 179 GiB -> B200",
+        "B300 268 GiB -> B300",
+        "H100 80 GiB -> H100",
+        "H200 141 GiB -> H200",
+        "L4 22 GiB -> L4",
+        "L40S 44 GiB -> L40S",
+        "RTX PRO 4500 32 GiB -> RTX PRO 4500",
+        "RTX PRO Server 6000 96 GiB -> RTX PRO Server 6000",
+        "T4 16 GiB -> T4",
+        "T4g 16 GiB -> T4g",
+        "V100 32 GiB -> V100-32GB",
+    ];
+    assert_eq!(names, expected);
+}
