@@ -7,7 +7,10 @@
 //! behaviour for solicitations, so `dibs place` and `dibs simulate` can play a holder that
 //! accepts, declines, takes part, or stays silent. The same provider answers over HTTP in
 //! `dibs provider serve`, and the same calls go over HTTP from `dibs serve`.
+//!
+//! [`ec2`] is the first adapter to a real cloud: AWS EC2 through its own Query API.
 
+pub mod ec2;
 pub mod protocol;
 
 pub use protocol::{Answered, Call, Provider, Reply};
