@@ -205,6 +205,7 @@ fn synthetic_offers(count: usize, tied: bool) -> Vec<Offer> {
                 kind: OfferKind::OnDemand,
                 valid_until: None,
                 bills_from_delivery: true,
+                price_source: None,
             }
         })
         .collect()

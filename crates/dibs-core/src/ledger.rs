@@ -148,6 +148,13 @@ pub enum EventKind {
         gpus: u32,
         promised: Timestamp,
     },
+    /// Its provider said it cannot deliver the allocation (with its evidence): the GPUs go
+    /// back to the market, without that provider.
+    ReservationFailed {
+        allocation: u64,
+        gpus: u32,
+        reason: String,
+    },
     IncidentOpened {
         id: String,
         provider: ProviderName,
@@ -327,6 +334,7 @@ impl EventKind {
             Self::PartsStarted { .. } => "parts_started",
             Self::RequestActive { .. } => "request_active",
             Self::Spillover { .. } => "spillover",
+            Self::ReservationFailed { .. } => "reservation_failed",
             Self::IncidentOpened { .. } => "incident_opened",
             Self::IncidentResolved { .. } => "incident_resolved",
             Self::Failover { .. } => "failover",

@@ -288,6 +288,7 @@ mod tests {
             kind: OfferKind::OnDemand,
             valid_until: None,
             bills_from_delivery: true,
+            price_source: None,
         }
     }
 

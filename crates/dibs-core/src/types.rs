@@ -410,6 +410,10 @@ pub struct Offer {
     /// for its idle hours only when it bills from delivery.
     #[serde(default = "bills_from_delivery_default", skip_serializing_if = "crate::types::is_true")]
     pub bills_from_delivery: bool,
+    /// Where its price comes from when the provider does not price it itself (a cloud's
+    /// API that names what it can launch but not what it costs: the catalog it was read from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_source: Option<String>,
 }
 
 /// Providers bill from delivery unless an offer says otherwise.

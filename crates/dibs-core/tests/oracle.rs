@@ -147,6 +147,7 @@ fn generated(seed: u64) -> Instance {
                 kind: OfferKind::OnDemand,
                 valid_until: None,
                 bills_from_delivery: random.below(4) != 0,
+                price_source: None,
             }
         })
         .collect();

@@ -44,6 +44,7 @@ fn node_offer(
         kind: OfferKind::OnDemand,
         valid_until: None,
         bills_from_delivery: true,
+        price_source: None,
     }
 }
 

@@ -245,9 +245,9 @@ impl Provider for SimulatedProvider {
                 let (offers, after_hours) = self.quote(ask, now);
                 Answered { reply: Reply::Quotes(protocol::QuoteReply { offers }), after_hours }
             }
-            Call::Reserve { allocation, plan } => {
+            Call::Reserve { allocation, plan, .. } => {
                 let reservation = self.reserve(*allocation, plan, now);
-                let reply = protocol::ReserveReply { ready_at: reservation.ready_at };
+                let reply = protocol::ReserveReply { ready_at: reservation.ready_at, failed: None };
                 Answered { reply: Reply::Reserved(reply), after_hours: 0.0 }
             }
             Call::Cancel { allocation, .. } | Call::Release { allocation, .. } => {

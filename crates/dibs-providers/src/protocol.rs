@@ -9,7 +9,7 @@
 //! |-----------|-----------|------------------------------|-----------------------------------------|
 //! | solicit   | `solicit` | `Solicitation`               | `{"answer": HolderAnswer \| null}` (null: silent) |
 //! | quote     | `quote`   | `Ask`                        | `{"offers": [Offer]}`                   |
-//! | reserve   | `reserve` | `{"allocation", "plan"}`     | `{"ready_at": unix \| null}`            |
+//! | reserve   | `reserve` | `{"allocation", "request", "plan"}` | `{"ready_at": unix \| null, "failed": reason?}` |
 //! | cancel    | `cancel`  | `{"allocation"}`             | `{}`                                    |
 //! | release   | `release` | `{"allocation"}`             | `{}`                                    |
 //!
@@ -28,8 +28,14 @@ pub enum Call {
     Solicit(Solicitation),
     /// The market: quotes for an ask.
     Quote { provider: ProviderName, ask: Ask },
-    /// The award: reserve these nodes.
-    Reserve { allocation: u64, plan: PlannedAllocation },
+    /// The award: reserve these nodes (for `request`; empty in calls recorded before it was
+    /// said).
+    Reserve {
+        allocation: u64,
+        #[serde(default)]
+        request: String,
+        plan: PlannedAllocation,
+    },
     /// Spillover, failover or the buyer: the reservation is off.
     Cancel { provider: ProviderName, allocation: u64 },
     /// The allocation ran its hours: the provider takes its nodes back.
@@ -40,6 +46,8 @@ pub enum Call {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReserveBody {
     pub allocation: u64,
+    #[serde(default)]
+    pub request: String,
     pub plan: PlannedAllocation,
 }
 
@@ -60,10 +68,14 @@ pub struct QuoteReply {
     pub offers: Vec<Offer>,
 }
 
-/// When the reserved nodes will be ready; `None`: the provider will not deliver.
+/// When the reserved nodes will be ready; `None`: not known yet, or never (the engine's
+/// delivery timer then spills them over). `failed`: the provider cannot deliver them, and
+/// why (its evidence): the GPUs go back to the market at once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReserveReply {
     pub ready_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// An empty acknowledgement (cancel, release).
@@ -101,8 +113,8 @@ pub fn calls_for(effect: &Effect) -> Vec<Call> {
             .iter()
             .map(|provider| Call::Quote { provider: provider.clone(), ask: ask.clone() })
             .collect(),
-        Effect::Reserve { allocation, plan, .. } => {
-            vec![Call::Reserve { allocation: *allocation, plan: plan.clone() }]
+        Effect::Reserve { allocation, request, plan, .. } => {
+            vec![Call::Reserve { allocation: *allocation, request: request.clone(), plan: plan.clone() }]
         }
         Effect::Cancel { allocation, provider, .. } => {
             vec![Call::Cancel { provider: provider.clone(), allocation: *allocation }]
@@ -160,9 +172,11 @@ impl Call {
         let value = match self {
             Call::Solicit(s) => serde_json::to_value(s),
             Call::Quote { ask, .. } => serde_json::to_value(ask),
-            Call::Reserve { allocation, plan } => {
-                serde_json::to_value(ReserveBody { allocation: *allocation, plan: plan.clone() })
-            }
+            Call::Reserve { allocation, request, plan } => serde_json::to_value(ReserveBody {
+                allocation: *allocation,
+                request: request.clone(),
+                plan: plan.clone(),
+            }),
             Call::Cancel { allocation, .. } | Call::Release { allocation, .. } => {
                 serde_json::to_value(AllocationBody { allocation: *allocation })
             }
@@ -204,19 +218,27 @@ impl Call {
                     },
                 ))
             }
-            (Call::Reserve { allocation, .. }, Reply::Reserved(reply)) => {
-                reply.ready_at.map(|at| (Some(at), Input::AllocationReady { allocation: *allocation }))
-            }
+            (Call::Reserve { allocation, .. }, Reply::Reserved(reply)) => match reply.failed {
+                Some(reason) => Some((None, Input::ReservationFailed { allocation: *allocation, reason })),
+                None => {
+                    reply.ready_at.map(|at| (Some(at), Input::AllocationReady { allocation: *allocation }))
+                }
+            },
             _ => None,
         }
     }
 
     /// What a call that got no usable answer by its deadline means (`error`: the last
     /// failure). A provider that cannot quote has quoted nothing, and the round records why.
-    /// A holder that cannot answer is silent, and its window lapses; a reservation that
-    /// cannot be confirmed is late, and spills over.
+    /// A holder that cannot answer is silent, and its window lapses; a reservation the
+    /// provider refused or could not confirm by its deadline failed, and its GPUs go back
+    /// to the market at once.
     pub fn unanswered(&self, error: &str) -> Option<Input> {
         match self {
+            Call::Reserve { allocation, .. } => Some(Input::ReservationFailed {
+                allocation: *allocation,
+                reason: format!("the reservation was not confirmed: {error}"),
+            }),
             Call::Quote { provider, ask } => Some(Input::QuoteFailed {
                 request: ask.request.clone(),
                 round: ask.round,

@@ -1,17 +1,15 @@
 //! The EC2 adapter against a third-party EC2: moto's server on loopback, started by
-//! `tests/moto_harness.py` (which adds the capacity errors and signature checks moto lacks).
-//!
-//! The harness runs under the Python named by `DIBS_MOTO_PYTHON` (default: the CI venv's,
-//! `/tmp/dibs-ci-venv/bin/python`, when it exists) with `moto[server]==5.2.5` installed.
-//! Without it the tests skip with a message, unless `DIBS_REQUIRE_MOTO=1` (CI), where a
-//! missing moto fails them. Each test starts its own server, so tests share no state.
+//! `tests/moto_harness.py` (which adds the capacity errors and signature checks moto lacks;
+//! `tests/support/moto.rs` drives it). Each test starts its own server, so tests share no
+//! state.
+
+mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::moto::Moto;
 
 use dibs_core::types::Accelerator;
 use dibs_providers::ec2::{
@@ -24,111 +22,24 @@ const P5: &str = "p5.48xlarge";
 /// Long enough for moto, which terminates at once.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(10);
 
-/// A moto server in a child process, driven through the harness's stdin.
-struct Moto {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    endpoint: String,
-}
-
-impl Moto {
-    /// A fresh server, or `None` (after saying why) when moto is not installed and not required.
-    fn start() -> Option<Self> {
-        let python = python();
-        let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/moto_harness.py");
-        let installed = Command::new(&python)
-            .args(["-c", "import moto.server"])
-            .output()
-            .is_ok_and(|out| out.status.success());
-        if !installed {
-            let why =
-                format!("moto is not importable by {} (pip install 'moto[server]==5.2.5')", python.display());
-            assert!(
-                std::env::var("DIBS_REQUIRE_MOTO").as_deref() != Ok("1"),
-                "DIBS_REQUIRE_MOTO=1 but {why}"
-            );
-            eprintln!("skipping: {why}");
-            return None;
-        }
-        let mut child = Command::new(&python)
-            .arg(&harness)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the moto harness starts");
-        let stdin = child.stdin.take().expect("piped stdin");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut first = String::new();
-        stdout.read_line(&mut first).expect("the harness prints its endpoint");
-        let ready: serde_json::Value = serde_json::from_str(&first).expect("the first line is JSON");
-        let endpoint = ready["endpoint"].as_str().expect("an endpoint").to_owned();
-        Some(Self { child, stdin, stdout, endpoint })
-    }
-
-    fn command(&mut self, line: &str) -> String {
-        writeln!(self.stdin, "{line}").expect("the harness reads commands");
-        let mut answer = String::new();
-        self.stdout.read_line(&mut answer).expect("the harness answers");
-        answer.trim().to_owned()
-    }
-
-    /// RunInstances in these zones answers InsufficientInstanceCapacity.
-    fn out_of_capacity(&mut self, zones: &[&str]) {
-        assert_eq!(self.command(&format!("ice {}", zones.join(" "))), "ok");
-    }
-
-    /// RunInstances calls moto received, by zone.
-    fn run_calls(&mut self) -> BTreeMap<String, u64> {
-        serde_json::from_str(&self.command("calls")).expect("calls are a JSON object")
-    }
-
-    /// The next `calls` RunInstances calls answer RequestLimitExceeded.
-    fn throttle(&mut self, calls: u32) {
-        assert_eq!(self.command(&format!("throttle {calls}")), "ok");
-    }
-
-    /// Creates a launch template holding an image id; its id.
-    fn launch_template(&mut self, name: &str) -> String {
-        self.command(&format!("template {name}"))
-    }
-
-    /// Switches signature checks on; the credentials of a user allowed everything, and of
-    /// one allowed only `ec2:Describe*`.
-    fn switch_auth_on(&mut self) -> (Credentials, Credentials) {
-        let keys: serde_json::Value = serde_json::from_str(&self.command("auth")).expect("keys are JSON");
-        let key = |name: &str| keys[name].as_str().expect("a key or secret").to_owned();
-        (
-            Credentials::new(&key("access_key_id"), &key("secret_access_key"), None),
-            Credentials::new(&key("describe_only_key_id"), &key("describe_only_secret"), None),
-        )
-    }
-
-    fn ec2_with(&self, credentials: Credentials) -> Ec2 {
-        Ec2::new(Ec2Config::new(REGION, Some(&self.endpoint), credentials).expect("a valid configuration"))
-    }
-
+/// What the adapter tests do with moto: the adapter, under a key.
+trait Adapters {
+    fn ec2_with(&self, credentials: Credentials) -> Ec2;
     /// Before auth is on, moto takes any key.
     fn ec2(&self) -> Ec2 {
         self.ec2_with(Credentials::new("AKIDTEST", "test-secret", None))
     }
+    fn switch_auth_on_keys(&mut self) -> (Credentials, Credentials);
 }
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Adapters for Moto {
+    fn ec2_with(&self, credentials: Credentials) -> Ec2 {
+        Ec2::new(Ec2Config::new(REGION, Some(&self.endpoint), credentials).expect("a valid configuration"))
     }
-}
 
-fn python() -> PathBuf {
-    match std::env::var_os("DIBS_MOTO_PYTHON") {
-        Some(python) => PathBuf::from(python),
-        None => {
-            let venv = PathBuf::from("/tmp/dibs-ci-venv/bin/python");
-            if venv.exists() { venv } else { PathBuf::from("python3") }
-        }
+    fn switch_auth_on_keys(&mut self) -> (Credentials, Credentials) {
+        let ((id, secret), (describe_id, describe_secret)) = self.switch_auth_on();
+        (Credentials::new(&id, &secret, None), Credentials::new(&describe_id, &describe_secret, None))
     }
 }
 
@@ -303,7 +214,7 @@ fn terminating_an_allocation_leaves_none_of_its_instances_running() {
 #[test]
 fn a_wrong_secret_is_a_credential_error_naming_the_key() {
     let Some(mut moto) = Moto::start() else { return };
-    let (credentials, describe_only) = moto.switch_auth_on();
+    let (credentials, describe_only) = moto.switch_auth_on_keys();
     let ec2 = moto.ec2_with(credentials.clone());
     assert_eq!(ec2.zones(REGION).unwrap().len(), 6, "the right secret is accepted");
 

@@ -12,6 +12,9 @@ on a free port and lets the test that spawned it arrange both, one command a lin
                   which moto answers before launching, are not counted)
     template NAME creates a launch template NAME (an image id and nothing else, as an
                   operator's template would hold); answers its id
+    instances     answers a JSON list of every instance moto holds in every region, read from
+                  its backend (so it works with signature checks on): id, region, zone,
+                  state and tags
     auth          creates two IAM users with access keys, one allowed everything and one
                   allowed only ec2:Describe*, then switches signature checks on; answers a
                   JSON object with "access_key_id" and "secret_access_key" of the first,
@@ -114,6 +117,27 @@ def switch_auth_on(endpoint: str) -> dict:
     }
 
 
+def all_instances() -> list:
+    """Every instance of the default account, in every region, from moto's backend."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+
+    found = []
+    for region, backend in ec2_backends[DEFAULT_ACCOUNT_ID].items():
+        for instance in backend.all_instances():
+            tags = {t["key"]: t["value"] for t in instance.get_tags()}
+            found.append(
+                {
+                    "id": instance.id,
+                    "region": region,
+                    "zone": instance.placement.zone if hasattr(instance.placement, "zone") else None,
+                    "state": instance.state,
+                    "tags": tags,
+                }
+            )
+    return found
+
+
 def create_launch_template(endpoint: str, name: str) -> str:
     ec2 = client("ec2", endpoint)
     data = {"ImageId": "ami-12345678"}
@@ -147,6 +171,8 @@ def main() -> None:
         elif command == "calls":
             with lock:
                 print(json.dumps(calls_by_zone), flush=True)
+        elif command == "instances":
+            print(json.dumps(all_instances()), flush=True)
         elif command == "auth":
             print(json.dumps(switch_auth_on(endpoint)), flush=True)
         elif command == "quit":

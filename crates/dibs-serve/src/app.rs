@@ -87,6 +87,8 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// Tokens looked up so far, by hash.
     pub roles: Mutex<std::collections::HashMap<[u8; 32], KnownToken>>,
+    /// Providers reached through a cloud's API, for their health in `/v1/providers`.
+    pub adapters: crate::remote::Adapters,
 }
 
 /// A token looked up: its role, and until when it may be used.

@@ -28,6 +28,8 @@ pub struct Banner {
     pub catalog: String,
     /// Catalog providers with no contract on file that may win market awards.
     pub uncontracted: Vec<dibs_core::types::ProviderName>,
+    /// What needs the operator: a cloud's orphaned instances, a provider that cannot be used.
+    pub warnings: Vec<String>,
     pub clock: ClockInfo,
     /// The admin token when it was made at this start (shown once), else `None`.
     pub new_admin_token: Option<String>,
@@ -116,6 +118,9 @@ impl fmt::Display for Banner {
         writeln!(f, "  catalog:    {}", self.catalog)?;
         if !self.uncontracted.is_empty() {
             writeln!(f, "  warning:    {}", dibs_core::contract::uncontracted_warning(&self.uncontracted))?;
+        }
+        for warning in &self.warnings {
+            writeln!(f, "  warning:    {warning}")?;
         }
         if self.clock.speed == 1.0 {
             write!(f, "  clock:      real time")?;

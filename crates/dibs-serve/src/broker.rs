@@ -92,7 +92,9 @@ fn key_of(input: &Input) -> Option<DueKey> {
         | Input::QuoteFailed { request, round, provider, .. } => {
             Some(DueKey::Quotes { request: request.clone(), round: *round, provider: provider.to_string() })
         }
-        Input::AllocationReady { allocation } => Some(DueKey::Ready { allocation: *allocation }),
+        Input::AllocationReady { allocation } | Input::ReservationFailed { allocation, .. } => {
+            Some(DueKey::Ready { allocation: *allocation })
+        }
         _ => None,
     }
 }
@@ -389,7 +391,7 @@ impl Broker {
                 // A pull provider finds solicitations and quote requests in its feed.
                 // It has no way to confirm a reservation: the capacity counts as
                 // ready after the lead time it quoted.
-                if let Call::Reserve { allocation, plan } = &call {
+                if let Call::Reserve { allocation, plan, .. } = &call {
                     let ready = Input::AllocationReady { allocation: *allocation };
                     self.schedule(now.plus_hours(f64::from(plan.lead_time_hours)), ready);
                 }

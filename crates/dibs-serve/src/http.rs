@@ -816,13 +816,27 @@ async fn providers(
     // Ask each provider reached over HTTP for its health, side by side, briefly.
     let mut probes = Vec::new();
     for (i, provider) in list.providers.iter().enumerate() {
-        if provider.reached.starts_with("http") {
+        let name = dibs_core::types::ProviderName::new(&provider.name).ok();
+        if let Some(adapter) = name.and_then(|name| state.adapters.get(&name)).cloned() {
+            probes.push((i, tokio::task::spawn_blocking(move || adapter.health())));
+        } else if provider.reached.starts_with("http") {
             let url = format!("{}/health", provider.reached);
-            probes.push((i, tokio::task::spawn_blocking(move || crate::remote::healthy(&url))));
+            probes.push((
+                i,
+                tokio::task::spawn_blocking(move || {
+                    if crate::remote::healthy(&url) {
+                        Ok(())
+                    } else {
+                        Err(format!("{url} did not answer 2xx"))
+                    }
+                }),
+            ));
         }
     }
     for (i, probe) in probes {
-        list.providers[i].healthy = Some(probe.await.unwrap_or(false));
+        let health = probe.await.unwrap_or_else(|e| Err(e.to_string()));
+        list.providers[i].healthy = Some(health.is_ok());
+        list.providers[i].problem = health.err();
     }
     Ok(Json(list))
 }

@@ -10,6 +10,7 @@ pub mod banner;
 pub mod broker;
 pub mod clock;
 pub mod dashboard;
+pub mod ec2;
 pub mod http;
 pub mod listener;
 pub mod openapi;
@@ -49,6 +50,8 @@ pub struct ServeConfig {
     /// Providers reached over HTTP (`dibs provider serve`), by name; the
     /// others in the catalog run in-process.
     pub remote_providers: BTreeMap<dibs_core::types::ProviderName, String>,
+    /// Providers reached through a cloud's own API in this process (`--provider aws=ec2`).
+    pub adapters: remote::Adapters,
     pub seed: u64,
     /// The admin token (from `DIBS_ADMIN_TOKEN`); `None`: keep the one made at first start.
     pub admin_token: Option<String>,
@@ -154,6 +157,29 @@ pub fn open_store(
         Some(url) => Ok(Box::new(PostgresStore::connect(url, schema)?)),
         None => Ok(Box::new(SqliteStore::open(&data.join("ledger.db"))?)),
     }
+}
+
+/// What the providers reached through a cloud's API need the operator to know at start:
+/// one that cannot be used (its credentials refused), instances it holds that no open
+/// allocation owns.
+fn adapter_warnings(adapters: &remote::Adapters, broker: &Broker) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (name, adapter) in adapters {
+        if let Err(why) = adapter.health() {
+            warnings.push(format!("{name} cannot be used: {why}"));
+            continue;
+        }
+        let owned: std::collections::BTreeSet<u64> = broker
+            .engine
+            .allocations()
+            .filter(|a| &a.plan.provider == name && a.state.is_live())
+            .map(|a| a.id)
+            .collect();
+        if let Some(line) = adapter.orphans(&owned) {
+            warnings.push(format!("{name}: {line}"));
+        }
+    }
+    warnings
 }
 
 /// In-process simulated providers for the embedded default: they answer in
@@ -288,13 +314,14 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let (clock, clock_info) = clock::service_clock(last_instant(reader.as_mut())?, config.time_speed);
     let offers = &config.configuration.offers;
     let mut providers = simulated_providers(offers, config.holder, config.seed);
-    providers.retain(|name, _| !config.remote_providers.contains_key(name));
+    providers
+        .retain(|name, _| !config.remote_providers.contains_key(name) && !config.adapters.contains_key(name));
     let (tx, rx) = std::sync::mpsc::sync_channel(app::MAX_QUEUED_COMMANDS);
     let open: remote::OpenStore = {
         let (data, database, schema) = (config.data.clone(), config.database.clone(), config.schema.clone());
         Arc::new(move || open_store(&data, database.as_deref(), &schema))
     };
-    let remote = if config.remote_providers.is_empty() {
+    let remote = if config.remote_providers.is_empty() && config.adapters.is_empty() {
         None
     } else {
         let tx = tx.clone();
@@ -306,7 +333,13 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
             };
             tx.send(input).is_ok()
         });
-        Some(remote::Dispatcher::start(config.remote_providers.clone(), deliver, 8, open.clone())?)
+        Some(remote::Dispatcher::start(
+            config.remote_providers.clone(),
+            config.adapters.clone(),
+            deliver,
+            8,
+            open.clone(),
+        )?)
     };
     let (mut broker, mut recovery) =
         Broker::recover(store, providers, remote, clock, Some(config.configuration.clone()))?;
@@ -344,14 +377,18 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
             .engine
             .published_providers()
             .map(|name| {
-                let reached =
-                    config.remote_providers.get(name).cloned().unwrap_or_else(|| "in-process".into());
+                let reached = match (config.remote_providers.get(name), config.adapters.get(name)) {
+                    (_, Some(adapter)) => adapter.describe(),
+                    (Some(url), None) => url.clone(),
+                    (None, None) => "in-process".into(),
+                };
                 (name.to_string(), reached)
             })
             .collect(),
         holder: config.loaded_from.holder.clone(),
         catalog: config.loaded_from.catalog.clone(),
         uncontracted: broker.engine.contracts().uncontracted(broker.engine.names()),
+        warnings: adapter_warnings(&config.adapters, &broker),
         clock: clock_info,
         new_admin_token: new_token,
         admin_token_from_env: config.admin_token.is_some(),
@@ -378,6 +415,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         open: open.clone(),
         admin_token_hash: hash,
         roles: Mutex::new(std::collections::HashMap::new()),
+        adapters: config.adapters.clone(),
     });
 
     let kept = state.clone();

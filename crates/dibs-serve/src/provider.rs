@@ -115,7 +115,8 @@ async fn quote(State(state): State<Arc<ProviderState>>, Json(ask): Json<Ask>) ->
 }
 
 async fn reserve(State(state): State<Arc<ProviderState>>, Json(body): Json<ReserveBody>) -> Response {
-    answer(&state, Call::Reserve { allocation: body.allocation, plan: body.plan }).await
+    answer(&state, Call::Reserve { allocation: body.allocation, request: body.request, plan: body.plan })
+        .await
 }
 
 async fn cancel(State(state): State<Arc<ProviderState>>, Json(body): Json<AllocationBody>) -> Response {

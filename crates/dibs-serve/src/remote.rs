@@ -12,6 +12,13 @@
 //! wait out [`BREAKER_COOL_DOWN`] without being tried, so the workers serve the providers
 //! that answer.
 //!
+//! A provider may also be reached by an [`Adapter`] in this process, which speaks a cloud's
+//! own API (the EC2 adapter, `crate::ec2`): the workers, the outbox and the deadlines are
+//! the same; only the try differs. An adapter may say a call is not done yet
+//! ([`Tried::Pending`]: nodes still starting), which is polled again without counting as a
+//! failure, or that the provider cannot be used at all ([`Tried::Broken`]: credentials
+//! refused), which opens its breaker at once.
+//!
 //! A good answer comes back to the broker as an input. A call that reaches its deadline
 //! unanswered comes back as what that means (a quote call: `QuoteFailed`, so an unfilled
 //! round says who gave no quote and why); the engine's own timers do the rest (a holder's
@@ -87,6 +94,25 @@ fn backoff(decided: i64, now: i64, rng: &mut fastrand::Rng) -> i64 {
     (wait - rng.i64(0..=wait / 4)).max(1)
 }
 
+/// How soon a call an adapter says is not done yet ([`Tried::Pending`]) is tried again.
+pub const PENDING_POLL: Duration = Duration::from_secs(3);
+
+/// A provider reached in this process through a cloud's own API instead of the provider
+/// protocol over HTTP. Its calls are made on the workers' threads and may block.
+pub trait Adapter: Send + Sync {
+    /// What it talks to, for the banner and the provider list (`EC2 at http://...`).
+    fn describe(&self) -> String;
+    /// One try of a call, within `limit`.
+    fn call(&self, call: &Call, limit: Duration) -> Tried;
+    /// Whether it can be used now (a cheap call); the error says why not.
+    fn health(&self) -> Result<(), String>;
+    /// What the cloud holds that no open allocation in `owned` owns (instances dibs
+    /// launched and lost track of), said in a line for the operator; `None`: nothing.
+    fn orphans(&self, _owned: &std::collections::BTreeSet<u64>) -> Option<String> {
+        None
+    }
+}
+
 /// Per provider: failures in a row, and until when its breaker is open.
 #[derive(Default)]
 struct Breakers {
@@ -113,6 +139,16 @@ impl Breakers {
         }
     }
 
+    /// The provider cannot be used (its credentials were refused): open at once.
+    fn broken(&self, provider: &ProviderName, why: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            let (failures, until) = state.entry(provider.clone()).or_default();
+            *failures = (*failures).max(BREAKER_FAILURES);
+            *until = Some(Instant::now() + BREAKER_COOL_DOWN);
+            eprintln!("dibs: {provider} cannot be used ({why}); its calls wait {BREAKER_COOL_DOWN:?}");
+        }
+    }
+
     fn answered(&self, provider: &ProviderName) {
         if let Ok(mut state) = self.state.lock() {
             state.remove(provider);
@@ -135,18 +171,29 @@ pub type OpenStore = Arc<dyn Fn() -> Result<Box<dyn Store>, StoreError> + Send +
 /// broker commits to the outbox.
 pub struct Dispatcher {
     urls: BTreeMap<ProviderName, String>,
+    adapters: Adapters,
     wake: Sender<()>,
 }
+
+/// Providers reached through an adapter, by name.
+pub type Adapters = BTreeMap<ProviderName, Arc<dyn Adapter>>;
+
+/// The "URL" of a provider reached through an adapter.
+pub const ADAPTER: &str = "adapter";
 
 impl Dispatcher {
     /// Starts `workers` threads, each with its own store handle; they claim
     /// calls from the outbox and `deliver` the answers to the broker.
     pub fn start(
-        urls: BTreeMap<ProviderName, String>,
+        mut urls: BTreeMap<ProviderName, String>,
+        adapters: Adapters,
         deliver: Deliver,
         workers: usize,
         open: OpenStore,
     ) -> Result<Self, StoreError> {
+        for name in adapters.keys() {
+            urls.insert(name.clone(), ADAPTER.to_owned());
+        }
         let (wake, woken) = std::sync::mpsc::channel();
         let woken = Arc::new(Mutex::new(woken));
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -161,6 +208,7 @@ impl Dispatcher {
                 woken: woken.clone(),
                 deliver: deliver.clone(),
                 urls: urls.clone(),
+                adapters: adapters.clone(),
                 agent: agent.clone(),
                 breakers: breakers.clone(),
                 rng: fastrand::Rng::new(),
@@ -170,12 +218,17 @@ impl Dispatcher {
                 .spawn(move || worker.work(store))
                 .expect("a worker thread starts");
         }
-        Ok(Self { urls, wake })
+        Ok(Self { urls, adapters, wake })
     }
 
-    /// The URL a provider is reached at (or `pull`).
+    /// The URL a provider is reached at (or `pull`, or `adapter`).
     pub fn url(&self, provider: &ProviderName) -> Option<&str> {
         self.urls.get(provider).map(String::as_str)
+    }
+
+    /// The adapter a provider is reached through, if it is.
+    pub fn adapter(&self, provider: &ProviderName) -> Option<&Arc<dyn Adapter>> {
+        self.adapters.get(provider)
     }
 
     pub fn is_remote(&self, provider: &ProviderName) -> bool {
@@ -195,19 +248,26 @@ struct Worker {
     woken: Arc<Mutex<Receiver<()>>>,
     deliver: Deliver,
     urls: BTreeMap<ProviderName, String>,
+    adapters: Adapters,
     agent: ureq::Agent,
     breakers: Arc<Breakers>,
     rng: fastrand::Rng,
 }
 
 /// What one try of a call came to.
-enum Tried {
+pub enum Tried {
     /// An answer, as the input it causes (`None`: an answer that causes nothing, an ack).
     Answered(Option<(Option<Timestamp>, Input)>),
     /// The provider refused the call (4xx) or answered garbage: retrying gets the same.
     Refused(String),
     /// An error, a 5xx, a timeout: worth another try.
     Failed(String),
+    /// Not done yet (an adapter's nodes still starting): asked again after [`PENDING_POLL`],
+    /// not a failure.
+    Pending(String),
+    /// The provider cannot be used at all (credentials refused): its breaker opens now,
+    /// and the call gives up with this as its reason.
+    Broken(String),
 }
 
 impl Worker {
@@ -271,7 +331,11 @@ impl Worker {
                 break;
             }
             let limit = Duration::from_secs(left as u64).min(MAX_TRY);
-            match try_once(&self.agent, &url, call, limit) {
+            let tried = match self.adapters.get(provider) {
+                Some(adapter) => adapter.call(call, limit),
+                None => try_once(&self.agent, &url, call, limit),
+            };
+            match tried {
                 Tried::Answered(input) => {
                     self.breakers.answered(provider);
                     return match input {
@@ -285,6 +349,19 @@ impl Worker {
                 Tried::Refused(error) => {
                     self.breakers.answered(provider);
                     eprintln!("dibs: {url}/{}: {error}; not retrying", call.path());
+                    return self.give_up(store, key, call, &error);
+                }
+                Tried::Pending(note) => {
+                    self.breakers.answered(provider);
+                    let again = unix_now() + PENDING_POLL.as_secs() as i64;
+                    if again >= deadline {
+                        return self.give_up(store, key, call, &format!("not done by its deadline: {note}"));
+                    }
+                    let _ = store.retry_call(key, again);
+                    return true;
+                }
+                Tried::Broken(error) => {
+                    self.breakers.broken(provider, &error);
                     return self.give_up(store, key, call, &error);
                 }
                 Tried::Failed(error) => {

@@ -193,7 +193,7 @@ pub fn held_hours(a: &Allocation) -> f64 {
 
 /// What a request's parts bill in all, USD.
 pub fn committed_cost(parts: &[&Allocation]) -> f64 {
-    parts.iter().map(|a| cost(a)).sum()
+    parts.iter().map(|a| cost(a)).sum::<f64>() + 0.0
 }
 
 /// When all of a request's GPUs are (or are promised to be) ready.
@@ -345,12 +345,17 @@ pub struct IncidentResolvedView {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ProviderView {
     pub name: String,
-    /// `in-process`, `pull`, or the URL it is called at.
+    /// `in-process`, `pull`, the URL it is called at, or the cloud API it is reached
+    /// through (`EC2 at http://...`).
     pub reached: String,
     pub open_incidents: Vec<String>,
-    /// Whether its health endpoint answered (providers called over HTTP only).
+    /// Whether its health endpoint answered, or its cloud API took a cheap call (providers
+    /// called over HTTP or through a cloud API only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub healthy: Option<bool>,
+    /// Why it is not healthy, when that is known (`credentials refused: ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

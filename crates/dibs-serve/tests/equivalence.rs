@@ -84,6 +84,7 @@ fn offer(provider: &str, region: &str, gpu_price: f64, nodes: u32, lead: u32) ->
         kind: OfferKind::OnDemand,
         valid_until: None,
         bills_from_delivery: true,
+        price_source: None,
     }
 }
 

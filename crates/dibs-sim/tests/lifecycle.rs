@@ -44,6 +44,7 @@ fn offer(provider: &str, region: &str, price: f64, gpus: u32, lead: u32) -> Offe
         kind: OfferKind::OnDemand,
         valid_until: None,
         bills_from_delivery: true,
+        price_source: None,
     }
 }
 

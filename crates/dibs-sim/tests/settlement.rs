@@ -38,6 +38,7 @@ fn offer(provider: &str, price: f64, gpus: u32, lead: u32) -> Offer {
         kind: OfferKind::OnDemand,
         valid_until: None,
         bills_from_delivery: true,
+        price_source: None,
     }
 }
 

@@ -45,9 +45,34 @@ pub struct ServeArgs {
     /// Reach this catalog provider over HTTP (a `dibs provider serve`):
     /// NAME=URL, repeatable. NAME=pull: the provider calls in instead, reading
     /// /v1/provider/events and answering through the API with a provider
-    /// token. Providers not named run in-process.
+    /// token. NAME=ec2: dibs launches real instances through EC2's own API (credentials,
+    /// region and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL_EC2 or AWS_ENDPOINT_URL; prices
+    /// from the catalog; see --aws-*). Providers not named run in-process.
     #[arg(long = "provider", value_name = "NAME=URL")]
     providers: Vec<String>,
+    /// The regions dibs may launch EC2 instances in, comma-separated (default: the
+    /// catalog's regions of the provider given as NAME=ec2).
+    #[arg(long, value_name = "REGIONS", value_delimiter = ',')]
+    aws_regions: Vec<String>,
+    /// The EC2 launch template dibs launches from: NAME for every region, or REGION=NAME,
+    /// repeatable (the operator's image, network and security groups; dibs never picks an
+    /// image). A region without one refuses its reservations, saying so.
+    #[arg(long, value_name = "[REGION=]NAME")]
+    aws_launch_template: Vec<String>,
+    /// Send every EC2 launch with DryRun=true: EC2 checks the permissions and parameters
+    /// and launches nothing; each allocation says so and its GPUs go back to the market.
+    #[arg(long)]
+    aws_dry_run: bool,
+    /// The most nodes dibs may hold at once with a provider reached through a cloud API:
+    /// NAME=N (e.g. aws=4). Quotes offer no more, and a reservation above it is refused
+    /// with the reason.
+    #[arg(long, value_name = "NAME=N")]
+    max_nodes: Vec<String>,
+    /// At start, terminate the EC2 instances tagged by dibs that no open allocation owns
+    /// (without it they are reported on the banner).
+    #[arg(long)]
+    aws_reap_orphans: bool,
     /// Run the service's clock N times faster than the wall clock, for a demo on the
     /// in-process simulated providers: at 3600 a real second is a simulated hour, so a
     /// request goes from first refusal to active in a minute or two rather than in 4 to 168
@@ -73,14 +98,97 @@ pub struct ServeArgs {
     snapshot_every: u64,
 }
 
+/// `--provider NAME=ec2`: the provider is reached through EC2's own API.
+const EC2: &str = "ec2";
+
+/// The EC2 provider `--provider NAME=ec2` names, built from the `--aws-*` flags and the
+/// AWS variables; none when no provider is reached through EC2.
+fn ec2_adapters(
+    args: &ServeArgs,
+    remotes: &mut BTreeMap<ProviderName, String>,
+    offers: &[dibs_core::types::Offer],
+) -> Result<dibs_serve::remote::Adapters> {
+    let mut adapters = dibs_serve::remote::Adapters::new();
+    let names: Vec<ProviderName> =
+        remotes.iter().filter(|(_, url)| *url == EC2).map(|(n, _)| n.clone()).collect();
+    if names.len() > 1 {
+        bail!("--provider ...=ec2: one provider may be reached through EC2, not {}", names.len());
+    }
+    let Some(name) = names.into_iter().next() else {
+        if !args.aws_regions.is_empty()
+            || !args.aws_launch_template.is_empty()
+            || args.aws_dry_run
+            || args.aws_reap_orphans
+        {
+            bail!("--aws-*: no provider is reached through EC2; add --provider aws=ec2");
+        }
+        return Ok(adapters);
+    };
+    remotes.remove(&name);
+    let mut regions = args.aws_regions.clone();
+    if regions.is_empty() {
+        regions = offers.iter().filter(|o| o.provider == name).map(|o| o.region.to_string()).collect();
+        regions.sort();
+        regions.dedup();
+    }
+    let config = dibs_providers::ec2::Ec2Config::from_env()
+        .map_err(|e| anyhow::anyhow!("--provider {name}=ec2: {e}"))?;
+    let mut launch_templates = BTreeMap::new();
+    for spec in &args.aws_launch_template {
+        let (region, template) = match spec.split_once('=') {
+            Some((region, template)) => (Some(region.to_owned()), template),
+            None => (None, spec.as_str()),
+        };
+        if template.is_empty() {
+            bail!("--aws-launch-template {spec:?}: expected NAME or REGION=NAME");
+        }
+        if let Some(region) = &region
+            && !regions.contains(region)
+        {
+            bail!(
+                "--aws-launch-template {spec:?}: {region} is not among the regions dibs launches in ({})",
+                regions.join(", ")
+            );
+        }
+        launch_templates.insert(region, template.to_owned());
+    }
+    let mut max_nodes = None;
+    for spec in &args.max_nodes {
+        let (provider, n) =
+            spec.split_once('=').with_context(|| format!("--max-nodes {spec:?}: expected NAME=N"))?;
+        let n: u32 = n
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--max-nodes {spec:?}: N must be a whole number of nodes"))?;
+        if provider != name.as_str() {
+            bail!("--max-nodes {spec:?}: {provider} is not reached through a cloud API (only {name} is)");
+        }
+        max_nodes = Some(n);
+    }
+    let settings = dibs_serve::ec2::Ec2Settings {
+        provider: name.clone(),
+        config,
+        regions,
+        launch_templates,
+        dry_run: args.aws_dry_run,
+        max_nodes,
+        reap_orphans: args.aws_reap_orphans,
+    };
+    adapters.insert(name, std::sync::Arc::new(dibs_serve::ec2::Ec2Provider::new(settings, offers)));
+    Ok(adapters)
+}
+
 fn parse_remotes(specs: &[String]) -> Result<BTreeMap<ProviderName, String>> {
     let mut remotes = BTreeMap::new();
     for spec in specs {
         let (name, url) =
             spec.split_once('=').with_context(|| format!("--provider {spec:?}: expected NAME=URL"))?;
         let name = ProviderName::new(name).map_err(|e| anyhow::anyhow!("--provider {spec:?}: {e}"))?;
-        if !(url.starts_with("http://") || url.starts_with("https://") || url == dibs_serve::remote::PULL) {
-            bail!("--provider {spec:?}: expected an http:// or https:// URL, or `pull`");
+        if !(url.starts_with("http://")
+            || url.starts_with("https://")
+            || url == dibs_serve::remote::PULL
+            || url == EC2)
+        {
+            bail!("--provider {spec:?}: expected an http:// or https:// URL, `pull` or `ec2`");
         }
         if remotes.insert(name, url.trim_end_matches('/').to_owned()).is_some() {
             bail!("--provider {spec:?}: that provider was given twice");
@@ -100,15 +208,16 @@ pub fn serve(args: ServeArgs) -> Result<Exit> {
     let contracts = contract::contract_set_from_texts(&contract_texts).map_err(|e| anyhow::anyhow!("{e}"))?;
     let catalog = crate::load_catalogs(&args.catalog)?;
     crate::warn_unknown_names(&contracts, &catalog);
-    let remote_providers = parse_remotes(&args.providers)?;
+    let mut remote_providers = parse_remotes(&args.providers)?;
     for name in remote_providers.keys() {
         if !catalog.offers.iter().any(|o| &o.provider == name) {
             bail!("--provider {name}=...: the catalog has no offers from {name}, so no request would ask it");
         }
     }
+    let adapters = ec2_adapters(&args, &mut remote_providers, &catalog.offers)?;
     let time_speed =
         dibs_serve::clock::check_speed(args.time_speed).map_err(|e| anyhow::anyhow!("--time-speed: {e}"))?;
-    if time_speed != 1.0 && !remote_providers.is_empty() {
+    if time_speed != 1.0 && !(remote_providers.is_empty() && adapters.is_empty()) {
         bail!(
             "--time-speed: providers reached over HTTP (--provider) answer in real time; run the demo clock on the in-process providers only"
         );
@@ -148,6 +257,7 @@ pub fn serve(args: ServeArgs) -> Result<Exit> {
         },
         holder,
         remote_providers,
+        adapters,
         seed: args.seed,
         admin_token,
         time_speed,

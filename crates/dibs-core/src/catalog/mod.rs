@@ -115,6 +115,7 @@ impl PricedOffer {
             kind: self.kind,
             valid_until: None,
             bills_from_delivery: true,
+            price_source: None,
         }
     }
 }

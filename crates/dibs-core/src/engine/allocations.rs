@@ -38,7 +38,12 @@ impl Engine {
                 plan: plan.clone(),
                 promised,
             });
-            out.effects.push(Effect::Reserve { allocation, plan: plan.clone(), promised });
+            out.effects.push(Effect::Reserve {
+                allocation,
+                request: id.to_owned(),
+                plan: plan.clone(),
+                promised,
+            });
             out.effects.push(Effect::SetTimer {
                 at: promised.plus_hours(self.config.delivery_grace_hours),
                 timer: Timer::DeliveryDue { allocation },

@@ -67,6 +67,7 @@ pub use snapshot::EngineSnapshot;
 
 use round::{Pending, Phase, RoundInput, Running, Step};
 use screen::commitment_key;
+use timers::Undelivered;
 
 /// A round re-solicits the holder at most this often under the no-better-terms rule.
 pub const MAX_RESOLICITATIONS: u32 = 2;
@@ -153,6 +154,13 @@ pub enum Input {
     AllocationReady {
         allocation: u64,
     },
+    /// The provider could not deliver a reservation (no capacity in any zone, its launch
+    /// failed, its nodes ended before they ran): its GPUs go back to the market at once,
+    /// without that provider, with `reason` as the evidence.
+    ReservationFailed {
+        allocation: u64,
+        reason: String,
+    },
     IncidentOpened {
         id: String,
         provider: ProviderName,
@@ -228,6 +236,8 @@ pub enum Effect {
     },
     Reserve {
         allocation: u64,
+        /// The request it is for (a cloud tags what it launches with it).
+        request: String,
         plan: PlannedAllocation,
         promised: Timestamp,
     },
@@ -546,6 +556,10 @@ impl Engine {
             ),
             Input::Timer(timer) => self.timer(&mut out, timer),
             Input::AllocationReady { allocation } => self.allocation_ready(&mut out, allocation),
+            Input::ReservationFailed { allocation, reason } => {
+                let reason: String = reason.chars().take(MAX_FAILURE_TEXT).collect();
+                self.not_delivered(&mut out, allocation, Undelivered::Failed(reason));
+            }
             Input::IncidentOpened { id, provider, region } => {
                 self.incident_opened(&mut out, id, provider, region)
             }

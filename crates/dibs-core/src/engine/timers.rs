@@ -5,7 +5,47 @@ use super::round::{Phase, RoundInput, Step};
 use super::*;
 use crate::allocation::Stage;
 
+/// Why a reserved allocation was not delivered.
+pub(super) enum Undelivered {
+    /// Not ready by its promised time plus grace.
+    Late,
+    /// Its provider said it cannot deliver, and why.
+    Failed(String),
+}
+
 impl Engine {
+    /// A reservation that will not be delivered: it is cancelled, its provider is left out
+    /// of the request's next rounds, and its GPUs go back to the market for their hours.
+    pub(super) fn not_delivered(&mut self, out: &mut Out, allocation: u64, why: Undelivered) {
+        let Some(a) = self.allocations.get_mut(&allocation) else { return };
+        if a.state != AllocationState::Reserved {
+            return;
+        }
+        a.state = AllocationState::Cancelled { run: None, ended_at: out.now };
+        let (request, gpus, hours, promised, provider) =
+            (a.request.clone(), a.plan.gpus, a.hours, a.promised, a.plan.provider.clone());
+        let (failed, event, cancel) = match why {
+            Undelivered::Late => (
+                format!("did not deliver allocation {allocation} on time"),
+                EventKind::Spillover { allocation, gpus, promised },
+                "not ready by its promised time plus grace".to_owned(),
+            ),
+            Undelivered::Failed(reason) => (
+                format!("could not deliver allocation {allocation}: {reason}"),
+                EventKind::ReservationFailed { allocation, gpus, reason: reason.clone() },
+                format!("the provider could not deliver it: {reason}"),
+            ),
+        };
+        if let Some(state) = self.requests.get_mut(&request) {
+            state.failed_providers.insert(provider.clone(), failed);
+        }
+        self.leave_fleet(allocation);
+        out.ledger(Some(&request), event);
+        // Whatever the provider started for it (a cloud's half-launched nodes) is stopped.
+        out.effects.push(Effect::Cancel { allocation, provider, why: cancel });
+        self.requeue(out, &request, Purpose::Spillover, gpus, hours);
+    }
+
     /// Whether `timer` would do anything if it fired now. A timer whose moment has passed
     /// (the holder answered, every quote is in, the allocation is no longer waiting) does
     /// nothing when it fires, so a shell may drop it instead of keeping it until then.
@@ -40,26 +80,7 @@ impl Engine {
             Timer::QuoteDeadline { request, .. } => {
                 self.drive(out, &request, Step::Input(RoundInput::QuoteDeadline));
             }
-            Timer::DeliveryDue { allocation } => {
-                let Some(a) = self.allocations.get(&allocation) else { return };
-                let (request, gpus, hours, promised, provider) =
-                    (a.request.clone(), a.plan.gpus, a.hours, a.promised, a.plan.provider.clone());
-                let a = self.allocations.get_mut(&allocation).expect("exists");
-                a.state = AllocationState::Cancelled { run: None, ended_at: out.now };
-                if let Some(state) = self.requests.get_mut(&request) {
-                    state
-                        .failed_providers
-                        .insert(provider.clone(), format!("did not deliver allocation {allocation} on time"));
-                }
-                self.leave_fleet(allocation);
-                out.ledger(Some(&request), EventKind::Spillover { allocation, gpus, promised });
-                out.effects.push(Effect::Cancel {
-                    allocation,
-                    provider,
-                    why: "not ready by its promised time plus grace".into(),
-                });
-                self.requeue(out, &request, Purpose::Spillover, gpus, hours);
-            }
+            Timer::DeliveryDue { allocation } => self.not_delivered(out, allocation, Undelivered::Late),
             Timer::Settle => self.settle(out),
             Timer::Release { allocation } => {
                 let Some(a) = self.allocations.get_mut(&allocation) else { return };

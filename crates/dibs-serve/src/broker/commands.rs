@@ -238,6 +238,9 @@ impl ReadView<'_> {
 pub type Delivery = Box<dyn FnOnce() + Send>;
 
 pub(super) fn reached(remote: Option<&Dispatcher>, provider: &dibs_core::types::ProviderName) -> String {
+    if let Some(adapter) = remote.and_then(|r| r.adapter(provider)) {
+        return adapter.describe();
+    }
     match remote.and_then(|r| r.url(provider)) {
         Some(url) if url == crate::remote::PULL => "pull".to_owned(),
         Some(url) => url.to_owned(),
@@ -491,6 +494,7 @@ impl Broker {
                     .map(|(id, ..)| id.to_owned())
                     .collect(),
                 healthy: None,
+                problem: None,
             })
             .collect();
         view::ProviderList { providers }
@@ -580,6 +584,7 @@ impl Broker {
             kind: dibs_core::types::OfferKind::OnDemand,
             valid_until: None,
             bills_from_delivery: true,
+            price_source: None,
         };
         if let Err(problem) = self.engine.names().check_quoted(holder, &offer) {
             let field = if problem.field == "nodes_available" { "gpus" } else { problem.field };

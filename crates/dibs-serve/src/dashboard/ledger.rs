@@ -100,6 +100,9 @@ fn summary(entry: &Entry) -> Markup {
             }
             Input::Timer(Timer::Settle) => html! { "Settlement tick." },
             Input::AllocationReady { allocation } => html! { "Allocation " (allocation) " is ready." },
+            Input::ReservationFailed { allocation, reason } => {
+                html! { "Allocation " (allocation) " cannot be delivered: " (reason) }
+            }
             Input::IncidentOpened { id, provider, region } => {
                 html! { "Incident " (id) " opened on " (provider) @if let Some(r) = region { "/" (r) } "." }
             }

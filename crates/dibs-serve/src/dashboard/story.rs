@@ -202,6 +202,9 @@ pub(super) fn line(decision: &EventKind) -> Option<Markup> {
         EventKind::Spillover { allocation, gpus, promised } => html! {
             "Spillover: allocation " (allocation) " was not ready by " (instant(*promised)) " and its grace; " (gpus) " GPUs back to the market."
         },
+        EventKind::ReservationFailed { allocation, gpus, reason } => html! {
+            "Allocation " (allocation) " cannot be delivered (" (reason) "); " (gpus) " GPUs back to the market without that provider."
+        },
         EventKind::Failover { allocation, incident, gpus, remaining_hours } => html! {
             "Failover: allocation " (allocation) " hit by " (incident) "; " (gpus) " GPUs for the " (remaining_hours) " h left back to the market."
         },

@@ -1,0 +1,411 @@
+//! The EC2 provider: the provider protocol's calls answered by EC2's own API
+//! (`dibs_providers::ec2`), for `dibs serve --provider aws=ec2`.
+//!
+//! | call    | what EC2 is asked                                                          |
+//! |---------|----------------------------------------------------------------------------|
+//! | quote   | the instance types that carry the accelerator and the zones that offer them, in the allowed regions; the price is the catalog's (EC2 has no price call), and the offer says so |
+//! | reserve | the allocation's instances by tag, else `RunInstances` zone after zone; then, call after call, whether every node is `running` |
+//! | cancel, release | `TerminateInstances` of the instances tagged with the allocation, until they are `terminated` |
+//! | solicit | refused: EC2 sells on the market and never holds a first refusal       |
+//!
+//! A reservation answers when every node runs (the allocation is ready), when EC2 cannot
+//! launch it (no capacity in any zone, a region quota, the operator's bound on nodes, a
+//! dry run: the GPUs go back to the market with EC2's codes as the evidence), or, while
+//! nodes are still starting, not yet (the worker asks again in a few seconds). Refused
+//! credentials open the provider's breaker and say what is wrong; they are never taken
+//! for "no capacity".
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use dibs_core::engine::Ask;
+use dibs_core::request::SpotPolicy;
+use dibs_core::types::{Accelerator, Offer, OfferKind, ProviderName, Timestamp};
+use dibs_providers::Call;
+use dibs_providers::ec2::{
+    Ec2, Ec2Config, Ec2Error, ErrorClass, Instance, InstanceState, LaunchError, LaunchSource, LaunchSpec,
+    Launched, Market, Owner,
+};
+use dibs_providers::protocol::{QuoteReply, Reply, ReserveReply};
+
+use crate::clock::unix_now;
+use crate::remote::{Adapter, Tried};
+
+/// Hours an EC2 offer promises its nodes within: an on-demand launch runs in minutes,
+/// and the engine's delivery timer allows this plus its grace.
+pub const EC2_LEAD_HOURS: u32 = 1;
+/// How long a cancel or release waits, in one try, for its instances to be terminated.
+const TERMINATE_WAIT: Duration = Duration::from_secs(20);
+
+/// How dibs uses EC2: where, what to launch, and the operator's safety bounds.
+#[derive(Debug, Clone)]
+pub struct Ec2Settings {
+    /// The provider's name in the catalog and the contracts (`aws`).
+    pub provider: ProviderName,
+    pub config: Ec2Config,
+    /// The regions dibs may launch in.
+    pub regions: Vec<String>,
+    /// What to launch, by region; `None` key: every region without its own.
+    pub launch_templates: BTreeMap<Option<String>, String>,
+    /// `DryRun=true` on every launch: EC2 checks permissions and parameters and launches
+    /// nothing.
+    pub dry_run: bool,
+    /// The most nodes dibs may hold in EC2 at once (running or starting).
+    pub max_nodes: Option<u32>,
+    /// Terminate the instances dibs launched that no open allocation owns, at start.
+    pub reap_orphans: bool,
+}
+
+impl Ec2Settings {
+    /// The launch template for `region`, if the operator named one.
+    pub fn launch_template(&self, region: &str) -> Option<&str> {
+        self.launch_templates
+            .get(&Some(region.to_owned()))
+            .or_else(|| self.launch_templates.get(&None))
+            .map(String::as_str)
+    }
+}
+
+/// The EC2 provider: the adapter and the catalog's prices for its instance types.
+pub struct Ec2Provider {
+    settings: Ec2Settings,
+    ec2: Ec2,
+    /// The catalog's offers of this provider, by (region, instance type, kind): the prices.
+    catalog: BTreeMap<(String, String, OfferKind), Offer>,
+    /// Allocations cancelled or released in this process: a launch still under way for one
+    /// terminates what it started instead of delivering it.
+    ended: Mutex<BTreeSet<u64>>,
+    /// Allocations this process launched: if their instances are gone before they ran,
+    /// the reservation failed (rather than launching again).
+    launched: Mutex<BTreeSet<u64>>,
+}
+
+impl Ec2Provider {
+    pub fn new(settings: Ec2Settings, offers: &[Offer]) -> Self {
+        let catalog = offers
+            .iter()
+            .filter(|o| o.provider == settings.provider)
+            .map(|o| ((o.region.to_string(), o.instance_type.clone(), o.kind), o.clone()))
+            .collect();
+        let ec2 = Ec2::new(settings.config.clone());
+        Self { settings, ec2, catalog, ended: Mutex::default(), launched: Mutex::default() }
+    }
+
+    /// Instances dibs holds in EC2 now (starting or running), over the regions it uses, and
+    /// those that belong to no allocation in `owned` (orphans).
+    pub fn tagged(&self, owned: &BTreeSet<u64>) -> Result<(usize, Vec<Instance>), Ec2Error> {
+        let mut count = 0;
+        let mut orphans = Vec::new();
+        for region in &self.settings.regions {
+            for instance in self.ec2.tagged_by_dibs(region)? {
+                count += 1;
+                let owner =
+                    instance.tags.get(dibs_providers::ec2::TAG_ALLOCATION).and_then(|a| a.parse().ok());
+                if owner.is_none_or(|a| !owned.contains(&a)) {
+                    orphans.push(instance);
+                }
+            }
+        }
+        Ok((count, orphans))
+    }
+
+    /// Terminates the instances of orphaned allocations (those tagged by dibs that no open
+    /// allocation owns), allocation by allocation.
+    pub fn reap(&self, orphans: &[Instance]) -> Result<usize, Ec2Error> {
+        let mut terminated = 0;
+        let by_allocation: BTreeSet<(String, u64)> = orphans
+            .iter()
+            .filter_map(|i| {
+                let allocation = i.tags.get(dibs_providers::ec2::TAG_ALLOCATION)?.parse().ok()?;
+                let region = self.region_of(i)?;
+                Some((region, allocation))
+            })
+            .collect();
+        for (region, allocation) in by_allocation {
+            terminated += self.ec2.terminate(&region, allocation, TERMINATE_WAIT)?.requested.len();
+        }
+        Ok(terminated)
+    }
+
+    fn region_of(&self, instance: &Instance) -> Option<String> {
+        let zone = instance.zone.as_deref()?;
+        self.settings.regions.iter().find(|r| zone.starts_with(r.as_str())).cloned()
+    }
+
+    fn quote(&self, ask: &Ask) -> Tried {
+        let provider = &self.settings.provider;
+        let mut offers = Vec::new();
+        let room = match self.room() {
+            Ok(room) => room,
+            Err(error) => return tried(error),
+        };
+        for region in &self.settings.regions {
+            let allowed = ask.wanted.regions.is_empty()
+                || ask.wanted.regions.iter().any(|l| {
+                    &l.provider == provider && l.region.as_ref().is_none_or(|r| r.as_str() == region)
+                });
+            if !allowed {
+                continue;
+            }
+            for accelerator in &ask.wanted.accelerators {
+                let Ok(accelerator) = Accelerator::new(accelerator) else { continue };
+                let types = match self.ec2.quote_capacity(region, &accelerator) {
+                    Ok(types) => types,
+                    Err(error) => return tried(error),
+                };
+                for capacity in types {
+                    for kind in kinds(ask.wanted.spot) {
+                        let key = (region.clone(), capacity.instance_type.clone(), *kind);
+                        // EC2 names what it can launch, not what it costs: the catalog prices it.
+                        let Some(priced) = self.catalog.get(&key) else { continue };
+                        let nodes =
+                            room.map_or(priced.nodes_available, |room| room.min(priced.nodes_available));
+                        if nodes == 0 {
+                            continue;
+                        }
+                        offers.push(Offer {
+                            zone: capacity.zones.first().cloned(),
+                            gpus_per_node: capacity.gpus_per_node,
+                            nodes_available: nodes,
+                            lead_time_hours: EC2_LEAD_HOURS,
+                            valid_until: Some(ask.respond_by),
+                            bills_from_delivery: true,
+                            price_source: Some(format!(
+                                "catalog price of {} (EC2 has no price call); offered in {}",
+                                priced.id,
+                                capacity.zones.join(", ")
+                            )),
+                            ..priced.clone()
+                        });
+                    }
+                }
+            }
+        }
+        Tried::Answered(
+            Call::Quote { provider: provider.clone(), ask: ask.clone() }
+                .input(Reply::Quotes(QuoteReply { offers })),
+        )
+    }
+
+    /// Nodes dibs may still launch under the operator's bound (`None`: no bound).
+    fn room(&self) -> Result<Option<u32>, Ec2Error> {
+        let Some(max) = self.settings.max_nodes else { return Ok(None) };
+        let (held, _) = self.tagged(&BTreeSet::new())?;
+        Ok(Some(max.saturating_sub(u32::try_from(held).unwrap_or(u32::MAX))))
+    }
+
+    fn reserve(&self, call: &Call) -> Tried {
+        let Call::Reserve { allocation, request, plan } = call else {
+            return Tried::Refused("not a reservation".into());
+        };
+        let allocation = *allocation;
+        let failed = |reason: String| answered(call, ReserveReply { ready_at: None, failed: Some(reason) });
+        if self.ended.lock().unwrap_or_else(PoisonError::into_inner).contains(&allocation) {
+            return failed("cancelled before it was launched".into());
+        }
+        let region = plan.region.to_string();
+        if !self.settings.regions.contains(&region) {
+            return failed(format!("{region} is not among the regions dibs launches in (--aws-regions)"));
+        }
+        let Some(template) = self.settings.launch_template(&region) else {
+            return failed(format!(
+                "no launch template for {region}: give --aws-launch-template {region}=NAME"
+            ));
+        };
+        let Some(nodes) = NonZeroU32::new(plan.nodes) else { return failed("no nodes to launch".into()) };
+        let existing = match self.ec2.instances_of(&region, allocation) {
+            Ok(existing) => existing,
+            Err(error) => return tried(error),
+        };
+        let launched_before =
+            self.launched.lock().unwrap_or_else(PoisonError::into_inner).contains(&allocation);
+        if existing.is_empty()
+            && !launched_before
+            && let Some(max) = self.settings.max_nodes
+        {
+            match self.room() {
+                Ok(Some(room)) if room < plan.nodes => {
+                    return failed(format!(
+                        "{} nodes would exceed --max-nodes {}={max} ({} nodes held now)",
+                        plan.nodes,
+                        self.settings.provider,
+                        max - room
+                    ));
+                }
+                Ok(_) => {}
+                Err(error) => return tried(error),
+            }
+        }
+        let zones = match self.ec2.quote_capacity(&region, &plan.accelerator) {
+            Ok(types) => types
+                .into_iter()
+                .find(|t| t.instance_type == plan.instance_type)
+                .map(|t| t.zones)
+                .unwrap_or_default(),
+            Err(error) => return tried(error),
+        };
+        let spec = LaunchSpec {
+            region: region.clone(),
+            instance_type: plan.instance_type.clone(),
+            zones,
+            nodes,
+            owner: Owner { request: request.clone(), allocation, entry: 0 },
+            source: LaunchSource::Template { name: template.to_owned(), version: None },
+            market: if plan.kind == OfferKind::Spot {
+                Market::Spot { max_price: None }
+            } else {
+                Market::OnDemand
+            },
+            dry_run: self.settings.dry_run,
+        };
+        let instances = match self.ec2.launch(&spec) {
+            Ok(Launched::Found(instances)) => instances,
+            Ok(Launched::Launched { instances, zone, passed }) => {
+                self.launched.lock().unwrap_or_else(PoisonError::into_inner).insert(allocation);
+                if !passed.is_empty() {
+                    let passed: Vec<String> = passed.iter().map(ToString::to_string).collect();
+                    eprintln!(
+                        "dibs: allocation {allocation}: launched in {zone} after {}",
+                        passed.join(", ")
+                    );
+                }
+                instances
+            }
+            Ok(Launched::DryRun { zone, .. }) => {
+                return failed(format!(
+                    "dry run (--aws-dry-run): EC2 accepted launching {} x {} in {zone}; nothing was launched",
+                    plan.nodes, plan.instance_type
+                ));
+            }
+            Err(LaunchError::Credentials(error)) => return Tried::Broken(error.to_string()),
+            Err(LaunchError::Failed { error, .. }) if error.class() == ErrorClass::Throttling => {
+                return Tried::Failed(error.to_string());
+            }
+            Err(error) => return failed(error.to_string()),
+        };
+        if self.ended.lock().unwrap_or_else(PoisonError::into_inner).contains(&allocation) {
+            // Cancelled while it launched: take back what started.
+            let _ = self.ec2.terminate(&region, allocation, TERMINATE_WAIT);
+            return failed("cancelled while it was launched".into());
+        }
+        self.delivered(call, &instances, plan.nodes)
+    }
+
+    /// Whether the allocation's nodes all run: ready now, failed, or still starting.
+    fn delivered(&self, call: &Call, instances: &[Instance], nodes: u32) -> Tried {
+        let running = instances.iter().filter(|i| i.state == InstanceState::Running).count();
+        let alive = instances
+            .iter()
+            .filter(|i| matches!(i.state, InstanceState::Pending | InstanceState::Running))
+            .count();
+        if alive < nodes as usize {
+            let reasons: Vec<String> = instances.iter().filter_map(|i| i.state_reason.clone()).collect();
+            let reply = ReserveReply {
+                ready_at: None,
+                failed: Some(format!(
+                    "{} of {nodes} nodes ended or stopped before they ran{}",
+                    nodes as usize - alive,
+                    if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join("; ")) }
+                )),
+            };
+            return answered(call, reply);
+        }
+        if running < nodes as usize {
+            return Tried::Pending(format!("{running} of {nodes} nodes running"));
+        }
+        answered(call, ReserveReply { ready_at: Some(Timestamp::from_unix(unix_now())), failed: None })
+    }
+
+    fn terminate(&self, allocation: u64) -> Tried {
+        self.ended.lock().unwrap_or_else(PoisonError::into_inner).insert(allocation);
+        let mut waiting = 0;
+        for region in &self.settings.regions {
+            match self.ec2.terminate(region, allocation, TERMINATE_WAIT) {
+                Ok(done) => waiting += done.not_yet_terminated.len(),
+                Err(error) => return tried(error),
+            }
+        }
+        if waiting > 0 {
+            return Tried::Pending(format!("{waiting} instances not terminated yet"));
+        }
+        Tried::Answered(None)
+    }
+}
+
+impl Adapter for Ec2Provider {
+    fn describe(&self) -> String {
+        let region = self.settings.regions.first().map_or("us-east-1", String::as_str);
+        format!(
+            "EC2 at {} ({}{})",
+            self.settings.config.endpoint(region),
+            self.settings.regions.join(", "),
+            if self.settings.dry_run { "; dry run: launches nothing" } else { "" }
+        )
+    }
+
+    fn call(&self, call: &Call, _limit: Duration) -> Tried {
+        match call {
+            Call::Solicit(_) => Tried::Refused(format!(
+                "{} is reached through EC2, which sells on the market and holds no first refusal",
+                self.settings.provider
+            )),
+            Call::Quote { ask, .. } => self.quote(ask),
+            Call::Reserve { .. } => self.reserve(call),
+            Call::Cancel { allocation, .. } | Call::Release { allocation, .. } => self.terminate(*allocation),
+        }
+    }
+
+    fn orphans(&self, owned: &BTreeSet<u64>) -> Option<String> {
+        let orphans = match self.tagged(owned) {
+            Ok((_, orphans)) if orphans.is_empty() => return None,
+            Ok((_, orphans)) => orphans,
+            Err(error) => return Some(format!("could not look for orphaned instances: {error}")),
+        };
+        let ids: Vec<&str> = orphans.iter().map(|i| i.id.as_str()).collect();
+        let found = format!(
+            "{} instances tagged by dibs belong to no open allocation ({})",
+            ids.len(),
+            ids.join(", ")
+        );
+        if !self.settings.reap_orphans {
+            return Some(format!("{found}; terminate them with --aws-reap-orphans"));
+        }
+        Some(match self.reap(&orphans) {
+            Ok(n) => format!("{found}; terminated {n} (--aws-reap-orphans)"),
+            Err(error) => format!("{found}; terminating them failed: {error}"),
+        })
+    }
+
+    fn health(&self) -> Result<(), String> {
+        let region = self.settings.regions.first().ok_or("no region to launch in (--aws-regions)")?;
+        self.ec2.zones(region).map(|_| ()).map_err(|e| match e.class() {
+            ErrorClass::Auth => format!("credentials refused: {e}"),
+            _ => e.to_string(),
+        })
+    }
+}
+
+/// The offer kinds a spot policy takes.
+fn kinds(spot: SpotPolicy) -> &'static [OfferKind] {
+    match spot {
+        SpotPolicy::Never => &[OfferKind::OnDemand],
+        SpotPolicy::Allow => &[OfferKind::OnDemand, OfferKind::Spot],
+        SpotPolicy::Only => &[OfferKind::Spot],
+    }
+}
+
+/// An EC2 error as a try's outcome: refused credentials break the provider; throttling and
+/// lost connections are tried again; anything else is refused.
+fn tried(error: Ec2Error) -> Tried {
+    match error.class() {
+        ErrorClass::Auth => Tried::Broken(error.to_string()),
+        ErrorClass::Throttling => Tried::Failed(error.to_string()),
+        _ => Tried::Refused(error.to_string()),
+    }
+}
+
+fn answered(call: &Call, reply: ReserveReply) -> Tried {
+    Tried::Answered(call.input(Reply::Reserved(reply)))
+}

@@ -1,0 +1,269 @@
+//! `dibs serve --provider aws=ec2` against a third-party EC2: moto's server on loopback
+//! with signature checks on (`crates/dibs-providers/tests/moto_harness.py`), the real
+//! binary, real HTTP. What an operator would see: instances launched and tagged, a zone out
+//! of capacity passed over, a region out of capacity re-marketed to another provider, a
+//! cancellation terminating the nodes, a wrong secret said on the banner and the provider's
+//! status, and `kill -9`s that neither orphan nor double an instance.
+
+#[path = "../../dibs-providers/tests/support/moto.rs"]
+mod moto;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use moto::Moto;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-admin-token";
+const DIBS: &str = env!("CARGO_BIN_EXE_dibs");
+const TEMPLATE: &str = "dibs-gpu";
+
+/// A `dibs serve` reaching aws through moto's EC2; killed (SIGKILL) when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    printed: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(moto: &Moto, key: &(String, String), data: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(DIBS)
+            .args(["serve", "--listen", "127.0.0.1:0", "--holder", "decline", "--data"])
+            .arg(data)
+            .args(["--provider", "aws=ec2", "--aws-regions", "us-east-1", "--aws-launch-template", TEMPLATE])
+            .args(extra)
+            .env("DIBS_ADMIN_TOKEN", TOKEN)
+            .env("AWS_ACCESS_KEY_ID", &key.0)
+            .env("AWS_SECRET_ACCESS_KEY", &key.1)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL_EC2", &moto.endpoint)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dibs serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let printed = Arc::new(Mutex::new(Vec::new()));
+        let lines = printed.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line.clone());
+                if line.trim_start().starts_with("clock:") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60)).expect("dibs serve prints its banner");
+        let url = printed
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| l.strip_prefix("dibs serving on ").map(|u| u.trim_end_matches("/v1").to_owned()))
+            .expect("the banner names the URL");
+        Self { child, url, printed }
+    }
+
+    fn banner(&self) -> String {
+        self.printed.lock().unwrap().join("\n")
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let full = format!("{}/v1{path}", self.url);
+        let auth = format!("Bearer {TOKEN}");
+        let response = match (method, body) {
+            ("POST", Some(body)) => agent.post(&full).header("Authorization", &auth).send_json(body),
+            ("POST", None) => agent.post(&full).header("Authorization", &auth).send_empty(),
+            _ => agent.get(&full).header("Authorization", &auth).call(),
+        };
+        let mut response = response.unwrap_or_else(|e| panic!("{method} {full}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    fn submit(&self, gpus: u32, providers: &[&str]) -> String {
+        let body = json!({
+            "accelerators": ["H100"], "gpus": gpus, "duration_hours": 4, "workload": "batch",
+            "providers": providers,
+        });
+        let (status, view) = self.call("POST", "/requests", Some(&body));
+        assert_eq!(status, 201, "{view}");
+        view["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits for the request to reach one of `statuses`; its view.
+    fn wait_for(&self, id: &str, statuses: &[&str]) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let (_, view) = self.call("GET", &format!("/requests/{id}"), None);
+            if statuses.contains(&view["status"].as_str().unwrap_or("")) {
+                return view;
+            }
+            assert!(Instant::now() < deadline, "{id} never reached {statuses:?}: {view}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The ledger's events about a request, by kind.
+    fn events(&self, id: &str) -> Vec<Value> {
+        let (status, page) = self.call("GET", "/ledger?limit=1000", None);
+        assert_eq!(status, 200, "{page}");
+        let entries = page["entries"].as_array().cloned().unwrap_or_default();
+        entries.into_iter().filter(|e| e["request"] == id).collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// moto's instances that hold a node (pending or running), by the allocation tag.
+fn running(moto: &mut Moto) -> BTreeMap<String, Vec<Value>> {
+    let mut by_allocation: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for instance in moto.instances() {
+        let state = instance["state"].as_str().unwrap_or("");
+        if matches!(state, "pending" | "running") {
+            let owner = instance["tags"]["dibs:allocation"].as_str().unwrap_or("none").to_owned();
+            by_allocation.entry(owner).or_default().push(instance);
+        }
+    }
+    by_allocation
+}
+
+fn allocation_ids(view: &Value, provider: &str) -> Vec<String> {
+    view["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["provider"] == provider)
+        .map(|a| a["id"].to_string())
+        .collect()
+}
+
+#[test]
+fn dibs_buys_from_ec2_passes_over_a_full_zone_re_markets_a_full_region_and_terminates() {
+    let Some(mut moto) = Moto::start() else { return };
+    moto.launch_template(TEMPLATE);
+    let (key, _) = moto.switch_auth_on();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&moto, &key, data.path(), &[]);
+    assert!(server.banner().contains("aws (EC2 at "), "{}", server.banner());
+    assert!(!server.banner().contains("warning:    aws"), "{}", server.banner());
+
+    // 16 H100 from aws: two p5.48xlarge, tagged with the allocation and the request.
+    let started = Instant::now();
+    let r1 = server.submit(16, &["aws"]);
+    let view = server.wait_for(&r1, &["active"]);
+    eprintln!("16 GPUs active on EC2 in {:.1} s", started.elapsed().as_secs_f64());
+    let aws = allocation_ids(&view, "aws");
+    assert_eq!(aws.len(), 1, "{view}");
+    let held = running(&mut moto);
+    let nodes = &held[&aws[0]];
+    assert_eq!(nodes.len(), 2, "{held:?}");
+    for node in nodes {
+        assert_eq!(node["tags"]["dibs:request"], r1.as_str());
+        assert_eq!(node["state"], "running");
+    }
+    assert_eq!(view["allocations"][0]["instance_type"], "p5.48xlarge");
+
+    // Zone a out of capacity: the next launch lands in another zone, zone a asked once.
+    let before = moto.run_calls();
+    moto.out_of_capacity(&["us-east-1a"]);
+    let started = Instant::now();
+    let r2 = server.submit(16, &["aws"]);
+    let view = server.wait_for(&r2, &["active"]);
+    let after = moto.run_calls();
+    let calls: BTreeMap<&String, u64> = after
+        .iter()
+        .map(|(zone, n)| (zone, n - before.get(zone).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    eprintln!(
+        "zone a out of capacity: RunInstances calls {calls:?}, active in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(calls.get(&"us-east-1a".to_owned()), Some(&1), "{calls:?}");
+    assert_eq!(calls.values().sum::<u64>(), 2, "zone a, then the next: {calls:?}");
+    let second = &running(&mut moto)[&allocation_ids(&view, "aws")[0]];
+    assert!(second.iter().all(|n| n["zone"] != "us-east-1a"), "{second:?}");
+
+    // Every zone out of capacity: the reservation fails with EC2's codes as evidence and
+    // the GPUs go to the next provider the request allows.
+    let zones: BTreeSet<String> = moto
+        .instances()
+        .iter()
+        .filter_map(|i| i["zone"].as_str().map(str::to_owned))
+        .chain(
+            ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d", "us-east-1e", "us-east-1f"]
+                .map(String::from),
+        )
+        .collect();
+    moto.out_of_capacity(&zones.iter().map(String::as_str).collect::<Vec<_>>());
+    let r3 = server.submit(16, &["aws", "gcp"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        let events = server.events(&r3);
+        if let Some(failed) = events.iter().find(|e| e["kind"] == "reservation_failed") {
+            break failed.clone();
+        }
+        assert!(Instant::now() < deadline, "no reservation_failed: {events:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let reason = failed["body"].to_string();
+    assert!(reason.contains("InsufficientInstanceCapacity"), "{reason}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let view = loop {
+        let (_, view) = server.call("GET", &format!("/requests/{r3}"), None);
+        if !allocation_ids(&view, "gcp").is_empty() {
+            break view;
+        }
+        assert!(Instant::now() < deadline, "never re-marketed to gcp: {view}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        view["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["provider"] == "aws" && a["state"] == "cancelled")
+    );
+    moto.out_of_capacity(&[]);
+
+    // Cancelling r1 terminates its nodes at EC2, found by tag.
+    let before = running(&mut moto).values().map(Vec::len).sum::<usize>();
+    let (status, _) = server.call("POST", &format!("/requests/{r1}/cancel"), None);
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running(&mut moto).contains_key(&aws[0]) {
+        assert!(Instant::now() < deadline, "r1's instances still run");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = running(&mut moto).values().map(Vec::len).sum::<usize>();
+    eprintln!("running instances at moto: {before} before the cancellation, {after} after");
+    assert_eq!(after, before - 2);
+    drop(server);
+
+    // A wrong secret: the banner says aws cannot be used and why; the provider list too.
+    let wrong = (key.0.clone(), "not-the-secret".to_owned());
+    let server = Server::start(&moto, &wrong, data.path(), &[]);
+    let banner = server.banner();
+    assert!(banner.contains("warning:    aws cannot be used: credentials refused"), "{banner}");
+    assert!(banner.contains(&key.0), "the key id is named: {banner}");
+    assert!(!banner.contains("not-the-secret"), "the secret is never shown: {banner}");
+    let (_, providers) = server.call("GET", "/providers", None);
+    let aws = providers["providers"].as_array().unwrap().iter().find(|p| p["name"] == "aws").unwrap().clone();
+    assert_eq!(aws["healthy"], false, "{aws}");
+    assert!(aws["problem"].as_str().unwrap().contains("credentials refused"), "{aws}");
+}
