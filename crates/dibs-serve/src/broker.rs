@@ -397,6 +397,12 @@ impl Broker {
                 }
                 continue;
             }
+            if let Call::Cancel { allocation, .. } = &call {
+                // A reservation not yet made is not made at all: a cloud would launch nodes
+                // for an allocation that no longer wants them (one under way finishes, and
+                // the cancellation after it terminates what it launched).
+                self.rows.outbox_done.push(due_key(&DueKey::Ready { allocation: *allocation }));
+            }
             let key = match call_key(&call) {
                 Some(key) => due_key(&key),
                 None => format!("{}:{}", call.path(), call.allocation().unwrap_or(0)),

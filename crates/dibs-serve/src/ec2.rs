@@ -84,12 +84,20 @@ pub struct Ec2Provider {
 
 impl Ec2Provider {
     pub fn new(settings: Ec2Settings, offers: &[Offer]) -> Self {
-        let catalog = offers
+        let catalog: BTreeMap<(String, String, OfferKind), Offer> = offers
             .iter()
             .filter(|o| o.provider == settings.provider)
             .map(|o| ((o.region.to_string(), o.instance_type.clone(), o.kind), o.clone()))
             .collect();
-        let ec2 = Ec2::new(settings.config.clone());
+        let mut types: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (region, instance_type, _) in catalog.keys() {
+            types.entry(region.clone()).or_default().push(instance_type.clone());
+        }
+        for names in types.values_mut() {
+            names.sort();
+            names.dedup();
+        }
+        let ec2 = Ec2::new(settings.config.clone()).only_instance_types(types);
         Self { settings, ec2, catalog, ended: Mutex::default(), launched: Mutex::default() }
     }
 

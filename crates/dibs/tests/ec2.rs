@@ -42,7 +42,11 @@ impl Server {
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ENDPOINT_URL_EC2", &moto.endpoint)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(if std::env::var_os("DIBS_TEST_STDERR").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("dibs serve starts");
         let stdout = child.stdout.take().unwrap();
@@ -266,4 +270,111 @@ fn dibs_buys_from_ec2_passes_over_a_full_zone_re_markets_a_full_region_and_termi
     let aws = providers["providers"].as_array().unwrap().iter().find(|p| p["name"] == "aws").unwrap().clone();
     assert_eq!(aws["healthy"], false, "{aws}");
     assert!(aws["problem"].as_str().unwrap().contains("credentials refused"), "{aws}");
+}
+
+/// Every request's view, page after page.
+fn all_requests(server: &Server) -> Vec<Value> {
+    let mut requests = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = if after.is_empty() {
+            "/requests?limit=500".to_owned()
+        } else {
+            format!("/requests?limit=500&after={after}")
+        };
+        let (status, page) = server.call("GET", &path, None);
+        assert_eq!(status, 200, "{page}");
+        requests.extend(page["requests"].as_array().cloned().unwrap_or_default());
+        match page["next_after"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => return requests,
+        }
+    }
+}
+
+/// `DIBS_EC2_KILLS` (default 5) `kill -9`s of `dibs serve` at random points under a stream of
+/// submissions and cancellations; then every open aws allocation owns exactly its nodes at
+/// moto, no running instance is owned by no open allocation, no allocation was launched
+/// twice, and `dibs ledger verify` passes.
+#[test]
+fn kill_9_under_load_orphans_and_doubles_no_instance() {
+    let Some(mut moto) = Moto::start() else { return };
+    moto.launch_template(TEMPLATE);
+    let (key, _) = moto.switch_auth_on();
+    let data = tempfile::tempdir().unwrap();
+    let kills: usize = std::env::var("DIBS_EC2_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(5);
+    let mut rng = fastrand::Rng::with_seed(20261207);
+    let mut submitted: Vec<String> = Vec::new();
+    for _ in 0..kills {
+        let mut server = Server::start(&moto, &key, data.path(), &[]);
+        let until = Instant::now() + Duration::from_millis(rng.u64(300..2500));
+        while Instant::now() < until {
+            if !submitted.is_empty() && rng.u32(0..3) == 0 {
+                let id = &submitted[rng.usize(0..submitted.len())];
+                server.call("POST", &format!("/requests/{id}/cancel"), None);
+            } else {
+                submitted.push(server.submit(8 * rng.u32(1..3), &["aws"]));
+            }
+            std::thread::sleep(Duration::from_millis(rng.u64(20..120)));
+        }
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+    }
+    // The last start: its workers finish what the killed ones left (launches, polls,
+    // terminations) before the counts are compared.
+    let server = Server::start(&moto, &key, data.path(), &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (owned, requests) = loop {
+        let requests = all_requests(&server);
+        let allocations: Vec<Value> = requests
+            .iter()
+            .flat_map(|r| r["allocations"].as_array().cloned().unwrap_or_default())
+            .filter(|a| a["provider"] == "aws")
+            .collect();
+        let settled = allocations.iter().all(|a| a["state"] != "reserved" && a["state"] != "held");
+        let owned: BTreeMap<String, u64> = allocations
+            .iter()
+            .filter(|a| a["state"] == "active")
+            .map(|a| (a["id"].to_string(), a["nodes"].as_u64().unwrap()))
+            .collect();
+        let held: BTreeMap<String, u64> = running(&mut moto)
+            .into_iter()
+            .map(|(allocation, nodes)| (allocation, nodes.len() as u64))
+            .collect();
+        if settled && held == owned {
+            break (owned, requests.len());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {kills} kills: open allocations own {owned:?}, moto runs {held:?} (settled: {settled})"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // None launched twice: every instance ever launched for an allocation, ended or not,
+    // is one of its nodes.
+    let mut launched: BTreeMap<String, u64> = BTreeMap::new();
+    for instance in moto.instances() {
+        let allocation = instance["tags"]["dibs:allocation"].as_str().unwrap_or("none").to_owned();
+        *launched.entry(allocation).or_default() += 1;
+    }
+    let nodes: BTreeMap<String, u64> = all_requests(&server)
+        .iter()
+        .flat_map(|r| r["allocations"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["provider"] == "aws")
+        .map(|a| (a["id"].to_string(), a["nodes"].as_u64().unwrap()))
+        .collect();
+    for (allocation, count) in &launched {
+        let asked = nodes.get(allocation).copied().unwrap_or(0);
+        assert!(*count <= asked, "allocation {allocation}: {count} instances launched for {asked} nodes");
+    }
+    eprintln!(
+        "{kills} kills, {} submissions, {requests} requests: {} allocations own {} nodes at moto; {} instances launched in all",
+        submitted.len(),
+        owned.len(),
+        owned.values().sum::<u64>(),
+        launched.values().sum::<u64>()
+    );
+    drop(server);
+    let output = Command::new(DIBS).args(["ledger", "verify", "--data"]).arg(data.path()).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }

@@ -91,6 +91,12 @@ pub struct Ec2 {
     client: Client,
     zone_memory: Mutex<ZoneMemory>,
     instance_types: Mutex<BTreeMap<String, (Instant, Vec<GpuInstanceType>)>>,
+    /// Per region, the only instance types worth describing (those a catalog prices);
+    /// a region not named describes every type.
+    only: BTreeMap<String, Vec<String>>,
+    /// Held while a region's instance types are described, so callers that find the cache
+    /// empty at once wait for one description instead of each making their own.
+    describing: Mutex<()>,
 }
 
 impl Ec2 {
@@ -99,7 +105,16 @@ impl Ec2 {
             client: Client::new(config),
             zone_memory: Mutex::new(ZoneMemory::new()),
             instance_types: Mutex::new(BTreeMap::new()),
+            only: BTreeMap::new(),
+            describing: Mutex::new(()),
         }
+    }
+
+    /// Describes only these instance types of each region named (those a catalog prices):
+    /// one short call instead of every type EC2 has (over a thousand, in pages).
+    pub fn only_instance_types(mut self, by_region: BTreeMap<String, Vec<String>>) -> Self {
+        self.only = by_region;
+        self
     }
 
     pub fn config(&self) -> &Ec2Config {
@@ -207,6 +222,7 @@ impl Ec2 {
     }
 
     fn cached_gpu_instance_types(&self, region: &str) -> Result<Vec<GpuInstanceType>, Ec2Error> {
+        let _one_at_a_time = self.describing.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         let fresh = |(at, _): &&(Instant, Vec<GpuInstanceType>)| {
             now.saturating_duration_since(*at) < INSTANCE_TYPES_TTL
@@ -216,7 +232,16 @@ impl Ec2 {
         {
             return Ok(types.clone());
         }
-        let types = self.client.describe_gpu_instance_types(region, &[])?;
+        let names: Vec<&str> =
+            self.only.get(region).map_or_else(Vec::new, |names| names.iter().map(String::as_str).collect());
+        let types = match self.client.describe_gpu_instance_types(region, &names) {
+            // A name EC2 does not know (a catalog's typo, a type not sold in the region)
+            // fails the whole call: describe them all instead.
+            Err(error) if !names.is_empty() && error.code() == Some("InvalidInstanceType") => {
+                self.client.describe_gpu_instance_types(region, &[])?
+            }
+            other => other?,
+        };
         self.instance_types
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
