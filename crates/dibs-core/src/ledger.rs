@@ -169,6 +169,14 @@ pub enum EventKind {
         gpus: u32,
         remaining_hours: u32,
     },
+    /// The provider said a live allocation's nodes are gone (a spot interruption, nodes
+    /// terminated under it): it failed over for the hours it had left.
+    AllocationLost {
+        allocation: u64,
+        reason: String,
+        gpus: u32,
+        remaining_hours: u32,
+    },
     AllocationReleased {
         allocation: u64,
         gpu_hours: f64,
@@ -338,6 +346,7 @@ impl EventKind {
             Self::IncidentOpened { .. } => "incident_opened",
             Self::IncidentResolved { .. } => "incident_resolved",
             Self::Failover { .. } => "failover",
+            Self::AllocationLost { .. } => "allocation_lost",
             Self::AllocationReleased { .. } => "allocation_released",
             Self::RequestReleased { .. } => "request_released",
             Self::RequestCancelled { .. } => "request_cancelled",

@@ -15,6 +15,8 @@ on a free port and lets the test that spawned it arrange both, one command a lin
     instances     answers a JSON list of every instance moto holds in every region, read from
                   its backend (so it works with signature checks on): id, region, zone,
                   state and tags
+    terminate ID...  terminates these instances as EC2 would under a spot interruption (from
+                  the backend, whatever the signature checks); answers "ok"
     auth          creates two IAM users with access keys, one allowed everything and one
                   allowed only ec2:Describe*, then switches signature checks on; answers a
                   JSON object with "access_key_id" and "secret_access_key" of the first,
@@ -138,6 +140,17 @@ def all_instances() -> list:
     return found
 
 
+def terminate(ids: list) -> None:
+    """Terminates instances from moto's backend, as a spot interruption would."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+
+    for backend in ec2_backends[DEFAULT_ACCOUNT_ID].values():
+        mine = [i.id for i in backend.all_instances() if i.id in ids]
+        if mine:
+            backend.terminate_instances(mine)
+
+
 def create_launch_template(endpoint: str, name: str) -> str:
     ec2 = client("ec2", endpoint)
     data = {"ImageId": "ami-12345678"}
@@ -171,6 +184,9 @@ def main() -> None:
         elif command == "calls":
             with lock:
                 print(json.dumps(calls_by_zone), flush=True)
+        elif command == "terminate":
+            terminate(arguments)
+            print("ok", flush=True)
         elif command == "instances":
             print(json.dumps(all_instances()), flush=True)
         elif command == "auth":

@@ -80,6 +80,10 @@ pub struct Ec2Provider {
     /// Allocations this process launched: if their instances are gone before they ran,
     /// the reservation failed (rather than launching again).
     launched: Mutex<BTreeSet<u64>>,
+    /// Allocations delivered (every node ran), with their region and nodes: watched for
+    /// nodes that go (a spot interruption). `None` until the first watch reads them from
+    /// EC2's tags (after a restart this process delivered nothing yet).
+    delivered: Mutex<Option<BTreeMap<u64, (String, usize)>>>,
 }
 
 impl Ec2Provider {
@@ -98,7 +102,14 @@ impl Ec2Provider {
             names.dedup();
         }
         let ec2 = Ec2::new(settings.config.clone()).only_instance_types(types);
-        Self { settings, ec2, catalog, ended: Mutex::default(), launched: Mutex::default() }
+        Self {
+            settings,
+            ec2,
+            catalog,
+            ended: Mutex::default(),
+            launched: Mutex::default(),
+            delivered: Mutex::default(),
+        }
     }
 
     /// Instances dibs holds in EC2 now (starting or running), over the regions it uses, and
@@ -298,7 +309,52 @@ impl Ec2Provider {
             let _ = self.ec2.terminate(&region, allocation, TERMINATE_WAIT);
             return failed("cancelled while it was launched".into());
         }
-        self.delivered(call, &instances, plan.nodes)
+        let answer = self.delivered(call, &instances, plan.nodes);
+        if matches!(&answer, Tried::Answered(Some((_, dibs_core::engine::Input::AllocationReady { .. })))) {
+            let mut delivered = self.delivered.lock().unwrap_or_else(PoisonError::into_inner);
+            delivered.get_or_insert_with(BTreeMap::new).insert(allocation, (region, plan.nodes as usize));
+        }
+        answer
+    }
+
+    /// The delivered allocations whose nodes do not all run any more, and why; each is
+    /// said once.
+    fn gone(&self) -> Vec<(u64, String)> {
+        let mut running: BTreeMap<u64, (String, usize)> = BTreeMap::new();
+        for region in &self.settings.regions {
+            let Ok(instances) = self.ec2.tagged_by_dibs(region) else { return Vec::new() };
+            for instance in instances.iter().filter(|i| i.state == InstanceState::Running) {
+                let owner =
+                    instance.tags.get(dibs_providers::ec2::TAG_ALLOCATION).and_then(|a| a.parse().ok());
+                if let Some(allocation) = owner {
+                    running.entry(allocation).or_insert_with(|| (region.clone(), 0)).1 += 1;
+                }
+            }
+        }
+        let ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut delivered = self.delivered.lock().unwrap_or_else(PoisonError::into_inner);
+        // After a start, what runs now is what was delivered.
+        let delivered = delivered.get_or_insert_with(|| running.clone());
+        let mut gone = Vec::new();
+        delivered.retain(|allocation, (_, nodes)| {
+            if ended.contains(allocation) {
+                return false;
+            }
+            let left = running.get(allocation).map_or(0, |(_, n)| *n);
+            if left >= *nodes {
+                return true;
+            }
+            gone.push((
+                *allocation,
+                format!(
+                    "{} of its {nodes} nodes no longer run at EC2 (terminated or stopped under it: a spot \
+                     interruption, or someone else)",
+                    *nodes - left
+                ),
+            ));
+            false
+        });
+        gone
     }
 
     /// Whether the allocation's nodes all run: ready now, failed, or still starting.
@@ -363,6 +419,10 @@ impl Adapter for Ec2Provider {
             Call::Reserve { .. } => self.reserve(call),
             Call::Cancel { allocation, .. } | Call::Release { allocation, .. } => self.terminate(*allocation),
         }
+    }
+
+    fn lost(&self) -> Vec<(u64, String)> {
+        self.gone()
     }
 
     fn orphans(&self, owned: &BTreeSet<u64>) -> Option<String> {

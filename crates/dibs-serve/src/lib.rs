@@ -326,11 +326,8 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     } else {
         let tx = tx.clone();
         let deliver: remote::Deliver = Arc::new(move |answer: remote::Answer| {
-            let input = broker::Command::Input {
-                at: answer.at,
-                input: Box::new(answer.input),
-                call: Some(answer.call),
-            };
+            let input =
+                broker::Command::Input { at: answer.at, input: Box::new(answer.input), call: answer.call };
             tx.send(input).is_ok()
         });
         Some(remote::Dispatcher::start(

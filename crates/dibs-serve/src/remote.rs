@@ -49,8 +49,9 @@ pub struct CallRecord {
 pub struct Answer {
     pub at: Option<Timestamp>,
     pub input: Input,
-    /// The outbox row answered.
-    pub call: String,
+    /// The outbox row answered (`None`: news a provider brought unasked, such as nodes
+    /// that are gone).
+    pub call: Option<String>,
 }
 
 /// Hands an answer to the broker; `false` once the broker has gone.
@@ -111,7 +112,15 @@ pub trait Adapter: Send + Sync {
     fn orphans(&self, _owned: &std::collections::BTreeSet<u64>) -> Option<String> {
         None
     }
+    /// Allocations it delivered whose nodes are gone since (a spot interruption, instances
+    /// terminated under them), and why; asked every [`WATCH_EVERY`].
+    fn lost(&self) -> Vec<(u64, String)> {
+        Vec::new()
+    }
 }
+
+/// How often an adapter is asked which delivered allocations lost their nodes.
+pub const WATCH_EVERY: Duration = Duration::from_secs(10);
 
 /// Per provider: failures in a row, and until when its breaker is open.
 #[derive(Default)]
@@ -191,8 +200,13 @@ impl Dispatcher {
         workers: usize,
         open: OpenStore,
     ) -> Result<Self, StoreError> {
-        for name in adapters.keys() {
+        for (name, adapter) in &adapters {
             urls.insert(name.clone(), ADAPTER.to_owned());
+            let (adapter, deliver) = (adapter.clone(), deliver.clone());
+            std::thread::Builder::new()
+                .name(format!("dibs-watch-{name}"))
+                .spawn(move || watch(adapter.as_ref(), &deliver))
+                .expect("a watcher thread starts");
         }
         let (wake, woken) = std::sync::mpsc::channel();
         let woken = Arc::new(Mutex::new(woken));
@@ -339,7 +353,7 @@ impl Worker {
                 Tried::Answered(input) => {
                     self.breakers.answered(provider);
                     return match input {
-                        Some((at, input)) => (self.deliver)(Answer { at, input, call: key.to_owned() }),
+                        Some((at, input)) => (self.deliver)(Answer { at, input, call: Some(key.to_owned()) }),
                         None => {
                             let _ = store.drop_call(key);
                             true
@@ -391,10 +405,24 @@ impl Worker {
     /// means, or the row goes.
     fn give_up(&self, store: &mut dyn Store, key: &str, call: &Call, error: &str) -> bool {
         match call.unanswered(error) {
-            Some(input) => (self.deliver)(Answer { at: None, input, call: key.to_owned() }),
+            Some(input) => (self.deliver)(Answer { at: None, input, call: Some(key.to_owned()) }),
             None => {
                 let _ = store.drop_call(key);
                 true
+            }
+        }
+    }
+}
+
+/// Asks an adapter, every [`WATCH_EVERY`], which delivered allocations lost their nodes,
+/// and tells the broker; ends when the broker has gone.
+fn watch(adapter: &dyn Adapter, deliver: &Deliver) {
+    loop {
+        std::thread::sleep(WATCH_EVERY);
+        for (allocation, reason) in adapter.lost() {
+            let input = Input::AllocationLost { allocation, reason };
+            if !deliver(Answer { at: None, input, call: None }) {
+                return;
             }
         }
     }

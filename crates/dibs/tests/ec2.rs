@@ -200,8 +200,31 @@ fn dibs_buys_from_ec2_passes_over_a_full_zone_re_markets_a_full_region_and_termi
     );
     assert_eq!(calls.get(&"us-east-1a".to_owned()), Some(&1), "{calls:?}");
     assert_eq!(calls.values().sum::<u64>(), 2, "zone a, then the next: {calls:?}");
-    let second = &running(&mut moto)[&allocation_ids(&view, "aws")[0]];
+    let second = running(&mut moto)[&allocation_ids(&view, "aws")[0]].clone();
     assert!(second.iter().all(|n| n["zone"] != "us-east-1a"), "{second:?}");
+    moto.out_of_capacity(&[]);
+
+    // A spot interruption: one of r2's nodes is terminated under it. dibs notices within
+    // its watch period, fails the allocation over for the hours left, and buys again.
+    let started = Instant::now();
+    let victim = second[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(moto.command(&format!("terminate {victim}")), "ok");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let view = loop {
+        let (_, view) = server.call("GET", &format!("/requests/{r2}"), None);
+        let replaced = view["allocations"].as_array().unwrap().iter().any(|a| a["state"] == "active");
+        let lost = view["allocations"].as_array().unwrap().iter().any(|a| a["state"] == "cancelled");
+        if replaced && lost {
+            break view;
+        }
+        assert!(Instant::now() < deadline, "the interruption was not failed over: {view}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!(
+        "a node terminated under r2: failed over and running again in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(server.events(&r2).iter().any(|e| e["kind"] == "allocation_lost"), "{view}");
 
     // Every zone out of capacity: the reservation fails with EC2's codes as evidence and
     // the GPUs go to the next provider the request allows.

@@ -3,6 +3,15 @@
 //! failover (an incident) or the buyer; the fleet's running totals follow.
 
 use super::round::Round;
+use super::timers::Undelivered;
+
+/// Why a live allocation failed over.
+enum Lost {
+    /// An incident opened on its provider (or region).
+    Incident(String),
+    /// Its provider said its nodes are gone, and why.
+    Gone(String),
+}
 use super::*;
 use crate::allocation::Run;
 
@@ -168,27 +177,50 @@ impl Engine {
             .map(|a| a.id)
             .collect();
         for allocation in affected {
-            let a = self.allocations.get_mut(&allocation).expect("exists");
-            // Whole hours left, rounded down, so the replacement never bills an hour twice.
-            let remaining = match a.ends_at() {
-                Some(ends) => (ends.hours_since(out.now).floor().max(0.0) as u32).min(a.hours),
-                None => a.hours,
-            };
-            a.state = AllocationState::Cancelled { run: a.state.ended_run(out.now), ended_at: out.now };
-            let (request, gpus) = (a.request.clone(), a.plan.gpus);
-            self.leave_fleet(allocation);
-            out.ledger(
-                Some(&request),
-                EventKind::Failover { allocation, incident: id.clone(), gpus, remaining_hours: remaining },
-            );
-            out.effects.push(Effect::Cancel {
-                allocation,
-                provider: provider.clone(),
-                why: format!("incident {id}"),
-            });
-            self.requeue(out, &request, Purpose::Failover, gpus, remaining);
-            self.with_request(&request, |engine, state| engine.settle_status(out, state));
+            self.fail_over(out, allocation, Lost::Incident(id.clone()));
         }
+    }
+
+    /// The provider says a live allocation's nodes are gone (a spot interruption, nodes
+    /// terminated under it): it fails over as an incident's would, for the hours left. One
+    /// not yet delivered failed its reservation.
+    pub(super) fn allocation_lost(&mut self, out: &mut Out, allocation: u64, reason: String) {
+        match self.allocations.get(&allocation).map(|a| a.state) {
+            Some(AllocationState::Reserved) => {
+                self.not_delivered(out, allocation, Undelivered::Failed(reason))
+            }
+            Some(AllocationState::Held { .. } | AllocationState::Active(_)) => {
+                self.fail_over(out, allocation, Lost::Gone(reason))
+            }
+            _ => {}
+        }
+    }
+
+    /// A live allocation ends before its time: cancelled, its GPUs back to the market for
+    /// the whole hours it has left (rounded down, so a replacement never bills an hour twice).
+    fn fail_over(&mut self, out: &mut Out, allocation: u64, why: Lost) {
+        let Some(a) = self.allocations.get_mut(&allocation) else { return };
+        let remaining = match a.ends_at() {
+            Some(ends) => (ends.hours_since(out.now).floor().max(0.0) as u32).min(a.hours),
+            None => a.hours,
+        };
+        a.state = AllocationState::Cancelled { run: a.state.ended_run(out.now), ended_at: out.now };
+        let (request, gpus, provider) = (a.request.clone(), a.plan.gpus, a.plan.provider.clone());
+        self.leave_fleet(allocation);
+        let (event, cancel) = match why {
+            Lost::Incident(incident) => {
+                let cancel = format!("incident {incident}");
+                (EventKind::Failover { allocation, incident, gpus, remaining_hours: remaining }, cancel)
+            }
+            Lost::Gone(reason) => {
+                let cancel = format!("its nodes are gone: {reason}");
+                (EventKind::AllocationLost { allocation, reason, gpus, remaining_hours: remaining }, cancel)
+            }
+        };
+        out.ledger(Some(&request), event);
+        out.effects.push(Effect::Cancel { allocation, provider, why: cancel });
+        self.requeue(out, &request, Purpose::Failover, gpus, remaining);
+        self.with_request(&request, |engine, state| engine.settle_status(out, state));
     }
 
     pub(super) fn cancel(&mut self, out: &mut Out, id: &str) {

@@ -161,6 +161,12 @@ pub enum Input {
         allocation: u64,
         reason: String,
     },
+    /// The provider says a delivered allocation's nodes are gone (a spot interruption, an
+    /// instance terminated under it): it fails over for the hours it has left.
+    AllocationLost {
+        allocation: u64,
+        reason: String,
+    },
     IncidentOpened {
         id: String,
         provider: ProviderName,
@@ -559,6 +565,10 @@ impl Engine {
             Input::ReservationFailed { allocation, reason } => {
                 let reason: String = reason.chars().take(MAX_FAILURE_TEXT).collect();
                 self.not_delivered(&mut out, allocation, Undelivered::Failed(reason));
+            }
+            Input::AllocationLost { allocation, reason } => {
+                let reason: String = reason.chars().take(MAX_FAILURE_TEXT).collect();
+                self.allocation_lost(&mut out, allocation, reason);
             }
             Input::IncidentOpened { id, provider, region } => {
                 self.incident_opened(&mut out, id, provider, region)

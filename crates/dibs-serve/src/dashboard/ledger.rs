@@ -103,6 +103,9 @@ fn summary(entry: &Entry) -> Markup {
             Input::ReservationFailed { allocation, reason } => {
                 html! { "Allocation " (allocation) " cannot be delivered: " (reason) }
             }
+            Input::AllocationLost { allocation, reason } => {
+                html! { "Allocation " (allocation) " lost its nodes: " (reason) }
+            }
             Input::IncidentOpened { id, provider, region } => {
                 html! { "Incident " (id) " opened on " (provider) @if let Some(r) = region { "/" (r) } "." }
             }

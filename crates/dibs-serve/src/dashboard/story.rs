@@ -205,6 +205,9 @@ pub(super) fn line(decision: &EventKind) -> Option<Markup> {
         EventKind::ReservationFailed { allocation, gpus, reason } => html! {
             "Allocation " (allocation) " cannot be delivered (" (reason) "); " (gpus) " GPUs back to the market without that provider."
         },
+        EventKind::AllocationLost { allocation, reason, gpus, remaining_hours } => html! {
+            "Failover: allocation " (allocation) " lost its nodes (" (reason) "); " (gpus) " GPUs for the " (remaining_hours) " h left back to the market."
+        },
         EventKind::Failover { allocation, incident, gpus, remaining_hours } => html! {
             "Failover: allocation " (allocation) " hit by " (incident) "; " (gpus) " GPUs for the " (remaining_hours) " h left back to the market."
         },
