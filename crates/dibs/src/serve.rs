@@ -82,13 +82,24 @@ pub struct ServeArgs {
     /// providers answer in real time.
     #[arg(long, default_value_t = 1.0, value_name = "N")]
     time_speed: f64,
-    /// At most this many client connections at once; more wait in the listen backlog.
+    /// At most this many client connections served at once; as many more wait for a slot,
+    /// and beyond that a connection is closed at once.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     max_connections: usize,
     /// A connection on which nothing moves for this long is closed, and a request body
     /// must arrive within it (a slow or stalled client cannot hold a connection).
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     idle_timeout_seconds: u64,
+    /// A request's head (its request line and headers) must arrive whole within this many
+    /// seconds of its first byte, however its bytes trickle: a slow client cannot hold a
+    /// connection by sending a header byte now and then.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    header_timeout_seconds: u64,
+    /// At most this many connections at once from one client address; more are closed at
+    /// once. An eighth of --max-connections is kept for addresses that hold none yet, so
+    /// one address filling the rest does not keep others out.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_connections_per_client: usize,
     /// Take a snapshot of the service's state every N ledger entries (more apart when the
     /// last one was large), and at shutdown: a start loads the latest and replays only the
     /// entries after it, not the whole ledger. Snapshots are kept beside the ledger, which
@@ -265,6 +276,8 @@ pub fn serve(args: ServeArgs) -> Result<Exit> {
         limits: dibs_serve::listener::Limits {
             max_connections: args.max_connections,
             idle: std::time::Duration::from_secs(args.idle_timeout_seconds.max(1)),
+            head: std::time::Duration::from_secs(args.header_timeout_seconds.max(1)),
+            per_client: args.max_connections_per_client.max(1),
         },
         snapshot_every: args.snapshot_every,
     })

@@ -620,6 +620,121 @@ fn slow_clients_are_cut_off_and_cannot_hold_the_service() {
     assert_eq!(kinds, vec![json!("configured")], "no slow body was taken as a request");
 }
 
+/// A socket from another client address (127.0.0.2), as an attacker elsewhere is seen.
+fn connect_from(source: &str, address: &str) -> std::io::Result<std::net::TcpStream> {
+    let to: std::net::SocketAddr = address.parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&format!("{source}:0").parse::<std::net::SocketAddr>().unwrap().into())?;
+    socket.connect_timeout(&to.into(), Duration::from_secs(2))?;
+    Ok(socket.into())
+}
+
+/// Slowloris (issue 20): sockets that each trickle a header byte every half second, more
+/// of them than --max-connections, from one address. A head must arrive whole within
+/// --header-timeout-seconds however it trickles, and a reserve of slots is kept for other
+/// addresses: a well-behaved client elsewhere is answered all along, and every trickling
+/// socket is closed.
+#[test]
+fn a_header_trickle_from_many_sockets_does_not_keep_others_out() {
+    use std::io::{Read, Write};
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&[
+        "--data",
+        data.path().to_str().unwrap(),
+        "--max-connections",
+        "40",
+        "--header-timeout-seconds",
+        "2",
+        "--max-connections-per-client",
+        "1000",
+    ]);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    // Alone, a trickling head is cut at its bound (2 s), though a byte comes every 100 ms.
+    let alone: Vec<_> = (0..5)
+        .map(|_| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                let mut socket = connect_from("127.0.0.2", &address).unwrap();
+                let opened = Instant::now();
+                for byte in b"GET /v1/health HTTP/1.1\r\nX-Slow: ".iter().chain(std::iter::repeat(&b'a')) {
+                    if socket.write_all(&[*byte]).is_err() || opened.elapsed() > Duration::from_secs(20) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                opened.elapsed()
+            })
+        })
+        .collect();
+    for socket in alone {
+        let held = socket.join().unwrap();
+        assert!(held < Duration::from_millis(3500), "a trickling head held its socket {held:?}");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // 60 trickling sockets against 40 slots, reopened as they are cut, for 8 seconds.
+    let attackers: Vec<_> = (0..60)
+        .map(|_| {
+            let (address, stop) = (address.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut held_longest = Duration::ZERO;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut socket) = connect_from("127.0.0.2", &address) else {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    };
+                    let opened = Instant::now();
+                    let head = format!("GET /v1/health HTTP/1.1\r\nHost: {address}\r\nX-Slow: ");
+                    for byte in head.bytes().chain(std::iter::repeat(b'a')) {
+                        if stop.load(Ordering::Relaxed) || socket.write_all(&[byte]).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(500));
+                        // A closed socket shows as a read of 0 bytes or an error.
+                        socket.set_nonblocking(true).unwrap();
+                        let mut buffer = [0u8; 64];
+                        let closed = !matches!(
+                            socket.read(&mut buffer),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                        );
+                        socket.set_nonblocking(false).unwrap();
+                        if closed {
+                            break;
+                        }
+                    }
+                    held_longest = held_longest.max(opened.elapsed());
+                }
+                held_longest
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    // A well-behaved client, from 127.0.0.1, every 200 ms while the trickle goes on.
+    let mut latencies = Vec::new();
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        let started = Instant::now();
+        let (status, _) = call(&server.url, "GET", "/health", None, None);
+        assert_eq!(status, 200);
+        latencies.push(started.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let held: Vec<Duration> = attackers.into_iter().map(|a| a.join().unwrap()).collect();
+    latencies.sort();
+    let p99 = latencies[(latencies.len() * 99).div_ceil(100) - 1];
+    let longest = held.iter().max().unwrap();
+    eprintln!(
+        "{} probes under 60 trickling sockets against 40 slots: p50 {:?}, p99 {p99:?}, max {:?}; \
+         a trickling socket held at most {longest:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies.last().unwrap()
+    );
+    assert!(p99 < Duration::from_millis(500), "p99 {p99:?}");
+    // A trickling socket waits for a slot, then is cut at the head's bound.
+    assert!(*longest < Duration::from_secs(8), "a trickling socket held {longest:?}");
+}
+
 /// An operator with the database file in hand: a changed `at`, `kind` or request id, an
 /// edited idempotency answer, the newest entries deleted (with the checkpoints that named
 /// them), each is found by `dibs ledger verify`, the last by a head kept from the API.
