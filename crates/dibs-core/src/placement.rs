@@ -1294,6 +1294,38 @@ impl<'a> Problem<'a> {
         self.unit_cost(g, hold) / (self.hours() * f64::from(g.shape.blocks_per_unit * block))
     }
 
+    /// A lower bound on what any award whose slowest part has lead time `last` costs the
+    /// objective: the cheapest blocks first, whole units split, no rule but capacity (the
+    /// rules and the whole units only add), and what the parts awarded before bill while
+    /// they wait. Infinite when the blocks cannot be covered at all.
+    fn lower_bound(&self, last: u32) -> f64 {
+        let hold = self.holds().then_some(last);
+        let mut blocks: Vec<(f64, u64)> = self
+            .groups
+            .iter()
+            .filter(|g| g.lead_time_hours <= last)
+            .map(|g| {
+                let per_unit = f64::from(g.shape.blocks_per_unit);
+                (
+                    self.objective_cost(g, hold) / per_unit,
+                    u64::from(g.units) * u64::from(g.shape.blocks_per_unit),
+                )
+            })
+            .collect();
+        blocks.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut needed = u64::from(self.blocks_needed);
+        let mut cost = if self.holds() { self.joining_cost(last) } else { 0.0 };
+        for (per_block, available) in blocks {
+            let take = available.min(needed);
+            cost += per_block * take as f64;
+            needed -= take;
+            if needed == 0 {
+                return cost;
+            }
+        }
+        f64::INFINITY
+    }
+
     /// What an award costs the objective: its units with their held hours (the slowest
     /// part's lead time decides them), the credited providers' spend beyond their credit,
     /// and what the parts awarded before bill while they wait.
@@ -1418,7 +1450,10 @@ impl<'a> Problem<'a> {
                         single: None,
                     };
                 }
-                leads.iter().copied().map(Some).collect()
+                // Most promising first (the least lower bound), so that the rest are pruned.
+                let mut bounded: Vec<(f64, u32)> = leads.iter().map(|&l| (self.lower_bound(l), l)).collect();
+                bounded.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                bounded.into_iter().map(|(_, l)| Some(l)).collect()
             }
             Objective::Cost => vec![None],
         };
@@ -1430,6 +1465,13 @@ impl<'a> Problem<'a> {
             let allowed = |g: &Group| limit.is_none_or(|t| g.lead_time_hours <= t);
             if !self.may_fill(&allowed) {
                 continue;
+            }
+            if request.objective == Objective::Cost
+                && let (Some(limit), Some((least, ..))) = (limit, &best)
+                && self.lower_bound(limit) > *least + RULE_TOLERANCE * (1.0 + least.abs())
+            {
+                // The limits come by lower bound: no later one can do better either.
+                break;
             }
             let hold = if self.holds() { limit.or(leads.last().copied()) } else { None };
             let attempt = self.solve_once(config, &allowed, hold, &mut solves, &mut branch_nodes);
@@ -1445,7 +1487,12 @@ impl<'a> Problem<'a> {
                 break;
             }
             let cost = self.award_cost(&units);
-            if best.as_ref().is_none_or(|(least, ..)| cost < *least - RULE_TOLERANCE * (1.0 + least.abs())) {
+            // Cheaper wins; at the same cost, the one ready sooner.
+            let better = best.as_ref().is_none_or(|(least, _, _, at)| {
+                let tolerance = RULE_TOLERANCE * (1.0 + least.abs());
+                cost < *least - tolerance || (cost <= *least + tolerance && limit < *at)
+            });
+            if better {
                 best = Some((cost, units, path, limit));
             }
         }
