@@ -401,3 +401,31 @@ fn kill_9_under_load_orphans_and_doubles_no_instance() {
     let output = Command::new(DIBS).args(["ledger", "verify", "--data"]).arg(data.path()).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// A first run's safety: `--aws-dry-run` launches nothing and says so on the allocation
+/// (its GPUs go back to the market), and `--max-nodes aws=1` offers no more than one node.
+#[test]
+fn a_dry_run_launches_nothing_and_a_node_bound_is_kept() {
+    let Some(mut moto) = Moto::start() else { return };
+    moto.launch_template(TEMPLATE);
+    let (key, _) = moto.switch_auth_on();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&moto, &key, data.path(), &["--aws-dry-run", "--max-nodes", "aws=1"]);
+    assert!(server.banner().contains("dry run: launches nothing"), "{}", server.banner());
+    // Two nodes asked, one allowed: aws cannot fill it alone.
+    let r1 = server.submit(16, &["aws"]);
+    let view = server.wait_for(&r1, &["unfilled"]);
+    assert!(view["allocations"].as_array().unwrap().is_empty(), "{view}");
+    // One node: awarded, then the dry run says EC2 would have launched it, and nothing ran.
+    let r2 = server.submit(8, &["aws"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        if let Some(failed) = server.events(&r2).into_iter().find(|e| e["kind"] == "reservation_failed") {
+            break failed;
+        }
+        assert!(Instant::now() < deadline, "no reservation_failed for the dry run");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(failed["body"]["reason"].as_str().unwrap().contains("dry run (--aws-dry-run)"), "{failed}");
+    assert!(moto.instances().is_empty(), "a dry run launched {:?}", moto.instances());
+}
