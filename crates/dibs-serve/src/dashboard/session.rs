@@ -25,8 +25,11 @@ use crate::app::{Role, new_token, role_of, token_hash};
 pub const SESSION_COOKIE: &str = "dibs_session";
 /// A session lasts this long after login.
 pub const SESSION_HOURS: u64 = 12;
-/// At most this many sessions are kept; the oldest go first.
+/// At most this many sessions are kept; when they are all current, a login waits for one
+/// to end (no one's session is ended to make room for another's).
 pub const MAX_SESSIONS: usize = 10_000;
+/// At most this many sessions per token: a token's next login ends its own oldest.
+pub const MAX_SESSIONS_PER_TOKEN: usize = 16;
 
 struct Session {
     viewer: Viewer,
@@ -48,17 +51,28 @@ impl Sessions {
         (session.expires > Instant::now()).then(|| session.viewer.clone())
     }
 
+    /// A new session for `viewer`: a token holds at most [`MAX_SESSIONS_PER_TOKEN`] (its
+    /// own oldest ends to make room), and when every slot is held by current sessions the
+    /// login is refused (`None`), never another token's session ended.
     fn start(&self, viewer: Viewer) -> Option<String> {
         let id = new_token().ok()?;
         let mut sessions = self.by_hash.lock().ok()?;
         let now = Instant::now();
+        let mine: Vec<([u8; 32], Instant)> = sessions
+            .iter()
+            .filter(|(_, s)| s.viewer.scope == viewer.scope)
+            .map(|(k, s)| (*k, s.expires))
+            .collect();
+        if mine.len() >= MAX_SESSIONS_PER_TOKEN
+            && let Some((oldest, _)) = mine.iter().min_by_key(|(_, expires)| *expires)
+        {
+            sessions.remove(oldest);
+        }
         if sessions.len() >= MAX_SESSIONS {
             sessions.retain(|_, s| s.expires > now);
         }
-        if sessions.len() >= MAX_SESSIONS
-            && let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k)
-        {
-            sessions.remove(&oldest);
+        if sessions.len() >= MAX_SESSIONS {
+            return None;
         }
         let expires = now + Duration::from_secs(SESSION_HOURS * 3600);
         sessions.insert(token_hash(&id), Session { viewer, expires });
@@ -191,7 +205,10 @@ pub(super) async fn login(
     };
     let viewer = Viewer { role, scope: dibs_core::ledger::hex(&hash) };
     let Some(id) = dashboard.sessions.start(viewer) else {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "No session could be started; try again.");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Every session slot holds a current session; try again when one ends.",
+        );
     };
     let cookie =
         format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_HOURS * 3600);
@@ -214,4 +231,50 @@ pub(super) async fn logout(State(dashboard): State<Arc<Dashboard>>, headers: Hea
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn viewer(role: Role, token: &str) -> Viewer {
+        Viewer { role, scope: token.to_owned() }
+    }
+
+    fn cookie(id: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_str(&format!("{SESSION_COOKIE}={id}")).unwrap());
+        headers
+    }
+
+    /// Issue 20: a provider token logged in 10,050 times evicted the admin's session. Now a
+    /// token holds at most 16 sessions (its own oldest ends), and no one's is ended for
+    /// another's.
+    #[test]
+    fn a_login_flood_ends_only_the_flooding_token_s_own_sessions() {
+        let sessions = Sessions::default();
+        let admin = sessions.start(viewer(Role::Admin, "admin-hash")).unwrap();
+        let provider = viewer(Role::Provider("lambda".into()), "lambda-hash");
+        let first = sessions.start(provider.clone()).unwrap();
+        for _ in 0..10_050 {
+            sessions.start(provider.clone()).unwrap();
+        }
+        assert!(sessions.viewer(&cookie(&admin)).is_some(), "the admin is still logged in");
+        assert!(sessions.viewer(&cookie(&first)).is_none(), "the flooding token's oldest ended");
+        let held = sessions.by_hash.lock().unwrap();
+        assert_eq!(held.values().filter(|s| s.viewer.scope == "lambda-hash").count(), MAX_SESSIONS_PER_TOKEN);
+        assert_eq!(held.len(), MAX_SESSIONS_PER_TOKEN + 1);
+    }
+
+    /// With every slot held by current sessions of other tokens, a login is refused rather
+    /// than ending someone's session.
+    #[test]
+    fn a_full_table_refuses_a_login_rather_than_end_another_s_session() {
+        let sessions = Sessions::default();
+        for n in 0..MAX_SESSIONS {
+            sessions.start(viewer(Role::Auditor, &format!("token-{}", n / MAX_SESSIONS_PER_TOKEN))).unwrap();
+        }
+        assert!(sessions.start(viewer(Role::Admin, "admin-hash")).is_none());
+        assert_eq!(sessions.by_hash.lock().unwrap().len(), MAX_SESSIONS);
+    }
 }
