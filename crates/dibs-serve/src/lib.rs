@@ -253,6 +253,15 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Key(#[from] signing::KeyError),
+    /// The ledger holds signed heads but the key that signed them is gone: a new key would
+    /// sign over a ledger whose heads no longer check.
+    #[error(
+        "--data {}: the ledger holds {heads} signed heads but {} is missing; restore it from a backup \
+         (a new key would let a rewritten ledger be re-signed unseen)",
+        data.display(),
+        data.join(signing::KEY_FILE).display()
+    )]
+    KeyMissing { data: PathBuf, heads: usize },
 }
 
 impl ServeError {
@@ -343,7 +352,14 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     broker.set_time_speed(config.time_speed);
     broker.set_snapshot_every(config.snapshot_every);
     broker.write_snapshots_with(open.clone())?;
-    // Heads are signed with the key beside the ledger (made now at a first start).
+    // Heads are signed with the key beside the ledger (made now at a first start; a ledger
+    // that holds heads signed before does not get a new one).
+    if !config.data.join(signing::KEY_FILE).is_file() {
+        let heads = reader.heads()?.len();
+        if heads > 0 {
+            return Err(ServeError::KeyMissing { data: config.data.clone(), heads });
+        }
+    }
     broker.sign_heads(signing::HeadSigner::load_or_create(&config.data)?);
     recovery.outstanding = broker.take_over()?;
     let Recovery { entries, inputs, requests, outstanding, snapshot, snapshot_refused, .. } = recovery;

@@ -445,6 +445,14 @@ fn check_heads(
     command: &LedgerCommand,
 ) -> std::result::Result<(), String> {
     let ours = dibs_serve::signing::HeadSigner::load(data).ok().map(|s| s.public_key().to_vec());
+    if ours.is_none() && !verified.checkpoints.is_empty() && data.join("ledger.db").is_file() {
+        return Err(format!(
+            "{} checkpoints are signed, but {} is missing: which key signed them cannot be checked \
+             (restore the key; a rewrite re-signed with another key would otherwise pass)",
+            verified.checkpoints.len(),
+            data.join(dibs_serve::signing::KEY_FILE).display()
+        ));
+    }
     for head in &verified.checkpoints {
         dibs_serve::signing::check(head).map_err(|e| e.to_string())?;
         if ours.as_ref().is_some_and(|key| *key != head.public_key) && data.join("ledger.db").is_file() {

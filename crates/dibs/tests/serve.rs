@@ -1896,3 +1896,38 @@ fn sigint_and_sigterm_drain_write_the_snapshot_and_the_signed_head_and_exit_0_on
         }
     }
 }
+
+/// Issue 20: deleting `ledger.key` switched the key check off, so a rewrite re-signed with a
+/// foreign key passed. A missing key is now an error for `dibs ledger verify` and a start
+/// refuses to make a new one over a ledger that holds signed heads.
+#[test]
+fn a_deleted_ledger_key_is_an_error_not_a_skip() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&["--data", data.path().to_str().unwrap()]);
+    let (status, _) = call(&server.url, "POST", "/requests", Some(&request_body(8)), None);
+    assert_eq!(status, 201);
+    // SIGTERM: the server signs its head on the way out.
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(server.child.wait().unwrap().success());
+    let verify =
+        || Command::new(DIBS).args(["ledger", "verify", "--data"]).arg(data.path()).output().unwrap();
+    assert!(verify().status.success(), "{}", String::from_utf8_lossy(&verify().stdout));
+    std::fs::remove_file(data.path().join("ledger.key")).unwrap();
+    let output = verify();
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success() && said.contains("ledger.key is missing"), "{said}");
+    let start = Command::new(DIBS)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .env("DIBS_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&start.stderr);
+    assert!(
+        !start.status.success() && said.contains("signed heads but") && said.contains("is missing"),
+        "{said}"
+    );
+    assert!(!data.path().join("ledger.key").exists(), "no new key was made");
+}
