@@ -169,32 +169,42 @@ pub struct HealthView {
     pub status: &'static str,
     /// `leader` (it runs the engine), `standby`, or `starting`.
     pub role: &'static str,
+    /// Why a standby waits, when it is not another replica's lead (`the database cannot
+    /// be reached (...)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// Liveness: the process answers. A standby answers too, saying so.
 #[utoipa::path(get, path = "/v1/health", tag = "service", responses((status = 200, description = "The process is up; `role` says whether it leads", body = HealthView)))]
 async fn health() -> Json<HealthView> {
-    Json(HealthView { status: "ok", role: "leader" })
+    Json(HealthView { status: "ok", role: "leader", problem: None })
 }
 
 /// Readiness: this replica serves the API. A standby answers 503.
 #[utoipa::path(get, path = "/v1/ready", tag = "service", responses((status = 200, body = HealthView), (status = 503, description = "A standby", body = HealthView)))]
 async fn ready() -> Json<HealthView> {
-    Json(HealthView { status: "ok", role: "leader" })
+    Json(HealthView { status: "ok", role: "leader", problem: None })
 }
 
 /// What a replica waiting for the lead serves: health (200, `standby`), readiness (503), and
 /// a 503 naming its role for everything else. Until `another_leads` is set (this replica
 /// found the lead taken), it is starting, not a standby: it leads, or will, and replays its
 /// ledger.
-pub fn standby_router(another_leads: Arc<std::sync::atomic::AtomicBool>) -> Router {
-    let waiting = move || {
-        if another_leads.load(std::sync::atomic::Ordering::SeqCst) {
-            let role = HealthView { status: "standby", role: "standby" };
-            (role, "this replica is a standby: another one leads; try again shortly")
-        } else {
-            let role = HealthView { status: "starting", role: "starting" };
-            (role, "dibs is starting: it is replaying its ledger; try again shortly")
+pub fn standby_router(standing: crate::StandingState) -> Router {
+    let waiting = move || match &*standing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        Some(dibs_store::Waiting::AnotherLeads) => {
+            let role = HealthView { status: "standby", role: "standby", problem: None };
+            (role, "this replica is a standby: another one leads; try again shortly".to_owned())
+        }
+        Some(dibs_store::Waiting::DatabaseDown(why)) => {
+            let problem = format!("the database cannot be reached ({why}); trying again");
+            let role = HealthView { status: "standby", role: "standby", problem: Some(problem.clone()) };
+            (role, format!("this replica is waiting: {problem}"))
+        }
+        None => {
+            let role = HealthView { status: "starting", role: "starting", problem: None };
+            (role, "dibs is starting: it is replaying its ledger; try again shortly".to_owned())
         }
     };
     let (health, ready, rest) = (waiting.clone(), waiting.clone(), waiting);
@@ -911,20 +921,27 @@ mod tests {
 
     #[tokio::test]
     async fn a_replica_replaying_its_ledger_says_starting_and_a_standby_says_standby() {
-        let another_leads = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let router = || standby_router(another_leads.clone());
+        let standing: crate::StandingState = Arc::default();
+        let router = || standby_router(standing.clone());
         assert_eq!(
             get(router(), "/v1/health").await,
             (200, r#"{"status":"starting","role":"starting"}"#.into())
         );
         let (status, body) = get(router(), "/").await;
         assert_eq!((status, body.contains("starting") && !body.contains("standby")), (503, true), "{body}");
-        another_leads.store(true, std::sync::atomic::Ordering::SeqCst);
+        *standing.lock().unwrap() = Some(dibs_store::Waiting::AnotherLeads);
         assert_eq!(
             get(router(), "/v1/ready").await,
             (503, r#"{"status":"standby","role":"standby"}"#.into())
         );
         let (status, body) = get(router(), "/requests").await;
         assert_eq!((status, body.contains("another one leads")), (503, true), "{body}");
+        *standing.lock().unwrap() = Some(dibs_store::Waiting::DatabaseDown("connection refused".into()));
+        let (status, body) = get(router(), "/v1/health").await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains(r#""problem":"the database cannot be reached (connection refused); trying again""#),
+            "{body}"
+        );
     }
 }

@@ -78,7 +78,8 @@ pub struct LoadedFrom {
 }
 
 /// The exit status of a replica that lost the lead (its lock session went, or another
-/// replica's epoch refused its write).
+/// replica's epoch refused its write) or its database, and could not start again as a
+/// standby ([`rejoin`]).
 pub const EXIT_LOST_LEAD: i32 = 75;
 /// The exit status of a service whose ledger could not be written (sysexits' EX_SOFTWARE):
 /// the engine may hold decisions the ledger does not, so it stops and a restart replays.
@@ -271,19 +272,94 @@ impl ServeError {
     }
 }
 
+/// Why a replica that does not serve yet waits (`None`: it is starting), for its health.
+pub type StandingState = Arc<Mutex<Option<dibs_store::Waiting>>>;
+
+/// A replica on a shared database that lost its lead, or its database, starts again as
+/// this same program with the same arguments: its engine may hold decisions the ledger
+/// does not, so nothing of it is kept; the new process waits as a standby (with backoff
+/// while the database is away) and leads again if the lead comes free. Exits with
+/// [`EXIT_LOST_LEAD`] only if it cannot start again.
+pub fn rejoin(why: &str) -> ! {
+    eprintln!("dibs: {why}; starting again as a standby");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        if let Ok(program) = std::env::current_exe() {
+            let mut again = std::process::Command::new(program);
+            again.args(std::env::args_os().skip(1));
+            // The port stays open across the restart: the new process takes the socket.
+            if let Some(&fd) = LISTENING.get() {
+                // SAFETY: `fd` is the open listening socket; only its close-on-exec flag changes.
+                if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == 0 {
+                    again.env(LISTEN_FD, fd.to_string());
+                }
+            }
+            let error = again.exec();
+            eprintln!("dibs: could not start again ({error})");
+        }
+    }
+    std::process::exit(EXIT_LOST_LEAD);
+}
+
+/// The environment variable through which a replica that starts again as a standby
+/// ([`rejoin`]) hands its listening socket to the new process.
+pub const LISTEN_FD: &str = "DIBS_LISTEN_FD";
+
+/// The listening socket's descriptor, for [`rejoin`].
+#[cfg(unix)]
+static LISTENING: std::sync::OnceLock<std::os::fd::RawFd> = std::sync::OnceLock::new();
+
+/// The socket to serve on: the one a replica that started again handed over, else `listen`
+/// bound now.
+fn listening_socket(listen: &str) -> Result<std::net::TcpListener, ServeError> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let handed = std::env::var(LISTEN_FD).ok().and_then(|fd| fd.parse::<std::os::fd::RawFd>().ok());
+        let socket = match handed {
+            // SAFETY: the previous process of this replica passed its open listening socket.
+            Some(fd) => unsafe { std::net::TcpListener::from_raw_fd(fd) },
+            None => std::net::TcpListener::bind(listen)
+                .map_err(ServeError::unusable(format_args!("--listen {listen}")))?,
+        };
+        // SAFETY: only the close-on-exec flag of our own open socket is set back.
+        unsafe { libc::fcntl(socket.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        let _ = LISTENING.set(socket.as_raw_fd());
+        Ok(socket)
+    }
+    #[cfg(not(unix))]
+    std::net::TcpListener::bind(listen).map_err(ServeError::unusable(format_args!("--listen {listen}")))
+}
+
 /// Starts the service and serves until Ctrl-C. Prints the URL (and the admin
-/// token when it was made now) once it is listening.
+/// token when it was made now) once it is listening. On a shared database, a database
+/// error while it takes the lead (the database went away meanwhile) starts it again as a
+/// standby rather than ending it.
 pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
+    let replicated = config.database.is_some();
+    match serve_once(config) {
+        Err(ServeError::Store(e))
+            if replicated && matches!(e, StoreError::Postgres(_) | StoreError::Fenced { .. }) =>
+        {
+            // Not at once: a database that refuses every start would otherwise be hammered.
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            rejoin(&format!("the database failed while this replica took the lead ({e})"))
+        }
+        other => other,
+    }
+}
+
+fn serve_once(config: ServeConfig) -> Result<(), ServeError> {
     std::fs::create_dir_all(&config.data)
         .map_err(ServeError::unusable(format_args!("--data {}", config.data.display())))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     // The port is open from the start: a standby answers health (its role) and readiness
     // (503), so a load balancer can tell a standby from a dead replica.
-    let socket = std::net::TcpListener::bind(&config.listen)
-        .map_err(ServeError::unusable(format_args!("--listen {}", config.listen)))?;
+    let socket = listening_socket(&config.listen)?;
     socket.set_nonblocking(true)?;
-    let another_leads = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let standing_by = standby_server(&runtime, socket.try_clone()?, config.limits, another_leads.clone())?;
+    let standing: StandingState = Arc::default();
+    let standing_by = standby_server(&runtime, socket.try_clone()?, config.limits, standing.clone())?;
     // On a shared database one replica runs the engine; the others wait
     // here, and the first to get the lock after the leader dies takes over
     // by replaying the ledger.
@@ -291,20 +367,25 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         Some(url) => Some(PostgresStore::lead(
             url,
             &config.schema,
-            || {
-                another_leads.store(true, std::sync::atomic::Ordering::SeqCst);
-                eprintln!(
-                    "dibs: standby on http://{}: another replica leads schema {:?}; waiting to take over",
-                    socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-                    config.schema
-                )
+            |why| {
+                let at = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                match &why {
+                    dibs_store::Waiting::AnotherLeads => eprintln!(
+                        "dibs: standby on http://{at}: another replica leads schema {:?}; waiting to take over",
+                        config.schema
+                    ),
+                    dibs_store::Waiting::DatabaseDown(e) => {
+                        eprintln!(
+                            "dibs: standby on http://{at}: the database cannot be reached ({e}); trying again"
+                        )
+                    }
+                }
+                *standing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
             },
-            |e| {
-                // The lock went with its session: another replica may lead already. Stop
-                // now; the epoch check refuses any write this one still attempts.
-                eprintln!("dibs: lost the lead ({e}); stopping");
-                std::process::exit(EXIT_LOST_LEAD);
-            },
+            // The lock went with its session: another replica may lead already. Stop
+            // writing now (the epoch check refuses any write still attempted) and contend
+            // again as a standby.
+            |e| rejoin(&format!("lost the lead ({e})")),
         )?),
         None => None,
     };
@@ -352,9 +433,10 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     broker.set_time_speed(config.time_speed);
     broker.set_snapshot_every(config.snapshot_every);
     broker.write_snapshots_with(open.clone())?;
-    // Heads are signed with the key beside the ledger (made now at a first start; a ledger
-    // that holds heads signed before does not get a new one).
-    if !config.data.join(signing::KEY_FILE).is_file() {
+    // Heads are signed with the key beside the ledger (made now at a first start; a SQLite
+    // ledger that holds heads signed before does not get a new one. Replicas on PostgreSQL
+    // each sign with their own key, beside their own data).
+    if config.database.is_none() && !config.data.join(signing::KEY_FILE).is_file() {
         let heads = reader.heads()?.len();
         if heads > 0 {
             return Err(ServeError::KeyMissing { data: config.data.clone(), heads });
@@ -407,12 +489,18 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         admin_token_from_env: config.admin_token.is_some(),
     };
 
+    let replicated = config.database.is_some();
     let broker_thread = std::thread::Builder::new().name("dibs-broker".into()).spawn(move || {
         if let Err(e) = broker.run(rx) {
             if let StoreError::Fenced { .. } = e {
                 // Another replica leads: this one's write was refused, as it should be.
-                eprintln!("dibs: lost the lead ({e}); stopping");
-                std::process::exit(EXIT_LOST_LEAD);
+                rejoin(&format!("lost the lead ({e})"));
+            }
+            if replicated {
+                // The database went away under the leader (a restart, a blip): the engine may
+                // hold decisions the ledger does not, so this process starts again, as a
+                // standby, and whoever leads next replays the ledger.
+                rejoin(&format!("the ledger could not be written ({e})"));
             }
             // The engine may hold decisions the ledger does not: stop; a restart replays the ledger.
             eprintln!("dibs: the ledger could not be written ({e}); stopping");
@@ -497,7 +585,7 @@ fn standby_server(
     runtime: &tokio::runtime::Runtime,
     socket: std::net::TcpListener,
     limits: listener::Limits,
-    another_leads: Arc<std::sync::atomic::AtomicBool>,
+    standing: StandingState,
 ) -> std::io::Result<StandingBy> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = {
@@ -506,7 +594,7 @@ fn standby_server(
     };
     let done = runtime.spawn(async move {
         let listener = listener::GuardedListener::new(listener, limits);
-        let _ = axum::serve(listener, http::standby_router(another_leads))
+        let _ = axum::serve(listener, http::standby_router(standing))
             .with_graceful_shutdown(async {
                 let _ = stopped.await;
             })

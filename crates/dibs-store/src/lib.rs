@@ -20,7 +20,7 @@ pub mod migrate;
 mod postgres;
 mod sqlite;
 
-pub use crate::postgres::{Leadership, PostgresStore, lead_session_name};
+pub use crate::postgres::{Leadership, PostgresStore, Waiting, lead_session_name};
 pub use crate::sqlite::SqliteStore;
 
 use dibs_core::ledger::{hex, next_hash};

@@ -523,24 +523,56 @@ impl PostgresStore {
         Ok(row.get::<_, bool>(0))
     }
 
-    /// Blocks until this process leads `schema`; calls `waiting` once if it must wait. Once
-    /// it leads, a thread watches the lock's session and calls `lost` the moment it is gone
-    /// (the session was terminated, the connection dropped): the lock went with it, and
-    /// another replica may already lead. `lost` must stop the process.
+    /// Blocks until this process leads `schema`; calls `waiting` with why whenever that
+    /// changes (another replica leads; the database cannot be reached: it keeps trying,
+    /// with a growing backoff up to [`RECONNECT_MOST`], so a replica started before its
+    /// database, or left by a database restart, waits rather than exits). Once it leads, a
+    /// thread watches the lock's session and calls `lost` the moment it is gone (the session
+    /// was terminated, the connection dropped): the lock went with it, and another replica
+    /// may already lead. `lost` must stop this process's writing at once.
     pub fn lead(
         url: &str,
         schema: &str,
-        mut waiting: impl FnMut(),
+        mut waiting: impl FnMut(Waiting),
         lost: impl FnOnce(StoreError) + Send + 'static,
     ) -> Result<Leadership, StoreError> {
         let mut config: postgres::Config =
             url.parse().map_err(|e| StoreError::Invalid(format!("--database: {e}")))?;
         config.application_name(&lead_session_name(schema));
-        let mut client = config.connect(NoTls)?;
         let key = leader_key(schema);
-        let mut told = false;
+        let mut last: Option<Waiting> = None;
+        let mut tell = |now: Waiting| {
+            if last.as_ref() != Some(&now) {
+                waiting(now.clone());
+                last = Some(now);
+            }
+        };
+        let mut backoff = RECONNECT_FIRST;
+        let mut client = loop {
+            match config.connect(NoTls) {
+                Ok(client) => break client,
+                Err(e) => {
+                    tell(Waiting::DatabaseDown(e.to_string()));
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(RECONNECT_MOST);
+                }
+            }
+        };
         loop {
-            let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&key])?;
+            let row = match client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]) {
+                Ok(row) => row,
+                Err(e) => {
+                    // The connection broke (a database restart): connect again and keep waiting.
+                    tell(Waiting::DatabaseDown(e.to_string()));
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(RECONNECT_MOST);
+                    if let Ok(again) = config.connect(NoTls) {
+                        client = again;
+                    }
+                    continue;
+                }
+            };
+            backoff = RECONNECT_FIRST;
             if row.get::<_, bool>(0) {
                 let watch = std::thread::Builder::new()
                     .name("dibs-lead-watch".into())
@@ -556,14 +588,25 @@ impl PostgresStore {
                     .map_err(|e| StoreError::Invalid(format!("a thread to watch the lead: {e}")))?;
                 return Ok(Leadership { _watch: watch });
             }
-            if !told {
-                waiting();
-                told = true;
-            }
+            tell(Waiting::AnotherLeads);
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
 }
+
+/// Why a replica is not leading yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waiting {
+    /// Another replica holds the lead.
+    AnotherLeads,
+    /// The database cannot be reached (what the driver said); trying again.
+    DatabaseDown(String),
+}
+
+/// The first wait before a standby tries the database again, doubling up to
+/// [`RECONNECT_MOST`].
+pub const RECONNECT_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+pub const RECONNECT_MOST: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The last value given for each key, in the order keys first appear: what one row
 /// upserted after another leaves, as one statement may not touch a row twice.

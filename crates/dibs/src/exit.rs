@@ -4,8 +4,9 @@
 //! An error that reaches `main` is bad input unless it says otherwise: it is looked up in
 //! [`Exit::for_error`], the one place that tells an error's kind from its code.
 //! `dibs serve` also stops the process itself, from `dibs-serve`, with
-//! `dibs_serve::EXIT_LOST_LEAD` (75, a replica that lost the lead) and
-//! `dibs_serve::EXIT_LEDGER_UNWRITABLE` (70, a ledger that could not be written).
+//! `dibs_serve::EXIT_LOST_LEAD` (75, a replica on PostgreSQL that lost the lead or its
+//! database and could not start again as a standby: normally it does, `dibs_serve::rejoin`)
+//! and `dibs_serve::EXIT_LEDGER_UNWRITABLE` (70, a SQLite ledger that could not be written).
 
 use std::fmt;
 use std::process::ExitCode;
