@@ -42,6 +42,8 @@ pub struct ServeConfig {
     pub database: Option<String>,
     /// The PostgreSQL schema (replicas that share a ledger use the same one).
     pub schema: String,
+    /// How long the leader's lease lasts unrenewed before a standby takes over.
+    pub lease: std::time::Duration,
     /// Contract files as (name, contents), and the catalog's offers: recorded
     /// in the ledger when they differ from what it last ran under.
     pub configuration: broker::Configuration,
@@ -367,6 +369,7 @@ fn serve_once(config: ServeConfig) -> Result<(), ServeError> {
         Some(url) => Some(PostgresStore::lead(
             url,
             &config.schema,
+            config.lease,
             |why| {
                 let at = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
                 match &why {

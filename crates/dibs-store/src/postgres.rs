@@ -55,7 +55,10 @@ impl PostgresStore {
                 "schema {schema:?}: use lowercase letters, digits and underscores"
             )));
         }
-        let mut client = Client::connect(url, NoTls)?;
+        let mut config: postgres::Config =
+            url.parse().map_err(|e| StoreError::Invalid(format!("--database: {e}")))?;
+        config.application_name(&writer_session_name(schema));
+        let mut client = config.connect(NoTls)?;
         // Two replicas starting together may race to create the schema: serialize that too.
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])?;
@@ -495,6 +498,15 @@ pub struct Leadership {
 /// How often a leader checks that its lock's session is alive.
 const LEAD_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// The `application_name` of a replica's store sessions (its writer and readers): what a
+/// standby ends, with the lock session, when the leader's lease is stale.
+pub fn writer_session_name(schema: &str) -> String {
+    format!("dibs-store-{schema}")
+}
+
+/// How often the leader renews its lease.
+const LEASE_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The `application_name` of a replica's lock session (for operators, and the tests that
 /// terminate it).
 pub fn lead_session_name(schema: &str) -> String {
@@ -530,9 +542,17 @@ impl PostgresStore {
     /// thread watches the lock's session and calls `lost` the moment it is gone (the session
     /// was terminated, the connection dropped): the lock went with it, and another replica
     /// may already lead. `lost` must stop this process's writing at once.
+    ///
+    /// The lead has a lease of `lease`: the leader renews it about once a second on its lock
+    /// session. A leader frozen (stopped, swapped out, partitioned) keeps its lock but not
+    /// its lease: a standby that finds the lease stale past `lease` twice, a second apart,
+    /// ends the old leader's sessions (its lock and any append it was in the middle of go
+    /// with them) and takes the lock; the epoch it bumps refuses whatever the old leader
+    /// still tries to write when it resumes.
     pub fn lead(
         url: &str,
         schema: &str,
+        lease: std::time::Duration,
         mut waiting: impl FnMut(Waiting),
         lost: impl FnOnce(StoreError) + Send + 'static,
     ) -> Result<Leadership, StoreError> {
@@ -548,6 +568,8 @@ impl PostgresStore {
             }
         };
         let mut backoff = RECONNECT_FIRST;
+        let renew = format!("UPDATE {schema}.leader SET renewed_at = now() WHERE id = 1");
+        let mut stale_since: Option<std::time::Instant> = None;
         let mut client = loop {
             match config.connect(NoTls) {
                 Ok(client) => break client,
@@ -574,12 +596,24 @@ impl PostgresStore {
             };
             backoff = RECONNECT_FIRST;
             if row.get::<_, bool>(0) {
+                // The lease is ours from now (no table yet on a first start: nothing to renew).
+                let _ = client.simple_query(&renew);
                 let watch = std::thread::Builder::new()
                     .name("dibs-lead-watch".into())
                     .spawn(move || {
+                        let mut renewed = std::time::Instant::now();
                         loop {
                             std::thread::sleep(LEAD_CHECK);
-                            if let Err(e) = client.simple_query("SELECT 1") {
+                            let check = if renewed.elapsed() >= LEASE_RENEW_EVERY {
+                                renewed = std::time::Instant::now();
+                                client.simple_query(&renew).or_else(|e| {
+                                    // The lease's table comes with the first migration run.
+                                    if e.code().is_some() { client.simple_query("SELECT 1") } else { Err(e) }
+                                })
+                            } else {
+                                client.simple_query("SELECT 1")
+                            };
+                            if let Err(e) = check {
                                 lost(e.into());
                                 return;
                             }
@@ -587,6 +621,31 @@ impl PostgresStore {
                     })
                     .map_err(|e| StoreError::Invalid(format!("a thread to watch the lead: {e}")))?;
                 return Ok(Leadership { _watch: watch });
+            }
+            // Another session holds the lock: is its lease still renewed?
+            let age = client
+                .query_opt(&format!("SELECT EXTRACT(EPOCH FROM now() - renewed_at)::FLOAT8 FROM {schema}.leader WHERE id = 1"), &[])
+                .ok()
+                .flatten()
+                .map(|row| row.get::<_, f64>(0));
+            if age.is_some_and(|age| age > lease.as_secs_f64()) {
+                let since = *stale_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= std::time::Duration::from_secs(1) {
+                    eprintln!(
+                        "dibs: the leader of schema {schema:?} has not renewed its lease for {:.1} s (more than {:?}): ending its sessions",
+                        age.unwrap_or_default(),
+                        lease
+                    );
+                    let _ = client.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                         WHERE application_name = ANY($1) AND pid <> pg_backend_pid()",
+                        &[&vec![lead_session_name(schema), writer_session_name(schema)]],
+                    );
+                    stale_since = None;
+                    continue;
+                }
+            } else {
+                stale_since = None;
             }
             tell(Waiting::AnotherLeads);
             std::thread::sleep(std::time::Duration::from_millis(200));

@@ -90,6 +90,13 @@ pub struct ServeArgs {
     /// must arrive within it (a slow or stalled client cannot hold a connection).
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     idle_timeout_seconds: u64,
+    /// With --database: the leader renews its lease about once a second; a standby that
+    /// finds it unrenewed for this long (a frozen or partitioned leader still holding its
+    /// lock) ends the old leader's sessions and takes over, and the old one, when it
+    /// resumes, finds its epoch stale and starts again as a standby without acknowledging
+    /// anything.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    lease_seconds: u64,
     /// A request's head (its request line and headers) must arrive whole within this many
     /// seconds of its first byte, however its bytes trickle: a slow client cannot hold a
     /// connection by sending a header byte now and then.
@@ -262,6 +269,7 @@ pub fn serve(args: ServeArgs) -> Result<Exit> {
         data: args.data,
         database: args.database,
         schema: args.database_schema,
+        lease: std::time::Duration::from_secs(args.lease_seconds.max(1)),
         configuration: dibs_serve::broker::Configuration {
             time_speed: (time_speed != 1.0).then_some(time_speed),
             ..dibs_serve::broker::Configuration::at_start(contract_texts, catalog.offers)

@@ -2098,3 +2098,90 @@ fn a_database_restart_leaves_one_leader_and_one_standby_and_loses_nothing() {
     let _ = b.kill();
     let _ = b.wait();
 }
+
+/// Issue 19: a leader frozen with SIGSTOP kept its advisory lock, and no standby took over
+/// until it resumed. With a lease (`--lease-seconds 3`), the standby ends the frozen
+/// leader's sessions and leads within the lease and a second or two; the old leader, when
+/// it resumes, starts again as a standby; nothing acknowledged is lost.
+#[test]
+fn a_frozen_leader_is_replaced_when_its_lease_runs_out() {
+    let Ok(database) = std::env::var("DIBS_TEST_POSTGRES_URL") else {
+        eprintln!("skipping: DIBS_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let schema = format!("dibs_frozen_test_{}", std::process::id());
+    let mut client = postgres::Client::connect(&database, postgres::NoTls).unwrap();
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = |data: &Path| {
+        vec![
+            "--data".to_owned(),
+            data.display().to_string(),
+            "--database".into(),
+            database.clone(),
+            "--database-schema".into(),
+            schema.clone(),
+            "--lease-seconds".into(),
+            "3".into(),
+        ]
+    };
+    let args_a = args(data_a.path());
+    let mut a = Server::start(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut b = Command::new(DIBS)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--holder", "decline"])
+        .args(args(data_b.path()))
+        .env("DIBS_ADMIN_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url_b = format!("http://127.0.0.1:{port}");
+    assert_eq!(one_leader(&[&a.url, &url_b], Duration::from_secs(20)), a.url);
+    let mut acknowledged = Vec::new();
+    for n in 0..3 {
+        let (status, view) =
+            call(&a.url, "POST", "/requests", Some(&request_body(8)), Some(&format!("frozen-{n}")));
+        assert_eq!(status, 201, "{view}");
+        acknowledged.push(view["id"].as_str().unwrap().to_owned());
+    }
+    let pid = a.child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let frozen = Instant::now();
+    let deadline = frozen + Duration::from_secs(30);
+    loop {
+        if role(&url_b).is_some_and(|(role, _)| role == "leader") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no standby took over from the frozen leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took_over = frozen.elapsed();
+    eprintln!("a leader frozen with SIGSTOP was replaced after {took_over:?} (lease 3 s)");
+    let (status, view) = call(&url_b, "POST", "/requests", Some(&request_body(8)), None);
+    assert_eq!(status, 201, "{view}");
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(a.child.try_wait().unwrap().is_none(), "the old leader exited");
+        if role(&a.url).is_some_and(|(role, _)| role == "standby") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the resumed leader did not step down: {:?}", role(&a.url));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for id in &acknowledged {
+        let (status, shown) = call(&url_b, "GET", &format!("/requests/{id}"), None, None);
+        assert_eq!(status, 200, "{id} acknowledged by the frozen leader is lost: {shown}");
+    }
+    a.kill();
+    let _ = b.kill();
+    let _ = b.wait();
+    let output = Command::new(DIBS)
+        .args(["ledger", "verify", "--database", &database, "--database-schema", &schema])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && text.contains("replay: ok"), "{text}");
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+}
