@@ -703,8 +703,8 @@ impl Broker {
         }
     }
 
-    /// A page of requests in id order, open ones from the engine and ended ones from the
-    /// `requests` table.
+    /// A page of requests in list order (`view::list_key`: oldest first), open ones from the
+    /// engine and ended ones from the `requests` table.
     fn list(
         &mut self,
         status: Option<&str>,
@@ -714,23 +714,19 @@ impl Broker {
         let wanted = |id: &str, s: Status| {
             status.is_none_or(|want| s.as_str() == want) && after.is_none_or(|a| view::id_order(id, a))
         };
-        let mut page: Vec<(String, bool)> = Vec::new();
-        {
-            let open = self.engine.requests().map(|s| (s.request.id.as_str(), s.status, true));
-            let ended = self.finished.iter().map(|(id, f)| (&**id, f.status, false));
-            let mut open = open.filter(|(id, s, _)| wanted(id, *s)).peekable();
-            let mut ended = ended.filter(|(id, s, _)| wanted(id, *s)).peekable();
-            while page.len() < limit {
-                let next = match (open.peek(), ended.peek()) {
-                    (Some(a), Some(b)) if a.0 <= b.0 => open.next(),
-                    (Some(_), Some(_)) | (None, Some(_)) => ended.next(),
-                    (Some(_), None) => open.next(),
-                    (None, None) => None,
-                };
-                let Some((id, _, held)) = next else { break };
-                page.push((id.to_owned(), held));
-            }
+        // Both maps are in text order (r-10 before r-2); the page is in list order, so
+        // every candidate after the cursor is looked at and the first `limit` kept.
+        let open = self.engine.requests().map(|s| (s.request.id.as_str(), s.status, true));
+        let ended = self.finished.iter().map(|(id, f)| (&**id, f.status, false));
+        let mut candidates: Vec<(&str, bool)> =
+            open.chain(ended).filter(|(id, s, _)| wanted(id, *s)).map(|(id, _, held)| (id, held)).collect();
+        if candidates.len() > limit && limit > 0 {
+            candidates.select_nth_unstable_by_key(limit - 1, |(id, _)| view::list_key(id));
         }
+        candidates.truncate(limit);
+        candidates.sort_unstable_by_key(|(id, _)| view::list_key(id));
+        let page: Vec<(String, bool)> =
+            candidates.into_iter().map(|(id, held)| (id.to_owned(), held)).collect();
         let mut requests = Vec::with_capacity(page.len());
         for (id, held) in &page {
             let view = if *held { self.view(id) } else { self.any_view(id)? };
