@@ -66,6 +66,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/login", get(session::login_page).post(session::login))
         .route("/logout", post(session::logout))
         .route("/requests", get(board::page).post(board::submit))
+        .route("/requests.csv", get(board::export))
         .route("/requests/{id}", get(story::page))
         .route("/requests/{id}/cancel", post(story::cancel))
         .route("/fleet", get(fleet::page))
