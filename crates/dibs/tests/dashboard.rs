@@ -674,7 +674,17 @@ fn in_a_browser_log_in_submit_watch_the_board_read_the_story_and_stay_in_your_la
     browser.go(&format!("{url}/fleet"));
     assert!(browser.count("svg.chart") >= 2, "the fleet's charts");
     assert!(browser.source().contains("cap: 40% of training GPUs"), "the cap is drawn");
+    assert_eq!(browser.text("#fleet-shown"), "Charts of the last 24 hours, counting training workloads.");
+    assert!(browser.text("#by-region caption").contains("training workloads, as the charts above"));
     shots.push(browser.screenshot("05-fleet"));
+    // The window and the class are the page's to choose, and the choice is said.
+    browser.choose("#window option[value='7d']");
+    browser.choose("#workload option[value=all]");
+    browser.click("#fleet-choice button");
+    assert!(browser.url().ends_with("/fleet?window=7d&workload=all"), "{}", browser.url());
+    assert_eq!(browser.text("#fleet-shown"), "Charts of the last 7 days, counting every workload.");
+    assert!(browser.text("#by-region caption").contains("every workload"));
+    shots.push(browser.screenshot("05b-fleet-7d-all"));
 
     // The historical set, loaded through the API, has an amendment and a commitment to burn down.
     let (status, loaded) = api(url, "POST", "/contracts", Some(&contract_files("historical")));

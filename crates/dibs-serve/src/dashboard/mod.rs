@@ -240,8 +240,8 @@ async fn drawn_page<S: Send + 'static>(
     dashboard: &Dashboard,
     headers: &HeaderMap,
     (title, section): (&str, Section),
-    snapshot: fn(&ReadView<'_>) -> S,
-    body: fn(&S) -> Markup,
+    snapshot: impl FnOnce(&ReadView<'_>) -> S + Send + 'static,
+    body: impl FnOnce(&S) -> Markup + Send + 'static,
 ) -> Response {
     let started = Instant::now();
     let viewer = match session::require(dashboard, headers, Viewer::may_read) {
