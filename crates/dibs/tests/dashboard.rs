@@ -691,6 +691,9 @@ fn in_a_browser_log_in_submit_watch_the_board_read_the_story_and_stay_in_your_la
     assert_eq!(status, 200, "{loaded}");
     browser.go(&format!("{url}/contracts"));
     assert_eq!(browser.count("svg.timeline"), 1);
+    // A bar's dates without a hover: each bar is a link to its row in the table below.
+    let bars = browser.count("svg.timeline a");
+    assert!(bars > 1 && bars == browser.count("#versions tbody tr"), "{bars} bars");
     assert!(browser.text("#triggers").contains("not met"), "the trigger's state");
     assert!(!browser.source().contains("id=\"statements\""), "no revenue, no statement");
     // Revenue reported to the service is shared by the clause in force, on the same page.
