@@ -41,7 +41,8 @@ mod snapshot;
 
 use commands::Held;
 pub use commands::{
-    BrokerError, Command, Delivery, MAX_HOURS_AHEAD, ProviderReply, ReadView, Replier, SubmitBody,
+    BrokerError, Command, Delivery, MAX_FIELD_ERRORS, MAX_HOURS_AHEAD, ProviderReply, ReadView, Replier,
+    SubmitBody, every_field_error,
 };
 
 use crate::view::{self, RequestView};

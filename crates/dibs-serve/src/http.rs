@@ -741,7 +741,7 @@ async fn provider_events(
 }
 
 /// A provider answers a solicitation or a quote request sent to it.
-#[utoipa::path(post, path = "/v1/provider/requests/{id}/answer", tag = "providers", params(("id" = String, Path)), request_body(content = Object, description = "`{\"answer\": \"decline\"}`, `{\"answer\": \"accept\", \"gpus\", \"region\", \"accelerator\", \"lead_time_hours\"}` or `{\"offers\": [Offer]}`"), responses((status = 200, body = crate::view::AnswerTaken), (status = 403, description = "Not a pull provider", body = ApiError), (status = 409, description = "The request is not waiting for this provider", body = ApiError), (status = 422, body = ApiError)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/provider/requests/{id}/answer", tag = "providers", params(("id" = String, Path)), request_body(content = ProviderAnswerBody, description = "A first-refusal holder's answer to a solicitation (`accept` or `decline`), or quotes (`offers`); each is checked against the request it answers"), responses((status = 200, body = crate::view::AnswerTaken), (status = 403, description = "Not a pull provider", body = ApiError), (status = 409, description = "The request is not waiting for this provider", body = ApiError), (status = 422, body = ApiError)), security(("bearer" = [])))]
 async fn provider_answer(
     State(state): State<Arc<AppState>>,
     caller: Caller<Providers>,
@@ -773,6 +773,85 @@ async fn provider_answer(
     Ok(Json(ask(&state, |reply| Command::ProviderAnswer { provider, request: id, answer, reply }).await?))
 }
 
+// These types describe the wire and are never parsed into: the handler parses the engine's
+// own `HolderAnswer` and `Offer`, so every check and every error's field path stays theirs.
+// The test `the_answer_schema_names_the_fields_the_engine_reads` (openapi.rs) holds the two
+// to the same field names.
+
+/// A pull provider's answer: a first-refusal holder's `accept` or `decline`, or quotes.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum ProviderAnswerBody {
+    Accept(HolderAccept),
+    Decline(HolderDecline),
+    Quotes(ProviderQuotes),
+}
+
+/// The holder takes `gpus` of the solicited GPUs on the solicited terms, as whole nodes
+/// of `instance_type` (`gpus_per_node` GPUs each) in `region`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct HolderAccept {
+    /// `accept`.
+    answer: String,
+    gpus: u32,
+    region: String,
+    accelerator: String,
+    instance_type: String,
+    gpus_per_node: u32,
+    lead_time_hours: u32,
+}
+
+/// The holder declines: the request goes to the open market.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct HolderDecline {
+    /// `decline`.
+    answer: String,
+}
+
+/// Quotes for a quote request: what the provider can sell for it now.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ProviderQuotes {
+    offers: Vec<OfferBody>,
+}
+
+/// One offer: whole nodes of `gpus_per_node` GPUs of one instance type in one region, at
+/// an all-in price per node-hour.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct OfferBody {
+    /// Unique within one catalog: `provider/region/instance-type/kind`.
+    id: String,
+    provider: String,
+    region: String,
+    /// The availability zone the price was read from, if any.
+    #[serde(default)]
+    zone: Option<String>,
+    instance_type: String,
+    accelerator: String,
+    gpus_per_node: u32,
+    /// Nodes the provider can supply from this offer now.
+    nodes_available: u32,
+    /// USD for one node for one hour, all-in.
+    node_price: f64,
+    /// Hours from reservation until the capacity is ready.
+    lead_time_hours: u32,
+    kind: String,
+    /// Unix seconds after which the offer no longer holds.
+    #[serde(default)]
+    valid_until: Option<i64>,
+    /// Whether nodes bill from delivery (the default) or from a start date the buyer names.
+    #[serde(default)]
+    bills_from_delivery: bool,
+    /// Where the price comes from when the provider does not price it itself.
+    #[serde(default)]
+    price_source: Option<String>,
+}
+
 /// The OpenAPI document, generated from the handlers' annotations and the
 /// types they take and give.
 #[derive(utoipa::OpenApi)]
@@ -782,7 +861,7 @@ async fn provider_answer(
         health, ready, submit, list, show, cancel, stats, contracts, load_contracts, contract, providers, allocations, open_incident, resolve_incident, incidents,
         ledger, verify, ledger_head, create_token, list_tokens, revoke_token, provider_events, provider_answer, report_revenue, declare_event, settlement
     ),
-    components(schemas(ContractFiles, ContractFile, SubmitBody, RequestView, crate::view::AllocationView, crate::view::UnfilledView, ApiError, IncidentBody, TokenBody, RevenueBody, EventBody, crate::view::SettlementView, crate::view::CommitmentView, crate::view::RevenueShareView, crate::view::SuspensionView, crate::view::RevenueReportedView, crate::view::EventDeclaredView, HealthView, LedgerEntryView, LedgerPage, VerifyView, TokenCreated, crate::view::RequestPage, crate::view::AllocationPage, crate::view::StatsView, crate::view::IncidentView, crate::view::IncidentList, crate::view::IncidentResolvedView, crate::view::ProviderView, crate::view::ProviderList, crate::view::AnswerTaken, crate::view::ContractView, crate::view::ContractVersionView, crate::view::ClauseView, crate::view::ContractList, crate::view::ContractsLoaded, crate::sealed::ProviderEvent, crate::sealed::ProviderEventPage, crate::sealed::SealedEvent, crate::sealed::SealedAllocation, crate::sealed::SealedWanted, TokenView, TokenList, crate::signing::HeadView)),
+    components(schemas(ContractFiles, ContractFile, SubmitBody, RequestView, crate::view::AllocationView, crate::view::UnfilledView, ApiError, IncidentBody, TokenBody, RevenueBody, EventBody, crate::view::SettlementView, crate::view::CommitmentView, crate::view::RevenueShareView, crate::view::SuspensionView, crate::view::RevenueReportedView, crate::view::EventDeclaredView, HealthView, LedgerEntryView, LedgerPage, VerifyView, TokenCreated, crate::view::RequestPage, crate::view::AllocationPage, crate::view::StatsView, crate::view::IncidentView, crate::view::IncidentList, crate::view::IncidentResolvedView, crate::view::ProviderView, crate::view::ProviderList, crate::view::AnswerTaken, crate::view::ContractView, crate::view::ContractVersionView, crate::view::ClauseView, crate::view::ContractList, crate::view::ContractsLoaded, crate::sealed::ProviderEvent, crate::sealed::ProviderEventPage, crate::sealed::SealedEvent, crate::sealed::SealedAllocation, crate::sealed::SealedWanted, TokenView, TokenList, crate::signing::HeadView, ProviderAnswerBody, HolderAccept, HolderDecline, ProviderQuotes, OfferBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -146,6 +146,17 @@ fn add_bounds(doc: &mut Value) {
     );
     constrain(doc, "ContractFiles", "files", json!({ "minItems": 1, "maxItems": MAX_CONTRACT_FILES }));
 
+    // A pull provider's answer (`http::ProviderAnswerBody`).
+    constrain(doc, "HolderAccept", "answer", json!({ "enum": ["accept"] }));
+    constrain(doc, "HolderAccept", "gpus_per_node", json!({ "minimum": 1, "maximum": GpuCount::MAX }));
+    constrain(doc, "HolderDecline", "answer", json!({ "enum": ["decline"] }));
+    let o = "OfferBody";
+    constrain(doc, o, "gpus_per_node", json!({ "minimum": 1, "maximum": GpuCount::MAX }));
+    constrain(doc, o, "node_price", json!({ "minimum": 0.0, "maximum": dibs_core::types::NodePrice::MAX }));
+    constrain(doc, o, "kind", json!({ "enum": ["on-demand", "reserved", "spot"] }));
+    // No `maxItems`: the engine's bound on offers per answer lies beyond what 64 KiB of body
+    // can hold, so the body limit (413) is what bounds the list.
+
     let limit = |max: usize| json!({ "minimum": 1, "maximum": max });
     constrain_parameter(doc, "/v1/requests", "limit", limit(MAX_LIST));
     constrain_parameter(doc, "/v1/allocations", "limit", limit(MAX_LIST));
@@ -173,6 +184,14 @@ fn add_names(doc: &mut Value, names: &Names) {
     let mut nullable_regions = json!(regions);
     nullable_regions.as_array_mut().expect("an array").push(Value::Null);
     constrain(doc, "IncidentBody", "region", json!({ "enum": nullable_regions }));
+    // A provider's answer names what the engine knows; the broker checks the rest (the
+    // provider's own name and regions, what the request asked for).
+    let bare_regions: Vec<&str> = names.regions().map(|r| r.as_str()).collect();
+    for schema in ["OfferBody", "HolderAccept"] {
+        constrain(doc, schema, "accelerator", json!({ "enum": accelerators }));
+        constrain(doc, schema, "region", json!({ "enum": bare_regions }));
+    }
+    constrain(doc, "OfferBody", "provider", json!({ "enum": providers }));
     let mut roles = vec!["admin".to_owned(), "requester".to_owned(), "auditor".to_owned()];
     roles.extend(providers.iter().map(|p| format!("provider:{p}")));
     constrain(doc, "TokenBody", "role", json!({ "enum": roles }));
@@ -181,6 +200,54 @@ fn add_names(doc: &mut Value, names: &Names) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The property names of component schema `name`.
+    fn properties(doc: &Value, name: &str) -> Vec<String> {
+        let mut names: Vec<String> =
+            doc["components"]["schemas"][name]["properties"].as_object().unwrap().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The keys of `value` serialized, every optional field given.
+    fn keys(value: impl serde::Serialize) -> Vec<String> {
+        let mut names: Vec<String> =
+            serde_json::to_value(value).unwrap().as_object().unwrap().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_answer_schema_names_the_fields_the_engine_reads() {
+        // The documented answer is its own type (`http::ProviderAnswerBody`); the handler
+        // parses the engine's. A field added to one and not the other fails here.
+        let doc = document(None);
+        let mut offer = dibs_core::catalog::bundled_catalog().offers[0].clone();
+        offer.zone = Some("us-east-1a".into());
+        offer.valid_until = Some(dibs_core::types::Timestamp::from_unix(0));
+        offer.bills_from_delivery = false;
+        offer.price_source = Some("catalog".into());
+        assert_eq!(properties(&doc, "OfferBody"), keys(&offer));
+        let accept = dibs_core::engine::HolderAnswer::Accept {
+            gpus: 8,
+            region: offer.region.clone(),
+            accelerator: offer.accelerator.clone(),
+            instance_type: offer.instance_type.clone(),
+            gpus_per_node: offer.gpus_per_node,
+            lead_time_hours: 1,
+        };
+        assert_eq!(properties(&doc, "HolderAccept"), keys(&accept));
+        assert_eq!(properties(&doc, "HolderDecline"), keys(dibs_core::engine::HolderAnswer::Decline));
+        assert_eq!(properties(&doc, "ProviderQuotes"), ["offers"]);
+        // The body is one of the three, not an untyped object.
+        let body = &doc["paths"]["/v1/provider/requests/{id}/answer"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"];
+        assert_eq!(body["$ref"], "#/components/schemas/ProviderAnswerBody", "{body}");
+        assert_eq!(
+            doc["components"]["schemas"]["ProviderAnswerBody"]["oneOf"].as_array().map(Vec::len),
+            Some(3)
+        );
+    }
 
     #[test]
     fn every_constrained_field_exists_in_the_generated_document() {

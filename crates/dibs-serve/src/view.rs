@@ -211,9 +211,17 @@ pub fn cost(a: &Allocation) -> f64 {
     }
 }
 
-/// Whether `id` comes after the cursor `after` in list order (the engine's, by id).
+/// A request id's place in list order: shorter ids first, then by text. For the broker's
+/// ids (`r-1`, `r-2`, ..., `r-10`) this is the order they were submitted in, oldest first,
+/// where text order alone would put `r-10` before `r-2`. The engine's and the broker's maps
+/// keep text order (a snapshot's bytes depend on it), so lists order by this key instead.
+pub fn list_key(id: &str) -> (usize, &str) {
+    (id.len(), id)
+}
+
+/// Whether `id` comes after the cursor `after` in list order (`list_key`).
 pub fn id_order(id: &str, after: &str) -> bool {
-    id > after
+    list_key(id) > list_key(after)
 }
 
 /// A contract: who with, and its versions (amendments) with their dates.

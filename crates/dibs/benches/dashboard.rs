@@ -128,6 +128,10 @@ fn main() {
         "/requests".to_owned(),
         "/requests?state=released".to_owned(),
         "/requests?workload=inference&provider=lambda".to_owned(),
+        "/requests?sort=cost".to_owned(),
+        "/requests?q=lambda%20h100&sort=gpus".to_owned(),
+        "/requests?state=released&sort=oldest&skip=1000".to_owned(),
+        "/requests.csv".to_owned(),
         format!("/requests/{middle}"),
         "/fleet".to_owned(),
         "/contracts".to_owned(),
@@ -135,7 +139,11 @@ fn main() {
         format!("/ledger?request={middle}"),
         "/providers/lambda".to_owned(),
     ];
-    let baselines = ["/v1/requests?limit=100".to_owned(), format!("/v1/requests/{middle}")];
+    let baselines = [
+        "/v1/requests?limit=100".to_owned(),
+        format!("/v1/requests?limit=100&after={middle}"),
+        format!("/v1/requests/{middle}"),
+    ];
 
     // One round of every URL as warm-up, then the samples interleaved.
     let mut server_ms: Vec<Vec<f64>> = vec![Vec::new(); pages.len()];

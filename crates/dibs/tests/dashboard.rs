@@ -498,6 +498,12 @@ impl Browser {
         }
     }
 
+    /// Picks an option of a select (a click that loads no page).
+    fn choose(&self, option_css: &str) {
+        let element = self.find(option_css);
+        self.call("POST", &format!("/element/{element}/click"), json!({}));
+    }
+
     fn source(&self) -> String {
         self.call("GET", "/source", Value::Null).as_str().unwrap().to_owned()
     }
@@ -572,16 +578,25 @@ fn in_a_browser_log_in_submit_watch_the_board_read_the_story_and_stay_in_your_la
     browser.click("form.login button");
     assert!(browser.url().ends_with("/requests"), "{}", browser.url());
 
-    // A bad value: the API's message beside its field, and nothing created.
-    let bad = json!({ "accelerators": ["H100"], "gpus": 12, "block": 8, "duration_hours": 10, "workload": "training" });
+    // Bad values: the API's message beside its field, every wrong field at once (the API
+    // answers only the first), and nothing created.
+    let bad = json!({ "accelerators": ["H100"], "gpus": 12, "block": 8, "duration_hours": 0, "workload": "training" });
     let (status, api_error) = api(url, "POST", "/requests", Some(&bad));
     assert_eq!((status, api_error["field"].as_str()), (422, Some("block")), "{api_error}");
     browser.fill("#gpus", "12");
     browser.fill("#block", "8");
-    browser.fill("#duration_hours", "10");
+    browser.fill("#duration_hours", "0");
+    browser.fill("#max_price", "cheap");
     browser.click("#submit button[type=submit]");
     assert_eq!(browser.text("#block-error"), api_error["error"].as_str().unwrap(), "the API's words");
-    assert_eq!(browser.find("#block"), browser.find("[aria-invalid=true]"), "the field is marked");
+    assert!(browser.text("#duration_hours-error").contains("between 1 and"), "the second API error too");
+    assert_eq!(browser.text("#max_price-error"), "\"cheap\" is not a price in USD per GPU-hour");
+    assert_eq!(browser.count("[aria-invalid=true]"), 3, "every wrong field is marked");
+    assert!(
+        browser.text("#form-errors").starts_with("3 fields need a change"),
+        "{}",
+        browser.text("#form-errors")
+    );
     shots.push(browser.screenshot("02-form-error"));
     let (_, listed) = api(url, "GET", "/requests", None);
     assert_eq!(listed["requests"], json!([]), "a bad form creates nothing");
@@ -590,6 +605,7 @@ fn in_a_browser_log_in_submit_watch_the_board_read_the_story_and_stay_in_your_la
     browser.fill("#gpus", "256");
     browser.fill("#block", "");
     browser.fill("#duration_hours", "100");
+    browser.fill("#max_price", "");
     browser.click("#submit button[type=submit]");
     assert!(browser.url().ends_with("/requests?submitted=r-1"), "{}", browser.url());
     browser.wait_for(
@@ -609,6 +625,31 @@ fn in_a_browser_log_in_submit_watch_the_board_read_the_story_and_stay_in_your_la
         "cost, readiness, age: {card}"
     );
     shots.push(browser.screenshot("03-requests-board"));
+
+    // Search and sort through the board's own form; the CSV link carries the same query.
+    browser.fill("#filter-q", "h100 R-1");
+    browser.choose("#filter-sort option[value=cost]");
+    browser.click("form.filters button[type=submit]");
+    assert!(browser.url().contains("q=h100+R-1") && browser.url().contains("sort=cost"), "{}", browser.url());
+    assert_eq!(browser.count("li[data-request=r-1]"), 1, "found by id and accelerator, any case");
+    assert!(browser.text("#board-order").contains("cost per hour, dearest first"), "the order is said");
+    assert_eq!(browser.find("#filter-sort option[value=cost]"), browser.find("#filter-sort option:checked"));
+    let export =
+        browser.call("GET", &format!("/element/{}/attribute/href", browser.find("#export")), Value::Null);
+    assert_eq!(export, "/requests.csv?q=h100%20R-1&sort=cost");
+    shots.push(browser.screenshot("03b-requests-searched"));
+    browser.go(&format!("{url}/requests?q=nebius-and-nothing"));
+    assert_eq!(browser.count("li[data-request]"), 0, "a search that matches nothing shows nothing");
+    // The export: what the board selects, as quoted CSV, for the roles that see the board.
+    let cookie = log_in(url, TOKEN);
+    let (status, csv) = page(url, Some(&cookie), "/requests.csv?q=h100%20R-1&sort=cost");
+    assert_eq!(status, 200, "{csv}");
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("id,state,gpus,accelerators,"), "{csv}");
+    assert!(lines.next().unwrap().starts_with("r-1,provisioning,256,H100,100,training,"), "{csv}");
+    assert_eq!(lines.next(), None, "{csv}");
+    assert_eq!(page(url, None, "/requests.csv").0, 303, "no session, no export");
+    browser.go(&format!("{url}/requests"));
 
     // Its story: screening, the solicitation and the decline, quotes, and every losing offer with its reason.
     browser.click("li[data-request=r-1] a");
@@ -633,13 +674,26 @@ fn in_a_browser_log_in_submit_watch_the_board_read_the_story_and_stay_in_your_la
     browser.go(&format!("{url}/fleet"));
     assert!(browser.count("svg.chart") >= 2, "the fleet's charts");
     assert!(browser.source().contains("cap: 40% of training GPUs"), "the cap is drawn");
+    assert_eq!(browser.text("#fleet-shown"), "Charts of the last 24 hours, counting training workloads.");
+    assert!(browser.text("#by-region caption").contains("training workloads, as the charts above"));
     shots.push(browser.screenshot("05-fleet"));
+    // The window and the class are the page's to choose, and the choice is said.
+    browser.choose("#window option[value='7d']");
+    browser.choose("#workload option[value=all]");
+    browser.click("#fleet-choice button");
+    assert!(browser.url().ends_with("/fleet?window=7d&workload=all"), "{}", browser.url());
+    assert_eq!(browser.text("#fleet-shown"), "Charts of the last 7 days, counting every workload.");
+    assert!(browser.text("#by-region caption").contains("every workload"));
+    shots.push(browser.screenshot("05b-fleet-7d-all"));
 
     // The historical set, loaded through the API, has an amendment and a commitment to burn down.
     let (status, loaded) = api(url, "POST", "/contracts", Some(&contract_files("historical")));
     assert_eq!(status, 200, "{loaded}");
     browser.go(&format!("{url}/contracts"));
     assert_eq!(browser.count("svg.timeline"), 1);
+    // A bar's dates without a hover: each bar is a link to its row in the table below.
+    let bars = browser.count("svg.timeline a");
+    assert!(bars > 1 && bars == browser.count("#versions tbody tr"), "{bars} bars");
     assert!(browser.text("#triggers").contains("not met"), "the trigger's state");
     assert!(!browser.source().contains("id=\"statements\""), "no revenue, no statement");
     // Revenue reported to the service is shared by the clause in force, on the same page.

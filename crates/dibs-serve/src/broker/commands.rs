@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use dibs_core::engine::{HolderAnswer, Input, MAX_QUOTES_PER_ANSWER, Status};
-use dibs_core::request::RequestSpec;
+use dibs_core::names::Names;
+use dibs_core::request::{Request, RequestSpec};
 use dibs_core::types::{Offer, ProviderName, Timestamp};
 use dibs_store::{IdempotentAnswer, NewEntry};
 use serde::de::DeserializeOwned;
@@ -703,8 +704,8 @@ impl Broker {
         }
     }
 
-    /// A page of requests in id order, open ones from the engine and ended ones from the
-    /// `requests` table.
+    /// A page of requests in list order (`view::list_key`: oldest first), open ones from the
+    /// engine and ended ones from the `requests` table.
     fn list(
         &mut self,
         status: Option<&str>,
@@ -714,23 +715,19 @@ impl Broker {
         let wanted = |id: &str, s: Status| {
             status.is_none_or(|want| s.as_str() == want) && after.is_none_or(|a| view::id_order(id, a))
         };
-        let mut page: Vec<(String, bool)> = Vec::new();
-        {
-            let open = self.engine.requests().map(|s| (s.request.id.as_str(), s.status, true));
-            let ended = self.finished.iter().map(|(id, f)| (&**id, f.status, false));
-            let mut open = open.filter(|(id, s, _)| wanted(id, *s)).peekable();
-            let mut ended = ended.filter(|(id, s, _)| wanted(id, *s)).peekable();
-            while page.len() < limit {
-                let next = match (open.peek(), ended.peek()) {
-                    (Some(a), Some(b)) if a.0 <= b.0 => open.next(),
-                    (Some(_), Some(_)) | (None, Some(_)) => ended.next(),
-                    (Some(_), None) => open.next(),
-                    (None, None) => None,
-                };
-                let Some((id, _, held)) = next else { break };
-                page.push((id.to_owned(), held));
-            }
+        // Both maps are in text order (r-10 before r-2); the page is in list order, so
+        // every candidate after the cursor is looked at and the first `limit` kept.
+        let open = self.engine.requests().map(|s| (s.request.id.as_str(), s.status, true));
+        let ended = self.finished.iter().map(|(id, f)| (&**id, f.status, false));
+        let mut candidates: Vec<(&str, bool)> =
+            open.chain(ended).filter(|(id, s, _)| wanted(id, *s)).map(|(id, _, held)| (id, held)).collect();
+        if candidates.len() > limit && limit > 0 {
+            candidates.select_nth_unstable_by_key(limit - 1, |(id, _)| view::list_key(id));
         }
+        candidates.truncate(limit);
+        candidates.sort_unstable_by_key(|(id, _)| view::list_key(id));
+        let page: Vec<(String, bool)> =
+            candidates.into_iter().map(|(id, held)| (id.to_owned(), held)).collect();
         let mut requests = Vec::with_capacity(page.len());
         for (id, held) in &page {
             let view = if *held { self.view(id) } else { self.any_view(id)? };
@@ -759,57 +756,7 @@ impl Broker {
         if let Some(first) = self.first_answer(&idempotency)? {
             return Ok(first);
         }
-        // Instants within a year before now (a start in the past means now) and
-        // MAX_HOURS_AHEAD after it: a date of 0000 or 9999 is a typo, not a plan.
-        let (earliest, latest) = (now.plus_hours(-24.0 * 365.0), now.plus_hours(MAX_HOURS_AHEAD));
-        let instant = |field: &str, text: &Option<String>| -> Result<Option<Timestamp>, BrokerError> {
-            let Some(text) = text.as_deref() else { return Ok(None) };
-            let at = Timestamp::parse(text).map_err(|e| BrokerError::invalid(field, e.to_string()))?;
-            if at < earliest || at > latest {
-                return Err(BrokerError::invalid(
-                    field,
-                    format!("{at} is not between {earliest} and {latest} (a year back, two years ahead)"),
-                ));
-            }
-            Ok(Some(at))
-        };
-        if body.deliver_within_hours.is_some_and(|h| f64::from(h) > MAX_HOURS_AHEAD) {
-            return Err(BrokerError::invalid(
-                "deliver_within_hours",
-                format!("at most {MAX_HOURS_AHEAD} hours"),
-            ));
-        }
-        let spec = RequestSpec {
-            id: format!("r-{}", self.next_request),
-            accelerators: body.accelerators,
-            gpus: body.gpus,
-            // Whole 8-GPU nodes unless the request says otherwise or cannot be.
-            block: body.block.or(Some(if body.gpus.is_multiple_of(8) { 8 } else { 1 })),
-            duration_hours: body.duration_hours,
-            earliest_start: instant("earliest_start", &body.earliest_start)?.unwrap_or(now).max(now),
-            deliver_by: match (instant("deliver_by", &body.deliver_by)?, body.deliver_within_hours) {
-                (Some(_), Some(_)) => {
-                    return Err(BrokerError::invalid(
-                        "deliver_within_hours",
-                        "give deliver_by or deliver_within_hours, not both",
-                    ));
-                }
-                (by, within) => by.or(within.map(|hours| now.plus_hours(f64::from(hours)))),
-            },
-            // A region list in one string splits around region names that hold commas.
-            regions: body.regions.iter().flat_map(|r| self.engine.names().split_locations(r)).collect(),
-            providers: body.providers,
-            exclude_providers: body.exclude_providers,
-            workload: body.workload,
-            max_price: body.max_price,
-            spot: body.spot,
-            same_region: body.same_region,
-            apart: body.apart,
-            objective: body.objective,
-            preference: body.preference,
-        };
-        let request =
-            spec.validate(self.engine.names()).map_err(|e| BrokerError::invalid(e.field, e.to_string()))?;
+        let request = submission(self.engine.names(), now, format!("r-{}", self.next_request), body)?;
         self.next_request += 1;
         let id = request.id.clone();
         self.apply(now, Input::Submit(request), entries);
@@ -825,4 +772,109 @@ impl Broker {
         self.remember(idempotency, &view);
         Ok(view)
     }
+}
+
+/// A submission checked as the API checks it, into the engine's request `id`: the first
+/// field that is wrong, by the API's name for it.
+fn submission(names: &Names, now: Timestamp, id: String, body: SubmitBody) -> Result<Request, BrokerError> {
+    // Instants within a year before now (a start in the past means now) and
+    // MAX_HOURS_AHEAD after it: a date of 0000 or 9999 is a typo, not a plan.
+    let (earliest, latest) = (now.plus_hours(-24.0 * 365.0), now.plus_hours(MAX_HOURS_AHEAD));
+    let instant = |field: &str, text: &Option<String>| -> Result<Option<Timestamp>, BrokerError> {
+        let Some(text) = text.as_deref() else { return Ok(None) };
+        let at = Timestamp::parse(text).map_err(|e| BrokerError::invalid(field, e.to_string()))?;
+        if at < earliest || at > latest {
+            return Err(BrokerError::invalid(
+                field,
+                format!("{at} is not between {earliest} and {latest} (a year back, two years ahead)"),
+            ));
+        }
+        Ok(Some(at))
+    };
+    if body.deliver_within_hours.is_some_and(|h| f64::from(h) > MAX_HOURS_AHEAD) {
+        return Err(BrokerError::invalid("deliver_within_hours", format!("at most {MAX_HOURS_AHEAD} hours")));
+    }
+    let spec = RequestSpec {
+        id,
+        accelerators: body.accelerators,
+        gpus: body.gpus,
+        // Whole 8-GPU nodes unless the request says otherwise or cannot be.
+        block: body.block.or(Some(if body.gpus.is_multiple_of(8) { 8 } else { 1 })),
+        duration_hours: body.duration_hours,
+        earliest_start: instant("earliest_start", &body.earliest_start)?.unwrap_or(now).max(now),
+        deliver_by: match (instant("deliver_by", &body.deliver_by)?, body.deliver_within_hours) {
+            (Some(_), Some(_)) => {
+                return Err(BrokerError::invalid(
+                    "deliver_within_hours",
+                    "give deliver_by or deliver_within_hours, not both",
+                ));
+            }
+            (by, within) => by.or(within.map(|hours| now.plus_hours(f64::from(hours)))),
+        },
+        // A region list in one string splits around region names that hold commas.
+        regions: body.regions.iter().flat_map(|r| names.split_locations(r)).collect(),
+        providers: body.providers,
+        exclude_providers: body.exclude_providers,
+        workload: body.workload,
+        max_price: body.max_price,
+        spot: body.spot,
+        same_region: body.same_region,
+        apart: body.apart,
+        objective: body.objective,
+        preference: body.preference,
+    };
+    spec.validate(names).map_err(|e| BrokerError::invalid(e.field, e.to_string()))
+}
+
+/// The most errors [`every_field_error`] reports: one per field of a submission.
+pub const MAX_FIELD_ERRORS: usize = 20;
+
+/// Every field of a submission that is wrong, not only the first: after each error the
+/// field it names is set to a value that passes its own check, and the rest is checked
+/// again. A form shows them all at once; the API answers the first. Errors that do not name
+/// a field of the body, or name one twice, end the search.
+pub fn every_field_error(names: &Names, now: Timestamp, mut body: SubmitBody) -> Vec<(String, String)> {
+    let mut errors: Vec<(String, String)> = Vec::new();
+    for _ in 0..MAX_FIELD_ERRORS {
+        let Err(error) = submission(names, now, "r-0".into(), body.clone()) else { break };
+        let BrokerError::Invalid { field, message } = error else { break };
+        if errors.iter().any(|(seen, _)| *seen == field) {
+            break;
+        }
+        let known = passable(names, &mut body, &field);
+        errors.push((field, message));
+        if !known {
+            break;
+        }
+    }
+    errors
+}
+
+/// Sets `field` of `body` to a value that passes that field's own check; false for a field
+/// it does not know.
+fn passable(names: &Names, body: &mut SubmitBody, field: &str) -> bool {
+    match field {
+        "accelerators" => body.accelerators = names.accelerators().take(1).map(|a| a.to_string()).collect(),
+        "gpus" => {
+            body.gpus = 8;
+            body.block = None;
+        }
+        "block" => body.block = None,
+        "duration_hours" => body.duration_hours = 1,
+        "earliest_start" => body.earliest_start = None,
+        "deliver_by" => body.deliver_by = None,
+        "deliver_within_hours" => body.deliver_within_hours = None,
+        "regions" => body.regions.clear(),
+        "providers" => body.providers.clear(),
+        "exclude_providers" => body.exclude_providers.clear(),
+        "workload" => body.workload = "training".into(),
+        "max_price" => body.max_price = None,
+        "spot" => body.spot = None,
+        "same_region" => body.same_region = false,
+        "apart" => body.apart = false,
+        "objective" => body.objective = None,
+        "preference" => body.preference = None,
+        _ => return false,
+    }
+    true
 }

@@ -1,10 +1,14 @@
-//! The requests board: requests by lifecycle state, filtered by state, workload, provider
-//! and accelerator, and the form that submits a request.
+//! The requests board: requests by lifecycle state, filtered by state, workload, provider,
+//! accelerator and a search (id, accelerator, provider, workload), sorted, exported as CSV,
+//! and the form that submits a request.
 //!
-//! Every state is a column with its count and its newest [`CARDS_PER_COLUMN`] requests; a
-//! state filter shows that state alone as a table of [`ROWS_PER_PAGE`] rows, paged. The
-//! form posts the API's own body through the broker, so it validates as the API does and
-//! shows the API's message beside the field the API names.
+//! Every state is a column with its count and its first [`CARDS_PER_COLUMN`] requests in
+//! the chosen order (newest first unless asked otherwise); a state filter shows that state
+//! alone as a table of [`ROWS_PER_PAGE`] rows, paged. `/requests.csv` takes the same query
+//! and gives every request it selects, in the same order, up to [`MAX_CSV_ROWS`]. The form
+//! posts the API's own body through the broker, so it validates as the API does; it shows
+//! every field that is wrong at once (`broker::every_field_error`), each message beside its
+//! field, where the API answers only the first.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +31,66 @@ use crate::view::{STATUSES, status_index};
 pub const CARDS_PER_COLUMN: usize = 12;
 /// The rows one page of a single state shows.
 pub const ROWS_PER_PAGE: usize = 100;
+/// The most rows `/requests.csv` gives.
+pub const MAX_CSV_ROWS: usize = 10_000;
+/// The longest search the board takes, in bytes.
+pub const MAX_SEARCH_LEN: usize = 200;
+
+/// The board's orders.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Sort {
+    /// Newest first, by request number.
+    #[default]
+    Newest,
+    /// Oldest first.
+    Oldest,
+    /// Dearest live capacity per hour first (newest first among equals).
+    Cost,
+    /// Most GPUs asked first (newest first among equals).
+    Gpus,
+}
+
+impl Sort {
+    const ALL: [Sort; 4] = [Sort::Newest, Sort::Oldest, Sort::Cost, Sort::Gpus];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Sort::Newest => "newest",
+            Sort::Oldest => "oldest",
+            Sort::Cost => "cost",
+            Sort::Gpus => "gpus",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Sort::Newest => "newest first",
+            Sort::Oldest => "oldest first",
+            Sort::Cost => "cost per hour, dearest first",
+            Sort::Gpus => "GPUs, most first",
+        }
+    }
+
+    /// The order of two requests, by what a card shows of them.
+    fn compare(self, a: &Rank, b: &Rank) -> std::cmp::Ordering {
+        let newest = b.number.cmp(&a.number);
+        match self {
+            Sort::Newest => newest,
+            Sort::Oldest => a.number.cmp(&b.number),
+            Sort::Cost => b.cost_per_hour.total_cmp(&a.cost_per_hour).then(newest),
+            Sort::Gpus => b.gpus.cmp(&a.gpus).then(newest),
+        }
+    }
+}
+
+/// What a request is ordered by.
+#[derive(Debug, Clone, Copy)]
+struct Rank {
+    number: u64,
+    gpus: u32,
+    cost_per_hour: f64,
+}
 
 /// The board's filters, as the query string gives them (empty means any).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -39,37 +103,76 @@ pub(super) struct Filters {
     provider: String,
     #[serde(default)]
     accelerator: String,
-    /// With a state: the request number to page after (newest first, so older ones).
+    /// Words that an id, an accelerator, a provider or the workload contains (any case).
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    sort: Sort,
+    /// With a state, newest first: the request number to page after (older ones).
     #[serde(default)]
     before: Option<u64>,
+    /// With a state, in another order: the rows to skip (earlier pages).
+    #[serde(default)]
+    skip: Option<usize>,
     /// The request just submitted through the form, to point out.
     #[serde(default)]
     submitted: Option<String>,
 }
 
+/// Where a page of one state starts.
+#[derive(Debug, Clone, Copy)]
+enum PageStart {
+    First,
+    /// Newest first: older than this request number.
+    Before(u64),
+    /// Any other order: after this many rows.
+    Skip(usize),
+}
+
 impl Filters {
-    fn query(&self, state: &str, before: Option<u64>) -> String {
+    fn query(&self, state: &str, start: PageStart) -> String {
+        self.query_at("/requests", state, start)
+    }
+
+    /// `path` with these filters (state `state`) and `start`, as a query string.
+    fn query_at(&self, path: &str, state: &str, start: PageStart) -> String {
         let mut pairs = Vec::new();
         for (name, value) in [
             ("state", state),
             ("workload", &self.workload),
             ("provider", &self.provider),
             ("accelerator", &self.accelerator),
+            ("q", self.q.trim()),
         ] {
             if !value.is_empty() {
                 pairs.push(format!("{name}={}", encode(value)));
             }
         }
-        if let Some(before) = before {
-            pairs.push(format!("before={before}"));
+        if self.sort != Sort::Newest {
+            pairs.push(format!("sort={}", self.sort.as_str()));
         }
-        if pairs.is_empty() { "/requests".into() } else { format!("/requests?{}", pairs.join("&")) }
+        match start {
+            PageStart::First => {}
+            PageStart::Before(before) => pairs.push(format!("before={before}")),
+            PageStart::Skip(skip) => pairs.push(format!("skip={skip}")),
+        }
+        if pairs.is_empty() { path.into() } else { format!("{path}?{}", pairs.join("&")) }
+    }
+
+    /// The search, lower-cased, as words that must all match; bounded.
+    fn words(&self) -> Vec<String> {
+        // The first MAX_SEARCH_LEN bytes, cut at a character's start.
+        let end =
+            (0..=MAX_SEARCH_LEN.min(self.q.len())).rev().find(|&i| self.q.is_char_boundary(i)).unwrap_or(0);
+        let q = &self.q[..end];
+        q.split_whitespace().map(str::to_lowercase).collect()
     }
 }
 
 /// One request on the board.
 struct Card {
     id: String,
+    status: &'static str,
     number: u64,
     gpus: u32,
     accelerators: String,
@@ -121,7 +224,16 @@ struct Listed<'a> {
     reason_stored: bool,
 }
 
-fn snapshot(view: &crate::broker::ReadView<'_>, filters: &Filters) -> Snapshot {
+/// How many cards [`snapshot`] keeps, and from where.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// The board: per state, a column or (with a state filter) one page.
+    Board,
+    /// Every request the filters select, up to [`MAX_CSV_ROWS`] in all, in one list.
+    Export,
+}
+
+fn snapshot(view: &crate::broker::ReadView<'_>, filters: &Filters, shape: Shape) -> Snapshot {
     let engine = view.engine;
     let open = engine.requests().map(|state| Listed {
         id: &state.request.id,
@@ -148,8 +260,9 @@ fn snapshot(view: &crate::broker::ReadView<'_>, filters: &Filters) -> Snapshot {
         reason_stored: f.unfilled_gpus > 0,
     });
     let state_filter = STATUSES.iter().position(|s| *s == filters.state);
+    let words = filters.words();
     let mut counts = [0; STATUSES.len()];
-    let mut chosen: Vec<Vec<(u64, Listed<'_>)>> = (0..STATUSES.len()).map(|_| Vec::new()).collect();
+    let mut chosen: Vec<Vec<(Rank, Listed<'_>)>> = (0..STATUSES.len()).map(|_| Vec::new()).collect();
     let mut accelerators = std::collections::BTreeSet::new();
     let mut total = 0;
     for listed in open.chain(ended) {
@@ -168,36 +281,44 @@ fn snapshot(view: &crate::broker::ReadView<'_>, filters: &Filters) -> Snapshot {
             continue;
         }
         if !filters.provider.is_empty()
-            && !listed
-                .allocations
-                .iter()
-                .filter_map(|id| engine.allocation(*id))
-                .any(|a| a.plan.provider.as_str() == filters.provider)
+            && !providers_of(engine, listed.allocations).any(|p| p == filters.provider)
         {
+            continue;
+        }
+        let found = |word: &str| {
+            listed.id.to_lowercase().contains(word)
+                || listed.workload.as_str().contains(word)
+                || listed.accelerators.iter().any(|a| a.as_str().to_lowercase().contains(word))
+                || providers_of(engine, listed.allocations).any(|p| p.to_lowercase().contains(word))
+        };
+        if !words.iter().all(|word| found(word)) {
             continue;
         }
         let column = status_index(listed.status);
         counts[column] += 1;
         if state_filter.is_none_or(|only| only == column) {
             let number = id_number(listed.id);
-            if filters.before.is_none_or(|before| number < before) {
-                chosen[column].push((number, listed));
+            let paged_before = filters.sort == Sort::Newest && matches!(shape, Shape::Board);
+            if !paged_before || filters.before.is_none_or(|before| number < before) {
+                let cost_per_hour =
+                    if filters.sort == Sort::Cost { live_cost_per_hour(engine, &listed) } else { 0.0 };
+                chosen[column].push((Rank { number, gpus: listed.gpus, cost_per_hour }, listed));
             }
         }
     }
-    let limit = if state_filter.is_some() { ROWS_PER_PAGE } else { CARDS_PER_COLUMN };
-    let columns = chosen
-        .into_iter()
-        .map(|mut listed| {
-            // Newest first: the largest numbers, without sorting every request.
-            if listed.len() > limit {
-                listed.select_nth_unstable_by(limit - 1, |a, b| b.0.cmp(&a.0));
-                listed.truncate(limit);
-            }
-            listed.sort_unstable_by_key(|(number, _)| std::cmp::Reverse(*number));
-            listed.into_iter().map(|(number, listed)| card(engine, number, &listed)).collect()
-        })
-        .collect();
+    let columns = match shape {
+        Shape::Board => {
+            let (skip, limit) = match state_filter {
+                Some(_) if filters.sort != Sort::Newest => (filters.skip.unwrap_or(0), ROWS_PER_PAGE),
+                Some(_) => (0, ROWS_PER_PAGE),
+                None => (0, CARDS_PER_COLUMN),
+            };
+            chosen.into_iter().map(|listed| in_order(engine, filters.sort, listed, skip, limit)).collect()
+        }
+        Shape::Export => {
+            vec![in_order(engine, filters.sort, chosen.into_iter().flatten().collect(), 0, MAX_CSV_ROWS)]
+        }
+    };
     Snapshot {
         now: view.now,
         total,
@@ -206,6 +327,44 @@ fn snapshot(view: &crate::broker::ReadView<'_>, filters: &Filters) -> Snapshot {
         providers: engine.published_providers().map(|p| p.to_string()).collect(),
         accelerators: accelerators.into_iter().collect(),
     }
+}
+
+/// The providers of a request's allocations (one per allocation).
+fn providers_of<'e>(
+    engine: &'e dibs_core::engine::Engine,
+    allocations: &'e [u64],
+) -> impl Iterator<Item = &'e str> {
+    allocations.iter().filter_map(|id| engine.allocation(*id)).map(|a| a.plan.provider.as_str())
+}
+
+/// The cards of `listed` from `skip` to `skip + limit` in `sort`'s order, without sorting
+/// every request.
+fn in_order(
+    engine: &dibs_core::engine::Engine,
+    sort: Sort,
+    mut listed: Vec<(Rank, Listed<'_>)>,
+    skip: usize,
+    limit: usize,
+) -> Vec<Card> {
+    let keep = skip.saturating_add(limit);
+    if listed.len() > keep && keep > 0 {
+        listed.select_nth_unstable_by(keep - 1, |a, b| sort.compare(&a.0, &b.0));
+    }
+    listed.truncate(keep);
+    listed.sort_unstable_by(|a, b| sort.compare(&a.0, &b.0));
+    listed.drain(..skip.min(listed.len()));
+    listed.into_iter().map(|(rank, listed)| card(engine, rank.number, &listed)).collect()
+}
+
+/// What a request's live allocations cost per hour, all-in (as its card shows).
+fn live_cost_per_hour(engine: &dibs_core::engine::Engine, listed: &Listed<'_>) -> f64 {
+    listed
+        .allocations
+        .iter()
+        .filter_map(|id| engine.allocation(*id))
+        .filter(|a| a.state.is_live())
+        .map(|a| a.plan.spend_per_hour())
+        .sum()
 }
 
 fn card(engine: &dibs_core::engine::Engine, number: u64, listed: &Listed<'_>) -> Card {
@@ -222,6 +381,7 @@ fn card(engine: &dibs_core::engine::Engine, number: u64, listed: &Listed<'_>) ->
     providers.dedup();
     Card {
         id: listed.id.to_owned(),
+        status: listed.status.as_str(),
         number,
         gpus: listed.gpus,
         accelerators: listed.accelerators.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", "),
@@ -229,7 +389,7 @@ fn card(engine: &dibs_core::engine::Engine, number: u64, listed: &Listed<'_>) ->
         hours: listed.hours,
         earliest_start: listed.earliest_start,
         providers: providers.join(", "),
-        cost_per_hour: live().map(|a| a.plan.spend_per_hour()).sum(),
+        cost_per_hour: live_cost_per_hour(engine, listed),
         ready: live().filter_map(crate::view::all_ready).max(),
         unfilled: listed.unfilled.cloned(),
         reason_stored: listed.reason_stored,
@@ -339,60 +499,98 @@ fn optional(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_owned())
 }
 
-/// The API's body from the form; a number that does not parse is the form's own error.
-fn body_of(form: &SubmitForm) -> Result<SubmitBody, FieldError> {
-    fn number<T: std::str::FromStr>(field: &str, text: &str, what: &str) -> Result<Option<T>, FieldError> {
-        let text = text.trim();
-        if text.is_empty() {
-            return Ok(None);
-        }
-        text.parse().map(Some).map_err(|_| FieldError {
-            field: Some(field.to_owned()),
-            message: format!("{text:?} is not {what}"),
+/// The API's body from the form, and every field the form itself cannot read (a number
+/// that does not parse, a required one missing, a bad key): such a field is left out of the
+/// body (or zero), and its error is the form's own.
+fn body_of(form: &SubmitForm) -> (SubmitBody, Vec<FieldError>) {
+    let mut errors = Vec::new();
+    let mut number = |field: &str, text: &str, what: &str| -> Option<u32> {
+        parsed(field, text, what).unwrap_or_else(|error| {
+            errors.push(error);
+            None
         })
-    }
-    let required = |field: &str, value: Option<u32>| {
-        value.ok_or_else(|| FieldError { field: Some(field.to_owned()), message: "required".into() })
     };
+    let gpus = number("gpus", &form.gpus, "a whole number of GPUs");
+    let block = number("block", &form.block, "a whole number of GPUs");
+    let duration_hours = number("duration_hours", &form.duration_hours, "a whole number of hours");
+    let deliver_within_hours =
+        number("deliver_within_hours", &form.deliver_within_hours, "a whole number of hours");
+    let max_price =
+        parsed("max_price", &form.max_price, "a price in USD per GPU-hour").unwrap_or_else(|error| {
+            errors.push(error);
+            None
+        });
+    for (field, value) in [("gpus", gpus), ("duration_hours", duration_hours)] {
+        if value.is_none() && !errors.iter().any(|e| e.field.as_deref() == Some(field)) {
+            errors.push(FieldError { field: Some(field.to_owned()), message: "required".into() });
+        }
+    }
     // The form's key is held to the API's rule for Idempotency-Key.
     let key = &form.idempotency_key;
     if key.len() > crate::app::MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(FieldError {
+        errors.push(FieldError {
             field: Some("idempotency_key".into()),
             message: format!("must be 1 to {} visible ASCII characters", crate::app::MAX_KEY_LEN),
         });
     }
-    Ok(SubmitBody {
+    let body = SubmitBody {
         accelerators: list(&form.accelerators),
-        gpus: required("gpus", number("gpus", &form.gpus, "a whole number of GPUs")?)?,
-        block: number("block", &form.block, "a whole number of GPUs")?,
-        duration_hours: required(
-            "duration_hours",
-            number("duration_hours", &form.duration_hours, "a whole number of hours")?,
-        )?,
+        gpus: gpus.unwrap_or(0),
+        block,
+        duration_hours: duration_hours.unwrap_or(0),
         earliest_start: None,
         deliver_by: None,
         regions: optional(&form.regions).into_iter().collect(),
         providers: list(&form.providers),
         exclude_providers: list(&form.exclude_providers),
         workload: form.workload.trim().to_owned(),
-        max_price: number("max_price", &form.max_price, "a price in USD per GPU-hour")?,
+        max_price,
         spot: optional(&form.spot),
         same_region: form.same_region.is_some(),
         apart: form.apart.is_some(),
         objective: optional(&form.objective),
         preference: optional(&form.preference),
-        deliver_within_hours: number(
-            "deliver_within_hours",
-            &form.deliver_within_hours,
-            "a whole number of hours",
-        )?,
-    })
+        deliver_within_hours,
+    };
+    (body, errors)
 }
 
-fn submit_form(form: &SubmitForm, error: Option<&FieldError>, workloads: &[&str]) -> Markup {
-    let beside = |field: &str| error.filter(|e| e.field.as_deref() == Some(field)).map(|e| e.message.clone());
-    let above = error.filter(|e| e.field.as_deref().is_none_or(|f| !FORM_FIELDS.contains(&f)));
+/// A number from a field of the form (`None`: left empty), or the form's error naming it.
+fn parsed<T: std::str::FromStr>(field: &str, text: &str, what: &str) -> Result<Option<T>, FieldError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| FieldError { field: Some(field.to_owned()), message: format!("{text:?} is not {what}") })
+}
+
+/// Every field of `body` the API would refuse, checked one field at a time, except those
+/// the form already found wrong.
+async fn api_errors(
+    dashboard: &Dashboard,
+    body: SubmitBody,
+    known: &[FieldError],
+) -> Result<Vec<FieldError>, PageError> {
+    let found = read(&dashboard.app, move |view| {
+        crate::broker::every_field_error(view.engine.names(), view.now, body)
+    })
+    .await?;
+    Ok(found
+        .into_iter()
+        .filter(|(field, _)| !known.iter().any(|e| e.field.as_deref() == Some(field.as_str())))
+        .map(|(field, message)| FieldError { field: Some(field), message })
+        .collect())
+}
+
+fn submit_form(form: &SubmitForm, errors: &[FieldError], workloads: &[&str]) -> Markup {
+    let beside =
+        |field: &str| errors.iter().find(|e| e.field.as_deref() == Some(field)).map(|e| e.message.clone());
+    let above: Vec<&FieldError> =
+        errors.iter().filter(|e| e.field.as_deref().is_none_or(|f| !FORM_FIELDS.contains(&f))).collect();
+    let beside_fields: Vec<&str> =
+        errors.iter().filter_map(|e| e.field.as_deref()).filter(|f| FORM_FIELDS.contains(f)).collect();
     let key = if form.idempotency_key.is_empty() {
         crate::app::new_token().unwrap_or_default()
     } else {
@@ -438,7 +636,17 @@ fn submit_form(form: &SubmitForm, error: Option<&FieldError>, workloads: &[&str]
     html! {
         form.card.submit #submit method="post" action="/requests" aria-labelledby="submit-title" {
             h2 #submit-title { "Submit a request" }
-            @if let Some(error) = above {
+            @if beside_fields.len() > 1 {
+                p.error #form-errors role="alert" {
+                    (beside_fields.len()) " fields need a change: "
+                    @for (i, field) in beside_fields.iter().enumerate() {
+                        @if i > 0 { ", " }
+                        a href={ "#" (field) } { (field) }
+                    }
+                    "."
+                }
+            }
+            @for error in &above {
                 p.error role="alert" {
                     @if let Some(field) = &error.field { strong { (field) ": " } }
                     (error.message)
@@ -497,18 +705,41 @@ fn board(snapshot: &Snapshot, filters: &Filters) -> Markup {
             (select("workload", "Workload", &filters.workload, &workload_names))
             (select("provider", "Provider", &filters.provider, &snapshot.providers))
             (select("accelerator", "Accelerator", &filters.accelerator, &snapshot.accelerators))
+            div.field {
+                label for="filter-q" { "Search" }
+                input #filter-q name="q" type="search" value=(filters.q) maxlength=(MAX_SEARCH_LEN)
+                    placeholder="id, accelerator, provider, workload";
+            }
+            div.field {
+                label for="filter-sort" { "Sort" }
+                select #filter-sort name="sort" {
+                    @for sort in Sort::ALL {
+                        option value=(sort.as_str()) selected[sort == filters.sort] { (sort.label()) }
+                    }
+                }
+            }
             button type="submit" { "Filter" }
             a href="/requests" { "Clear" }
+            a #export href=(filters.query_at("/requests.csv", &filters.state, PageStart::First)) download {
+                "CSV of these requests"
+            }
         }
         div #board data-live="3000" {
             p.summary aria-live="polite" {
                 (thousands(snapshot.total as u64)) " requests; as of " (super::format::instant(snapshot.now)) ". "
-                a href=(filters.query(&filters.state, None)) { "Refresh" }
+                a href=(filters.query(&filters.state, PageStart::First)) { "Refresh" }
+                @if !filters.q.trim().is_empty() || filters.sort != Sort::Newest {
+                    " "
+                    span #board-order {
+                        @if !filters.q.trim().is_empty() { "Matching “" (filters.q.trim()) "”; " }
+                        (filters.sort.label()) "."
+                    }
+                }
             }
             ul.counts aria-label="Requests per state" {
                 @for (i, status) in STATUSES.iter().enumerate() {
                     li {
-                        a href=(filters.query(status, None)) aria-current=[(single == Some(i)).then_some("true")] {
+                        a href=(filters.query(status, PageStart::First)) aria-current=[(single == Some(i)).then_some("true")] {
                             (status_badge(status)) " " strong { (thousands(snapshot.counts[i] as u64)) }
                         }
                     }
@@ -535,7 +766,7 @@ fn board(snapshot: &Snapshot, filters: &Filters) -> Markup {
                                     }
                                 }
                                 @if snapshot.counts[i] > snapshot.columns[i].len() {
-                                    a href=(filters.query(status, None)) { "All " (snapshot.counts[i]) " " (status_label(status).to_lowercase()) }
+                                    a href=(filters.query(status, PageStart::First)) { "All " (snapshot.counts[i]) " " (status_label(status).to_lowercase()) }
                                 }
                             }
                         }
@@ -543,11 +774,11 @@ fn board(snapshot: &Snapshot, filters: &Filters) -> Markup {
                 }
                 Some(i) => {
                     table.requests {
-                        caption { (status_label(STATUSES[i])) ": " (snapshot.counts[i]) " requests, newest first" }
+                        caption { (status_label(STATUSES[i])) ": " (snapshot.counts[i]) " requests, " (filters.sort.label()) }
                         thead { tr {
                             th scope="col" { "Request" } th scope="col" { "GPUs" } th scope="col" { "Accelerators" }
                             th scope="col" { "Hours" } th scope="col" { "Workload" } th scope="col" { "Providers" }
-                            th scope="col" { "Submitted" }
+                            th scope="col" { "Cost per hour" } th scope="col" { "Start" }
                         } }
                         tbody {
                             @for card in &snapshot.columns[i] {
@@ -555,13 +786,18 @@ fn board(snapshot: &Snapshot, filters: &Filters) -> Markup {
                                     td { a href={ "/requests/" (card.id) } { (card.id) } }
                                     td.number { (card.gpus) } td { (card.accelerators) } td.number { (card.hours) }
                                     td { (card.workload) } td { (card.providers) }
+                                    td.number { @if card.cost_per_hour > 0.0 { (usd(card.cost_per_hour)) } @else { "–" } }
                                     td { (relative(card.earliest_start, snapshot.now)) }
                                 }
                             }
                         }
                     }
                     @if let Some(last) = snapshot.columns[i].last().filter(|_| snapshot.columns[i].len() == ROWS_PER_PAGE) {
-                        p { a href=(filters.query(&filters.state, Some(last.number))) { "Older requests" } }
+                        @let next = match filters.sort {
+                            Sort::Newest => PageStart::Before(last.number),
+                            _ => PageStart::Skip(filters.skip.unwrap_or(0) + ROWS_PER_PAGE),
+                        };
+                        p { a href=(filters.query(&filters.state, next)) { "Next " (ROWS_PER_PAGE) } }
                     }
                 }
             }
@@ -573,14 +809,15 @@ async fn render(
     dashboard: &Dashboard,
     viewer: &Viewer,
     filters: Filters,
-    form: Option<(SubmitForm, FieldError)>,
+    form: Option<(SubmitForm, Vec<FieldError>)>,
     started: Instant,
 ) -> Response {
     let filters_for_read = filters.clone();
-    let mut snapshot = match read(&dashboard.app, move |view| snapshot(view, &filters_for_read)).await {
-        Ok(snapshot) => snapshot,
-        Err(e) => return e.into_response(Some(viewer)),
-    };
+    let mut snapshot =
+        match read(&dashboard.app, move |view| snapshot(view, &filters_for_read, Shape::Board)).await {
+            Ok(snapshot) => snapshot,
+            Err(e) => return e.into_response(Some(viewer)),
+        };
     if let Err(e) = fill_reasons(dashboard, &mut snapshot).await {
         return e.into_response(Some(viewer));
     }
@@ -597,8 +834,8 @@ async fn render(
             details.submit-panel open[form.is_some() || snapshot.total == 0] {
                 summary { "Submit a request" }
                 @match &form {
-                    Some((values, error)) => (submit_form(values, Some(error), &workloads)),
-                    None => (submit_form(&SubmitForm::default(), None, &workloads)),
+                    Some((values, errors)) => (submit_form(values, errors, &workloads)),
+                    None => (submit_form(&SubmitForm::default(), &[], &workloads)),
                 }
             }
         }
@@ -623,6 +860,87 @@ pub(super) async fn page(
     render(&dashboard, &viewer, filters, None, started).await
 }
 
+/// `/requests.csv`: every request the board's query selects, in its order, as CSV.
+pub(super) async fn export(
+    State(dashboard): State<Arc<Dashboard>>,
+    headers: HeaderMap,
+    filters: Result<Query<Filters>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let started = Instant::now();
+    let viewer = match require(&dashboard, &headers, Viewer::may_read) {
+        Ok(viewer) => viewer,
+        Err((error, viewer)) => return error.into_response(viewer.as_ref()),
+    };
+    let Ok(Query(filters)) = filters else {
+        return PageError::NotFound("Those filters do not parse.".into()).into_response(Some(&viewer));
+    };
+    let mut snapshot = match read(&dashboard.app, move |view| snapshot(view, &filters, Shape::Export)).await {
+        Ok(snapshot) => snapshot,
+        Err(e) => return e.into_response(Some(&viewer)),
+    };
+    if let Err(e) = fill_reasons(&dashboard, &mut snapshot).await {
+        return e.into_response(Some(&viewer));
+    }
+    match csv_of(snapshot.columns.iter().flatten()) {
+        Ok(text) => {
+            // As long as a page takes, for the same header a page gives.
+            let timing = format!("render;dur={:.2}", started.elapsed().as_secs_f64() * 1000.0);
+            (
+                [
+                    (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+                    (
+                        axum::http::header::CONTENT_DISPOSITION,
+                        "attachment; filename=\"requests.csv\"".to_owned(),
+                    ),
+                    (axum::http::header::CACHE_CONTROL, "no-store".to_owned()),
+                    (axum::http::header::HeaderName::from_static("server-timing"), timing),
+                ],
+                text,
+            )
+                .into_response()
+        }
+        Err(e) => PageError::Unavailable(e.to_string()).into_response(Some(&viewer)),
+    }
+}
+
+/// The export's columns.
+const CSV_HEADER: [&str; 11] = [
+    "id",
+    "state",
+    "gpus",
+    "accelerators",
+    "hours",
+    "workload",
+    "providers",
+    "cost_per_hour_usd",
+    "all_ready_at",
+    "earliest_start",
+    "unfilled_reason",
+];
+
+/// Cards as CSV, quoted where a value needs it (the `csv` crate's rules, RFC 4180).
+fn csv_of<'a>(cards: impl Iterator<Item = &'a Card>) -> Result<String, csv::Error> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(CSV_HEADER)?;
+    for card in cards {
+        writer.write_record([
+            card.id.clone(),
+            card.status.to_owned(),
+            card.gpus.to_string(),
+            card.accelerators.clone(),
+            card.hours.to_string(),
+            card.workload.to_owned(),
+            card.providers.clone(),
+            format!("{:.4}", card.cost_per_hour),
+            card.ready.map(|t| t.to_string()).unwrap_or_default(),
+            card.earliest_start.to_string(),
+            card.unfilled.clone().unwrap_or_default(),
+        ])?;
+    }
+    let bytes = writer.into_inner().map_err(|e| e.into_error())?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 pub(super) async fn submit(
     State(dashboard): State<Arc<Dashboard>>,
     headers: HeaderMap,
@@ -641,18 +959,22 @@ pub(super) async fn submit(
                 &dashboard,
                 &viewer,
                 Filters::default(),
-                Some((SubmitForm::default(), error)),
+                Some((SubmitForm::default(), vec![error])),
                 started,
             )
             .await;
         }
     };
-    let body = match body_of(&form) {
-        Ok(body) => body,
-        Err(error) => {
-            return render(&dashboard, &viewer, Filters::default(), Some((form, error)), started).await;
-        }
-    };
+    // Every wrong field at once: the form's own errors, then the API's checks one field at
+    // a time, before anything is submitted.
+    let (body, mut errors) = body_of(&form);
+    match api_errors(&dashboard, body.clone(), &errors).await {
+        Ok(found) => errors.extend(found),
+        Err(e) => return e.into_response(Some(&viewer)),
+    }
+    if !errors.is_empty() {
+        return render(&dashboard, &viewer, Filters::default(), Some((form, errors)), started).await;
+    }
     // A form posted twice (a reload, a double click) carries one key: one submission. Keys
     // are scoped to the caller and to the form, apart from the API's.
     let digest = serde_json::to_vec(&body).unwrap_or_default();
@@ -668,7 +990,7 @@ pub(super) async fn submit(
         Ok(view) => Redirect::to(&format!("/requests?submitted={}", encode(&view.id))).into_response(),
         Err(e) => {
             let error = FieldError { field: e.field.clone(), message: e.error.clone() };
-            render(&dashboard, &viewer, Filters::default(), Some((form, error)), started).await
+            render(&dashboard, &viewer, Filters::default(), Some((form, vec![error])), started).await
         }
     }
 }
@@ -677,19 +999,20 @@ pub(super) async fn submit(
 mod tests {
     use super::*;
 
-    fn check(form: SubmitForm, expected: Result<&str, (&str, &str)>) {
-        match (body_of(&form), expected) {
-            (Ok(body), Ok(json)) => assert_eq!(
-                serde_json::to_value(&body).unwrap(),
-                serde_json::from_str::<serde_json::Value>(json).unwrap()
-            ),
-            (Err(error), Err((field, message))) => {
-                assert_eq!((error.field.as_deref(), error.message.as_str()), (Some(field), message))
+    /// The body the form gives, or every error it finds, as (field, message).
+    fn check(form: SubmitForm, expected: Result<&str, &[(&str, &str)]>) {
+        let (body, errors) = body_of(&form);
+        let errors: Vec<(&str, &str)> =
+            errors.iter().map(|e| (e.field.as_deref().unwrap_or("?"), e.message.as_str())).collect();
+        match expected {
+            Ok(json) => {
+                assert_eq!(errors, [], "unexpected errors");
+                assert_eq!(
+                    serde_json::to_value(&body).unwrap(),
+                    serde_json::from_str::<serde_json::Value>(json).unwrap()
+                );
             }
-            (got, _) => panic!(
-                "unexpected: {:?}",
-                got.map(|b| serde_json::to_string(&b).unwrap()).map_err(|e| e.message)
-            ),
+            Err(expected) => assert_eq!(errors, expected),
         }
     }
 
@@ -712,17 +1035,100 @@ mod tests {
                 "workload":"training","max_price":null,"spot":null,"same_region":false,"apart":false,"objective":null,
                 "preference":null,"deliver_within_hours":null}"#),
         );
-        check(form("lots", "24"), Err(("gpus", "\"lots\" is not a whole number of GPUs")));
-        check(form("64", ""), Err(("duration_hours", "required")));
+        check(form("lots", "24"), Err(&[("gpus", "\"lots\" is not a whole number of GPUs")]));
+        check(form("64", ""), Err(&[("duration_hours", "required")]));
         check(
             SubmitForm { max_price: "cheap".into(), ..form("8", "1") },
-            Err(("max_price", "\"cheap\" is not a price in USD per GPU-hour")),
+            Err(&[("max_price", "\"cheap\" is not a price in USD per GPU-hour")]),
+        );
+        // Every field the form cannot read, at once, not only the first.
+        check(
+            SubmitForm { block: "x".into(), max_price: "cheap".into(), ..form("lots", "") },
+            Err(&[
+                ("gpus", "\"lots\" is not a whole number of GPUs"),
+                ("block", "\"x\" is not a whole number of GPUs"),
+                ("max_price", "\"cheap\" is not a price in USD per GPU-hour"),
+                ("duration_hours", "required"),
+            ]),
         );
         // The form's idempotency key is held to the API's rule.
         let long = SubmitForm { idempotency_key: "k".repeat(60_000), ..form("8", "1") };
-        check(long, Err(("idempotency_key", "must be 1 to 200 visible ASCII characters")));
+        check(long, Err(&[("idempotency_key", "must be 1 to 200 visible ASCII characters")]));
         let spaced = SubmitForm { idempotency_key: "a key".into(), ..form("8", "1") };
-        check(spaced, Err(("idempotency_key", "must be 1 to 200 visible ASCII characters")));
+        check(spaced, Err(&[("idempotency_key", "must be 1 to 200 visible ASCII characters")]));
+    }
+
+    #[test]
+    fn the_api_s_checks_find_every_wrong_field_not_only_the_first() {
+        let names = dibs_core::names::Names::from_offers(&dibs_core::catalog::bundled_catalog().offers);
+        let now = Timestamp::from_unix(1_800_000_000);
+        let body = SubmitBody {
+            accelerators: vec!["H100".into()],
+            gpus: 12,
+            block: Some(8),
+            duration_hours: 0,
+            workload: "gaming".into(),
+            preference: Some("premium:lots".into()),
+            ..SubmitBody::default()
+        };
+        let fields: Vec<String> = crate::broker::every_field_error(&names, now, body.clone())
+            .into_iter()
+            .map(|(field, _)| field)
+            .collect();
+        assert_eq!(fields, ["block", "duration_hours", "workload", "preference"]);
+        // The API answers the first alone; a right body has none.
+        let good = SubmitBody {
+            block: None,
+            duration_hours: 1,
+            workload: "training".into(),
+            preference: None,
+            ..body
+        };
+        assert_eq!(crate::broker::every_field_error(&names, now, good), []);
+    }
+
+    #[test]
+    fn the_csv_export_quotes_what_needs_quoting() {
+        let card = Card {
+            id: "r-7".into(),
+            status: "active",
+            number: 7,
+            gpus: 16,
+            accelerators: "H100, A100-80GB".into(),
+            workload: "training",
+            hours: 24,
+            earliest_start: Timestamp::from_unix(0),
+            providers: "aws, nebius".into(),
+            cost_per_hour: 49.5,
+            ready: None,
+            unfilled: Some("8 GPUs: price \"too high\"".into()),
+            reason_stored: false,
+        };
+        let text = csv_of([&card].into_iter()).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some(CSV_HEADER.join(",").as_str()));
+        assert_eq!(
+            lines.next(),
+            Some(
+                r#"r-7,active,16,"H100, A100-80GB",24,training,"aws, nebius",49.5000,,1970-01-01T00:00:00Z,"8 GPUs: price ""too high""""#
+            )
+        );
+    }
+
+    #[test]
+    fn each_order_sorts_by_what_the_card_shows() {
+        let ranks = [(1, 8, 0.0), (2, 64, 40.0), (10, 16, 40.0), (9, 64, 12.5)]
+            .map(|(number, gpus, cost_per_hour)| Rank { number, gpus, cost_per_hour });
+        let order = |sort: Sort| {
+            let mut sorted = ranks.to_vec();
+            sorted.sort_by(|a, b| sort.compare(a, b));
+            sorted.iter().map(|r| format!("r-{}", r.number)).collect::<Vec<_>>().join(" ")
+        };
+        assert_eq!(order(Sort::Newest), "r-10 r-9 r-2 r-1");
+        assert_eq!(order(Sort::Oldest), "r-1 r-2 r-9 r-10");
+        // Dearest first, the newer of two equal costs first.
+        assert_eq!(order(Sort::Cost), "r-10 r-2 r-9 r-1");
+        assert_eq!(order(Sort::Gpus), "r-9 r-2 r-10 r-1");
     }
 
     #[test]

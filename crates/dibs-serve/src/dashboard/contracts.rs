@@ -176,7 +176,7 @@ fn timeline(set: &ContractSet, now: Timestamp) -> Markup {
     let mut svg = String::new();
     let _ = write!(
         svg,
-        r#"<svg class="timeline" viewBox="0 0 {WIDTH} {height}" role="img" aria-labelledby="timeline-title" xmlns="http://www.w3.org/2000/svg"><title id="timeline-title">Contract versions over time; today is marked</title>"#
+        r#"<svg class="timeline" viewBox="0 0 {WIDTH} {height}" role="group" aria-labelledby="timeline-title" xmlns="http://www.w3.org/2000/svg"><title id="timeline-title">Contract versions over time; today is marked</title>"#
     );
     for (i, (y, at)) in years.iter().enumerate().filter(|(i, _)| i % step == 0) {
         let _ = write!(
@@ -205,10 +205,13 @@ fn timeline(set: &ContractSet, now: Timestamp) -> Markup {
             } else {
                 ("#9cc3f0", "#111")
             };
-            let label = html! { (version.id) " (" (version.effective.to_string().get(..10).unwrap_or("")) " to " (version.expires.to_string().get(..10).unwrap_or("")) ")" }.into_string();
+            let label = html! { (contract.id) " " (version.id) " (" (version.effective.to_string().get(..10).unwrap_or("")) " to " (version.expires.to_string().get(..10).unwrap_or("")) ")" }.into_string();
+            // A link, not only a hover title: a tap or a keyboard focus reaches the bar, and
+            // follows it to the version's row in the table under the chart.
             let _ = write!(
                 svg,
-                r##"<g><title>{label}</title><rect x="{left:.1}" y="{top:.1}" width="{:.1}" height="24" rx="3" fill="{fill}" stroke="#fff"/><text x="{:.1}" y="{:.1}" font-size="12" fill="{text}">{}</text></g>"##,
+                r##"<a href="#{}" aria-label="{label}"><g><title>{label}</title><rect x="{left:.1}" y="{top:.1}" width="{:.1}" height="24" rx="3" fill="{fill}" stroke="#fff"/><text x="{:.1}" y="{:.1}" font-size="12" fill="{text}">{}</text></g></a>"##,
+                version_anchor(&contract.id, &version.id),
                 (right - left).max(2.0),
                 left + 4.0,
                 top + 16.0,
@@ -227,9 +230,39 @@ fn timeline(set: &ContractSet, now: Timestamp) -> Markup {
     html! {
         figure.chart {
             (trusted(svg))
-            figcaption { "Dark: the version in force today; grey: ended; light: not yet in force. Hover a bar for its dates." }
+            figcaption { "Dark: the version in force today; grey: ended; light: not yet in force. Tap, focus or hover a bar for its dates; every version's dates are in the table below." }
+        }
+        table #versions {
+            caption { "Every version and its dates" }
+            thead { tr { th scope="col" { "Contract" } th scope="col" { "Version" } th scope="col" { "From" } th scope="col" { "Until" } th scope="col" { "Now" } } }
+            tbody {
+                @for contract in &set.contracts {
+                    @for version in &contract.versions {
+                        tr id=(version_anchor(&contract.id, &version.id)) {
+                            td { (contract.id) } td { (version.id) }
+                            td { (instant(version.effective)) } td { (instant(version.expires)) }
+                            td {
+                                @if version.effective <= now && now < version.expires { "in force" }
+                                @else if version.expires <= now { "ended" }
+                                @else { "not yet in force" }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
+}
+
+/// The id of a version's row in the table under the timeline: its contract's and its own
+/// id, with anything but letters, digits, `-` and `_` as `-`.
+fn version_anchor(contract: &str, version: &str) -> String {
+    let safe = |text: &str| -> String {
+        text.chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .collect()
+    };
+    format!("version-{}-{}", safe(contract), safe(version))
 }
 
 fn in_force(snapshot: &Snapshot) -> Markup {
@@ -468,4 +501,28 @@ fn body(snapshot: &Snapshot) -> Markup {
 
 pub(super) async fn page(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
     drawn_page(&dashboard, &headers, ("Contracts", Section::Contracts), snapshot, body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bar_of_the_timeline_is_a_link_to_its_version_s_dates() {
+        let texts = dibs_core::contract::builtin_contract_texts("historical").unwrap();
+        let set = dibs_core::contract::contract_set_from_texts(&texts).unwrap();
+        let page = timeline(&set, Timestamp::parse("2026-12-01T00:00:00Z").unwrap()).into_string();
+        let bars = page.matches("<rect ").count();
+        let links: Vec<&str> =
+            page.split("<a href=\"#").skip(1).filter_map(|rest| rest.split('"').next()).collect();
+        let versions: usize = set.contracts.iter().map(|c| c.versions.len()).sum();
+        assert!(versions > 1, "the historical set has an amendment");
+        // A bar per version, each a link (a tap or a focus reaches it, not only a hover) to a
+        // row of the table under the chart that says its dates.
+        assert_eq!((bars, links.len()), (versions, versions));
+        for anchor in links {
+            assert!(page.contains(&format!("<tr id=\"{anchor}\">")), "no row {anchor}");
+        }
+        assert!(!page.contains("role=\"img\""), "links inside role=img are hidden from screen readers");
+    }
 }

@@ -1,6 +1,11 @@
 //! The fleet: GPUs held and spend by provider and region over time, with the
 //! diversification cap drawn as a line; open incidents, and how each provider is reached.
 //!
+//! The charts and the table beside them count the same allocations: those of one workload
+//! class, or of all (`?workload=`), by default the class the GPU cap covers, so its line is
+//! drawn against what it limits. The charts look back over a window the query chooses
+//! (`?window=24h|7d|30d`, default 24 h). The caps' own tables count what each cap covers.
+//!
 //! The engine's allocations are copied out compactly (provider and region as indices) on
 //! the broker thread; the series are computed here, on the HTTP side. GPUs held are the
 //! GPUs bought of allocations awarded and not yet ended (reserved or active), as the
@@ -10,24 +15,98 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use dibs_core::contract::ShareBasis;
 use dibs_core::engine::AllocationState;
 use dibs_core::types::{Timestamp, WorkloadClass};
 use maud::{Markup, html};
+use serde::Deserialize;
 
 use super::format::{instant, thousands, usd};
 use super::{Dashboard, Section, charts, drawn_page};
 
 /// Points per series on the charts.
 pub const SAMPLES: usize = 96;
-/// The charts span at least this many hours back from now, so a young fleet's lines are
-/// drawn over a readable axis rather than over the seconds since its first award.
-pub const MIN_WINDOW_HOURS: f64 = 24.0;
-/// ... and at most this many, however old the first award.
-pub const MAX_WINDOW_HOURS: f64 = 180.0 * 24.0;
+
+/// How far back the charts look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub(super) enum Window {
+    #[default]
+    #[serde(rename = "24h")]
+    Day,
+    #[serde(rename = "7d")]
+    Week,
+    #[serde(rename = "30d")]
+    Month,
+}
+
+impl Window {
+    const ALL: [Window; 3] = [Window::Day, Window::Week, Window::Month];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Window::Day => "24h",
+            Window::Week => "7d",
+            Window::Month => "30d",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Window::Day => "the last 24 hours",
+            Window::Week => "the last 7 days",
+            Window::Month => "the last 30 days",
+        }
+    }
+
+    fn hours(self) -> f64 {
+        match self {
+            Window::Day => 24.0,
+            Window::Week => 7.0 * 24.0,
+            Window::Month => 30.0 * 24.0,
+        }
+    }
+}
+
+/// What the page shows, as the query string gives it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(super) struct Choice {
+    #[serde(default)]
+    window: Window,
+    /// A workload class, `all`, or empty: the class the GPU cap covers (all when it covers
+    /// every class or several).
+    #[serde(default)]
+    workload: String,
+}
+
+impl Choice {
+    /// The class counted (`None`: every class), or why the query is wrong.
+    fn workload(&self, caps: &[Cap]) -> Result<Option<WorkloadClass>, String> {
+        match self.workload.as_str() {
+            "" => Ok(caps
+                .iter()
+                .find(|c| c.basis == ShareBasis::Gpus)
+                .and_then(|c| (c.workloads.len() == 1).then(|| c.workloads[0]))),
+            "all" => Ok(None),
+            name => WorkloadClass::parse(name).map(Some).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The allocations a view counts: those of `class`, or all.
+fn counted(class: Option<WorkloadClass>, h: &Held) -> bool {
+    class.is_none_or(|c| h.workload == c)
+}
+
+/// How a view names what it counts.
+fn class_words(class: Option<WorkloadClass>) -> String {
+    match class {
+        Some(c) => format!("{} workloads", c.as_str()),
+        None => "every workload".to_owned(),
+    }
+}
 
 /// One allocation, as the fleet and contract pages need it.
 pub(super) struct Held {
@@ -218,11 +297,19 @@ fn series(snapshot: &Snapshot, at: &[Timestamp], sums: Vec<Vec<f64>>) -> Vec<dib
         .collect()
 }
 
-fn gpu_chart(snapshot: &Snapshot, cap: Option<&Cap>, from: Timestamp) -> dibs_charts::Chart {
+fn gpu_chart(
+    snapshot: &Snapshot,
+    class: Option<WorkloadClass>,
+    cap: Option<&Cap>,
+    from: Timestamp,
+) -> dibs_charts::Chart {
     let at = instants(from, snapshot.now);
-    let in_scope = |h: &Held| cap.is_none_or(|c| c.covers(h.workload));
     let sums =
-        by_provider(snapshot, &at, |h, t| if in_scope(h) && h.held_at(t) { f64::from(h.gpus) } else { 0.0 });
+        by_provider(
+            snapshot,
+            &at,
+            |h, t| if counted(class, h) && h.held_at(t) { f64::from(h.gpus) } else { 0.0 },
+        );
     let totals: Vec<f64> = (0..at.len()).map(|i| sums.iter().map(|s| s[i]).sum()).collect();
     let mut series = series(snapshot, &at, sums);
     let title = match cap {
@@ -235,9 +322,9 @@ fn gpu_chart(snapshot: &Snapshot, cap: Option<&Cap>, from: Timestamp) -> dibs_ch
                     .map(|(t, total)| (hours_before(*t, snapshot.now), total * cap.max_share))
                     .collect(),
             });
-            format!("GPUs held by provider ({} workloads), with the diversification cap", cap.scope())
+            format!("GPUs held by provider ({}), with the diversification cap", class_words(class))
         }
-        None => "GPUs held by provider".to_owned(),
+        None => format!("GPUs held by provider ({})", class_words(class)),
     };
     dibs_charts::Chart {
         title,
@@ -248,11 +335,11 @@ fn gpu_chart(snapshot: &Snapshot, cap: Option<&Cap>, from: Timestamp) -> dibs_ch
     }
 }
 
-fn spend_chart(snapshot: &Snapshot, from: Timestamp) -> dibs_charts::Chart {
+fn spend_chart(snapshot: &Snapshot, class: Option<WorkloadClass>, from: Timestamp) -> dibs_charts::Chart {
     let at = instants(from, snapshot.now);
-    let sums = by_provider(snapshot, &at, |h, t| h.spend_at(t));
+    let sums = by_provider(snapshot, &at, |h, t| if counted(class, h) { h.spend_at(t) } else { 0.0 });
     dibs_charts::Chart {
-        title: "Spend billed by provider (USD, cumulative, stacked)".into(),
+        title: format!("Spend billed by provider (USD, cumulative, stacked; {})", class_words(class)),
         x_label: "hours before now".into(),
         y_label: "USD".into(),
         kind: dibs_charts::ChartKind::StackedArea,
@@ -261,10 +348,10 @@ fn spend_chart(snapshot: &Snapshot, from: Timestamp) -> dibs_charts::Chart {
 }
 
 /// Per provider and region now: GPUs held, spend per hour of active capacity, spend billed.
-fn table(snapshot: &Snapshot) -> Markup {
+fn table(snapshot: &Snapshot, class: Option<WorkloadClass>) -> Markup {
     let now = snapshot.now;
     let mut rows: BTreeMap<(&str, &str), (u64, f64, f64)> = BTreeMap::new();
-    for h in &snapshot.held {
+    for h in snapshot.held.iter().filter(|h| counted(class, h)) {
         let key = (
             snapshot.providers[usize::from(h.provider)].as_str(),
             snapshot.regions[usize::from(h.region)].as_str(),
@@ -281,7 +368,7 @@ fn table(snapshot: &Snapshot) -> Markup {
     let total_gpus: u64 = rows.values().map(|r| r.0).sum();
     html! {
         table #by-region {
-            caption { "By provider and region, now (every workload; the chart above counts the workloads its cap covers)" }
+            caption { "By provider and region, now (" (class_words(class)) ", as the charts above)" }
             thead { tr {
                 th scope="col" { "Provider" } th scope="col" { "Region" } th scope="col" { "GPUs held" }
                 th scope="col" { "Share" } th scope="col" { "Spend per hour (active)" } th scope="col" { "Spend billed" }
@@ -372,33 +459,152 @@ fn providers(snapshot: &Snapshot) -> Markup {
     }
 }
 
-/// The page's body: the charts (drawn here), the table, the caps and the providers.
-fn body(snapshot: &Snapshot) -> Markup {
-    let from = snapshot.held.iter().map(|h| h.awarded_at).min().map(|first| {
-        let earliest = snapshot.now.plus_hours(-MAX_WINDOW_HOURS);
-        first.min(snapshot.now.plus_hours(-MIN_WINDOW_HOURS)).max(earliest)
+/// The window and class choices, as a form that works without JavaScript.
+fn choices(choice: &Choice, class: Option<WorkloadClass>) -> Markup {
+    let current = class.map_or("all", |c| c.as_str());
+    html! {
+        form.filters #fleet-choice method="get" action="/fleet" aria-label="What the charts show" {
+            div.field {
+                label for="window" { "Window" }
+                select #window name="window" {
+                    @for window in Window::ALL {
+                        option value=(window.as_str()) selected[window == choice.window] { (window.label()) }
+                    }
+                }
+            }
+            div.field {
+                label for="workload" { "Workload" }
+                select #workload name="workload" {
+                    option value="all" selected[class.is_none()] { "every workload" }
+                    @for w in WorkloadClass::ALL {
+                        option value=(w.as_str()) selected[w.as_str() == current] { (w.as_str()) }
+                    }
+                }
+            }
+            button type="submit" { "Show" }
+        }
+    }
+}
+
+/// The page's body: the choices, the charts (drawn here), the table, the caps and the
+/// providers.
+fn body(snapshot: &Snapshot, choice: &Choice) -> Markup {
+    let class = match choice.workload(&snapshot.caps) {
+        Ok(class) => class,
+        Err(e) => {
+            return html! { h1 { "Fleet" } p.error role="alert" { "workload: " (e) } (choices(&Choice::default(), None)) };
+        }
+    };
+    let from = snapshot.now.plus_hours(-choice.window.hours());
+    let awarded = snapshot.held.iter().any(|h| counted(class, h));
+    // The cap's line is drawn against exactly what it limits: its one class, or all.
+    let gpu_cap = snapshot.caps.iter().find(|c| {
+        c.basis == ShareBasis::Gpus
+            && match class {
+                Some(w) => c.workloads == [w],
+                None => c.workloads.is_empty(),
+            }
     });
-    let gpu_cap = snapshot.caps.iter().find(|c| c.basis == ShareBasis::Gpus);
     html! {
         h1 { "Fleet" }
         p {
             "As of " (instant(snapshot.now))
             @if let Some(speed) = snapshot.time_speed { " on a demo clock running " (speed) "× the wall clock" }
-            "."
+            ". "
+            span #fleet-shown { "Charts of " (choice.window.label()) ", counting " (class_words(class)) "." }
         }
-        @match from {
-            None => p { "No capacity has been awarded yet." },
-            Some(from) => {
-                (charts::inline(&gpu_chart(snapshot, gpu_cap, from), "gpus-chart"))
-                (charts::inline(&spend_chart(snapshot, from), "spend-chart"))
-            }
+        (choices(choice, class))
+        @if awarded {
+            (charts::inline(&gpu_chart(snapshot, class, gpu_cap, from), "gpus-chart"))
+            (charts::inline(&spend_chart(snapshot, class, from), "spend-chart"))
+        } @else {
+            p { "No capacity has been awarded for " (class_words(class)) " yet." }
         }
-        (table(snapshot))
+        (table(snapshot, class))
         (caps(snapshot))
         (providers(snapshot))
     }
 }
 
-pub(super) async fn page(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
-    drawn_page(&dashboard, &headers, ("Fleet", Section::Fleet), snapshot, body).await
+pub(super) async fn page(
+    State(dashboard): State<Arc<Dashboard>>,
+    headers: HeaderMap,
+    choice: Result<Query<Choice>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    // A window that does not parse shows the default window (the form shows which).
+    let choice = choice.map(|Query(choice)| choice).unwrap_or_default();
+    drawn_page(&dashboard, &headers, ("Fleet", Section::Fleet), snapshot, move |s| body(s, &choice)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(provider: u16, workload: WorkloadClass, gpus: u32, now: Timestamp) -> Held {
+        Held {
+            provider,
+            region: 0,
+            workload,
+            gpus,
+            node_gpus: 8,
+            spend_per_hour: 10.0,
+            awarded_at: now.plus_hours(-100.0),
+            ready_at: Some(now.plus_hours(-90.0)),
+            bills_until: None,
+            ended_at: None,
+            active: true,
+        }
+    }
+
+    /// A fleet of 64 training GPUs at lambda and 96 inference GPUs at nebius, under a cap
+    /// on training GPUs.
+    fn fleet() -> Snapshot {
+        let now = Timestamp::from_unix(1_800_000_000);
+        Snapshot {
+            now,
+            time_speed: None,
+            providers: vec!["lambda".into(), "nebius".into()],
+            regions: vec!["us-east-1".into()],
+            held: vec![held(0, WorkloadClass::Training, 64, now), held(1, WorkloadClass::Inference, 96, now)],
+            caps: vec![Cap {
+                source: "policy".into(),
+                max_share: 0.4,
+                basis: ShareBasis::Gpus,
+                workloads: vec![WorkloadClass::Training],
+            }],
+            rows: Vec::new(),
+        }
+    }
+
+    /// What the page says it shows, and the table's total GPUs, for a query.
+    fn check(query: &str, shown: &str, total_gpus: &str, cap_drawn: bool) {
+        let choice: Choice = choice_of(query);
+        let page = body(&fleet(), &choice).into_string();
+        let said =
+            page.split("id=\"fleet-shown\">").nth(1).and_then(|rest| rest.split('<').next()).unwrap_or("");
+        assert_eq!(said, shown, "{query}");
+        let footer = page.split("<tfoot>").nth(1).unwrap_or("");
+        assert!(footer.contains(&format!("<td class=\"number\">{total_gpus}</td>")), "{query}: {footer}");
+        assert_eq!(page.contains("cap: 40% of training GPUs"), cap_drawn, "{query}");
+    }
+
+    /// The query string as the handler's `Query` reads it.
+    fn choice_of(query: &str) -> Choice {
+        let uri: axum::http::Uri = format!("/fleet?{query}").parse().unwrap();
+        axum::extract::Query::try_from_uri(&uri).unwrap().0
+    }
+
+    #[test]
+    fn the_charts_and_the_table_count_the_same_class_over_the_chosen_window() {
+        // By default both count the class the GPU cap covers, and the cap is drawn.
+        check("", "Charts of the last 24 hours, counting training workloads.", "64", true);
+        check("window=7d&workload=all", "Charts of the last 7 days, counting every workload.", "160", false);
+        check(
+            "window=30d&workload=inference",
+            "Charts of the last 30 days, counting inference workloads.",
+            "96",
+            false,
+        );
+        check("workload=training", "Charts of the last 24 hours, counting training workloads.", "64", true);
+    }
 }

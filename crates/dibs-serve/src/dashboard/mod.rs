@@ -66,6 +66,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/login", get(session::login_page).post(session::login))
         .route("/logout", post(session::logout))
         .route("/requests", get(board::page).post(board::submit))
+        .route("/requests.csv", get(board::export))
         .route("/requests/{id}", get(story::page))
         .route("/requests/{id}/cancel", post(story::cancel))
         .route("/fleet", get(fleet::page))
@@ -239,8 +240,8 @@ async fn drawn_page<S: Send + 'static>(
     dashboard: &Dashboard,
     headers: &HeaderMap,
     (title, section): (&str, Section),
-    snapshot: fn(&ReadView<'_>) -> S,
-    body: fn(&S) -> Markup,
+    snapshot: impl FnOnce(&ReadView<'_>) -> S + Send + 'static,
+    body: impl FnOnce(&S) -> Markup + Send + 'static,
 ) -> Response {
     let started = Instant::now();
     let viewer = match session::require(dashboard, headers, Viewer::may_read) {
