@@ -27,7 +27,7 @@ macro_rules! migrations {
     };
 }
 
-pub const SQLITE: &[Migration] = migrations!("sqlite": 1 "0001_tables", 2 "0002_ledger_by_request", 3 "0003_token_lifetimes", 4 "0004_leader_epoch", 5 "0005_ledger_integrity", 6 "0006_snapshots");
+pub const SQLITE: &[Migration] = migrations!("sqlite": 1 "0001_tables", 2 "0002_ledger_by_request", 3 "0003_token_lifetimes", 4 "0004_leader_epoch", 5 "0005_ledger_integrity", 6 "0006_snapshots", 7 "0007_lead_lease");
 pub const POSTGRES: &[Migration] = migrations!("postgres": 1 "0001_tables", 2 "0002_ledger_by_request", 3 "0003_token_lifetimes", 4 "0004_leader_epoch", 5 "0005_ledger_integrity", 6 "0006_snapshots", 7 "0007_lead_lease");
 
 /// The version a backend's list brings a database to.

@@ -2026,6 +2026,37 @@ fn one_leader(urls: &[&str], within: Duration) -> String {
     }
 }
 
+/// A replica that leads with `args_a`, and one on a port of its own with `args_b` that
+/// stands by (it prints its banner only if it ever leads, so it is not waited for): the
+/// leader, the standby's process and its URL.
+fn leader_and_standby(args_a: &[String], args_b: &[String]) -> (Server, Child, String) {
+    let a = Server::start(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let b = Command::new(DIBS)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--holder", "decline"])
+        .args(args_b)
+        .env("DIBS_ADMIN_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url_b = format!("http://127.0.0.1:{port}");
+    assert_eq!(one_leader(&[&a.url, &url_b], Duration::from_secs(20)), a.url);
+    (a, b, url_b)
+}
+
+/// `n` submissions with keys `prefix-0`, `prefix-1`, ..., each acknowledged; their ids.
+fn submit_keyed(url: &str, prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let (status, view) =
+                call(url, "POST", "/requests", Some(&request_body(8)), Some(&format!("{prefix}-{i}")));
+            assert_eq!(status, 201, "{view}");
+            view["id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
 /// Issue 19: a PostgreSQL restart took both replicas down for good. Now the leader stops
 /// writing and starts again as a standby, the standby reconnects with backoff, and after the
 /// restart one leads and one stands by, on the ports they held, with nothing acknowledged
@@ -2038,27 +2069,8 @@ fn a_database_restart_leaves_one_leader_and_one_standby_and_loses_nothing() {
     let args = |data: &Path| {
         vec!["--data".to_owned(), data.display().to_string(), "--database".into(), database.clone()]
     };
-    let args_a = args(data_a.path());
-    let a = Server::start(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    // The standby prints its banner only if it ever leads: it is not waited for.
-    let mut b = Command::new(DIBS)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--holder", "decline"])
-        .args(args(data_b.path()))
-        .env("DIBS_ADMIN_TOKEN", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url_b = format!("http://127.0.0.1:{port}");
-    assert_eq!(one_leader(&[&a.url, &url_b], Duration::from_secs(20)), a.url);
-    let mut acknowledged = Vec::new();
-    for n in 0..5 {
-        let (status, view) =
-            call(&a.url, "POST", "/requests", Some(&request_body(8)), Some(&format!("blip-{n}")));
-        assert_eq!(status, 201, "{view}");
-        acknowledged.push(view["id"].as_str().unwrap().to_owned());
-    }
+    let (a, mut b, url_b) = leader_and_standby(&args(data_a.path()), &args(data_b.path()));
+    let acknowledged = submit_keyed(&a.url, "blip", 5);
 
     let started = Instant::now();
     assert!(cluster.control("restart"), "the cluster restarts");
@@ -2125,26 +2137,8 @@ fn a_frozen_leader_is_replaced_when_its_lease_runs_out() {
             "3".into(),
         ]
     };
-    let args_a = args(data_a.path());
-    let mut a = Server::start(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut b = Command::new(DIBS)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--holder", "decline"])
-        .args(args(data_b.path()))
-        .env("DIBS_ADMIN_TOKEN", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url_b = format!("http://127.0.0.1:{port}");
-    assert_eq!(one_leader(&[&a.url, &url_b], Duration::from_secs(20)), a.url);
-    let mut acknowledged = Vec::new();
-    for n in 0..3 {
-        let (status, view) =
-            call(&a.url, "POST", "/requests", Some(&request_body(8)), Some(&format!("frozen-{n}")));
-        assert_eq!(status, 201, "{view}");
-        acknowledged.push(view["id"].as_str().unwrap().to_owned());
-    }
+    let (mut a, mut b, url_b) = leader_and_standby(&args(data_a.path()), &args(data_b.path()));
+    let acknowledged = submit_keyed(&a.url, "frozen", 3);
     let pid = a.child.id().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     let frozen = Instant::now();
