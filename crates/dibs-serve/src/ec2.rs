@@ -112,38 +112,48 @@ impl Ec2Provider {
         }
     }
 
-    /// Instances dibs holds in EC2 now (starting or running), over the regions it uses, and
-    /// those that belong to no allocation in `owned` (orphans).
-    pub fn tagged(&self, owned: &BTreeSet<u64>) -> Result<(usize, Vec<Instance>), Ec2Error> {
+    /// Whether an instance was launched for this ledger's allocations.
+    fn ours(&self, instance: &Instance) -> bool {
+        let ledger = instance.tags.get(dibs_providers::ec2::TAG_LEDGER).map(String::as_str);
+        self.ec2.ledger().is_some_and(|ours| ledger == Some(ours))
+    }
+
+    /// Instances this ledger holds in EC2 now (starting or running), over the regions it
+    /// uses; those of its own that belong to no allocation in `owned`; and those tagged by
+    /// another dibs (another ledger, or none) that belong to none either.
+    pub fn tagged(&self, owned: &BTreeSet<u64>) -> Result<(usize, Vec<Instance>, Vec<Instance>), Ec2Error> {
         let mut count = 0;
-        let mut orphans = Vec::new();
+        let (mut orphans, mut foreign) = (Vec::new(), Vec::new());
         for region in &self.settings.regions {
             for instance in self.ec2.tagged_by_dibs(region)? {
-                count += 1;
                 let owner =
                     instance.tags.get(dibs_providers::ec2::TAG_ALLOCATION).and_then(|a| a.parse().ok());
-                if owner.is_none_or(|a| !owned.contains(&a)) {
-                    orphans.push(instance);
+                let unowned = owner.is_none_or(|a| !owned.contains(&a));
+                match (self.ours(&instance), unowned) {
+                    (true, false) => count += 1,
+                    (true, true) => {
+                        count += 1;
+                        orphans.push(instance);
+                    }
+                    (false, _) => foreign.push(instance),
                 }
             }
         }
-        Ok((count, orphans))
+        Ok((count, orphans, foreign))
     }
 
-    /// Terminates the instances of orphaned allocations (those tagged by dibs that no open
-    /// allocation owns), allocation by allocation.
+    /// Terminates these instances (orphans), region by region.
     pub fn reap(&self, orphans: &[Instance]) -> Result<usize, Ec2Error> {
+        let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for instance in orphans {
+            if let Some(region) = self.region_of(instance) {
+                by_region.entry(region).or_default().push(instance.id.clone());
+            }
+        }
         let mut terminated = 0;
-        let by_allocation: BTreeSet<(String, u64)> = orphans
-            .iter()
-            .filter_map(|i| {
-                let allocation = i.tags.get(dibs_providers::ec2::TAG_ALLOCATION)?.parse().ok()?;
-                let region = self.region_of(i)?;
-                Some((region, allocation))
-            })
-            .collect();
-        for (region, allocation) in by_allocation {
-            terminated += self.ec2.terminate(&region, allocation, TERMINATE_WAIT)?.requested.len();
+        for (region, ids) in by_region {
+            self.ec2.terminate_instances(&region, &ids)?;
+            terminated += ids.len();
         }
         Ok(terminated)
     }
@@ -211,7 +221,7 @@ impl Ec2Provider {
     /// Nodes dibs may still launch under the operator's bound (`None`: no bound).
     fn room(&self) -> Result<Option<u32>, Ec2Error> {
         let Some(max) = self.settings.max_nodes else { return Ok(None) };
-        let (held, _) = self.tagged(&BTreeSet::new())?;
+        let (held, _, _) = self.tagged(&BTreeSet::new())?;
         Ok(Some(max.saturating_sub(u32::try_from(held).unwrap_or(u32::MAX))))
     }
 
@@ -219,6 +229,10 @@ impl Ec2Provider {
         let Call::Reserve { allocation, request, plan } = call else {
             return Tried::Refused("not a reservation".into());
         };
+        if self.ec2.ledger().is_none() {
+            // Launches are tagged with the ledger: none before it is read.
+            return Tried::Pending("the ledger is not read yet".into());
+        }
         let allocation = *allocation;
         let failed = |reason: String| answered(call, ReserveReply { ready_at: None, failed: Some(reason) });
         if self.ended.lock().unwrap_or_else(PoisonError::into_inner).contains(&allocation) {
@@ -323,7 +337,7 @@ impl Ec2Provider {
         let mut running: BTreeMap<u64, (String, usize)> = BTreeMap::new();
         for region in &self.settings.regions {
             let Ok(instances) = self.ec2.tagged_by_dibs(region) else { return Vec::new() };
-            for instance in instances.iter().filter(|i| i.state == InstanceState::Running) {
+            for instance in instances.iter().filter(|i| i.state == InstanceState::Running && self.ours(i)) {
                 let owner =
                     instance.tags.get(dibs_providers::ec2::TAG_ALLOCATION).and_then(|a| a.parse().ok());
                 if let Some(allocation) = owner {
@@ -425,25 +439,44 @@ impl Adapter for Ec2Provider {
         self.gone()
     }
 
+    fn bind(&self, ledger: &str) {
+        self.ec2.bind_ledger(ledger);
+    }
+
     fn orphans(&self, owned: &BTreeSet<u64>) -> Option<String> {
-        let orphans = match self.tagged(owned) {
-            Ok((_, orphans)) if orphans.is_empty() => return None,
-            Ok((_, orphans)) => orphans,
+        let (orphans, foreign) = match self.tagged(owned) {
+            Ok((_, orphans, foreign)) => (orphans, foreign),
             Err(error) => return Some(format!("could not look for orphaned instances: {error}")),
         };
-        let ids: Vec<&str> = orphans.iter().map(|i| i.id.as_str()).collect();
-        let found = format!(
-            "{} instances tagged by dibs belong to no open allocation ({})",
-            ids.len(),
-            ids.join(", ")
-        );
-        if !self.settings.reap_orphans {
-            return Some(format!("{found}; terminate them with --aws-reap-orphans"));
+        let mut said = Vec::new();
+        if !orphans.is_empty() {
+            // This ledger's own, for allocations it ended (a crash between a launch and the
+            // cancellation that should have followed): always taken back.
+            let ids: Vec<&str> = orphans.iter().map(|i| i.id.as_str()).collect();
+            said.push(match self.reap(&orphans) {
+                Ok(n) => {
+                    format!("terminated {n} instances of allocations this ledger ended ({})", ids.join(", "))
+                }
+                Err(error) => format!("terminating the instances of ended allocations failed: {error}"),
+            });
         }
-        Some(match self.reap(&orphans) {
-            Ok(n) => format!("{found}; terminated {n} (--aws-reap-orphans)"),
-            Err(error) => format!("{found}; terminating them failed: {error}"),
-        })
+        if !foreign.is_empty() {
+            let ids: Vec<&str> = foreign.iter().map(|i| i.id.as_str()).collect();
+            let found = format!(
+                "{} instances tagged by another dibs (another ledger) ({})",
+                ids.len(),
+                ids.join(", ")
+            );
+            said.push(if self.settings.reap_orphans {
+                match self.reap(&foreign) {
+                    Ok(n) => format!("{found}; terminated {n} (--aws-reap-orphans)"),
+                    Err(error) => format!("{found}; terminating them failed: {error}"),
+                }
+            } else {
+                format!("{found}; left alone (terminate them with --aws-reap-orphans)")
+            });
+        }
+        (!said.is_empty()).then(|| said.join("; "))
     }
 
     fn health(&self) -> Result<(), String> {

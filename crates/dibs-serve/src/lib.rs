@@ -433,6 +433,13 @@ fn serve_once(config: ServeConfig) -> Result<(), ServeError> {
     };
     let (mut broker, mut recovery) =
         Broker::recover(store, providers, remote, clock, Some(config.configuration.clone()))?;
+    // Providers reached through a cloud's API tag what they launch with the ledger: its
+    // first entry's hash, the same for every replica of it and for no other ledger.
+    if let Some(first) = reader.entries(0, 1)?.first() {
+        for adapter in config.adapters.values() {
+            adapter.bind(&dibs_core::ledger::hex(&first.hash));
+        }
+    }
     broker.set_time_speed(config.time_speed);
     broker.set_snapshot_every(config.snapshot_every);
     broker.write_snapshots_with(open.clone())?;

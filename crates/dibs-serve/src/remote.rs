@@ -107,6 +107,9 @@ pub trait Adapter: Send + Sync {
     fn call(&self, call: &Call, limit: Duration) -> Tried;
     /// Whether it can be used now (a cheap call); the error says why not.
     fn health(&self) -> Result<(), String>;
+    /// Names the ledger it serves (its first entry's hash), once the ledger is read: what
+    /// it launches is tagged with it.
+    fn bind(&self, _ledger: &str) {}
     /// What the cloud holds that no open allocation in `owned` owns (instances dibs
     /// launched and lost track of), said in a line for the operator; `None`: nothing.
     fn orphans(&self, _owned: &std::collections::BTreeSet<u64>) -> Option<String> {

@@ -69,8 +69,9 @@ pub struct ServeArgs {
     /// with the reason.
     #[arg(long, value_name = "NAME=N")]
     max_nodes: Vec<String>,
-    /// At start, terminate the EC2 instances tagged by dibs that no open allocation owns
-    /// (without it they are reported on the banner).
+    /// At start, also terminate the EC2 instances tagged by another dibs (another ledger)
+    /// that none of this one's allocations owns (without it they are reported on the
+    /// banner). This ledger's own instances of allocations it ended are always terminated.
     #[arg(long)]
     aws_reap_orphans: bool,
     /// Run the service's clock N times faster than the wall clock, for a demo on the

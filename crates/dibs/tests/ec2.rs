@@ -179,6 +179,8 @@ fn dibs_buys_from_ec2_passes_over_a_full_zone_re_markets_a_full_region_and_termi
     for node in nodes {
         assert_eq!(node["tags"]["dibs:request"], r1.as_str());
         assert_eq!(node["state"], "running");
+        // The ledger's tag (its first entry's hash): another dibs in the account leaves it be.
+        assert_eq!(node["tags"]["dibs:ledger"].as_str().map(str::len), Some(64), "{node}");
     }
     assert_eq!(view["allocations"][0]["instance_type"], "p5.48xlarge");
 

@@ -26,6 +26,9 @@ pub const TAG_REQUEST: &str = "dibs:request";
 pub const TAG_ALLOCATION: &str = "dibs:allocation";
 /// The tag naming the ledger entry that decided the launch.
 pub const TAG_ENTRY: &str = "dibs:entry";
+/// The tag naming the ledger (its first entry's hash) whose allocation an instance is: two
+/// dibs installations in one account tell their instances apart by it.
+pub const TAG_LEDGER: &str = "dibs:ledger";
 /// EC2's longest client token.
 const MAX_CLIENT_TOKEN: usize = 64;
 
@@ -142,9 +145,10 @@ pub fn launch(
     client: &Client,
     memory: &Mutex<ZoneMemory>,
     spec: &LaunchSpec,
+    ledger: &str,
     now: Instant,
 ) -> Result<Launched, LaunchError> {
-    let existing = instances_of(client, &spec.region, spec.owner.allocation)
+    let existing = instances_of(client, &spec.region, ledger, spec.owner.allocation)
         .map_err(|error| LaunchError::from_call(spec, error))?;
     if !existing.is_empty() {
         return Ok(Launched::Found(existing));
@@ -155,7 +159,10 @@ pub fn launch(
             instance_type: spec.instance_type.clone(),
         });
     }
-    let tags = spec.owner.tags();
+    let mut tags = spec.owner.tags();
+    if !ledger.is_empty() {
+        tags.push((TAG_LEDGER.to_owned(), ledger.to_owned()));
+    }
     let mut passed = Vec::new();
     for zone in &spec.zones {
         if let Some(failure) = remembered_failure(memory, spec, zone, now) {
@@ -199,14 +206,33 @@ pub fn launch(
     })
 }
 
-/// The allocation's instances that hold or will hold a node, found by tag.
-pub fn instances_of(client: &Client, region: &str, allocation: u64) -> Result<Vec<Instance>, Ec2Error> {
-    let tag = format!("tag:{TAG_ALLOCATION}");
-    let allocation = allocation.to_string();
-    client.describe_instances(
-        region,
-        &[(&tag, &[&allocation]), ("instance-state-name", &super::api::LIVE_STATES)],
-    )
+/// The allocation's instances that hold or will hold a node, found by tag (and by the
+/// ledger's tag, when one is given).
+pub fn instances_of(
+    client: &Client,
+    region: &str,
+    ledger: &str,
+    allocation: u64,
+) -> Result<Vec<Instance>, Ec2Error> {
+    describe_allocation(client, region, ledger, allocation, &super::api::LIVE_STATES)
+}
+
+/// The allocation's instances in `states`: by its tag, and the ledger's when given.
+pub(super) fn describe_allocation(
+    client: &Client,
+    region: &str,
+    ledger: &str,
+    allocation: u64,
+    states: &[&str],
+) -> Result<Vec<Instance>, Ec2Error> {
+    let (tag, id, ledger_tag) =
+        (format!("tag:{TAG_ALLOCATION}"), allocation.to_string(), format!("tag:{TAG_LEDGER}"));
+    let (ids, ledgers) = ([id.as_str()], [ledger]);
+    let mut filters: Vec<(&str, &[&str])> = vec![(&tag, &ids), ("instance-state-name", states)];
+    if !ledger.is_empty() {
+        filters.push((&ledger_tag, &ledgers));
+    }
+    client.describe_instances(region, &filters)
 }
 
 fn remembered_failure(

@@ -42,7 +42,7 @@ pub use api::{GpuInstanceType, Instance, InstanceState, LaunchSource, Market};
 pub use config::{ConfigError, Credentials, Ec2Config};
 pub use error::{Ec2Error, ErrorClass, classify};
 pub use launch::{
-    LaunchError, LaunchSpec, Launched, Owner, TAG_ALLOCATION, TAG_ENTRY, TAG_REQUEST, ZoneFailure,
+    LaunchError, LaunchSpec, Launched, Owner, TAG_ALLOCATION, TAG_ENTRY, TAG_LEDGER, TAG_REQUEST, ZoneFailure,
 };
 pub use zones::{FailedZone, Pool, ZONE_MEMORY, ZoneMemory};
 
@@ -97,6 +97,9 @@ pub struct Ec2 {
     /// Held while a region's instance types are described, so callers that find the cache
     /// empty at once wait for one description instead of each making their own.
     describing: Mutex<()>,
+    /// The ledger whose allocations this adapter launches ([`TAG_LEDGER`]); until bound,
+    /// launches are not tagged with one and lookups do not filter by it.
+    ledger: std::sync::OnceLock<String>,
 }
 
 impl Ec2 {
@@ -107,7 +110,24 @@ impl Ec2 {
             instance_types: Mutex::new(BTreeMap::new()),
             only: BTreeMap::new(),
             describing: Mutex::new(()),
+            ledger: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Names the ledger this adapter launches for: every launch is tagged with it, and an
+    /// allocation's instances are looked up (and terminated) only under it, so two
+    /// installations in one account never touch each other's instances.
+    pub fn bind_ledger(&self, ledger: &str) {
+        let _ = self.ledger.set(ledger.to_owned());
+    }
+
+    /// The ledger bound, if any.
+    pub fn ledger(&self) -> Option<&str> {
+        self.ledger.get().map(String::as_str)
+    }
+
+    fn ledger_or_none(&self) -> &str {
+        self.ledger().unwrap_or("")
     }
 
     /// Describes only these instance types of each region named (those a catalog prices):
@@ -172,13 +192,13 @@ impl Ec2 {
     /// Launches an allocation's nodes, or finds them if an earlier launch did; see
     /// [`launch`](launch::launch) for the order of zones and what each error means.
     pub fn launch(&self, spec: &LaunchSpec) -> Result<Launched, LaunchError> {
-        launch::launch(&self.client, &self.zone_memory, spec, Instant::now())
+        launch::launch(&self.client, &self.zone_memory, spec, self.ledger_or_none(), Instant::now())
     }
 
     /// The allocation's instances that hold or will hold a node (pending, running,
     /// stopping, stopped), found by its tag.
     pub fn instances_of(&self, region: &str, allocation: u64) -> Result<Vec<Instance>, Ec2Error> {
-        launch::instances_of(&self.client, region, allocation)
+        launch::instances_of(&self.client, region, self.ledger_or_none(), allocation)
     }
 
     /// Terminates the allocation's instances, found by tag, and waits up to `confirm_within`
@@ -190,26 +210,29 @@ impl Ec2 {
         confirm_within: Duration,
     ) -> Result<Termination, Ec2Error> {
         let deadline = Instant::now() + confirm_within;
-        let tag = format!("tag:{TAG_ALLOCATION}");
-        let allocation = allocation.to_string();
-        let filters: [(&str, &[&str]); 2] =
-            [(&tag, &[&allocation]), ("instance-state-name", &api::NOT_TERMINATED_STATES)];
-        let requested: Vec<String> = self
-            .client
-            .describe_instances(region, &filters)?
-            .into_iter()
-            .map(|instance| instance.id)
-            .collect();
+        let ledger = self.ledger_or_none();
+        let live = |client: &Client| {
+            launch::describe_allocation(client, region, ledger, allocation, &api::NOT_TERMINATED_STATES)
+        };
+        let requested: Vec<String> = live(&self.client)?.into_iter().map(|instance| instance.id).collect();
         if !requested.is_empty() {
             self.client.terminate_instances(region, &requested)?;
         }
         loop {
-            let not_yet_terminated = self.client.describe_instances(region, &filters)?;
+            let not_yet_terminated = live(&self.client)?;
             if not_yet_terminated.is_empty() || Instant::now() + TERMINATE_POLL > deadline {
                 return Ok(Termination { requested, not_yet_terminated });
             }
             std::thread::sleep(TERMINATE_POLL);
         }
+    }
+
+    /// Terminates these instances of `region` by id (orphans: no allocation to find them by).
+    pub fn terminate_instances(&self, region: &str, ids: &[String]) -> Result<(), Ec2Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.client.terminate_instances(region, ids).map(|_| ())
     }
 
     /// Every instance of the region that dibs launched (tagged with an allocation) and
