@@ -369,10 +369,33 @@ fn kill_9_under_load_orphans_and_doubles_no_instance() {
         if settled && held == owned {
             break (owned, requests.len());
         }
-        assert!(
-            Instant::now() < deadline,
-            "after {kills} kills: open allocations own {owned:?}, moto runs {held:?} (settled: {settled})"
-        );
+        if Instant::now() >= deadline {
+            // Only what differs, with each such allocation's state as dibs has it.
+            let differs: Vec<String> = owned
+                .keys()
+                .chain(held.keys())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter(|id| owned.get(*id) != held.get(*id))
+                .map(|id| {
+                    let state = allocations
+                        .iter()
+                        .find(|a| a["id"].as_u64().map(|n| n.to_string()).as_deref() == Some(id.as_str()))
+                        .map(|a| a["state"].clone());
+                    format!(
+                        "allocation {id}: dibs {:?} ({state:?}), moto runs {:?}",
+                        owned.get(id),
+                        held.get(id)
+                    )
+                })
+                .collect();
+            let unsettled: Vec<String> = allocations
+                .iter()
+                .filter(|a| a["state"] == "reserved" || a["state"] == "held")
+                .map(|a| format!("{} {}", a["id"], a["state"]))
+                .collect();
+            panic!("after {kills} kills: {differs:?}; not settled: {unsettled:?}");
+        }
         std::thread::sleep(Duration::from_millis(500));
     };
     // None launched twice: every instance ever launched for an allocation, ended or not,
