@@ -34,11 +34,16 @@ pub const MAX_PAGES: usize = 100;
 pub enum Retry {
     /// Reads and idempotent writes: throttling, 5xx and lost connections.
     Always,
-    /// Launches: only answers in which EC2 refused to act (throttling, 5xx, which the
-    /// client token makes safe at AWS). After a lost connection nobody knows whether the
-    /// instances were launched; the caller looks for them by tag before launching again.
+    /// Launches: only answers in which EC2 refused to act (throttling). After a lost
+    /// connection or a 5xx nobody knows whether the instances were launched; the caller
+    /// looks for them by tag before launching again.
     OnlyRefusals,
 }
+
+/// Codes with which EC2 refuses a call before doing anything: a launch answered so may be
+/// sent again as it is.
+const REFUSED_CODES: [&str; 4] =
+    ["RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled"];
 
 /// Signs and sends calls with one configuration.
 #[derive(Debug, Clone)]
@@ -127,7 +132,12 @@ impl Client {
                 Err(error) => error,
             };
             let retryable = match (&error, retry) {
-                (Ec2Error::Transport { .. }, Retry::OnlyRefusals) => false,
+                // A launch is tried again here only when EC2 said it did nothing (it
+                // throttled the call). After a lost connection or a 5xx nobody knows
+                // whether the instances were launched, and a server need not honour the
+                // client token (moto does not): the caller looks for them by tag first.
+                (Ec2Error::Api { code, .. }, Retry::OnlyRefusals) => REFUSED_CODES.contains(&code.as_str()),
+                (_, Retry::OnlyRefusals) => false,
                 _ => error.class() == ErrorClass::Throttling,
             };
             let wait = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
