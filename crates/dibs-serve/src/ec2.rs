@@ -84,7 +84,15 @@ pub struct Ec2Provider {
     /// nodes that go (a spot interruption). `None` until the first watch reads them from
     /// EC2's tags (after a restart this process delivered nothing yet).
     delivered: Mutex<Option<BTreeMap<u64, (String, usize)>>>,
+    /// The zones that offer an instance type, by (region, type), and when they were asked.
+    zones: Mutex<BTreeMap<(String, String), AskedZones>>,
 }
+
+/// Zones that offer an instance type, and when EC2 was asked.
+type AskedZones = (std::time::Instant, Vec<String>);
+
+/// How long the zones that offer an instance type are kept before EC2 is asked again.
+const ZONES_TTL: Duration = Duration::from_secs(60);
 
 impl Ec2Provider {
     pub fn new(settings: Ec2Settings, offers: &[Offer]) -> Self {
@@ -109,6 +117,7 @@ impl Ec2Provider {
             ended: Mutex::default(),
             launched: Mutex::default(),
             delivered: Mutex::default(),
+            zones: Mutex::default(),
         }
     }
 
@@ -254,10 +263,12 @@ impl Ec2Provider {
         };
         let launched_before =
             self.launched.lock().unwrap_or_else(PoisonError::into_inner).contains(&allocation);
-        if existing.is_empty()
-            && !launched_before
-            && let Some(max) = self.settings.max_nodes
-        {
+        if !existing.is_empty() || launched_before {
+            // Launched already (by this process, or by one before a crash): only whether its
+            // nodes run is asked, one call per poll.
+            return self.answer_delivery(call, allocation, &region, &existing, plan.nodes);
+        }
+        if let Some(max) = self.settings.max_nodes {
             match self.room() {
                 Ok(Some(room)) if room < plan.nodes => {
                     return failed(format!(
@@ -271,12 +282,8 @@ impl Ec2Provider {
                 Err(error) => return tried(error),
             }
         }
-        let zones = match self.ec2.quote_capacity(&region, &plan.accelerator) {
-            Ok(types) => types
-                .into_iter()
-                .find(|t| t.instance_type == plan.instance_type)
-                .map(|t| t.zones)
-                .unwrap_or_default(),
+        let zones = match self.zones_of(&region, &plan.accelerator, &plan.instance_type) {
+            Ok(zones) => zones,
             Err(error) => return tried(error),
         };
         let spec = LaunchSpec {
@@ -323,12 +330,53 @@ impl Ec2Provider {
             let _ = self.ec2.terminate(&region, allocation, TERMINATE_WAIT);
             return failed("cancelled while it was launched".into());
         }
-        let answer = self.delivered(call, &instances, plan.nodes);
+        self.answer_delivery(call, allocation, &region, &instances, plan.nodes)
+    }
+
+    /// Whether the allocation's nodes run (ready, failed or not yet), remembering a
+    /// delivered one to watch its nodes.
+    fn answer_delivery(
+        &self,
+        call: &Call,
+        allocation: u64,
+        region: &str,
+        instances: &[Instance],
+        nodes: u32,
+    ) -> Tried {
+        let answer = self.delivered(call, instances, nodes);
         if matches!(&answer, Tried::Answered(Some((_, dibs_core::engine::Input::AllocationReady { .. })))) {
             let mut delivered = self.delivered.lock().unwrap_or_else(PoisonError::into_inner);
-            delivered.get_or_insert_with(BTreeMap::new).insert(allocation, (region, plan.nodes as usize));
+            delivered
+                .get_or_insert_with(BTreeMap::new)
+                .insert(allocation, (region.to_owned(), nodes as usize));
         }
         answer
+    }
+
+    /// The zones of `region` that offer `instance_type` now, asked of EC2 at most once a
+    /// minute per type (a burst of reservations after a start asks once).
+    fn zones_of(
+        &self,
+        region: &str,
+        accelerator: &Accelerator,
+        instance_type: &str,
+    ) -> Result<Vec<String>, Ec2Error> {
+        let key = (region.to_owned(), instance_type.to_owned());
+        let mut zones = self.zones.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, known)) = zones.get(&key)
+            && at.elapsed() < ZONES_TTL
+        {
+            return Ok(known.clone());
+        }
+        let found = self
+            .ec2
+            .quote_capacity(region, accelerator)?
+            .into_iter()
+            .find(|t| t.instance_type == instance_type)
+            .map(|t| t.zones)
+            .unwrap_or_default();
+        zones.insert(key, (std::time::Instant::now(), found.clone()));
+        Ok(found)
     }
 
     /// The delivered allocations whose nodes do not all run any more, and why; each is
