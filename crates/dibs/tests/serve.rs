@@ -798,6 +798,13 @@ fn tampering_with_the_database_file_is_found_by_dibs_ledger_verify() {
 /// terminated. The leader must stop at once (not keep serving beside the standby that takes
 /// the lock), and no write of its may land after the standby leads: every acknowledged
 /// request keeps its own id, no id is given twice, and the ledger replays.
+/// The arguments of a replica on PostgreSQL: its own data folder, the shared schema.
+fn replica_args(data: &Path, database: &str, schema: &str) -> Vec<String> {
+    ["--data", &data.display().to_string(), "--database", database, "--database-schema", schema]
+        .map(str::to_owned)
+        .to_vec()
+}
+
 #[test]
 fn a_leader_whose_lock_session_is_terminated_stops_and_the_standby_takes_over_alone() {
     let Ok(database) = std::env::var("DIBS_TEST_POSTGRES_URL") else {
@@ -808,16 +815,7 @@ fn a_leader_whose_lock_session_is_terminated_stops_and_the_standby_takes_over_al
     let mut client = postgres::Client::connect(&database, postgres::NoTls).unwrap();
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
     let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let args = |data: &Path| {
-        vec![
-            "--data".to_owned(),
-            data.display().to_string(),
-            "--database".into(),
-            database.clone(),
-            "--database-schema".into(),
-            schema.clone(),
-        ]
-    };
+    let args = |data: &Path| replica_args(data, &database, &schema);
     let args_a = args(data_a.path());
     let mut leader = Server::start(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
     let args_b = args(data_b.path());
@@ -2126,16 +2124,9 @@ fn a_frozen_leader_is_replaced_when_its_lease_runs_out() {
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
     let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let args = |data: &Path| {
-        vec![
-            "--data".to_owned(),
-            data.display().to_string(),
-            "--database".into(),
-            database.clone(),
-            "--database-schema".into(),
-            schema.clone(),
-            "--lease-seconds".into(),
-            "3".into(),
-        ]
+        let mut args = replica_args(data, &database, &schema);
+        args.extend(["--lease-seconds".to_owned(), "3".to_owned()]);
+        args
     };
     let (mut a, mut b, url_b) = leader_and_standby(&args(data_a.path()), &args(data_b.path()));
     let acknowledged = submit_keyed(&a.url, "frozen", 3);
